@@ -1,0 +1,1 @@
+"""The backend: the operator's entry point (pipelines, streams, system state) behind the web UI."""

@@ -1,0 +1,67 @@
+"""The `dayu` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from dayu.components import COMPONENTS
+from dayu.runtime.config import load_settings
+from dayu.runtime.errors import DayuError
+from dayu.runtime.logs import configure_logging
+from dayu.runtime.server import ComponentServer
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dayu",
+        description="Dayu: automated scheduling of stream data processing (video analytics) across cloud and edge nodes.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run one component as a gRPC server (what a container runs)",
+        description=(
+            "Run one component as a gRPC server with health checking and reflection, until SIGTERM or "
+            "Ctrl-C, then drain in-flight calls and exit. Settings come from --config, overridden by "
+            "DAYU_* environment variables (nested keys joined by '__', e.g. DAYU_SERVER__SHUTDOWN_GRACE_S), "
+            "overridden by flags."
+        ),
+    )
+    serve.add_argument("component", choices=COMPONENTS.names(), metavar="COMPONENT", help=f"one of {', '.join(COMPONENTS.names())}")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (port 0 picks a free one)")
+    serve.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    serve.add_argument("--node", help="logical node the component runs on")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    component_class = COMPONENTS.entry(args.component).factory
+    flags: dict[str, object] = {}
+    if args.listen:
+        flags["server"] = {"listen": args.listen}
+    if args.node:
+        flags["node"] = args.node
+    settings = load_settings(component_class.settings_class, args.config, **flags)  # type: ignore[attr-defined]
+    configure_logging(settings.log, component=args.component, node=settings.node)
+    server = ComponentServer(component_class(settings), settings)  # type: ignore[call-arg]
+    asyncio.run(server.run_until_signal())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _serve(args)
+    except DayuError as error:
+        print(f"dayu: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"dayu: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

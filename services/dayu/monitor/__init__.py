@@ -1,0 +1,1 @@
+"""The monitor: measures its node (CPU, memory, GPU, processor queues, links) for the scheduler."""

@@ -1,0 +1,69 @@
+"""Resource sampling of one node, without gRPC."""
+
+from __future__ import annotations
+
+import psutil
+
+from dayu.runtime.clock import timestamp
+from dayu.runtime.errors import InvalidArgument
+from dayu.runtime.logs import get_logger
+from dayu.v1 import resources_pb2
+
+log = get_logger(__name__)
+
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.1, 3600.0
+
+
+def _nvml_gpus() -> list[resources_pb2.GpuStats]:
+    """GPUs as NVML reports them; none when NVML (nvidia-ml-py) or a driver is absent."""
+    try:
+        import pynvml  # type: ignore[import-not-found]  # noqa: PLC0415 - optional, only on GPU nodes
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return []
+    try:
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(
+                resources_pb2.GpuStats(
+                    index=index,
+                    name=str(pynvml.nvmlDeviceGetName(handle)),
+                    utilization_percent=float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                    memory_used_bytes=int(memory.used),
+                    memory_total_bytes=int(memory.total),
+                )
+            )
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
+
+
+class ResourceSampler:
+    """Samples the node's CPU, memory and GPUs. CPU percent is measured since the previous sample."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        psutil.cpu_percent(interval=None)  # starts the measurement window
+
+    def sample(self) -> resources_pb2.NodeResources:
+        memory = psutil.virtual_memory()
+        return resources_pb2.NodeResources(
+            node=self.node,
+            measured_at=timestamp(),
+            cpu_percent=psutil.cpu_percent(interval=None),
+            cpu_count=psutil.cpu_count() or 0,
+            memory_used_bytes=memory.total - memory.available,
+            memory_total_bytes=memory.total,
+            gpus=_nvml_gpus(),
+        )
+
+
+def check_interval(interval_s: float, field: str = "interval_s") -> float:
+    if not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S:
+        raise InvalidArgument(field, f"seconds in [{MIN_INTERVAL_S}, {MAX_INTERVAL_S}], got {interval_s}")
+    return interval_s

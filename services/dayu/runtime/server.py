@@ -1,0 +1,221 @@
+"""The one way to run a Dayu component as a gRPC server (grpc.aio).
+
+Every component gets the same things here, so no service writes them again:
+- its dayu.v1 services, registered from their descriptors, with request parsing that answers
+  INVALID_ARGUMENT (not INTERNAL) for bytes that are not the expected message;
+- errors raised by the core (dayu.runtime.errors) mapped to their gRPC status;
+- gRPC health checking (grpc.health.v1) and server reflection;
+- message size limits;
+- graceful shutdown: health turns NOT_SERVING, new calls are refused, in-flight calls finish
+  (within server.shutdown_grace_s), then the component's own background work is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dayu.runtime.config import ComponentSettings
+from dayu.runtime.errors import DayuError, InvalidArgument
+from dayu.runtime.logs import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A servicer object serving one dayu.v1 service, named in full (e.g. "dayu.v1.MonitorService").
+
+    The servicer has one coroutine method per RPC that it implements (async generators for
+    server streams); RPCs it leaves out answer UNIMPLEMENTED."""
+
+    service: str
+    servicer: object
+
+
+class Component:
+    """What a service package hands to the runtime: its bindings and its lifecycle.
+
+    Subclasses keep gRPC out of their core: they only implement servicer methods that call the
+    core, and start()/stop() for background work."""
+
+    name = "component"
+
+    def bindings(self) -> Sequence[Binding]:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        """Starts background work; called before the server accepts calls."""
+
+    async def stop(self) -> None:
+        """Stops background work; called after in-flight calls have finished."""
+
+
+def _implementation(servicer: object, method: str) -> Callable[..., Any] | None:
+    """The servicer's own method for an RPC, or None when only a generated base class has it."""
+    for cls in type(servicer).__mro__:
+        if method in vars(cls):
+            return None if cls.__module__.startswith("dayu.v1.") else getattr(servicer, method)
+    return None
+
+
+def _parse(request_class: type[Message], raw: bytes) -> Message:
+    request = request_class()
+    try:
+        request.ParseFromString(raw)
+    except DecodeError as error:
+        raise InvalidArgument(
+            "request", f"a serialized {request_class.DESCRIPTOR.full_name} message ({error})"
+        ) from None
+    return request
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, error: Exception) -> None:
+    if isinstance(error, DayuError):
+        await context.abort(grpc.StatusCode[error.status], str(error))
+    log.exception("rpc failed", method=method)
+    await context.abort(grpc.StatusCode.INTERNAL, f"{method} failed: {type(error).__name__}: {error}")
+
+
+def _serialize(response: Message) -> bytes:
+    return response.SerializeToString()
+
+
+_HANDLER_KINDS = {  # (client streaming, server streaming) -> grpc handler factory
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _handler(method: MethodDescriptor, behavior: Callable[..., Any] | None) -> grpc.RpcMethodHandler:
+    """Wraps a servicer method: parses raw request bytes itself (so garbage is INVALID_ARGUMENT)
+    and maps core errors to statuses."""
+    request_class = message_factory.GetMessageClass(method.input_type)
+    name = method.full_name
+    kind = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+
+    if behavior is None:
+
+        async def unimplemented(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by this component")
+
+        return kind(unimplemented, response_serializer=_serialize)
+
+    async def parsed_stream(raw_requests: AsyncIterator[bytes]) -> AsyncIterator[Message]:
+        async for raw in raw_requests:
+            yield _parse(request_class, raw)
+
+    def parsed(raw: Any) -> Any:
+        return parsed_stream(raw) if method.client_streaming else _parse(request_class, raw)
+
+    async def unary_response(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(parsed(raw), context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort(context, name, error)
+
+    async def streamed_response(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(parsed(raw), context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort(context, name, error)
+
+    return kind(streamed_response if method.server_streaming else unary_response, response_serializer=_serialize)
+
+
+def _service_handler(binding: Binding) -> tuple[ServiceDescriptor, grpc.GenericRpcHandler]:
+    try:
+        service = descriptor_pool.Default().FindServiceByName(binding.service)
+    except KeyError:
+        raise ValueError(f"unknown service {binding.service!r}: import its dayu.v1 module first") from None
+    handlers = {m.name: _handler(m, _implementation(binding.servicer, m.name)) for m in service.methods}
+    return service, grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Options shared by servers and clients, so both sides agree on message size limits."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+class ComponentServer:
+    """A component served over gRPC on one port: start(), then stop() or run_until_signal()."""
+
+    def __init__(self, component: Component, settings: ComponentSettings) -> None:
+        self.component = component
+        self.settings = settings
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._services: list[str] = []
+
+    @property
+    def address(self) -> str:
+        host = self.settings.server.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> str:
+        """Binds, starts the component and the server, and reports SERVING. Returns HOST:PORT."""
+        server = grpc.aio.server(options=channel_options(self.settings.server.max_message_bytes))
+        for binding in self.component.bindings():
+            service, handler = _service_handler(binding)
+            server.add_generic_rpc_handlers((handler,))
+            self._services.append(service.full_name)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        self.port = server.add_insecure_port(self.settings.server.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.server.listen}")
+        self._server = server
+        await self.component.start()
+        await server.start()
+        for name in ("", *self._services):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", component=self.component.name, address=self.address, services=self._services)
+        return self.address
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuses new calls, lets in-flight calls finish within the grace period, then stops the
+        component's background work."""
+        if self._server is None:
+            return
+        grace = self.settings.server.shutdown_grace_s if grace is None else grace
+        log.info("draining", component=self.component.name, grace_s=grace)
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        self._server = None
+        await self.component.stop()
+        log.info("stopped", component=self.component.name)
+
+    async def run_until_signal(self) -> None:
+        """Serves until SIGTERM or SIGINT, then stops gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()

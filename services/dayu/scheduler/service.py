@@ -1,0 +1,88 @@
+"""gRPC adapter of the scheduler."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+
+import pydantic
+
+from dayu.runtime.config import ComponentSettings, StrictModel
+from dayu.runtime.server import Binding, Component
+from dayu.scheduler.core import SchedulerCore, build_policy
+from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, scheduler_pb2_grpc
+
+
+class PolicySection(StrictModel):
+    name: str = "fixed"
+    params: dict[str, object] = pydantic.Field(default_factory=dict)
+
+    def spec(self) -> decision_pb2.PolicySpec:
+        return decision_pb2.PolicySpec(name=self.name, params_yaml=json.dumps(self.params))
+
+
+class SchedulerSection(StrictModel):
+    default_policy: PolicySection = pydantic.Field(
+        default_factory=PolicySection, description="policy of streams registered without one"
+    )
+
+
+class SchedulerSettings(ComponentSettings):
+    scheduler: SchedulerSection = SchedulerSection()
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, core: SchedulerCore) -> None:
+        self.core = core
+
+    async def RegisterStream(
+        self, request: scheduler_pb2.RegisterStreamRequest, context: object
+    ) -> scheduler_pb2.RegisterStreamResponse:
+        return scheduler_pb2.RegisterStreamResponse(decision=await self.core.register(request.stream))
+
+    async def GetDecision(
+        self, request: scheduler_pb2.GetDecisionRequest, context: object
+    ) -> scheduler_pb2.GetDecisionResponse:
+        return scheduler_pb2.GetDecisionResponse(decision=self.core.decision(request.stream_id))
+
+    async def WatchDecisions(
+        self, request: scheduler_pb2.WatchDecisionsRequest, context: object
+    ) -> AsyncIterator[decision_pb2.Decision]:
+        async for decision in self.core.watch(request.stream_id, request.after_version):
+            yield decision
+
+    async def ReportFeedback(
+        self, request: scheduler_pb2.ReportFeedbackRequest, context: object
+    ) -> scheduler_pb2.ReportFeedbackResponse:
+        await self.core.feedback(request.record)
+        return scheduler_pb2.ReportFeedbackResponse()
+
+    async def ReportResources(
+        self, request_iterator: AsyncIterator[resources_pb2.NodeResources], context: object
+    ) -> scheduler_pb2.ReportResourcesResponse:
+        received = 0
+        async for report in request_iterator:
+            self.core.report_resources(report)
+            received += 1
+        return scheduler_pb2.ReportResourcesResponse(received=received)
+
+    async def SetPolicy(self, request: scheduler_pb2.SetPolicyRequest, context: object) -> scheduler_pb2.SetPolicyResponse:
+        return scheduler_pb2.SetPolicyResponse(decision=await self.core.set_policy(request.stream_id, request.policy))
+
+    async def GetSchedulerStats(
+        self, request: scheduler_pb2.GetSchedulerStatsRequest, context: object
+    ) -> scheduler_pb2.GetSchedulerStatsResponse:
+        return scheduler_pb2.GetSchedulerStatsResponse(streams=self.core.stats())
+
+
+class SchedulerComponent(Component):
+    name = "scheduler"
+    settings_class = SchedulerSettings
+
+    def __init__(self, settings: SchedulerSettings) -> None:
+        default = settings.scheduler.default_policy.spec()
+        build_policy(default, "scheduler.default_policy")  # refuse a bad default at start, not at first use
+        self.core = SchedulerCore(default)
+
+    def bindings(self) -> Sequence[Binding]:
+        return [Binding("dayu.v1.SchedulerService", SchedulerServicer(self.core))]
