@@ -17,7 +17,9 @@ from dayu.runtime.server import ComponentServer
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dayu",
-        description="Dayu: automated scheduling of stream data processing (video analytics) across cloud and edge nodes.",
+        description=(
+            "Dayu: automated scheduling of stream data processing (video analytics) across cloud and edge nodes."
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
@@ -30,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
             "overridden by flags."
         ),
     )
-    serve.add_argument("component", choices=COMPONENTS.names(), metavar="COMPONENT", help=f"one of {', '.join(COMPONENTS.names())}")
+    serve.add_argument(
+        "component", choices=COMPONENTS.names(), metavar="COMPONENT", help=f"one of {', '.join(COMPONENTS.names())}"
+    )
     serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (port 0 picks a free one)")
     serve.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
     serve.add_argument("--node", help="logical node the component runs on")

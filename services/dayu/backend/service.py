@@ -65,7 +65,9 @@ class BackendServicer(backend_pb2_grpc.BackendServiceServicer):
         self, request: backend_pb2.InstallStreamRequest, context: object
     ) -> backend_pb2.InstallStreamResponse:
         validate_stream_spec(request.stream)
-        raise Unimplemented("installing streams (starting their generators) is not built yet; the stream was validated only")
+        raise Unimplemented(
+            "installing streams (starting their generators) is not built yet; the stream was validated only"
+        )
 
     async def UninstallStream(
         self, request: backend_pb2.UninstallStreamRequest, context: object

@@ -26,7 +26,9 @@ class DistributorServicer(distributor_pb2_grpc.DistributorServiceServicer):
     def __init__(self, core: DistributorCore) -> None:
         self.core = core
 
-    async def Deliver(self, request: distributor_pb2.DeliverRequest, context: object) -> distributor_pb2.DeliverResponse:
+    async def Deliver(
+        self, request: distributor_pb2.DeliverRequest, context: object
+    ) -> distributor_pb2.DeliverResponse:
         cursor, duplicate = await self.core.deliver(request.task)
         return distributor_pb2.DeliverResponse(cursor=cursor, duplicate=duplicate)
 

@@ -17,7 +17,7 @@ MIN_INTERVAL_S, MAX_INTERVAL_S = 0.1, 3600.0
 def _nvml_gpus() -> list[resources_pb2.GpuStats]:
     """GPUs as NVML reports them; none when NVML (nvidia-ml-py) or a driver is absent."""
     try:
-        import pynvml  # type: ignore[import-not-found]  # noqa: PLC0415 - optional, only on GPU nodes
+        import pynvml  # type: ignore[import-not-found]
     except ImportError:
         return []
     try:

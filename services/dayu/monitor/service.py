@@ -19,7 +19,9 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
     def __init__(self, sampler: ResourceSampler) -> None:
         self.sampler = sampler
 
-    async def GetResources(self, request: monitor_pb2.GetResourcesRequest, context: object) -> monitor_pb2.GetResourcesResponse:
+    async def GetResources(
+        self, request: monitor_pb2.GetResourcesRequest, context: object
+    ) -> monitor_pb2.GetResourcesResponse:
         return monitor_pb2.GetResourcesResponse(resources=self.sampler.sample())
 
     async def WatchResources(

@@ -18,6 +18,7 @@ def configure_logging(settings: LogSettings, **context: str) -> None:
         if settings.format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+
     def add_context(_logger: object, _method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
         for key, value in context.items():
             event.setdefault(key, value)

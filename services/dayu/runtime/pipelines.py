@@ -1,11 +1,11 @@
 """Pipelines declared in YAML, read into dayu.v1.Pipeline messages and validated.
 
-    pipelines:
-      - name: traffic
-        stages:
-          - {name: detect, processor: detector, input_type: DATA_TYPE_FRAMES, output_type: DATA_TYPE_BOXES}
-          - {name: classify, processor: classifier, parents: [detect],
-             input_type: DATA_TYPE_BOXES, output_type: DATA_TYPE_LABELS}
+pipelines:
+  - name: traffic
+    stages:
+      - {name: detect, processor: detector, input_type: DATA_TYPE_FRAMES, output_type: DATA_TYPE_BOXES}
+      - {name: classify, processor: classifier, parents: [detect],
+         input_type: DATA_TYPE_BOXES, output_type: DATA_TYPE_LABELS}
 """
 
 from __future__ import annotations

@@ -66,13 +66,9 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise InvalidArgument(
-                field, f"one of the registered {self.kind}s {self.names()}, got {name!r}"
-            ) from None
+            raise InvalidArgument(field, f"one of the registered {self.kind}s {self.names()}, got {name!r}") from None
 
-    def params(
-        self, name: str, values: Mapping[str, Any] | None, field: str = "params"
-    ) -> pydantic.BaseModel:
+    def params(self, name: str, values: Mapping[str, Any] | None, field: str = "params") -> pydantic.BaseModel:
         """Validates `values` against the parameter model of `name`."""
         model = self.entry(name).params
         try:

@@ -181,9 +181,7 @@ class ComponentServer:
             server.add_generic_rpc_handlers((handler,))
             self._services.append(service.full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        reflection.enable_server_reflection([*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         self.port = server.add_insecure_port(self.settings.server.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.server.listen}")

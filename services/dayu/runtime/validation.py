@@ -87,14 +87,18 @@ def validate_stages(
         raise InvalidArgument(field, f"an acyclic graph, but stages form a cycle: {cycle}") from None
 
 
-def validate_pipeline(pipeline: types_pb2.Pipeline, field: str = "pipeline", processors: Collection[str] | None = None) -> list[str]:
+def validate_pipeline(
+    pipeline: types_pb2.Pipeline, field: str = "pipeline", processors: Collection[str] | None = None
+) -> list[str]:
     require_name(pipeline.name, f"{field}.name")
     return validate_stages(pipeline.stages, f"{field}.stages", processors)
 
 
 def validate_configuration(config: types_pb2.Configuration, field: str) -> None:
     if config.resolution.width == 0 or config.resolution.height == 0:
-        raise InvalidArgument(f"{field}.resolution", f"width and height > 0, got {config.resolution.width}x{config.resolution.height}")
+        raise InvalidArgument(
+            f"{field}.resolution", f"width and height > 0, got {config.resolution.width}x{config.resolution.height}"
+        )
     if not config.fps > 0:
         raise InvalidArgument(f"{field}.fps", f"a frame rate > 0, got {config.fps}")
     if not 1 <= config.quality <= 100:

@@ -77,13 +77,18 @@ class SchedulerCore:
     async def watch(self, stream_id: str, after_version: int) -> AsyncIterator[decision_pb2.Decision]:
         """Yields the stream's decisions newer than after_version, as they are made."""
         stream = self._stream(stream_id)
-        version = after_version
+        last_sent = after_version
+
+        def newer() -> bool:
+            current = self._streams[stream_id].view.current
+            return current is not None and current.version > last_sent
+
         while True:
             async with stream.changed:
-                await stream.changed.wait_for(lambda: self._streams[stream_id].view.current.version > version)  # type: ignore[union-attr]
+                await stream.changed.wait_for(newer)
                 current = self._streams[stream_id].view.current
             assert current is not None
-            version = current.version
+            last_sent = current.version
             yield current
 
     async def set_policy(self, stream_id: str, spec: decision_pb2.PolicySpec) -> decision_pb2.Decision:

@@ -66,7 +66,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             received += 1
         return scheduler_pb2.ReportResourcesResponse(received=received)
 
-    async def SetPolicy(self, request: scheduler_pb2.SetPolicyRequest, context: object) -> scheduler_pb2.SetPolicyResponse:
+    async def SetPolicy(
+        self, request: scheduler_pb2.SetPolicyRequest, context: object
+    ) -> scheduler_pb2.SetPolicyResponse:
         return scheduler_pb2.SetPolicyResponse(decision=await self.core.set_policy(request.stream_id, request.policy))
 
     async def GetSchedulerStats(

@@ -1,0 +1,138 @@
+"""Shared fixtures: valid messages to start from, and components served on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dayu.components import COMPONENTS
+from dayu.runtime.config import load_settings
+from dayu.runtime.server import ComponentServer
+from dayu.v1 import decision_pb2, task_pb2, types_pb2
+
+FRAMES, BOXES, LABELS = types_pb2.DATA_TYPE_FRAMES, types_pb2.DATA_TYPE_BOXES, types_pb2.DATA_TYPE_LABELS
+
+
+def stage(
+    name: str,
+    parents: tuple[str, ...] = (),
+    input_type: int = FRAMES,
+    output_type: int = BOXES,
+    processor: str = "noop",
+) -> types_pb2.StageSpec:
+    return types_pb2.StageSpec(
+        name=name, processor=processor, parents=parents, input_type=input_type, output_type=output_type
+    )
+
+
+def fork_join_pipeline() -> types_pb2.Pipeline:
+    """detect -> (classify, count) -> merge: a fork and a join."""
+    return types_pb2.Pipeline(
+        name="fork-join",
+        stages=[
+            stage("detect"),
+            stage("classify", ("detect",), BOXES, LABELS),
+            stage("count", ("detect",), BOXES, LABELS),
+            stage("merge", ("classify", "count"), LABELS, LABELS),
+        ],
+    )
+
+
+def make_task(pipeline: types_pb2.Pipeline | None = None, node: str = "edge-1", frames: int = 2) -> task_pb2.Task:
+    pipeline = pipeline or fork_join_pipeline()
+    task_id = str(uuid.uuid4())
+    task = task_pb2.Task(stream_id="stream-1", sequence=0, task_id=task_id, root_id=task_id, source_node=node)
+    task.dag.pipeline = pipeline.name
+    for spec in pipeline.stages:
+        task.dag.stages.add(spec=spec, node=node)
+    task.segment.codec = types_pb2.CODEC_JPEG
+    task.segment.frame_indices.extend(range(frames))
+    task.segment.frames.extend([b"\xff\xd8 not decoded by noop"] * frames)
+    return task
+
+
+def make_stream_spec(pipeline: types_pb2.Pipeline | None = None) -> decision_pb2.StreamSpec:
+    return decision_pb2.StreamSpec(
+        stream_id="stream-1",
+        source_id="camera-1",
+        node="edge-1",
+        pipeline=pipeline or fork_join_pipeline(),
+        latency_budget_s=1.0,
+        max_configuration=types_pb2.Configuration(
+            resolution=types_pb2.Resolution(width=1280, height=720),
+            fps=30,
+            quality=90,
+            frames_per_segment=10,
+            codec=types_pb2.CODEC_JPEG,
+        ),
+    )
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Starts components in this process on loopback: `address = await serve("scheduler", **settings)`."""
+    servers: list[ComponentServer] = []
+
+    async def start(name: str, **settings: Any) -> str:
+        component_class = COMPONENTS.entry(name).factory
+        settings.setdefault("server", {}).setdefault("listen", "127.0.0.1:0")
+        if name == "distributor":
+            settings.setdefault("distributor", {"database": str(tmp_path / "records.sqlite")})
+        loaded = load_settings(component_class.settings_class, None, **settings)  # type: ignore[attr-defined]
+        server = ComponentServer(component_class(loaded), loaded)  # type: ignore[call-arg]
+        servers.append(server)
+        return await server.start()
+
+    yield start
+    for server in servers:
+        await server.stop(grace=0)
+
+
+@dataclass
+class ServedProcess:
+    """A `dayu serve` subprocess and the address it reported."""
+
+    process: subprocess.Popen[str]
+    address: str
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServedProcess]]:
+    """Runs `dayu serve COMPONENT --listen 127.0.0.1:0 [--config FILE]` and waits for its 'serving' log line."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(component: str, config: str | None = None) -> ServedProcess:
+        args = [sys.executable, "-m", "dayu.cli", "serve", component, "--listen", "127.0.0.1:0"]
+        if config is not None:
+            path = tmp_path / f"{component}.yaml"
+            path.write_text(config)
+            args += ["--config", str(path)]
+        env = {**os.environ, "DAYU_DISTRIBUTOR__DATABASE": str(tmp_path / "records.sqlite")}
+        process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+        started.append(process)
+        assert process.stderr is not None
+        for line in process.stderr:
+            event = json.loads(line)
+            if event.get("event") == "serving":
+                return ServedProcess(process, event["address"])
+        raise AssertionError(f"{component} exited with {process.wait()} before serving")
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

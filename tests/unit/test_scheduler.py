@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dayu.runtime.errors import InvalidArgument, NotFound
+from dayu.scheduler.core import SchedulerCore
+from dayu.v1 import decision_pb2, task_pb2
+
+from conftest import make_stream_spec
+
+FIXED = decision_pb2.PolicySpec(name="fixed")
+
+
+async def test_startup_decision_follows_fixed_policy() -> None:
+    core = SchedulerCore(FIXED)
+    decision = await core.register(make_stream_spec())
+    assert decision.version == 1 and decision.policy == "fixed"
+    assert decision.configuration.resolution.width == 1280
+    assert dict(decision.placement) == {s: "edge-1" for s in ("detect", "classify", "count", "merge")}
+    assert core.decision("stream-1") == decision
+
+
+async def test_set_policy_pushes_a_new_version_to_watchers() -> None:
+    core = SchedulerCore(FIXED)
+    await core.register(make_stream_spec())
+    watcher = core.watch("stream-1", after_version=0)
+    assert (await anext(watcher)).version == 1
+    pending = asyncio.create_task(anext(watcher))
+    await asyncio.sleep(0.01)
+    assert not pending.done()
+    params = "{width: 640, height: 360, fps: 5, placement: {detect: cloud}}"
+    await core.set_policy("stream-1", decision_pb2.PolicySpec(name="fixed", params_yaml=params))
+    pushed = await asyncio.wait_for(pending, 5)
+    assert pushed.version == 2
+    assert (pushed.configuration.resolution.width, pushed.configuration.fps) == (640, 5)
+    assert pushed.placement["detect"] == "cloud" and pushed.placement["merge"] == "edge-1"
+    (stats,) = core.stats()
+    assert stats.decisions == 2 and stats.decision_time_p50_s > 0
+
+
+async def test_bad_policy_and_unknown_stream_are_named() -> None:
+    core = SchedulerCore(FIXED)
+    await core.register(make_stream_spec())
+    with pytest.raises(InvalidArgument) as unknown:
+        await core.set_policy("stream-1", decision_pb2.PolicySpec(name="nope"))
+    assert unknown.value.field == "policy.name"
+    with pytest.raises(InvalidArgument) as bad:
+        await core.set_policy("stream-1", decision_pb2.PolicySpec(name="fixed", params_yaml="{fps: -1}"))
+    assert bad.value.field == "policy.params_yaml.fps"
+    with pytest.raises(NotFound):
+        await core.feedback(task_pb2.TaskRecord(task=task_pb2.Task(stream_id="other")))
