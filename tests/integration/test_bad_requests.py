@@ -5,7 +5,15 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from dayu.v1 import controller_pb2, controller_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
+from dayu.v1 import (
+    controller_pb2,
+    controller_pb2_grpc,
+    monitor_pb2,
+    monitor_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    types_pb2,
+)
 
 from conftest import BOXES, FRAMES, LABELS, fork_join_pipeline, make_stream_spec, make_task, stage
 
@@ -115,3 +123,14 @@ def test_fork_join_pipeline_is_valid() -> None:
 
     order = validate_pipeline(fork_join_pipeline())
     assert order[0] == "detect" and order[-1] == "merge"
+
+
+async def test_message_size_limit_is_enforced(serve) -> None:  # type: ignore[no-untyped-def]
+    address = await serve("monitor", server={"max_message_bytes": 4096})
+    async with grpc.aio.insecure_channel(address) as channel:
+        probe = monitor_pb2_grpc.MonitorServiceStub(channel).Probe
+        assert (await probe(monitor_pb2.ProbeRequest(payload=b"x" * 1000), timeout=10)).received_bytes == 1000
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await probe(monitor_pb2.ProbeRequest(payload=b"x" * 10_000), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (await probe(monitor_pb2.ProbeRequest(payload=b"x"), timeout=10)).received_bytes == 1
