@@ -66,7 +66,7 @@ async def test_invalid_pipeline_is_refused_with_its_field(serve, pipeline, field
 
 
 async def test_invalid_task_fields_are_named(serve) -> None:  # type: ignore[no-untyped-def]
-    address = await serve("controller", controller={"nodes": ["cloud", "edge-1"]})
+    address = await serve("controller", node="edge-1", controller={"peers": {"cloud": "127.0.0.1:9"}})
     async with grpc.aio.insecure_channel(address) as channel:
         submit = controller_pb2_grpc.ControllerServiceStub(channel).SubmitTask
 

@@ -1,46 +1,122 @@
-"""gRPC adapter of the controller.
-
-Today it validates tasks and reports its links; routing tasks through processors and to other
-nodes comes with the data plane."""
+"""gRPC adapter of the controller: the transport to processors, peers and the distributor, and the
+servicer over ControllerCore."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pydantic
 
+from dayu.controller.core import ControllerCore
+from dayu.controller.links import BandwidthTrace, Link
+from dayu.runtime.client import Channels, with_retries
 from dayu.runtime.config import ComponentSettings, StrictModel
-from dayu.runtime.errors import Unimplemented
+from dayu.runtime.errors import FailedPrecondition
 from dayu.runtime.server import Binding, Component
-from dayu.runtime.validation import validate_task
-from dayu.v1 import controller_pb2, controller_pb2_grpc
+from dayu.v1 import (
+    controller_pb2,
+    controller_pb2_grpc,
+    distributor_pb2,
+    distributor_pb2_grpc,
+    processor_pb2,
+    processor_pb2_grpc,
+    task_pb2,
+)
+
+
+class LinkSection(StrictModel):
+    bandwidth_mbps: float = pydantic.Field(0.0, ge=0, description="0: unlimited (unless a trace is given)")
+    delay_ms: float = pydantic.Field(0.0, ge=0)
+    trace: Path | None = pydantic.Field(None, description="bandwidth trace file (time_s mbps per line)")
+
+    def link(self, from_node: str, to_node: str) -> Link:
+        trace = BandwidthTrace.load(self.trace) if self.trace else None
+        return Link(from_node, to_node, self.bandwidth_mbps, self.delay_ms, trace)
 
 
 class ControllerSection(StrictModel):
-    nodes: list[str] = pydantic.Field(
-        default_factory=list, description="nodes of the mesh; tasks naming other nodes are refused (empty: any)"
+    cloud_node: str = pydantic.Field("cloud", description="node that stages fall back to and forks end on")
+    peers: dict[str, str] = pydantic.Field(default_factory=dict, description="node -> address of its controller")
+    processors: dict[str, str] = pydantic.Field(
+        default_factory=dict, description="processor kind -> address of this node's processor"
     )
+    distributor: str = pydantic.Field("", description="address of the distributor")
+    links: dict[str, LinkSection] = pydantic.Field(default_factory=dict, description="node -> link from this node")
+    join_timeout_s: float = pydantic.Field(10.0, gt=0)
+    attempts: int = pydantic.Field(3, ge=1, description="tries of a call to a processor, peer or distributor")
 
 
 class ControllerSettings(ComponentSettings):
     controller: ControllerSection = ControllerSection()
 
 
+class GrpcTransport:
+    """Reaches processors, peer controllers and the distributor over gRPC, with bounded retries."""
+
+    def __init__(self, section: ControllerSection, channels: Channels) -> None:
+        self.section, self.channels = section, channels
+
+    def _address(self, table: dict[str, str], key: str, what: str) -> str:
+        if key not in table:
+            raise FailedPrecondition(f"no address configured for {what} {key!r}")
+        return table[key]
+
+    async def process(self, kind: str, task: task_pb2.Task, stage: str) -> task_pb2.Task:
+        stub = processor_pb2_grpc.ProcessorServiceStub(
+            self.channels.get(self._address(self.section.processors, kind, "processor"))
+        )
+        request = processor_pb2.ProcessRequest(task=task, stage=stage)
+        reply = await with_retries(lambda: stub.Process(request), attempts=self.section.attempts, what="process")
+        return reply.task
+
+    async def forward(self, node: str, task: task_pb2.Task) -> None:
+        stub = controller_pb2_grpc.ControllerServiceStub(
+            self.channels.get(self._address(self.section.peers, node, "controller of node"))
+        )
+        request = controller_pb2.SubmitTaskRequest(task=task)
+        await with_retries(lambda: stub.SubmitTask(request, timeout=30), attempts=self.section.attempts, what="forward")
+
+    def _distributor(self) -> distributor_pb2_grpc.DistributorServiceStub:
+        if not self.section.distributor:
+            raise FailedPrecondition("no distributor address configured")
+        return distributor_pb2_grpc.DistributorServiceStub(self.channels.get(self.section.distributor))
+
+    async def deliver(self, task: task_pb2.Task) -> None:
+        stub, request = self._distributor(), distributor_pb2.DeliverRequest(task=task)
+        await with_retries(lambda: stub.Deliver(request, timeout=30), attempts=self.section.attempts, what="deliver")
+
+    async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
+        stub, request = self._distributor(), distributor_pb2.RecordDropRequest(task=task, reason=reason)
+        await with_retries(lambda: stub.RecordDrop(request, timeout=30), attempts=self.section.attempts, what="drop")
+
+
 class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
-    def __init__(self, node: str, nodes: list[str]) -> None:
-        self.node = node
-        self.nodes = set(nodes) | {node} if nodes else None
+    def __init__(self, core: ControllerCore) -> None:
+        self.core = core
 
     async def SubmitTask(
         self, request: controller_pb2.SubmitTaskRequest, context: object
     ) -> controller_pb2.SubmitTaskResponse:
-        validate_task(request.task, nodes=self.nodes)
-        raise Unimplemented("routing tasks through the DAG is not built yet; the task was validated only")
+        self.core.submit(request.task, request.from_node)
+        return controller_pb2.SubmitTaskResponse(task_id=request.task.task_id)
 
     async def GetLinkStats(
         self, request: controller_pb2.GetLinkStatsRequest, context: object
     ) -> controller_pb2.GetLinkStatsResponse:
-        return controller_pb2.GetLinkStatsResponse()
+        return controller_pb2.GetLinkStatsResponse(
+            links=[
+                controller_pb2.LinkStats(
+                    from_node=link.from_node,
+                    to_node=link.to_node,
+                    bytes_sent=link.bytes_sent,
+                    tasks_sent=link.tasks_sent,
+                    bandwidth_mbps=link.bandwidth_mbps(),
+                    delay_ms=link.delay_ms,
+                )
+                for _, link in sorted(self.core.links.items())
+            ]
+        )
 
 
 class ControllerComponent(Component):
@@ -48,7 +124,28 @@ class ControllerComponent(Component):
     settings_class = ControllerSettings
 
     def __init__(self, settings: ControllerSettings) -> None:
-        self.servicer = ControllerServicer(settings.node, settings.controller.nodes)
+        section = self.section = settings.controller
+        self.channels = Channels(settings.server.max_message_bytes)
+        self.grace_s = settings.server.shutdown_grace_s
+        links = {node: link.link(settings.node, node) for node, link in section.links.items()}
+        self.core = ControllerCore(
+            node=settings.node,
+            cloud_node=section.cloud_node,
+            nodes=set(section.peers),
+            local_kinds=set(section.processors),
+            links=links,
+            transport=GrpcTransport(section, self.channels),
+            join_timeout_s=section.join_timeout_s,
+        )
 
     def bindings(self) -> Sequence[Binding]:
-        return [Binding("dayu.v1.ControllerService", self.servicer)]
+        return [Binding("dayu.v1.ControllerService", ControllerServicer(self.core))]
+
+    def set_peer(self, node: str, address: str) -> None:
+        """Points at the controller of `node` (the embedded mesh learns addresses after binding)."""
+        self.section.peers[node] = address
+        self.core.nodes.add(node)
+
+    async def stop(self) -> None:
+        await self.core.drain(self.grace_s)
+        await self.channels.close()

@@ -2,20 +2,62 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import grpc
 import pydantic
 
 from dayu.distributor.core import DistributorCore
 from dayu.distributor.store import RecordStore
+from dayu.runtime.client import Channels
 from dayu.runtime.config import ComponentSettings, StrictModel
+from dayu.runtime.logs import get_logger
 from dayu.runtime.server import Binding, Component
-from dayu.v1 import distributor_pb2, distributor_pb2_grpc, task_pb2
+from dayu.v1 import distributor_pb2, distributor_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
+
+log = get_logger(__name__)
 
 
 class DistributorSection(StrictModel):
     database: Path = pydantic.Field(Path("dayu-records.sqlite"), description="SQLite file of the records")
+    scheduler: str = pydantic.Field("", description="address of the scheduler that gets each record as feedback")
+    feedback_queue: int = pydantic.Field(1000, ge=1, description="records waiting for the scheduler at most")
+
+
+class FeedbackSender:
+    """Passes stored records on to the scheduler's feedback call, in order, without holding up
+    delivery: a bounded queue, dropping feedback (never records) when the scheduler falls behind."""
+
+    def __init__(self, address: str, channels: Channels, capacity: int) -> None:
+        self.stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.get(address))
+        self.queue: asyncio.Queue[task_pb2.TaskRecord] = asyncio.Queue(capacity)
+        self.lost = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def offer(self, record: task_pb2.TaskRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.lost += 1
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._send())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _send(self) -> None:
+        while True:
+            record = await self.queue.get()
+            try:
+                await self.stub.ReportFeedback(scheduler_pb2.ReportFeedbackRequest(record=record), timeout=10)
+            except grpc.aio.AioRpcError as error:
+                self.lost += 1
+                log.warning("feedback not delivered", code=error.code().name, lost=self.lost)
 
 
 class DistributorSettings(ComponentSettings):
@@ -62,10 +104,22 @@ class DistributorComponent(Component):
     settings_class = DistributorSettings
 
     def __init__(self, settings: DistributorSettings) -> None:
-        self.core = DistributorCore(RecordStore(settings.distributor.database))
+        section = settings.distributor
+        self.channels = Channels(settings.server.max_message_bytes)
+        self.feedback = (
+            FeedbackSender(section.scheduler, self.channels, section.feedback_queue) if section.scheduler else None
+        )
+        self.core = DistributorCore(RecordStore(section.database), self.feedback.offer if self.feedback else None)
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.DistributorService", DistributorServicer(self.core))]
 
+    async def start(self) -> None:
+        if self.feedback:
+            self.feedback.start()
+
     async def stop(self) -> None:
+        if self.feedback:
+            await self.feedback.stop()
+        await self.channels.close()
         self.core.store.close()

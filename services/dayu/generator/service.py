@@ -1,44 +1,149 @@
-"""gRPC adapter of the generator.
-
-Today it holds the decisions of its streams; capturing frames and making tasks comes with the
-data plane, so it runs no stream yet."""
+"""gRPC adapter of the generator: the streams it runs, their ports to the mesh, and the servicer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Literal
 
-from dayu.runtime.config import ComponentSettings
-from dayu.runtime.errors import NotFound
+import pydantic
+
+from dayu.generator.core import StreamRunner
+from dayu.runtime.client import Channels, with_retries
+from dayu.runtime.config import ComponentSettings, StrictModel
+from dayu.runtime.errors import InvalidArgument, NotFound
+from dayu.runtime.logs import get_logger
+from dayu.runtime.pipelines import load_pipelines
+from dayu.runtime.sections import PolicySection
 from dayu.runtime.server import Binding, Component
-from dayu.runtime.validation import require_id
-from dayu.v1 import generator_pb2, generator_pb2_grpc
+from dayu.runtime.validation import require_id, validate_stream_spec
+from dayu.v1 import (
+    controller_pb2,
+    controller_pb2_grpc,
+    datasource_pb2,
+    datasource_pb2_grpc,
+    decision_pb2,
+    distributor_pb2,
+    distributor_pb2_grpc,
+    generator_pb2,
+    generator_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    task_pb2,
+    types_pb2,
+)
+
+log = get_logger(__name__)
+CODECS = {"jpeg": types_pb2.CODEC_JPEG, "h264": types_pb2.CODEC_H264, "raw": types_pb2.CODEC_RAW_BGR}
+
+
+class ConfigurationSection(StrictModel):
+    width: int = pydantic.Field(gt=0)
+    height: int = pydantic.Field(gt=0)
+    fps: float = pydantic.Field(gt=0)
+    quality: int = pydantic.Field(80, ge=1, le=100)
+    frames_per_segment: int = pydantic.Field(5, ge=1)
+    codec: Literal["jpeg", "h264", "raw"] = "jpeg"
+
+    def message(self) -> types_pb2.Configuration:
+        return types_pb2.Configuration(
+            resolution=types_pb2.Resolution(width=self.width, height=self.height),
+            fps=self.fps,
+            quality=self.quality,
+            frames_per_segment=self.frames_per_segment,
+            codec=CODECS[self.codec],
+        )
+
+
+class StreamSection(StrictModel):
+    stream_id: str
+    source_id: str
+    pipeline: str = pydantic.Field(description="name of a pipeline in pipelines_file")
+    latency_budget_s: float = pydantic.Field(gt=0)
+    max_configuration: ConfigurationSection
+    policy: PolicySection = PolicySection()
+
+    def spec(self, node: str, pipelines: dict[str, types_pb2.Pipeline], field: str) -> decision_pb2.StreamSpec:
+        if self.pipeline not in pipelines:
+            raise InvalidArgument(
+                f"{field}.pipeline", f"one of the pipelines {sorted(pipelines)}, got {self.pipeline!r}"
+            )
+        spec = decision_pb2.StreamSpec(
+            stream_id=self.stream_id,
+            source_id=self.source_id,
+            node=node,
+            pipeline=pipelines[self.pipeline],
+            latency_budget_s=self.latency_budget_s,
+            max_configuration=self.max_configuration.message(),
+            policy=self.policy.spec(),
+        )
+        validate_stream_spec(spec, field)
+        return spec
+
+
+class GeneratorSection(StrictModel):
+    datasource: str = pydantic.Field("", description="address of the datasource")
+    controller: str = pydantic.Field("", description="address of this node's controller")
+    scheduler: str = pydantic.Field("", description="address of the scheduler")
+    distributor: str = pydantic.Field("", description="address of the distributor (records refused tasks)")
+    pipelines_file: Path | None = None
+    streams: list[StreamSection] = pydantic.Field(default_factory=list)
 
 
 class GeneratorSettings(ComponentSettings):
-    pass
+    generator: GeneratorSection = GeneratorSection()
+
+
+class GrpcStreamPorts:
+    def __init__(self, section: GeneratorSection, channels: Channels) -> None:
+        self.section, self.channels = section, channels
+
+    async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:
+        stub = datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.section.datasource))
+        async for frame in stub.StreamFrames(datasource_pb2.StreamFramesRequest(source_id=source_id)):
+            yield frame
+
+    async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
+        reply = await stub.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=spec), timeout=10)
+        return reply.decision
+
+    async def decisions(self, stream_id: str, after_version: int) -> AsyncIterator[decision_pb2.Decision]:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
+        request = scheduler_pb2.WatchDecisionsRequest(stream_id=stream_id, after_version=after_version)
+        async for decision in stub.WatchDecisions(request):
+            yield decision
+
+    async def submit(self, task: task_pb2.Task) -> None:
+        stub = controller_pb2_grpc.ControllerServiceStub(self.channels.get(self.section.controller))
+        request = controller_pb2.SubmitTaskRequest(task=task)
+        await with_retries(lambda: stub.SubmitTask(request, timeout=10), what="submit")
+
+    async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
+        stub = distributor_pb2_grpc.DistributorServiceStub(self.channels.get(self.section.distributor))
+        await stub.RecordDrop(distributor_pb2.RecordDropRequest(task=task, reason=reason), timeout=10)
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
-    def __init__(self) -> None:
-        self.streams: dict[str, generator_pb2.StreamStatus] = {}
+    def __init__(self, runners: dict[str, StreamRunner]) -> None:
+        self.runners = runners
 
     async def ListStreams(
         self, request: generator_pb2.ListStreamsRequest, context: object
     ) -> generator_pb2.ListStreamsResponse:
-        return generator_pb2.ListStreamsResponse(streams=list(self.streams.values()))
+        return generator_pb2.ListStreamsResponse(streams=[r.status for _, r in sorted(self.runners.items())])
 
     async def ApplyDecision(
         self, request: generator_pb2.ApplyDecisionRequest, context: object
     ) -> generator_pb2.ApplyDecisionResponse:
         decision = request.decision
         require_id(decision.stream_id, "decision.stream_id")
-        status = self.streams.get(decision.stream_id)
-        if status is None:
+        runner = self.runners.get(decision.stream_id)
+        if runner is None:
             raise NotFound(f"stream {decision.stream_id!r} does not run on this generator")
-        applied = decision.version > status.decision.version
-        if applied:
-            status.decision.CopyFrom(decision)
-        return generator_pb2.ApplyDecisionResponse(applied=applied, current_version=status.decision.version)
+        applied = runner.apply(decision)
+        return generator_pb2.ApplyDecisionResponse(applied=applied, current_version=runner.decision.version)
 
 
 class GeneratorComponent(Component):
@@ -46,7 +151,29 @@ class GeneratorComponent(Component):
     settings_class = GeneratorSettings
 
     def __init__(self, settings: GeneratorSettings) -> None:
-        self.servicer = GeneratorServicer()
+        section = settings.generator
+        self.grace_s = settings.server.shutdown_grace_s
+        self.channels = Channels(settings.server.max_message_bytes)
+        pipelines = load_pipelines(section.pipelines_file) if section.pipelines_file else {}
+        ports = GrpcStreamPorts(section, self.channels)
+        self.runners: dict[str, StreamRunner] = {}
+        for i, stream in enumerate(section.streams):
+            spec = stream.spec(settings.node, pipelines, f"generator.streams[{i}]")
+            if spec.stream_id in self.runners:
+                raise InvalidArgument(f"generator.streams[{i}].stream_id", f"a unique id, {spec.stream_id!r} is twice")
+            self.runners[spec.stream_id] = StreamRunner(spec, ports)
+        self._running: list[asyncio.Task[None]] = []
 
     def bindings(self) -> Sequence[Binding]:
-        return [Binding("dayu.v1.GeneratorService", self.servicer)]
+        return [Binding("dayu.v1.GeneratorService", GeneratorServicer(self.runners))]
+
+    async def start(self) -> None:
+        self._running = [asyncio.create_task(r.run(), name=f"stream-{s}") for s, r in self.runners.items()]
+
+    async def stop(self) -> None:
+        """Stops capturing, then lets the tasks already made reach the controller."""
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        await asyncio.gather(*(r.drain(self.grace_s) for r in self.runners.values()))
+        await self.channels.close()

@@ -109,11 +109,15 @@ def validate_configuration(config: types_pb2.Configuration, field: str) -> None:
         raise InvalidArgument(f"{field}.codec", "a codec (JPEG, H264 or RAW_BGR)")
 
 
-def validate_segment(segment: task_pb2.Segment, field: str) -> None:
+def validate_segment(segment: task_pb2.Segment, field: str, with_data: bool = True) -> None:
+    """Checks the segment's description, and its encoded frames unless with_data is False (finished
+    tasks travel to the distributor without them)."""
     if segment.codec == types_pb2.CODEC_UNSPECIFIED:
         raise InvalidArgument(f"{field}.codec", "a codec (JPEG, H264 or RAW_BGR)")
     if not segment.frame_indices:
         raise InvalidArgument(f"{field}.frame_indices", "at least one frame index")
+    if not with_data:
+        return
     if segment.codec in _PER_FRAME_CODECS:
         if len(segment.frames) != len(segment.frame_indices):
             raise InvalidArgument(
@@ -129,6 +133,7 @@ def validate_task(
     field: str = "task",
     nodes: Collection[str] | None = None,
     processors: Collection[str] | None = None,
+    with_data: bool = True,
 ) -> list[str]:
     """Checks a task end to end; returns its stage names in topological order."""
     require_id(task.stream_id, f"{field}.stream_id")
@@ -141,7 +146,7 @@ def validate_task(
             raise InvalidArgument(f"{stages}[{i}].node", "the node assigned to run the stage")
         if nodes is not None and stage.node not in nodes:
             raise InvalidArgument(f"{stages}[{i}].node", f"one of the nodes {sorted(nodes)}, got {stage.node!r}")
-    validate_segment(task.segment, f"{field}.segment")
+    validate_segment(task.segment, f"{field}.segment", with_data)
     return order
 
 

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 
 import pydantic
 
 from dayu.runtime.config import ComponentSettings, StrictModel
+from dayu.runtime.sections import PolicySection
 from dayu.runtime.server import Binding, Component
 from dayu.scheduler.core import SchedulerCore, build_policy
 from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, scheduler_pb2_grpc
-
-
-class PolicySection(StrictModel):
-    name: str = "fixed"
-    params: dict[str, object] = pydantic.Field(default_factory=dict)
-
-    def spec(self) -> decision_pb2.PolicySpec:
-        return decision_pb2.PolicySpec(name=self.name, params_yaml=json.dumps(self.params))
 
 
 class SchedulerSection(StrictModel):

@@ -1,0 +1,165 @@
+"""The mesh's own cost, with no-op stages, on loopback (no emulated link limits).
+
+Measures side by side in one run:
+  - direct: a Process call on a processor (what a stage costs without the mesh);
+  - local: a one-stage task through controller -> processor -> distributor on one node;
+  - forward: a two-stage task whose second stage runs on another node (one controller-to-controller hop);
+  - throughput: tasks per second through the mesh with many tasks in flight.
+
+    .venv/bin/python hack/bench_mesh.py [--tasks 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+
+from dayu.embedded import Mesh, MeshConfig
+from dayu.runtime.config import LogSettings
+from dayu.runtime.logs import configure_logging
+from dayu.v1 import (
+    controller_pb2,
+    controller_pb2_grpc,
+    distributor_pb2,
+    distributor_pb2_grpc,
+    processor_pb2,
+    processor_pb2_grpc,
+    task_pb2,
+    types_pb2,
+)
+
+PIPELINES = """
+pipelines:
+  - name: one
+    stages:
+      - {name: a, processor: noop, input_type: DATA_TYPE_FRAMES, output_type: DATA_TYPE_BOXES}
+  - name: two
+    stages:
+      - {name: a, processor: noop, input_type: DATA_TYPE_FRAMES, output_type: DATA_TYPE_BOXES}
+      - {name: b, processor: noop, parents: [a], input_type: DATA_TYPE_BOXES, output_type: DATA_TYPE_BOXES}
+"""
+
+
+def make_task(nodes: list[str]) -> task_pb2.Task:
+    task_id = str(uuid.uuid4())
+    task = task_pb2.Task(stream_id="bench", task_id=task_id, root_id=task_id)
+    task.created_at.GetCurrentTime()
+    previous = None
+    for i, node in enumerate(nodes):
+        name = "ab"[i]
+        spec = types_pb2.StageSpec(
+            name=name,
+            processor="noop",
+            parents=[previous] if previous else [],
+            input_type=types_pb2.DATA_TYPE_BOXES if previous else types_pb2.DATA_TYPE_FRAMES,
+            output_type=types_pb2.DATA_TYPE_BOXES,
+        )
+        task.dag.stages.add(spec=spec, node=node)
+        previous = name
+    task.segment.codec = types_pb2.CODEC_JPEG
+    task.segment.frame_indices.extend(range(5))
+    task.segment.frames.extend([b"\0" * 20_000] * 5)  # about a 5-frame JPEG segment at 640x360
+    return task
+
+
+def summary(values: list[float]) -> str:
+    ordered = sorted(values)
+    p95 = ordered[int(0.95 * (len(ordered) - 1))]
+    return f"p50 {statistics.median(ordered) * 1000:7.2f} ms   p95 {p95 * 1000:7.2f} ms"
+
+
+async def main(tasks: int, repeats: int) -> None:
+    configure_logging(LogSettings(level="error", format="console"))
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "pipelines.yaml").write_text(PIPELINES)
+        config = MeshConfig.model_validate(
+            {
+                "nodes": {"cloud": {"processors": ["noop"]}, "edge-1": {"processors": ["noop"]}},
+                "pipelines_file": str(workdir / "pipelines.yaml"),
+                "processors": {"noop": {"workers": 4, "queue_capacity": 1024}},
+            }
+        )
+        mesh = Mesh(config, workdir)
+        await mesh.start()
+        try:
+            channel = grpc.aio.insecure_channel(mesh.addresses["controller@edge-1"])
+            controller = controller_pb2_grpc.ControllerServiceStub(channel)
+            processor = processor_pb2_grpc.ProcessorServiceStub(
+                grpc.aio.insecure_channel(mesh.addresses["processor@edge-1/noop"])
+            )
+            distributor = distributor_pb2_grpc.DistributorServiceStub(
+                grpc.aio.insecure_channel(mesh.addresses["distributor"])
+            )
+            arrivals: dict[str, float] = {}
+            arrived = asyncio.Condition()
+
+            async def watch() -> None:
+                request = distributor_pb2.WatchRecordsRequest(filter=distributor_pb2.RecordFilter())
+                async for record in distributor.WatchRecords(request):
+                    async with arrived:
+                        arrivals[record.task.task_id] = time.perf_counter()
+                        arrived.notify_all()
+
+            watcher = asyncio.create_task(watch())
+
+            async def through_mesh(nodes: list[str]) -> float:
+                task = make_task(nodes)
+                started = time.perf_counter()
+                await controller.SubmitTask(controller_pb2.SubmitTaskRequest(task=task))
+                async with arrived:
+                    await arrived.wait_for(lambda: task.task_id in arrivals)
+                return arrivals[task.task_id] - started
+
+            async def direct() -> float:
+                started = time.perf_counter()
+                await processor.Process(processor_pb2.ProcessRequest(task=make_task(["edge-1"]), stage="a"))
+                return time.perf_counter() - started
+
+            results: dict[str, list[float]] = {"direct": [], "local": [], "forward": []}
+            for _ in range(repeats):  # interleaved, so noise hits all three alike
+                results["direct"].append(await direct())
+                results["local"].append(await through_mesh(["edge-1"]))
+                results["forward"].append(await through_mesh(["edge-1", "cloud"]))
+
+            started = time.perf_counter()
+            batch = [make_task(["edge-1", "cloud"]) for _ in range(tasks)]
+            limit = asyncio.Semaphore(32)
+
+            async def submit(task: task_pb2.Task) -> None:
+                async with limit:
+                    await controller.SubmitTask(controller_pb2.SubmitTaskRequest(task=task))
+
+            await asyncio.gather(*(submit(task) for task in batch))
+            async with arrived:
+                await arrived.wait_for(lambda: all(t.task_id in arrivals for t in batch))
+            elapsed = time.perf_counter() - started
+            watcher.cancel()
+
+            print(f"{'direct Process call':42s} {summary(results['direct'])}")
+            print(f"{'one stage through the mesh (1 node)':42s} {summary(results['local'])}")
+            print(f"{'two stages, one forward hop (2 nodes)':42s} {summary(results['forward'])}")
+            local = statistics.median(results["local"]) - statistics.median(results["direct"])
+            hop = statistics.median(results["forward"]) - statistics.median(results["local"])
+            print(
+                f"mesh overhead over a direct call (p50): {local * 1000:.2f} ms; "
+                f"a forward hop plus a stage: {hop * 1000:.2f} ms"
+            )
+            print(f"throughput: {tasks} two-stage tasks in {elapsed:.2f} s = {tasks / elapsed:.0f} tasks/s")
+        finally:
+            await mesh.abort()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=100)
+    args = parser.parse_args()
+    asyncio.run(main(args.tasks, args.repeats))

@@ -1,0 +1,108 @@
+"""Link emulation on the forwarding path between logical nodes: bandwidth (fixed or replayed from a
+trace), one-way delay, FIFO serialization, and byte counters.
+
+A transfer of n bytes waits for the link to be free (tasks queue behind each other, as on a real
+link), occupies it for the time the bandwidth needs to carry n bytes, then arrives after the
+propagation delay. Traces use Pensieve's format: one "time_s mbps" pair per line (commas also
+accepted, '#' starts a comment); the trace repeats after its last point."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dayu.runtime.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class BandwidthTrace:
+    times_s: tuple[float, ...]
+    mbps: tuple[float, ...]
+    period_s: float
+
+    @classmethod
+    def load(cls, path: Path) -> BandwidthTrace:
+        times, rates = [], []
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as error:
+            raise InvalidArgument(str(path), f"a readable bandwidth trace ({error})") from None
+        for number, line in enumerate(lines, 1):
+            fields = line.split("#", 1)[0].replace(",", " ").split()
+            if not fields:
+                continue
+            try:
+                t, rate = float(fields[0]), float(fields[1])
+            except (ValueError, IndexError):
+                raise InvalidArgument(f"{path}:{number}", f"'time_s mbps', got {line.strip()!r}") from None
+            if rate < 0 or (times and t <= times[-1]) or t < 0:
+                raise InvalidArgument(f"{path}:{number}", "increasing times from 0 and bandwidth >= 0")
+            times.append(t)
+            rates.append(rate)
+        if not times or times[0] != 0:
+            raise InvalidArgument(str(path), "a trace starting at time 0")
+        # The last point lasts as long as the average step, so the trace can repeat.
+        step = times[-1] / (len(times) - 1) if len(times) > 1 else 1.0
+        return cls(tuple(times), tuple(rates), times[-1] + step)
+
+    def segment(self, t: float) -> tuple[float, float]:
+        """(Mbit/s at time t, seconds until the rate changes)."""
+        offset = t % self.period_s
+        i = bisect.bisect_right(self.times_s, offset) - 1
+        end = self.times_s[i + 1] if i + 1 < len(self.times_s) else self.period_s
+        return self.mbps[i], end - offset
+
+
+class Link:
+    """One directed emulated link. bandwidth_mbps 0 and no trace means unlimited."""
+
+    def __init__(
+        self,
+        from_node: str,
+        to_node: str,
+        bandwidth_mbps: float = 0.0,
+        delay_ms: float = 0.0,
+        trace: BandwidthTrace | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.from_node, self.to_node = from_node, to_node
+        self.fixed_mbps, self.delay_ms, self.trace = bandwidth_mbps, delay_ms, trace
+        self._clock = clock
+        self._start = clock()
+        self._busy = asyncio.Lock()
+        self.bytes_sent = 0
+        self.tasks_sent = 0
+
+    def bandwidth_mbps(self) -> float:
+        """Current bandwidth; 0 means unlimited."""
+        if self.trace is None:
+            return self.fixed_mbps
+        return self.trace.segment(self._clock() - self._start)[0]
+
+    def serialization_s(self, nbytes: int, at: float) -> float:
+        """Seconds the link needs to carry nbytes starting at clock time `at`, following the trace."""
+        if self.trace is None:
+            return nbytes * 8 / (self.fixed_mbps * 1e6) if self.fixed_mbps > 0 else 0.0
+        bits, elapsed, t = nbytes * 8.0, 0.0, at - self._start
+        for _ in range(100_000):  # bounded: a trace of zeros would otherwise never finish
+            mbps, remaining_s = self.trace.segment(t + elapsed)
+            capacity = mbps * 1e6 * remaining_s
+            if capacity >= bits:
+                return elapsed + bits / (mbps * 1e6)
+            bits -= capacity
+            elapsed += remaining_s
+        return elapsed
+
+    async def transmit(self, nbytes: int) -> float:
+        """Carries nbytes over the link; returns the seconds it took (queueing included)."""
+        started = self._clock()
+        async with self._busy:
+            await asyncio.sleep(self.serialization_s(nbytes, self._clock()))
+            self.bytes_sent += nbytes
+            self.tasks_sent += 1
+        await asyncio.sleep(self.delay_ms / 1000)
+        return self._clock() - started

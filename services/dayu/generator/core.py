@@ -1,0 +1,208 @@
+"""One stream's generator, without gRPC: takes frames from its source, applies the current decision
+(frame-rate filter, resize, encoding, frames per segment), and submits each segment as a task to
+its node's controller. Decisions come from the scheduler; while it cannot be reached the stream
+goes on with the last decision (or the local startup plan)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+import numpy as np
+
+from dayu.media.codecs import decode_image, encode_segment
+from dayu.media.frames import FrameRateFilter, resize
+from dayu.runtime.clock import timestamp
+from dayu.runtime.logs import get_logger
+from dayu.v1 import datasource_pb2, decision_pb2, generator_pb2, task_pb2, types_pb2
+
+log = get_logger(__name__)
+
+MAX_IN_FLIGHT = 8  # submissions waiting on the controller before capture waits too
+RECONNECT_S = (0.2, 5.0)  # first and longest wait before reconnecting to the scheduler or source
+
+
+class StreamPorts(Protocol):
+    """What a stream needs from the mesh; failures raise grpc.aio.AioRpcError."""
+
+    def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]: ...
+
+    async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision: ...
+
+    def decisions(self, stream_id: str, after_version: int) -> AsyncIterator[decision_pb2.Decision]: ...
+
+    async def submit(self, task: task_pb2.Task) -> None: ...
+
+    async def record_drop(self, task: task_pb2.Task, reason: str) -> None: ...
+
+
+def startup_decision(spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
+    """The plan a stream starts with before the scheduler answers: the source's best configuration,
+    every stage on the stream's own node. Version 0, so any scheduler decision replaces it."""
+    return decision_pb2.Decision(
+        stream_id=spec.stream_id,
+        version=0,
+        configuration=spec.max_configuration,
+        placement={stage.name: spec.node for stage in spec.pipeline.stages},
+        reason="local startup plan: scheduler not reached yet",
+        policy="startup",
+    )
+
+
+@dataclass
+class _Captured:
+    frame: datasource_pb2.Frame
+    captured_at: float
+
+
+def build_task(
+    spec: decision_pb2.StreamSpec, decision: decision_pb2.Decision, sequence: int, frames: list[_Captured]
+) -> task_pb2.Task:
+    """Decodes, resizes and encodes the frames into a task following the decision (CPU work: run it
+    in a thread)."""
+    config = decision.configuration
+    width, height = config.resolution.width, config.resolution.height
+    if config.codec == types_pb2.CODEC_H264:  # 4:2:0 needs even sizes
+        width, height = width - width % 2, height - height % 2
+    images: list[np.ndarray] = []
+    for i, captured in enumerate(frames):
+        image = decode_image(captured.frame.data, captured.frame.codec, captured.frame.resolution, f"frames[{i}]")
+        images.append(resize(image, width, height))
+    task_id = str(uuid.uuid4())
+    task = task_pb2.Task(
+        stream_id=spec.stream_id,
+        sequence=sequence,
+        task_id=task_id,
+        root_id=task_id,
+        configuration=config,
+        decision_version=decision.version,
+        source_node=spec.node,
+        latency_budget_s=spec.latency_budget_s,
+    )
+    task.dag.pipeline = spec.pipeline.name
+    for stage in spec.pipeline.stages:
+        task.dag.stages.add(spec=stage, node=decision.placement.get(stage.name, spec.node))
+    segment = task.segment
+    segment.codec = config.codec
+    segment.fps = config.fps
+    segment.source_resolution.CopyFrom(frames[0].frame.resolution)
+    for captured in frames:
+        segment.frame_indices.append(captured.frame.index)
+        segment.capture_times.append(captured.frame.captured_at)
+        if captured.frame.ground_truth:
+            segment.ground_truth.add(frame_index=captured.frame.index, detections=captured.frame.ground_truth)
+    encode_segment(segment, images, config.quality)
+    task.created_at.CopyFrom(timestamp())
+    return task
+
+
+class StreamRunner:
+    def __init__(self, spec: decision_pb2.StreamSpec, ports: StreamPorts) -> None:
+        self.spec, self.ports = spec, ports
+        self.status = generator_pb2.StreamStatus(spec=spec, decision=startup_decision(spec))
+        self.submitted = 0
+        self.dropped = 0
+        self._filter = FrameRateFilter(spec.max_configuration.fps, spec.max_configuration.fps)
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._submissions: set[asyncio.Task[None]] = set()
+
+    @property
+    def decision(self) -> decision_pb2.Decision:
+        return self.status.decision
+
+    def apply(self, decision: decision_pb2.Decision, *, force: bool = False) -> bool:
+        """Takes a newer decision; older or equal versions are ignored unless forced (the reply to a
+        registration is authoritative: a restarted scheduler counts versions from 1 again)."""
+        if decision.version <= self.decision.version and not force:
+            return False
+        self.status.decision.CopyFrom(decision)
+        log.info("decision applied", stream_id=self.spec.stream_id, version=decision.version, reason=decision.reason)
+        return True
+
+    async def run(self) -> None:
+        await asyncio.gather(self._follow_decisions(), self._capture())
+
+    async def drain(self, timeout_s: float) -> None:
+        if self._submissions:
+            await asyncio.wait(set(self._submissions), timeout=timeout_s)
+
+    async def _follow_decisions(self) -> None:
+        wait = RECONNECT_S[0]
+        while True:
+            try:
+                self.apply(await self.ports.register(self.spec), force=True)
+                self.status.scheduler_reachable = True
+                wait = RECONNECT_S[0]
+                async for decision in self.ports.decisions(self.spec.stream_id, self.decision.version):
+                    self.apply(decision)
+            except grpc.aio.AioRpcError as error:
+                if self.status.scheduler_reachable:
+                    log.warning("scheduler unreachable; keeping the last decision", code=error.code().name)
+                self.status.scheduler_reachable = False
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RECONNECT_S[1])
+
+    async def _capture(self) -> None:
+        wait = RECONNECT_S[0]
+        buffer: list[_Captured] = []
+        while True:
+            try:
+                async for frame in self.ports.frames(self.spec.source_id):
+                    wait = RECONNECT_S[0]
+                    self.status.frames_captured += 1
+                    if self.decision.paused:
+                        buffer.clear()
+                        continue
+                    self._filter.target_fps = min(self.decision.configuration.fps, self._filter.source_fps)
+                    if not self._filter.keep():
+                        continue
+                    self.status.frames_kept += 1
+                    buffer.append(_Captured(frame, time.time()))
+                    if len(buffer) >= self.decision.configuration.frames_per_segment:
+                        await self._make_task(buffer)
+                        buffer = []
+                log.info("source ended", source_id=self.spec.source_id)
+                return
+            except grpc.aio.AioRpcError as error:
+                log.warning("source unreachable", source_id=self.spec.source_id, code=error.code().name)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RECONNECT_S[1])
+
+    async def _make_task(self, frames: list[_Captured]) -> None:
+        await self._in_flight.acquire()
+        decision = decision_pb2.Decision()
+        decision.CopyFrom(self.decision)
+        sequence = self.status.tasks_generated
+        self.status.tasks_generated += 1
+        try:
+            task = await asyncio.to_thread(build_task, self.spec, decision, sequence, frames)
+        except Exception as error:  # bad frame data: the segment never becomes a task
+            self._in_flight.release()
+            self.dropped += 1
+            log.error("segment not encoded", stream_id=self.spec.stream_id, sequence=sequence, error=str(error))
+            return
+        submission = asyncio.create_task(self._submit(task))
+        self._submissions.add(submission)
+        submission.add_done_callback(self._submissions.discard)
+
+    async def _submit(self, task: task_pb2.Task) -> None:
+        try:
+            await self.ports.submit(task)
+            self.submitted += 1
+        except grpc.aio.AioRpcError as error:
+            self.dropped += 1
+            reason = f"controller of {self.spec.node} refused the task: {error.code().name}: {error.details()}"
+            log.warning("task not submitted", task_id=task.task_id, reason=reason)
+            del task.segment.frames[:]
+            task.segment.stream = b""
+            try:
+                await self.ports.record_drop(task, reason)
+            except grpc.aio.AioRpcError:
+                log.error("cannot record drop", task_id=task.task_id)
+        finally:
+            self._in_flight.release()

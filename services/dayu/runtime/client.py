@@ -1,0 +1,54 @@
+"""Client side of the mesh: one channel per address, with the same message limits as the servers,
+and bounded retries for calls whose failure is transient."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from dayu.runtime.logs import get_logger
+from dayu.runtime.server import channel_options
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+# Statuses worth another try: the peer is down, restarting, overloaded or slow.
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+
+
+class Channels:
+    """Lazily opened channels to other components, keyed by HOST:PORT, closed together."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._options = channel_options(max_message_bytes)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def get(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
+        return channel
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]], *, attempts: int = 3, backoff_s: float = 0.1, what: str = "call"
+) -> T:
+    """Runs `call`, retrying retryable failures with exponential backoff; re-raises the last one."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in RETRYABLE or attempt == attempts:
+                raise
+            log.debug("retrying", what=what, attempt=attempt, code=error.code().name)
+            await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")

@@ -1,0 +1,121 @@
+"""Tasks through a DAG with a fork and a join spread over three logical nodes, on real servers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import fork_join_pipeline, make_task
+
+from dayu.embedded import Mesh, MeshConfig
+from dayu.v1 import controller_pb2, controller_pb2_grpc, distributor_pb2, distributor_pb2_grpc, task_pb2
+
+PIPELINES = """
+pipelines:
+  - name: fork-join
+    stages:
+      - {name: detect, processor: noop, input_type: DATA_TYPE_FRAMES, output_type: DATA_TYPE_BOXES}
+      - {name: classify, processor: noop, parents: [detect], input_type: DATA_TYPE_BOXES, output_type: DATA_TYPE_LABELS}
+      - {name: count, processor: noop, parents: [detect], input_type: DATA_TYPE_BOXES, output_type: DATA_TYPE_LABELS}
+      - {name: merge, processor: noop, parents: [classify, count], input_type: DATA_TYPE_LABELS,
+         output_type: DATA_TYPE_LABELS}
+"""
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path):  # type: ignore[no-untyped-def]
+    (tmp_path / "pipelines.yaml").write_text(PIPELINES)
+    config = MeshConfig.model_validate(
+        {
+            "nodes": {"cloud": {"processors": ["noop"]}, "edge-1": {"processors": ["noop"]}, "edge-2": {}},
+            "links": [
+                {"between": ["edge-1", "cloud"], "bandwidth_mbps": 50, "delay_ms": 5},
+                {"between": ["edge-2", "cloud"], "bandwidth_mbps": 50, "delay_ms": 5},
+                {"between": ["edge-1", "edge-2"], "bandwidth_mbps": 100, "delay_ms": 1},
+            ],
+            "pipelines_file": str(tmp_path / "pipelines.yaml"),
+            "processors": {"noop": {"params": {"delay_s": 0.01}}},
+            "join_timeout_s": 1.5,
+        }
+    )
+    mesh = Mesh(config, tmp_path)
+    await mesh.start()
+    yield mesh
+    await mesh.abort()
+
+
+async def records(mesh: Mesh, expected: int) -> list[task_pb2.TaskRecord]:
+    """Waits for `expected` records at the distributor, then makes sure no more arrive."""
+    async with grpc.aio.insecure_channel(mesh.addresses["distributor"]) as channel:
+        stub = distributor_pb2_grpc.DistributorServiceStub(channel)
+        for _ in range(100):
+            reply = await stub.QueryRecords(distributor_pb2.QueryRecordsRequest(), timeout=5)
+            if len(reply.records) >= expected:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        reply = await stub.QueryRecords(distributor_pb2.QueryRecordsRequest(), timeout=5)
+        return list(reply.records)
+
+
+async def submit(mesh: Mesh, node: str, task: task_pb2.Task) -> None:
+    async with grpc.aio.insecure_channel(mesh.addresses[f"controller@{node}"]) as channel:
+        stub = controller_pb2_grpc.ControllerServiceStub(channel)
+        await stub.SubmitTask(controller_pb2.SubmitTaskRequest(task=task), timeout=5)
+
+
+def place(task: task_pb2.Task, **nodes: str) -> task_pb2.Task:
+    for stage in task.dag.stages:
+        stage.node = nodes[stage.spec.name]
+    return task
+
+
+async def test_fork_and_join_over_three_nodes_deliver_exactly_once(mesh: Mesh) -> None:
+    task = place(make_task(fork_join_pipeline()), detect="edge-1", classify="cloud", count="edge-2", merge="edge-1")
+    await submit(mesh, "edge-1", task)
+    (record,) = await records(mesh, 1)
+
+    assert record.outcome == task_pb2.TASK_OUTCOME_DELIVERED, record.reason
+    delivered = record.task
+    assert delivered.task_id == task.task_id == delivered.root_id
+    assert list(delivered.branch) == []
+    executed = {s.spec.name: s.executed_on for s in delivered.dag.stages}
+    # edge-2 runs no processor: its stage falls back to the cloud.
+    assert executed == {"detect": "edge-1", "classify": "cloud", "count": "cloud", "merge": "edge-1"}
+    for stage in delivered.dag.stages:
+        assert stage.state == task_pb2.STAGE_STATE_DONE
+        assert [r.frame_index for r in stage.results] == [0, 1]
+        assert stage.timings.process_s > 0
+    assert not delivered.segment.frames  # the distributor keeps results, not frames
+    assert record.latency_s > 0
+    assert {h.node for h in delivered.hops} >= {"edge-1", "cloud"}
+
+    async with grpc.aio.insecure_channel(mesh.addresses["controller@edge-1"]) as channel:
+        stats = await controller_pb2_grpc.ControllerServiceStub(channel).GetLinkStats(
+            controller_pb2.GetLinkStatsRequest(), timeout=5
+        )
+    sent = {link.to_node: link.bytes_sent for link in stats.links}
+    assert sent["cloud"] > 0
+
+
+async def test_many_tasks_are_each_delivered_once(mesh: Mesh) -> None:
+    tasks = [
+        place(make_task(fork_join_pipeline()), detect="edge-1", classify="edge-1", count="cloud", merge="cloud")
+        for _ in range(10)
+    ]
+    await asyncio.gather(*(submit(mesh, "edge-1", task) for task in tasks))
+    found = await records(mesh, 10)
+    assert sorted(r.task.task_id for r in found) == sorted(t.task_id for t in tasks)
+    assert all(r.outcome == task_pb2.TASK_OUTCOME_DELIVERED for r in found)
+
+
+async def test_unrunnable_branch_records_the_task_dropped_once(mesh: Mesh) -> None:
+    task = place(make_task(fork_join_pipeline()), detect="edge-1", classify="cloud", count="cloud", merge="cloud")
+    task.dag.stages[2].spec.processor = "gpu_only"  # runs nowhere: the branch cannot go on
+    await submit(mesh, "edge-1", task)
+    (record,) = await records(mesh, 1)
+    assert record.outcome == task_pb2.TASK_OUTCOME_DROPPED
+    assert record.task.task_id == task.task_id
+    assert "no processor 'gpu_only' for stage count on cloud" in record.reason

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dayu.controller.links import BandwidthTrace, Link
+from dayu.runtime.errors import InvalidArgument
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def trace(tmp_path: Path, text: str) -> BandwidthTrace:
+    path = tmp_path / "trace.txt"
+    path.write_text(text)
+    return BandwidthTrace.load(path)
+
+
+def test_trace_steps_and_repeats(tmp_path: Path) -> None:
+    t = trace(tmp_path, "# a drop\n0 10\n10, 2\n")
+    assert t.period_s == 20
+    assert t.segment(0) == (10, 10)
+    assert t.segment(12.5) == (2, 7.5)
+    assert t.segment(25) == (10, 5)  # repeats
+
+
+def test_serialization_follows_the_trace_across_a_drop(tmp_path: Path) -> None:
+    clock = FakeClock()
+    link = Link("edge-1", "cloud", trace=trace(tmp_path, "0 8\n1 1\n10 1\n"), clock=clock)
+    # 8 Mbit/s for the first second carries 1 MB; the next 0.5 MB go at 1 Mbit/s (4 s).
+    assert link.serialization_s(1_500_000, at=clock()) == pytest.approx(1 + 4)
+    clock.now += 1.5
+    assert link.bandwidth_mbps() == 1
+
+
+def test_fixed_and_unlimited_links() -> None:
+    assert Link("a", "b", bandwidth_mbps=10).serialization_s(1_250_000, at=0) == pytest.approx(1.0)
+    assert Link("a", "b").serialization_s(10**9, at=0) == 0
+
+
+async def test_transmit_counts_bytes_and_queues_fifo() -> None:
+    link = Link("a", "b", bandwidth_mbps=80, delay_ms=1)  # 10 MB/s
+    seconds = await link.transmit(100_000)
+    assert seconds >= 0.011 and link.bytes_sent == 100_000 and link.tasks_sent == 1
+
+
+@pytest.mark.parametrize("text", ["", "1 10\n", "0 10\n0 5\n", "0 -1\n", "0 ten\n"])
+def test_bad_traces_are_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(InvalidArgument):
+        trace(tmp_path, text)
