@@ -7,10 +7,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import fork_join_pipeline, make_task
 
 from dayu.embedded import Mesh, MeshConfig
 from dayu.v1 import controller_pb2, controller_pb2_grpc, distributor_pb2, distributor_pb2_grpc, task_pb2
+
+from conftest import fork_join_pipeline, make_task
 
 PIPELINES = """
 pipelines:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from conftest import fork_join_pipeline, make_task
-
 from dayu.controller.core import join_stage, merge_into, ready_stages
 from dayu.v1 import task_pb2
+
+from conftest import fork_join_pipeline, make_task
 
 DONE = task_pb2.STAGE_STATE_DONE
 
