@@ -55,13 +55,13 @@ def startup_decision(spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
 
 
 @dataclass
-class _Captured:
+class CapturedFrame:
     frame: datasource_pb2.Frame
     captured_at: float
 
 
 def build_task(
-    spec: decision_pb2.StreamSpec, decision: decision_pb2.Decision, sequence: int, frames: list[_Captured]
+    spec: decision_pb2.StreamSpec, decision: decision_pb2.Decision, sequence: int, frames: list[CapturedFrame]
 ) -> task_pb2.Task:
     """Decodes, resizes and encodes the frames into a task following the decision (CPU work: run it
     in a thread)."""
@@ -149,7 +149,7 @@ class StreamRunner:
 
     async def _capture(self) -> None:
         wait = RECONNECT_S[0]
-        buffer: list[_Captured] = []
+        buffer: list[CapturedFrame] = []
         while True:
             try:
                 async for frame in self.ports.frames(self.spec.source_id):
@@ -162,7 +162,7 @@ class StreamRunner:
                     if not self._filter.keep():
                         continue
                     self.status.frames_kept += 1
-                    buffer.append(_Captured(frame, time.time()))
+                    buffer.append(CapturedFrame(frame, time.time()))
                     if len(buffer) >= self.decision.configuration.frames_per_segment:
                         await self._make_task(buffer)
                         buffer = []
@@ -173,7 +173,7 @@ class StreamRunner:
             await asyncio.sleep(wait)
             wait = min(wait * 2, RECONNECT_S[1])
 
-    async def _make_task(self, frames: list[_Captured]) -> None:
+    async def _make_task(self, frames: list[CapturedFrame]) -> None:
         await self._in_flight.acquire()
         decision = decision_pb2.Decision()
         decision.CopyFrom(self.decision)

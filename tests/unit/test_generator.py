@@ -1,0 +1,132 @@
+"""The generator's core with in-memory ports: decisions shape the tasks; an unreachable scheduler
+does not stop the stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+
+from dayu.generator.core import CapturedFrame, StreamRunner, build_task, startup_decision
+from dayu.media.codecs import decode_segment, encode_image
+from dayu.v1 import datasource_pb2, decision_pb2, task_pb2, types_pb2
+
+from conftest import fork_join_pipeline, make_stream_spec
+
+
+def frame(index: int, width: int = 1280, height: int = 720) -> datasource_pb2.Frame:
+    image = np.full((height, width, 3), index % 250, np.uint8)
+    truth = types_pb2.Detection(box=types_pb2.Box(x1=10, y1=10, x2=110, y2=40), label="plate", text="AB12 CDE")
+    return datasource_pb2.Frame(
+        source_id="camera-1",
+        index=index,
+        codec=types_pb2.CODEC_JPEG,
+        resolution=types_pb2.Resolution(width=width, height=height),
+        data=encode_image(image, types_pb2.CODEC_JPEG, 90),
+        ground_truth=[truth],
+    )
+
+
+class Unavailable(grpc.aio.AioRpcError):
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
+
+
+class Ports:
+    """The mesh as a generator sees it: a source of 30 frames, a scheduler that may be down."""
+
+    def __init__(self, scheduler_up: bool) -> None:
+        self.scheduler_up = scheduler_up
+        self.submitted: list[task_pb2.Task] = []
+        self.decisions_queue: asyncio.Queue[decision_pb2.Decision] = asyncio.Queue()
+
+    async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:
+        for i in range(30):
+            yield frame(i)
+            await asyncio.sleep(0)
+
+    async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
+        if not self.scheduler_up:
+            raise Unavailable()
+        decision = startup_decision(spec)
+        decision.version = 1
+        decision.configuration.fps = 10
+        decision.configuration.resolution.width, decision.configuration.resolution.height = 640, 360
+        return decision
+
+    async def decisions(self, stream_id: str, after_version: int) -> AsyncIterator[decision_pb2.Decision]:
+        while True:
+            yield await self.decisions_queue.get()
+
+    async def submit(self, task: task_pb2.Task) -> None:
+        self.submitted.append(task)
+
+    async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
+        raise AssertionError(f"nothing should be dropped: {reason}")
+
+
+def test_build_task_follows_the_decision() -> None:
+    spec = make_stream_spec(fork_join_pipeline())
+    decision = startup_decision(spec)
+    decision.version = 3
+    decision.placement["count"] = "cloud"
+    decision.configuration.resolution.width, decision.configuration.resolution.height = 641, 361
+    decision.configuration.codec = types_pb2.CODEC_H264
+    task = build_task(spec, decision, 7, [CapturedFrame(frame(i), 0.0) for i in (3, 6, 9)])
+    assert (task.sequence, task.decision_version, task.task_id) == (7, 3, task.root_id)
+    assert {s.spec.name: s.node for s in task.dag.stages} == {
+        "detect": "edge-1",
+        "classify": "edge-1",
+        "count": "cloud",
+        "merge": "edge-1",
+    }
+    assert list(task.segment.frame_indices) == [3, 6, 9]
+    assert (task.segment.resolution.width, task.segment.resolution.height) == (640, 360)  # even for H.264
+    assert len(decode_segment(task.segment)) == 3
+    assert [g.frame_index for g in task.segment.ground_truth] == [3, 6, 9]
+    assert task.segment.source_resolution.width == 1280
+
+
+async def test_stream_goes_on_without_scheduler_then_follows_it() -> None:
+    spec = make_stream_spec()  # source 30 fps, 10 frames per segment
+    ports = Ports(scheduler_up=False)
+    runner = StreamRunner(spec, ports)
+    run = asyncio.create_task(runner.run())
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if len(ports.submitted) == 3:
+            break
+    assert len(ports.submitted) == 3  # 30 frames, every frame kept, 10 per segment
+    assert not runner.status.scheduler_reachable
+    assert all(t.decision_version == 0 for t in ports.submitted)
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+
+    ports = Ports(scheduler_up=True)
+    runner = StreamRunner(spec, ports)
+    run = asyncio.create_task(runner.run())
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if ports.submitted:
+            break
+    assert runner.status.scheduler_reachable and runner.decision.version == 1
+    assert runner.status.frames_kept == 10  # 10 of 30 fps
+    assert len(ports.submitted) == 1
+    assert ports.submitted[0].segment.resolution.width == 640
+    newer = decision_pb2.Decision()
+    newer.CopyFrom(runner.decision)
+    newer.version = 2
+    await ports.decisions_queue.put(newer)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if runner.decision.version == 2:
+            break
+    assert runner.decision.version == 2
+    stale = decision_pb2.Decision()
+    stale.CopyFrom(newer)
+    stale.version = 1
+    assert not runner.apply(stale)
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
