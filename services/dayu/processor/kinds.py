@@ -42,3 +42,8 @@ class NoopRunner:
             stage.results.add(frame_index=index)
         stage.scenario.object_counts.extend([0] * frames)
         stage.scenario.mean_object_sizes.extend([0.0] * frames)
+
+
+# The inference kinds register themselves on import; importing them here keeps every kind in PROCESSORS
+# wherever the registry is used. Last, since they import PROCESSORS from this module.
+from dayu.processor import models  # noqa: E402, F401

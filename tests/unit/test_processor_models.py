@@ -1,0 +1,195 @@
+"""The inference stages on their real models (PP-OCRv4 from rapidocr), on a scene drawn here: a grey
+street with coloured vehicles carrying white plates with black text at known places."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pytest
+
+from dayu.media.codecs import encode_segment
+from dayu.processor.core import ProcessorCore
+from dayu.processor.kinds import PROCESSORS, StageRunner
+from dayu.processor.models import dominant_colour, merge_detections
+from dayu.runtime.errors import InvalidArgument
+from dayu.v1 import task_pb2, types_pb2
+
+from conftest import BOXES, LABELS, make_task, stage
+
+RED, BLUE = (0, 0, 200), (200, 60, 0)
+
+
+@dataclass(frozen=True)
+class Vehicle:
+    """A vehicle body of `colour` (BGR) around a plate at (x, y, width, height) as fractions of the frame."""
+
+    text: str
+    colour: tuple[int, int, int]
+    plate: tuple[float, float, float, float]
+
+    def plate_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        x, y, w, h = self.plate
+        return round(x * width), round(y * height), round((x + w) * width), round((y + h) * height)
+
+
+VEHICLES = (
+    Vehicle("AB12 CDE", RED, (0.15, 0.55, 0.21, 0.085)),
+    Vehicle("KX52 TRB", BLUE, (0.6, 0.62, 0.21, 0.085)),
+)
+
+
+def draw_scene(width: int, height: int, vehicles: tuple[Vehicle, ...] = VEHICLES) -> np.ndarray:
+    """A grey frame with each vehicle's body, and its white plate with the text centred in black."""
+    frame = np.full((height, width, 3), 110, np.uint8)
+    for vehicle in vehicles:
+        x1, y1, x2, y2 = vehicle.plate_box(width, height)
+        plate_height = y2 - y1
+        cv2.rectangle(
+            frame, (x1 - plate_height * 2, y1 - plate_height * 4), (x2 + plate_height * 2, y2 + 10), vehicle.colour, -1
+        )
+        cv2.rectangle(frame, (x1, y1), (x2, y2), (255, 255, 255), -1)
+        scale, thickness = plate_height / 40, max(1, plate_height // 15)
+        (text_width, text_height), _ = cv2.getTextSize(vehicle.text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        origin = (x1 + (x2 - x1 - text_width) // 2, y1 + (plate_height + text_height) // 2)
+        cv2.putText(frame, vehicle.text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return frame
+
+
+def plates_pipeline() -> types_pb2.Pipeline:
+    """detect -> (read, colour) -> merge, on the real kinds."""
+    return types_pb2.Pipeline(
+        name="plates-and-colours",
+        stages=[
+            stage("detect", processor="text_detector"),
+            stage("read", ("detect",), BOXES, LABELS, processor="text_recognizer"),
+            stage("colour", ("detect",), BOXES, LABELS, processor="color_classifier"),
+            stage("merge", ("read", "colour"), LABELS, LABELS, processor="merge"),
+        ],
+    )
+
+
+def scene_task(frames: list[np.ndarray]) -> task_pb2.Task:
+    task = make_task(plates_pipeline(), frames=len(frames))
+    encode_segment(task.segment, frames, quality=90)
+    return task
+
+
+def iou(box: types_pb2.Box, truth: tuple[int, int, int, int]) -> float:
+    x1, y1, x2, y2 = max(box.x1, truth[0]), max(box.y1, truth[1]), min(box.x2, truth[2]), min(box.y2, truth[3])
+    inter = max(x2 - x1, 0) * max(y2 - y1, 0)
+    union = (box.x2 - box.x1) * (box.y2 - box.y1) + (truth[2] - truth[0]) * (truth[3] - truth[1]) - inter
+    return inter / union
+
+
+async def run_stage(runner: StageRunner, task: task_pb2.Task, name: str) -> task_pb2.TaskStage:
+    """Runs one stage as the processor core would on success."""
+    stage = next(s for s in task.dag.stages if s.spec.name == name)
+    await runner.run(task, stage)
+    stage.state = task_pb2.STAGE_STATE_DONE
+    return stage
+
+
+@pytest.fixture(scope="module")
+def runners() -> dict[str, StageRunner]:
+    """One runner per kind: each loads its model once, as a processor does."""
+    return {
+        kind: PROCESSORS.create(kind, {}) for kind in ("text_detector", "text_recognizer", "color_classifier", "merge")
+    }
+
+
+async def test_plates_are_found_read_coloured_and_merged(runners: dict[str, StageRunner]) -> None:
+    width, height = 640, 360
+    task = scene_task([draw_scene(width, height), draw_scene(width, height)[:, ::-1].copy()])
+    truths = [vehicle.plate_box(width, height) for vehicle in VEHICLES]
+
+    detect = await run_stage(runners["text_detector"], task, "detect")
+    assert [r.frame_index for r in detect.results] == [0, 1]
+    found = detect.results[0].detections
+    assert len(found) == 2 and all(d.label == "plate" and 0.5 < d.score <= 1 for d in found)
+    for detection, truth in zip(found, truths, strict=True):  # boxes come top to bottom
+        assert iou(detection.box, truth) > 0.5
+    assert list(detect.scenario.object_counts) == [2, 2]
+    plate_size = np.mean([(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in truths]) / (width * height)
+    assert detect.scenario.mean_object_sizes[0] == pytest.approx(plate_size, rel=0.5)
+
+    read = await run_stage(runners["text_recognizer"], task, "read")
+    detections = read.results[0].detections
+    assert [d.text.replace(" ", "") for d in detections] == [v.text.replace(" ", "") for v in VEHICLES]
+    assert [d.parent_index for d in detections] == [0, 1] and all(d.label == "plate" for d in detections)
+    assert [d.box for d in detections] == [d.box for d in found]
+    assert len(read.results[1].detections) == 2  # the mirrored frame has plates too, unreadable or not
+
+    colour = await run_stage(runners["color_classifier"], task, "colour")
+    assert [d.label for d in colour.results[0].detections] == ["red", "blue"]
+    assert [d.parent_index for d in colour.results[0].detections] == [0, 1]
+
+    merge = await run_stage(runners["merge"], task, "merge")
+    merged = merge.results[0].detections
+    assert [(d.label, d.text.replace(" ", ""), d.parent_index) for d in merged] == [
+        ("plate:red", "AB12CDE", 0),
+        ("plate:blue", "KX52TRB", 1),
+    ]
+    assert merged[0].score == min(detections[0].score, colour.results[0].detections[0].score)
+    assert list(merge.scenario.object_counts) == [2, 2]
+
+
+async def test_large_frames_are_scaled_down_and_boxes_come_back_in_frame_pixels() -> None:
+    width, height = 1280, 720
+    detector = PROCESSORS.create("text_detector", {"max_side": 640})
+    task = scene_task([draw_scene(width, height)])
+    found = (await run_stage(detector, task, "detect")).results[0].detections
+    assert len(found) == 2
+    for detection, vehicle in zip(found, VEHICLES, strict=True):
+        assert iou(detection.box, vehicle.plate_box(width, height)) > 0.5
+
+
+def test_colours_have_names() -> None:
+    patch = np.zeros((10, 10, 3), np.uint8)
+    for bgr, name in [(RED, "red"), (BLUE, "blue"), ((0, 200, 0), "green"), ((0, 220, 230), "yellow")]:
+        patch[:] = bgr
+        assert dominant_colour(patch) == (name, 1.0)
+    for grey, name in [(20, "black"), (120, "gray"), (240, "white")]:
+        patch[:] = grey
+        assert dominant_colour(patch)[0] == name
+
+
+def test_merge_joins_what_parents_say_about_the_same_object() -> None:
+    box = types_pb2.Box(x1=1, y1=2, x2=3, y2=4)
+    detector = [types_pb2.Detection(box=box, label="plate", score=0.9), types_pb2.Detection(box=box, label="plate")]
+    reader = [types_pb2.Detection(box=box, label="plate", text="AB12", score=0.8, parent_index=1)]
+    colours = [types_pb2.Detection(box=box, label="red", score=0.7, parent_index=0)]
+    merged = merge_detections([detector, reader, colours])
+    assert [(d.label, d.text, d.parent_index) for d in merged] == [("plate:red", "", 0), ("plate", "AB12", 1)]
+    assert merged[0].score == pytest.approx(0.7)
+
+
+async def test_second_stages_decode_nothing_when_there_is_no_box(runners: dict[str, StageRunner]) -> None:
+    task = make_task(plates_pipeline(), frames=2)  # frames that do not decode: never looked at
+    detect = task.dag.stages[0]
+    detect.results.add(frame_index=0)
+    detect.state = task_pb2.STAGE_STATE_DONE
+    for name, kind in (("read", "text_recognizer"), ("colour", "color_classifier")):
+        found = await run_stage(runners[kind], task, name)
+        assert [len(r.detections) for r in found.results] == [0, 0]
+        assert list(found.scenario.object_counts) == [0, 0] and list(found.scenario.mean_object_sizes) == [0, 0]
+
+
+async def test_failures_are_recorded_with_the_reason(runners: dict[str, StageRunner]) -> None:
+    with pytest.raises(InvalidArgument, match=r"^processor\.params\.max_sides"):
+        PROCESSORS.create("text_detector", {"max_sides": 640}, params_field="processor.params")
+
+    task = scene_task([draw_scene(320, 180)] * 2)
+    task.segment.frames[1] = b"\xff\xd8 not a JPEG"
+    core = ProcessorCore("edge-1", "text_detector", runners["text_detector"], workers=1, queue_capacity=2)
+    await core.start()
+    try:
+        detect = (await core.process(task, "detect")).dag.stages[0]
+    finally:
+        await core.stop()
+    assert detect.state == task_pb2.STAGE_STATE_FAILED and not detect.results
+    assert detect.error.startswith("InvalidArgument: segment.frames[1]")
+
+    with pytest.raises(ValueError, match="parent stage 'detect' is STAGE_STATE_FAILED, not DONE"):
+        await runners["text_recognizer"].run(task, task.dag.stages[1])
