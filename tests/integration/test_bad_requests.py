@@ -106,16 +106,15 @@ async def test_malformed_bytes_are_invalid_argument_and_server_keeps_serving(ser
 
 
 async def test_unimplemented_rpc_says_so(serve) -> None:  # type: ignore[no-untyped-def]
-    address = await serve("datasource")
+    address = await serve("backend")
     async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_stream(
-            "/dayu.v1.DatasourceService/StreamFrames", request_serializer=None, response_deserializer=None
+        call = channel.unary_unary(
+            "/dayu.v1.BackendService/GetSystemStatus", request_serializer=None, response_deserializer=None
         )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for _ in call(b"", timeout=10):
-                pass
+            await call(b"", timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "dayu.v1.DatasourceService.StreamFrames" in (caught.value.details() or "")
+    assert "dayu.v1.BackendService.GetSystemStatus" in (caught.value.details() or "")
 
 
 def test_fork_join_pipeline_is_valid() -> None:

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from dayu.v1 import processor_pb2, processor_pb2_grpc, task_pb2
+from dayu.v1 import processor_pb2, processor_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
-from conftest import make_task
+from conftest import make_stream_spec, make_task
 
 CONFIG = """
 node: edge-1
@@ -46,3 +46,19 @@ def test_sigterm_lets_in_flight_call_finish(serve_process) -> None:  # type: ign
         assert [r.frame_index for r in stage.results] == [0, 1]
 
     assert served.process.wait(timeout=30) == 0
+
+
+def test_sigterm_ends_live_streams_with_unavailable(serve_process) -> None:  # type: ignore[no-untyped-def]
+    served = serve_process("scheduler")  # default shutdown grace: 30 s
+    with grpc.insecure_channel(served.address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        stub.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=make_stream_spec()), timeout=5)
+        watch = stub.WatchDecisions(scheduler_pb2.WatchDecisionsRequest(stream_id="stream-1"), timeout=60)
+        assert next(watch).version == 1
+        started = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as ended:
+            next(watch)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert served.process.wait(timeout=30) == 0
+    assert time.monotonic() - started < 10  # not held for the grace period

@@ -36,7 +36,7 @@ class SourceInfo(_message.Message):
     source_id: _builtins.str
     """Unique source id."""
     kind: _builtins.str
-    """Kind in the source registry: "synthetic", "file", "rtsp", "http_mjpeg", "usb"."""
+    """Kind in the source registry: "synthetic", "file" or "camera" (RTSP, HTTP MJPEG, USB)."""
     uri: _builtins.str
     """File path or camera URL; empty for synthetic scenes."""
     fps: _builtins.float

@@ -1,38 +1,28 @@
-"""gRPC adapter of the datasource.
-
-Today it lists its configured sources; playing them (StreamFrames) comes with the data plane."""
+"""gRPC adapter of the datasource: its sources from the configuration, listed and streamed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
 
 import pydantic
 
+from dayu.datasource.core import DatasourceCore, PlayedSource
+from dayu.datasource.sources import SOURCES
 from dayu.runtime.config import ComponentSettings, StrictModel
+from dayu.runtime.errors import InvalidArgument
 from dayu.runtime.server import Binding, Component
 from dayu.v1 import datasource_pb2, datasource_pb2_grpc, types_pb2
+
+CODECS = {"jpeg": types_pb2.CODEC_JPEG, "raw": types_pb2.CODEC_RAW_BGR}
 
 
 class SourceSection(StrictModel):
     source_id: str = pydantic.Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["synthetic", "file", "rtsp", "http_mjpeg", "usb"]
-    uri: str = ""
-    fps: float = pydantic.Field(30.0, gt=0)
-    width: int = pydantic.Field(1280, gt=0)
-    height: int = pydantic.Field(720, gt=0)
-    cycle: bool = True
-
-    def info(self) -> datasource_pb2.SourceInfo:
-        return datasource_pb2.SourceInfo(
-            source_id=self.source_id,
-            kind=self.kind,
-            uri=self.uri,
-            fps=self.fps,
-            resolution=types_pb2.Resolution(width=self.width, height=self.height),
-            cycle=self.cycle,
-            has_ground_truth=self.kind == "synthetic",
-        )
+    kind: str = pydantic.Field(description=f"source kind, from the source registry: {SOURCES.names()}")
+    params: dict[str, Any] = pydantic.Field(default_factory=dict, description="the kind's parameters")
+    codec: Literal["jpeg", "raw"] = pydantic.Field("jpeg", description="how frames travel: JPEG or raw BGR pixels")
+    quality: int = pydantic.Field(90, ge=1, le=100, description="JPEG quality")
 
 
 class DatasourceSection(StrictModel):
@@ -43,14 +33,40 @@ class DatasourceSettings(ComponentSettings):
     datasource: DatasourceSection = DatasourceSection()
 
 
+def played_sources(section: DatasourceSection) -> list[PlayedSource]:
+    """Builds every configured source through the registry; errors name the configuration field."""
+    played: dict[str, PlayedSource] = {}
+    for i, source in enumerate(section.sources):
+        field = f"datasource.sources[{i}]"
+        if source.source_id in played:
+            raise InvalidArgument(f"{field}.source_id", f"a unique id, but {source.source_id!r} is used twice")
+        built = SOURCES.create(
+            source.kind,
+            source.params,
+            name_field=f"{field}.kind",
+            params_field=f"{field}.params",
+            field=f"{field}.params",
+        )
+        played[source.source_id] = PlayedSource(
+            source.source_id, source.kind, built, CODECS[source.codec], source.quality
+        )
+    return list(played.values())
+
+
 class DatasourceServicer(datasource_pb2_grpc.DatasourceServiceServicer):
-    def __init__(self, sources: list[SourceSection]) -> None:
-        self.sources = [source.info() for source in sources]
+    def __init__(self, core: DatasourceCore) -> None:
+        self.core = core
 
     async def ListSources(
         self, request: datasource_pb2.ListSourcesRequest, context: object
     ) -> datasource_pb2.ListSourcesResponse:
-        return datasource_pb2.ListSourcesResponse(sources=self.sources)
+        return datasource_pb2.ListSourcesResponse(sources=self.core.infos())
+
+    async def StreamFrames(
+        self, request: datasource_pb2.StreamFramesRequest, context: object
+    ) -> AsyncIterator[datasource_pb2.Frame]:
+        async for frame in self.core.stream(request.source_id, request.max_frames):
+            yield frame
 
 
 class DatasourceComponent(Component):
@@ -58,7 +74,10 @@ class DatasourceComponent(Component):
     settings_class = DatasourceSettings
 
     def __init__(self, settings: DatasourceSettings) -> None:
-        self.servicer = DatasourceServicer(settings.datasource.sources)
+        self.core = DatasourceCore(played_sources(settings.datasource))
 
     def bindings(self) -> Sequence[Binding]:
-        return [Binding("dayu.v1.DatasourceService", self.servicer)]
+        return [Binding("dayu.v1.DatasourceService", DatasourceServicer(self.core))]
+
+    async def stop(self) -> None:
+        self.core.stop()

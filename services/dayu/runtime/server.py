@@ -99,9 +99,40 @@ _HANDLER_KINDS = {  # (client streaming, server streaming) -> grpc handler facto
 }
 
 
-def _handler(method: MethodDescriptor, behavior: Callable[..., Any] | None) -> grpc.RpcMethodHandler:
-    """Wraps a servicer method: parses raw request bytes itself (so garbage is INVALID_ARGUMENT)
-    and maps core errors to statuses."""
+async def _until_draining(responses: AsyncIterator[Any], draining: asyncio.Event) -> AsyncIterator[Any]:
+    """The responses of a server stream, cut off when the server starts draining: live streams
+    (frames, decisions, records) never end by themselves and would hold shutdown for the whole
+    grace period."""
+    stop = asyncio.ensure_future(draining.wait())
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(responses))
+            await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+                raise ShuttingDown()
+            try:
+                yield following.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        stop.cancel()
+        await responses.aclose()  # type: ignore[attr-defined]
+
+
+class ShuttingDown(DayuError):
+    status = "UNAVAILABLE"
+
+    def __init__(self) -> None:
+        super().__init__("server is shutting down; reconnect")
+
+
+def _handler(
+    method: MethodDescriptor, behavior: Callable[..., Any] | None, draining: asyncio.Event
+) -> grpc.RpcMethodHandler:
+    """Wraps a servicer method: parses raw request bytes itself (so garbage is INVALID_ARGUMENT),
+    maps core errors to statuses, and ends server streams when the server drains."""
     request_class = message_factory.GetMessageClass(method.input_type)
     name = method.full_name
     kind = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
@@ -130,7 +161,7 @@ def _handler(method: MethodDescriptor, behavior: Callable[..., Any] | None) -> g
 
     async def streamed_response(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for response in behavior(parsed(raw), context):
+            async for response in _until_draining(behavior(parsed(raw), context), draining):
                 yield response
         except grpc.aio.AbortError:
             raise
@@ -140,12 +171,12 @@ def _handler(method: MethodDescriptor, behavior: Callable[..., Any] | None) -> g
     return kind(streamed_response if method.server_streaming else unary_response, response_serializer=_serialize)
 
 
-def _service_handler(binding: Binding) -> tuple[ServiceDescriptor, grpc.GenericRpcHandler]:
+def _service_handler(binding: Binding, draining: asyncio.Event) -> tuple[ServiceDescriptor, grpc.GenericRpcHandler]:
     try:
         service = descriptor_pool.Default().FindServiceByName(binding.service)
     except KeyError:
         raise ValueError(f"unknown service {binding.service!r}: import its dayu.v1 module first") from None
-    handlers = {m.name: _handler(m, _implementation(binding.servicer, m.name)) for m in service.methods}
+    handlers = {m.name: _handler(m, _implementation(binding.servicer, m.name), draining) for m in service.methods}
     return service, grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
@@ -167,6 +198,7 @@ class ComponentServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._services: list[str] = []
+        self._draining = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -177,7 +209,7 @@ class ComponentServer:
         """Binds, starts the component and the server, and reports SERVING. Returns HOST:PORT."""
         server = grpc.aio.server(options=channel_options(self.settings.server.max_message_bytes))
         for binding in self.component.bindings():
-            service, handler = _service_handler(binding)
+            service, handler = _service_handler(binding, self._draining)
             server.add_generic_rpc_handlers((handler,))
             self._services.append(service.full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -201,6 +233,7 @@ class ComponentServer:
         grace = self.settings.server.shutdown_grace_s if grace is None else grace
         log.info("draining", component=self.component.name, grace_s=grace)
         await self._health.enter_graceful_shutdown()
+        self._draining.set()
         await self._server.stop(grace)
         self._server = None
         await self.component.stop()
