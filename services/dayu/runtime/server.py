@@ -104,13 +104,12 @@ async def _until_draining(responses: AsyncIterator[Any], draining: asyncio.Event
     (frames, decisions, records) never end by themselves and would hold shutdown for the whole
     grace period."""
     stop = asyncio.ensure_future(draining.wait())
+    following: asyncio.Future[Any] | None = None
     try:
         while True:
             following = asyncio.ensure_future(anext(responses))
             await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not following.done():
-                following.cancel()
-                await asyncio.gather(following, return_exceptions=True)
                 raise ShuttingDown()
             try:
                 yield following.result()
@@ -118,6 +117,9 @@ async def _until_draining(responses: AsyncIterator[Any], draining: asyncio.Event
                 return
     finally:
         stop.cancel()
+        if following is not None and not following.done():
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
         await responses.aclose()  # type: ignore[attr-defined]
 
 
