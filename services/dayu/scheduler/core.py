@@ -40,13 +40,19 @@ class _Stream:
     policy: Policy
     decisions: int = 0
     feedback: int = 0
+    last_version: int = 0
+    decided_at: float = 0.0
     decision_times: deque[float] = field(default_factory=lambda: deque(maxlen=DECISION_TIMES))
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
 
 class SchedulerCore:
-    def __init__(self, default_policy: decision_pb2.PolicySpec) -> None:
+    def __init__(
+        self, default_policy: decision_pb2.PolicySpec, cloud_node: str = "cloud", decision_interval_s: float = 0.5
+    ) -> None:
         self.default_policy = default_policy
+        self.cloud_node = cloud_node
+        self.decision_interval_s = decision_interval_s
         self._streams: dict[str, _Stream] = {}
         self.resources: dict[str, resources_pb2.NodeResources] = {}
 
@@ -63,8 +69,10 @@ class SchedulerCore:
         policy_spec = spec.policy if spec.policy.name else self.default_policy
         policy = build_policy(policy_spec, "stream.policy")
         previous = self._streams.get(spec.stream_id)
-        stream = _Stream(StreamView(spec, previous.view.current if previous else None), policy_spec.name, policy)
-        if previous:
+        view = StreamView(spec, None, self.cloud_node)
+        stream = _Stream(view, policy_spec.name, policy)
+        if previous:  # versions go on from the previous registration
+            stream.last_version = previous.last_version
             stream.changed = previous.changed
         self._streams[spec.stream_id] = stream
         return await self._decide(stream, "startup plan")
@@ -95,28 +103,37 @@ class SchedulerCore:
         stream = self._stream(stream_id)
         stream.policy = build_policy(spec, "policy")
         stream.policy_name = spec.name
+        stream.view.current = None  # the new policy starts from its own startup plan
         return await self._decide(stream, f"policy switched to {spec.name}")
 
     async def feedback(self, record: task_pb2.TaskRecord) -> None:
+        """Takes a record, and lets the policy decide again (at most every decision_interval_s)."""
         stream = self._stream(record.task.stream_id, "record.task.stream_id")
         stream.feedback += 1
         stream.view.recent.append(record)
         del stream.view.recent[:-RECENT_RECORDS]
+        if time.monotonic() - stream.decided_at >= self.decision_interval_s:
+            await self._decide(stream, "feedback")
 
     def report_resources(self, report: resources_pb2.NodeResources) -> None:
         require_id(report.node, "node")
         self.resources[report.node] = report
 
     async def _decide(self, stream: _Stream, why: str) -> decision_pb2.Decision:
+        """Asks the policy; publishes a new version when it proposes something. Returns the current."""
         stream.view.resources = self.resources
         started = time.perf_counter()
         proposal = stream.policy.decide(stream.view)
         elapsed = time.perf_counter() - started
         stream.decision_times.append(elapsed)
-        previous = stream.view.current
+        stream.decided_at = time.monotonic()
+        if proposal is None:
+            assert stream.view.current is not None, "a policy must propose a startup plan"
+            return stream.view.current
+        stream.last_version += 1
         decision = decision_pb2.Decision(
             stream_id=stream.view.spec.stream_id,
-            version=(previous.version if previous else 0) + 1,
+            version=stream.last_version,
             configuration=proposal.configuration,
             placement=proposal.placement,
             reason=f"{why}: {proposal.reason}",

@@ -1,27 +1,50 @@
 """Scheduling policies, selected per stream by name with typed parameters.
 
-A policy sees the stream and what the scheduler knows, and proposes the next configuration and
-placement; the scheduler versions, records and pushes what it proposes."""
+A policy looks at the stream and at the feedback of its current decision and proposes the next
+configuration and placement, or None to keep the current one. The scheduler versions, records
+and pushes what it proposes. Policies keep their own state between calls (one instance per
+stream)."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import pydantic
 
 from dayu.runtime.registry import Registry
+from dayu.scheduler.knobs import Feedback, configuration, frame_rates, qualities, resolutions
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2, types_pb2
 
 
 @dataclass
 class StreamView:
-    """What a policy may look at: the stream, its latest feedback and node resources."""
+    """What a policy may look at."""
 
     spec: decision_pb2.StreamSpec
     current: decision_pb2.Decision | None
+    cloud_node: str = "cloud"
     recent: list[task_pb2.TaskRecord] = field(default_factory=list)
     resources: dict[str, resources_pb2.NodeResources] = field(default_factory=dict)
+
+    def feedback(self, min_tasks: int = 1) -> Feedback | None:
+        """Feedback of the tasks made under the current decision; None until there are enough."""
+        version = self.current.version if self.current else 0
+        mine = [r for r in self.recent if r.task.decision_version == version]
+        summary = Feedback.of(mine)
+        return summary if summary and summary.tasks >= min_tasks else None
+
+    def bandwidth_mbps(self, from_node: str, to_node: str) -> float | None:
+        """The monitors' latest measurement of a link, if any."""
+        report = self.resources.get(from_node)
+        for link in report.links if report else []:
+            if link.to_node == to_node:
+                return link.bandwidth_mbps
+        return None
+
+    def placement(self, node: str) -> dict[str, str]:
+        return {stage.name: node for stage in self.spec.pipeline.stages}
 
 
 @dataclass
@@ -32,14 +55,18 @@ class Proposal:
 
 
 class Policy(Protocol):
-    def decide(self, view: StreamView) -> Proposal: ...
+    def decide(self, view: StreamView) -> Proposal | None:
+        """The next decision, or None to keep the current one. Must propose when view.current is None."""
 
 
 POLICIES: Registry[type[Policy]] = Registry("policy")
 
 
-class FixedParams(pydantic.BaseModel):
+class Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class FixedParams(Strict):
     width: int | None = pydantic.Field(None, gt=0, description="resolution width; the source's when unset")
     height: int | None = pydantic.Field(None, gt=0, description="resolution height; the source's when unset")
     fps: float | None = pydantic.Field(None, gt=0, description="frame rate; the source's when unset")
@@ -49,25 +76,324 @@ class FixedParams(pydantic.BaseModel):
         default_factory=dict, description="stage -> node; stages not named run on the stream's node"
     )
 
+    def configuration(self, view: StreamView) -> types_pb2.Configuration:
+        best = view.spec.max_configuration
+        resolution = types_pb2.Resolution(width=self.width, height=self.height) if self.width and self.height else None
+        fps = min(self.fps, best.fps) if self.fps else None
+        return configuration(best, resolution, fps, self.quality, self.frames_per_segment)
+
 
 @POLICIES.register("fixed", params=FixedParams)
 class FixedPolicy:
-    """Always the same configuration and placement (the baseline the adaptive policies beat)."""
+    """Always the same configuration and placement: the baseline the adaptive policies beat."""
 
     def __init__(self, params: FixedParams) -> None:
         self.params = params
 
-    def decide(self, view: StreamView) -> Proposal:
-        p, best = self.params, view.spec.max_configuration
-        config = types_pb2.Configuration()
-        config.CopyFrom(best)
-        if p.width and p.height:
-            config.resolution.width, config.resolution.height = p.width, p.height
-        if p.fps:
-            config.fps = min(p.fps, best.fps)
-        if p.quality:
-            config.quality = p.quality
-        if p.frames_per_segment:
-            config.frames_per_segment = p.frames_per_segment
-        placement = {s.name: p.placement.get(s.name, view.spec.node) for s in view.spec.pipeline.stages}
-        return Proposal(config, placement, "fixed configuration and placement")
+    def decide(self, view: StreamView) -> Proposal | None:
+        if view.current is not None:
+            return None
+        placement = {**view.placement(view.spec.node), **self.params.placement}
+        return Proposal(self.params.configuration(view), placement, "fixed configuration and placement")
+
+
+@POLICIES.register("cloud_only", params=FixedParams)
+class CloudOnlyPolicy(FixedPolicy):
+    """Every stage on the cloud node, the configuration fixed."""
+
+    def decide(self, view: StreamView) -> Proposal | None:
+        if view.current is not None:
+            return None
+        return Proposal(self.params.configuration(view), view.placement(view.cloud_node), "every stage on the cloud")
+
+
+@POLICIES.register("edge_only", params=FixedParams)
+class EdgeOnlyPolicy(FixedPolicy):
+    """Every stage on the stream's edge node, the configuration fixed."""
+
+    def decide(self, view: StreamView) -> Proposal | None:
+        if view.current is not None:
+            return None
+        return Proposal(self.params.configuration(view), view.placement(view.spec.node), "every stage on the edge")
+
+
+class RandomParams(Strict):
+    seed: int = 0
+    every_tasks: int = pydantic.Field(5, ge=1, description="draw again after this many tasks of feedback")
+
+
+@POLICIES.register("random", params=RandomParams)
+class RandomPolicy:
+    """A random configuration and placement (edge or cloud per stage), drawn again every few tasks."""
+
+    def __init__(self, params: RandomParams) -> None:
+        self.params = params
+        self.rng = random.Random(params.seed)
+
+    def decide(self, view: StreamView) -> Proposal | None:
+        if view.current is not None and not view.feedback(self.params.every_tasks):
+            return None
+        best = view.spec.max_configuration
+        config = configuration(
+            best,
+            self.rng.choice(resolutions(best.resolution)),
+            self.rng.choice(frame_rates(best.fps)),
+            self.rng.choice(qualities(best.quality)),
+        )
+        nodes = [view.spec.node, view.cloud_node]
+        placement = {stage.name: self.rng.choice(nodes) for stage in view.spec.pipeline.stages}
+        return Proposal(config, placement, "random draw")
+
+
+class FeedbackControlParams(Strict):
+    target: float = pydantic.Field(0.8, gt=0, le=1, description="aim at this share of the latency budget")
+    slack: float = pydantic.Field(0.6, gt=0, lt=1, description="step up below target*slack of the budget")
+    min_tasks: int = pydantic.Field(2, ge=1, description="feedback needed before a step")
+    placement: dict[str, str] = pydantic.Field(default_factory=dict)
+
+
+@POLICIES.register("feedback_control", params=FeedbackControlParams)
+class FeedbackControlPolicy:
+    """Feedback control of resolution against the latency budget ("Better never than late"): one
+    step down the resolution ladder when the delay exceeds the target, one step up when it is
+    comfortably below."""
+
+    def __init__(self, params: FeedbackControlParams) -> None:
+        self.params = params
+        self.level = 0  # index on the resolution ladder, 0 = the best
+
+    def decide(self, view: StreamView) -> Proposal | None:
+        ladder = resolutions(view.spec.max_configuration.resolution)
+        placement = {**view.placement(view.spec.node), **self.params.placement}
+        if view.current is None:
+            return Proposal(configuration(view.spec.max_configuration), placement, "start at the best resolution")
+        feedback = view.feedback(self.params.min_tasks)
+        if feedback is None:
+            return None
+        target = view.spec.latency_budget_s * self.params.target
+        if feedback.latency_s > target and self.level < len(ladder) - 1:
+            self.level += 1
+            why = f"delay {feedback.latency_s:.2f} s over target {target:.2f} s: lower resolution"
+        elif feedback.latency_s < target * self.params.slack and self.level > 0:
+            self.level -= 1
+            why = f"delay {feedback.latency_s:.2f} s well under target {target:.2f} s: raise resolution"
+        else:
+            return None
+        config = configuration(view.current.configuration, ladder[self.level])
+        return Proposal(config, dict(view.current.placement) or placement, why)
+
+
+def _pixels(config: types_pb2.Configuration) -> int:
+    return config.resolution.width * config.resolution.height
+
+
+class BandwidthProfileParams(Strict):
+    safety: float = pydantic.Field(0.8, gt=0, le=1, description="use at most this share of the bandwidth")
+    min_tasks: int = pydantic.Field(1, ge=1)
+    placement: dict[str, str] = pydantic.Field(
+        default_factory=dict, description="stage -> node; stages not named run on the cloud"
+    )
+
+
+@POLICIES.register("bandwidth_profile", params=BandwidthProfileParams)
+class BandwidthProfilePolicy:
+    """Bandwidth-aware profiles (as AWStream): the most accurate configuration whose bitrate fits the
+    measured bandwidth of the stream's uplink. Accuracy ranks configurations by pixels x frames
+    (then quality); the bitrate of each is predicted from the bits per pixel-frame observed at
+    each quality (learned online from the tasks' sizes, scaled by quality^1.5 where unobserved).
+    Bandwidth comes from the monitors' probes, else from the tasks' own transfer times."""
+
+    def __init__(self, params: BandwidthProfileParams) -> None:
+        self.params = params
+        self.bits_per_pixel_frame: dict[int, float] = {}
+
+    def _bits(self, quality: int) -> float | None:
+        if quality in self.bits_per_pixel_frame:
+            return self.bits_per_pixel_frame[quality]
+        if not self.bits_per_pixel_frame:
+            return None
+        known, bits = min(self.bits_per_pixel_frame.items(), key=lambda kv: abs(kv[0] - quality))
+        return bits * (quality / known) ** 1.5
+
+    def decide(self, view: StreamView) -> Proposal | None:
+        best = view.spec.max_configuration
+        placement = {**view.placement(view.cloud_node), **self.params.placement}
+        if view.current is None:
+            return Proposal(configuration(best), placement, "start at the best configuration to learn its bitrate")
+        feedback = view.feedback(self.params.min_tasks)
+        if feedback is None:
+            return None
+        current = view.current.configuration
+        frames = _pixels(current) * current.frames_per_segment
+        if feedback.bytes_per_task and frames:
+            self.bits_per_pixel_frame[current.quality] = feedback.bytes_per_task * 8 / frames
+        bandwidth = view.bandwidth_mbps(view.spec.node, view.cloud_node)
+        if bandwidth is None and feedback.transfer_s > 0:
+            bandwidth = feedback.bytes_per_task * 8 / feedback.transfer_s / 1e6
+        if bandwidth is None:
+            return None
+        budget_bps = bandwidth * 1e6 * self.params.safety
+        candidates = []
+        for resolution in resolutions(best.resolution):
+            for fps in frame_rates(best.fps):
+                for quality in qualities(best.quality):
+                    bits = self._bits(quality)
+                    if bits is None:
+                        continue
+                    config = configuration(best, resolution, fps, quality, current.frames_per_segment)
+                    bitrate = bits * _pixels(config) * fps
+                    candidates.append(((_pixels(config) * fps, quality), bitrate, config))
+        fitting = [c for c in candidates if c[1] <= budget_bps]
+        _rank, bitrate, chosen = max(fitting, key=lambda c: c[0]) if fitting else min(candidates, key=lambda c: c[1])
+        if chosen == current:
+            return None
+        why = f"{bitrate / 1e6:.1f} Mbit/s {'fits' if fitting else 'is the least over'} {bandwidth:.1f} Mbit/s"
+        return Proposal(chosen, dict(view.current.placement) or placement, why)
+
+
+class PeriodicProfilingParams(Strict):
+    period_tasks: int = pydantic.Field(30, ge=1, description="tasks between two profiling rounds")
+    accuracy_share: float = pydantic.Field(0.9, gt=0, le=1, description="keep this share of the golden accuracy")
+    resolutions: int = pydantic.Field(4, ge=1, description="how many steps of the resolution ladder to profile")
+    frame_rates: int = pydantic.Field(3, ge=1, description="how many steps of the frame-rate ladder to profile")
+    placement: dict[str, str] = pydantic.Field(default_factory=dict)
+
+
+@POLICIES.register("periodic_profiling", params=PeriodicProfilingParams)
+class PeriodicProfilingPolicy:
+    """Periodic profiling against the golden configuration (as Chameleon): every period, run the
+    golden configuration (best resolution, every frame) and cheaper candidates for a task each,
+    then keep the cheapest whose accuracy is within accuracy_share of the golden one."""
+
+    def __init__(self, params: PeriodicProfilingParams) -> None:
+        self.params = params
+        self.profiling = True
+        self.queue: list[types_pb2.Configuration] = []
+        self.measured: list[tuple[types_pb2.Configuration, float]] = []
+
+    def _start_round(self, best: types_pb2.Configuration) -> types_pb2.Configuration:
+        self.profiling = True
+        self.queue = [
+            configuration(best, resolution, fps)
+            for resolution in resolutions(best.resolution)[: self.params.resolutions]
+            for fps in frame_rates(best.fps)[: self.params.frame_rates]
+        ]  # the golden configuration comes first
+        self.measured = []
+        return self.queue.pop(0)
+
+    def decide(self, view: StreamView) -> Proposal | None:
+        placement = {**view.placement(view.spec.node), **self.params.placement}
+        if view.current is None:
+            return Proposal(self._start_round(view.spec.max_configuration), placement, "profiling: golden")
+        placement = dict(view.current.placement) or placement
+        feedback = view.feedback()
+        if feedback is None:
+            return None
+        if not self.profiling:
+            if feedback.tasks < self.params.period_tasks:
+                return None
+            return Proposal(self._start_round(view.spec.max_configuration), placement, "profiling again: golden")
+        if feedback.accuracy is not None:
+            self.measured.append((view.current.configuration, feedback.accuracy))
+        if self.queue:
+            return Proposal(self.queue.pop(0), placement, f"profiling: candidate {len(self.measured) + 1}")
+        self.profiling = False
+        if not self.measured:
+            return Proposal(configuration(view.spec.max_configuration), placement, "no accuracy feedback: golden")
+        golden = self.measured[0][1]
+        good = [(c, a) for c, a in self.measured if a >= golden * self.params.accuracy_share]
+        config, accuracy = min(good, key=lambda ca: _pixels(ca[0]) * ca[0].fps)
+        share = self.params.accuracy_share
+        return Proposal(
+            config, placement, f"cheapest with accuracy {accuracy:.2f} >= {share:.0%} of golden {golden:.2f}"
+        )
+
+
+class LatencyBudgetParams(Strict):
+    target: float = pydantic.Field(0.8, gt=0, le=1, description="aim at this share of the latency budget")
+    slack: float = pydantic.Field(0.6, gt=0, lt=1, description="spend spare budget below target*slack")
+    min_tasks: int = pydantic.Field(2, ge=1)
+    offload: bool = pydantic.Field(True, description="may move stages between the edge and the cloud")
+
+
+@POLICIES.register("latency_budget", params=LatencyBudgetParams)
+class LatencyBudgetPolicy:
+    """A latency-budget controller over resolution, frame rate, frames per segment and placement
+    together, split as Hier-EI does. The macro level picks a direction per knob from where the
+    delay goes (transfer, processing, queueing); the micro level is negative feedback on the
+    delay against the budget, moving the chosen knob by one or two steps with the error."""
+
+    def __init__(self, params: LatencyBudgetParams) -> None:
+        self.params = params
+        self.level = {"resolution": 0, "fps": 0, "segment": 0}  # steps down from the best
+
+    def _config(self, best: types_pb2.Configuration) -> types_pb2.Configuration:
+        res, fps = resolutions(best.resolution), frame_rates(best.fps)
+        segment = max(1, best.frames_per_segment - self.level["segment"])
+        return configuration(
+            best,
+            res[min(self.level["resolution"], len(res) - 1)],
+            fps[min(self.level["fps"], len(fps) - 1)],
+            frames_per_segment=segment,
+        )
+
+    def _step(self, knob: str, steps: int, best: types_pb2.Configuration) -> bool:
+        limits = {
+            "resolution": len(resolutions(best.resolution)) - 1,
+            "fps": len(frame_rates(best.fps)) - 1,
+            "segment": best.frames_per_segment - 1,
+        }
+        moved = max(0, min(limits[knob], self.level[knob] + steps))
+        changed = moved != self.level[knob]
+        self.level[knob] = moved
+        return changed
+
+    def decide(self, view: StreamView) -> Proposal | None:
+        best = view.spec.max_configuration
+        if view.current is None:
+            return Proposal(self._config(best), view.placement(view.spec.node), "start at the best, on the edge")
+        feedback = view.feedback(self.params.min_tasks)
+        if feedback is None:
+            return None
+        budget = view.spec.latency_budget_s
+        error = (feedback.latency_s - budget * self.params.target) / budget
+        steps = 1 if abs(error) < 0.5 else 2  # micro: a bigger miss moves further
+        placement = dict(view.current.placement)
+        total = max(feedback.transfer_s + feedback.process_s + feedback.queue_s, 1e-9)
+        if error > 0:
+            # Macro: act on what dominates the delay.
+            order = [stage.name for stage in view.spec.pipeline.stages]
+            on_cloud = [s for s in order if placement.get(s) == view.cloud_node]
+            # The heaviest stage on the edge is the one worth offloading.
+            on_edge = sorted(
+                (s for s in order if placement.get(s) != view.cloud_node),
+                key=lambda s: -feedback.stage_process_s.get(s, 0.0),
+            )
+            if feedback.transfer_s / total >= 0.4 and on_cloud and self.params.offload:
+                placement[on_cloud[0]] = view.spec.node
+                why = f"transfer dominates ({feedback.transfer_s:.2f} s): run {on_cloud[0]} on the edge"
+            elif feedback.process_s / total >= 0.5 and on_edge and self.params.offload and self._cloud_is_near(view):
+                placement[on_edge[0]] = view.cloud_node
+                why = f"processing dominates ({feedback.process_s:.2f} s): offload {on_edge[0]} to the cloud"
+            elif feedback.queue_s / total >= 0.3 and self._step("fps", steps, best):
+                why = f"queueing dominates ({feedback.queue_s:.2f} s): fewer frames per second"
+            elif self._step("resolution", steps, best) or self._step("segment", steps, best):
+                why = "lower resolution (or shorter segments)"
+            else:
+                return None
+            why = f"delay {feedback.latency_s:.2f} s over {budget * self.params.target:.2f} s; {why}"
+        elif feedback.latency_s < budget * self.params.target * self.params.slack:
+            if not (
+                self._step("resolution", -1, best) or self._step("fps", -1, best) or self._step("segment", -1, best)
+            ):
+                return None
+            why = f"delay {feedback.latency_s:.2f} s leaves budget: spend it on accuracy"
+        else:
+            return None
+        return Proposal(self._config(best), placement, why)
+
+    @staticmethod
+    def _cloud_is_near(view: StreamView) -> bool:
+        """Offloading helps only when the uplink is fast enough; unknown counts as fast."""
+        bandwidth = view.bandwidth_mbps(view.spec.node, view.cloud_node)
+        return bandwidth is None or bandwidth >= 10

@@ -17,6 +17,8 @@ class SchedulerSection(StrictModel):
     default_policy: PolicySection = pydantic.Field(
         default_factory=PolicySection, description="policy of streams registered without one"
     )
+    cloud_node: str = pydantic.Field("cloud", description="the node policies offload to")
+    decision_interval_s: float = pydantic.Field(0.5, ge=0, description="least time between two decisions")
 
 
 class SchedulerSettings(ComponentSettings):
@@ -76,7 +78,8 @@ class SchedulerComponent(Component):
     def __init__(self, settings: SchedulerSettings) -> None:
         default = settings.scheduler.default_policy.spec()
         build_policy(default, "scheduler.default_policy")  # refuse a bad default at start, not at first use
-        self.core = SchedulerCore(default)
+        section = settings.scheduler
+        self.core = SchedulerCore(default, section.cloud_node, section.decision_interval_s)
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.SchedulerService", SchedulerServicer(self.core))]

@@ -1,0 +1,153 @@
+"""Each policy's decisions on scripted feedback."""
+
+from __future__ import annotations
+
+from dayu.scheduler.policies import POLICIES, Proposal, StreamView
+from dayu.v1 import decision_pb2, resources_pb2, task_pb2
+
+from conftest import make_stream_spec
+
+
+def view() -> StreamView:
+    return StreamView(make_stream_spec(), None, "cloud")  # budget 1 s, best 1280x720 at 30 fps, q90, 10 frames
+
+
+def apply(v: StreamView, proposal: Proposal | None) -> decision_pb2.Decision:
+    assert proposal is not None
+    version = (v.current.version if v.current else 0) + 1
+    v.current = decision_pb2.Decision(
+        version=version, configuration=proposal.configuration, placement=proposal.placement, reason=proposal.reason
+    )
+    return v.current
+
+
+def feed(
+    v: StreamView,
+    latency: float,
+    *,
+    transfer: float = 0.0,
+    process: float = 0.0,
+    queue: float = 0.0,
+    accuracy: float | None = None,
+    size: int = 100_000,
+    tasks: int = 2,
+) -> None:
+    assert v.current is not None
+    for _ in range(tasks):
+        task = task_pb2.Task(stream_id="stream-1", decision_version=v.current.version)
+        stage = task.dag.stages.add()
+        stage.spec.name = "detect"
+        stage.timings.transfer_s, stage.timings.process_s, stage.timings.queue_s = transfer, process, queue
+        task.hops.add(bytes=size)
+        record = task_pb2.TaskRecord(task=task, outcome=task_pb2.TASK_OUTCOME_DELIVERED, latency_s=latency)
+        if accuracy is not None:
+            record.accuracy = accuracy
+        v.recent.append(record)
+
+
+def policy(name: str, **params):  # type: ignore[no-untyped-def]
+    return POLICIES.create(name, params)
+
+
+def test_fixed_cloud_only_edge_only_propose_once() -> None:
+    for name, node in (("fixed", "edge-1"), ("cloud_only", "cloud"), ("edge_only", "edge-1")):
+        v, p = view(), policy(name, fps=10)
+        decision = apply(v, p.decide(v))
+        assert set(decision.placement.values()) == {node} and decision.configuration.fps == 10
+        feed(v, latency=5.0)
+        assert p.decide(v) is None
+
+
+def test_random_is_seeded_and_draws_again_after_feedback() -> None:
+    first = [policy("random", seed=3).decide(view()) for _ in range(2)]
+    assert first[0].configuration == first[1].configuration and first[0].placement == first[1].placement
+    v, p = view(), policy("random", seed=3, every_tasks=2)
+    apply(v, p.decide(v))
+    assert p.decide(v) is None
+    feed(v, latency=0.5, tasks=2)
+    assert p.decide(v) is not None
+
+
+def test_feedback_control_steps_resolution_against_the_budget() -> None:
+    v, p = view(), policy("feedback_control")
+    assert apply(v, p.decide(v)).configuration.resolution.height == 720
+    feed(v, latency=1.2)  # over 0.8 s target
+    assert apply(v, p.decide(v)).configuration.resolution.height == 540
+    feed(v, latency=0.9)
+    assert apply(v, p.decide(v)).configuration.resolution.height == 480
+    feed(v, latency=0.6)  # between target*slack (0.48) and target: hold
+    assert p.decide(v) is None
+    feed(v, latency=0.2, tasks=3)
+    assert apply(v, p.decide(v)).configuration.resolution.height == 540
+
+
+def test_bandwidth_profile_fits_the_measured_uplink() -> None:
+    v, p = view(), policy("bandwidth_profile")
+    start = apply(v, p.decide(v))
+    assert start.configuration.resolution.height == 720 and set(start.placement.values()) == {"cloud"}
+    # 10 frames of 1280x720 at q90 took 1.2 MB: ~1 bit per pixel-frame; 30 fps would need ~28 Mbit/s.
+    report = resources_pb2.NodeResources(node="edge-1")
+    report.links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=4.0)
+    v.resources = {"edge-1": report}
+    feed(v, latency=2.0, size=1_200_000)
+    narrow = apply(v, p.decide(v)).configuration
+    bits = 1_200_000 * 8 / (1280 * 720 * 10) * (narrow.quality / 90) ** 1.5  # the policy's model
+    bitrate = bits * narrow.resolution.width * narrow.resolution.height * narrow.fps
+    assert bitrate <= 4e6 * 0.8
+    assert narrow.resolution.height < 720 or narrow.fps < 30
+    report.links[0].bandwidth_mbps = 100.0
+    feed(v, latency=0.3, size=int(1_200_000 * narrow.resolution.height**2 / 720**2))
+    wide = apply(v, p.decide(v)).configuration
+    assert (wide.resolution.height, wide.fps) == (720, 30)
+
+
+def test_periodic_profiling_keeps_the_cheapest_accurate_enough() -> None:
+    v, p = view(), policy("periodic_profiling", resolutions=2, frame_rates=2, period_tasks=4)
+    golden = apply(v, p.decide(v)).configuration
+    assert (golden.resolution.height, golden.fps) == (720, 30)
+    accuracy = {(720, 30): 0.9, (720, 25): 0.88, (540, 30): 0.85, (540, 25): 0.7}
+    for _ in range(3):
+        config = v.current.configuration
+        feed(v, latency=0.5, accuracy=accuracy[(config.resolution.height, int(config.fps))], tasks=1)
+        apply(v, p.decide(v))
+    config = v.current.configuration
+    feed(v, latency=0.5, accuracy=accuracy[(config.resolution.height, int(config.fps))], tasks=1)
+    chosen = apply(v, p.decide(v))
+    assert (chosen.configuration.resolution.height, chosen.configuration.fps) == (540, 30)  # 0.85 >= 0.9 * 0.9
+    feed(v, latency=0.5, accuracy=0.85, tasks=3)
+    assert p.decide(v) is None
+    feed(v, latency=0.5, accuracy=0.85, tasks=1)
+    assert "profiling again" in apply(v, p.decide(v)).reason
+
+
+def test_latency_budget_acts_on_what_dominates_the_delay() -> None:
+    v, p = view(), policy("latency_budget")
+    start = apply(v, p.decide(v))
+    assert set(start.placement.values()) == {"edge-1"}
+    feed(v, latency=1.5, process=1.2, transfer=0.1)  # processing on the edge dominates: offload
+    moved = apply(v, p.decide(v))
+    assert moved.placement["detect"] == "cloud"
+    feed(v, latency=1.5, process=0.2, transfer=1.1)  # now the uplink dominates: bring it back
+    back = apply(v, p.decide(v))
+    assert back.placement["detect"] == "edge-1"
+    feed(v, latency=1.0, process=0.3, queue=0.6)  # queueing: fewer frames per second
+    assert apply(v, p.decide(v)).configuration.fps < 30
+    feed(v, latency=2.5, process=0.5, transfer=0.1)  # far over, processing on edge but keep placement below
+    p.params.offload = False
+    lowered = apply(v, p.decide(v)).configuration
+    assert lowered.resolution.height <= 480  # two steps down for a big miss
+    feed(v, latency=0.1)
+    assert apply(v, p.decide(v)).configuration.resolution.height > lowered.resolution.height
+
+
+def test_every_policy_is_registered() -> None:
+    assert set(POLICIES.names()) >= {
+        "fixed",
+        "cloud_only",
+        "edge_only",
+        "random",
+        "feedback_control",
+        "bandwidth_profile",
+        "periodic_profiling",
+        "latency_budget",
+    }
