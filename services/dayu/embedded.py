@@ -206,6 +206,7 @@ class Mesh:
             a, b = link.between
             section = {"bandwidth_mbps": link.bandwidth_mbps, "delay_ms": link.delay_ms, "trace": link.trace}
             links[a][b] = links[b][a] = section
+        node_processors: dict[str, dict[str, str]] = {}
         for node, node_config in config.nodes.items():
             processors = {}
             for kind in node_config.processors:
@@ -226,12 +227,24 @@ class Mesh:
                     "join_timeout_s": config.join_timeout_s,
                 },
             )
-            await self._start(f"monitor@{node}", "monitor", node)
+            node_processors[node] = processors
         for node in config.nodes:  # controllers learn each other's addresses once all are bound
             controller = self.servers[f"controller@{node}"].component
             for other in config.nodes:
                 if other != node:
                     controller.set_peer(other, self.addresses[f"controller@{other}"])  # type: ignore[attr-defined]
+        for node in config.nodes:  # monitors probe every link through their node's controller
+            await self._start(
+                f"monitor@{node}",
+                "monitor",
+                node,
+                monitor={
+                    "controller": self.addresses[f"controller@{node}"],
+                    "peers": [other for other in config.nodes if other != node],
+                    "processors": node_processors[node],
+                    "scheduler": scheduler,
+                },
+            )
         for stream in config.streams:
             generator_stream = stream.model_dump(exclude={"node"})
             await self._start(

@@ -9,7 +9,15 @@ import grpc
 import pytest
 
 from dayu.embedded import Mesh, MeshConfig
-from dayu.v1 import controller_pb2, controller_pb2_grpc, distributor_pb2, distributor_pb2_grpc, task_pb2
+from dayu.v1 import (
+    controller_pb2,
+    controller_pb2_grpc,
+    distributor_pb2,
+    distributor_pb2_grpc,
+    monitor_pb2,
+    monitor_pb2_grpc,
+    task_pb2,
+)
 
 from conftest import fork_join_pipeline, make_task
 
@@ -120,3 +128,24 @@ async def test_unrunnable_branch_records_the_task_dropped_once(mesh: Mesh) -> No
     assert record.outcome == task_pb2.TASK_OUTCOME_DROPPED
     assert record.task.task_id == task.task_id
     assert "no processor 'gpu_only' for stage count on cloud" in record.reason
+
+
+async def test_link_probes_measure_the_emulated_link(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.addresses["controller@edge-1"]) as channel:
+        stub = controller_pb2_grpc.ControllerServiceStub(channel)
+        request = controller_pb2.MeasureLinkRequest(to_node="cloud", probe_bytes=512 * 1024)
+        link = (await stub.MeasureLink(request, timeout=10)).link
+        assert 30 < link.bandwidth_mbps < 60  # emulated at 50 Mbit/s
+        assert link.rtt_ms >= 5  # emulated one-way delay
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.MeasureLink(controller_pb2.MeasureLinkRequest(to_node="mars"), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    async with grpc.aio.insecure_channel(mesh.addresses["monitor@edge-1"]) as channel:
+        stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+        for _ in range(50):
+            report = (await stub.GetResources(monitor_pb2.GetResourcesRequest(), timeout=5)).resources
+            if report.links:
+                break
+            await asyncio.sleep(0.1)
+    assert {link.to_node for link in report.links} == {"cloud", "edge-2"}
+    assert "noop" in report.queue_lengths and report.memory_total_bytes > 0

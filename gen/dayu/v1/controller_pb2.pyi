@@ -4,6 +4,7 @@ isort:skip_file
 The controller routes tasks through their DAG, locally or to other nodes."""
 
 from collections import abc as _abc
+from dayu.v1 import resources_pb2 as _resources_pb2
 from dayu.v1 import task_pb2 as _task_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -18,6 +19,56 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class MeasureLinkRequest(_message.Message):
+    """Request of MeasureLink."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_NODE_FIELD_NUMBER: _builtins.int
+    PROBE_BYTES_FIELD_NUMBER: _builtins.int
+    to_node: _builtins.str
+    """The other node; must be a peer of this controller."""
+    probe_bytes: _builtins.int
+    """Size of the bandwidth probe in bytes (1 KiB .. 16 MiB; 0 means 64 KiB)."""
+    def __init__(
+        self,
+        *,
+        to_node: _builtins.str = ...,
+        probe_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["probe_bytes", b"probe_bytes", "to_node", b"to_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeasureLinkRequest: _TypeAlias = MeasureLinkRequest  # noqa: Y015
+
+@_typing.final
+class MeasureLinkResponse(_message.Message):
+    """Reply of MeasureLink."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def link(self) -> _resources_pb2.LinkBandwidth:
+        """The measurement."""
+
+    def __init__(
+        self,
+        *,
+        link: _resources_pb2.LinkBandwidth | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["link", b"link"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link", b"link"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeasureLinkResponse: _TypeAlias = MeasureLinkResponse  # noqa: Y015
 
 @_typing.final
 class SubmitTaskRequest(_message.Message):

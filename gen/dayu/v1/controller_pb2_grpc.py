@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from dayu.v1 import controller_pb2 as dayu_dot_v1_dot_controller__pb2
+from dayu.v1 import monitor_pb2 as dayu_dot_v1_dot_monitor__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -45,6 +46,16 @@ class ControllerServiceStub:
                 request_serializer=dayu_dot_v1_dot_controller__pb2.GetLinkStatsRequest.SerializeToString,
                 response_deserializer=dayu_dot_v1_dot_controller__pb2.GetLinkStatsResponse.FromString,
                 _registered_method=True)
+        self.MeasureLink = channel.unary_unary(
+                '/dayu.v1.ControllerService/MeasureLink',
+                request_serializer=dayu_dot_v1_dot_controller__pb2.MeasureLinkRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_controller__pb2.MeasureLinkResponse.FromString,
+                _registered_method=True)
+        self.Probe = channel.unary_unary(
+                '/dayu.v1.ControllerService/Probe',
+                request_serializer=dayu_dot_v1_dot_monitor__pb2.ProbeRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_monitor__pb2.ProbeResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -66,6 +77,22 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MeasureLink(self, request, context):
+        """Measures the link from this node to another with an active probe that takes the same path as
+        tasks (the link emulator included): a small probe for the round trip, a large one for the
+        bandwidth. The node's monitor calls it for every link.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Probe(self, request, context):
+        """Receiving end of another controller's probe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +105,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.GetLinkStats,
                     request_deserializer=dayu_dot_v1_dot_controller__pb2.GetLinkStatsRequest.FromString,
                     response_serializer=dayu_dot_v1_dot_controller__pb2.GetLinkStatsResponse.SerializeToString,
+            ),
+            'MeasureLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.MeasureLink,
+                    request_deserializer=dayu_dot_v1_dot_controller__pb2.MeasureLinkRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_controller__pb2.MeasureLinkResponse.SerializeToString,
+            ),
+            'Probe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Probe,
+                    request_deserializer=dayu_dot_v1_dot_monitor__pb2.ProbeRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_monitor__pb2.ProbeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +172,60 @@ class ControllerService:
             '/dayu.v1.ControllerService/GetLinkStats',
             dayu_dot_v1_dot_controller__pb2.GetLinkStatsRequest.SerializeToString,
             dayu_dot_v1_dot_controller__pb2.GetLinkStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeasureLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.ControllerService/MeasureLink',
+            dayu_dot_v1_dot_controller__pb2.MeasureLinkRequest.SerializeToString,
+            dayu_dot_v1_dot_controller__pb2.MeasureLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Probe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.ControllerService/Probe',
+            dayu_dot_v1_dot_monitor__pb2.ProbeRequest.SerializeToString,
+            dayu_dot_v1_dot_monitor__pb2.ProbeResponse.FromString,
             options,
             channel_credentials,
             insecure,

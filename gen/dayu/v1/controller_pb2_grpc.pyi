@@ -5,6 +5,7 @@ The controller routes tasks through their DAG, locally or to other nodes."""
 
 from collections import abc as _abc
 from dayu.v1 import controller_pb2 as _controller_pb2
+from dayu.v1 import monitor_pb2 as _monitor_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -39,6 +40,13 @@ class ControllerServiceStub:
     """
     GetLinkStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetLinkStatsRequest, _controller_pb2.GetLinkStatsResponse]
     """Counters of the links from this node to the others."""
+    MeasureLink: _grpc.UnaryUnaryMultiCallable[_controller_pb2.MeasureLinkRequest, _controller_pb2.MeasureLinkResponse]
+    """Measures the link from this node to another with an active probe that takes the same path as
+    tasks (the link emulator included): a small probe for the round trip, a large one for the
+    bandwidth. The node's monitor calls it for every link.
+    """
+    Probe: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.ProbeRequest, _monitor_pb2.ProbeResponse]
+    """Receiving end of another controller's probe."""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -51,6 +59,13 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """
     GetLinkStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetLinkStatsRequest, _controller_pb2.GetLinkStatsResponse]  # type: ignore[assignment]
     """Counters of the links from this node to the others."""
+    MeasureLink: _aio.UnaryUnaryMultiCallable[_controller_pb2.MeasureLinkRequest, _controller_pb2.MeasureLinkResponse]  # type: ignore[assignment]
+    """Measures the link from this node to another with an active probe that takes the same path as
+    tasks (the link emulator included): a small probe for the round trip, a large one for the
+    bandwidth. The node's monitor calls it for every link.
+    """
+    Probe: _aio.UnaryUnaryMultiCallable[_monitor_pb2.ProbeRequest, _monitor_pb2.ProbeResponse]  # type: ignore[assignment]
+    """Receiving end of another controller's probe."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """One controller per node."""
@@ -72,5 +87,24 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.GetLinkStatsResponse, _abc.Awaitable[_controller_pb2.GetLinkStatsResponse]]:
         """Counters of the links from this node to the others."""
+
+    @_abc_1.abstractmethod
+    def MeasureLink(
+        self,
+        request: _controller_pb2.MeasureLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.MeasureLinkResponse, _abc.Awaitable[_controller_pb2.MeasureLinkResponse]]:
+        """Measures the link from this node to another with an active probe that takes the same path as
+        tasks (the link emulator included): a small probe for the round trip, a large one for the
+        bandwidth. The node's monitor calls it for every link.
+        """
+
+    @_abc_1.abstractmethod
+    def Probe(
+        self,
+        request: _monitor_pb2.ProbeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitor_pb2.ProbeResponse, _abc.Awaitable[_monitor_pb2.ProbeResponse]]:
+        """Receiving end of another controller's probe."""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -152,7 +152,7 @@ class NodeResources(_message.Message):
 
     @_builtins.property
     def queue_lengths(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """Stage name -> number of tasks waiting in that stage's processor queue on this node."""
+        """Processor kind -> number of tasks waiting in that processor's queue on this node."""
 
     @_builtins.property
     def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkBandwidth]:

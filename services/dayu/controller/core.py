@@ -12,6 +12,7 @@ waits longer than the timeout records the task as dropped."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
@@ -21,14 +22,16 @@ import grpc
 
 from dayu.controller.links import Link
 from dayu.runtime.clock import timestamp
+from dayu.runtime.errors import InvalidArgument, Unavailable
 from dayu.runtime.logs import get_logger
 from dayu.runtime.validation import validate_task
-from dayu.v1 import task_pb2
+from dayu.v1 import resources_pb2, task_pb2
 
 log = get_logger(__name__)
 
 PENDING, DONE, FAILED = task_pb2.STAGE_STATE_PENDING, task_pb2.STAGE_STATE_DONE, task_pb2.STAGE_STATE_FAILED
 END_OF_DAG = ""  # join key of the final merge of a forked task
+DEFAULT_PROBE_BYTES, MIN_PROBE_BYTES, MAX_PROBE_BYTES = 64 * 1024, 1024, 16 * 1024 * 1024
 
 
 class Dropped(Exception):
@@ -45,6 +48,9 @@ class Transport(Protocol):
         """Submits the task to the controller of `node`."""
 
     async def deliver(self, task: task_pb2.Task) -> None: ...
+
+    async def probe(self, node: str, nbytes: int) -> None:
+        """Sends nbytes of probe payload to the controller of `node`."""
 
     async def record_drop(self, task: task_pb2.Task, reason: str) -> None: ...
 
@@ -215,7 +221,7 @@ class ControllerCore:
     async def _send(self, node: str, task: task_pb2.Task, stage: str) -> None:
         """Forwards the task over the emulated link to `node`'s controller."""
         self._leave(task, stage)
-        transfer_s = await self._over_link(node, task)
+        transfer_s = await self._over_link(node, task.ByteSize())
         stages = _stage_map(task)
         if stage in stages:
             stages[stage].timings.transfer_s += transfer_s
@@ -226,9 +232,38 @@ class ControllerCore:
                 f"controller of {node} refused the task from {self.node}: {error.code().name}: {error.details()}"
             ) from None
 
-    async def _over_link(self, node: str, task: task_pb2.Task) -> float:
+    async def _over_link(self, node: str, nbytes: int) -> float:
         link = self.links.get(node)
-        return await link.transmit(task.ByteSize()) if link else 0.0
+        return await link.transmit(nbytes) if link else 0.0
+
+    # -- link measurement -------------------------------------------------------------------------
+
+    async def measure_link(self, to_node: str, probe_bytes: int) -> resources_pb2.LinkBandwidth:
+        """Bandwidth and round trip to `to_node`, by probes on the path tasks take."""
+        if to_node == self.node or to_node not in self.nodes:
+            others = sorted(self.nodes - {self.node})
+            raise InvalidArgument("to_node", f"one of the other nodes {others}, got {to_node!r}")
+        probe_bytes = probe_bytes or DEFAULT_PROBE_BYTES
+        if not MIN_PROBE_BYTES <= probe_bytes <= MAX_PROBE_BYTES:
+            raise InvalidArgument("probe_bytes", f"{MIN_PROBE_BYTES}..{MAX_PROBE_BYTES}, got {probe_bytes}")
+        small = await self._probe(to_node, 1)
+        large = await self._probe(to_node, probe_bytes)
+        return resources_pb2.LinkBandwidth(
+            from_node=self.node,
+            to_node=to_node,
+            bandwidth_mbps=probe_bytes * 8 / max(large - small, 1e-6) / 1e6,
+            rtt_ms=small * 1000,
+            measured_at=timestamp(),
+        )
+
+    async def _probe(self, node: str, nbytes: int) -> float:
+        started = time.perf_counter()
+        await self._over_link(node, nbytes)
+        try:
+            await self.transport.probe(node, nbytes)
+        except grpc.aio.AioRpcError as error:
+            raise Unavailable(f"controller of {node} unreachable: {error.code().name}") from None
+        return time.perf_counter() - started
 
     def _leave(self, task: task_pb2.Task, stage: str = "") -> None:
         hop = task.hops[-1] if task.hops and task.hops[-1].node == self.node else task.hops.add(node=self.node)
@@ -311,7 +346,7 @@ class ControllerCore:
         task.segment.stream = b""
         self._leave(task)
         if self.node != self.cloud_node:
-            await self._over_link(self.cloud_node, task)
+            await self._over_link(self.cloud_node, task.ByteSize())
         try:
             await self.transport.deliver(task)
         except grpc.aio.AioRpcError as error:

@@ -19,6 +19,7 @@ from dayu.v1 import (
     controller_pb2_grpc,
     distributor_pb2,
     distributor_pb2_grpc,
+    monitor_pb2,
     processor_pb2,
     processor_pb2_grpc,
     task_pb2,
@@ -86,6 +87,12 @@ class GrpcTransport:
         stub, request = self._distributor(), distributor_pb2.DeliverRequest(task=task)
         await with_retries(lambda: stub.Deliver(request, timeout=30), attempts=self.section.attempts, what="deliver")
 
+    async def probe(self, node: str, nbytes: int) -> None:
+        stub = controller_pb2_grpc.ControllerServiceStub(
+            self.channels.get(self._address(self.section.peers, node, "controller of node"))
+        )
+        await stub.Probe(monitor_pb2.ProbeRequest(payload=bytes(nbytes)), timeout=30)
+
     async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
         stub, request = self._distributor(), distributor_pb2.RecordDropRequest(task=task, reason=reason)
         await with_retries(lambda: stub.RecordDrop(request, timeout=30), attempts=self.section.attempts, what="drop")
@@ -117,6 +124,16 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                 for _, link in sorted(self.core.links.items())
             ]
         )
+
+    async def MeasureLink(
+        self, request: controller_pb2.MeasureLinkRequest, context: object
+    ) -> controller_pb2.MeasureLinkResponse:
+        return controller_pb2.MeasureLinkResponse(
+            link=await self.core.measure_link(request.to_node, request.probe_bytes)
+        )
+
+    async def Probe(self, request: monitor_pb2.ProbeRequest, context: object) -> monitor_pb2.ProbeResponse:
+        return monitor_pb2.ProbeResponse(received_bytes=len(request.payload))
 
 
 class ControllerComponent(Component):
