@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 from dayu.components import COMPONENTS
-from dayu.embedded import DEFAULT_CONFIG, load_mesh_config, run_mesh
+from dayu.embedded import DEFAULT_CONFIG, EXPERIMENT_CONFIG, load_mesh_config, run_mesh
+from dayu.experiment import run_experiment
 from dayu.runtime.config import LogSettings, load_settings
-from dayu.runtime.errors import DayuError
+from dayu.runtime.errors import DayuError, InvalidArgument
 from dayu.runtime.logs import configure_logging
 from dayu.runtime.server import ComponentServer
+from dayu.scheduler.policies import POLICIES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +58,32 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: Ctrl-C)")
     up.add_argument("--summary-json", type=Path, metavar="PATH", help="also write the summary as JSON here")
     up.add_argument("--workdir", type=Path, default=Path(".dayu"), metavar="DIR", help="where the records go")
+
+    experiment = commands.add_parser(
+        "experiment",
+        help="compare policies on the embedded mesh",
+        description=(
+            "Run the embedded mesh once per policy on the same workload and bandwidth trace (replayed on every "
+            "link to the cloud), then write DIR/results.csv and DIR/results.png and print a table: end-to-end "
+            "p50 and p95 latency, share of tasks within the latency budget, accuracy, bytes sent, decision time."
+        ),
+    )
+    experiment.add_argument("--policies", required=True, help="comma-separated policy names, e.g. fixed,latency_budget")
+    experiment.add_argument("--trace", type=Path, metavar="FILE", help="bandwidth trace (time_s mbps per line)")
+    experiment.add_argument("--duration", type=float, default=60, metavar="SECONDS", help="per policy (default 60)")
+    experiment.add_argument("--out", type=Path, required=True, metavar="DIR")
+    experiment.add_argument("--config", type=Path, default=EXPERIMENT_CONFIG, metavar="FILE", help="mesh YAML file")
     return parser
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    configure_logging(LogSettings(level="error", format="console"), component="mesh")
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = sorted(set(policies) - set(POLICIES.names()))
+    if unknown:
+        raise InvalidArgument("--policies", f"names from {POLICIES.names()}, got {unknown}")
+    run_experiment(args.config, policies, args.trace, args.duration, args.out)
+    return 0
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -95,7 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _up(args) if args.command == "up" else _serve(args)
+        return {"up": _up, "experiment": _experiment, "serve": _serve}[args.command](args)
     except DayuError as error:
         print(f"dayu: error: {error}", file=sys.stderr)
         return 2

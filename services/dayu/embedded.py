@@ -29,11 +29,15 @@ from dayu.v1 import (
     distributor_pb2_grpc,
     generator_pb2,
     generator_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
     task_pb2,
 )
 
 log = get_logger(__name__)
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "embedded.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_CONFIG = CONFIGS / "embedded.yaml"
+EXPERIMENT_CONFIG = CONFIGS / "experiment.yaml"
 
 
 class NodeSection(StrictModel):
@@ -86,14 +90,20 @@ class MeshConfig(StrictModel):
         return self
 
 
-def load_mesh_config(path: Path) -> MeshConfig:
-    """Reads the mesh file; relative paths in it are relative to the file."""
+def read_mesh_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise InvalidArgument("--config", f"a readable YAML file ({error})") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("--config", "a YAML mapping")
+    return data
+
+
+def load_mesh_config(path: Path, data: dict[str, Any] | None = None) -> MeshConfig:
+    """Reads the mesh file (or `data` read from it); relative paths in it are relative to the file."""
     try:
-        config = MeshConfig.model_validate(data)
+        config = MeshConfig.model_validate(read_mesh_file(path) if data is None else data)
     except pydantic.ValidationError as error:
         raise from_validation_error(error, str(path)) from None
     base = path.resolve().parent
@@ -320,6 +330,7 @@ async def run_mesh(
         # Read before the generators stop; they make no task after this.
         generator_counts = await _generated_per_stream(mesh, channels)
         link_bytes = await _link_bytes(mesh, channels)
+        scheduling = await _scheduling(mesh, channels)
         progress("dayu: stopping: generators first, then waiting for tasks in flight")
         total = sum(generator_counts.values())
         await mesh.stop(settle=lambda: tally.wait_for_total(total, config.join_timeout_s + 10))
@@ -334,6 +345,7 @@ async def run_mesh(
         "generated_per_stream": generator_counts,
         **tally.summary(),
         "bytes_per_link": link_bytes,
+        "scheduling": scheduling,
     }
     summary["unaccounted"] = summary["generated"] - summary["delivered"] - summary["dropped"]
     progress(format_summary(summary))
@@ -353,6 +365,22 @@ async def _generated_per_stream(mesh: Mesh, channels: Channels) -> dict[str, int
         reply = await stub.ListStreams(generator_pb2.ListStreamsRequest(), timeout=5)
         counts.update({stream.spec.stream_id: stream.tasks_generated for stream in reply.streams})
     return counts
+
+
+async def _scheduling(mesh: Mesh, channels: Channels) -> dict[str, Any]:
+    """Per stream: its policy, how many decisions it made and how long they took."""
+    stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.get(mesh.addresses["scheduler"]))
+    reply = await stub.GetSchedulerStats(scheduler_pb2.GetSchedulerStatsRequest(), timeout=5)
+    return {
+        s.stream_id: {
+            "policy": s.policy,
+            "decisions": s.decisions,
+            "decision_time_p50_s": s.decision_time_p50_s,
+            "decision_time_p95_s": s.decision_time_p95_s,
+            "last_reason": s.current.reason,
+        }
+        for s in reply.streams
+    }
 
 
 async def _link_bytes(mesh: Mesh, channels: Channels) -> dict[str, int]:
@@ -387,4 +415,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  stage {stage}: {parts}")
     for link, count in sorted(summary["bytes_per_link"].items()):
         lines.append(f"  link {link}: {count} bytes")
+    for stream, stats in sorted(summary["scheduling"].items()):
+        lines.append(
+            f"  stream {stream}: policy {stats['policy']}, {stats['decisions']} decisions, "
+            f"p50 {stats['decision_time_p50_s'] * 1000:.3f} ms each; last: {stats['last_reason']}"
+        )
     return "\n".join(lines)

@@ -42,6 +42,9 @@ class Ports:
         self.submitted: list[task_pb2.Task] = []
         self.decisions_queue: asyncio.Queue[decision_pb2.Decision] = asyncio.Queue()
 
+    async def source_fps(self, source_id: str) -> float:
+        return 30.0
+
     async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:
         for i in range(30):
             yield frame(i)

@@ -18,6 +18,7 @@ import numpy as np
 from dayu.media.codecs import decode_image, encode_segment
 from dayu.media.frames import FrameRateFilter, resize
 from dayu.runtime.clock import timestamp
+from dayu.runtime.errors import DayuError
 from dayu.runtime.logs import get_logger
 from dayu.v1 import datasource_pb2, decision_pb2, generator_pb2, task_pb2, types_pb2
 
@@ -29,6 +30,9 @@ RECONNECT_S = (0.2, 5.0)  # first and longest wait before reconnecting to the sc
 
 class StreamPorts(Protocol):
     """What a stream needs from the mesh; failures raise grpc.aio.AioRpcError."""
+
+    async def source_fps(self, source_id: str) -> float:
+        """The frame rate the source plays at."""
 
     def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]: ...
 
@@ -107,7 +111,6 @@ class StreamRunner:
         self.status = generator_pb2.StreamStatus(spec=spec, decision=startup_decision(spec))
         self.submitted = 0
         self.dropped = 0
-        self._filter = FrameRateFilter(spec.max_configuration.fps, spec.max_configuration.fps)
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._submissions: set[asyncio.Task[None]] = set()
 
@@ -152,14 +155,16 @@ class StreamRunner:
         buffer: list[CapturedFrame] = []
         while True:
             try:
+                source_fps = await self.ports.source_fps(self.spec.source_id)
+                frame_filter = FrameRateFilter(source_fps, source_fps)
                 async for frame in self.ports.frames(self.spec.source_id):
                     wait = RECONNECT_S[0]
                     self.status.frames_captured += 1
                     if self.decision.paused:
                         buffer.clear()
                         continue
-                    self._filter.target_fps = min(self.decision.configuration.fps, self._filter.source_fps)
-                    if not self._filter.keep():
+                    frame_filter.target_fps = min(self.decision.configuration.fps, source_fps)
+                    if not frame_filter.keep():
                         continue
                     self.status.frames_kept += 1
                     buffer.append(CapturedFrame(frame, time.time()))
@@ -168,8 +173,8 @@ class StreamRunner:
                         buffer = []
                 log.info("source ended", source_id=self.spec.source_id)
                 return
-            except grpc.aio.AioRpcError as error:
-                log.warning("source unreachable", source_id=self.spec.source_id, code=error.code().name)
+            except (grpc.aio.AioRpcError, DayuError) as error:
+                log.warning("source unavailable", source_id=self.spec.source_id, error=str(error))
             await asyncio.sleep(wait)
             wait = min(wait * 2, RECONNECT_S[1])
 

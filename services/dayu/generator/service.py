@@ -99,6 +99,14 @@ class GrpcStreamPorts:
     def __init__(self, section: GeneratorSection, channels: Channels) -> None:
         self.section, self.channels = section, channels
 
+    async def source_fps(self, source_id: str) -> float:
+        stub = datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.section.datasource))
+        reply = await stub.ListSources(datasource_pb2.ListSourcesRequest(), timeout=10)
+        for source in reply.sources:
+            if source.source_id == source_id:
+                return source.fps
+        raise NotFound(f"source {source_id!r} is not played by the datasource at {self.section.datasource}")
+
     async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:
         stub = datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.section.datasource))
         async for frame in stub.StreamFrames(datasource_pb2.StreamFramesRequest(source_id=source_id)):
