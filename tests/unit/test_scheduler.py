@@ -51,3 +51,38 @@ async def test_bad_policy_and_unknown_stream_are_named() -> None:
     assert bad.value.field == "policy.params_yaml.fps"
     with pytest.raises(NotFound):
         await core.feedback(task_pb2.TaskRecord(task=task_pb2.Task(stream_id="other")))
+
+
+async def test_admission_pauses_the_newest_stream_on_an_overloaded_node_and_resumes_it() -> None:
+    from dayu.scheduler.core import Admission
+    from dayu.v1 import resources_pb2
+
+    core = SchedulerCore(FIXED, admission=Admission(max_queue=10, resume_queue=2))
+    first, second = make_stream_spec(), make_stream_spec()
+    second.stream_id = "stream-2"
+    await core.register(first)
+    await core.register(second)
+    busy = resources_pb2.NodeResources(node="edge-1", queue_lengths={"noop": 11})
+    await core.report_resources(busy)
+    assert core.decision("stream-2").paused and "11 tasks queued on edge-1" in core.decision("stream-2").reason
+    assert not core.decision("stream-1").paused
+    await core.report_resources(resources_pb2.NodeResources(node="edge-1", queue_lengths={"noop": 5}))
+    assert core.decision("stream-2").paused  # not yet under resume_queue
+    await core.report_resources(resources_pb2.NodeResources(node="edge-1", queue_lengths={"noop": 1}))
+    resumed = core.decision("stream-2")
+    assert not resumed.paused and "resumed" in resumed.reason
+
+
+async def test_fallback_plan_when_feedback_stops_and_policy_again_when_it_returns() -> None:
+    core = SchedulerCore(decision_pb2.PolicySpec(name="cloud_only"), fallback_after_s=0.05)
+    await core.register(make_stream_spec())
+    assert set(core.decision("stream-1").placement.values()) == {"cloud"}
+    await asyncio.sleep(0.1)
+    await core.check_feedback()
+    fallback = core.decision("stream-1")
+    assert "fallback" in fallback.reason and set(fallback.placement.values()) == {"edge-1"}
+    assert fallback.configuration.resolution.height < 720
+    record = task_pb2.TaskRecord(task=task_pb2.Task(stream_id="stream-1", decision_version=fallback.version))
+    await core.feedback(record)
+    back = core.decision("stream-1")
+    assert back.version == fallback.version + 1 and set(back.placement.values()) == {"cloud"}

@@ -15,6 +15,7 @@ from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument, NotFound
 from dayu.runtime.registry import Registry
 from dayu.runtime.validation import require_id, validate_stream_spec
+from dayu.scheduler.knobs import configuration, resolutions
 from dayu.scheduler.policies import POLICIES, Policy, StreamView
 from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, task_pb2
 
@@ -42,17 +43,39 @@ class _Stream:
     feedback: int = 0
     last_version: int = 0
     decided_at: float = 0.0
+    last_feedback: float = field(default_factory=time.monotonic)
+    registered: int = 0  # registration order: admission pauses the newest first
+    paused_because: str = ""
+    in_fallback: bool = False
     decision_times: deque[float] = field(default_factory=lambda: deque(maxlen=DECISION_TIMES))
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
 
+@dataclass(frozen=True)
+class Admission:
+    """When the mesh is overloaded: a node whose processor queues hold more than max_queue tasks
+    pauses the newest stream using it; the stream resumes once every node it uses is under
+    resume_queue."""
+
+    max_queue: int = 48
+    resume_queue: int = 16
+
+
 class SchedulerCore:
     def __init__(
-        self, default_policy: decision_pb2.PolicySpec, cloud_node: str = "cloud", decision_interval_s: float = 0.5
+        self,
+        default_policy: decision_pb2.PolicySpec,
+        cloud_node: str = "cloud",
+        decision_interval_s: float = 0.5,
+        admission: Admission = Admission(),
+        fallback_after_s: float = 15.0,
     ) -> None:
         self.default_policy = default_policy
         self.cloud_node = cloud_node
         self.decision_interval_s = decision_interval_s
+        self.admission = admission
+        self.fallback_after_s = fallback_after_s
+        self._registrations = 0
         self._streams: dict[str, _Stream] = {}
         self.resources: dict[str, resources_pb2.NodeResources] = {}
 
@@ -70,7 +93,8 @@ class SchedulerCore:
         policy = build_policy(policy_spec, "stream.policy")
         previous = self._streams.get(spec.stream_id)
         view = StreamView(spec, None, self.cloud_node)
-        stream = _Stream(view, policy_spec.name, policy)
+        self._registrations += 1
+        stream = _Stream(view, policy_spec.name, policy, registered=self._registrations)
         if previous:  # versions go on from the previous registration
             stream.last_version = previous.last_version
             stream.changed = previous.changed
@@ -110,14 +134,84 @@ class SchedulerCore:
         """Takes a record, and lets the policy decide again (at most every decision_interval_s)."""
         stream = self._stream(record.task.stream_id, "record.task.stream_id")
         stream.feedback += 1
+        stream.last_feedback = time.monotonic()
         stream.view.recent.append(record)
         del stream.view.recent[:-RECENT_RECORDS]
-        if time.monotonic() - stream.decided_at >= self.decision_interval_s:
+        if stream.in_fallback:  # feedback is back: the policy starts over from its own plan
+            stream.in_fallback = False
+            stream.view.current = None
+            await self._decide(stream, "feedback resumed")
+        elif time.monotonic() - stream.decided_at >= self.decision_interval_s and not stream.paused_because:
             await self._decide(stream, "feedback")
 
-    def report_resources(self, report: resources_pb2.NodeResources) -> None:
+    async def report_resources(self, report: resources_pb2.NodeResources) -> None:
         require_id(report.node, "node")
         self.resources[report.node] = report
+        await self._admit()
+
+    def _queued(self, node: str) -> int:
+        report = self.resources.get(node)
+        return sum(report.queue_lengths.values()) if report else 0
+
+    async def _admit(self) -> None:
+        """Pauses the newest stream on an overloaded node; resumes paused streams whose nodes recovered."""
+        for stream in sorted(self._streams.values(), key=lambda s: s.registered):
+            nodes = set(stream.view.current.placement.values()) if stream.view.current else set()
+            if stream.paused_because and all(self._queued(n) < self.admission.resume_queue for n in nodes):
+                stream.paused_because = ""
+                await self._publish(stream, stream.view.current, "admission: queues drained, stream resumed")
+        for node in sorted(self.resources):
+            queued = self._queued(node)
+            if queued <= self.admission.max_queue:
+                continue
+            running = [
+                s
+                for s in self._streams.values()
+                if not s.paused_because and s.view.current and node in s.view.current.placement.values()
+            ]
+            if running:
+                newest = max(running, key=lambda s: s.registered)
+                newest.paused_because = f"{queued} tasks queued on {node} (over {self.admission.max_queue})"
+                await self._publish(newest, newest.view.current, f"admission: paused, {newest.paused_because}")
+
+    async def check_feedback(self) -> None:
+        """Switches running streams whose feedback stopped to the fallback plan: every stage on the
+        stream's own node, a lighter configuration, until feedback comes back."""
+        now = time.monotonic()
+        for stream in self._streams.values():
+            if stream.paused_because or stream.in_fallback or now - stream.last_feedback < self.fallback_after_s:
+                continue
+            stream.in_fallback = True
+            spec = stream.view.spec
+            best = spec.max_configuration
+            ladder = resolutions(best.resolution)
+            plan = decision_pb2.Decision(
+                configuration=configuration(best, ladder[min(2, len(ladder) - 1)], max(1.0, best.fps / 2)),
+                placement={stage.name: spec.node for stage in spec.pipeline.stages},
+            )
+            await self._publish(stream, plan, f"fallback: no feedback for {self.fallback_after_s:g} s")
+
+    async def _publish(self, stream: _Stream, base: decision_pb2.Decision | None, reason: str) -> decision_pb2.Decision:
+        """A new version of the stream's decision: `base`'s configuration and placement, the pause
+        flag from admission control."""
+        assert base is not None
+        stream.last_version += 1
+        decision = decision_pb2.Decision(
+            stream_id=stream.view.spec.stream_id,
+            version=stream.last_version,
+            configuration=base.configuration,
+            placement=base.placement,
+            reason=reason,
+            policy=stream.policy_name,
+            made_at=timestamp(),
+            decision_time_s=base.decision_time_s,
+            paused=bool(stream.paused_because),
+        )
+        stream.decisions += 1
+        async with stream.changed:
+            stream.view.current = decision
+            stream.changed.notify_all()
+        return decision
 
     async def _decide(self, stream: _Stream, why: str) -> decision_pb2.Decision:
         """Asks the policy; publishes a new version when it proposes something. Returns the current."""
@@ -130,22 +224,10 @@ class SchedulerCore:
         if proposal is None:
             assert stream.view.current is not None, "a policy must propose a startup plan"
             return stream.view.current
-        stream.last_version += 1
-        decision = decision_pb2.Decision(
-            stream_id=stream.view.spec.stream_id,
-            version=stream.last_version,
-            configuration=proposal.configuration,
-            placement=proposal.placement,
-            reason=f"{why}: {proposal.reason}",
-            policy=stream.policy_name,
-            made_at=timestamp(),
-            decision_time_s=elapsed,
+        made = decision_pb2.Decision(
+            configuration=proposal.configuration, placement=proposal.placement, decision_time_s=elapsed
         )
-        stream.decisions += 1
-        async with stream.changed:
-            stream.view.current = decision
-            stream.changed.notify_all()
-        return decision
+        return await self._publish(stream, made, f"{why}: {proposal.reason}")
 
     def stats(self) -> list[scheduler_pb2.StreamSchedulingStats]:
         out = []

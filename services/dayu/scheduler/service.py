@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import pydantic
@@ -9,7 +10,7 @@ import pydantic
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.sections import PolicySection
 from dayu.runtime.server import Binding, Component
-from dayu.scheduler.core import SchedulerCore, build_policy
+from dayu.scheduler.core import Admission, SchedulerCore, build_policy
 from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 
@@ -18,6 +19,9 @@ class SchedulerSection(StrictModel):
         default_factory=PolicySection, description="policy of streams registered without one"
     )
     cloud_node: str = pydantic.Field("cloud", description="the node policies offload to")
+    max_queue: int = pydantic.Field(48, ge=1, description="admission: tasks queued on a node that pause a stream")
+    resume_queue: int = pydantic.Field(16, ge=0, description="admission: queued tasks under which streams resume")
+    fallback_after_s: float = pydantic.Field(15.0, gt=0, description="no feedback this long: fallback plan")
     decision_interval_s: float = pydantic.Field(0.5, ge=0, description="least time between two decisions")
 
 
@@ -56,7 +60,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.ReportResourcesResponse:
         received = 0
         async for report in request_iterator:
-            self.core.report_resources(report)
+            await self.core.report_resources(report)
             received += 1
         return scheduler_pb2.ReportResourcesResponse(received=received)
 
@@ -79,7 +83,27 @@ class SchedulerComponent(Component):
         default = settings.scheduler.default_policy.spec()
         build_policy(default, "scheduler.default_policy")  # refuse a bad default at start, not at first use
         section = settings.scheduler
-        self.core = SchedulerCore(default, section.cloud_node, section.decision_interval_s)
+        self.core = SchedulerCore(
+            default,
+            section.cloud_node,
+            section.decision_interval_s,
+            Admission(section.max_queue, section.resume_queue),
+            section.fallback_after_s,
+        )
+        self._watchdog: asyncio.Task[None] | None = None
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.SchedulerService", SchedulerServicer(self.core))]
+
+    async def start(self) -> None:
+        self._watchdog = asyncio.create_task(self._watch_feedback())
+
+    async def stop(self) -> None:
+        if self._watchdog:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+
+    async def _watch_feedback(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self.core.check_feedback()
