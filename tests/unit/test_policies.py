@@ -14,6 +14,7 @@ def view() -> StreamView:
 
 def apply(v: StreamView, proposal: Proposal | None) -> decision_pb2.Decision:
     assert proposal is not None
+    v.arrived_since_decision = 0
     version = (v.current.version if v.current else 0) + 1
     v.current = decision_pb2.Decision(
         version=version, configuration=proposal.configuration, placement=proposal.placement, reason=proposal.reason
@@ -43,6 +44,7 @@ def feed(
         if accuracy is not None:
             record.accuracy = accuracy
         v.recent.append(record)
+        v.arrived_since_decision += 1
 
 
 def policy(name: str, **params):  # type: ignore[no-untyped-def]

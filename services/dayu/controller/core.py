@@ -20,7 +20,7 @@ from typing import Protocol
 
 import grpc
 
-from dayu.controller.links import Link
+from dayu.controller.links import Link, NotSent
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument, Unavailable
 from dayu.runtime.logs import get_logger
@@ -120,6 +120,7 @@ class ControllerCore:
         links: Mapping[str, Link],
         transport: Transport,
         join_timeout_s: float = 10.0,
+        late_factor: float = 0.0,
     ) -> None:
         self.node, self.cloud_node = node, cloud_node
         self.nodes = nodes | {node, cloud_node}
@@ -127,6 +128,7 @@ class ControllerCore:
         self.links = dict(links)
         self.transport = transport
         self.join_timeout_s = join_timeout_s
+        self.late_factor = late_factor
         self.stats = RoutingStats()
         self._joins: dict[tuple[str, str], _Join] = {}
         self._given_up: set[str] = set()  # root ids recorded as dropped: late copies are discarded
@@ -218,10 +220,21 @@ class ControllerCore:
                 f"{error.code().name}: {error.details()}"
             ) from None
 
+    def _lateness(self, task: task_pb2.Task) -> str:
+        """Better never than late: why a task is too far past its budget to be worth sending on (a
+        backlog on a slow link then drains instead of delaying every task behind it); "" if it is not."""
+        if not (self.late_factor and task.latency_budget_s and task.HasField("created_at")):
+            return ""
+        age = time.time() - task.created_at.ToNanoseconds() / 1e9
+        if age <= self.late_factor * task.latency_budget_s:
+            return ""
+        budget = task.latency_budget_s
+        return f"late: {age:.1f} s old at {self.node}, over {self.late_factor:g} times its {budget:g} s budget"
+
     async def _send(self, node: str, task: task_pb2.Task, stage: str) -> None:
         """Forwards the task over the emulated link to `node`'s controller."""
         self._leave(task, stage)
-        transfer_s = await self._over_link(node, task.ByteSize())
+        transfer_s = await self._over_link(node, task.ByteSize(), task)
         stages = _stage_map(task)
         if stage in stages:
             stages[stage].timings.transfer_s += transfer_s
@@ -232,9 +245,15 @@ class ControllerCore:
                 f"controller of {node} refused the task from {self.node}: {error.code().name}: {error.details()}"
             ) from None
 
-    async def _over_link(self, node: str, nbytes: int) -> float:
+    async def _over_link(self, node: str, nbytes: int, task: task_pb2.Task | None = None) -> float:
         link = self.links.get(node)
-        return await link.transmit(nbytes) if link else 0.0
+        if link is None:
+            return 0.0
+        try:
+            return await link.transmit(nbytes, lambda: not (task and self._lateness(task)))
+        except NotSent:
+            assert task is not None
+            raise Dropped(self._lateness(task)) from None
 
     # -- link measurement -------------------------------------------------------------------------
 

@@ -18,6 +18,10 @@ from pathlib import Path
 from dayu.runtime.errors import InvalidArgument
 
 
+class NotSent(Exception):
+    """The sender gave up on a transfer while it waited for the link."""
+
+
 @dataclass(frozen=True)
 class BandwidthTrace:
     times_s: tuple[float, ...]
@@ -97,10 +101,14 @@ class Link:
             elapsed += remaining_s
         return elapsed
 
-    async def transmit(self, nbytes: int) -> float:
-        """Carries nbytes over the link; returns the seconds it took (queueing included)."""
+    async def transmit(self, nbytes: int, still_wanted: Callable[[], bool] = lambda: True) -> float:
+        """Carries nbytes over the link; returns the seconds it took (queueing included). Raises
+        NotSent, sending nothing, when `still_wanted` says no once the link is free (a task that
+        went stale in the queue)."""
         started = self._clock()
         async with self._busy:
+            if not still_wanted():
+                raise NotSent()
             await asyncio.sleep(self.serialization_s(nbytes, self._clock()))
             self.bytes_sent += nbytes
             self.tasks_sent += 1

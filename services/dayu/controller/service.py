@@ -45,6 +45,9 @@ class ControllerSection(StrictModel):
     distributor: str = pydantic.Field("", description="address of the distributor")
     links: dict[str, LinkSection] = pydantic.Field(default_factory=dict, description="node -> link from this node")
     join_timeout_s: float = pydantic.Field(10.0, gt=0)
+    late_factor: float = pydantic.Field(
+        0.0, ge=0, description="drop tasks older than this many latency budgets before sending them on (0: never)"
+    )
     attempts: int = pydantic.Field(3, ge=1, description="tries of a call to a processor, peer or distributor")
 
 
@@ -153,6 +156,7 @@ class ControllerComponent(Component):
             links=links,
             transport=GrpcTransport(section, self.channels),
             join_timeout_s=section.join_timeout_s,
+            late_factor=section.late_factor,
         )
 
     def bindings(self) -> Sequence[Binding]:

@@ -136,6 +136,7 @@ class SchedulerCore:
         stream.feedback += 1
         stream.last_feedback = time.monotonic()
         stream.view.recent.append(record)
+        stream.view.arrived_since_decision += 1
         del stream.view.recent[:-RECENT_RECORDS]
         if stream.in_fallback:  # feedback is back: the policy starts over from its own plan
             stream.in_fallback = False
@@ -208,6 +209,7 @@ class SchedulerCore:
             paused=bool(stream.paused_because),
         )
         stream.decisions += 1
+        stream.view.arrived_since_decision = 0
         async with stream.changed:
             stream.view.current = decision
             stream.changed.notify_all()

@@ -67,18 +67,20 @@ class Feedback:
 
     @classmethod
     def of(cls, records: list[task_pb2.TaskRecord]) -> Feedback | None:
-        delivered = [r for r in records if r.outcome == task_pb2.TASK_OUTCOME_DELIVERED]
-        if not delivered:
+        """Dropped tasks count in the latency (their age when given up): a stream whose tasks are all
+        dropped late is the most over budget of all."""
+        if not records:
             return None
+        delivered = [r for r in records if r.outcome == task_pb2.TASK_OUTCOME_DELIVERED]
 
         def median(values: list[float]) -> float:
             return statistics.median(values) if values else 0.0
 
         accuracies = [r.accuracy for r in delivered if r.HasField("accuracy")]
         return cls(
-            tasks=len(delivered),
+            tasks=len(records),
             dropped=len(records) - len(delivered),
-            latency_s=median([r.latency_s for r in delivered]),
+            latency_s=median([r.latency_s for r in records]),
             transfer_s=median([sum(s.timings.transfer_s for s in r.task.dag.stages) for r in delivered]),
             process_s=median([sum(s.timings.process_s for s in r.task.dag.stages) for r in delivered]),
             queue_s=median([sum(s.timings.queue_s for s in r.task.dag.stages) for r in delivered]),

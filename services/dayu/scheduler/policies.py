@@ -27,12 +27,19 @@ class StreamView:
     cloud_node: str = "cloud"
     recent: list[task_pb2.TaskRecord] = field(default_factory=list)
     resources: dict[str, resources_pb2.NodeResources] = field(default_factory=dict)
+    arrived_since_decision: int = 0  # records received since the current decision was published
 
-    def feedback(self, min_tasks: int = 1) -> Feedback | None:
-        """Feedback of the tasks made under the current decision; None until there are enough."""
-        version = self.current.version if self.current else 0
-        mine = [r for r in self.recent if r.task.decision_version == version]
-        summary = Feedback.of(mine)
+    def feedback(self, min_tasks: int = 1, made_under_current: bool = True) -> Feedback | None:
+        """Feedback of the tasks made under the current decision (what that configuration costs),
+        or, with made_under_current False, of every task that arrived since it was published (how
+        the mesh behaves now, even while tasks made before are still draining). None until there
+        are min_tasks of them."""
+        if made_under_current:
+            version = self.current.version if self.current else 0
+            records = [r for r in self.recent if r.task.decision_version == version]
+        else:
+            records = self.recent[len(self.recent) - min(self.arrived_since_decision, len(self.recent)) :]
+        summary = Feedback.of(records)
         return summary if summary and summary.tasks >= min_tasks else None
 
     def bandwidth_mbps(self, from_node: str, to_node: str) -> float | None:
@@ -167,14 +174,15 @@ class FeedbackControlPolicy:
         placement = {**view.placement(view.spec.node), **self.params.placement}
         if view.current is None:
             return Proposal(configuration(view.spec.max_configuration), placement, "start at the best resolution")
-        feedback = view.feedback(self.params.min_tasks)
+        feedback = view.feedback(self.params.min_tasks, made_under_current=False)
         if feedback is None:
             return None
         target = view.spec.latency_budget_s * self.params.target
+        settled = view.feedback(self.params.min_tasks)  # stepping up waits for the current decision's own tasks
         if feedback.latency_s > target and self.level < len(ladder) - 1:
             self.level += 1
             why = f"delay {feedback.latency_s:.2f} s over target {target:.2f} s: lower resolution"
-        elif feedback.latency_s < target * self.params.slack and self.level > 0:
+        elif settled and settled.latency_s < target * self.params.slack and self.level > 0:
             self.level -= 1
             why = f"delay {feedback.latency_s:.2f} s well under target {target:.2f} s: raise resolution"
         else:
@@ -352,12 +360,13 @@ class LatencyBudgetPolicy:
         best = view.spec.max_configuration
         if view.current is None:
             return Proposal(self._config(best), view.placement(view.spec.node), "start at the best, on the edge")
-        feedback = view.feedback(self.params.min_tasks)
+        feedback = view.feedback(self.params.min_tasks, made_under_current=False)
         if feedback is None:
             return None
         budget = view.spec.latency_budget_s
         error = (feedback.latency_s - budget * self.params.target) / budget
         steps = 1 if abs(error) < 0.5 else 2  # micro: a bigger miss moves further
+        settled = view.feedback(self.params.min_tasks)  # stepping up waits for the current decision's own tasks
         placement = dict(view.current.placement)
         total = max(feedback.transfer_s + feedback.process_s + feedback.queue_s, 1e-9)
         if error > 0:
@@ -387,7 +396,7 @@ class LatencyBudgetPolicy:
                 self._step("resolution", -1, best) or self._step("fps", -1, best) or self._step("segment", -1, best)
             ):
                 return None
-            why = f"delay {feedback.latency_s:.2f} s leaves budget: spend it on accuracy"
+            why = f"delay {settled.latency_s:.2f} s leaves budget: spend it on accuracy"
         else:
             return None
         return Proposal(self._config(best), placement, why)
