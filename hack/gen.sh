@@ -32,9 +32,9 @@ PY
 touch "$out/dayu/v1/py.typed"
 
 if $check; then
-  if ! diff -r "$out/dayu" gen/dayu >/dev/null; then
+  if ! diff -r -x __pycache__ "$out/dayu" gen/dayu >/dev/null; then
     echo "gen/ is out of date with proto/: run hack/gen.sh and commit the result" >&2
-    diff -r "$out/dayu" gen/dayu | head -40 >&2 || true
+    diff -r -x __pycache__ "$out/dayu" gen/dayu | head -40 >&2 || true
     exit 1
   fi
   echo "gen/ matches proto/"

@@ -17,6 +17,8 @@ import pydantic
 import yaml
 
 from dayu.components import COMPONENTS
+from dayu.processor.repository import assemble
+from dayu.processor.triton_server import TritonServer, model_statistics
 from dayu.runtime.client import Channels
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.errors import InvalidArgument, from_validation_error
@@ -42,6 +44,16 @@ EXPERIMENT_CONFIG = CONFIGS / "experiment.yaml"
 
 class NodeSection(StrictModel):
     processors: list[str] = pydantic.Field(default_factory=list, description="processor kinds on this node")
+    triton: str = pydantic.Field("", description="HOST:PORT of a running Triton for this node; empty: the mesh's own")
+
+
+class TritonSection(StrictModel):
+    """The tritonserver the mesh starts (one, shared by the nodes that name none) on the repository
+    assembled from triton_models/ in the workdir."""
+
+    grpc_port: int = pydantic.Field(0, ge=0, le=65535, description="0 picks a free port")
+    model_config_name: str = pydantic.Field("", description="--model-config-name; empty: config.pbtxt (CPU path)")
+    startup_timeout_s: float = pydantic.Field(120.0, gt=0)
 
 
 class LinkSection(StrictModel):
@@ -74,6 +86,8 @@ class MeshConfig(StrictModel):
     streams: list[StreamSection] = pydantic.Field(default_factory=list)
     scheduler: dict[str, Any] = pydantic.Field(default_factory=dict)
     join_timeout_s: float = pydantic.Field(10.0, gt=0)
+    triton: TritonSection = TritonSection()
+    late_factor: float = pydantic.Field(4.0, ge=0, description="controllers drop tasks this many budgets late")
 
     @pydantic.model_validator(mode="after")
     def _nodes_exist(self) -> MeshConfig:
@@ -88,6 +102,17 @@ class MeshConfig(StrictModel):
             if stream.node not in names:
                 raise ValueError(f"stream on unknown node {stream.node!r}")
         return self
+
+
+def _on_triton(section: ProcessorSection | None) -> bool:
+    return section is not None and section.params.get("backend") == "triton"
+
+
+def _with_triton_address(params: dict[str, Any], address: str) -> dict[str, Any]:
+    """A kind's parameters with its node's Triton address, unless they are not on Triton or name one."""
+    if params.get("backend") != "triton":
+        return params
+    return {**params, "triton": {"address": address, **params.get("triton", {})}}
 
 
 def read_mesh_file(path: Path) -> dict[str, Any]:
@@ -189,6 +214,9 @@ class Mesh:
         self.workdir = workdir
         self.servers: dict[str, ComponentServer] = {}  # "component@node[/detail]" -> server
         self.addresses: dict[str, str] = {}
+        self.triton: TritonServer | None = None
+        self.triton_addresses: list[str] = []
+        self.triton_statistics: dict[str, dict[str, dict[str, float | int]]] = {}  # address -> model -> counters
 
     async def _start(self, key: str, component: str, node: str, **settings: Any) -> str:
         component_class = COMPONENTS.entry(component).factory
@@ -202,7 +230,9 @@ class Mesh:
 
     async def start(self) -> None:
         config, cloud = self.config, self.config.cloud_node
-        scheduler = await self._start("scheduler", "scheduler", cloud, scheduler=config.scheduler)
+        scheduler = await self._start(
+            "scheduler", "scheduler", cloud, scheduler={"cloud_node": cloud, **config.scheduler}
+        )
         distributor = await self._start(
             "distributor",
             "distributor",
@@ -217,12 +247,17 @@ class Mesh:
             section = {"bandwidth_mbps": link.bandwidth_mbps, "delay_ms": link.delay_ms, "trace": link.trace}
             links[a][b] = links[b][a] = section
         node_processors: dict[str, dict[str, str]] = {}
+        tritons = await self._start_triton()
         for node, node_config in config.nodes.items():
             processors = {}
             for kind in node_config.processors:
                 section = config.processors.get(kind, ProcessorSection())
+                params = _with_triton_address(section.params, tritons.get(node, ""))
                 processors[kind] = await self._start(
-                    f"processor@{node}/{kind}", "processor", node, processor={"kind": kind, **section.model_dump()}
+                    f"processor@{node}/{kind}",
+                    "processor",
+                    node,
+                    processor={"kind": kind, **section.model_dump(), "params": params},
                 )
             await self._start(
                 f"controller@{node}",
@@ -235,6 +270,7 @@ class Mesh:
                     "distributor": distributor,
                     "links": links[node],
                     "join_timeout_s": config.join_timeout_s,
+                    "late_factor": config.late_factor,
                 },
             )
             node_processors[node] = processors
@@ -271,6 +307,42 @@ class Mesh:
                 },
             )
 
+    async def _start_triton(self) -> dict[str, str]:
+        """The Triton address of each node with a processor on Triton: its own when it names one, else
+        that of the tritonserver started here, before any processor, once ready."""
+        config = self.config
+        addresses = {
+            node: section.triton
+            for node, section in config.nodes.items()
+            if any(_on_triton(config.processors.get(kind)) for kind in section.processors)
+        }
+        if not all(addresses.values()):
+            settings = config.triton
+            self.triton = TritonServer(
+                assemble(self.workdir / "triton_models"),
+                self.workdir,
+                grpc_port=settings.grpc_port,
+                model_config_name=settings.model_config_name,
+                startup_timeout_s=settings.startup_timeout_s,
+            )
+            local = await self.triton.start()
+            addresses = {node: address or local for node, address in addresses.items()}
+        self.triton_addresses = sorted(set(addresses.values()))
+        return addresses
+
+    async def _stop_triton(self) -> None:
+        """Reads each Triton's own statistics once the processors are done with it, then stops the one
+        started here."""
+        for address in self.triton_addresses:
+            try:
+                stats = await model_statistics(address)
+            except Exception as error:  # the summary goes on without them
+                log.warning("no triton statistics", address=address, error=str(error))
+                continue
+            self.triton_statistics[address] = {model: counters.as_dict() for model, counters in stats.items()}
+        if self.triton is not None:
+            await self.triton.stop()
+
     def keys(self, component: str) -> list[str]:
         return [key for key in self.servers if key.split("@")[0] == component]
 
@@ -284,11 +356,14 @@ class Mesh:
         for component in order:
             for key in self.keys(component):
                 await self.servers[key].stop()
+        await self._stop_triton()
 
     async def abort(self) -> None:
         """Stops whatever still runs, without waiting for in-flight calls."""
         for server in self.servers.values():
             await server.stop(grace=0)
+        if self.triton is not None:
+            await self.triton.stop()
 
 
 async def run_mesh(
@@ -346,6 +421,7 @@ async def run_mesh(
         **tally.summary(),
         "bytes_per_link": link_bytes,
         "scheduling": scheduling,
+        "triton": mesh.triton_statistics,
     }
     summary["unaccounted"] = summary["generated"] - summary["delivered"] - summary["dropped"]
     progress(format_summary(summary))
@@ -420,4 +496,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  stream {stream}: policy {stats['policy']}, {stats['decisions']} decisions, "
             f"p50 {stats['decision_time_p50_s'] * 1000:.3f} ms each; last: {stats['last_reason']}"
         )
+    for address, models in sorted(summary.get("triton", {}).items()):
+        for model, c in sorted(models.items()):
+            lines.append(
+                f"  triton {address} {model}: {c['inferences']} inferences in {c['executions']} model calls, "
+                f"{c['requests']} requests ({c['failures']} failed); per request {c['request_ms']:.1f} ms "
+                f"(queue {c['queue_ms']:.1f}, model {c['compute_ms']:.1f})"
+            )
     return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""`dayu up` end to end: the default mesh (cloud and two edge nodes, two streams, real models) runs,
-stops after --duration and accounts for every task it made."""
+"""`dayu up` end to end: the default mesh (cloud and two edge nodes, two streams, real models on a real
+tritonserver) runs, stops after --duration and accounts for every task it made."""
 
 from __future__ import annotations
 
@@ -31,3 +31,8 @@ def test_dayu_up_runs_the_default_mesh_and_accounts_for_every_task(tmp_path: Pat
     assert set(summary["stages"]) == {"detect", "read", "colour", "merge"}
     assert summary["bytes_per_link"]["edge-1->cloud"] > 0 and summary["bytes_per_link"]["edge-2->cloud"] > 0
     assert (tmp_path / ".dayu" / "dayu-records.sqlite").exists()
+    # The models ran on the tritonserver the mesh started, whose own statistics count them.
+    (models,) = summary["triton"].values()
+    assert models["text_detection:1"]["inferences"] >= summary["delivered"]
+    assert models["text_detection:1"]["failures"] == 0 and models["text_detection:1"]["compute_ms"] > 0
+    assert "triton 127.0.0.1:" in run.stdout

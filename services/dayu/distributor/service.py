@@ -9,21 +9,64 @@ from pathlib import Path
 import grpc
 import pydantic
 
-from dayu.distributor.core import DistributorCore
+from dayu.distributor.core import DistributorCore, GoldenSampler, golden_task
 from dayu.distributor.store import RecordStore
 from dayu.runtime.client import Channels
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.logs import get_logger
 from dayu.runtime.server import Binding, Component
-from dayu.v1 import distributor_pb2, distributor_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
+from dayu.v1 import (
+    distributor_pb2,
+    distributor_pb2_grpc,
+    processor_pb2,
+    processor_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    task_pb2,
+    types_pb2,
+)
 
 log = get_logger(__name__)
+
+
+class GoldenSection(StrictModel):
+    """Accuracy of tasks without ground truth, against the golden configuration (full resolution)."""
+
+    processors: dict[str, str] = pydantic.Field(
+        default_factory=dict,
+        description="detector kind -> address of a processor of that kind set up for the golden configuration "
+        "(for example text_detector with max_side 4096, so frames are not scaled down); none: no golden accuracy",
+    )
+    every: int = pydantic.Field(10, ge=1, description="measure one in this many tasks of a stream")
+    # Well within the 30 s a controller gives a delivery, which waits for it.
+    timeout_s: float = pydantic.Field(10.0, gt=0, description="longest wait for the golden detections of a task")
+
+
+class ProcessorGolden:
+    """Golden detections from a processor of the stage's kind, over the processor contract."""
+
+    def __init__(self, processors: dict[str, str], channels: Channels) -> None:
+        self.processors, self.channels = processors, channels
+
+    async def detect(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> list[types_pb2.FrameDetections]:
+        address = self.processors.get(stage.spec.processor)
+        if address is None:
+            raise LookupError(f"no golden processor for kind {stage.spec.processor!r}")
+        request = processor_pb2.ProcessRequest(
+            task=await asyncio.to_thread(golden_task, task, stage), stage=stage.spec.name
+        )
+        reply = await processor_pb2_grpc.ProcessorServiceStub(self.channels.get(address)).Process(request)
+        (done,) = reply.task.dag.stages
+        if done.state != task_pb2.STAGE_STATE_DONE:
+            raise RuntimeError(f"golden {stage.spec.processor} failed: {done.error}")
+        return list(done.results)
 
 
 class DistributorSection(StrictModel):
     database: Path = pydantic.Field(Path("dayu-records.sqlite"), description="SQLite file of the records")
     scheduler: str = pydantic.Field("", description="address of the scheduler that gets each record as feedback")
     feedback_queue: int = pydantic.Field(1000, ge=1, description="records waiting for the scheduler at most")
+    golden: GoldenSection = GoldenSection()
 
 
 class FeedbackSender:
@@ -109,7 +152,15 @@ class DistributorComponent(Component):
         self.feedback = (
             FeedbackSender(section.scheduler, self.channels, section.feedback_queue) if section.scheduler else None
         )
-        self.core = DistributorCore(RecordStore(section.database), self.feedback.offer if self.feedback else None)
+        golden = section.golden
+        sampler = (
+            GoldenSampler(ProcessorGolden(golden.processors, self.channels), golden.every, golden.timeout_s)
+            if golden.processors
+            else None
+        )
+        self.core = DistributorCore(
+            RecordStore(section.database), self.feedback.offer if self.feedback else None, sampler
+        )
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.DistributorService", DistributorServicer(self.core))]

@@ -6,7 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from dayu.processor.kinds import StageRunner
+from dayu.processor.kinds import ClosableRunner, StageRunner
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from dayu.runtime.logs import get_logger
@@ -49,6 +49,8 @@ class ProcessorCore:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if isinstance(self.runner, ClosableRunner):
+            await self.runner.aclose()
 
     async def process(self, task: task_pb2.Task, stage_name: str) -> task_pb2.Task:
         """Runs `stage_name` of `task` and returns the task with the stage filled in. A failure of

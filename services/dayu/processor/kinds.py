@@ -6,7 +6,7 @@ detector and second-stage models served by Triton) register here the same way.""
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import pydantic
 
@@ -17,6 +17,12 @@ from dayu.v1 import task_pb2
 class StageRunner(Protocol):
     async def run(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> None:
         """Fills stage.results and stage.scenario for the task's segment; raises on failure."""
+
+
+@runtime_checkable
+class ClosableRunner(Protocol):
+    async def aclose(self) -> None:
+        """Releases what the runner holds open (a connection to Triton); called when the processor stops."""
 
 
 PROCESSORS: Registry[type[StageRunner]] = Registry("processor")

@@ -1,58 +1,46 @@
-"""Inference stages on real models, in process: licence plates found as text lines by PP-OCRv4
-detection (DBNet), read by PP-OCRv4 recognition, the vehicle's colour named around each plate, and
-the join that combines parallel branches.
+"""Inference stages on real models: licence plates found as text lines by PP-OCRv4 detection
+(DBNet), read by PP-OCRv4 recognition, the vehicle's colour named around each plate, and the join
+that combines parallel branches.
 
-The ONNX models ship inside the rapidocr_onnxruntime package (nothing is downloaded), and its own
-pre- and post-processing runs around them, so results match the reference PP-OCR pipeline. Each
-runner loads its model once; a segment is decoded and inferred in a worker thread, so the
-processor's event loop keeps answering while a stage runs.
+The models run on the node's Triton server or in process (the `backend` parameter, see
+dayu.processor.inference); the pre- and post-processing around them runs here, in the processor, for
+both: rapidocr's own resizing, normalisation, DBNet box extraction and CTC decoding, so results match
+the reference PP-OCR pipeline and Triton's GPU backends serve the same tensors as its CPU path. A
+segment's frames (and its crops) go to the model in batches. Decoding and the numeric work around the
+model run in worker threads, so the processor's event loop keeps answering while a stage runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.resources
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import functools
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
+import onnxruntime
 import pydantic
 from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
 from rapidocr_onnxruntime.ch_ppocr_rec.text_recognize import TextRecognizer
-from rapidocr_onnxruntime.utils import OrtInferSession
+from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 
 from dayu.media.codecs import decode_segment
+from dayu.processor.inference import InferenceBackend, InferenceParams, ModelRef, make_backend, model_of
 from dayu.processor.kinds import PROCESSORS
+from dayu.processor.repository import packaged_model_file
 from dayu.runtime.config import StrictModel
 from dayu.runtime.registry import NoParams
 from dayu.v1 import task_pb2, types_pb2
 
-DETECTION_MODEL = "ch_PP-OCRv4_det_infer.onnx"
-RECOGNITION_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
+# The models of the repository (triton_models/) the kinds use unless the pipeline's stage names another.
+DETECTION_MODEL = "text_detection"
+RECOGNITION_MODEL = "text_recognition"
 # PP-OCRv4 recognition reads text lines resized to 48 pixels high; 320 is the narrowest padded width.
 RECOGNITION_INPUT_SHAPE = (3, 48, 320)
 # Boxes this thin or thinner are noise of the probability map, as rapidocr filters them.
 MIN_BOX_SIDE = 3
-
-
-class OnnxParams(StrictModel):
-    intra_op_threads: int = pydantic.Field(
-        1,
-        ge=1,
-        le=64,
-        description="threads of one inference; 1 leaves the other cores to the other components, "
-        "more than the machine's cores means all of them (rapidocr's rule)",
-    )
-
-
-@contextmanager
-def _session_config(model: str, params: OnnxParams) -> Iterator[dict[str, Any]]:
-    """rapidocr's session settings for one of its packaged models (a real file while the session loads)."""
-    resource = importlib.resources.files("rapidocr_onnxruntime") / "models" / model
-    with importlib.resources.as_file(resource) as path:
-        yield {"model_path": str(path), "intra_op_num_threads": params.intra_op_threads, "inter_op_num_threads": 1}
 
 
 def _box_area(box: types_pb2.Box) -> float:
@@ -103,7 +91,7 @@ def _only_parent(stage: task_pb2.TaskStage) -> str:
     return stage.spec.parents[0]
 
 
-def _crop(frame: np.ndarray, box: types_pb2.Box) -> np.ndarray:
+def crop_box(frame: np.ndarray, box: types_pb2.Box) -> np.ndarray:
     """The pixels of `box`, clipped to the frame (empty when the box lies outside it)."""
     height, width = frame.shape[:2]
     x1, y1 = max(int(box.x1), 0), max(int(box.y1), 0)
@@ -111,39 +99,59 @@ def _crop(frame: np.ndarray, box: types_pb2.Box) -> np.ndarray:
     return frame[y1:y2, x1:x2] if x2 > x1 and y2 > y1 else frame[0:0, 0:0]
 
 
-class _ThreadedRunner:
-    """Runs the blocking `process` (decoding, inference) in a worker thread, so the processor's event
-    loop stays free; the task is not touched elsewhere meanwhile, since the core awaits the run."""
+async def infer_in_batches(
+    backend: InferenceBackend, model: ModelRef, inputs: Sequence[np.ndarray | None], batch_size: int
+) -> list[np.ndarray | None]:
+    """The model's output for each input (one sample, batch axis of 1; None stays None): inputs of one
+    shape share calls of up to `batch_size` samples, made one after the other."""
+    by_shape: defaultdict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, sample in enumerate(inputs):
+        if sample is not None:
+            by_shape[sample.shape].append(i)
+    outputs: list[np.ndarray | None] = [None] * len(inputs)
+    for indices in by_shape.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            batch = np.concatenate([inputs[i] for i in chunk])  # type: ignore[misc]
+            result = await backend.infer(model, batch)
+            for position, i in enumerate(chunk):
+                outputs[i] = result[position : position + 1]
+    return outputs
 
-    async def run(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> None:
-        await asyncio.to_thread(self.process, task, stage)
 
-    def process(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> None:
-        raise NotImplementedError
+class _ModelRunner:
+    """A kind backed by a model: the backend its parameters choose, released when the processor stops."""
+
+    backend: InferenceBackend
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
 
 
-class _BoxRefiner(_ThreadedRunner):
+class _BoxRefiner:
     """A second stage: says something about each box its one parent stage found, frame by frame. The
     segment is decoded only when there is a box to look at."""
 
-    def process(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> None:
+    async def run(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> None:
         parents = _parent_detections(task, _only_parent(stage))
-        frames = decode_segment(task.segment) if any(parents) else []
+        frames = await asyncio.to_thread(decode_segment, task.segment) if any(parents) else []
         # Not strict: without boxes nothing was decoded; otherwise there is one frame per parent result.
         objects = [(frame, detection) for frame, found in zip(frames, parents, strict=False) for detection in found]
-        described = iter(self.describe(objects))
+        described = iter(await self.describe(objects, stage.spec))
         per_frame = [
             [types_pb2.Detection(box=d.box, parent_index=i, **next(described)) for i, d in enumerate(found)]
             for found in parents
         ]
         _record(stage, task.segment, per_frame, _frame_area(task.segment, frames))
 
-    def describe(self, objects: Sequence[tuple[np.ndarray, types_pb2.Detection]]) -> list[dict[str, Any]]:
+    async def describe(
+        self, objects: Sequence[tuple[np.ndarray, types_pb2.Detection]], spec: types_pb2.StageSpec
+    ) -> list[dict[str, Any]]:
         """Fields of the refined detection (label, text, score) for each (frame, parent detection), in order."""
         raise NotImplementedError
 
 
-class TextDetectorParams(OnnxParams):
+class TextDetectorParams(InferenceParams):
     max_side: int = pydantic.Field(
         960, ge=32, le=4096, description="longer side fed to the model; larger frames are scaled down, never up"
     )
@@ -151,14 +159,17 @@ class TextDetectorParams(OnnxParams):
     score_threshold: float = pydantic.Field(0.5, ge=0, le=1, description="mean text probability to keep a box")
     unclip_ratio: float = pydantic.Field(1.6, ge=1, le=4, description="how far boxes grow around the text core")
     label: str = pydantic.Field("plate", min_length=1, description="label of every box")
+    batch_size: int = pydantic.Field(
+        8, ge=1, le=64, description="frames per model call; a segment's frames share calls"
+    )
 
 
 @PROCESSORS.register("text_detector", params=TextDetectorParams)
-class TextDetectorRunner(_ThreadedRunner):
+class TextDetectorRunner(_ModelRunner):
     """Finds text lines (licence plates) on every frame with PP-OCRv4 detection (DBNet)."""
 
     def __init__(self, params: TextDetectorParams) -> None:
-        self.label = params.label
+        self.label, self.batch_size = params.label, params.batch_size
         # "max": the cost follows the data's resolution up to max_side, as the scheduler expects.
         self._preprocess = DetPreProcess(params.max_side, "max")
         self._postprocess = DBPostProcess(
@@ -168,20 +179,30 @@ class TextDetectorRunner(_ThreadedRunner):
             use_dilation=True,
             score_mode="fast",
         )
-        with _session_config(DETECTION_MODEL, params) as config:
-            self._session = OrtInferSession(config)
+        self.backend = make_backend(params, DETECTION_MODEL)
 
-    def process(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> None:
-        frames = decode_segment(task.segment)
-        _record(stage, task.segment, [self.detect(frame) for frame in frames], _frame_area(task.segment, frames))
+    async def run(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> None:
+        frames, inputs = await asyncio.to_thread(self._prepare, task.segment)
+        maps = await infer_in_batches(self.backend, model_of(stage.spec, DETECTION_MODEL), inputs, self.batch_size)
+        per_frame = await asyncio.to_thread(
+            lambda: [self.boxes(m, f.shape[:2]) if m is not None else [] for m, f in zip(maps, frames, strict=True)]
+        )
+        _record(stage, task.segment, per_frame, _frame_area(task.segment, frames))
 
-    def detect(self, frame: np.ndarray) -> list[types_pb2.Detection]:
-        """Axis-aligned boxes around the text lines of one BGR frame, top to bottom, left to right."""
-        image = self._preprocess(frame)
-        if image is None:  # too small to scale to the model's 32-pixel grid
-            return []
-        probabilities = self._session(image)[0]
-        quads, scores = self._postprocess(probabilities, frame.shape[:2])
+    def _prepare(self, segment: task_pb2.Segment) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """The decoded frames and the model's input for each (None: too small for the model's 32-pixel grid)."""
+        frames = decode_segment(segment)
+        return frames, [self.model_input(frame) for frame in frames]
+
+    def model_input(self, frame: np.ndarray) -> np.ndarray | None:
+        """One BGR frame as the model's input (1, 3, H, W), H and W multiples of 32 within max_side;
+        None when the frame is too small for that grid."""
+        return self._preprocess(frame)
+
+    def boxes(self, probabilities: np.ndarray, frame_shape: tuple[int, int]) -> list[types_pb2.Detection]:
+        """Axis-aligned boxes around the text lines of one frame's probability map, in the frame's
+        pixels, top to bottom, left to right."""
+        quads, scores = self._postprocess(probabilities, frame_shape)
         detections = []
         for quad, score in zip(quads, scores, strict=True):
             (x1, y1), (x2, y2) = quad.min(axis=0), quad.max(axis=0)
@@ -191,40 +212,73 @@ class TextDetectorRunner(_ThreadedRunner):
         return sorted(detections, key=lambda d: (d.box.y1, d.box.x1))
 
 
-class TextRecognizerParams(OnnxParams):
+@functools.cache
+def _characters(model: str) -> tuple[str, ...]:
+    """The recognition model's character dictionary, from the packaged model's own metadata."""
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # only read, quickly
+    with packaged_model_file(model) as path:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return tuple(str(session.get_modelmeta().custom_metadata_map["character"]).splitlines())
+
+
+class _CropNormaliser(TextRecognizer):
+    """rapidocr's crop resizing and normalisation (resize_norm_img), without the session it would load."""
+
+    def __init__(self) -> None:  # not the parent's: it would open an onnxruntime session
+        self.rec_image_shape = list(RECOGNITION_INPUT_SHAPE)
+
+
+class TextRecognizerParams(InferenceParams):
     # Measured on 2 cores (hack/bench_models.py): with one thread, batches of 4 cost about what one crop per
     # call does and larger batches more; with two threads, batches of 4 are about a quarter cheaper per crop.
     batch_size: int = pydantic.Field(4, ge=1, le=256, description="crops per model call; a segment's crops share calls")
 
 
 @PROCESSORS.register("text_recognizer", params=TextRecognizerParams)
-class TextRecognizerRunner(_BoxRefiner):
+class TextRecognizerRunner(_ModelRunner, _BoxRefiner):
     """Reads the text in each box of its parent stage with PP-OCRv4 recognition, the crops of a whole
-    segment in batches (rapidocr groups crops of similar width, so little of a batch is padding)."""
+    segment in batches (crops of similar width share a call, as rapidocr groups them, so little of a
+    batch is padding)."""
 
     def __init__(self, params: TextRecognizerParams) -> None:
-        with _session_config(RECOGNITION_MODEL, params) as config:
-            # The character dictionary comes from the model's own metadata.
-            self._recognizer = TextRecognizer(
-                {**config, "rec_batch_num": params.batch_size, "rec_img_shape": list(RECOGNITION_INPUT_SHAPE)}
-            )
+        self.batch_size = params.batch_size
+        self.backend = make_backend(params, RECOGNITION_MODEL)
+        self._normalise = _CropNormaliser().resize_norm_img
+        # A list of its own: the decoder inserts its blank and space characters into the one it gets.
+        self._decode = CTCLabelDecode(character=list(_characters(RECOGNITION_MODEL)))
 
-    def describe(self, objects: Sequence[tuple[np.ndarray, types_pb2.Detection]]) -> list[dict[str, Any]]:
-        texts = self.read([_crop(frame, detection.box) for frame, detection in objects])
+    async def describe(
+        self, objects: Sequence[tuple[np.ndarray, types_pb2.Detection]], spec: types_pb2.StageSpec
+    ) -> list[dict[str, Any]]:
+        crops = [crop_box(frame, detection.box) for frame, detection in objects]
+        texts = await self.read(crops, model_of(spec, RECOGNITION_MODEL))
         return [
             {"label": detection.label, "text": text, "score": score}
             for (_, detection), (text, score) in zip(objects, texts, strict=True)
         ]
 
-    def read(self, crops: Sequence[np.ndarray]) -> list[tuple[str, float]]:
+    async def read(self, crops: Sequence[np.ndarray], model: ModelRef) -> list[tuple[str, float]]:
         """Text and confidence of each BGR crop; ("", 0.0) for an empty crop."""
-        readable = [i for i, crop in enumerate(crops) if crop.size]
         texts: list[tuple[str, float]] = [("", 0.0)] * len(crops)
-        if readable:
-            results, _elapsed = self._recognizer([crops[i] for i in readable])
-            for i, (text, score) in zip(readable, results, strict=True):
+        readable = sorted((i for i, crop in enumerate(crops) if crop.size), key=lambda i: _aspect(crops[i]))
+        for start in range(0, len(readable), self.batch_size):
+            chunk = readable[start : start + self.batch_size]
+            batch = await asyncio.to_thread(self.model_input, [crops[i] for i in chunk])
+            probabilities = await self.backend.infer(model, batch)
+            for i, (text, score) in zip(chunk, self._decode(probabilities), strict=True):
                 texts[i] = (text, float(score))
         return texts
+
+    def model_input(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """The crops resized to the model's height and padded to the widest of them (at least 320)."""
+        _, height, width = RECOGNITION_INPUT_SHAPE
+        widest = max(width / height, *(_aspect(crop) for crop in crops))
+        return np.stack([self._normalise(crop, widest) for crop in crops]).astype(np.float32)
+
+
+def _aspect(crop: np.ndarray) -> float:
+    return crop.shape[1] / crop.shape[0]
 
 
 # Colour names of OpenCV hues (0..179, half degrees): the upper bound of each bin, in order.
@@ -282,10 +336,15 @@ class ColorClassifierRunner(_BoxRefiner):
             x1=centre - half_width, x2=centre + half_width, y1=bottom - self.region_height * height, y2=bottom
         )
 
-    def describe(self, objects: Sequence[tuple[np.ndarray, types_pb2.Detection]]) -> list[dict[str, Any]]:
+    async def describe(
+        self, objects: Sequence[tuple[np.ndarray, types_pb2.Detection]], spec: types_pb2.StageSpec
+    ) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._colours, objects)
+
+    def _colours(self, objects: Sequence[tuple[np.ndarray, types_pb2.Detection]]) -> list[dict[str, Any]]:
         described = []
         for frame, detection in objects:
-            region = _crop(frame, self.body_region(detection.box))
+            region = crop_box(frame, self.body_region(detection.box))
             colour, share = dominant_colour(region) if region.size else ("unknown", 0.0)
             described.append({"label": colour, "score": share})
         return described

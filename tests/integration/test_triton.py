@@ -1,0 +1,141 @@
+"""The inference kinds on a real tritonserver (the nvidia-pytriton wheel's, CPU path), one server for
+the module on the repository assembled from triton_models/: the same detections as in process, model
+and version taken from the stage, Triton's statistics, a processor that outlives a Triton restart,
+and a server that cannot start saying why."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from dayu.processor.core import ProcessorCore
+from dayu.processor.kinds import PROCESSORS
+from dayu.processor.repository import assemble
+from dayu.processor.triton_server import TritonServer, TritonStartError, model_statistics
+from dayu.v1 import task_pb2
+
+from plates import VEHICLES, draw_scene, iou, run_stage, scene_task
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def triton(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TritonServer]:
+    workdir = tmp_path_factory.mktemp("triton")
+    server = TritonServer(assemble(workdir / "models"), workdir, startup_timeout_s=60)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def on_triton(server: TritonServer, **triton: Any) -> dict[str, Any]:
+    return {"backend": "triton", "triton": {"address": server.address, **triton}}
+
+
+async def test_a_known_image_gives_the_same_detections_on_triton_as_in_process(triton: TritonServer) -> None:
+    width, height = 640, 360
+    frames = [draw_scene(width, height), draw_scene(width, height)[:, ::-1].copy()]
+    found = {}
+    for backend, params in (("triton", on_triton(triton)), ("onnxruntime", {})):
+        detector = PROCESSORS.create("text_detector", params)
+        recognizer = PROCESSORS.create("text_recognizer", params)
+        task = scene_task(frames)
+        detect = await run_stage(detector, task, "detect")
+        read = await run_stage(recognizer, task, "read")
+        found[backend] = (detect.results[0].detections, read.results[0].detections)
+        if backend == "triton":
+            await detector.aclose()
+            await recognizer.aclose()
+
+    boxes, texts = found["triton"]
+    assert [d.label for d in boxes] == ["plate", "plate"]
+    for detection, vehicle in zip(boxes, VEHICLES, strict=True):
+        assert iou(detection.box, vehicle.plate_box(width, height)) > 0.5
+    assert [d.text.replace(" ", "") for d in texts] == [v.text.replace(" ", "") for v in VEHICLES]
+    local_boxes, local_texts = found["onnxruntime"]
+    assert [d.box for d in boxes] == [d.box for d in local_boxes]
+    assert [(d.text, round(d.score, 4)) for d in texts] == [(d.text, round(d.score, 4)) for d in local_texts]
+
+    stats = await model_statistics(triton.address)
+    assert stats["text_detection:1"].inferences >= 2 and stats["text_detection:1"].executions >= 1
+    assert stats["text_recognition:1"].inferences >= 2
+    assert stats["text_detection:1"].compute_ms > 0
+
+
+async def test_the_stage_names_the_model_and_version(triton: TritonServer) -> None:
+    core = ProcessorCore(
+        "edge-1", "text_detector", PROCESSORS.create("text_detector", on_triton(triton)), workers=1, queue_capacity=4
+    )
+    await core.start()
+    try:
+        outcomes = []
+        for model, version in (("text_detection", 1), ("text_detection", 7), ("licence_plates", 0)):
+            task = scene_task([draw_scene(320, 180)])
+            task.dag.stages[0].spec.model, task.dag.stages[0].spec.model_version = model, version
+            outcomes.append((await core.process(task, "detect")).dag.stages[0])
+    finally:
+        await core.stop()
+    assert [stage.state for stage in outcomes] == [
+        task_pb2.STAGE_STATE_DONE,
+        task_pb2.STAGE_STATE_FAILED,
+        task_pb2.STAGE_STATE_FAILED,
+    ]
+    assert "text_detection v7" in outcomes[1].error and "licence_plates" in outcomes[2].error
+    assert outcomes[1].error.startswith("TritonError: ")  # not retried: another try would not help
+
+
+async def test_a_processor_survives_a_triton_restart_mid_stream(triton: TritonServer) -> None:
+    """Tasks keep coming while Triton stops and starts again: each is delivered or failed with the reason,
+    the processor keeps serving, and once Triton is back the stages succeed again."""
+    # Retries span the channel's reconnect backoff (0.5 s); two workers keep up with the stream meanwhile.
+    params = on_triton(triton, timeout_s=5, attempts=3, backoff_s=0.2)
+    core = ProcessorCore(
+        "edge-1", "text_detector", PROCESSORS.create("text_detector", params), workers=2, queue_capacity=64
+    )
+    await core.start()
+    frames = [draw_scene(320, 180)] * 2
+    back = asyncio.Event()
+
+    async def stream(after_return: int) -> list[task_pb2.Task]:
+        """A task every 0.4 s until Triton is back, and `after_return` more."""
+        submitted = []
+        while not back.is_set() or after_return:
+            after_return -= back.is_set()
+            submitted.append(asyncio.create_task(core.process(scene_task(frames), "detect")))
+            await asyncio.sleep(0.4)
+        return await asyncio.gather(*submitted)
+
+    try:
+        streaming = asyncio.create_task(stream(after_return=3))
+        await asyncio.sleep(1)
+        await triton.stop()
+        while_down = (await core.process(scene_task(frames), "detect")).dag.stages[0]
+        await triton.start()
+        back.set()
+        streamed = [task.dag.stages[0] for task in await streaming]
+    finally:
+        await core.stop()
+
+    assert while_down.state == task_pb2.STAGE_STATE_FAILED and not while_down.results
+    assert while_down.error.startswith(f"TritonUnavailable: Triton at {triton.address}: inference of text_detection")
+    assert "failed 3 times, last UNAVAILABLE" in while_down.error
+    states = [stage.state for stage in streamed]
+    assert set(states) <= {task_pb2.STAGE_STATE_DONE, task_pb2.STAGE_STATE_FAILED}
+    assert states[0] == task_pb2.STAGE_STATE_DONE
+    assert states[-3:] == [task_pb2.STAGE_STATE_DONE] * 3 and all(len(stage.results) == 2 for stage in streamed[-3:])
+    assert all(s.error.startswith("TritonUnavailable: ") for s in streamed if s.state == task_pb2.STAGE_STATE_FAILED)
+    assert core.processed + core.failed == len(streamed) + 1
+
+
+async def test_a_server_that_cannot_load_its_models_reports_why(tmp_path: Path) -> None:
+    repository = assemble(tmp_path / "models")
+    (repository / "text_recognition" / "1" / "model.onnx").write_bytes(b"not an ONNX model")
+    server = TritonServer(repository, tmp_path, startup_timeout_s=60)
+    with pytest.raises(TritonStartError, match=r"(?s)tritonserver exited with \d+.*text_recognition"):
+        await server.start()
+    assert not server.running
