@@ -88,6 +88,10 @@ class MeshConfig(StrictModel):
     join_timeout_s: float = pydantic.Field(10.0, gt=0)
     triton: TritonSection = TritonSection()
     late_factor: float = pydantic.Field(4.0, ge=0, description="controllers drop tasks this many budgets late")
+    golden: dict[str, ProcessorSection] = pydantic.Field(
+        default_factory=dict,
+        description="detector kind -> the processor (on the cloud) that scores tasks without ground truth",
+    )
 
     @pydantic.model_validator(mode="after")
     def _nodes_exist(self) -> MeshConfig:
@@ -228,6 +232,18 @@ class Mesh:
         self.addresses[key] = await server.start()
         return self.addresses[key]
 
+    async def _start_golden(self) -> dict[str, str]:
+        """The golden-configuration processors the distributor scores ground-truth-less tasks with."""
+        return {
+            kind: await self._start(
+                f"processor@{self.config.cloud_node}/golden-{kind}",
+                "processor",
+                self.config.cloud_node,
+                processor={"kind": kind, **section.model_dump()},
+            )
+            for kind, section in self.config.golden.items()
+        }
+
     async def start(self) -> None:
         config, cloud = self.config, self.config.cloud_node
         scheduler = await self._start(
@@ -237,7 +253,11 @@ class Mesh:
             "distributor",
             "distributor",
             cloud,
-            distributor={"database": str(self.workdir / "dayu-records.sqlite"), "scheduler": scheduler},
+            distributor={
+                "database": str(self.workdir / "dayu-records.sqlite"),
+                "scheduler": scheduler,
+                "golden": {"processors": await self._start_golden()},
+            },
         )
         datasource = await self._start("datasource", "datasource", cloud, datasource={"sources": config.sources})
         await self._start("backend", "backend", cloud, backend={"pipelines_file": str(config.pipelines_file)})

@@ -97,7 +97,7 @@ async def test_fork_and_join_over_three_nodes_deliver_exactly_once(mesh: Mesh) -
         assert stage.state == task_pb2.STAGE_STATE_DONE
         assert [r.frame_index for r in stage.results] == [0, 1]
         assert stage.timings.process_s > 0
-    assert not delivered.segment.frames  # the distributor keeps results, not frames
+    assert not delivered.segment.frames  # the distributor stores results, not frames
     assert record.latency_s > 0
     assert {h.node for h in delivered.hops} >= {"edge-1", "cloud"}
 

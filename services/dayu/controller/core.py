@@ -360,9 +360,11 @@ class ControllerCore:
         self._spawn(self._drop(join.merged, reason))
 
     async def _deliver(self, task: task_pb2.Task) -> None:
-        # Results are what the distributor keeps: the frames stay behind, the ground truth goes on.
-        del task.segment.frames[:]
-        task.segment.stream = b""
+        # Results are what the distributor keeps. Frames go on only for a segment without ground
+        # truth: the distributor may score it against the golden configuration (it samples).
+        if task.segment.ground_truth:
+            del task.segment.frames[:]
+            task.segment.stream = b""
         self._leave(task)
         if self.node != self.cloud_node:
             await self._over_link(self.cloud_node, task.ByteSize())
