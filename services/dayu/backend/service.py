@@ -1,7 +1,8 @@
 """gRPC adapter of the backend.
 
-Today it keeps the catalogue of pipelines (validated DAGs) and of installed streams; starting
-generators for installed streams comes with the data plane."""
+It keeps the catalogue of pipelines (validated DAGs). Streams come from the generators' configuration
+(see configs/embedded.yaml); installing them at run time through the backend (starting a generator) and
+the web UI are not built yet, so InstallStream validates and answers UNIMPLEMENTED."""
 
 from __future__ import annotations
 
