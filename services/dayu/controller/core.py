@@ -389,10 +389,7 @@ class ControllerCore:
         dropped.task_id = dropped.root_id
         del dropped.segment.frames[:]
         dropped.segment.stream = b""
-        for attempt in range(3):
-            try:
-                await self.transport.record_drop(dropped, reason)
-                return
-            except grpc.aio.AioRpcError as error:
-                log.error("cannot record drop", task_id=task.root_id, attempt=attempt, code=error.code().name)
-                await asyncio.sleep(0.2 * 2**attempt)
+        try:  # the transport already retries with backoff
+            await self.transport.record_drop(dropped, reason)
+        except grpc.aio.AioRpcError as error:
+            log.error("cannot record drop", task_id=task.root_id, reason=reason, code=error.code().name)

@@ -77,7 +77,6 @@ class FeedbackSender:
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.get(address))
         self.queue: asyncio.Queue[task_pb2.TaskRecord] = asyncio.Queue(capacity)
         self.lost = 0
-        self._task: asyncio.Task[None] | None = None
 
     def offer(self, record: task_pb2.TaskRecord) -> None:
         try:
@@ -85,15 +84,8 @@ class FeedbackSender:
         except asyncio.QueueFull:
             self.lost += 1
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._send())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _send(self) -> None:
+    async def send(self) -> None:
+        """Runs for as long as the distributor does."""
         while True:
             record = await self.queue.get()
             try:
@@ -167,10 +159,8 @@ class DistributorComponent(Component):
 
     async def start(self) -> None:
         if self.feedback:
-            self.feedback.start()
+            self.background(self.feedback.send())
 
     async def stop(self) -> None:
-        if self.feedback:
-            await self.feedback.stop()
         await self.channels.close()
         self.core.store.close()

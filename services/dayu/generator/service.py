@@ -170,18 +170,15 @@ class GeneratorComponent(Component):
             if spec.stream_id in self.runners:
                 raise InvalidArgument(f"generator.streams[{i}].stream_id", f"a unique id, {spec.stream_id!r} is twice")
             self.runners[spec.stream_id] = StreamRunner(spec, ports)
-        self._running: list[asyncio.Task[None]] = []
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.GeneratorService", GeneratorServicer(self.runners))]
 
     async def start(self) -> None:
-        self._running = [asyncio.create_task(r.run(), name=f"stream-{s}") for s, r in self.runners.items()]
+        for runner in self.runners.values():
+            self.background(runner.run())
 
     async def stop(self) -> None:
-        """Stops capturing, then lets the tasks already made reach the controller."""
-        for task in self._running:
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        """Capturing has stopped (the server cancelled it): let the tasks already made reach the controller."""
         await asyncio.gather(*(r.drain(self.grace_s) for r in self.runners.values()))
         await self.channels.close()

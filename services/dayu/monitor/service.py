@@ -98,18 +98,14 @@ class MonitorComponent(Component):
         self.section = settings.monitor
         self.channels = Channels(settings.server.max_message_bytes)
         self.monitor = NodeMonitor(ResourceSampler(settings.node), self.section, self.channels)
-        self._loop: asyncio.Task[None] | None = None
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.MonitorService", MonitorServicer(self.monitor))]
 
     async def start(self) -> None:
-        self._loop = asyncio.create_task(self._report())
+        self.background(self._report())
 
     async def stop(self) -> None:
-        if self._loop:
-            self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
         await self.channels.close()
 
     async def _reports(self) -> AsyncIterator[resources_pb2.NodeResources]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,10 +55,22 @@ class Component:
         raise NotImplementedError
 
     async def start(self) -> None:
-        """Starts background work; called before the server accepts calls."""
+        """Starts background work (see background()); called before the server accepts calls."""
 
     async def stop(self) -> None:
-        """Stops background work; called after in-flight calls have finished."""
+        """Releases what the component holds; called after in-flight calls have finished and its
+        background work was cancelled."""
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs `work` for as long as the component lives; the server cancels it when it stops."""
+        tasks: list[asyncio.Task[None]] = vars(self).setdefault("_background_tasks", [])
+        tasks.append(asyncio.create_task(work))
+
+    async def cancel_background(self) -> None:
+        tasks: list[asyncio.Task[None]] = vars(self).pop("_background_tasks", [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _implementation(servicer: object, method: str) -> Callable[..., Any] | None:
@@ -238,6 +250,7 @@ class ComponentServer:
         self._draining.set()
         await self._server.stop(grace)
         self._server = None
+        await self.component.cancel_background()
         await self.component.stop()
         log.info("stopped", component=self.component.name)
 

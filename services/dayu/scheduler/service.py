@@ -90,18 +90,12 @@ class SchedulerComponent(Component):
             Admission(section.max_queue, section.resume_queue),
             section.fallback_after_s,
         )
-        self._watchdog: asyncio.Task[None] | None = None
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.SchedulerService", SchedulerServicer(self.core))]
 
     async def start(self) -> None:
-        self._watchdog = asyncio.create_task(self._watch_feedback())
-
-    async def stop(self) -> None:
-        if self._watchdog:
-            self._watchdog.cancel()
-            await asyncio.gather(self._watchdog, return_exceptions=True)
+        self.background(self._watch_feedback())
 
     async def _watch_feedback(self) -> None:
         while True:
