@@ -40,6 +40,17 @@ log = get_logger(__name__)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = CONFIGS / "embedded.yaml"
 EXPERIMENT_CONFIG = CONFIGS / "experiment.yaml"
+# Generators first (no new tasks), controllers before processors, the cloud services last.
+STOP_ORDER = [
+    "generator",
+    "controller",
+    "processor",
+    "monitor",
+    "datasource",
+    "backend",
+    "distributor",
+    "scheduler",
+]
 
 
 class NodeSection(StrictModel):
@@ -92,6 +103,11 @@ class MeshConfig(StrictModel):
         default_factory=dict,
         description="detector kind -> the processor (on the cloud) that scores tasks without ground truth",
     )
+    otlp_collectors: list[str] = pydantic.Field(
+        default_factory=list,
+        description="OTLP/gRPC endpoints (Jaeger, Tempo, a collector) also sent the spans (the scheduler always is)",
+    )
+    trace_sample_ratio: float = pydantic.Field(1.0, ge=0, le=1, description="fraction of tasks traced")
 
     @pydantic.model_validator(mode="after")
     def _nodes_exist(self) -> MeshConfig:
@@ -221,11 +237,13 @@ class Mesh:
         self.triton: TritonServer | None = None
         self.triton_addresses: list[str] = []
         self.triton_statistics: dict[str, dict[str, dict[str, float | int]]] = {}  # address -> model -> counters
+        self.tracing: dict[str, Any] = {}  # where every component started after the scheduler exports spans
 
     async def _start(self, key: str, component: str, node: str, **settings: Any) -> str:
         component_class = COMPONENTS.entry(component).factory
         settings_class: type[ComponentSettings] = component_class.settings_class  # type: ignore[attr-defined]
-        loaded = settings_class(node=node, server={"listen": "127.0.0.1:0", "shutdown_grace_s": 10}, **settings)
+        server_settings = {"listen": "127.0.0.1:0", "shutdown_grace_s": 10}
+        loaded = settings_class(node=node, server=server_settings, tracing=self.tracing, **settings)
         instance: Component = component_class(loaded)  # type: ignore[call-arg]
         server = ComponentServer(instance, loaded)
         self.servers[key] = server
@@ -249,6 +267,7 @@ class Mesh:
         scheduler = await self._start(
             "scheduler", "scheduler", cloud, scheduler={"cloud_node": cloud, **config.scheduler}
         )
+        self.tracing = {"export_to": [scheduler, *config.otlp_collectors], "sample_ratio": config.trace_sample_ratio}
         distributor = await self._start(
             "distributor",
             "distributor",
@@ -288,6 +307,7 @@ class Mesh:
                     "peers": {other: "" for other in config.nodes if other != node},
                     "processors": processors,
                     "distributor": distributor,
+                    "scheduler": scheduler,
                     "links": links[node],
                     "join_timeout_s": config.join_timeout_s,
                     "late_factor": config.late_factor,
@@ -372,16 +392,17 @@ class Mesh:
         for key in self.keys("generator"):
             await self.servers[key].stop()
         await settle()
-        order = ["controller", "processor", "monitor", "datasource", "backend", "distributor", "scheduler"]
-        for component in order:
+        for component in STOP_ORDER[1:]:
             for key in self.keys(component):
                 await self.servers[key].stop()
         await self._stop_triton()
 
     async def abort(self) -> None:
-        """Stops whatever still runs, without waiting for in-flight calls."""
-        for server in self.servers.values():
-            await server.stop(grace=0)
+        """Stops whatever still runs, without waiting for in-flight calls (in the same order: the
+        scheduler, which receives the others' last spans, last)."""
+        for component in STOP_ORDER:
+            for key in self.keys(component):
+                await self.servers[key].stop(grace=0)
         if self.triton is not None:
             await self.triton.stop()
 
@@ -464,7 +485,8 @@ async def _generated_per_stream(mesh: Mesh, channels: Channels) -> dict[str, int
 
 
 async def _scheduling(mesh: Mesh, channels: Channels) -> dict[str, Any]:
-    """Per stream: its policy, how many decisions it made and how long they took."""
+    """Per stream: its policy, how many decisions it made and how long they took, and the latency of
+    its hops from the traces the scheduler received."""
     stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.get(mesh.addresses["scheduler"]))
     reply = await stub.GetSchedulerStats(scheduler_pb2.GetSchedulerStatsRequest(), timeout=5)
     return {
@@ -474,6 +496,10 @@ async def _scheduling(mesh: Mesh, channels: Channels) -> dict[str, Any]:
             "decision_time_p50_s": s.decision_time_p50_s,
             "decision_time_p95_s": s.decision_time_p95_s,
             "last_reason": s.current.reason,
+            "hops": [
+                {"hop": h.hop, "stage": h.stage, "node": h.node, "spans": h.spans, "p50_s": h.p50_s, "p95_s": h.p95_s}
+                for h in s.hop_latencies
+            ],
         }
         for s in reply.streams
     }
@@ -516,6 +542,12 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  stream {stream}: policy {stats['policy']}, {stats['decisions']} decisions, "
             f"p50 {stats['decision_time_p50_s'] * 1000:.3f} ms each; last: {stats['last_reason']}"
         )
+        for h in stats["hops"]:
+            where = f"{h['stage']} on {h['node']}" if h["stage"] else h["node"]
+            lines.append(
+                f"    traced {h['hop']} ({where}): {h['spans']} spans, p50 {seconds(h['p50_s'])} s,"
+                f" p95 {seconds(h['p95_s'])} s"
+            )
     for address, models in sorted(summary.get("triton", {}).items()):
         for model, c in sorted(models.items()):
             lines.append(

@@ -27,7 +27,10 @@ def test_component_serves_health_and_reflection(component: str, serve_process) -
 
     listed = grpcurl(served.address, "list")
     assert listed.returncode == 0, listed.stderr
-    assert set(listed.stdout.split()) == {service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    expected = {service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    if component == "scheduler":  # it receives the mesh's spans over OTLP
+        expected.add("opentelemetry.proto.collector.trace.v1.TraceService")
+    assert set(listed.stdout.split()) == expected
 
     described = grpcurl(served.address, "describe", service)
     assert described.returncode == 0, described.stderr
@@ -52,4 +55,31 @@ def test_grpcurl_gets_invalid_argument_naming_the_field(serve_process) -> None: 
     assert "Code: InvalidArgument" in bad.stderr
     assert "stream_id: a non-empty id" in bad.stderr
     assert grpcurl(served.address, "dayu.v1.SchedulerService/GetSchedulerStats").returncode == 0
+    assert served.terminate() == 0
+
+
+def test_scheduler_receives_otlp_spans_from_any_client(serve_process) -> None:  # type: ignore[no-untyped-def]
+    """The scheduler's receiver is the standard OTLP TraceService: grpcurl (or any exporter) can send to it."""
+    served = serve_process("scheduler")
+    span = {
+        "traceId": "AAECAwQFBgcICQoLDA0ODw==",
+        "spanId": "AAECAwQFBgc=",
+        "name": "processor.inference",
+        "startTimeUnixNano": "1000000000",
+        "endTimeUnixNano": "1250000000",
+        "attributes": [
+            {"key": "dayu.stream_id", "value": {"stringValue": "cam"}},
+            {"key": "dayu.stage", "value": {"stringValue": "detect"}},
+            {"key": "dayu.node", "value": {"stringValue": "edge-1"}},
+        ],
+    }
+    request = {"resourceSpans": [{"scopeSpans": [{"spans": [span, {**span, "attributes": []}]}]}]}
+    method = "opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    exported = grpcurl("-d", json.dumps(request), served.address, method)
+    assert exported.returncode == 0, exported.stderr
+
+    stats = grpcurl(served.address, "dayu.v1.SchedulerService/GetSchedulerStats")
+    assert stats.returncode == 0, stats.stderr
+    reply = json.loads(stats.stdout)
+    assert reply["spans_received"] == "2" and reply["spans_ignored"] == "1"  # the span without a stream is ignored
     assert served.terminate() == 0

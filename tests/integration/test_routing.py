@@ -12,14 +12,17 @@ from dayu.embedded import Mesh, MeshConfig
 from dayu.v1 import (
     controller_pb2,
     controller_pb2_grpc,
+    decision_pb2,
     distributor_pb2,
     distributor_pb2_grpc,
     monitor_pb2,
     monitor_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
     task_pb2,
 )
 
-from conftest import fork_join_pipeline, make_task
+from conftest import fork_join_pipeline, make_stream_spec, make_task
 
 PIPELINES = """
 pipelines:
@@ -149,3 +152,43 @@ async def test_link_probes_measure_the_emulated_link(mesh: Mesh) -> None:
             await asyncio.sleep(0.1)
     assert {link.to_node for link in report.links} == {"cloud", "edge-2"}
     assert "noop" in report.queue_lengths and report.memory_total_bytes > 0
+
+
+async def test_controllers_follow_pushed_decisions_for_tasks_in_flight(mesh: Mesh) -> None:
+    """A new placement reaches the controllers by push; a task made under the older decision has its
+    pending stages placed by the newer one."""
+    spec = make_stream_spec(fork_join_pipeline())
+    spec.policy.name = "edge_only"
+    async with grpc.aio.insecure_channel(mesh.addresses["scheduler"]) as channel:
+        scheduler = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        first = (await scheduler.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=spec), timeout=5)).decision
+        assert set(first.placement.values()) == {"edge-1"}
+        made_before = place(
+            make_task(fork_join_pipeline()), detect="edge-1", classify="edge-1", count="edge-1", merge="edge-1"
+        )
+        made_before.decision_version = first.version
+        await submit(mesh, "edge-1", made_before)  # the controller now follows the stream's decisions
+        (record,) = await records(mesh, 1)
+        assert {s.executed_on for s in record.task.dag.stages} == {"edge-1"}
+
+        request = scheduler_pb2.SetPolicyRequest(
+            stream_id=spec.stream_id, policy=decision_pb2.PolicySpec(name="cloud_only")
+        )
+        second = (await scheduler.SetPolicy(request, timeout=5)).decision
+    controller = mesh.servers["controller@edge-1"].component.core  # type: ignore[attr-defined]
+    for _ in range(50):
+        if controller.decisions[spec.stream_id].version == second.version:
+            break
+        await asyncio.sleep(0.1)
+    assert controller.decisions[spec.stream_id].version == second.version
+
+    in_flight = place(
+        make_task(fork_join_pipeline()), detect="edge-1", classify="edge-1", count="edge-1", merge="edge-1"
+    )
+    in_flight.decision_version = first.version
+    await submit(mesh, "edge-1", in_flight)
+    found = {r.task.task_id: r for r in await records(mesh, 2)}
+    moved = found[in_flight.task_id]
+    assert moved.outcome == task_pb2.TASK_OUTCOME_DELIVERED, moved.reason
+    assert {s.executed_on for s in moved.task.dag.stages} == {"cloud"}
+    assert moved.task.decision_version == first.version  # its configuration is still the one it was made with

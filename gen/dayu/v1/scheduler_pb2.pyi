@@ -268,6 +268,7 @@ class StreamSchedulingStats(_message.Message):
     DECISION_TIME_P95_S_FIELD_NUMBER: _builtins.int
     FEEDBACK_RECEIVED_FIELD_NUMBER: _builtins.int
     CURRENT_FIELD_NUMBER: _builtins.int
+    HOP_LATENCIES_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     """The stream."""
     policy: _builtins.str
@@ -284,6 +285,10 @@ class StreamSchedulingStats(_message.Message):
     def current(self) -> _decision_pb2.Decision:
         """Its current decision."""
 
+    @_builtins.property
+    def hop_latencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___HopLatency]:
+        """Latency of each kind of hop of its tasks, per stage and node, from the spans received."""
+
     def __init__(
         self,
         *,
@@ -294,14 +299,65 @@ class StreamSchedulingStats(_message.Message):
         decision_time_p95_s: _builtins.float = ...,
         feedback_received: _builtins.int = ...,
         current: _decision_pb2.Decision | None = ...,
+        hop_latencies: _abc.Iterable[Global___HopLatency] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["current", b"current"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "decision_time_p50_s", b"decision_time_p50_s", "decision_time_p95_s", b"decision_time_p95_s", "decisions", b"decisions", "feedback_received", b"feedback_received", "policy", b"policy", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "decision_time_p50_s", b"decision_time_p50_s", "decision_time_p95_s", b"decision_time_p95_s", "decisions", b"decisions", "feedback_received", b"feedback_received", "hop_latencies", b"hop_latencies", "policy", b"policy", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamSchedulingStats: _TypeAlias = StreamSchedulingStats  # noqa: Y015
+
+@_typing.final
+class HopLatency(_message.Message):
+    """Latency of one kind of hop (one span name) of a stream's tasks on one node, over the most
+    recent spans received.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOP_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    SPANS_FIELD_NUMBER: _builtins.int
+    P50_S_FIELD_NUMBER: _builtins.int
+    P95_S_FIELD_NUMBER: _builtins.int
+    LAST_S_FIELD_NUMBER: _builtins.int
+    hop: _builtins.str
+    """The span name: "generator.encode", "generator.submit", "controller.route", "link.transfer",
+    "processor.queue", "processor.inference", "controller.join_wait", "distributor.store", ...
+    """
+    stage: _builtins.str
+    """The stage the hop served; empty for hops of the whole task."""
+    node: _builtins.str
+    """Node the hop ran on; "FROM->TO" for link transfers."""
+    spans: _builtins.int
+    """Spans received in total."""
+    p50_s: _builtins.float
+    """Median duration of the recent spans, in seconds."""
+    p95_s: _builtins.float
+    """95th percentile of the duration of the recent spans, in seconds."""
+    last_s: _builtins.float
+    """Duration of the most recent span, in seconds."""
+    def __init__(
+        self,
+        *,
+        hop: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        node: _builtins.str = ...,
+        spans: _builtins.int = ...,
+        p50_s: _builtins.float = ...,
+        p95_s: _builtins.float = ...,
+        last_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hop", b"hop", "last_s", b"last_s", "node", b"node", "p50_s", b"p50_s", "p95_s", b"p95_s", "spans", b"spans", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HopLatency: _TypeAlias = HopLatency  # noqa: Y015
 
 @_typing.final
 class GetSchedulerStatsRequest(_message.Message):
@@ -327,6 +383,12 @@ class GetSchedulerStatsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STREAMS_FIELD_NUMBER: _builtins.int
+    SPANS_RECEIVED_FIELD_NUMBER: _builtins.int
+    SPANS_IGNORED_FIELD_NUMBER: _builtins.int
+    spans_received: _builtins.int
+    """Spans received over OTLP."""
+    spans_ignored: _builtins.int
+    """Spans received that belong to no stream's task (ignored)."""
     @_builtins.property
     def streams(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamSchedulingStats]:
         """One entry per registered stream."""
@@ -335,10 +397,12 @@ class GetSchedulerStatsResponse(_message.Message):
         self,
         *,
         streams: _abc.Iterable[Global___StreamSchedulingStats] | None = ...,
+        spans_received: _builtins.int = ...,
+        spans_ignored: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["streams", b"streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spans_ignored", b"spans_ignored", "spans_received", b"spans_received", "streams", b"streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

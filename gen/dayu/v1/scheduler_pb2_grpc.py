@@ -28,7 +28,8 @@ if _version_not_supported:
 
 
 class SchedulerServiceStub:
-    """One scheduler, on the cloud node.
+    """One scheduler, on the cloud node. The same server also receives OpenTelemetry spans over OTLP
+    (opentelemetry.proto.collector.trace.v1.TraceService/Export) and turns them into hop latency.
     """
 
     def __init__(self, channel):
@@ -75,7 +76,8 @@ class SchedulerServiceStub:
 
 
 class SchedulerServiceServicer:
-    """One scheduler, on the cloud node.
+    """One scheduler, on the cloud node. The same server also receives OpenTelemetry spans over OTLP
+    (opentelemetry.proto.collector.trace.v1.TraceService/Export) and turns them into hop latency.
     """
 
     def RegisterStream(self, request, context):
@@ -174,7 +176,8 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SchedulerService:
-    """One scheduler, on the cloud node.
+    """One scheduler, on the cloud node. The same server also receives OpenTelemetry spans over OTLP
+    (opentelemetry.proto.collector.trace.v1.TraceService/Export) and turns them into hop latency.
     """
 
     @staticmethod

@@ -29,7 +29,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SchedulerServiceStub:
-    """One scheduler, on the cloud node."""
+    """One scheduler, on the cloud node. The same server also receives OpenTelemetry spans over OTLP
+    (opentelemetry.proto.collector.trace.v1.TraceService/Export) and turns them into hop latency.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -52,7 +54,9 @@ class SchedulerServiceStub:
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
-    """One scheduler, on the cloud node."""
+    """One scheduler, on the cloud node. The same server also receives OpenTelemetry spans over OTLP
+    (opentelemetry.proto.collector.trace.v1.TraceService/Export) and turns them into hop latency.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterStream: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RegisterStreamRequest, _scheduler_pb2.RegisterStreamResponse]  # type: ignore[assignment]
@@ -71,7 +75,9 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Per-stream scheduling statistics, decision time included."""
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
-    """One scheduler, on the cloud node."""
+    """One scheduler, on the cloud node. The same server also receives OpenTelemetry spans over OTLP
+    (opentelemetry.proto.collector.trace.v1.TraceService/Export) and turns them into hop latency.
+    """
 
     @_abc_1.abstractmethod
     def RegisterStream(

@@ -7,25 +7,34 @@ task id, same root id, `branch` naming the stage). A copy goes on as long as it 
 when the next stage needs the results of other copies (a join), or when nothing is left for it,
 it goes to the controller of the node running that join stage (for the end of the DAG, the cloud
 node's), which merges the copies by root id and goes on once all parents are done. A join that
-waits longer than the timeout records the task as dropped."""
+waits longer than the timeout records the task as dropped.
+
+Decisions. The controller follows the scheduler's decisions of the streams it routes: a task made
+under an older decision has its pending stages placed by the newest one, so a new placement also
+applies to tasks already in flight.
+
+Traces. Routing on this node, each link transfer and each join wait are spans of the task's trace;
+processors and peers continue it through gRPC metadata."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
+from opentelemetry import trace
 
 from dayu.controller.links import Link, NotSent
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument, Unavailable
 from dayu.runtime.logs import get_logger
+from dayu.runtime.tracing import BYTES, NO_TRACING, TO_NODE, Tracing, task_attributes
 from dayu.runtime.validation import validate_task
-from dayu.v1 import resources_pb2, task_pb2
+from dayu.v1 import decision_pb2, resources_pb2, task_pb2
 
 log = get_logger(__name__)
 
@@ -59,6 +68,7 @@ class Transport(Protocol):
 class _Join:
     merged: task_pb2.Task
     timer: asyncio.TimerHandle
+    span: trace.Span
     arrived: int = 1
 
 
@@ -69,6 +79,7 @@ class RoutingStats:
     dropped: int = 0
     forks: int = 0
     joins: int = 0
+    replaced: int = 0  # tasks whose pending stages a newer decision placed again
     drop_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -121,6 +132,8 @@ class ControllerCore:
         transport: Transport,
         join_timeout_s: float = 10.0,
         late_factor: float = 0.0,
+        tracing: Tracing = NO_TRACING,
+        on_new_stream: Callable[[str], None] = lambda stream_id: None,
     ) -> None:
         self.node, self.cloud_node = node, cloud_node
         self.nodes = nodes | {node, cloud_node}
@@ -129,6 +142,9 @@ class ControllerCore:
         self.transport = transport
         self.join_timeout_s = join_timeout_s
         self.late_factor = late_factor
+        self.tracing = tracing
+        self.on_new_stream = on_new_stream  # the service starts following the stream's decisions
+        self.decisions: dict[str, decision_pb2.Decision] = {}  # stream -> newest decision seen
         self.stats = RoutingStats()
         self._joins: dict[tuple[str, str], _Join] = {}
         self._given_up: set[str] = set()  # root ids recorded as dropped: late copies are discarded
@@ -141,7 +157,31 @@ class ControllerCore:
         validate_task(task, nodes=self.nodes)
         task.hops.add(component="controller", node=self.node, entered_at=timestamp())
         self.stats.routed += 1
+        if task.stream_id not in self.decisions:
+            self.decisions[task.stream_id] = decision_pb2.Decision(stream_id=task.stream_id)
+            self.on_new_stream(task.stream_id)
         self._spawn(self._route(task))
+
+    def apply_decision(self, decision: decision_pb2.Decision, *, force: bool = False) -> bool:
+        """Takes a stream's newer decision (pushed by the scheduler); older versions are ignored
+        unless forced."""
+        known = self.decisions.get(decision.stream_id)
+        if known is not None and known.version >= decision.version and not force:
+            return False
+        self.decisions[decision.stream_id] = decision
+        return True
+
+    def _place_by_newest(self, task: task_pb2.Task) -> None:
+        """Pending stages of a task made under an older decision go where the newest one says."""
+        newest = self.decisions.get(task.stream_id)
+        if newest is None or newest.version <= task.decision_version:
+            return
+        moved = False
+        for stage in task.dag.stages:
+            node = newest.placement.get(stage.spec.name)
+            if stage.state == PENDING and node in self.nodes and node != stage.node:
+                stage.node, moved = node, True
+        self.stats.replaced += moved
 
     async def drain(self, timeout_s: float) -> None:
         """Waits for tasks being routed (shutdown), then records unfinished joins as dropped."""
@@ -149,6 +189,7 @@ class ControllerCore:
             await asyncio.wait(set(self._work), timeout=timeout_s)
         for (root, stage), join in list(self._joins.items()):
             join.timer.cancel()
+            join.span.end()
             await self._drop(join.merged, f"controller on {self.node} shut down while joining at {stage or 'end'}")
             self._joins.pop((root, stage), None)
 
@@ -161,7 +202,8 @@ class ControllerCore:
 
     async def _route(self, task: task_pb2.Task) -> None:
         try:
-            await self._advance(task)
+            with self.tracing.span("controller.route", **task_attributes(task.stream_id, task.root_id)):
+                await self._advance(task)
         except Dropped as reason:
             await self._drop(task, str(reason))
         except Exception as error:  # never lose a task to a bug: record it with the error
@@ -179,6 +221,7 @@ class ControllerCore:
             if not ready:
                 await self._finish_copy(task)
                 return
+            self._place_by_newest(task)
             if len(ready) > 1:
                 self._fork(task, ready)
                 return
@@ -234,7 +277,7 @@ class ControllerCore:
     async def _send(self, node: str, task: task_pb2.Task, stage: str) -> None:
         """Forwards the task over the emulated link to `node`'s controller."""
         self._leave(task, stage)
-        transfer_s = await self._over_link(node, task.ByteSize(), task)
+        transfer_s = await self._over_link(node, task.ByteSize(), task, may_drop=True)
         stages = _stage_map(task)
         if stage in stages:
             stages[stage].timings.transfer_s += transfer_s
@@ -245,14 +288,22 @@ class ControllerCore:
                 f"controller of {node} refused the task from {self.node}: {error.code().name}: {error.details()}"
             ) from None
 
-    async def _over_link(self, node: str, nbytes: int, task: task_pb2.Task | None = None) -> float:
+    async def _over_link(
+        self, node: str, nbytes: int, task: task_pb2.Task | None = None, *, may_drop: bool = False
+    ) -> float:
+        """Sends nbytes over the emulated link to `node` (a span of the task's trace); a task that
+        may be dropped is, once it is too late to be worth sending."""
         link = self.links.get(node)
         if link is None:
             return 0.0
+        still_wanted = (lambda: not self._lateness(task)) if task is not None and may_drop else (lambda: True)
+        if task is None:  # a probe: not part of any task's trace
+            return await link.transmit(nbytes, still_wanted)
+        attributes = {**task_attributes(task.stream_id, task.root_id), TO_NODE: node, BYTES: nbytes}
         try:
-            return await link.transmit(nbytes, lambda: not (task and self._lateness(task)))
+            with self.tracing.span("link.transfer", **attributes):
+                return await link.transmit(nbytes, still_wanted)
         except NotSent:
-            assert task is not None
             raise Dropped(self._lateness(task)) from None
 
     # -- link measurement -------------------------------------------------------------------------
@@ -318,7 +369,8 @@ class ControllerCore:
             merged.CopyFrom(copy)
             merged.task_id = str(uuid.uuid4())
             timer = asyncio.get_running_loop().call_later(self.join_timeout_s, self._join_timed_out, key)
-            self._joins[key] = _Join(merged, timer)
+            span = self.tracing.start("controller.join_wait", **task_attributes(copy.stream_id, copy.root_id, stage))
+            self._joins[key] = _Join(merged, timer, span)
             return await self._maybe_release(key)
         join.arrived += 1
         merge_into(join.merged, copy)
@@ -337,6 +389,7 @@ class ControllerCore:
         if not complete:
             return
         join.timer.cancel()
+        join.span.end()
         del self._joins[key]
         self.stats.joins += 1
         if stage == END_OF_DAG:  # all copies are back: this is the original task again
@@ -357,6 +410,8 @@ class ControllerCore:
         missing = sorted(s.spec.name for s in join.merged.dag.stages if s.state == PENDING)
         where = key[1] or "the end of the DAG"
         reason = f"join at {where} on {self.node} timed out after {self.join_timeout_s:g} s; missing {missing}"
+        join.span.set_status(trace.StatusCode.ERROR, reason)
+        join.span.end()
         self._spawn(self._drop(join.merged, reason))
 
     async def _deliver(self, task: task_pb2.Task) -> None:
@@ -367,7 +422,7 @@ class ControllerCore:
             task.segment.stream = b""
         self._leave(task)
         if self.node != self.cloud_node:
-            await self._over_link(self.cloud_node, task.ByteSize())
+            await self._over_link(self.cloud_node, task.ByteSize(), task)
         try:
             await self.transport.deliver(task)
         except grpc.aio.AioRpcError as error:

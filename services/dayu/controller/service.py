@@ -3,9 +3,11 @@ servicer over ControllerCore."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 import pydantic
 
 from dayu.controller.core import ControllerCore
@@ -13,7 +15,9 @@ from dayu.controller.links import BandwidthTrace, Link
 from dayu.runtime.client import Channels, with_retries
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.errors import FailedPrecondition
+from dayu.runtime.logs import get_logger
 from dayu.runtime.server import Binding, Component
+from dayu.runtime.tracing import Tracing
 from dayu.v1 import (
     controller_pb2,
     controller_pb2_grpc,
@@ -22,8 +26,13 @@ from dayu.v1 import (
     monitor_pb2,
     processor_pb2,
     processor_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
     task_pb2,
 )
+
+log = get_logger(__name__)
+RECONNECT_S = (0.2, 5.0)  # first and longest wait before following a stream's decisions again
 
 
 class LinkSection(StrictModel):
@@ -43,6 +52,9 @@ class ControllerSection(StrictModel):
         default_factory=dict, description="processor kind -> address of this node's processor"
     )
     distributor: str = pydantic.Field("", description="address of the distributor")
+    scheduler: str = pydantic.Field(
+        "", description="address of the scheduler, whose decisions re-place tasks in flight (empty: not followed)"
+    )
     links: dict[str, LinkSection] = pydantic.Field(default_factory=dict, description="node -> link from this node")
     join_timeout_s: float = pydantic.Field(10.0, gt=0)
     late_factor: float = pydantic.Field(
@@ -147,6 +159,7 @@ class ControllerComponent(Component):
         section = self.section = settings.controller
         self.channels = Channels(settings.server.max_message_bytes)
         self.grace_s = settings.server.shutdown_grace_s
+        self.tracing = Tracing(self.name, settings.node, settings.tracing)
         links = {node: link.link(settings.node, node) for node, link in section.links.items()}
         self.core = ControllerCore(
             node=settings.node,
@@ -157,6 +170,8 @@ class ControllerComponent(Component):
             transport=GrpcTransport(section, self.channels),
             join_timeout_s=section.join_timeout_s,
             late_factor=section.late_factor,
+            tracing=self.tracing,
+            on_new_stream=self._follow,
         )
 
     def bindings(self) -> Sequence[Binding]:
@@ -166,6 +181,29 @@ class ControllerComponent(Component):
         """Points at the controller of `node` (the embedded mesh learns addresses after binding)."""
         self.section.peers[node] = address
         self.core.nodes.add(node)
+
+    def _follow(self, stream_id: str) -> None:
+        if self.section.scheduler:
+            self.background(self._follow_decisions(stream_id))
+
+    async def _follow_decisions(self, stream_id: str) -> None:
+        """Keeps the core's copy of the stream's decision current, reconnecting while the scheduler
+        is down or does not know the stream yet."""
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
+        wait = RECONNECT_S[0]
+        while True:
+            try:
+                # From version 0: the first decision is the current one, taken even if its version
+                # is lower than what we knew (a restarted scheduler counts from 1 again).
+                watch = stub.WatchDecisions(scheduler_pb2.WatchDecisionsRequest(stream_id=stream_id))
+                first = True
+                async for decision in watch:
+                    self.core.apply_decision(decision, force=first)
+                    first, wait = False, RECONNECT_S[0]
+            except grpc.aio.AioRpcError as error:
+                log.debug("decisions unavailable", stream_id=stream_id, code=error.code().name)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RECONNECT_S[1])
 
     async def stop(self) -> None:
         await self.core.drain(self.grace_s)

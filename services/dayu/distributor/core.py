@@ -23,6 +23,7 @@ from dayu.media.frames import resize
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument
 from dayu.runtime.logs import get_logger
+from dayu.runtime.tracing import NO_TRACING, Tracing, task_attributes
 from dayu.runtime.validation import require_id, validate_task
 from dayu.v1 import distributor_pb2, task_pb2, types_pb2
 
@@ -91,8 +92,8 @@ class GoldenSampler:
     without ground truth that still carry their frames, and asks `reference` for their detections
     within `timeout_s`. A task it cannot measure is stored without accuracy, never held up longer."""
 
-    def __init__(self, reference: GoldenReference, every: int, timeout_s: float) -> None:
-        self.reference, self.every, self.timeout_s = reference, every, timeout_s
+    def __init__(self, reference: GoldenReference, every: int, timeout_s: float, tracing: Tracing = NO_TRACING) -> None:
+        self.reference, self.every, self.timeout_s, self.tracing = reference, every, timeout_s, tracing
         self._eligible: Counter[str] = Counter()
 
     async def detections(self, task: task_pb2.Task) -> Sequence[types_pb2.FrameDetections] | None:
@@ -106,7 +107,8 @@ class GoldenSampler:
         if (self._eligible[task.stream_id] - 1) % self.every:
             return None
         try:
-            return await asyncio.wait_for(self.reference.detect(task, stage), self.timeout_s)
+            with self.tracing.span("distributor.golden", **task_attributes(task.stream_id, task.root_id)):
+                return await asyncio.wait_for(self.reference.detect(task, stage), self.timeout_s)
         except Exception as error:  # accuracy is optional; the record is not
             log.warning("no golden detections", task_id=task.task_id, error=f"{type(error).__name__}: {error}")
             return None
@@ -118,8 +120,10 @@ class DistributorCore:
         store: RecordStore,
         on_stored: Callable[[task_pb2.TaskRecord], None] | None = None,
         golden: GoldenSampler | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.store = store
+        self.tracing = tracing
         self.on_stored = on_stored
         self.golden = golden
         self._stored = asyncio.Condition()
@@ -141,7 +145,8 @@ class DistributorCore:
             record.latency_s = (arrived.ToNanoseconds() - task.created_at.ToNanoseconds()) / 1e9
         if outcome == task_pb2.TASK_OUTCOME_DELIVERED and (score := accuracy(task, golden)) is not None:
             record.accuracy = score
-        cursor, duplicate = self.store.put(record)
+        with self.tracing.span("distributor.store", **task_attributes(task.stream_id, task.root_id)):
+            cursor, duplicate = self.store.put(record)
         if not duplicate:
             async with self._stored:
                 self.last_cursor = max(self.last_cursor, cursor)

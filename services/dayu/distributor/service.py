@@ -15,6 +15,7 @@ from dayu.runtime.client import Channels
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.logs import get_logger
 from dayu.runtime.server import Binding, Component
+from dayu.runtime.tracing import Tracing
 from dayu.v1 import (
     distributor_pb2,
     distributor_pb2_grpc,
@@ -144,14 +145,17 @@ class DistributorComponent(Component):
         self.feedback = (
             FeedbackSender(section.scheduler, self.channels, section.feedback_queue) if section.scheduler else None
         )
+        self.tracing = Tracing(self.name, settings.node, settings.tracing)
         golden = section.golden
         sampler = (
-            GoldenSampler(ProcessorGolden(golden.processors, self.channels), golden.every, golden.timeout_s)
+            GoldenSampler(
+                ProcessorGolden(golden.processors, self.channels), golden.every, golden.timeout_s, self.tracing
+            )
             if golden.processors
             else None
         )
         self.core = DistributorCore(
-            RecordStore(section.database), self.feedback.offer if self.feedback else None, sampler
+            RecordStore(section.database), self.feedback.offer if self.feedback else None, sampler, self.tracing
         )
 
     def bindings(self) -> Sequence[Binding]:

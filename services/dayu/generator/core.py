@@ -14,12 +14,15 @@ from typing import Protocol
 
 import grpc
 import numpy as np
+from opentelemetry import trace
+from opentelemetry.context import Context
 
 from dayu.media.codecs import decode_image, encode_segment
 from dayu.media.frames import FrameRateFilter, resize
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import DayuError
 from dayu.runtime.logs import get_logger
+from dayu.runtime.tracing import NO_TRACING, STREAM, TASK, Tracing, task_attributes, traceparent
 from dayu.v1 import datasource_pb2, decision_pb2, generator_pb2, task_pb2, types_pb2
 
 log = get_logger(__name__)
@@ -106,8 +109,8 @@ def build_task(
 
 
 class StreamRunner:
-    def __init__(self, spec: decision_pb2.StreamSpec, ports: StreamPorts) -> None:
-        self.spec, self.ports = spec, ports
+    def __init__(self, spec: decision_pb2.StreamSpec, ports: StreamPorts, tracing: Tracing = NO_TRACING) -> None:
+        self.spec, self.ports, self.tracing = spec, ports, tracing
         self.status = generator_pb2.StreamStatus(spec=spec, decision=startup_decision(spec))
         self.submitted = 0
         self.dropped = 0
@@ -184,20 +187,28 @@ class StreamRunner:
         decision.CopyFrom(self.decision)
         sequence = self.status.tasks_generated
         self.status.tasks_generated += 1
-        try:
-            task = await asyncio.to_thread(build_task, self.spec, decision, sequence, frames)
-        except Exception as error:  # bad frame data: the segment never becomes a task
-            self._in_flight.release()
-            self.dropped += 1
-            log.error("segment not encoded", stream_id=self.spec.stream_id, sequence=sequence, error=str(error))
-            return
-        submission = asyncio.create_task(self._submit(task))
+        # The root span of the task's trace; it ends once the controller has taken the task.
+        root = self.tracing.start("generator.task", parent=Context(), **{STREAM: self.spec.stream_id})
+        with trace.use_span(root, end_on_exit=False):
+            try:
+                with self.tracing.span("generator.encode", **{STREAM: self.spec.stream_id}):
+                    task = await asyncio.to_thread(build_task, self.spec, decision, sequence, frames)
+            except Exception as error:  # bad frame data: the segment never becomes a task
+                root.end()
+                self._in_flight.release()
+                self.dropped += 1
+                log.error("segment not encoded", stream_id=self.spec.stream_id, sequence=sequence, error=str(error))
+                return
+            root.set_attribute(TASK, task.root_id)
+            task.trace_context.traceparent, task.trace_context.tracestate = traceparent()
+            submission = asyncio.create_task(self._submit(task, root))
         self._submissions.add(submission)
         submission.add_done_callback(self._submissions.discard)
 
-    async def _submit(self, task: task_pb2.Task) -> None:
+    async def _submit(self, task: task_pb2.Task, root: trace.Span) -> None:
         try:
-            await self.ports.submit(task)
+            with self.tracing.span("generator.submit", **task_attributes(task.stream_id, task.root_id)):
+                await self.ports.submit(task)
             self.submitted += 1
         except grpc.aio.AioRpcError as error:
             self.dropped += 1
@@ -210,4 +221,5 @@ class StreamRunner:
             except grpc.aio.AioRpcError:
                 log.error("cannot record drop", task_id=task.task_id)
         finally:
+            root.end()
             self._in_flight.release()

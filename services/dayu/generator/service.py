@@ -17,6 +17,7 @@ from dayu.runtime.logs import get_logger
 from dayu.runtime.pipelines import load_pipelines
 from dayu.runtime.sections import PolicySection
 from dayu.runtime.server import Binding, Component
+from dayu.runtime.tracing import Tracing
 from dayu.runtime.validation import require_id, validate_stream_spec
 from dayu.v1 import (
     controller_pb2,
@@ -164,12 +165,13 @@ class GeneratorComponent(Component):
         self.channels = Channels(settings.server.max_message_bytes)
         pipelines = load_pipelines(section.pipelines_file) if section.pipelines_file else {}
         ports = GrpcStreamPorts(section, self.channels)
+        self.tracing = Tracing(self.name, settings.node, settings.tracing)
         self.runners: dict[str, StreamRunner] = {}
         for i, stream in enumerate(section.streams):
             spec = stream.spec(settings.node, pipelines, f"generator.streams[{i}]")
             if spec.stream_id in self.runners:
                 raise InvalidArgument(f"generator.streams[{i}].stream_id", f"a unique id, {spec.stream_id!r} is twice")
-            self.runners[spec.stream_id] = StreamRunner(spec, ports)
+            self.runners[spec.stream_id] = StreamRunner(spec, ports, self.tracing)
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.GeneratorService", GeneratorServicer(self.runners))]

@@ -6,10 +6,14 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
 from dayu.processor.kinds import ClosableRunner, StageRunner
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from dayu.runtime.logs import get_logger
+from dayu.runtime.tracing import NO_TRACING, Tracing, task_attributes
 from dayu.runtime.validation import validate_task
 from dayu.v1 import task_pb2
 
@@ -21,6 +25,8 @@ class _Job:
     task: task_pb2.Task
     stage: task_pb2.TaskStage
     queued_at: float
+    context: otel_context.Context  # the caller's trace context: the job's spans are its children
+    waiting: trace.Span  # the queue wait, ended when a worker takes the job
     done: asyncio.Future[task_pb2.Task] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -28,8 +34,16 @@ class ProcessorCore:
     """Runs stages of one processor kind: a bounded queue (full means RESOURCE_EXHAUSTED, so callers
     can go elsewhere) drained by a fixed number of workers, which wait without spinning."""
 
-    def __init__(self, node: str, kind: str, runner: StageRunner, workers: int, queue_capacity: int) -> None:
-        self.node, self.kind, self.runner = node, kind, runner
+    def __init__(
+        self,
+        node: str,
+        kind: str,
+        runner: StageRunner,
+        workers: int,
+        queue_capacity: int,
+        tracing: Tracing = NO_TRACING,
+    ) -> None:
+        self.node, self.kind, self.runner, self.tracing = node, kind, runner, tracing
         self.workers = workers
         self.queue_capacity = queue_capacity
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_capacity)
@@ -64,10 +78,15 @@ class ProcessorCore:
             raise FailedPrecondition(
                 f"stage {stage_name!r} needs processor {stage.spec.processor!r}; this one runs {self.kind!r}"
             )
-        job = _Job(task, stage, time.time())
+        attributes = task_attributes(task.stream_id, task.root_id, stage_name)
+        job = _Job(
+            task, stage, time.time(), otel_context.get_current(), self.tracing.start("processor.queue", **attributes)
+        )
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
+            job.waiting.set_status(trace.StatusCode.ERROR, "queue full")
+            job.waiting.end()
             raise ResourceExhausted(f"{self.kind} queue on {self.node} is full ({self.queue_capacity} tasks)") from None
         return await job.done
 
@@ -82,8 +101,11 @@ class ProcessorCore:
     async def _run(self, job: _Job) -> None:
         stage = job.stage
         started = time.time()
+        job.waiting.end()
+        attributes = task_attributes(job.task.stream_id, job.task.root_id, stage.spec.name)
         try:
-            await self.runner.run(job.task, stage)
+            with self.tracing.span("processor.inference", parent=job.context, **attributes):
+                await self.runner.run(job.task, stage)
             stage.state = task_pb2.STAGE_STATE_DONE
             self.processed += 1
         except Exception as error:  # the task is reported with the reason, never lost

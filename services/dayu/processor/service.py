@@ -11,6 +11,7 @@ from dayu.processor.core import ProcessorCore
 from dayu.processor.kinds import PROCESSORS
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.server import Binding, Component
+from dayu.runtime.tracing import Tracing
 from dayu.v1 import processor_pb2, processor_pb2_grpc
 
 
@@ -56,7 +57,10 @@ class ProcessorComponent(Component):
         runner = PROCESSORS.create(
             section.kind, section.params, name_field="processor.kind", params_field="processor.params"
         )
-        self.core = ProcessorCore(settings.node, section.kind, runner, section.workers, section.queue_capacity)
+        self.tracing = Tracing(self.name, settings.node, settings.tracing)
+        self.core = ProcessorCore(
+            settings.node, section.kind, runner, section.workers, section.queue_capacity, self.tracing
+        )
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.ProcessorService", ProcessorServicer(self.core))]

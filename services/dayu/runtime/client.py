@@ -11,6 +11,7 @@ import grpc
 
 from dayu.runtime.logs import get_logger
 from dayu.runtime.server import channel_options
+from dayu.runtime.tracing import client_interceptors
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -22,7 +23,8 @@ RETRYABLE = frozenset(
 
 
 class Channels:
-    """Lazily opened channels to other components, keyed by HOST:PORT, closed together."""
+    """Lazily opened channels to other components, keyed by HOST:PORT, closed together. Calls carry
+    the caller's trace context in their metadata."""
 
     def __init__(self, max_message_bytes: int) -> None:
         self._options = channel_options(max_message_bytes)
@@ -31,7 +33,9 @@ class Channels:
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
+            channel = self._channels[address] = grpc.aio.insecure_channel(
+                address, options=self._options, interceptors=client_interceptors()
+            )
         return channel
 
     async def close(self) -> None:

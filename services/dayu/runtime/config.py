@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from dayu.runtime.errors import InvalidArgument, from_validation_error
+from dayu.runtime.tracing import TracingSettings
 
 MIB = 1024 * 1024
 
@@ -50,6 +51,7 @@ class ComponentSettings(BaseSettings):
     node: str = pydantic.Field("cloud", min_length=1, description="logical node this component runs on")
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @classmethod
     def settings_customise_sources(

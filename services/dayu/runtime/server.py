@@ -6,8 +6,10 @@ Every component gets the same things here, so no service writes them again:
 - errors raised by the core (dayu.runtime.errors) mapped to their gRPC status;
 - gRPC health checking (grpc.health.v1) and server reflection;
 - message size limits;
+- the caller's W3C trace context (gRPC metadata) made current while a request is handled;
 - graceful shutdown: health turns NOT_SERVING, new calls are refused, in-flight calls finish
-  (within server.shutdown_grace_s), then the component's own background work is stopped.
+  (within server.shutdown_grace_s), then the component's own background work is stopped and its
+  spans flushed.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
 
 from dayu.runtime.config import ComponentSettings
 from dayu.runtime.errors import DayuError, InvalidArgument
 from dayu.runtime.logs import get_logger
+from dayu.runtime.tracing import Tracing, extract
 
 log = get_logger(__name__)
 
@@ -50,6 +54,7 @@ class Component:
     core, and start()/stop() for background work."""
 
     name = "component"
+    tracing: Tracing | None = None  # set by components whose cores make spans
 
     def bindings(self) -> Sequence[Binding]:
         raise NotImplementedError
@@ -77,7 +82,7 @@ def _implementation(servicer: object, method: str) -> Callable[..., Any] | None:
     """The servicer's own method for an RPC, or None when only a generated base class has it."""
     for cls in type(servicer).__mro__:
         if method in vars(cls):
-            return None if cls.__module__.startswith("dayu.v1.") else getattr(servicer, method)
+            return None if cls.__module__.endswith("_pb2_grpc") else getattr(servicer, method)
     return None
 
 
@@ -166,12 +171,15 @@ def _handler(
         return parsed_stream(raw) if method.client_streaming else _parse(request_class, raw)
 
     async def unary_response(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = otel_context.attach(extract(context.invocation_metadata()))
         try:
             return await behavior(parsed(raw), context)
         except grpc.aio.AbortError:
             raise
         except Exception as error:
             await _abort(context, name, error)
+        finally:
+            otel_context.detach(token)
 
     async def streamed_response(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
@@ -252,6 +260,8 @@ class ComponentServer:
         self._server = None
         await self.component.cancel_background()
         await self.component.stop()
+        if self.component.tracing is not None:
+            await asyncio.to_thread(self.component.tracing.shutdown)
         log.info("stopped", component=self.component.name)
 
     async def run_until_signal(self) -> None:

@@ -17,6 +17,7 @@ from dayu.runtime.registry import Registry
 from dayu.runtime.validation import require_id, validate_stream_spec
 from dayu.scheduler.knobs import configuration, resolutions
 from dayu.scheduler.policies import POLICIES, Policy, StreamView
+from dayu.scheduler.traces import HopLatencies
 from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, task_pb2
 
 RECENT_RECORDS = 64
@@ -78,6 +79,7 @@ class SchedulerCore:
         self._registrations = 0
         self._streams: dict[str, _Stream] = {}
         self.resources: dict[str, resources_pb2.NodeResources] = {}
+        self.hops = HopLatencies()  # from the spans received over OTLP
 
     def _stream(self, stream_id: str, field: str = "stream_id") -> _Stream:
         require_id(stream_id, field)
@@ -218,6 +220,7 @@ class SchedulerCore:
     async def _decide(self, stream: _Stream, why: str) -> decision_pb2.Decision:
         """Asks the policy; publishes a new version when it proposes something. Returns the current."""
         stream.view.resources = self.resources
+        stream.view.hops = self.hops.of(stream.view.spec.stream_id)
         started = time.perf_counter()
         proposal = stream.policy.decide(stream.view)
         elapsed = time.perf_counter() - started
@@ -244,6 +247,7 @@ class SchedulerCore:
                     decision_time_p95_s=times[min(len(times) - 1, int(0.95 * len(times)))] if times else 0.0,
                     feedback_received=stream.feedback,
                     current=stream.view.current,
+                    hop_latencies=self.hops.stats(stream_id),
                 )
             )
         return out

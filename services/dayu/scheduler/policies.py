@@ -15,6 +15,7 @@ import pydantic
 
 from dayu.runtime.registry import Registry
 from dayu.scheduler.knobs import Feedback, configuration, frame_rates, qualities, resolutions
+from dayu.scheduler.traces import HopKey, HopSamples
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2, types_pb2
 
 
@@ -28,6 +29,7 @@ class StreamView:
     recent: list[task_pb2.TaskRecord] = field(default_factory=list)
     resources: dict[str, resources_pb2.NodeResources] = field(default_factory=dict)
     arrived_since_decision: int = 0  # records received since the current decision was published
+    hops: dict[HopKey, HopSamples] = field(default_factory=dict)  # the stream's hop latency, from its traces
 
     def feedback(self, min_tasks: int = 1, made_under_current: bool = True) -> Feedback | None:
         """Feedback of the tasks made under the current decision (what that configuration costs),

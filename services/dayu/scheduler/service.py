@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import pydantic
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.sections import PolicySection
@@ -72,7 +73,23 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def GetSchedulerStats(
         self, request: scheduler_pb2.GetSchedulerStatsRequest, context: object
     ) -> scheduler_pb2.GetSchedulerStatsResponse:
-        return scheduler_pb2.GetSchedulerStatsResponse(streams=self.core.stats())
+        hops = self.core.hops
+        return scheduler_pb2.GetSchedulerStatsResponse(
+            streams=self.core.stats(), spans_received=hops.received, spans_ignored=hops.ignored
+        )
+
+
+class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """The standard OTLP/gRPC trace receiver: components export their spans here."""
+
+    def __init__(self, core: SchedulerCore) -> None:
+        self.core = core
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.core.hops.add(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
 
 
 class SchedulerComponent(Component):
@@ -92,7 +109,10 @@ class SchedulerComponent(Component):
         )
 
     def bindings(self) -> Sequence[Binding]:
-        return [Binding("dayu.v1.SchedulerService", SchedulerServicer(self.core))]
+        return [
+            Binding("dayu.v1.SchedulerService", SchedulerServicer(self.core)),
+            Binding("opentelemetry.proto.collector.trace.v1.TraceService", TraceReceiver(self.core)),
+        ]
 
     async def start(self) -> None:
         self.background(self._watch_feedback())

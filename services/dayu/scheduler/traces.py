@@ -1,0 +1,105 @@
+"""Hop latency from OpenTelemetry spans, received over OTLP (the standard TraceService/Export).
+
+Every component exports its spans of a task (see dayu.runtime.tracing); the scheduler keeps, per
+stream, the recent durations of each kind of hop on each stage and node, so policies see where a
+task's time goes: encoding, queueing, inference, link transfers, joins."""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
+
+from dayu.runtime.tracing import NODE, STAGE, STREAM, TO_NODE
+from dayu.v1 import scheduler_pb2
+
+RECENT_SPANS = 128  # durations kept per hop, stage and node
+
+
+@dataclass(frozen=True, order=True)
+class HopKey:
+    hop: str  # the span name
+    stage: str
+    node: str  # FROM->TO for link transfers
+
+
+@dataclass
+class HopSamples:
+    spans: int = 0
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_SPANS))
+
+    def add(self, duration_s: float) -> None:
+        self.spans += 1
+        self.recent.append(duration_s)
+
+    @property
+    def p50_s(self) -> float:
+        return statistics.median(self.recent)
+
+    @property
+    def p95_s(self) -> float:
+        ordered = sorted(self.recent)
+        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+def _value(value: common_pb2.AnyValue) -> str:
+    kind = value.WhichOneof("value")
+    return str(getattr(value, kind)) if kind else ""
+
+
+def _attributes(pairs: Iterable[common_pb2.KeyValue]) -> dict[str, str]:
+    return {pair.key: _value(pair.value) for pair in pairs}
+
+
+class HopLatencies:
+    """Per-stream hop latency, fed with OTLP export requests."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, dict[HopKey, HopSamples]] = {}
+        self.received = 0
+        self.ignored = 0
+
+    def add(self, request: trace_service_pb2.ExportTraceServiceRequest) -> int:
+        """Takes the spans of an export request; returns how many were ignored (no stream attribute)."""
+        ignored = 0
+        for resource_spans in request.resource_spans:
+            resource = _attributes(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    attributes = {**resource, **_attributes(span.attributes)}
+                    stream = attributes.get(STREAM)
+                    if not stream or span.end_time_unix_nano < span.start_time_unix_nano:
+                        ignored += 1
+                        continue
+                    node = attributes.get(NODE, "")
+                    if TO_NODE in attributes:
+                        node = f"{node}->{attributes[TO_NODE]}"
+                    key = HopKey(span.name, attributes.get(STAGE, ""), node)
+                    samples = self._streams.setdefault(stream, {}).setdefault(key, HopSamples())
+                    samples.add((span.end_time_unix_nano - span.start_time_unix_nano) / 1e9)
+                    self.received += 1
+        self.received += ignored
+        self.ignored += ignored
+        return ignored
+
+    def of(self, stream_id: str) -> dict[HopKey, HopSamples]:
+        """The stream's hops (empty if no span of it came yet)."""
+        return self._streams.get(stream_id, {})
+
+    def stats(self, stream_id: str) -> list[scheduler_pb2.HopLatency]:
+        return [
+            scheduler_pb2.HopLatency(
+                hop=key.hop,
+                stage=key.stage,
+                node=key.node,
+                spans=samples.spans,
+                p50_s=samples.p50_s,
+                p95_s=samples.p95_s,
+                last_s=samples.recent[-1],
+            )
+            for key, samples in sorted(self.of(stream_id).items())
+        ]
