@@ -166,6 +166,7 @@ def render(mesh_path: Path, node_addresses: dict[str, str], command: str, out: P
                     "peers": {other: f"{node_addresses.get(other, other)}:{CONTROLLER_PORT}" for other in others},
                     "processors": node_processors,
                     "distributor": DISTRIBUTOR,
+                    "scheduler": SCHEDULER,
                     **controller_settings,
                 },
             },
@@ -201,6 +202,12 @@ def render(mesh_path: Path, node_addresses: dict[str, str], command: str, out: P
         section = config.processors.get(kind, ProcessorSection()).model_dump()
         section["params"] = _processor_params(section["params"])
         settings[f"processor.{kind}.yaml"] = ("processor", {"processor": {"kind": kind, **section}})
+
+    # Every component but the scheduler sends its spans to the scheduler (and to any collector configured).
+    tracing = {"export_to": [SCHEDULER, *config.otlp_collectors], "sample_ratio": config.trace_sample_ratio}
+    for component, data in settings.values():
+        if component != "scheduler":
+            data["tracing"] = tracing
 
     files: dict[str, str] = {"pipelines.yaml": config.pipelines_file.read_text()}
     generated: dict[str, list[str]] = {}
