@@ -32,10 +32,12 @@ def feed(
     accuracy: float | None = None,
     size: int = 100_000,
     tasks: int = 2,
+    version: int | None = None,
 ) -> None:
+    """Records of `tasks` delivered tasks, made under the current decision unless `version` says otherwise."""
     assert v.current is not None
     for _ in range(tasks):
-        task = task_pb2.Task(stream_id="stream-1", decision_version=v.current.version)
+        task = task_pb2.Task(stream_id="stream-1", decision_version=v.current.version if version is None else version)
         stage = task.dag.stages.add()
         stage.spec.name = "detect"
         stage.timings.transfer_s, stage.timings.process_s, stage.timings.queue_s = transfer, process, queue
@@ -140,6 +142,58 @@ def test_latency_budget_acts_on_what_dominates_the_delay() -> None:
     assert lowered.resolution.height <= 480  # two steps down for a big miss
     feed(v, latency=0.1)
     assert apply(v, p.decide(v)).configuration.resolution.height > lowered.resolution.height
+
+
+def test_latency_budget_judges_the_most_recent_tasks() -> None:
+    v, p = view(), policy("latency_budget")
+    apply(v, p.decide(v))
+    feed(v, latency=0.6, tasks=20)  # a long, good history under this decision
+    assert p.decide(v) is None
+    feed(v, latency=3.0, transfer=0.1, process=2.5, tasks=3)  # then it goes bad
+    assert p.decide(v) is not None
+
+
+def test_latency_budget_waits_for_its_change_to_show() -> None:
+    v, p = view(), policy("latency_budget", hold_tasks=4, offload=False)
+    apply(v, p.decide(v))
+    feed(v, latency=3.0, process=2.5)
+    first = apply(v, p.decide(v))
+    previous = first.version - 1
+    feed(v, latency=3.0, process=2.5, tasks=3, version=previous)  # still draining from before the change
+    assert p.decide(v) is None
+    feed(v, latency=3.0, process=2.5, tasks=1, version=previous)  # hold_tasks arrivals and still over
+    assert p.decide(v) is not None
+
+
+def test_latency_budget_fits_a_narrow_uplink_in_one_decision() -> None:
+    v, p = view(), policy("latency_budget")
+    edge = resources_pb2.NodeResources(node="edge-1")  # no processors on the edge: every stage on the cloud
+    edge.links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=4.0)
+    v.resources = {"edge-1": edge}
+    start = apply(v, p.decide(v))
+    assert set(start.placement.values()) == {"cloud"}
+    # 10 frames of 1280x720 took 1.2 MB (~1 bit per pixel): 30 fps would need ~28 Mbit/s.
+    feed(v, latency=3.0, transfer=2.5, process=0.2, size=1_200_000)
+    narrow = apply(v, p.decide(v))
+    config = narrow.configuration
+    assert "fit the uplink" in narrow.reason
+    bits_per_pixel = 1_200_000 * 8 / (1280 * 720 * 10)
+    assert bits_per_pixel * config.resolution.width * config.resolution.height * config.fps <= 4e6 * 0.8
+    per_task = bits_per_pixel * config.resolution.width * config.resolution.height * config.frames_per_segment
+    assert per_task / 4e6 + 0.3 + 0.2 <= 0.8 + 1e-9  # transfer + the rest fit the 0.8 s target
+    assert config.resolution.height > 180  # no further down than it needs
+    # Its first tasks wait behind the backlog of the old configuration: the model says they fit, so hold.
+    feed(v, latency=3.0, transfer=2.5, process=0.1, size=int(per_task / 8))
+    assert p.decide(v) is None
+    # Tasks of the new decision come back fast and the uplink is wide again: step up, one knob at a time.
+    edge.links[0].bandwidth_mbps = 100.0
+    feed(v, latency=0.2, transfer=0.1, size=int(per_task / 8))
+    raised = apply(v, p.decide(v)).configuration
+
+    def rank(c):  # type: ignore[no-untyped-def]  # what accuracy needs most first
+        return (c.resolution.width * c.resolution.height, c.fps, c.frames_per_segment)
+
+    assert rank(raised) > rank(config)
 
 
 def test_every_policy_is_registered() -> None:

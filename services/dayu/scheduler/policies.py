@@ -31,17 +31,18 @@ class StreamView:
     arrived_since_decision: int = 0  # records received since the current decision was published
     hops: dict[HopKey, HopSamples] = field(default_factory=dict)  # the stream's hop latency, from its traces
 
-    def feedback(self, min_tasks: int = 1, made_under_current: bool = True) -> Feedback | None:
+    def feedback(self, min_tasks: int = 1, made_under_current: bool = True, last: int = 0) -> Feedback | None:
         """Feedback of the tasks made under the current decision (what that configuration costs),
         or, with made_under_current False, of every task that arrived since it was published (how
-        the mesh behaves now, even while tasks made before are still draining). None until there
-        are min_tasks of them."""
+        the mesh behaves now, even while tasks made before are still draining); only the `last`
+        most recent of them when given (so a long-standing decision is judged on now, not on its
+        whole history). None until there are min_tasks of them."""
         if made_under_current:
             version = self.current.version if self.current else 0
             records = [r for r in self.recent if r.task.decision_version == version]
         else:
             records = self.recent[len(self.recent) - min(self.arrived_since_decision, len(self.recent)) :]
-        summary = Feedback.of(records)
+        summary = Feedback.of(records[-last:] if last else records)
         return summary if summary and summary.tasks >= min_tasks else None
 
     def bandwidth_mbps(self, from_node: str, to_node: str) -> float | None:
@@ -51,6 +52,11 @@ class StreamView:
             if link.to_node == to_node:
                 return link.bandwidth_mbps
         return None
+
+    def can_run(self, node: str, kind: str) -> bool:
+        """Whether `node` has a processor of `kind`, by its monitor's report; unknown counts as yes."""
+        report = self.resources.get(node)
+        return report is None or kind in report.queue_lengths
 
     def placement(self, node: str) -> dict[str, str]:
         return {stage.name: node for stage in self.spec.pipeline.stages}
@@ -158,6 +164,7 @@ class FeedbackControlParams(Strict):
     target: float = pydantic.Field(0.8, gt=0, le=1, description="aim at this share of the latency budget")
     slack: float = pydantic.Field(0.6, gt=0, lt=1, description="step up below target*slack of the budget")
     min_tasks: int = pydantic.Field(2, ge=1, description="feedback needed before a step")
+    window: int = pydantic.Field(3, ge=1, description="judge the delay on this many most recent tasks")
     placement: dict[str, str] = pydantic.Field(default_factory=dict)
 
 
@@ -176,11 +183,13 @@ class FeedbackControlPolicy:
         placement = {**view.placement(view.spec.node), **self.params.placement}
         if view.current is None:
             return Proposal(configuration(view.spec.max_configuration), placement, "start at the best resolution")
-        feedback = view.feedback(self.params.min_tasks, made_under_current=False)
+        window = max(self.params.window, self.params.min_tasks)
+        feedback = view.feedback(self.params.min_tasks, made_under_current=False, last=window)
         if feedback is None:
             return None
         target = view.spec.latency_budget_s * self.params.target
-        settled = view.feedback(self.params.min_tasks)  # stepping up waits for the current decision's own tasks
+        # Stepping up waits for the current decision's own tasks.
+        settled = view.feedback(self.params.min_tasks, last=window)
         if feedback.latency_s > target and self.level < len(ladder) - 1:
             self.level += 1
             why = f"delay {feedback.latency_s:.2f} s over target {target:.2f} s: lower resolution"
@@ -322,86 +331,191 @@ class PeriodicProfilingPolicy:
 class LatencyBudgetParams(Strict):
     target: float = pydantic.Field(0.8, gt=0, le=1, description="aim at this share of the latency budget")
     slack: float = pydantic.Field(0.6, gt=0, lt=1, description="spend spare budget below target*slack")
-    min_tasks: int = pydantic.Field(2, ge=1)
+    window: int = pydantic.Field(3, ge=1, description="judge the delay on this many most recent tasks")
+    hold_tasks: int = pydantic.Field(
+        4, ge=1, description="after a change, arrivals to wait for when no task made under it has arrived yet"
+    )
+    safety: float = pydantic.Field(0.8, gt=0, le=1, description="use at most this share of the uplink")
     offload: bool = pydantic.Field(True, description="may move stages between the edge and the cloud")
+
+
+Levels = tuple[int, int, int]  # steps down from the best: resolution, frame rate, frames per segment
 
 
 @POLICIES.register("latency_budget", params=LatencyBudgetParams)
 class LatencyBudgetPolicy:
     """A latency-budget controller over resolution, frame rate, frames per segment and placement
-    together, split as Hier-EI does. The macro level picks a direction per knob from where the
-    delay goes (transfer, processing, queueing); the micro level is negative feedback on the
-    delay against the budget, moving the chosen knob by one or two steps with the error."""
+    together, split as Hier-EI does. The macro level picks the knob from where the delay goes
+    (transfer, processing, queueing) and, when the uplink dominates, how far to move at once: a
+    model (bits per pixel learned from the tasks, the uplink's measured bandwidth, the link
+    crossings of the placement) picks the most accurate resolution, frame rate and segment length
+    predicted to fit the budget and the uplink's rate. The micro level is negative feedback on the
+    delay of the most recent tasks: a step down (two for a big miss) over the target, a step up
+    when the current decision's own tasks leave budget and the model says the step still fits.
+    After a change it waits for tasks made under it (or hold_tasks arrivals), so tasks still
+    draining from before do not push it further than needed."""
 
     def __init__(self, params: LatencyBudgetParams) -> None:
         self.params = params
-        self.level = {"resolution": 0, "fps": 0, "segment": 0}  # steps down from the best
+        self.levels: Levels = (0, 0, 0)
 
-    def _config(self, best: types_pb2.Configuration) -> types_pb2.Configuration:
-        res, fps = resolutions(best.resolution), frame_rates(best.fps)
-        segment = max(1, best.frames_per_segment - self.level["segment"])
+    @staticmethod
+    def _limits(best: types_pb2.Configuration) -> Levels:
+        return len(resolutions(best.resolution)) - 1, len(frame_rates(best.fps)) - 1, best.frames_per_segment - 1
+
+    @staticmethod
+    def _config(best: types_pb2.Configuration, levels: Levels) -> types_pb2.Configuration:
+        resolution, fps, segment = levels
         return configuration(
             best,
-            res[min(self.level["resolution"], len(res) - 1)],
-            fps[min(self.level["fps"], len(fps) - 1)],
-            frames_per_segment=segment,
+            resolutions(best.resolution)[resolution],
+            frame_rates(best.fps)[fps],
+            frames_per_segment=best.frames_per_segment - segment,
         )
 
-    def _step(self, knob: str, steps: int, best: types_pb2.Configuration) -> bool:
-        limits = {
-            "resolution": len(resolutions(best.resolution)) - 1,
-            "fps": len(frame_rates(best.fps)) - 1,
-            "segment": best.frames_per_segment - 1,
-        }
-        moved = max(0, min(limits[knob], self.level[knob] + steps))
-        changed = moved != self.level[knob]
-        self.level[knob] = moved
+    def _step(self, knob: int, steps: int, best: types_pb2.Configuration) -> bool:
+        levels = list(self.levels)
+        levels[knob] = max(0, min(self._limits(best)[knob], levels[knob] + steps))
+        changed = tuple(levels) != self.levels
+        self.levels = (levels[0], levels[1], levels[2])
         return changed
 
     def decide(self, view: StreamView) -> Proposal | None:
         best = view.spec.max_configuration
         if view.current is None:
-            return Proposal(self._config(best), view.placement(view.spec.node), "start at the best, on the edge")
-        feedback = view.feedback(self.params.min_tasks, made_under_current=False)
-        if feedback is None:
+            placement = {
+                s.name: view.spec.node if view.can_run(view.spec.node, s.processor) else view.cloud_node
+                for s in view.spec.pipeline.stages
+            }
+            return Proposal(self._config(best, self.levels), placement, "start at the best, on the edge where it can")
+        own = view.feedback(2, last=self.params.window)
+        fresh = view.feedback(1, made_under_current=False, last=self.params.window)
+        judged = own or (fresh if view.arrived_since_decision >= self.params.hold_tasks else None)
+        if judged is None:
             return None
-        budget = view.spec.latency_budget_s
-        error = (feedback.latency_s - budget * self.params.target) / budget
-        steps = 1 if abs(error) < 0.5 else 2  # micro: a bigger miss moves further
-        settled = view.feedback(self.params.min_tasks)  # stepping up waits for the current decision's own tasks
+        target = view.spec.latency_budget_s * self.params.target
+        if judged.latency_s > target:
+            change = self._reduce(view, judged, target, best)
+            if change is None:
+                return None
+            placement, why = change
+            why = f"delay {judged.latency_s:.2f} s over {target:.2f} s: {why}"
+            return Proposal(self._config(best, self.levels), placement, why)
+        if own is not None and own.latency_s < target * self.params.slack:
+            for knob in range(3):  # resolution first: it is what accuracy needs most
+                before = self.levels
+                if self._step(knob, -1, best) and self._fits(view, own, target, best, self.levels):
+                    why = f"delay {own.latency_s:.2f} s leaves budget: spend it on accuracy"
+                    return Proposal(self._config(best, self.levels), dict(view.current.placement), why)
+                self.levels = before
+        return None
+
+    def _reduce(
+        self, view: StreamView, feedback: Feedback, target: float, best: types_pb2.Configuration
+    ) -> tuple[dict[str, str], str] | None:
+        """Macro: act on what dominates the delay. Returns the placement and why, or None."""
+        assert view.current is not None
         placement = dict(view.current.placement)
+        node, cloud = view.spec.node, view.cloud_node
+        kinds = {stage.name: stage.processor for stage in view.spec.pipeline.stages}
         total = max(feedback.transfer_s + feedback.process_s + feedback.queue_s, 1e-9)
-        if error > 0:
-            # Macro: act on what dominates the delay.
-            order = [stage.name for stage in view.spec.pipeline.stages]
-            on_cloud = [s for s in order if placement.get(s) == view.cloud_node]
-            # The heaviest stage on the edge is the one worth offloading.
-            on_edge = sorted(
-                (s for s in order if placement.get(s) != view.cloud_node),
+        if feedback.transfer_s / total >= 0.4:
+            back = [s for s in kinds if placement.get(s) == cloud and view.can_run(node, kinds[s])]
+            if back and self.params.offload:
+                placement[back[0]] = node
+                return placement, f"transfer dominates ({feedback.transfer_s:.2f} s): run {back[0]} on {node}"
+            fitted = self._fit_uplink(view, feedback, target, best)
+            if fitted is not None:
+                if self._rank(best, fitted) >= self._rank(best, self.levels):
+                    # The model says the current configuration fits the uplink: the excess is a
+                    # backlog from before still draining; stepping further down would overshoot.
+                    return None
+                self.levels = fitted
+                config = self._config(best, fitted)
+                return placement, (
+                    f"transfer dominates ({feedback.transfer_s:.2f} s): {config.resolution.height}p at "
+                    f"{config.fps:g} fps, {config.frames_per_segment} frames per segment fit the uplink"
+                )
+        elif feedback.process_s / total >= 0.5 and self.params.offload and self._cloud_is_near(view):
+            heavy = sorted(
+                (s for s in kinds if placement.get(s) != cloud and view.can_run(cloud, kinds[s])),
                 key=lambda s: -feedback.stage_process_s.get(s, 0.0),
             )
-            if feedback.transfer_s / total >= 0.4 and on_cloud and self.params.offload:
-                placement[on_cloud[0]] = view.spec.node
-                why = f"transfer dominates ({feedback.transfer_s:.2f} s): run {on_cloud[0]} on the edge"
-            elif feedback.process_s / total >= 0.5 and on_edge and self.params.offload and self._cloud_is_near(view):
-                placement[on_edge[0]] = view.cloud_node
-                why = f"processing dominates ({feedback.process_s:.2f} s): offload {on_edge[0]} to the cloud"
-            elif feedback.queue_s / total >= 0.3 and self._step("fps", steps, best):
-                why = f"queueing dominates ({feedback.queue_s:.2f} s): fewer frames per second"
-            elif self._step("resolution", steps, best) or self._step("segment", steps, best):
-                why = "lower resolution (or shorter segments)"
-            else:
-                return None
-            why = f"delay {feedback.latency_s:.2f} s over {budget * self.params.target:.2f} s; {why}"
-        elif feedback.latency_s < budget * self.params.target * self.params.slack:
-            if not (
-                self._step("resolution", -1, best) or self._step("fps", -1, best) or self._step("segment", -1, best)
-            ):
-                return None
-            why = f"delay {settled.latency_s:.2f} s leaves budget: spend it on accuracy"
-        else:
+            if heavy:
+                placement[heavy[0]] = cloud
+                return placement, f"processing dominates ({feedback.process_s:.2f} s): offload {heavy[0]} to {cloud}"
+        if feedback.queue_s / total >= 0.3 and self._step(1, 1, best):
+            return placement, f"queueing dominates ({feedback.queue_s:.2f} s): fewer frames per second"
+        steps = 1 if feedback.latency_s - target < 0.5 * view.spec.latency_budget_s else 2  # micro
+        if self._step(0, steps, best) or self._step(2, steps, best) or self._step(1, 1, best):
+            return placement, "lower resolution (or shorter segments, fewer frames per second)"
+        return None
+
+    def _crossings(self, view: StreamView) -> int:
+        """Times a task's frames cross the uplink under the current placement (out and back)."""
+        assert view.current is not None
+        where, crossings = view.spec.node, 0
+        for stage in view.spec.pipeline.stages:
+            node = view.current.placement.get(stage.name, view.spec.node)
+            if not view.can_run(node, stage.processor):
+                node = view.cloud_node  # where the controller falls back to
+            crossings += node != where
+            where = node
+        return max(crossings, 1)
+
+    def _predict(
+        self, view: StreamView, feedback: Feedback, best: types_pb2.Configuration, levels: Levels
+    ) -> tuple[float, bool] | None:
+        """Predicted delay of a configuration and whether its bitrate fits the uplink; None without
+        a bandwidth measurement or task sizes to go on."""
+        assert view.current is not None
+        current = view.current.configuration
+        bandwidth = view.bandwidth_mbps(view.spec.node, view.cloud_node)
+        if bandwidth is None and feedback.transfer_s > 0:
+            bandwidth = feedback.bytes_per_task * 8 / feedback.transfer_s / 1e6
+        current_pixels = _pixels(current) * current.frames_per_segment
+        if not bandwidth or not feedback.bytes_per_task or not current_pixels:
             return None
-        return Proposal(self._config(best), placement, why)
+        bits_per_pixel = feedback.bytes_per_task * 8 / current_pixels
+        config = self._config(best, levels)
+        pixels = _pixels(config) * config.frames_per_segment
+        transfer = bits_per_pixel * pixels * self._crossings(view) / (bandwidth * 1e6)
+        other = max(feedback.latency_s - feedback.transfer_s - feedback.process_s - feedback.queue_s, 0.0)
+        delay = other + feedback.queue_s + feedback.process_s * pixels / current_pixels + transfer
+        rate_fits = bits_per_pixel * _pixels(config) * config.fps <= bandwidth * 1e6 * self.params.safety
+        return delay, rate_fits
+
+    def _fits(
+        self, view: StreamView, feedback: Feedback, target: float, best: types_pb2.Configuration, levels: Levels
+    ) -> bool:
+        predicted = self._predict(view, feedback, best, levels)
+        return predicted is None or (predicted[0] <= target and predicted[1])
+
+    def _fit_uplink(
+        self, view: StreamView, feedback: Feedback, target: float, best: types_pb2.Configuration
+    ) -> Levels | None:
+        """The most accurate levels (pixels, then frame rate, then segment length) predicted to fit;
+        if none does, the fastest."""
+        limits = self._limits(best)
+        candidates = []
+        for resolution in range(limits[0] + 1):
+            for fps in range(limits[1] + 1):
+                for segment in range(limits[2] + 1):
+                    levels = (resolution, fps, segment)
+                    predicted = self._predict(view, feedback, best, levels)
+                    if predicted is None:
+                        return None
+                    fits = predicted[0] <= target and predicted[1]
+                    candidates.append((fits, self._rank(best, levels), predicted[0], levels))
+        fitting = [c for c in candidates if c[0]]
+        if fitting:
+            return max(fitting, key=lambda c: c[1])[3]
+        return min(candidates, key=lambda c: c[2])[3]
+
+    def _rank(self, best: types_pb2.Configuration, levels: Levels) -> tuple[int, float, int]:
+        """What accuracy needs most first: pixels, then frame rate, then frames per segment."""
+        config = self._config(best, levels)
+        return _pixels(config), config.fps, config.frames_per_segment
 
     @staticmethod
     def _cloud_is_near(view: StreamView) -> bool:
