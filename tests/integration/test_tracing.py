@@ -28,6 +28,7 @@ NOOP_DELAY_S = 0.02
 INFERENCE = [("detect", "edge-1"), ("classify", "cloud"), ("count", "edge-1"), ("merge", "edge-1")]
 EXPECTED_HOPS = [
     *[(hop, stage, node) for stage, node in INFERENCE for hop in ("processor.queue", "processor.inference")],
+    ("link.queue", "", "edge-1->cloud"),
     ("link.transfer", "", "edge-1->cloud"),
     ("controller.join_wait", "merge", "edge-1"),
     ("distributor.store", "", "cloud"),
@@ -74,7 +75,7 @@ async def test_every_hop_of_a_task_is_a_span_of_one_trace(tmp_path: Path) -> Non
             "links": [{"between": ["edge-1", "cloud"], "bandwidth_mbps": 50, "delay_ms": 5}],
             "pipelines_file": str(tmp_path / "pipelines.yaml"),
             "processors": {"noop": {"params": {"delay_s": NOOP_DELAY_S}}},
-            "sources": [{"source_id": "s", "kind": "synthetic", "params": {"width": 320, "height": 180, "fps": 10}}],
+            "sources": [{"source_id": "s", "kind": "synthetic", "params": {"width": 640, "height": 360, "fps": 10}}],
             "streams": [
                 {
                     "stream_id": "cam",
@@ -82,7 +83,7 @@ async def test_every_hop_of_a_task_is_a_span_of_one_trace(tmp_path: Path) -> Non
                     "node": "edge-1",
                     "pipeline": "fork-join",
                     "latency_budget_s": 2.0,
-                    "max_configuration": {"width": 320, "height": 180, "fps": 10, "frames_per_segment": 2},
+                    "max_configuration": {"width": 640, "height": 360, "fps": 10, "frames_per_segment": 2},
                     "policy": {
                         "name": "fixed",
                         "params": {"fps": 5, "placement": {"detect": "edge-1", "classify": "cloud", "count": "edge-1"}},
@@ -117,6 +118,8 @@ async def test_every_hop_of_a_task_is_a_span_of_one_trace(tmp_path: Path) -> Non
         assert NOOP_DELAY_S * 0.9 <= inference.p50_s < 1.0, inference
     transfer = hops[("link.transfer", "", "edge-1->cloud")]
     assert 0.005 <= transfer.p50_s < 1.0  # at least the emulated 5 ms delay
+    (uplink,) = [link for link in stats.traced_links if (link.from_node, link.to_node) == ("edge-1", "cloud")]
+    assert 15 < uplink.bandwidth_mbps <= 55  # emulated at 50 Mbit/s (timers overshoot under load)
 
     # The same spans went to the external collector: one trace per task, every hop in it.
     by_trace: dict[bytes, list[trace_pb2.Span]] = defaultdict(list)
@@ -131,6 +134,7 @@ async def test_every_hop_of_a_task_is_a_span_of_one_trace(tmp_path: Path) -> Non
         "generator.encode",
         "generator.submit",
         "controller.route",
+        "link.queue",
         "link.transfer",
         "processor.queue",
         "processor.inference",

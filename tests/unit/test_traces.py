@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from dayu.runtime.tracing import NODE, STAGE, STREAM, TO_NODE
+from dayu.runtime.tracing import BYTES, DELAY, NODE, STAGE, STREAM, TO_NODE
 from dayu.scheduler.traces import HopKey, HopLatencies
 
 
@@ -45,3 +46,19 @@ def test_spans_become_latency_per_hop_stage_and_node() -> None:
     assert latencies.of("other") == {}
     (detect,) = [h for h in latencies.stats("cam") if h.hop == "processor.inference"]
     assert (detect.stage, detect.node, detect.spans) == ("detect", "edge-1", 3)
+
+
+def test_transfer_spans_give_each_links_bandwidth() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({NODE: "edge-1"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    start = time.time_ns()
+    # 250 kB in 1 s plus the link's 10 ms delay: 2 Mbit/s. The small one says nothing about the rate.
+    for nbytes, seconds in ((250_000, 1.01), (250_000, 1.01), (500, 0.2)):
+        attributes = {STREAM: "cam", TO_NODE: "cloud", BYTES: nbytes, DELAY: 0.01}
+        span = tracer.start_span("link.transfer", attributes=attributes, start_time=start)
+        span.end(end_time=start + int(seconds * 1e9))
+    latencies = HopLatencies()
+    latencies.add(encode_spans(exporter.get_finished_spans()))
+    assert latencies.link_bandwidth() == {("edge-1", "cloud"): pytest.approx(2.0)}

@@ -5,6 +5,7 @@ The scheduler holds a policy per stream and turns feedback into decisions."""
 
 from collections import abc as _abc
 from dayu.v1 import decision_pb2 as _decision_pb2
+from dayu.v1 import resources_pb2 as _resources_pb2
 from dayu.v1 import task_pb2 as _task_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -385,6 +386,7 @@ class GetSchedulerStatsResponse(_message.Message):
     STREAMS_FIELD_NUMBER: _builtins.int
     SPANS_RECEIVED_FIELD_NUMBER: _builtins.int
     SPANS_IGNORED_FIELD_NUMBER: _builtins.int
+    TRACED_LINKS_FIELD_NUMBER: _builtins.int
     spans_received: _builtins.int
     """Spans received over OTLP."""
     spans_ignored: _builtins.int
@@ -393,16 +395,21 @@ class GetSchedulerStatsResponse(_message.Message):
     def streams(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamSchedulingStats]:
         """One entry per registered stream."""
 
+    @_builtins.property
+    def traced_links(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.LinkBandwidth]:
+        """Each link's bandwidth as the most recent task transfers on it show (their queueing left out)."""
+
     def __init__(
         self,
         *,
         streams: _abc.Iterable[Global___StreamSchedulingStats] | None = ...,
         spans_received: _builtins.int = ...,
         spans_ignored: _builtins.int = ...,
+        traced_links: _abc.Iterable[_resources_pb2.LinkBandwidth] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spans_ignored", b"spans_ignored", "spans_received", b"spans_received", "streams", b"streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spans_ignored", b"spans_ignored", "spans_received", b"spans_received", "streams", b"streams", "traced_links", b"traced_links"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,7 +32,7 @@ from dayu.controller.links import Link, NotSent
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument, Unavailable
 from dayu.runtime.logs import get_logger
-from dayu.runtime.tracing import BYTES, NO_TRACING, TO_NODE, Tracing, task_attributes
+from dayu.runtime.tracing import BYTES, DELAY, NO_TRACING, TO_NODE, Tracing, task_attributes
 from dayu.runtime.validation import validate_task
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2
 
@@ -299,12 +299,26 @@ class ControllerCore:
         still_wanted = (lambda: not self._lateness(task)) if task is not None and may_drop else (lambda: True)
         if task is None:  # a probe: not part of any task's trace
             return await link.transmit(nbytes, still_wanted)
+        # Two spans: waiting for the link, then the bytes going (with the link's own delay, so the
+        # scheduler can tell the link's rate from its queue).
         attributes = {**task_attributes(task.stream_id, task.root_id), TO_NODE: node, BYTES: nbytes}
+        waiting = self.tracing.start("link.queue", **attributes)
+        sending: list[trace.Span] = []
+
+        def start_sending() -> None:
+            waiting.end()
+            sending.append(self.tracing.start("link.transfer", **attributes, **{DELAY: link.delay_ms / 1000}))
+
         try:
-            with self.tracing.span("link.transfer", **attributes):
-                return await link.transmit(nbytes, still_wanted)
+            return await link.transmit(nbytes, still_wanted, start_sending)
         except NotSent:
+            waiting.set_status(trace.StatusCode.ERROR, "too late to send")
             raise Dropped(self._lateness(task)) from None
+        finally:
+            if sending:
+                sending[0].end()
+            else:
+                waiting.end()
 
     # -- link measurement -------------------------------------------------------------------------
 

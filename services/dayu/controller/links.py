@@ -101,14 +101,20 @@ class Link:
             elapsed += remaining_s
         return elapsed
 
-    async def transmit(self, nbytes: int, still_wanted: Callable[[], bool] = lambda: True) -> float:
+    async def transmit(
+        self,
+        nbytes: int,
+        still_wanted: Callable[[], bool] = lambda: True,
+        on_sending: Callable[[], None] = lambda: None,
+    ) -> float:
         """Carries nbytes over the link; returns the seconds it took (queueing included). Raises
         NotSent, sending nothing, when `still_wanted` says no once the link is free (a task that
-        went stale in the queue)."""
+        went stale in the queue); calls `on_sending` when the bytes start to go (queueing is over)."""
         started = self._clock()
         async with self._busy:
             if not still_wanted():
                 raise NotSent()
+            on_sending()
             await asyncio.sleep(self.serialization_s(nbytes, self._clock()))
             self.bytes_sent += nbytes
             self.tasks_sent += 1

@@ -32,6 +32,7 @@ STAGE = "dayu.stage"
 NODE = "dayu.node"
 TO_NODE = "dayu.to_node"
 BYTES = "dayu.bytes"
+DELAY = "dayu.link_delay_s"  # a link's own one-way delay, part of each transfer span
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 

@@ -221,6 +221,7 @@ class SchedulerCore:
         """Asks the policy; publishes a new version when it proposes something. Returns the current."""
         stream.view.resources = self.resources
         stream.view.hops = self.hops.of(stream.view.spec.stream_id)
+        stream.view.traced_bandwidth = self.hops.link_bandwidth()
         started = time.perf_counter()
         proposal = stream.policy.decide(stream.view)
         elapsed = time.perf_counter() - started

@@ -30,6 +30,7 @@ class StreamView:
     resources: dict[str, resources_pb2.NodeResources] = field(default_factory=dict)
     arrived_since_decision: int = 0  # records received since the current decision was published
     hops: dict[HopKey, HopSamples] = field(default_factory=dict)  # the stream's hop latency, from its traces
+    traced_bandwidth: dict[tuple[str, str], float] = field(default_factory=dict)  # link -> Mbit/s, from traces
 
     def feedback(self, min_tasks: int = 1, made_under_current: bool = True, last: int = 0) -> Feedback | None:
         """Feedback of the tasks made under the current decision (what that configuration costs),
@@ -46,7 +47,10 @@ class StreamView:
         return summary if summary and summary.tasks >= min_tasks else None
 
     def bandwidth_mbps(self, from_node: str, to_node: str) -> float | None:
-        """The monitors' latest measurement of a link, if any."""
+        """A link's bandwidth: from the latest task transfers in the traces (what tasks get now),
+        else the monitors' latest probe, else None."""
+        if (from_node, to_node) in self.traced_bandwidth:
+            return self.traced_bandwidth[(from_node, to_node)]
         report = self.resources.get(from_node)
         for link in report.links if report else []:
             if link.to_node == to_node:
@@ -470,16 +474,17 @@ class LatencyBudgetPolicy:
         a bandwidth measurement or task sizes to go on."""
         assert view.current is not None
         current = view.current.configuration
+        crossings = self._crossings(view)
         bandwidth = view.bandwidth_mbps(view.spec.node, view.cloud_node)
-        if bandwidth is None and feedback.transfer_s > 0:
-            bandwidth = feedback.bytes_per_task * 8 / feedback.transfer_s / 1e6
+        if bandwidth is None and feedback.transfer_s > 0:  # the tasks' own transfers, queueing included
+            bandwidth = feedback.bytes_per_task * 8 * crossings / feedback.transfer_s / 1e6
         current_pixels = _pixels(current) * current.frames_per_segment
         if not bandwidth or not feedback.bytes_per_task or not current_pixels:
             return None
         bits_per_pixel = feedback.bytes_per_task * 8 / current_pixels
         config = self._config(best, levels)
         pixels = _pixels(config) * config.frames_per_segment
-        transfer = bits_per_pixel * pixels * self._crossings(view) / (bandwidth * 1e6)
+        transfer = bits_per_pixel * pixels * crossings / (bandwidth * 1e6)
         other = max(feedback.latency_s - feedback.transfer_s - feedback.process_s - feedback.queue_s, 0.0)
         delay = other + feedback.queue_s + feedback.process_s * pixels / current_pixels + transfer
         rate_fits = bits_per_pixel * _pixels(config) * config.fps <= bandwidth * 1e6 * self.params.safety

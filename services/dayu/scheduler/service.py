@@ -74,8 +74,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.GetSchedulerStatsRequest, context: object
     ) -> scheduler_pb2.GetSchedulerStatsResponse:
         hops = self.core.hops
+        links = [
+            resources_pb2.LinkBandwidth(from_node=a, to_node=b, bandwidth_mbps=mbps)
+            for (a, b), mbps in sorted(hops.link_bandwidth().items())
+        ]
         return scheduler_pb2.GetSchedulerStatsResponse(
-            streams=self.core.stats(), spans_received=hops.received, spans_ignored=hops.ignored
+            streams=self.core.stats(), spans_received=hops.received, spans_ignored=hops.ignored, traced_links=links
         )
 
 

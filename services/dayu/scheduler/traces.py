@@ -2,7 +2,9 @@
 
 Every component exports its spans of a task (see dayu.runtime.tracing); the scheduler keeps, per
 stream, the recent durations of each kind of hop on each stage and node, so policies see where a
-task's time goes: encoding, queueing, inference, link transfers, joins."""
+task's time goes: encoding, queueing, inference, link transfers, joins. Transfer spans also give
+each link's current bandwidth: bytes over the time they took to go, the link's queue and its own
+delay left out."""
 
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 
-from dayu.runtime.tracing import NODE, STAGE, STREAM, TO_NODE
+from dayu.runtime.tracing import BYTES, DELAY, NODE, STAGE, STREAM, TO_NODE
 from dayu.v1 import scheduler_pb2
 
 RECENT_SPANS = 128  # durations kept per hop, stage and node
+RECENT_TRANSFERS = 3  # a link's bandwidth is the median rate of its last few transfers
+MIN_TRANSFER_BYTES = 4096  # smaller transfers say more about per-message costs than about the rate
 
 
 @dataclass(frozen=True, order=True)
@@ -60,6 +64,7 @@ class HopLatencies:
 
     def __init__(self) -> None:
         self._streams: dict[str, dict[HopKey, HopSamples]] = {}
+        self._link_rates: dict[tuple[str, str], deque[float]] = {}
         self.received = 0
         self.ignored = 0
 
@@ -80,11 +85,29 @@ class HopLatencies:
                         node = f"{node}->{attributes[TO_NODE]}"
                     key = HopKey(span.name, attributes.get(STAGE, ""), node)
                     samples = self._streams.setdefault(stream, {}).setdefault(key, HopSamples())
-                    samples.add((span.end_time_unix_nano - span.start_time_unix_nano) / 1e9)
+                    duration_s = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
+                    samples.add(duration_s)
+                    if span.name == "link.transfer":
+                        self._add_rate(attributes, duration_s)
                     self.received += 1
         self.received += ignored
         self.ignored += ignored
         return ignored
+
+    def _add_rate(self, attributes: dict[str, str], duration_s: float) -> None:
+        try:
+            nbytes = int(attributes.get(BYTES, "0"))
+            sending_s = duration_s - float(attributes.get(DELAY, "0"))
+        except ValueError:
+            return
+        if nbytes >= MIN_TRANSFER_BYTES and sending_s > 0:
+            link = (attributes.get(NODE, ""), attributes.get(TO_NODE, ""))
+            rates = self._link_rates.setdefault(link, deque(maxlen=RECENT_TRANSFERS))
+            rates.append(nbytes * 8 / sending_s / 1e6)
+
+    def link_bandwidth(self) -> dict[tuple[str, str], float]:
+        """(from node, to node) -> Mbit/s, from the most recent transfers on each link."""
+        return {link: statistics.median(rates) for link, rates in self._link_rates.items()}
 
     def of(self, stream_id: str) -> dict[HopKey, HopSamples]:
         """The stream's hops (empty if no span of it came yet)."""
