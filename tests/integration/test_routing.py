@@ -192,3 +192,25 @@ async def test_controllers_follow_pushed_decisions_for_tasks_in_flight(mesh: Mes
     assert moved.outcome == task_pb2.TASK_OUTCOME_DELIVERED, moved.reason
     assert {s.executed_on for s in moved.task.dag.stages} == {"cloud"}
     assert moved.task.decision_version == first.version  # its configuration is still the one it was made with
+
+    # A placement on a node without the processor: the task falls back to the cloud once and stays there.
+    params = "{placement: {detect: edge-2, classify: edge-2, count: edge-2, merge: edge-2}}"
+    request = scheduler_pb2.SetPolicyRequest(
+        stream_id=spec.stream_id, policy=decision_pb2.PolicySpec(name="fixed", params_yaml=params)
+    )
+    async with grpc.aio.insecure_channel(mesh.addresses["scheduler"]) as channel:
+        third = (await scheduler_pb2_grpc.SchedulerServiceStub(channel).SetPolicy(request, timeout=5)).decision
+    for _ in range(50):
+        if controller.decisions[spec.stream_id].version == third.version:
+            break
+        await asyncio.sleep(0.1)
+    unrunnable = place(
+        make_task(fork_join_pipeline()), detect="edge-1", classify="edge-1", count="edge-1", merge="edge-1"
+    )
+    unrunnable.decision_version = first.version
+    await submit(mesh, "edge-1", unrunnable)
+    found = {r.task.task_id: r for r in await records(mesh, 3)}
+    fell_back = found[unrunnable.task_id]
+    assert fell_back.outcome == task_pb2.TASK_OUTCOME_DELIVERED, fell_back.reason
+    assert {s.executed_on for s in fell_back.task.dag.stages} == {"cloud"}
+    assert fell_back.latency_s < 1.0  # each stage bounced off edge-2 once, not back and forth until dropped

@@ -10,8 +10,9 @@ node's), which merges the copies by root id and goes on once all parents are don
 waits longer than the timeout records the task as dropped.
 
 Decisions. The controller follows the scheduler's decisions of the streams it routes: a task made
-under an older decision has its pending stages placed by the newest one, so a new placement also
-applies to tasks already in flight.
+under an older decision that has not left its source node yet has its pending stages placed by
+the newest one, so a new placement also applies to tasks already made. (Only there: a stage that
+another node ran or fell back from must not be sent back and forth.)
 
 Traces. Routing on this node, each link transfer and each join wait are spans of the task's trace;
 processors and peers continue it through gRPC metadata."""
@@ -172,9 +173,12 @@ class ControllerCore:
         return True
 
     def _place_by_newest(self, task: task_pb2.Task) -> None:
-        """Pending stages of a task made under an older decision go where the newest one says."""
+        """Pending stages of a task made under an older decision, still on its source node, go where
+        the newest decision says."""
         newest = self.decisions.get(task.stream_id)
         if newest is None or newest.version <= task.decision_version:
+            return
+        if any(hop.node != self.node for hop in task.hops):
             return
         moved = False
         for stage in task.dag.stages:
