@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dayu.scheduler.policies import POLICIES, Proposal, StreamView
+from dayu.scheduler.traces import HopKey, HopSamples
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2
 
 from conftest import make_stream_spec
@@ -142,6 +143,25 @@ def test_latency_budget_acts_on_what_dominates_the_delay() -> None:
     assert lowered.resolution.height <= 480  # two steps down for a big miss
     feed(v, latency=0.1)
     assert apply(v, p.decide(v)).configuration.resolution.height > lowered.resolution.height
+
+
+def test_latency_budget_offloads_only_where_the_traces_say_it_is_faster() -> None:
+    v, p = view(), policy("latency_budget")
+    apply(v, p.decide(v))
+    slow_cloud, fast_edge = HopSamples(), HopSamples()
+    slow_cloud.add(2.0)
+    fast_edge.add(1.2)
+    v.hops = {
+        HopKey("processor.inference", "detect", "cloud"): slow_cloud,
+        HopKey("processor.inference", "detect", "edge-1"): fast_edge,
+    }
+    feed(v, latency=1.5, process=1.2, transfer=0.1)  # processing dominates, but the cloud is slower for detect
+    decision = apply(v, p.decide(v))
+    assert decision.placement["detect"] == "edge-1" and "offload detect" not in decision.reason
+    slow_cloud.add(0.2)
+    slow_cloud.add(0.2)  # the cloud got faster
+    feed(v, latency=1.5, process=1.2, transfer=0.1)
+    assert apply(v, p.decide(v)).placement["detect"] == "cloud"
 
 
 def test_latency_budget_judges_the_most_recent_tasks() -> None:

@@ -101,10 +101,6 @@ class Tracing:
         """A span ended later by the caller (queue waits, joins): child of `parent` or of the current span."""
         return self.tracer.start_span(name, context=parent, attributes={NODE: self.node, **attributes})
 
-    def flush(self, timeout_ms: int = 5000) -> None:
-        if self._provider is not None:
-            self._provider.force_flush(timeout_ms)
-
     def shutdown(self) -> None:
         """Sends what is queued and stops the exporters (blocking: call it off the event loop)."""
         if self._provider is not None:

@@ -57,6 +57,20 @@ class StreamView:
                 return link.bandwidth_mbps
         return None
 
+    def stage_cost_s(self, stage: str, node: str) -> float | None:
+        """Median queueing plus inference of a stage on a node, from the stream's traces; None if
+        the stage has not run there lately."""
+        inference = self.hops.get(HopKey("processor.inference", stage, node))
+        if inference is None:
+            return None
+        queue = self.hops.get(HopKey("processor.queue", stage, node))
+        return inference.p50_s + (queue.p50_s if queue else 0.0)
+
+    def faster_on(self, stage: str, node: str, than: str) -> bool:
+        """Whether the traces say the stage runs faster on `node` than on `than`; unknown counts as yes."""
+        there, here = self.stage_cost_s(stage, node), self.stage_cost_s(stage, than)
+        return there is None or here is None or there < here
+
     def can_run(self, node: str, kind: str) -> bool:
         """Whether `node` has a processor of `kind`, by its monitor's report; unknown counts as yes."""
         report = self.resources.get(node)
@@ -442,7 +456,11 @@ class LatencyBudgetPolicy:
                 )
         elif feedback.process_s / total >= 0.5 and self.params.offload and self._cloud_is_near(view):
             heavy = sorted(
-                (s for s in kinds if placement.get(s) != cloud and view.can_run(cloud, kinds[s])),
+                (
+                    s
+                    for s in kinds
+                    if placement.get(s) != cloud and view.can_run(cloud, kinds[s]) and view.faster_on(s, cloud, node)
+                ),
                 key=lambda s: -feedback.stage_process_s.get(s, 0.0),
             )
             if heavy:
