@@ -32,6 +32,8 @@ from dayu.v1 import (
     distributor_pb2_grpc,
     processor_pb2,
     processor_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
     task_pb2,
     types_pb2,
 )
@@ -141,6 +143,13 @@ class MeshProbe:
             await self.arrived.wait_for(lambda: all(t.task_id in self.arrivals for t in batch))
         return tasks / (time.perf_counter() - started)
 
+    async def spans_received(self) -> int:
+        """Spans the scheduler got over OTLP (the batch processors export every 0.5 s)."""
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(grpc.aio.insecure_channel(self.mesh.addresses["scheduler"]))
+        await asyncio.sleep(1.5)
+        reply = await stub.GetSchedulerStats(scheduler_pb2.GetSchedulerStatsRequest())
+        return reply.spans_received
+
     async def stop(self) -> None:
         self.watcher.cancel()
         await self.mesh.abort()
@@ -167,6 +176,8 @@ async def main(tasks: int, repeats: int) -> None:
             for _ in range(3):
                 for name, probe in meshes.items():
                     rates[name].append(await probe.throughput(tasks))
+            spans = await meshes["traced"].spans_received()
+            sent = len(meshes["traced"].arrivals)
         finally:
             for probe in meshes.values():
                 await probe.stop()
@@ -185,6 +196,9 @@ async def main(tasks: int, repeats: int) -> None:
         print(f"throughput: {statistics.median(rates[name]):.0f} two-stage tasks/s (median of 3 batches of {tasks})")
     traced, untraced = (statistics.median(results[n]["forward"]) for n in ("traced", "untraced"))
     print(f"tracing costs a two-stage task {(traced - untraced) * 1000:.2f} ms at p50 ({traced / untraced:.2f}x)")
+    print(
+        f"the scheduler received {spans} spans for {sent} traced tasks ({spans / sent:.1f} per task, bursts included)"
+    )
 
 
 if __name__ == "__main__":
