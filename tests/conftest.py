@@ -48,6 +48,19 @@ def fork_join_pipeline() -> types_pb2.Pipeline:
     )
 
 
+# The same DAG as fork_join_pipeline(), as a pipelines file for a mesh of no-op processors.
+FORK_JOIN_PIPELINES = """
+pipelines:
+  - name: fork-join
+    stages:
+      - {name: detect, processor: noop, input_type: DATA_TYPE_FRAMES, output_type: DATA_TYPE_BOXES}
+      - {name: classify, processor: noop, parents: [detect], input_type: DATA_TYPE_BOXES, output_type: DATA_TYPE_LABELS}
+      - {name: count, processor: noop, parents: [detect], input_type: DATA_TYPE_BOXES, output_type: DATA_TYPE_LABELS}
+      - {name: merge, processor: noop, parents: [classify, count], input_type: DATA_TYPE_LABELS,
+         output_type: DATA_TYPE_LABELS}
+"""
+
+
 def make_task(pipeline: types_pb2.Pipeline | None = None, node: str = "edge-1", frames: int = 2) -> task_pb2.Task:
     pipeline = pipeline or fork_join_pipeline()
     task_id = str(uuid.uuid4())

@@ -22,23 +22,12 @@ from dayu.v1 import (
     task_pb2,
 )
 
-from conftest import fork_join_pipeline, make_stream_spec, make_task
-
-PIPELINES = """
-pipelines:
-  - name: fork-join
-    stages:
-      - {name: detect, processor: noop, input_type: DATA_TYPE_FRAMES, output_type: DATA_TYPE_BOXES}
-      - {name: classify, processor: noop, parents: [detect], input_type: DATA_TYPE_BOXES, output_type: DATA_TYPE_LABELS}
-      - {name: count, processor: noop, parents: [detect], input_type: DATA_TYPE_BOXES, output_type: DATA_TYPE_LABELS}
-      - {name: merge, processor: noop, parents: [classify, count], input_type: DATA_TYPE_LABELS,
-         output_type: DATA_TYPE_LABELS}
-"""
+from conftest import FORK_JOIN_PIPELINES, fork_join_pipeline, make_stream_spec, make_task
 
 
 @pytest.fixture
 async def mesh(tmp_path: Path):  # type: ignore[no-untyped-def]
-    (tmp_path / "pipelines.yaml").write_text(PIPELINES)
+    (tmp_path / "pipelines.yaml").write_text(FORK_JOIN_PIPELINES)
     config = MeshConfig.model_validate(
         {
             "nodes": {"cloud": {"processors": ["noop"]}, "edge-1": {"processors": ["noop"]}, "edge-2": {}},
@@ -154,6 +143,33 @@ async def test_link_probes_measure_the_emulated_link(mesh: Mesh) -> None:
     assert "noop" in report.queue_lengths and report.memory_total_bytes > 0
 
 
+async def set_policy(mesh: Mesh, stream_id: str, name: str, params_yaml: str = "") -> decision_pb2.Decision:
+    """Switches the stream's policy and waits until edge-1's controller has the new decision (pushed)."""
+    request = scheduler_pb2.SetPolicyRequest(
+        stream_id=stream_id, policy=decision_pb2.PolicySpec(name=name, params_yaml=params_yaml)
+    )
+    async with grpc.aio.insecure_channel(mesh.addresses["scheduler"]) as channel:
+        decision = (await scheduler_pb2_grpc.SchedulerServiceStub(channel).SetPolicy(request, timeout=5)).decision
+    controller = mesh.servers["controller@edge-1"].component.core  # type: ignore[attr-defined]
+    for _ in range(50):
+        if controller.decisions[stream_id].version == decision.version:
+            break
+        await asyncio.sleep(0.1)
+    assert controller.decisions[stream_id].version == decision.version
+    return decision
+
+
+async def submit_made_under(mesh: Mesh, version: int, count: int) -> task_pb2.TaskRecord:
+    """Submits, at edge-1, a task made under decision `version` with every stage on edge-1; its record."""
+    task = place(make_task(fork_join_pipeline()), detect="edge-1", classify="edge-1", count="edge-1", merge="edge-1")
+    task.decision_version = version
+    await submit(mesh, "edge-1", task)
+    found = {r.task.task_id: r for r in await records(mesh, count)}
+    record = found[task.task_id]
+    assert record.outcome == task_pb2.TASK_OUTCOME_DELIVERED, record.reason
+    return record
+
+
 async def test_controllers_follow_pushed_decisions_for_tasks_in_flight(mesh: Mesh) -> None:
     """A new placement reaches the controllers by push; a task made under the older decision has its
     pending stages placed by the newer one."""
@@ -162,55 +178,18 @@ async def test_controllers_follow_pushed_decisions_for_tasks_in_flight(mesh: Mes
     async with grpc.aio.insecure_channel(mesh.addresses["scheduler"]) as channel:
         scheduler = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         first = (await scheduler.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=spec), timeout=5)).decision
-        assert set(first.placement.values()) == {"edge-1"}
-        made_before = place(
-            make_task(fork_join_pipeline()), detect="edge-1", classify="edge-1", count="edge-1", merge="edge-1"
-        )
-        made_before.decision_version = first.version
-        await submit(mesh, "edge-1", made_before)  # the controller now follows the stream's decisions
-        (record,) = await records(mesh, 1)
-        assert {s.executed_on for s in record.task.dag.stages} == {"edge-1"}
+    assert set(first.placement.values()) == {"edge-1"}
+    record = await submit_made_under(mesh, first.version, 1)  # the controller now follows the stream's decisions
+    assert {s.executed_on for s in record.task.dag.stages} == {"edge-1"}
 
-        request = scheduler_pb2.SetPolicyRequest(
-            stream_id=spec.stream_id, policy=decision_pb2.PolicySpec(name="cloud_only")
-        )
-        second = (await scheduler.SetPolicy(request, timeout=5)).decision
-    controller = mesh.servers["controller@edge-1"].component.core  # type: ignore[attr-defined]
-    for _ in range(50):
-        if controller.decisions[spec.stream_id].version == second.version:
-            break
-        await asyncio.sleep(0.1)
-    assert controller.decisions[spec.stream_id].version == second.version
-
-    in_flight = place(
-        make_task(fork_join_pipeline()), detect="edge-1", classify="edge-1", count="edge-1", merge="edge-1"
-    )
-    in_flight.decision_version = first.version
-    await submit(mesh, "edge-1", in_flight)
-    found = {r.task.task_id: r for r in await records(mesh, 2)}
-    moved = found[in_flight.task_id]
-    assert moved.outcome == task_pb2.TASK_OUTCOME_DELIVERED, moved.reason
+    await set_policy(mesh, spec.stream_id, "cloud_only")
+    moved = await submit_made_under(mesh, first.version, 2)
     assert {s.executed_on for s in moved.task.dag.stages} == {"cloud"}
     assert moved.task.decision_version == first.version  # its configuration is still the one it was made with
 
     # A placement on a node without the processor: the task falls back to the cloud once and stays there.
-    params = "{placement: {detect: edge-2, classify: edge-2, count: edge-2, merge: edge-2}}"
-    request = scheduler_pb2.SetPolicyRequest(
-        stream_id=spec.stream_id, policy=decision_pb2.PolicySpec(name="fixed", params_yaml=params)
-    )
-    async with grpc.aio.insecure_channel(mesh.addresses["scheduler"]) as channel:
-        third = (await scheduler_pb2_grpc.SchedulerServiceStub(channel).SetPolicy(request, timeout=5)).decision
-    for _ in range(50):
-        if controller.decisions[spec.stream_id].version == third.version:
-            break
-        await asyncio.sleep(0.1)
-    unrunnable = place(
-        make_task(fork_join_pipeline()), detect="edge-1", classify="edge-1", count="edge-1", merge="edge-1"
-    )
-    unrunnable.decision_version = first.version
-    await submit(mesh, "edge-1", unrunnable)
-    found = {r.task.task_id: r for r in await records(mesh, 3)}
-    fell_back = found[unrunnable.task_id]
-    assert fell_back.outcome == task_pb2.TASK_OUTCOME_DELIVERED, fell_back.reason
+    on_edge_2 = "{placement: {detect: edge-2, classify: edge-2, count: edge-2, merge: edge-2}}"
+    await set_policy(mesh, spec.stream_id, "fixed", on_edge_2)
+    fell_back = await submit_made_under(mesh, first.version, 3)
     assert {s.executed_on for s in fell_back.task.dag.stages} == {"cloud"}
     assert fell_back.latency_s < 1.0  # each stage bounced off edge-2 once, not back and forth until dropped

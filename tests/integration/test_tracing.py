@@ -14,16 +14,8 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from dayu.embedded import Mesh, MeshConfig
 from dayu.v1 import distributor_pb2, distributor_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
-PIPELINES = """
-pipelines:
-  - name: fork-join
-    stages:
-      - {name: detect, processor: noop, input_type: DATA_TYPE_FRAMES, output_type: DATA_TYPE_BOXES}
-      - {name: classify, processor: noop, parents: [detect], input_type: DATA_TYPE_BOXES, output_type: DATA_TYPE_LABELS}
-      - {name: count, processor: noop, parents: [detect], input_type: DATA_TYPE_BOXES, output_type: DATA_TYPE_LABELS}
-      - {name: merge, processor: noop, parents: [classify, count], input_type: DATA_TYPE_LABELS,
-         output_type: DATA_TYPE_LABELS}
-"""
+from conftest import FORK_JOIN_PIPELINES
+
 NOOP_DELAY_S = 0.02
 INFERENCE = [("detect", "edge-1"), ("classify", "cloud"), ("count", "edge-1"), ("merge", "edge-1")]
 EXPECTED_HOPS = [
@@ -68,7 +60,7 @@ async def test_every_hop_of_a_task_is_a_span_of_one_trace(tmp_path: Path) -> Non
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
     collector_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    (tmp_path / "pipelines.yaml").write_text(PIPELINES)
+    (tmp_path / "pipelines.yaml").write_text(FORK_JOIN_PIPELINES)
     config = MeshConfig.model_validate(
         {
             "nodes": {"cloud": {"processors": ["noop"]}, "edge-1": {"processors": ["noop"]}},
