@@ -1,5 +1,6 @@
 """`dayu experiment`: the embedded mesh once per policy, on the same workload and bandwidth trace,
-then a table, a CSV and a PNG plot side by side."""
+then a table, a CSV and a PNG plot side by side, and each run's tasks over time (what the policy
+decided and what it cost, task by task)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dayu.distributor.store import RecordStore
 from dayu.embedded import load_mesh_config, read_mesh_file, run_mesh
+from dayu.v1 import distributor_pb2, task_pb2
 
 COLUMNS = (
     ("policy", "policy", "{}"),
@@ -54,6 +57,65 @@ def row(policy: str, summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+TIMELINE_COLUMNS = (
+    "made_s",
+    "stream_id",
+    "decision_version",
+    "width",
+    "height",
+    "fps",
+    "frames_per_segment",
+    "quality",
+    "placement",
+    "outcome",
+    "latency_s",
+    "latency_budget_s",
+    "accuracy",
+    "reason",
+)
+
+
+def timeline(database: Path) -> list[dict[str, Any]]:
+    """A run's tasks in the order they were made: when (seconds after the first), under which
+    decision and configuration, where the stages were placed, and what became of them."""
+    store = RecordStore(database)
+    try:
+        records = [r for r in store.scan(distributor_pb2.RecordFilter()) if r.task.HasField("created_at")]
+    finally:
+        store.close()
+    records.sort(key=lambda r: r.task.created_at.ToNanoseconds())
+    first = records[0].task.created_at.ToNanoseconds() if records else 0
+    rows = []
+    for record in records:
+        task, config = record.task, record.task.configuration
+        rows.append(
+            {
+                "made_s": round((task.created_at.ToNanoseconds() - first) / 1e9, 3),
+                "stream_id": task.stream_id,
+                "decision_version": task.decision_version,
+                "width": config.resolution.width,
+                "height": config.resolution.height,
+                "fps": config.fps,
+                "frames_per_segment": config.frames_per_segment,
+                "quality": config.quality,
+                "placement": " ".join(f"{s.spec.name}@{s.executed_on or s.node}" for s in task.dag.stages),
+                "outcome": "delivered" if record.outcome == task_pb2.TASK_OUTCOME_DELIVERED else "dropped",
+                "latency_s": round(record.latency_s, 3),
+                "latency_budget_s": task.latency_budget_s,
+                "accuracy": round(record.accuracy, 3) if record.HasField("accuracy") else None,
+                "reason": record.reason,
+            }
+        )
+    return rows
+
+
+def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     def cell(value: Any, form: str) -> str:
         return "-" if value is None else form.format(value)
@@ -64,11 +126,17 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+def _pyplot() -> Any:
     import matplotlib  # here, not at the top: only this command draws
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    plt = _pyplot()
 
     panels = (
         ("latency_p95_s", "end-to-end p95 latency (s)"),
@@ -88,6 +156,35 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def plot_timelines(timelines: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
+    """Per policy: each task's latency when it was made (x: dropped), against the budget, and the
+    resolution it was made at."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(timelines), 1, figsize=(10, 2.4 * len(timelines)), sharex=True, squeeze=False)
+    for axis, (policy, tasks) in zip(axes[:, 0], timelines.items(), strict=True):
+        heights = axis.twinx()
+        heights.set_ylabel("height (px)")
+        for i, stream in enumerate(sorted({t["stream_id"] for t in tasks})):
+            mine, color = [t for t in tasks if t["stream_id"] == stream], f"C{i}"
+            for outcome, marker in (("delivered", "o"), ("dropped", "x")):
+                shown = [t for t in mine if t["outcome"] == outcome]
+                x, y = [t["made_s"] for t in shown], [t["latency_s"] for t in shown]
+                axis.scatter(x, y, s=10, marker=marker, color=color, label=f"{stream} {outcome}" if shown else None)
+            x, y = [t["made_s"] for t in mine], [t["height"] for t in mine]
+            heights.step(x, y, where="post", color=color, alpha=0.4)
+        axis.legend(loc="upper left", fontsize=7)
+        budgets = {t["latency_budget_s"] for t in tasks if t["latency_budget_s"]}
+        for budget in budgets:
+            axis.axhline(budget, color="grey", linestyle="--", linewidth=1)
+        axis.set_ylabel("latency (s)")
+        axis.set_title(policy, fontsize=10)
+    axes[-1, 0].set_xlabel("seconds (when the task was made)")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def run_experiment(
     config_path: Path,
     policies: list[str],
@@ -100,6 +197,7 @@ def run_experiment(
     cloud_node = load_mesh_config(config_path, base).cloud_node
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    timelines: dict[str, list[dict[str, Any]]] = {}
     for policy in policies:
         config = load_mesh_config(config_path, policy_run_data(base, policy, trace, cloud_node))
         workdir = out / f"run-{policy}"
@@ -108,11 +206,12 @@ def run_experiment(
         progress(f"dayu experiment: policy {policy} for {duration_s:g} s")
         summary = asyncio.run(run_mesh(config, duration_s, workdir, progress=lambda _line: None))
         rows.append(row(policy, summary))
+        timelines[policy] = timeline(workdir / "dayu-records.sqlite")
+        write_csv(workdir / "tasks.csv", TIMELINE_COLUMNS, timelines[policy])
         progress(table(rows[-1:]).splitlines()[-1])
-    with (out / "results.csv").open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=[key for key, _, _ in COLUMNS])
-        writer.writeheader()
-        writer.writerows(rows)
-    plot(rows, out / "results.png", f"{trace.name if trace else 'configured links'}, {duration_s:g} s per policy")
+    write_csv(out / "results.csv", tuple(key for key, _, _ in COLUMNS), rows)
+    title = f"{trace.name if trace else 'configured links'}, {duration_s:g} s per policy"
+    plot(rows, out / "results.png", title)
+    plot_timelines(timelines, out / "timeline.png", title)
     progress(table(rows))
     return rows

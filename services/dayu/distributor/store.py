@@ -70,19 +70,23 @@ class RecordStore:
         )
         return [task_pb2.TaskRecord.FromString(blob) for (blob,) in rows]
 
+    def scan(self, where: distributor_pb2.RecordFilter, page_size: int = 500) -> Iterator[task_pb2.TaskRecord]:
+        """Every matching record, in cursor order, read a page at a time."""
+        page = distributor_pb2.RecordFilter()
+        page.CopyFrom(where)
+        while records := self.query(page, page_size):
+            yield from records
+            page.after_cursor = records[-1].cursor
+
     def export(self, where: distributor_pb2.RecordFilter, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
         """The matching records as gzipped JSON lines, in chunks of about chunk_bytes."""
         buffer = io.BytesIO()
-        page = distributor_pb2.RecordFilter()
-        page.CopyFrom(where)
         with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=int(time.time())) as zipped:
-            while records := self.query(page, 500):
-                for record in records:
-                    line = json_format.MessageToJson(record, indent=None, preserving_proto_field_name=True)
-                    zipped.write(line.encode() + b"\n")
-                    if buffer.tell() >= chunk_bytes:
-                        yield buffer.getvalue()
-                        buffer.seek(0)
-                        buffer.truncate()
-                page.after_cursor = records[-1].cursor
+            for record in self.scan(where):
+                line = json_format.MessageToJson(record, indent=None, preserving_proto_field_name=True)
+                zipped.write(line.encode() + b"\n")
+                if buffer.tell() >= chunk_bytes:
+                    yield buffer.getvalue()
+                    buffer.seek(0)
+                    buffer.truncate()
         yield buffer.getvalue()
