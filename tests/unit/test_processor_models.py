@@ -4,9 +4,14 @@ places. tests/integration/test_triton.py runs the same models on Triton."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
+from dayu.datasource.scene import TrafficScene
+from dayu.media.accuracy import f1, match_counts
 from dayu.processor.core import ProcessorCore
 from dayu.processor.kinds import PROCESSORS, StageRunner
 from dayu.processor.models import dominant_colour, merge_detections
@@ -15,6 +20,8 @@ from dayu.v1 import task_pb2, types_pb2
 
 from conftest import make_task
 from plates import BLUE, RED, VEHICLES, draw_scene, iou, plates_pipeline, run_stage, scene_task
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +76,28 @@ async def test_large_frames_are_scaled_down_and_boxes_come_back_in_frame_pixels(
     assert len(found) == 2
     for detection, vehicle in zip(found, VEHICLES, strict=True):
         assert iou(detection.box, vehicle.plate_box(width, height)) > 0.5
+
+
+async def test_plate_shape_drops_the_scenery_the_model_takes_for_text() -> None:
+    """On the synthetic traffic scene PP-OCR also boxes rows of trees and building edges as text; the
+    plate shape the mesh configures (configs/experiment.yaml) drops them and keeps every plate."""
+    configured = yaml.safe_load((CONFIGS / "experiment.yaml").read_text())["processors"]["text_detector"]["params"]
+    assert configured["min_aspect"] > 1 and configured["max_height_share"] < 1
+    scene = TrafficScene(1280, 720, seed=2)
+    frames, truths = zip(*(scene.render(t) for t in np.arange(0.0, 30.0, 3.0)), strict=True)
+    counts = {}
+    for name, params in (("any text", {"max_side": 960}), ("plate shape", configured)):
+        detect = await run_stage(PROCESSORS.create("text_detector", params), scene_task(list(frames)), "detect")
+        counts[name] = np.sum(
+            [
+                match_counts([d.box for d in found.detections], [d.box for d in truth])
+                for found, truth in zip(detect.results, truths, strict=True)
+            ],
+            axis=0,
+        )
+    (any_tp, any_fp, _), (shaped_tp, shaped_fp, shaped_fn) = counts["any text"], counts["plate shape"]
+    assert shaped_tp == any_tp and any_fp >= 5 and shaped_fp <= any_fp / 3
+    assert f1(shaped_tp, shaped_fp, shaped_fn) >= 0.8
 
 
 def test_colours_have_names() -> None:

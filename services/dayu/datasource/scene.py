@@ -436,7 +436,9 @@ def _plate_image(text: str, width: int, height: int) -> np.ndarray:
 @lru_cache(maxsize=8)
 def _background(width: int, height: int, seed: int, baselines: tuple[float, ...]) -> np.ndarray:
     """Sky, buildings and trees behind the road, the road with its lane markings, a verge in front:
-    textured with seeded noise, and without anything a text detector could take for text."""
+    textured with seeded noise, and no text. PP-OCR's detector still takes rows of trees and building
+    edges for text lines at 720p and above; a plate reader drops them by shape (text_detector's
+    min_aspect and max_height_share)."""
     rng = np.random.default_rng([seed, 9999])
     horizon, road_top, road_bottom = round(HORIZON * height), round(ROAD_TOP * height), round(ROAD_BOTTOM * height)
     pavement = horizon + round(0.08 * height)

@@ -158,6 +158,13 @@ class TextDetectorParams(InferenceParams):
     pixel_threshold: float = pydantic.Field(0.3, gt=0, lt=1, description="text probability of a pixel that is text")
     score_threshold: float = pydantic.Field(0.5, ge=0, le=1, description="mean text probability to keep a box")
     unclip_ratio: float = pydantic.Field(1.6, ge=1, le=4, description="how far boxes grow around the text core")
+    # A plate reader knows what a plate looks like from its camera: a text line several times wider
+    # than high, and no taller than some share of the frame. Shapes the model takes for text (a row
+    # of trees, a building's edge) are neither, and would be false plates.
+    min_aspect: float = pydantic.Field(0.0, ge=0, description="keep boxes at least this many times wider than high")
+    max_height_share: float = pydantic.Field(
+        1.0, gt=0, le=1, description="keep boxes at most this share of the frame's height"
+    )
     label: str = pydantic.Field("plate", min_length=1, description="label of every box")
     batch_size: int = pydantic.Field(
         8, ge=1, le=64, description="frames per model call; a segment's frames share calls"
@@ -170,6 +177,7 @@ class TextDetectorRunner(_ModelRunner):
 
     def __init__(self, params: TextDetectorParams) -> None:
         self.label, self.batch_size = params.label, params.batch_size
+        self.min_aspect, self.max_height_share = params.min_aspect, params.max_height_share
         # "max": the cost follows the data's resolution up to max_side, as the scheduler expects.
         self._preprocess = DetPreProcess(params.max_side, "max")
         self._postprocess = DBPostProcess(
@@ -201,12 +209,18 @@ class TextDetectorRunner(_ModelRunner):
 
     def boxes(self, probabilities: np.ndarray, frame_shape: tuple[int, int]) -> list[types_pb2.Detection]:
         """Axis-aligned boxes around the text lines of one frame's probability map, in the frame's
-        pixels, top to bottom, left to right."""
+        pixels, top to bottom, left to right; only those of a plate's shape (min_aspect, max_height_share)."""
         quads, scores = self._postprocess(probabilities, frame_shape)
         detections = []
         for quad, score in zip(quads, scores, strict=True):
             (x1, y1), (x2, y2) = quad.min(axis=0), quad.max(axis=0)
-            if x2 - x1 > MIN_BOX_SIDE and y2 - y1 > MIN_BOX_SIDE:
+            width, height = x2 - x1, y2 - y1
+            if (
+                width > MIN_BOX_SIDE
+                and height > MIN_BOX_SIDE
+                and width >= self.min_aspect * height
+                and height <= self.max_height_share * frame_shape[0]
+            ):
                 box = types_pb2.Box(x1=x1, y1=y1, x2=x2, y2=y2)
                 detections.append(types_pb2.Detection(box=box, label=self.label, score=score))
         return sorted(detections, key=lambda d: (d.box.y1, d.box.x1))
