@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -14,10 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dayu.components import COMPONENTS
 from dayu.runtime.config import load_settings
 from dayu.runtime.server import ComponentServer
+from dayu.runtime.tracing import BYTES, DELAY, NODE, STREAM, TO_NODE
 from dayu.v1 import decision_pb2, task_pb2, types_pb2
 
 FRAMES, BOXES, LABELS = types_pb2.DATA_TYPE_FRAMES, types_pb2.DATA_TYPE_BOXES, types_pb2.DATA_TYPE_LABELS
@@ -150,3 +158,21 @@ def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServedProcess]]:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def transfer_spans(
+    from_node: str, to_node: str, transfers: list[tuple[int, float]], delay_s: float = 0.01
+) -> ExportTraceServiceRequest:
+    """An OTLP export request, as the exporter encodes it, of one stream's link.transfer spans: each
+    (bytes, seconds) took that long over the link, its delay included."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({NODE: from_node}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    start = time.time_ns()
+    for nbytes, seconds in transfers:
+        attributes = {STREAM: "stream-1", TO_NODE: to_node, BYTES: nbytes, DELAY: delay_s}
+        tracer.start_span("link.transfer", attributes=attributes, start_time=start).end(
+            end_time=start + int(seconds * 1e9)
+        )
+    return encode_spans(exporter.get_finished_spans())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dayu.scheduler.policies import POLICIES, Proposal, StreamView
 from dayu.scheduler.traces import HopKey, HopSamples
-from dayu.v1 import decision_pb2, resources_pb2, task_pb2
+from dayu.v1 import decision_pb2, resources_pb2, task_pb2, types_pb2
 
-from conftest import make_stream_spec
+from conftest import BOXES, LABELS, make_stream_spec, stage
 
 
 def view() -> StreamView:
@@ -104,6 +104,21 @@ def test_bandwidth_profile_fits_the_measured_uplink() -> None:
     feed(v, latency=0.3, size=int(1_200_000 * narrow.resolution.height**2 / 720**2))
     wide = apply(v, p.decide(v)).configuration
     assert (wide.resolution.height, wide.fps) == (720, 30)
+
+
+def test_bandwidth_profile_backs_off_while_tasks_come_back_late() -> None:
+    v, p = view(), policy("bandwidth_profile")
+    apply(v, p.decide(v))
+    report = resources_pb2.NodeResources(node="edge-1")
+    report.links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=40.0)
+    v.resources = {"edge-1": report}
+    feed(v, latency=0.4, size=1_200_000)  # ~28 Mbit/s at 30 fps fits 80% of 40 Mbit/s: keep the best
+    assert p.decide(v) is None
+    feed(v, latency=1.5, size=1_200_000, tasks=3)  # yet the tasks come back late: the link queues
+    lighter = apply(v, p.decide(v))
+    assert "fits 60% of 40.0 Mbit/s" in lighter.reason
+    config = lighter.configuration
+    assert config.resolution.height < 720 or config.fps < 30 or config.quality < 90
 
 
 def test_periodic_profiling_keeps_the_cheapest_accurate_enough() -> None:
@@ -214,6 +229,46 @@ def test_latency_budget_fits_a_narrow_uplink_in_one_decision() -> None:
         return (c.resolution.width * c.resolution.height, c.fps, c.frames_per_segment)
 
     assert rank(raised) > rank(config)
+
+
+def test_latency_budget_refits_as_soon_as_the_uplink_falls() -> None:
+    v, p = view(), policy("latency_budget")
+    edge = resources_pb2.NodeResources(node="edge-1")  # no processors on the edge: every stage on the cloud
+    edge.links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=100.0)
+    v.resources = {"edge-1": edge}
+    apply(v, p.decide(v))
+    feed(v, latency=0.5, transfer=0.1, process=0.3, size=1_200_000)  # ~29 Mbit/s fits 100 Mbit/s
+    assert p.decide(v) is None
+    # The traces say the uplink fell to 4 Mbit/s; the tasks that came back so far were all in time.
+    edge.links[0].bandwidth_mbps = 4.0
+    refit = apply(v, p.decide(v))
+    assert refit.reason.startswith("uplink now 4.0 Mbit/s")
+    config = refit.configuration
+    bits_per_pixel = 1_200_000 * 8 / (1280 * 720 * 10)
+    assert bits_per_pixel * config.resolution.width * config.resolution.height * config.fps <= 4e6 * 0.8
+    # Measured by the tasks' own transfers only (no traces, no probes), the policy waits for the tasks.
+    v2, p2 = view(), policy("latency_budget")
+    v2.resources = {"edge-1": resources_pb2.NodeResources(node="edge-1")}
+    apply(v2, p2.decide(v2))
+    feed(v2, latency=0.5, transfer=0.1, process=0.3, size=1_200_000)
+    assert p2.decide(v2) is None
+
+
+def test_latency_budget_places_stages_where_frames_cross_the_uplink_least() -> None:
+    pipeline = types_pb2.Pipeline(
+        name="plates",
+        stages=[stage("detect", processor="detector"), stage("read", ("detect",), BOXES, LABELS, processor="reader")],
+    )
+    v, p = StreamView(make_stream_spec(pipeline), None, "cloud"), policy("latency_budget")
+    edge = resources_pb2.NodeResources(node="edge-1", queue_lengths={"reader": 0})  # the edge cannot detect
+    edge.links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=4.0)
+    cloud = resources_pb2.NodeResources(node="cloud", queue_lengths={"detector": 0, "reader": 0})
+    v.resources = {"edge-1": edge, "cloud": cloud}
+    start = apply(v, p.decide(v))
+    assert dict(start.placement) == {"detect": "cloud", "read": "edge-1"}  # frames go up, then back down
+    feed(v, latency=3.0, transfer=2.5, process=0.2, size=1_200_000)
+    moved = apply(v, p.decide(v))
+    assert dict(moved.placement) == {"detect": "cloud", "read": "cloud"} and "run read on cloud" in moved.reason
 
 
 def test_every_policy_is_registered() -> None:

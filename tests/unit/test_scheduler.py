@@ -8,7 +8,7 @@ from dayu.runtime.errors import InvalidArgument, NotFound
 from dayu.scheduler.core import SchedulerCore
 from dayu.v1 import decision_pb2, task_pb2
 
-from conftest import make_stream_spec
+from conftest import make_stream_spec, transfer_spans
 
 FIXED = decision_pb2.PolicySpec(name="fixed")
 
@@ -86,3 +86,17 @@ async def test_fallback_plan_when_feedback_stops_and_policy_again_when_it_return
     await core.feedback(record)
     back = core.decision("stream-1")
     assert back.version == fallback.version + 1 and set(back.placement.values()) == {"cloud"}
+
+
+async def test_traces_of_a_slower_uplink_change_the_decision_before_late_tasks_return() -> None:
+    core = SchedulerCore(decision_pb2.PolicySpec(name="latency_budget"), decision_interval_s=0.0)
+    start = await core.register(make_stream_spec())
+    for _ in range(2):  # in time, 1.2 MB per task: about 29 Mbit/s at 30 fps
+        task = task_pb2.Task(stream_id="stream-1", decision_version=start.version)
+        task.dag.stages.add().timings.transfer_s = 0.1
+        task.hops.add(bytes=1_200_000)
+        await core.feedback(task_pb2.TaskRecord(task=task, outcome=task_pb2.TASK_OUTCOME_DELIVERED, latency_s=0.4))
+    assert core.decision("stream-1").version == start.version
+    await core.receive_spans(transfer_spans("edge-1", "cloud", [(250_000, 0.51)]))  # 4 Mbit/s
+    refit = core.decision("stream-1")
+    assert refit.version > start.version and refit.reason.startswith("traces: uplink now 4.0 Mbit/s")

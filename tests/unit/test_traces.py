@@ -11,8 +11,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from dayu.runtime.tracing import BYTES, DELAY, NODE, STAGE, STREAM, TO_NODE
+from dayu.runtime.tracing import NODE, STAGE, STREAM, TO_NODE
 from dayu.scheduler.traces import HopKey, HopLatencies
+
+from conftest import transfer_spans
 
 
 def _spans(node: str) -> InMemorySpanExporter:
@@ -49,16 +51,11 @@ def test_spans_become_latency_per_hop_stage_and_node() -> None:
 
 
 def test_transfer_spans_give_each_links_bandwidth() -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({NODE: "edge-1"}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("test")
-    start = time.time_ns()
-    # 250 kB in 1 s plus the link's 10 ms delay: 2 Mbit/s. The small one says nothing about the rate.
-    for nbytes, seconds in ((250_000, 1.01), (250_000, 1.01), (500, 0.2)):
-        attributes = {STREAM: "cam", TO_NODE: "cloud", BYTES: nbytes, DELAY: 0.01}
-        span = tracer.start_span("link.transfer", attributes=attributes, start_time=start)
-        span.end(end_time=start + int(seconds * 1e9))
     latencies = HopLatencies()
-    latencies.add(encode_spans(exporter.get_finished_spans()))
+    # 250 kB in 1 s plus the link's 10 ms delay: 2 Mbit/s. The small one says nothing about the rate.
+    latencies.add(transfer_spans("edge-1", "cloud", [(250_000, 1.01), (250_000, 1.01), (500, 0.2)]))
     assert latencies.link_bandwidth() == {("edge-1", "cloud"): pytest.approx(2.0)}
+    latencies.add(transfer_spans("edge-1", "cloud", [(250_000, 4.01)]))  # a drop counts at once
+    assert latencies.link_bandwidth()[("edge-1", "cloud")] == pytest.approx(0.5)
+    latencies.add(transfer_spans("edge-1", "cloud", [(250_000, 0.11)]))  # a rise once it holds
+    assert latencies.link_bandwidth()[("edge-1", "cloud")] == pytest.approx(2.0)

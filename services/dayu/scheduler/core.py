@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import yaml
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument, NotFound
@@ -146,6 +147,16 @@ class SchedulerCore:
             await self._decide(stream, "feedback resumed")
         elif time.monotonic() - stream.decided_at >= self.decision_interval_s and not stream.paused_because:
             await self._decide(stream, "feedback")
+
+    async def receive_spans(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+        """Takes spans exported over OTLP. A link's bandwidth in them can change a decision before
+        the tasks that crossed the link come back, so running streams are decided again (at most
+        every decision_interval_s)."""
+        self.hops.add(request)
+        for stream in list(self._streams.values()):
+            due = time.monotonic() - stream.decided_at >= self.decision_interval_s
+            if due and stream.view.current and not stream.paused_because and not stream.in_fallback:
+                await self._decide(stream, "traces")
 
     async def report_resources(self, report: resources_pb2.NodeResources) -> None:
         require_id(report.node, "node")

@@ -7,7 +7,9 @@ stream)."""
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -224,8 +226,17 @@ def _pixels(config: types_pb2.Configuration) -> int:
     return config.resolution.width * config.resolution.height
 
 
+def _moves(before: Mapping[str, str], after: Mapping[str, str]) -> str:
+    """What a placement change moves, for a decision's reason: "run read on cloud"."""
+    moved = [f"{stage} on {node}" for stage, node in after.items() if before.get(stage) != node]
+    return "run " + ", ".join(moved)
+
+
 class BandwidthProfileParams(Strict):
     safety: float = pydantic.Field(0.8, gt=0, le=1, description="use at most this share of the bandwidth")
+    min_safety: float = pydantic.Field(
+        0.3, gt=0, le=1, description="the least share it backs off to while tasks come back over the budget"
+    )
     min_tasks: int = pydantic.Field(1, ge=1)
     placement: dict[str, str] = pydantic.Field(
         default_factory=dict, description="stage -> node; stages not named run on the cloud"
@@ -238,11 +249,16 @@ class BandwidthProfilePolicy:
     measured bandwidth of the stream's uplink. Accuracy ranks configurations by pixels x frames
     (then quality); the bitrate of each is predicted from the bits per pixel-frame observed at
     each quality (learned online from the tasks' sizes, scaled by quality^1.5 where unobserved).
-    Bandwidth comes from the monitors' probes, else from the tasks' own transfer times."""
+    Bandwidth comes from the traces' transfers or the monitors' probes, else from the tasks' own
+    transfer times. As AWStream reacts to congestion, the share of the bandwidth it uses backs off
+    (x0.75) while the tasks come back over the latency budget (a link run near its rate queues), and
+    creeps back (+0.05) while they come back well within it."""
 
     def __init__(self, params: BandwidthProfileParams) -> None:
         self.params = params
         self.bits_per_pixel_frame: dict[int, float] = {}
+        self.safety = params.safety
+        self._judged: tuple[int, int] = (0, 0)  # (decision version, its tasks) the safety last moved on
 
     def _bits(self, quality: int) -> float | None:
         if quality in self.bits_per_pixel_frame:
@@ -269,7 +285,14 @@ class BandwidthProfilePolicy:
             bandwidth = feedback.bytes_per_task * 8 / feedback.transfer_s / 1e6
         if bandwidth is None:
             return None
-        budget_bps = bandwidth * 1e6 * self.params.safety
+        version, judged_version, judged_tasks = view.current.version, *self._judged
+        if version != judged_version or feedback.tasks >= judged_tasks + self.params.min_tasks:
+            self._judged = (version, feedback.tasks)  # once per fresh batch of the decision's tasks
+            if feedback.latency_s > view.spec.latency_budget_s:
+                self.safety = max(self.params.min_safety, self.safety * 0.75)
+            elif feedback.latency_s < 0.6 * view.spec.latency_budget_s:
+                self.safety = min(self.params.safety, self.safety + 0.05)
+        budget_bps = bandwidth * 1e6 * self.safety
         candidates = []
         for resolution in resolutions(best.resolution):
             for fps in frame_rates(best.fps):
@@ -284,7 +307,8 @@ class BandwidthProfilePolicy:
         _rank, bitrate, chosen = max(fitting, key=lambda c: c[0]) if fitting else min(candidates, key=lambda c: c[1])
         if chosen == current:
             return None
-        why = f"{bitrate / 1e6:.1f} Mbit/s {'fits' if fitting else 'is the least over'} {bandwidth:.1f} Mbit/s"
+        fit = "fits" if fitting else "is the least over"
+        why = f"{bitrate / 1e6:.1f} Mbit/s {fit} {self.safety:.0%} of {bandwidth:.1f} Mbit/s"
         return Proposal(chosen, dict(view.current.placement) or placement, why)
 
 
@@ -408,10 +432,19 @@ class LatencyBudgetPolicy:
             return Proposal(self._config(best, self.levels), placement, "start at the best, on the edge where it can")
         own = view.feedback(2, last=self.params.window)
         fresh = view.feedback(1, made_under_current=False, last=self.params.window)
+        target = view.spec.latency_budget_s * self.params.target
+        if own is not None and self._uplink_fell(view, own, target, best):
+            # Macro, ahead of the tasks: the uplink's measured rate (from the traces, within a second
+            # of a change) no longer carries the current configuration; refit now instead of waiting
+            # for the late tasks to come back and say so.
+            change = self._fit_transfer(view, own, target, best)
+            if change is not None:
+                placement, why = change
+                rate = view.bandwidth_mbps(view.spec.node, view.cloud_node)
+                return Proposal(self._config(best, self.levels), placement, f"uplink now {rate:.1f} Mbit/s: {why}")
         judged = own or (fresh if view.arrived_since_decision >= self.params.hold_tasks else None)
         if judged is None:
             return None
-        target = view.spec.latency_budget_s * self.params.target
         if judged.latency_s > target:
             change = self._reduce(view, judged, target, best)
             if change is None:
@@ -438,22 +471,13 @@ class LatencyBudgetPolicy:
         kinds = {stage.name: stage.processor for stage in view.spec.pipeline.stages}
         total = max(feedback.transfer_s + feedback.process_s + feedback.queue_s, 1e-9)
         if feedback.transfer_s / total >= 0.4:
-            back = [s for s in kinds if placement.get(s) == cloud and view.can_run(node, kinds[s])]
-            if back and self.params.offload:
-                placement[back[0]] = node
-                return placement, f"transfer dominates ({feedback.transfer_s:.2f} s): run {back[0]} on {node}"
-            fitted = self._fit_uplink(view, feedback, target, best)
-            if fitted is not None:
-                if self._rank(best, fitted) >= self._rank(best, self.levels):
-                    # The model says the current configuration fits the uplink: the excess is a
-                    # backlog from before still draining; stepping further down would overshoot.
-                    return None
-                self.levels = fitted
-                config = self._config(best, fitted)
-                return placement, (
-                    f"transfer dominates ({feedback.transfer_s:.2f} s): {config.resolution.height}p at "
-                    f"{config.fps:g} fps, {config.frames_per_segment} frames per segment fit the uplink"
-                )
+            if self._predict(view, feedback, best, self.levels) is not None:
+                # None here means the model says the current configuration fits: the excess is a
+                # backlog from before still draining, and stepping further down would overshoot.
+                return self._fit_transfer(view, feedback, target, best)
+            fewer = self._fewest_crossings(view) if self.params.offload else placement
+            if fewer != placement:
+                return fewer, f"transfer dominates ({feedback.transfer_s:.2f} s): {_moves(placement, fewer)}"
         elif feedback.process_s / total >= 0.5 and self.params.offload and self._cloud_is_near(view):
             heavy = sorted(
                 (
@@ -473,29 +497,96 @@ class LatencyBudgetPolicy:
             return placement, "lower resolution (or shorter segments, fewer frames per second)"
         return None
 
-    def _crossings(self, view: StreamView) -> int:
-        """Times a task's frames cross the uplink under the current placement (out and back)."""
+    def _uplink_fell(self, view: StreamView, feedback: Feedback, target: float, best: types_pb2.Configuration) -> bool:
+        """Whether the uplink's measured bandwidth (traces or probes, not the tasks' own transfers)
+        no longer carries the current configuration: its bitrate does not fit, or the delay predicted
+        at that bandwidth is over the target and worse than what the tasks saw."""
+        if view.bandwidth_mbps(view.spec.node, view.cloud_node) is None:
+            return False
+        predicted = self._predict(view, feedback, best, self.levels)
+        if predicted is None:
+            return False
+        delay, rate_fits = predicted
+        return not rate_fits or delay > max(target, feedback.latency_s)
+
+    def _fit_transfer(
+        self, view: StreamView, feedback: Feedback, target: float, best: types_pb2.Configuration
+    ) -> tuple[dict[str, str], str] | None:
+        """Macro, when the uplink is what the delay needs: the placement whose frames cross it the
+        fewest times (when offloading is allowed), then the most accurate levels predicted to fit
+        there. Returns the placement and why, or None when neither improves on the current."""
         assert view.current is not None
-        where, crossings = view.spec.node, 0
+        placement = dict(view.current.placement)
+        fewer = self._fewest_crossings(view) if self.params.offload else placement
+        fitted = self._fit_uplink(view, feedback, target, best, fewer)
+        lower = fitted is not None and self._rank(best, fitted) < self._rank(best, self.levels)
+        if fewer == placement and not lower:
+            return None
+        why = [f"transfer dominates ({feedback.transfer_s:.2f} s)"]
+        if fewer != placement:
+            why.append(_moves(placement, fewer))
+        if lower:
+            assert fitted is not None
+            self.levels = fitted
+            config = self._config(best, fitted)
+            why.append(
+                f"{config.resolution.height}p at {config.fps:g} fps, "
+                f"{config.frames_per_segment} frames per segment fit the uplink"
+            )
+        return fewer, ": ".join(why[:1]) + ": " + ", ".join(why[1:])
+
+    def _crossings(self, view: StreamView, placement: Mapping[str, str]) -> int:
+        """Times a task's frames cross between nodes under `placement`: once for every stage whose
+        input (a parent's output, or the stream's frames) is on another node."""
+        where: dict[str, str] = {}
+        crossings = 0
         for stage in view.spec.pipeline.stages:
-            node = view.current.placement.get(stage.name, view.spec.node)
+            node = placement.get(stage.name, view.spec.node)
             if not view.can_run(node, stage.processor):
                 node = view.cloud_node  # where the controller falls back to
-            crossings += node != where
-            where = node
-        return max(crossings, 1)
+            where[stage.name] = node
+            inputs = [where[parent] for parent in stage.parents] or [view.spec.node]
+            crossings += sum(source != node for source in inputs)
+        return crossings
+
+    def _fewest_crossings(self, view: StreamView) -> dict[str, str]:
+        """The placement, over the stream's node and the cloud, whose frames cross between nodes the
+        fewest times; of those, the one that moves the fewest stages from the current placement."""
+        assert view.current is not None
+        current = dict(view.current.placement)
+        stages = view.spec.pipeline.stages
+        choices = [
+            [
+                n
+                for n in dict.fromkeys((current.get(s.name, view.spec.node), view.spec.node, view.cloud_node))
+                if view.can_run(n, s.processor)
+            ]
+            or [view.cloud_node]
+            for s in stages
+        ]
+        candidates = [dict(zip((s.name for s in stages), nodes, strict=True)) for nodes in itertools.product(*choices)]
+        return min(
+            candidates,
+            key=lambda c: (self._crossings(view, c), sum(c[n] != current.get(n, view.spec.node) for n in c)),
+        )
 
     def _predict(
-        self, view: StreamView, feedback: Feedback, best: types_pb2.Configuration, levels: Levels
+        self,
+        view: StreamView,
+        feedback: Feedback,
+        best: types_pb2.Configuration,
+        levels: Levels,
+        placement: Mapping[str, str] | None = None,
     ) -> tuple[float, bool] | None:
-        """Predicted delay of a configuration and whether its bitrate fits the uplink; None without
-        a bandwidth measurement or task sizes to go on."""
+        """Predicted delay of a configuration (under `placement`, else the current one) and whether
+        its bitrate fits the uplink; None without a bandwidth measurement or task sizes to go on."""
         assert view.current is not None
         current = view.current.configuration
-        crossings = self._crossings(view)
+        crossings_now = max(self._crossings(view, view.current.placement), 1)
+        crossings = max(self._crossings(view, view.current.placement if placement is None else placement), 1)
         bandwidth = view.bandwidth_mbps(view.spec.node, view.cloud_node)
         if bandwidth is None and feedback.transfer_s > 0:  # the tasks' own transfers, queueing included
-            bandwidth = feedback.bytes_per_task * 8 * crossings / feedback.transfer_s / 1e6
+            bandwidth = feedback.bytes_per_task * 8 * crossings_now / feedback.transfer_s / 1e6
         current_pixels = _pixels(current) * current.frames_per_segment
         if not bandwidth or not feedback.bytes_per_task or not current_pixels:
             return None
@@ -515,17 +606,22 @@ class LatencyBudgetPolicy:
         return predicted is None or (predicted[0] <= target and predicted[1])
 
     def _fit_uplink(
-        self, view: StreamView, feedback: Feedback, target: float, best: types_pb2.Configuration
+        self,
+        view: StreamView,
+        feedback: Feedback,
+        target: float,
+        best: types_pb2.Configuration,
+        placement: Mapping[str, str] | None = None,
     ) -> Levels | None:
-        """The most accurate levels (pixels, then frame rate, then segment length) predicted to fit;
-        if none does, the fastest."""
+        """The most accurate levels (pixels, then frame rate, then segment length) predicted to fit
+        under `placement` (else the current one); if none does, the fastest."""
         limits = self._limits(best)
         candidates = []
         for resolution in range(limits[0] + 1):
             for fps in range(limits[1] + 1):
                 for segment in range(limits[2] + 1):
                     levels = (resolution, fps, segment)
-                    predicted = self._predict(view, feedback, best, levels)
+                    predicted = self._predict(view, feedback, best, levels, placement)
                     if predicted is None:
                         return None
                     fits = predicted[0] <= target and predicted[1]

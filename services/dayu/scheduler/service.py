@@ -92,7 +92,7 @@ class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     async def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
     ) -> trace_service_pb2.ExportTraceServiceResponse:
-        self.core.hops.add(request)
+        await self.core.receive_spans(request)
         return trace_service_pb2.ExportTraceServiceResponse()
 
 

@@ -20,7 +20,7 @@ from dayu.runtime.tracing import BYTES, DELAY, NODE, STAGE, STREAM, TO_NODE
 from dayu.v1 import scheduler_pb2
 
 RECENT_SPANS = 128  # durations kept per hop, stage and node
-RECENT_TRANSFERS = 3  # a link's bandwidth is the median rate of its last few transfers
+RECENT_TRANSFERS = 3  # a link's bandwidth: the median rate of its last few transfers, or the last if lower
 MIN_TRANSFER_BYTES = 4096  # smaller transfers say more about per-message costs than about the rate
 
 
@@ -106,8 +106,10 @@ class HopLatencies:
             rates.append(nbytes * 8 / sending_s / 1e6)
 
     def link_bandwidth(self) -> dict[tuple[str, str], float]:
-        """(from node, to node) -> Mbit/s, from the most recent transfers on each link."""
-        return {link: statistics.median(rates) for link, rates in self._link_rates.items()}
+        """(from node, to node) -> Mbit/s, from the most recent transfers on each link: their median,
+        or the last one when it is lower, so a drop counts from its first transfer (late is worse than
+        a step down too many, which the policies take back) and a rise once it holds."""
+        return {link: min(statistics.median(rates), rates[-1]) for link, rates in self._link_rates.items()}
 
     def of(self, stream_id: str) -> dict[HopKey, HopSamples]:
         """The stream's hops (empty if no span of it came yet)."""
