@@ -22,6 +22,7 @@ from dayu.scheduler.traces import HopLatencies
 from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, task_pb2
 
 RECENT_RECORDS = 64
+LINK_CHANGE = 0.1  # a link's traced bandwidth moving by more than this share is news to its streams
 DECISION_TIMES = 1000
 
 
@@ -49,6 +50,7 @@ class _Stream:
     registered: int = 0  # registration order: admission pauses the newest first
     paused_because: str = ""
     in_fallback: bool = False
+    link_changed: bool = False  # a link of the stream's node changed bandwidth since its last decision
     decision_times: deque[float] = field(default_factory=lambda: deque(maxlen=DECISION_TIMES))
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -149,13 +151,21 @@ class SchedulerCore:
             await self._decide(stream, "feedback")
 
     async def receive_spans(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
-        """Takes spans exported over OTLP. A link's bandwidth in them can change a decision before
-        the tasks that crossed the link come back, so running streams are decided again (at most
-        every decision_interval_s)."""
+        """Takes spans exported over OTLP. When a link's bandwidth in them changes, the streams on
+        its nodes are decided again (at most every decision_interval_s) before the tasks that crossed
+        the link come back."""
+        before = self.hops.link_bandwidth()
         self.hops.add(request)
+        changed = {
+            node
+            for link, mbps in self.hops.link_bandwidth().items()
+            if link not in before or abs(mbps - before[link]) > LINK_CHANGE * before[link]
+            for node in link
+        }
         for stream in list(self._streams.values()):
+            stream.link_changed |= stream.view.spec.node in changed
             due = time.monotonic() - stream.decided_at >= self.decision_interval_s
-            if due and stream.view.current and not stream.paused_because and not stream.in_fallback:
+            if stream.link_changed and due and not stream.paused_because and not stream.in_fallback:
                 await self._decide(stream, "traces")
 
     async def report_resources(self, report: resources_pb2.NodeResources) -> None:
@@ -233,6 +243,7 @@ class SchedulerCore:
         stream.view.resources = self.resources
         stream.view.hops = self.hops.of(stream.view.spec.stream_id)
         stream.view.traced_bandwidth = self.hops.link_bandwidth()
+        stream.link_changed = False
         started = time.perf_counter()
         proposal = stream.policy.decide(stream.view)
         elapsed = time.perf_counter() - started
