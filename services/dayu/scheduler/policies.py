@@ -522,18 +522,16 @@ class LatencyBudgetPolicy:
         lower = fitted is not None and self._rank(best, fitted) < self._rank(best, self.levels)
         if fewer == placement and not lower:
             return None
-        why = [f"transfer dominates ({feedback.transfer_s:.2f} s)"]
-        if fewer != placement:
-            why.append(_moves(placement, fewer))
+        changes = [_moves(placement, fewer)] if fewer != placement else []
         if lower:
             assert fitted is not None
             self.levels = fitted
             config = self._config(best, fitted)
-            why.append(
+            changes.append(
                 f"{config.resolution.height}p at {config.fps:g} fps, "
                 f"{config.frames_per_segment} frames per segment fit the uplink"
             )
-        return fewer, ": ".join(why[:1]) + ": " + ", ".join(why[1:])
+        return fewer, f"transfer dominates ({feedback.transfer_s:.2f} s): {', '.join(changes)}"
 
     def _crossings(self, view: StreamView, placement: Mapping[str, str]) -> int:
         """Times a task's frames cross between nodes under `placement`: once for every stage whose
@@ -551,7 +549,8 @@ class LatencyBudgetPolicy:
 
     def _fewest_crossings(self, view: StreamView) -> dict[str, str]:
         """The placement, over the stream's node and the cloud, whose frames cross between nodes the
-        fewest times; of those, the one that moves the fewest stages from the current placement."""
+        fewest times; of those, the one that moves the fewest stages from the current placement.
+        Every combination is tried: pipelines are a handful of stages (2^n placements)."""
         assert view.current is not None
         current = dict(view.current.placement)
         stages = view.spec.pipeline.stages
