@@ -3,8 +3,8 @@ policy trades when it lowers the resolution (the profile Chameleon and AWStream 
 
     .venv/bin/python hack/accuracy_profile.py [--config configs/experiment.yaml] [--seconds 90]
 
-Frames are rendered at 1280x720 (seeds 1 and 2, one every 3 s), scaled down with INTER_AREA as the
-generator does, and run through text_detector twice: with the configuration's parameters (plate
+Frames are rendered at 1280x720 (seeds 1 and 2, one every 3 s), scaled down by the generator's own
+resize, and run through text_detector twice: with the configuration's parameters (plate
 shape) and with max_side only (any text line). Prints true/false positives, misses and F1@IoU0.5
 for each resolution."""
 
@@ -14,18 +14,19 @@ import argparse
 import asyncio
 from pathlib import Path
 
-import cv2
 import numpy as np
 import yaml
 
 from dayu.datasource.scene import TrafficScene
 from dayu.media.accuracy import f1, match_counts
+from dayu.media.frames import resize, scale_box
 from dayu.processor.inference import ModelRef
 from dayu.processor.kinds import PROCESSORS
 from dayu.processor.models import DETECTION_MODEL
-from dayu.v1 import types_pb2
+from dayu.v1.types_pb2 import Resolution
 
 HEIGHTS = (720, 540, 480, 360, 270)
+SOURCE = Resolution(width=1280, height=720)
 
 
 async def main() -> None:
@@ -48,19 +49,15 @@ async def main() -> None:
             truth_boxes = [d.box for d in truth]
             for height in HEIGHTS:
                 width = round(1280 * height / 720 / 2) * 2
-                image = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA) if height != 720 else frame
-                scale = 720 / height
+                image = resize(frame, width, height)
                 for name, detector in detectors.items():
                     batch = detector.model_input(image)
                     found = (
-                        []
-                        if batch is None
-                        else detector.boxes(await detector.backend.infer(model, batch), image.shape[:2])
+                        detector.boxes(await detector.backend.infer(model, batch), image.shape[:2])
+                        if batch is not None
+                        else []
                     )
-                    boxes = [
-                        types_pb2.Box(x1=b.x1 * scale, y1=b.y1 * scale, x2=b.x2 * scale, y2=b.y2 * scale)
-                        for b in (d.box for d in found)
-                    ]
+                    boxes = [scale_box(d.box, Resolution(width=width, height=height), SOURCE) for d in found]
                     counts[(name, height)] += match_counts(boxes, truth_boxes)
     print(f"{'detector':<12} {'height':>6} {'found':>6} {'false':>6} {'missed':>6} {'F1':>6}")
     for (name, height), (tp, fp, fn) in counts.items():

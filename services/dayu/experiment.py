@@ -71,7 +71,7 @@ TIMELINE_COLUMNS = (
     "latency_s",
     "latency_budget_s",
     "accuracy",
-    "reason",
+    "drop_reason",
 )
 
 
@@ -103,7 +103,7 @@ def timeline(database: Path) -> list[dict[str, Any]]:
                 "latency_s": round(record.latency_s, 3),
                 "latency_budget_s": task.latency_budget_s,
                 "accuracy": round(record.accuracy, 3) if record.HasField("accuracy") else None,
-                "reason": record.reason,
+                "drop_reason": record.reason,
             }
         )
     return rows

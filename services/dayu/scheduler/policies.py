@@ -471,13 +471,11 @@ class LatencyBudgetPolicy:
         kinds = {stage.name: stage.processor for stage in view.spec.pipeline.stages}
         total = max(feedback.transfer_s + feedback.process_s + feedback.queue_s, 1e-9)
         if feedback.transfer_s / total >= 0.4:
-            if self._predict(view, feedback, best, self.levels) is not None:
-                # None here means the model says the current configuration fits: the excess is a
+            change = self._fit_transfer(view, feedback, target, best)
+            if change is not None or self._predict(view, feedback, best, self.levels) is not None:
+                # No change while the model says the current configuration fits: the excess is a
                 # backlog from before still draining, and stepping further down would overshoot.
-                return self._fit_transfer(view, feedback, target, best)
-            fewer = self._fewest_crossings(view) if self.params.offload else placement
-            if fewer != placement:
-                return fewer, f"transfer dominates ({feedback.transfer_s:.2f} s): {_moves(placement, fewer)}"
+                return change
         elif feedback.process_s / total >= 0.5 and self.params.offload and self._cloud_is_near(view):
             heavy = sorted(
                 (
