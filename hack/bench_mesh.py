@@ -22,7 +22,8 @@ from pathlib import Path
 
 import grpc
 
-from dayu.embedded import Mesh, MeshConfig
+from dayu.mesh.embedded import Mesh
+from dayu.mesh.model import MeshConfig
 from dayu.runtime.config import LogSettings
 from dayu.runtime.logs import configure_logging
 from dayu.v1 import (

@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 from dayu.components import COMPONENTS
-from dayu.embedded import DEFAULT_CONFIG, EXPERIMENT_CONFIG, load_mesh_config, run_mesh
-from dayu.experiment import run_experiment
+from dayu.mesh.model import DEFAULT_CONFIG, EXPERIMENT_CONFIG, load_mesh_config
 from dayu.runtime.config import LogSettings, load_settings
 from dayu.runtime.errors import DayuError, InvalidArgument
 from dayu.runtime.logs import configure_logging
-from dayu.runtime.server import ComponentServer
-from dayu.scheduler.policies import POLICIES
+
+# Each command imports what it runs when it runs: `dayu serve scheduler` loads no model or codec.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,27 +76,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _experiment(args: argparse.Namespace) -> int:
+    from dayu.experiment import run_experiment
+    from dayu.scheduler.policies import POLICIES
+
     configure_logging(LogSettings(level="error", format="console"), component="mesh")
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = sorted(set(policies) - set(POLICIES.names()))
     if unknown:
         raise InvalidArgument("--policies", f"names from {POLICIES.names()}, got {unknown}")
-    run_experiment(args.config, policies, args.trace, args.duration, args.out)
+    from dayu.mesh.embedded import Mesh
+
+    run_experiment(args.config, policies, args.trace, args.duration, args.out, Mesh)
     return 0
 
 
 def _up(args: argparse.Namespace) -> int:
+    from dayu.mesh.embedded import Mesh
+    from dayu.mesh.run import run_mesh
+
     config = load_mesh_config(args.config)
     configure_logging(LogSettings(level="warning", format="console"), component="mesh")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    (args.workdir / "dayu-records.sqlite").unlink(missing_ok=True)
+    mesh = Mesh(config, args.workdir)
+    mesh.records.unlink(missing_ok=True)
 
     async def main() -> dict[str, object]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await run_mesh(config, args.duration, args.workdir, stop_event=stop)
+        return await run_mesh(mesh, args.duration, stop_event=stop)
 
     summary = asyncio.run(main())
     if args.summary_json:
@@ -106,6 +114,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from dayu.runtime.server import ComponentServer
+
     component_class = COMPONENTS.entry(args.component).factory
     flags: dict[str, object] = {}
     if args.listen:

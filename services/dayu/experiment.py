@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from dayu.distributor.store import RecordStore
-from dayu.embedded import load_mesh_config, read_mesh_file, run_mesh
+from dayu.mesh.model import MeshConfig, load_mesh_config, read_mesh_file
+from dayu.mesh.run import RunningMesh, run_mesh
 from dayu.v1 import distributor_pb2, task_pb2
 
 COLUMNS = (
@@ -191,8 +192,10 @@ def run_experiment(
     trace: Path | None,
     duration_s: float,
     out: Path,
+    make_mesh: Callable[[MeshConfig, Path], RunningMesh],
     progress: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
+    """Runs the mesh that `make_mesh(config, workdir)` makes (embedded, or the cluster) once per policy."""
     base = read_mesh_file(config_path)
     cloud_node = load_mesh_config(config_path, base).cloud_node
     out.mkdir(parents=True, exist_ok=True)
@@ -202,11 +205,12 @@ def run_experiment(
         config = load_mesh_config(config_path, policy_run_data(base, policy, trace, cloud_node))
         workdir = out / f"run-{policy}"
         workdir.mkdir(exist_ok=True)
-        (workdir / "dayu-records.sqlite").unlink(missing_ok=True)
+        mesh = make_mesh(config, workdir)
+        mesh.records.unlink(missing_ok=True)
         progress(f"dayu experiment: policy {policy} for {duration_s:g} s")
-        summary = asyncio.run(run_mesh(config, duration_s, workdir, progress=lambda _line: None))
+        summary = asyncio.run(run_mesh(mesh, duration_s, progress=lambda _line: None))
         rows.append(row(policy, summary))
-        timelines[policy] = timeline(workdir / "dayu-records.sqlite")
+        timelines[policy] = timeline(mesh.records)
         write_csv(workdir / "tasks.csv", TIMELINE_COLUMNS, timelines[policy])
         progress(table(rows[-1:]).splitlines()[-1])
     write_csv(out / "results.csv", tuple(key for key, _, _ in COLUMNS), rows)

@@ -24,7 +24,9 @@ import pytest
 import yaml
 
 from dayu.components import COMPONENTS
-from dayu.embedded import MeshConfig, load_mesh_config
+from dayu.mesh.kustomize import dns_name
+from dayu.mesh.model import MeshConfig, load_mesh_config
+from dayu.mesh.plan import instances, processor_ports, triton_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "kustomize"
@@ -339,13 +341,13 @@ def test_per_node_components_run_on_the_nodes_the_mesh_names(rendered: dict[str,
     assert placed(daemonsets["dayu-controller"]) == mesh_nodes
     assert placed(daemonsets["dayu-monitor"]) == mesh_nodes
     assert placed(daemonsets["dayu-generator"]) == {s.node for s in MESH.streams}
-    for kind in GEN.processor_ports(MESH):
-        hosts = {node for node, section in MESH.nodes.items() if kind in section.processors}
-        assert placed(daemonsets[f"dayu-processor-{GEN.dns_name(kind)}"]) == hosts, kind
-    # Exactly one Triton on every node of the mesh: the GPU one where there is a GPU, else the CPU one.
+    for role in processor_ports(MESH):
+        hosts = {i.node for i in instances(MESH) if i.component == "processor" and i.role == role}
+        assert placed(daemonsets[f"dayu-processor-{dns_name(role)}"]) == hosts, role
+    # Exactly one Triton on every node with processors on Triton: the GPU one where there is a GPU, else the CPU one.
     tritons = [d for d in daemonsets.values() if d["metadata"]["labels"]["app.kubernetes.io/component"] == "triton"]
     per_node = [node for d in tritons for node in placed(d)]
-    assert sorted(per_node) == sorted(mesh_nodes)
+    assert sorted(per_node) == sorted(triton_nodes(MESH))
     if target == "overlays/gpu":
         assert placed(daemonsets["dayu-triton-gpu"]) == {MESH.cloud_node}
     for deployment in rendered[target].of_kind("Deployment"):  # the cloud-only parts

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import grpc
 
-from dayu.embedded import Mesh, MeshConfig
+from dayu.mesh.embedded import Mesh
+from dayu.mesh.model import MeshConfig
 from dayu.v1 import distributor_pb2, distributor_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 PIPELINES = """

@@ -8,7 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from dayu.embedded import Mesh, MeshConfig
+from dayu.mesh.embedded import Mesh
+from dayu.mesh.model import MeshConfig
 from dayu.v1 import (
     controller_pb2,
     controller_pb2_grpc,

@@ -11,7 +11,8 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from dayu.embedded import Mesh, MeshConfig
+from dayu.mesh.embedded import Mesh
+from dayu.mesh.model import MeshConfig
 from dayu.v1 import distributor_pb2, distributor_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 from conftest import FORK_JOIN_PIPELINES

@@ -132,18 +132,21 @@ class LinkStats(_message.Message):
     TASKS_SENT_FIELD_NUMBER: _builtins.int
     BANDWIDTH_MBPS_FIELD_NUMBER: _builtins.int
     DELAY_MS_FIELD_NUMBER: _builtins.int
+    PROBE_BYTES_SENT_FIELD_NUMBER: _builtins.int
     from_node: _builtins.str
     """This node."""
     to_node: _builtins.str
     """The other node."""
     bytes_sent: _builtins.int
-    """Serialized task bytes sent over the link."""
+    """Serialized task bytes sent over the link (tasks forwarded and delivered)."""
     tasks_sent: _builtins.int
     """Tasks sent over the link."""
     bandwidth_mbps: _builtins.float
     """Current emulated bandwidth in Mbit/s; 0 means not limited."""
     delay_ms: _builtins.float
     """Emulated one-way delay in milliseconds."""
+    probe_bytes_sent: _builtins.int
+    """Bytes of the monitor's bandwidth probes sent over the link (MeasureLink)."""
     def __init__(
         self,
         *,
@@ -153,10 +156,11 @@ class LinkStats(_message.Message):
         tasks_sent: _builtins.int = ...,
         bandwidth_mbps: _builtins.float = ...,
         delay_ms: _builtins.float = ...,
+        probe_bytes_sent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbps", b"bandwidth_mbps", "bytes_sent", b"bytes_sent", "delay_ms", b"delay_ms", "from_node", b"from_node", "tasks_sent", b"tasks_sent", "to_node", b"to_node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbps", b"bandwidth_mbps", "bytes_sent", b"bytes_sent", "delay_ms", b"delay_ms", "from_node", b"from_node", "probe_bytes_sent", b"probe_bytes_sent", "tasks_sent", b"tasks_sent", "to_node", b"to_node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -139,7 +139,7 @@ class ControllerCore:
         self.node, self.cloud_node = node, cloud_node
         self.nodes = nodes | {node, cloud_node}
         self.local_kinds = local_kinds
-        self.links = dict(links)
+        self.links = dict(links)  # node -> the link to it, for every other node
         self.transport = transport
         self.join_timeout_s = join_timeout_s
         self.late_factor = late_factor
@@ -279,45 +279,41 @@ class ControllerCore:
         return f"late: {age:.1f} s old at {self.node}, over {self.late_factor:g} times its {budget:g} s budget"
 
     async def _send(self, node: str, task: task_pb2.Task, stage: str) -> None:
-        """Forwards the task over the emulated link to `node`'s controller."""
+        """Forwards the task over the link to `node`'s controller."""
         self._leave(task, stage)
-        transfer_s = await self._over_link(node, task.ByteSize(), task, may_drop=True)
+        transfer_s = await self._over_link(node, task, lambda: self.transport.forward(node, task), "controller of")
         stages = _stage_map(task)
         if stage in stages:
             stages[stage].timings.transfer_s += transfer_s
-        try:
-            await self.transport.forward(node, task)
-        except grpc.aio.AioRpcError as error:
-            raise Dropped(
-                f"controller of {node} refused the task from {self.node}: {error.code().name}: {error.details()}"
-            ) from None
 
     async def _over_link(
-        self, node: str, nbytes: int, task: task_pb2.Task | None = None, *, may_drop: bool = False
+        self, node: str, task: task_pb2.Task, send: Callable[[], Awaitable[None]], refuser: str
     ) -> float:
-        """Sends nbytes over the emulated link to `node` (a span of the task's trace); a task that
-        may be dropped is, once it is too late to be worth sending."""
-        link = self.links.get(node)
-        if link is None:
-            return 0.0
-        still_wanted = (lambda: not self._lateness(task)) if task is not None and may_drop else (lambda: True)
-        if task is None:  # a probe: not part of any task's trace
-            return await link.transmit(nbytes, still_wanted)
-        # Two spans: waiting for the link, then the bytes going (with the link's own delay, so the
-        # scheduler can tell the link's rate from its queue).
+        """Sends the task over the link to `node` with `send` (two spans of the task's trace: waiting
+        for the link, then the bytes going); a task too late to be worth sending is dropped instead."""
+        link = self._link(node)
+        nbytes = task.ByteSize()
         attributes = {**task_attributes(task.stream_id, task.root_id), TO_NODE: node, BYTES: nbytes}
         waiting = self.tracing.start("link.queue", **attributes)
         sending: list[trace.Span] = []
 
         def start_sending() -> None:
             waiting.end()
+            # With the link's own delay, so the scheduler can tell the link's rate from its queue.
             sending.append(self.tracing.start("link.transfer", **attributes, **{DELAY: link.delay_ms / 1000}))
 
         try:
-            return await link.transmit(nbytes, still_wanted, start_sending)
+            return await link.transmit(
+                nbytes, send, still_wanted=lambda: not self._lateness(task), on_sending=start_sending
+            )
         except NotSent:
             waiting.set_status(trace.StatusCode.ERROR, "too late to send")
             raise Dropped(self._lateness(task)) from None
+        except grpc.aio.AioRpcError as error:
+            (sending or [waiting])[0].set_status(trace.StatusCode.ERROR, error.code().name)
+            raise Dropped(
+                f"{refuser} {node} refused the task from {self.node}: {error.code().name}: {error.details()}"
+            ) from None
         finally:
             if sending:
                 sending[0].end()
@@ -346,12 +342,17 @@ class ControllerCore:
 
     async def _probe(self, node: str, nbytes: int) -> float:
         started = time.perf_counter()
-        await self._over_link(node, nbytes)
         try:
-            await self.transport.probe(node, nbytes)
+            await self._link(node).transmit(nbytes, lambda: self.transport.probe(node, nbytes), probe=True)
         except grpc.aio.AioRpcError as error:
             raise Unavailable(f"controller of {node} unreachable: {error.code().name}") from None
         return time.perf_counter() - started
+
+    def _link(self, node: str) -> Link:
+        """The link to `node`; one that the settings do not emulate only queues and counts."""
+        if node not in self.links:
+            self.links[node] = Link(self.node, node)
+        return self.links[node]
 
     def _leave(self, task: task_pb2.Task, stage: str = "") -> None:
         hop = task.hops[-1] if task.hops and task.hops[-1].node == self.node else task.hops.add(node=self.node)
@@ -439,14 +440,15 @@ class ControllerCore:
             del task.segment.frames[:]
             task.segment.stream = b""
         self._leave(task)
-        if self.node != self.cloud_node:
-            await self._over_link(self.cloud_node, task.ByteSize(), task)
-        try:
-            await self.transport.deliver(task)
-        except grpc.aio.AioRpcError as error:
-            raise Dropped(
-                f"distributor refused the task from {self.node}: {error.code().name}: {error.details()}"
-            ) from None
+        if self.node != self.cloud_node:  # the distributor is on the cloud node, over the link
+            await self._over_link(self.cloud_node, task, lambda: self.transport.deliver(task), "distributor on")
+        else:
+            try:
+                await self.transport.deliver(task)
+            except grpc.aio.AioRpcError as error:
+                raise Dropped(
+                    f"distributor refused the task from {self.node}: {error.code().name}: {error.details()}"
+                ) from None
         self.stats.delivered += 1
 
     async def _drop(self, task: task_pb2.Task, reason: str) -> None:

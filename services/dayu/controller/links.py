@@ -1,5 +1,7 @@
-"""Link emulation on the forwarding path between logical nodes: bandwidth (fixed or replayed from a
-trace), one-way delay, FIFO serialization, and byte counters.
+"""The links from a controller to the other nodes: one transfer at a time (FIFO), byte counters, and,
+where the mesh emulates its links, bandwidth (fixed or replayed from a trace) and one-way delay. A
+link with neither (Kubernetes, the cluster of namespaces: the kernel carries the bytes) only queues
+and counts.
 
 A transfer of n bytes waits for the link to be free (tasks queue behind each other, as on a real
 link), occupies it for the time the bandwidth needs to carry n bytes, then arrives after the
@@ -11,11 +13,15 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from dayu.runtime.errors import InvalidArgument
+
+
+async def _nothing() -> None:
+    return None
 
 
 class NotSent(Exception):
@@ -78,8 +84,9 @@ class Link:
         self._clock = clock
         self._start = clock()
         self._busy = asyncio.Lock()
-        self.bytes_sent = 0
+        self.bytes_sent = 0  # tasks' serialized bytes
         self.tasks_sent = 0
+        self.probe_bytes_sent = 0  # the monitor's bandwidth probes
 
     def bandwidth_mbps(self) -> float:
         """Current bandwidth; 0 means unlimited."""
@@ -104,19 +111,29 @@ class Link:
     async def transmit(
         self,
         nbytes: int,
+        send: Callable[[], Awaitable[None]] = _nothing,
+        *,
+        probe: bool = False,
         still_wanted: Callable[[], bool] = lambda: True,
         on_sending: Callable[[], None] = lambda: None,
     ) -> float:
-        """Carries nbytes over the link; returns the seconds it took (queueing included). Raises
-        NotSent, sending nothing, when `still_wanted` says no once the link is free (a task that
-        went stale in the queue); calls `on_sending` when the bytes start to go (queueing is over)."""
+        """Carries nbytes over the link and `send`s them (the gRPC call that really moves them, over
+        whatever network lies below: loopback under the emulator, a kernel link in the cluster);
+        returns the seconds it took, queueing included. One transfer at a time, as on a real link:
+        that keeps the queue apart from the sending in the traces. Raises NotSent, sending nothing,
+        when `still_wanted` says no once the link is free (a task that went stale in the queue);
+        calls `on_sending` when the bytes start to go (queueing is over)."""
         started = self._clock()
         async with self._busy:
             if not still_wanted():
                 raise NotSent()
             on_sending()
             await asyncio.sleep(self.serialization_s(nbytes, self._clock()))
-            self.bytes_sent += nbytes
-            self.tasks_sent += 1
+            await send()
+            if probe:
+                self.probe_bytes_sent += nbytes
+            else:
+                self.bytes_sent += nbytes
+                self.tasks_sent += 1
         await asyncio.sleep(self.delay_ms / 1000)
         return self._clock() - started

@@ -14,7 +14,7 @@ from dayu.controller.core import ControllerCore
 from dayu.controller.links import BandwidthTrace, Link
 from dayu.runtime.client import Channels, with_retries
 from dayu.runtime.config import ComponentSettings, StrictModel
-from dayu.runtime.errors import FailedPrecondition
+from dayu.runtime.errors import FailedPrecondition, InvalidArgument
 from dayu.runtime.logs import get_logger
 from dayu.runtime.server import Binding, Component
 from dayu.runtime.tracing import Tracing
@@ -133,6 +133,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                     to_node=link.to_node,
                     bytes_sent=link.bytes_sent,
                     tasks_sent=link.tasks_sent,
+                    probe_bytes_sent=link.probe_bytes_sent,
                     bandwidth_mbps=link.bandwidth_mbps(),
                     delay_ms=link.delay_ms,
                 )
@@ -160,7 +161,11 @@ class ControllerComponent(Component):
         self.channels = Channels(settings.server.max_message_bytes)
         self.grace_s = settings.server.shutdown_grace_s
         self.tracing = Tracing(self.name, settings.node, settings.tracing)
-        links = {node: link.link(settings.node, node) for node, link in section.links.items()}
+        unknown = sorted(set(section.links) - set(section.peers))
+        if unknown:
+            raise InvalidArgument("controller.links", f"links to peers {sorted(section.peers)}, got {unknown}")
+        # A link to every peer: emulated where the mesh says so, else the network's own.
+        links = {node: section.links.get(node, LinkSection()).link(settings.node, node) for node in section.peers}
         self.core = ControllerCore(
             node=settings.node,
             cloud_node=section.cloud_node,
@@ -176,11 +181,6 @@ class ControllerComponent(Component):
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.ControllerService", ControllerServicer(self.core))]
-
-    def set_peer(self, node: str, address: str) -> None:
-        """Points at the controller of `node` (the embedded mesh learns addresses after binding)."""
-        self.section.peers[node] = address
-        self.core.nodes.add(node)
 
     def _follow(self, stream_id: str) -> None:
         if self.section.scheduler:

@@ -2,7 +2,7 @@
 the nvidia-pytriton wheel (CPU only, Python backend only), started on a model repository, waited for
 until every model is ready, and stopped with SIGTERM. Also reads any Triton's own statistics.
 
-What the binary needs, measured (DESIGN.md, section 7): the Python-backend stub for this interpreter's
+What the binary needs, measured (docs/inference.md): the Python-backend stub for this interpreter's
 version in the backend directory; LD_LIBRARY_PATH with this interpreter's libpython directory (else
 the stub loads the system libpython and model init fails with "'_thread.RLock' object has no
 attribute '_recursion_count'"); and this interpreter's bin directory first on PATH, so the stub's

@@ -1,0 +1,137 @@
+"""The embedded mesh: every instance of a mesh file in one process on loopback, each with its own
+gRPC server and port, talking to the others only through the contracts, exactly as they would across
+machines. Links between logical nodes go through the controllers' link emulators. `dayu up` runs it."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from dayu.components import COMPONENTS
+from dayu.mesh.model import MeshConfig
+from dayu.mesh.plan import STOP_ORDER, Instance, Wiring, instances, settings, triton_nodes
+from dayu.runtime.logs import get_logger
+from dayu.runtime.server import ComponentServer
+
+log = get_logger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LoopbackWiring(Wiring):
+    """Every instance on 127.0.0.1 at a port of its own, chosen before any starts, so that each one's
+    settings can name the others (controllers name each other: no start order would do)."""
+
+    emulated_links = True
+
+    def __init__(self, config: MeshConfig, workdir: Path, tritons: dict[str, str]) -> None:
+        self.pipelines_file = str(config.pipelines_file)
+        self.database = str(workdir / "dayu-records.sqlite")  # Mesh.records
+        self.ports = {instance.key: _free_port() for instance in instances(config)}
+        self.tritons = tritons
+
+    def address(self, target: Instance, seen_from: Instance) -> str:
+        return f"127.0.0.1:{self.ports[target.key]}"
+
+    def triton(self, node: str) -> str:
+        return self.tritons.get(node, "")
+
+
+class Mesh:
+    """Starts and stops the instances of a MeshConfig in this process, and the mesh's tritonserver."""
+
+    def __init__(self, config: MeshConfig, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.servers: dict[str, ComponentServer] = {}  # instance key -> server
+        self.addresses: dict[str, str] = {}
+        self.instances = instances(config)
+        self.records = workdir / "dayu-records.sqlite"
+        self.triton = None  # a TritonServer when the mesh runs its own
+        self.triton_addresses: list[str] = []
+        self.triton_statistics: dict[str, dict[str, dict[str, float | int]]] = {}  # address -> model -> counters
+
+    def address(self, instance: Instance) -> str:
+        return self.addresses[instance.key]
+
+    async def start(self) -> None:
+        wiring = LoopbackWiring(self.config, self.workdir, await self._start_triton())
+        for instance in self.instances:
+            component_class = COMPONENTS.entry(instance.component).factory
+            data = settings(self.config, instance, wiring)
+            listen = wiring.address(instance, instance)
+            loaded = component_class.settings_class(  # type: ignore[attr-defined]
+                server={"listen": listen, "shutdown_grace_s": 10}, **data
+            )
+            server = ComponentServer(component_class(loaded), loaded)  # type: ignore[call-arg]
+            self.servers[instance.key] = server
+            self.addresses[instance.key] = await server.start()
+
+    async def _start_triton(self) -> dict[str, str]:
+        """The Triton address of each node with a processor on Triton: its own when it names one, else
+        that of the tritonserver started here, before any processor, once ready."""
+        from dayu.processor.repository import assemble  # only a mesh on Triton loads the client
+        from dayu.processor.triton_server import TritonServer
+
+        config = self.config
+        addresses = {node: section.triton for node, section in config.nodes.items() if section.triton}
+        needing = triton_nodes(config)
+        if needing:
+            settings_ = config.triton
+            self.triton = TritonServer(
+                assemble(self.workdir / "triton_models"),
+                self.workdir,
+                grpc_port=settings_.grpc_port,
+                model_config_name=settings_.model_config_name,
+                startup_timeout_s=settings_.startup_timeout_s,
+            )
+            local = await self.triton.start()
+            addresses.update(dict.fromkeys(needing, local))
+        self.triton_addresses = sorted(set(addresses.values()))
+        return addresses
+
+    async def _stop_triton(self) -> None:
+        """Reads each Triton's own statistics once the processors are done with it, then stops the one
+        started here."""
+        from dayu.processor.triton_server import model_statistics
+
+        for address in self.triton_addresses:
+            try:
+                stats = await model_statistics(address)
+            except Exception as error:  # the summary goes on without them
+                log.warning("no triton statistics", address=address, error=str(error))
+                continue
+            self.triton_statistics[address] = {model: counters.as_dict() for model, counters in stats.items()}
+        if self.triton is not None:
+            await self.triton.stop()
+            self.triton = None
+
+    def keys(self, component: str) -> list[str]:
+        return [instance.key for instance in self.instances if instance.component == component]
+
+    async def stop_generators(self) -> None:
+        for key in self.keys("generator"):
+            await self.servers[key].stop()
+
+    async def stop(self) -> None:
+        """Stops the rest once the generators have stopped and tasks in flight settled: controllers
+        before processors, the cloud services last."""
+        for component in STOP_ORDER[1:]:
+            for key in self.keys(component):
+                if key in self.servers:
+                    await self.servers[key].stop()
+        await self._stop_triton()
+
+    async def abort(self) -> None:
+        """Stops whatever still runs, without waiting for in-flight calls (in the same order)."""
+        for component in STOP_ORDER:
+            for key in self.keys(component):
+                if key in self.servers:
+                    await self.servers[key].stop(grace=0)
+        if self.triton is not None:
+            await self.triton.stop()
+            self.triton = None

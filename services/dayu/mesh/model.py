@@ -1,0 +1,134 @@
+"""The mesh file: nodes, the components and processor kinds each runs, the links between them, each
+node's resources, the streams and the cloud services' settings. Every mode reads this one model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from dayu.runtime.config import StrictModel
+from dayu.runtime.errors import InvalidArgument, from_validation_error
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+DEFAULT_CONFIG = CONFIGS / "embedded.yaml"
+EXPERIMENT_CONFIG = CONFIGS / "experiment.yaml"
+
+
+class ResourcesSection(StrictModel):
+    """What a node may use; the cluster of namespaces enforces it with the node's cgroup, as a
+    Kubernetes node's capacity would. Omitted: as much as the machine has."""
+
+    cpus: float | None = pydantic.Field(None, gt=0, description="cores (a CFS quota of cpus x period)")
+    memory_mb: int | None = pydantic.Field(None, gt=0, description="memory limit in MiB")
+    cpu_trace: Path | None = pydantic.Field(
+        None, description="cores over time (time_s cores per line, repeating), replayed on the node's quota"
+    )
+
+
+class NodeSection(StrictModel):
+    processors: list[str] = pydantic.Field(default_factory=list, description="processor kinds on this node")
+    triton: str = pydantic.Field("", description="HOST:PORT of a running Triton for this node; empty: the mesh's own")
+    resources: ResourcesSection = ResourcesSection()
+
+
+class TritonSection(StrictModel):
+    """The tritonserver the mesh starts (one, shared by the nodes that name none) on the repository
+    assembled from triton_models/ in the workdir."""
+
+    grpc_port: int = pydantic.Field(0, ge=0, le=65535, description="0 picks a free port")
+    model_config_name: str = pydantic.Field("", description="--model-config-name; empty: config.pbtxt (CPU path)")
+    startup_timeout_s: float = pydantic.Field(120.0, gt=0)
+
+
+class LinkSection(StrictModel):
+    between: tuple[str, str]
+    bandwidth_mbps: float = pydantic.Field(0.0, ge=0)
+    delay_ms: float = pydantic.Field(0.0, ge=0, description="one-way; emulated mesh only (no netem in the cluster)")
+    trace: Path | None = None
+
+
+class ProcessorSection(StrictModel):
+    workers: int = pydantic.Field(1, ge=1)
+    queue_capacity: int = pydantic.Field(64, ge=1)
+    params: dict[str, Any] = pydantic.Field(default_factory=dict)
+
+
+class StreamSection(StrictModel):
+    """A stream and the edge node its generator runs on; the rest is the generator's stream section."""
+
+    node: str
+    model_config = pydantic.ConfigDict(extra="allow")
+
+
+class MeshConfig(StrictModel):
+    cloud_node: str = "cloud"
+    nodes: dict[str, NodeSection]
+    links: list[LinkSection] = pydantic.Field(default_factory=list)
+    pipelines_file: Path
+    processors: dict[str, ProcessorSection] = pydantic.Field(default_factory=dict)
+    sources: list[dict[str, Any]] = pydantic.Field(default_factory=list)
+    streams: list[StreamSection] = pydantic.Field(default_factory=list)
+    scheduler: dict[str, Any] = pydantic.Field(default_factory=dict)
+    join_timeout_s: float = pydantic.Field(10.0, gt=0)
+    triton: TritonSection = TritonSection()
+    late_factor: float = pydantic.Field(4.0, ge=0, description="controllers drop tasks this many budgets late")
+    golden: dict[str, ProcessorSection] = pydantic.Field(
+        default_factory=dict,
+        description="detector kind -> the processor (on the cloud) that scores tasks without ground truth",
+    )
+    otlp_collectors: list[str] = pydantic.Field(
+        default_factory=list,
+        description="OTLP/gRPC endpoints (Jaeger, Tempo, a collector) also sent the spans (the scheduler always is)",
+    )
+    trace_sample_ratio: float = pydantic.Field(1.0, ge=0, le=1, description="fraction of tasks traced")
+
+    @pydantic.model_validator(mode="after")
+    def _nodes_exist(self) -> MeshConfig:
+        names = set(self.nodes)
+        if self.cloud_node not in names:
+            raise ValueError(f"cloud_node {self.cloud_node!r} is not one of the nodes {sorted(names)}")
+        for link in self.links:
+            for node in link.between:
+                if node not in names:
+                    raise ValueError(f"link between {list(link.between)} names unknown node {node!r}")
+        for stream in self.streams:
+            if stream.node not in names:
+                raise ValueError(f"stream on unknown node {stream.node!r}")
+        return self
+
+    def streams_on(self, node: str) -> list[dict[str, Any]]:
+        """The generator's stream sections of the streams whose camera is at `node`."""
+        return [stream.model_dump(exclude={"node"}) for stream in self.streams if stream.node == node]
+
+    def link(self, a: str, b: str) -> LinkSection | None:
+        return next((link for link in self.links if set(link.between) == {a, b}), None)
+
+
+def read_mesh_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise InvalidArgument("--config", f"a readable YAML file ({error})") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("--config", "a YAML mapping")
+    return data
+
+
+def load_mesh_config(path: Path, data: dict[str, Any] | None = None) -> MeshConfig:
+    """Reads the mesh file (or `data` read from it); relative paths in it are relative to the file."""
+    try:
+        config = MeshConfig.model_validate(read_mesh_file(path) if data is None else data)
+    except pydantic.ValidationError as error:
+        raise from_validation_error(error, str(path)) from None
+    base = path.resolve().parent
+    config.pipelines_file = base / config.pipelines_file
+    for link in config.links:
+        if link.trace is not None:
+            link.trace = base / link.trace
+    for node in config.nodes.values():
+        if node.resources.cpu_trace is not None:
+            node.resources.cpu_trace = base / node.resources.cpu_trace
+    return config

@@ -1,0 +1,190 @@
+"""What runs where, with which settings: the one derivation of a mesh file into component instances.
+
+Every mode starts the same instances with the same settings; only how they reach each other differs,
+and that is a `Wiring`: the embedded mesh gives every instance its own loopback port, Kubernetes (and
+the cluster of namespaces, which runs the manifests) gives fixed ports on each node's network and
+Services for the cloud's singletons. A new component or node kind is added here, once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dayu.mesh.model import MeshConfig, ProcessorSection
+
+# Cloud singletons, reached by name (a Service); the rest run on every node that needs them.
+CLOUD_SERVICES = ("scheduler", "distributor", "datasource", "backend")
+# Fixed ports on a node's network (Kubernetes host network, the cluster's namespaces).
+PORTS = {
+    "controller": 50051,
+    "monitor": 50052,
+    "generator": 50053,
+    "scheduler": 50054,
+    "distributor": 50055,
+    "datasource": 50056,
+    "backend": 50057,
+    "triton": 50101,
+}
+FIRST_PROCESSOR_PORT = 50061  # processor roles in name order: 50061, 50062, ...
+# Generators first (no new tasks), controllers before processors, the cloud services last (the
+# scheduler, which receives the others' last spans, the very last).
+STOP_ORDER = ("generator", "controller", "processor", "monitor", "datasource", "backend", "distributor", "scheduler")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One component process (or, embedded, one in-process server) on one node."""
+
+    component: str
+    node: str
+    role: str = ""  # processor: its kind, or golden-KIND for a golden-configuration scorer
+
+    @property
+    def key(self) -> str:
+        """scheduler, controller@edge-1, processor@cloud/text_detector: how modes and tests name it."""
+        if self.component in CLOUD_SERVICES:
+            return self.component
+        return f"{self.component}@{self.node}" + (f"/{self.role}" if self.role else "")
+
+
+class Wiring:
+    """How instances reach each other, and where their files are. Subclasses say the addresses."""
+
+    pipelines_file: str
+    database: str
+    emulated_links: bool  # links emulated by the controllers (bandwidth, delay, traces); else real ones
+
+    def address(self, target: Instance, seen_from: Instance) -> str:
+        """HOST:PORT at which the instance `seen_from` reaches `target`."""
+        raise NotImplementedError
+
+    def triton(self, node: str) -> str:
+        """HOST:PORT of the Triton that `node`'s processors use."""
+        raise NotImplementedError
+
+
+def golden_role(kind: str) -> str:
+    return f"golden-{kind}"
+
+
+def processor_roles(config: MeshConfig) -> list[str]:
+    """Every processor role of the mesh, in name order: the kinds its nodes host, then the golden scorers."""
+    kinds = sorted({kind for node in config.nodes.values() for kind in node.processors})
+    return kinds + [golden_role(kind) for kind in sorted(config.golden)]
+
+
+def processor_ports(config: MeshConfig) -> dict[str, int]:
+    return {role: FIRST_PROCESSOR_PORT + index for index, role in enumerate(processor_roles(config))}
+
+
+def on_triton(section: ProcessorSection | None) -> bool:
+    return section is not None and section.params.get("backend") == "triton"
+
+
+def triton_nodes(config: MeshConfig) -> list[str]:
+    """Nodes with a processor on Triton and no Triton of their own named: the mesh runs one there."""
+    return [
+        node
+        for node, section in config.nodes.items()
+        if not section.triton and any(on_triton(config.processors.get(kind)) for kind in section.processors)
+    ]
+
+
+def instances(config: MeshConfig) -> list[Instance]:
+    """Every instance of the mesh, in start order (each after what it calls)."""
+    cloud = config.cloud_node
+    found = [Instance("scheduler", cloud)]
+    found += [Instance("processor", cloud, golden_role(kind)) for kind in sorted(config.golden)]
+    found += [Instance("distributor", cloud), Instance("datasource", cloud), Instance("backend", cloud)]
+    for node, section in config.nodes.items():
+        found += [Instance("processor", node, kind) for kind in section.processors]
+    found += [Instance("controller", node) for node in config.nodes]
+    found += [Instance("monitor", node) for node in config.nodes]
+    found += [Instance("generator", node) for node in config.nodes if config.streams_on(node)]
+    return found
+
+
+def _processor_section(config: MeshConfig, instance: Instance) -> ProcessorSection:
+    if instance.role.startswith("golden-"):
+        return config.golden[instance.role.removeprefix("golden-")]
+    return config.processors.get(instance.role, ProcessorSection())
+
+
+def _with_triton(params: dict[str, Any], address: str) -> dict[str, Any]:
+    """A kind's parameters with its node's Triton address, unless they are not on Triton or name one."""
+    if params.get("backend") != "triton":
+        return params
+    return {**params, "triton": {"address": address, **params.get("triton", {})}}
+
+
+def settings(config: MeshConfig, instance: Instance, wiring: Wiring) -> dict[str, Any]:
+    """The settings file of an instance (what `dayu serve COMPONENT --config FILE` reads), less its
+    listening address, which the mode gives with --listen."""
+    cloud, node = config.cloud_node, instance.node
+
+    def at(component: str, where: str = cloud, role: str = "") -> str:
+        return wiring.address(Instance(component, where, role), seen_from=instance)
+
+    local_processors = {kind: at("processor", node, kind) for kind in config.nodes[node].processors}
+    peers = [other for other in config.nodes if other != node]
+    section: dict[str, Any]
+    match instance.component:
+        case "scheduler":
+            section = {"cloud_node": cloud, **config.scheduler}
+        case "distributor":
+            golden = {kind: at("processor", cloud, golden_role(kind)) for kind in sorted(config.golden)}
+            section = {"database": wiring.database, "scheduler": at("scheduler"), "golden": {"processors": golden}}
+        case "datasource":
+            section = {"sources": config.sources}
+        case "backend":
+            section = {"pipelines_file": wiring.pipelines_file}
+        case "processor":
+            processor = _processor_section(config, instance).model_dump()
+            kind = instance.role.removeprefix("golden-")
+            processor["params"] = _with_triton(processor["params"], wiring.triton(node))
+            section = {"kind": kind, **processor}
+        case "controller":
+            section = {
+                "cloud_node": cloud,
+                "peers": {other: at("controller", other) for other in peers},
+                "processors": local_processors,
+                "distributor": at("distributor"),
+                "scheduler": at("scheduler"),
+                "join_timeout_s": config.join_timeout_s,
+                "late_factor": config.late_factor,
+            }
+            if wiring.emulated_links:
+                section["links"] = dict(_emulated_links(config, node))
+        case "monitor":
+            section = {
+                "controller": at("controller", node),
+                "peers": peers,
+                "processors": local_processors,
+                "scheduler": at("scheduler"),
+            }
+        case "generator":
+            section = {
+                "datasource": at("datasource"),
+                "controller": at("controller", node),
+                "scheduler": at("scheduler"),
+                "distributor": at("distributor"),
+                "pipelines_file": wiring.pipelines_file,
+                "streams": config.streams_on(node),
+            }
+        case other:
+            raise ValueError(f"no settings for component {other!r}")
+    data: dict[str, Any] = {"node": node, instance.component: section}
+    if instance.component != "scheduler":  # every other component sends its spans to the scheduler
+        data["tracing"] = {
+            "export_to": [at("scheduler"), *config.otlp_collectors],
+            "sample_ratio": config.trace_sample_ratio,
+        }
+    return data
+
+
+def _emulated_links(config: MeshConfig, node: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for link in config.links:
+        if node in link.between:
+            other = link.between[1] if link.between[0] == node else link.between[0]
+            yield other, {"bandwidth_mbps": link.bandwidth_mbps, "delay_ms": link.delay_ms, "trace": link.trace}

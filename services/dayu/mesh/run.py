@@ -1,0 +1,164 @@
+"""Runs a mesh for a while, in any mode, and summarizes what it did: progress every 5 s, then the
+generators stop, the tasks in flight settle (delivered or dropped), the rest stops, and the summary
+is read from the distributor's records, the generators', controllers' and scheduler's counters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from dayu.mesh.model import MeshConfig
+from dayu.mesh.plan import Instance
+from dayu.mesh.summary import ResultTally, format_summary, percentiles
+from dayu.runtime.client import Channels
+from dayu.v1 import (
+    controller_pb2,
+    controller_pb2_grpc,
+    distributor_pb2,
+    distributor_pb2_grpc,
+    generator_pb2,
+    generator_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
+
+
+class RunningMesh(Protocol):
+    """A mode's mesh, as the run loop drives it: the embedded mesh, or the cluster of namespaces."""
+
+    config: MeshConfig
+    instances: list[Instance]
+    triton_statistics: dict[str, dict[str, dict[str, float | int]]]
+    records: Path  # the distributor's SQLite file, as this machine sees it
+
+    async def start(self) -> None: ...
+    def address(self, instance: Instance) -> str:
+        """HOST:PORT at which this process reaches the instance."""
+    async def stop_generators(self) -> None: ...
+    async def stop(self) -> None:
+        """Stops the rest, in STOP_ORDER, once the tasks in flight settled."""
+    async def abort(self) -> None:
+        """Stops whatever still runs, at once; safe to call after stop()."""
+
+
+def _cloud(mesh: RunningMesh, component: str) -> str:
+    return mesh.address(Instance(component, mesh.config.cloud_node))
+
+
+async def run_mesh(
+    mesh: RunningMesh,
+    duration_s: float | None,
+    progress: Callable[[str], None] = print,
+    stop_event: asyncio.Event | None = None,
+) -> dict[str, Any]:
+    """Runs the mesh until `duration_s` passes or `stop_event` is set; returns the summary."""
+    config = mesh.config
+    stop_event = stop_event or asyncio.Event()
+    tally = ResultTally()
+    channels = Channels(64 * 1024 * 1024)
+    started = time.monotonic()
+    try:
+        await mesh.start()
+        progress(
+            f"dayu: mesh up with nodes {sorted(config.nodes)}, {len(config.streams)} streams; "
+            f"scheduler {_cloud(mesh, 'scheduler')}, backend {_cloud(mesh, 'backend')}"
+        )
+        distributor = distributor_pb2_grpc.DistributorServiceStub(channels.get(_cloud(mesh, "distributor")))
+        watcher = asyncio.create_task(_watch(distributor, tally))
+
+        deadline = started + duration_s if duration_s else None
+        while not stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
+            wait = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
+            try:
+                await asyncio.wait_for(stop_event.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+            generated = sum((await generated_per_stream(mesh, channels)).values())
+            latency = percentiles(tally.latencies)["p50"]
+            progress(
+                f"dayu: {time.monotonic() - started:5.0f} s  generated {generated}  delivered {tally.delivered}"
+                f"  dropped {tally.dropped}  latency p50 {latency or 0:.2f} s"
+            )
+        # Read before the generators stop; they make no task after this.
+        generator_counts = await generated_per_stream(mesh, channels)
+        link_bytes = await bytes_per_link(mesh, channels)
+        scheduling = await scheduling_stats(mesh, channels)
+        progress("dayu: stopping: generators first, then waiting for tasks in flight")
+        total = sum(generator_counts.values())
+        await mesh.stop_generators()
+        await tally.wait_for_total(total, config.join_timeout_s + 10)
+        await mesh.stop()
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    finally:
+        await mesh.abort()
+        await channels.close()
+    summary = {
+        "duration_s": round(time.monotonic() - started, 1),
+        "generated": sum(generator_counts.values()),
+        "generated_per_stream": generator_counts,
+        **tally.summary(),
+        "bytes_per_link": link_bytes,
+        "scheduling": scheduling,
+        "triton": mesh.triton_statistics,
+    }
+    summary["unaccounted"] = summary["generated"] - summary["delivered"] - summary["dropped"]
+    progress(format_summary(summary))
+    return summary
+
+
+async def _watch(distributor: distributor_pb2_grpc.DistributorServiceStub, tally: ResultTally) -> None:
+    request = distributor_pb2.WatchRecordsRequest(filter=distributor_pb2.RecordFilter())
+    async for record in distributor.WatchRecords(request):
+        await tally.add(record)
+
+
+def _of(mesh: RunningMesh, component: str) -> list[Instance]:
+    return [instance for instance in mesh.instances if instance.component == component]
+
+
+async def generated_per_stream(mesh: RunningMesh, channels: Channels) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for instance in _of(mesh, "generator"):
+        stub = generator_pb2_grpc.GeneratorServiceStub(channels.get(mesh.address(instance)))
+        reply = await stub.ListStreams(generator_pb2.ListStreamsRequest(), timeout=5)
+        counts.update({stream.spec.stream_id: stream.tasks_generated for stream in reply.streams})
+    return counts
+
+
+async def scheduling_stats(mesh: RunningMesh, channels: Channels) -> dict[str, Any]:
+    """Per stream: its policy, how many decisions it made and how long they took, and the latency of
+    its hops from the traces the scheduler received."""
+    stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.get(_cloud(mesh, "scheduler")))
+    reply = await stub.GetSchedulerStats(scheduler_pb2.GetSchedulerStatsRequest(), timeout=5)
+    return {
+        s.stream_id: {
+            "policy": s.policy,
+            "decisions": s.decisions,
+            "decision_time_p50_s": s.decision_time_p50_s,
+            "decision_time_p95_s": s.decision_time_p95_s,
+            "last_reason": s.current.reason,
+            "hops": [
+                {"hop": h.hop, "stage": h.stage, "node": h.node, "spans": h.spans, "p50_s": h.p50_s, "p95_s": h.p95_s}
+                for h in s.hop_latencies
+            ],
+        }
+        for s in reply.streams
+    }
+
+
+async def link_stats(mesh: RunningMesh, channels: Channels) -> list[controller_pb2.LinkStats]:
+    """Every controller's counters of the links from its node."""
+    found: list[controller_pb2.LinkStats] = []
+    for instance in _of(mesh, "controller"):
+        stub = controller_pb2_grpc.ControllerServiceStub(channels.get(mesh.address(instance)))
+        reply = await stub.GetLinkStats(controller_pb2.GetLinkStatsRequest(), timeout=5)
+        found.extend(reply.links)
+    return found
+
+
+async def bytes_per_link(mesh: RunningMesh, channels: Channels) -> dict[str, int]:
+    return {f"{link.from_node}->{link.to_node}": link.bytes_sent for link in await link_stats(mesh, channels)}
