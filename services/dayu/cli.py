@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dayu.components import COMPONENTS
-from dayu.mesh.model import DEFAULT_CONFIG, EXPERIMENT_CONFIG, load_mesh_config
+from dayu.mesh.model import DEFAULT_CONFIG, EXPERIMENT_CONFIG, MeshConfig, load_mesh_config
 from dayu.runtime.config import LogSettings, load_settings
 from dayu.runtime.errors import DayuError, InvalidArgument
 from dayu.runtime.logs import configure_logging
+
+if TYPE_CHECKING:
+    from dayu.mesh.run import RunningMesh
 
 # Each command imports what it runs when it runs: `dayu serve scheduler` loads no model or codec.
 
@@ -58,13 +64,32 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--summary-json", type=Path, metavar="PATH", help="also write the summary as JSON here")
     up.add_argument("--workdir", type=Path, default=Path(".dayu"), metavar="DIR", help="where the records go")
 
+    cluster = commands.add_parser(
+        "cluster",
+        help="run the mesh as a cluster of real nodes on this machine (namespaces, kernel links, cgroups)",
+        description=(
+            "up: make each node of the mesh file a network namespace (veth links on a bridge, bandwidth set "
+            "with tc, traces replayed), its processes a cgroup with the node's CPU and memory limits, and run "
+            "each pod of the mesh's Kubernetes manifests as a process (restarted when it exits); print "
+            "progress, then the same summary as `dayu up`, and tear it all down. down: remove what a "
+            "crashed run left. status: what runs. Needs root."
+        ),
+    )
+    cluster.add_argument("action", choices=("up", "down", "status"))
+    cluster.add_argument("--name", default="dayu", help="cluster name, the prefix of what it creates (default dayu)")
+    cluster.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE", help="mesh YAML file")
+    cluster.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: Ctrl-C)")
+    cluster.add_argument("--summary-json", type=Path, metavar="PATH", help="also write the summary as JSON here")
+    cluster.add_argument("--workdir", type=Path, default=Path(".dayu/cluster"), metavar="DIR", help="logs, volumes")
+
     experiment = commands.add_parser(
         "experiment",
-        help="compare policies on the embedded mesh",
+        help="compare policies on the embedded mesh or the cluster",
         description=(
-            "Run the embedded mesh once per policy on the same workload and bandwidth trace (replayed on every "
-            "link to the cloud), then write DIR/results.csv and DIR/results.png and print a table: end-to-end "
-            "p50 and p95 latency, share of tasks within the latency budget, accuracy, bytes sent, decision time."
+            "Run the embedded mesh (or, with --mode cluster, the cluster of namespaces) once per policy on "
+            "the same workload and bandwidth trace (replayed on every link to the cloud), then write "
+            "DIR/results.csv and DIR/results.png and print a table: end-to-end p50 and p95 latency, share of "
+            "tasks within the latency budget, accuracy, bytes sent, decision time."
         ),
     )
     experiment.add_argument("--policies", required=True, help="comma-separated policy names, e.g. fixed,latency_budget")
@@ -72,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     experiment.add_argument("--duration", type=float, default=60, metavar="SECONDS", help="per policy (default 60)")
     experiment.add_argument("--out", type=Path, required=True, metavar="DIR")
     experiment.add_argument("--config", type=Path, default=EXPERIMENT_CONFIG, metavar="FILE", help="mesh YAML file")
+    experiment.add_argument("--mode", choices=("embedded", "cluster"), default="embedded", help="where to run it")
     return parser
 
 
@@ -84,33 +110,72 @@ def _experiment(args: argparse.Namespace) -> int:
     unknown = sorted(set(policies) - set(POLICIES.names()))
     if unknown:
         raise InvalidArgument("--policies", f"names from {POLICIES.names()}, got {unknown}")
-    from dayu.mesh.embedded import Mesh
-
-    run_experiment(args.config, policies, args.trace, args.duration, args.out, Mesh)
+    run_experiment(args.config, policies, args.trace, args.duration, args.out, _mesh_maker(args.mode))
     return 0
 
 
-def _up(args: argparse.Namespace) -> int:
+def _mesh_maker(mode: str) -> Callable[[MeshConfig, Path], RunningMesh]:
+    """How a mode makes its mesh from a mesh file and a working folder."""
+    if mode == "cluster":
+        from dayu.cluster.cluster import Cluster
+
+        return lambda config, workdir: Cluster(config, workdir / "cluster", progress=lambda _line: None)
     from dayu.mesh.embedded import Mesh
+
+    return Mesh
+
+
+def _run(mesh: RunningMesh, args: argparse.Namespace) -> int:
+    """Runs a mesh until --duration or a signal, prints and writes its summary."""
     from dayu.mesh.run import run_mesh
 
-    config = load_mesh_config(args.config)
     configure_logging(LogSettings(level="warning", format="console"), component="mesh")
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    mesh = Mesh(config, args.workdir)
     mesh.records.unlink(missing_ok=True)
 
     async def main() -> dict[str, object]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        ours = os.getpid()
+
+        def on_signal(signum: int, frame: object) -> None:
+            # Not loop.add_signal_handler: its wake-up fd is shared with forked children (pyroute2
+            # forks into namespaces), and a child that is sent SIGTERM before it execs would stop us.
+            if os.getpid() == ours:
+                loop.call_soon_threadsafe(stop.set)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            signal.signal(sig, on_signal)
         return await run_mesh(mesh, args.duration, stop_event=stop)
 
     summary = asyncio.run(main())
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0 if summary["unaccounted"] == 0 else 1
+
+
+def _up(args: argparse.Namespace) -> int:
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    return _run(_mesh_maker("embedded")(load_mesh_config(args.config), args.workdir), args)
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from dayu.cluster import cluster
+
+    if args.action == "down":
+        removed = cluster.cleanup(args.name)
+        print(f"dayu cluster {args.name}: removed {', '.join(removed) if removed else 'nothing (none left)'}")
+        return 0
+    if args.action == "status":
+        state = cluster.status(args.name)
+        if state is None:
+            print(f"dayu cluster {args.name}: not running")
+            return 1
+        print(f"dayu cluster {args.name}: nodes {state['nodes']}, workdir {state['workdir']}")
+        for name, pod in sorted(state["pods"].items()):
+            alive = "running" if pod["alive"] else "not running"
+            print(f"  {name}: pid {pod['pid']} {alive}, {pod['restarts']} restarts")
+        return 0
+    return _run(cluster.Cluster(load_mesh_config(args.config), args.workdir, name=args.name), args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -132,7 +197,8 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"up": _up, "experiment": _experiment, "serve": _serve}[args.command](args)
+        commands = {"up": _up, "cluster": _cluster, "experiment": _experiment, "serve": _serve}
+        return commands[args.command](args)
     except DayuError as error:
         print(f"dayu: error: {error}", file=sys.stderr)
         return 2

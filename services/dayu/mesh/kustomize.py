@@ -29,7 +29,6 @@ from dayu.mesh.plan import (
 
 ROOT = Path(__file__).resolve().parents[3]
 KUSTOMIZE = ROOT / "kustomize"
-PROCESSOR_TEMPLATE = KUSTOMIZE / "base" / "processor"
 CONFIG_DIR = "/etc/dayu"  # where the containers find their settings (the mounts in kustomize/base)
 DATABASE = "/var/lib/dayu/dayu-records.sqlite"
 CLOUD_ONLY = "dayu.io/placement=cloud"  # the label of the Deployments in kustomize/base/cloud
@@ -127,8 +126,8 @@ def check_registries(config: MeshConfig) -> None:
 
 
 def render(config: MeshConfig, node_addresses: dict[str, str], header: str, out: Path) -> dict[str, str]:
-    """The Component's files, by path relative to `out` (where they will be written); every file
-    starts with `header`."""
+    """The Component's files, by path relative to `out` (where they will be written: the mesh folder
+    of a kustomize/base tree); every file starts with `header`."""
     from dayu.components import COMPONENTS  # the settings classes check each file
 
     check_registries(config)
@@ -169,7 +168,7 @@ def render(config: MeshConfig, node_addresses: dict[str, str], header: str, out:
 
     for role, port in processor_ports(config).items():
         folder = f"processors/{dns_name(role)}"
-        template = os.path.relpath(PROCESSOR_TEMPLATE, out / folder)
+        template = os.path.relpath(out.parent / "processor", out / folder)  # kustomize/base/processor
         files[f"{folder}/kustomization.yaml"] = _yaml(_processor_kustomization(role, template), header)
         files[f"{folder}/patch.yaml"] = _yaml(_processor_patch(role, port, hosts[role]), header)
 

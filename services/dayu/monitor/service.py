@@ -35,6 +35,11 @@ class MonitorSection(StrictModel):
     probe_bytes: int = pydantic.Field(32 * 1024, ge=1024, description="size of the bandwidth probe")
     processors: dict[str, str] = pydantic.Field(default_factory=dict, description="kind -> processor address")
     scheduler: str = pydantic.Field("", description="address of the scheduler that gets the reports")
+    node_cgroup: str = pydantic.Field(
+        "",
+        description="cgroup holding this node's processes (cgroup v1 path under the hierarchy roots, as in "
+        "/proc/self/cgroup), whose usage and limits are the node's; empty: the whole machine",
+    )
 
 
 class MonitorSettings(ComponentSettings):
@@ -97,7 +102,8 @@ class MonitorComponent(Component):
     def __init__(self, settings: MonitorSettings) -> None:
         self.section = settings.monitor
         self.channels = Channels(settings.server.max_message_bytes)
-        self.monitor = NodeMonitor(ResourceSampler(settings.node), self.section, self.channels)
+        sampler = ResourceSampler(settings.node, cgroup=self.section.node_cgroup)
+        self.monitor = NodeMonitor(sampler, self.section, self.channels)
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.MonitorService", MonitorServicer(self.monitor))]

