@@ -189,8 +189,14 @@ def _serve(args: argparse.Namespace) -> int:
         flags["node"] = args.node
     settings = load_settings(component_class.settings_class, args.config, **flags)  # type: ignore[attr-defined]
     configure_logging(settings.log, component=args.component, node=settings.node)
-    server = ComponentServer(component_class(settings), settings)  # type: ignore[call-arg]
-    asyncio.run(server.run_until_signal())
+
+    async def serve() -> None:
+        # Built in the loop that serves it: a grpc.aio channel made outside it (the distributor's
+        # feedback stub) would wait forever on a loop that never runs.
+        server = ComponentServer(component_class(settings), settings)  # type: ignore[call-arg]
+        await server.run_until_signal()
+
+    asyncio.run(serve())
     return 0
 
 

@@ -132,6 +132,7 @@ class NodeResources(_message.Message):
     GPUS_FIELD_NUMBER: _builtins.int
     QUEUE_LENGTHS_FIELD_NUMBER: _builtins.int
     LINKS_FIELD_NUMBER: _builtins.int
+    CPU_LIMIT_CORES_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """Node name."""
     cpu_percent: _builtins.float
@@ -142,6 +143,10 @@ class NodeResources(_message.Message):
     """Memory in use, in bytes."""
     memory_total_bytes: _builtins.int
     """Total memory, in bytes."""
+    cpu_limit_cores: _builtins.float
+    """CPU the node may use, in cores: its cgroup's quota over period (0.5 for half a core) where the
+    node is a share of a machine (the cluster of namespaces); 0 where it is the whole machine.
+    """
     @_builtins.property
     def measured_at(self) -> _timestamp_pb2.Timestamp:
         """When it was measured."""
@@ -170,10 +175,11 @@ class NodeResources(_message.Message):
         gpus: _abc.Iterable[Global___GpuStats] | None = ...,
         queue_lengths: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         links: _abc.Iterable[Global___LinkBandwidth] | None = ...,
+        cpu_limit_cores: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["measured_at", b"measured_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_count", b"cpu_count", "cpu_percent", b"cpu_percent", "gpus", b"gpus", "links", b"links", "measured_at", b"measured_at", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "node", b"node", "queue_lengths", b"queue_lengths"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_count", b"cpu_count", "cpu_limit_cores", b"cpu_limit_cores", "cpu_percent", b"cpu_percent", "gpus", b"gpus", "links", b"links", "measured_at", b"measured_at", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "node", b"node", "queue_lengths", b"queue_lengths"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

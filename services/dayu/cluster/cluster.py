@@ -26,7 +26,7 @@ from dayu.cluster.network import ClusterNetwork
 from dayu.controller.links import BandwidthTrace
 from dayu.mesh.kustomize import KubernetesWiring
 from dayu.mesh.model import MeshConfig
-from dayu.mesh.plan import CLOUD_SERVICES, STOP_ORDER, Instance, instances
+from dayu.mesh.plan import CLOUD_SERVICES, PORTS, STOP_ORDER, Instance, instances
 from dayu.runtime.logs import get_logger
 
 log = get_logger(__name__)
@@ -67,7 +67,8 @@ class Cluster:
         self.name = name
         self.overlay = overlay
         self.progress = progress
-        self.network = ClusterNetwork(name)
+        # Cameras are on their edge node's LAN: the datasource's frames cross no shaped link.
+        self.network = ClusterNetwork(name, unshaped_ports=(PORTS["datasource"],))
         self.cgroups = {node: NodeCgroup(name, node) for node in config.nodes}
         self.instances = instances(config)
         self.wiring = KubernetesWiring(config, {})
@@ -76,6 +77,7 @@ class Cluster:
         self.pods: dict[str, Running] = {}
         self._background: list[asyncio.Task[None]] = []
         self.timings: dict[str, float] = {}
+        self.kernel_link_bytes: dict[str, int] = {}  # at teardown
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -306,6 +308,8 @@ class Cluster:
         self.timings["teardown_s"] = time.monotonic() - started
 
     def _teardown(self) -> None:
+        if self.network.interfaces and not self.kernel_link_bytes:
+            self.kernel_link_bytes = self._link_bytes()  # what the links carried, kept for the summary
         for cgroup in self.cgroups.values():
             cgroup.destroy()  # kills every process of the node, children included
         for running in self.pods.values():
@@ -333,11 +337,13 @@ class Cluster:
         }
         _state_file(self.name).write_text(json.dumps(state, indent=2))
 
-    def link_bytes(self) -> dict[str, int]:
-        """Bytes each link direction carried, as the kernel counted them."""
-        return {
-            f"{a}->{b}": self.network.link_bytes(a, b) for a in self.config.nodes for b in self.config.nodes if a != b
-        }
+    async def link_bytes(self) -> dict[str, int]:
+        """Bytes each link direction carried, as the kernel counted them (in a thread: pyroute2)."""
+        return await asyncio.to_thread(self._link_bytes)
+
+    def _link_bytes(self) -> dict[str, int]:
+        nodes = self.config.nodes
+        return {f"{a}->{b}": self.network.link_bytes(a, b) for a in nodes for b in nodes if a != b}
 
 
 async def _wait(process: subprocess.Popen[bytes]) -> None:

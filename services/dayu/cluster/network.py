@@ -39,6 +39,7 @@ ETH_P_IP = 0x0800
 ROOT_QDISC = 0x10000  # 1:
 DEFAULT_CLASS = 0x10001  # 1:1
 PEER_FILTER_PRIO = 100
+UNSHAPED_FILTER_PRIO = 10
 UNLIMITED_BYTES_S = 10_000_000_000 // 8  # 10 Gbit/s: faster than a veth carries on one core
 # htb rejects a rate of 0, so a link that is "down" gets 1 byte/s (8 bit/s), the smallest rate htb
 # takes. A frame then puts the class in debt, which htb caps at 60 s: about one frame a minute still
@@ -119,8 +120,11 @@ def _peer_class(index: int) -> int:
 class ClusterNetwork:
     """Creates, shapes and removes the namespaces, veths and bridge of one cluster (see the module)."""
 
-    def __init__(self, prefix: str, subnet: str = "198.18.0.0/24") -> None:
+    def __init__(self, prefix: str, subnet: str = "198.18.0.0/24", unshaped_ports: tuple[int, ...] = ()) -> None:
+        """`unshaped_ports`: TCP ports whose replies no link shapes (a camera's feed to its edge node is
+        on the site's LAN, not on the uplinks between nodes)."""
         self.prefix = check_prefix(prefix)
+        self.unshaped_ports = unshaped_ports
         try:
             self.subnet = ipaddress.ip_network(subnet)
         except ValueError as error:
@@ -211,6 +215,17 @@ class ClusterNetwork:
             nsr.link("set", index=eth0, state="up")
             nsr.tc("add", "htb", eth0, ROOT_QDISC, default=DEFAULT_CLASS & 0xFFFF)
             nsr.tc("add-class", "htb", eth0, DEFAULT_CLASS, parent=ROOT_QDISC, **_class_params(UNLIMITED_BYTES_S))
+            for rank, port in enumerate(self.unshaped_ports):  # before the peers' filters: lower prio
+                nsr.tc(
+                    "add-filter",
+                    "u32",
+                    eth0,
+                    parent=ROOT_QDISC,
+                    prio=UNSHAPED_FILTER_PRIO + rank,
+                    protocol=ETH_P_IP,
+                    target=DEFAULT_CLASS,
+                    keys=[f"0x{port:04x}0000/0xffff0000+20"],  # TCP source port (an IPv4 header of 20 bytes)
+                )
             for peer_index, peer in enumerate(self._nodes):
                 if peer != node:
                     address = str(self.subnet.network_address + 1 + peer_index)

@@ -82,7 +82,8 @@ class ResourceSampler:
             node=self.node,
             measured_at=timestamp(),
             cpu_percent=cpu_percent,
-            cpu_count=math.ceil(cores),  # whole CPUs only: a fractional limit (0.25) reports 1
+            cpu_count=math.ceil(cores),  # whole CPUs: a fractional limit (0.25) reports 1, and exactly below
+            cpu_limit_cores=usage.cpu_limit_cores or 0.0,
             memory_used_bytes=usage.memory_used_bytes,
             memory_total_bytes=usage.memory_limit_bytes or psutil.virtual_memory().total,
             gpus=_nvml_gpus(),
