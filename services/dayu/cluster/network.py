@@ -121,7 +121,7 @@ class ClusterNetwork:
     """Creates, shapes and removes the namespaces, veths and bridge of one cluster (see the module)."""
 
     def __init__(self, prefix: str, subnet: str = "198.18.0.0/24", unshaped_ports: tuple[int, ...] = ()) -> None:
-        """`unshaped_ports`: TCP ports whose replies no link shapes (a camera's feed to its edge node is
+        """`unshaped_ports`: TCP ports whose traffic no link shapes (a camera's feed to its edge node is
         on the site's LAN, not on the uplinks between nodes)."""
         self.prefix = check_prefix(prefix)
         self.unshaped_ports = unshaped_ports
@@ -215,7 +215,13 @@ class ClusterNetwork:
             nsr.link("set", index=eth0, state="up")
             nsr.tc("add", "htb", eth0, ROOT_QDISC, default=DEFAULT_CLASS & 0xFFFF)
             nsr.tc("add-class", "htb", eth0, DEFAULT_CLASS, parent=ROOT_QDISC, **_class_params(UNLIMITED_BYTES_S))
-            for rank, port in enumerate(self.unshaped_ports):  # before the peers' filters: lower prio
+            # Before the peers' filters (lower prio): the TCP source or destination port (the first
+            # and second half of the word after an IPv4 header of 20 bytes), so the replies and the
+            # acknowledgements of a port's connections both go unshaped.
+            ports = [
+                (f"0x{port:04x}0000/0xffff0000+20", f"0x0000{port:04x}/0x0000ffff+20") for port in self.unshaped_ports
+            ]
+            for rank, key in enumerate(key for pair in ports for key in pair):
                 nsr.tc(
                     "add-filter",
                     "u32",
@@ -224,7 +230,7 @@ class ClusterNetwork:
                     prio=UNSHAPED_FILTER_PRIO + rank,
                     protocol=ETH_P_IP,
                     target=DEFAULT_CLASS,
-                    keys=[f"0x{port:04x}0000/0xffff0000+20"],  # TCP source port (an IPv4 header of 20 bytes)
+                    keys=[key],
                 )
             for peer_index, peer in enumerate(self._nodes):
                 if peer != node:

@@ -341,11 +341,16 @@ class ControllerCore:
         )
 
     async def _probe(self, node: str, nbytes: int) -> float:
+        # A span of its own, outside any task's trace: every byte sent over a link is in a span.
+        span = self.tracing.start("link.probe", **{TO_NODE: node, BYTES: nbytes})
         started = time.perf_counter()
         try:
             await self._link(node).transmit(nbytes, lambda: self.transport.probe(node, nbytes), probe=True)
         except grpc.aio.AioRpcError as error:
+            span.set_status(trace.StatusCode.ERROR, error.code().name)
             raise Unavailable(f"controller of {node} unreachable: {error.code().name}") from None
+        finally:
+            span.end()
         return time.perf_counter() - started
 
     def _link(self, node: str) -> Link:

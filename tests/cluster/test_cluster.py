@@ -1,0 +1,116 @@
+"""A cluster of three real nodes on this machine: namespaces, kernel links, cgroups, one process per
+pod of the mesh's manifests. Needs root (CI runs as root)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from dayu.cluster.cluster import Cluster
+from dayu.mesh.model import CONFIGS, load_mesh_config, read_mesh_file
+from dayu.mesh.plan import Instance
+from dayu.mesh.run import run_mesh
+from dayu.runtime.tracing import BYTES, NODE, TO_NODE
+from dayu.v1 import monitor_pb2, monitor_pb2_grpc
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="a cluster makes namespaces, links and cgroups: needs root"),
+    pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux (unshare, nsenter)"),
+    pytest.mark.timeout(240),
+]
+LINK_SPANS = ("link.transfer", "link.probe")  # every byte a controller sends over a link is in one of these
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP receiver, as Jaeger or a collector would be: bytes sent per link, from the spans."""
+
+    def __init__(self) -> None:
+        self.bytes: dict[str, int] = defaultdict(int)
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    if span.name in LINK_SPANS:
+                        values = {a.key: a.value for a in span.attributes}
+                        link = f"{values[NODE].string_value}->{values[TO_NODE].string_value}"
+                        self.bytes[link] += values[BYTES].int_value
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def _mesh_data(collector: str) -> dict[str, Any]:
+    """configs/cluster.yaml, with steady links and a fixed plan that sends every frame to the cloud (the
+    edges only encode and forward) in large segments, so the tasks are most of what crosses a link (their
+    spans and the monitors' reports are the rest), and its spans sent to the test's collector too."""
+    data = read_mesh_file(CONFIGS / "cluster.yaml")
+    data["pipelines_file"] = str(CONFIGS / data["pipelines_file"])
+    data["links"] = [{k: v for k, v in link.items() if k != "trace"} for link in data["links"]]
+    data["otlp_collectors"] = [collector]
+    for stream in data["streams"]:
+        placement = {"detect": "cloud", "read": "cloud", "colour": "cloud", "merge": "cloud"}
+        if stream["pipeline"] == "plates":
+            placement = {"detect": "cloud", "read": "cloud"}
+        params = {"width": 960, "height": 540, "fps": 1, "frames_per_segment": 4, "placement": placement}
+        stream["policy"] = {"name": "fixed", "params": params}
+        stream["max_configuration"]["codec"] = "jpeg"
+    return data
+
+
+async def test_three_nodes_carry_tasks_over_kernel_links_within_their_cpu_limits(tmp_path: Path) -> None:
+    collector = Collector()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    # Every address, so the namespaces reach it through the bridge's host address.
+    port = server.add_insecure_port("0.0.0.0:0")
+    await server.start()
+    name = f"t{uuid.uuid4().hex[:6]}"
+    config_path = tmp_path / "cluster.yaml"
+    config = load_mesh_config(config_path, _mesh_data(f"198.18.0.254:{port}"))
+    cluster = Cluster(config, tmp_path / "cluster", name=name, progress=lambda _line: None)
+    reports: list[monitor_pb2.GetResourcesResponse] = []
+
+    async def watch_monitor() -> None:
+        while not cluster.pods or not all(r.process for r in cluster.pods.values()):
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(8)  # a few reports in
+        address = cluster.address(Instance("monitor", "edge-1"))
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+            reports.append(await stub.GetResources(monitor_pb2.GetResourcesRequest(), timeout=10))
+
+    watcher = asyncio.create_task(watch_monitor())
+    try:
+        summary = await run_mesh(cluster, 30, progress=lambda _line: None)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await cluster.abort()
+        await server.stop(0)
+
+    assert summary["delivered"] > 0, summary
+    assert summary["unaccounted"] == 0, summary
+    kernel = cluster.kernel_link_bytes
+    for link in ("edge-1->cloud", "edge-2->cloud"):
+        spans = collector.bytes[link]
+        assert spans > 100_000, (link, spans)
+        # The kernel counts frames with their TCP/IP headers, gRPC framing and the other calls on the
+        # link (spans, monitor reports); the spans count the tasks' and probes' own bytes.
+        assert abs(kernel[link] - spans) <= 0.10 * spans, (link, kernel[link], spans)
+    # The edge's monitor reports its node's cgroup: half a core, not the machine's two.
+    (report,) = reports
+    assert report.resources.cpu_limit_cores == pytest.approx(0.5)
+    assert report.resources.memory_total_bytes == 2048 * 1024 * 1024
+    assert report.resources.cpu_percent > 0
+    # Nothing of the cluster is left.
+    assert not any(line.startswith(f"{name}-") for line in os.popen("ip netns list").read().split())
