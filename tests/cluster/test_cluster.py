@@ -4,8 +4,11 @@ pod of the mesh's manifests. Needs root (CI runs as root)."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -15,7 +18,7 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from dayu.cluster.cluster import Cluster
+from dayu.cluster.cluster import Cluster, cleanup, running, status, subnet_of
 from dayu.mesh.model import CONFIGS, load_mesh_config, read_mesh_file
 from dayu.mesh.plan import Instance
 from dayu.mesh.run import run_mesh
@@ -49,6 +52,11 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
+def _namespaces(name: str) -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [entry for entry in listed.split() if entry.startswith(f"{name}-")]
+
+
 def _mesh_data(collector: str) -> dict[str, Any]:
     """configs/cluster.yaml, with steady links and a fixed plan that sends every frame to the cloud (the
     edges only encode and forward) in large segments, so the tasks are most of what crosses a link (their
@@ -76,18 +84,30 @@ async def test_three_nodes_carry_tasks_over_kernel_links_within_their_cpu_limits
     await server.start()
     name = f"t{uuid.uuid4().hex[:6]}"
     config_path = tmp_path / "cluster.yaml"
-    config = load_mesh_config(config_path, _mesh_data(f"198.18.0.254:{port}"))
-    cluster = Cluster(config, tmp_path / "cluster", name=name, progress=lambda _line: None)
+    host = ipaddress.ip_network(subnet_of(name)).broadcast_address - 1  # the bridge's address
+    config = load_mesh_config(config_path, _mesh_data(f"{host}:{port}"))
+    cluster = Cluster(config, tmp_path / "cluster", name=name)
     reports: list[monitor_pb2.GetResourcesResponse] = []
 
+    lines: list[str] = []
+    cluster.progress = lines.append
+
     async def watch_monitor() -> None:
-        while not cluster.pods or not all(r.process for r in cluster.pods.values()):
+        """Reads the edge's monitor, kills it, and reads it again once the supervisor restarted it."""
+        for _ in range(600):  # until every pod runs
+            if cluster.pods and all(r.process for r in cluster.pods.values()):
+                break
             await asyncio.sleep(0.5)
-        await asyncio.sleep(8)  # a few reports in
         address = cluster.address(Instance("monitor", "edge-1"))
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = monitor_pb2_grpc.MonitorServiceStub(channel)
-            reports.append(await stub.GetResources(monitor_pb2.GetResourcesRequest(), timeout=10))
+        monitor = cluster.pods["dayu-monitor@edge-1"]
+        for _ in range(2):
+            await asyncio.sleep(8)  # a few reports in
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+                reports.append(await stub.GetResources(monitor_pb2.GetResourcesRequest(), timeout=10))
+            if monitor.restarts == 0:
+                assert monitor.process is not None
+                monitor.process.kill()
 
     watcher = asyncio.create_task(watch_monitor())
     try:
@@ -107,10 +127,52 @@ async def test_three_nodes_carry_tasks_over_kernel_links_within_their_cpu_limits
         # The kernel counts frames with their TCP/IP headers, gRPC framing and the other calls on the
         # link (spans, monitor reports); the spans count the tasks' and probes' own bytes.
         assert abs(kernel[link] - spans) <= 0.10 * spans, (link, kernel[link], spans)
-    # The edge's monitor reports its node's cgroup: half a core, not the machine's two.
-    (report,) = reports
-    assert report.resources.cpu_limit_cores == pytest.approx(0.5)
-    assert report.resources.memory_total_bytes == 2048 * 1024 * 1024
-    assert report.resources.cpu_percent > 0
+    # The edge's monitor reports its node's cgroup: half a core, not the machine's two; killed, it
+    # was restarted, said so, and reports again.
+    assert len(reports) == 2
+    for report in reports:
+        assert report.resources.cpu_limit_cores == pytest.approx(0.5)
+        assert report.resources.memory_total_bytes == 2048 * 1024 * 1024
+        assert report.resources.cpu_percent > 0
+    assert cluster.pods["dayu-monitor@edge-1"].restarts == 1
+    assert any("pod dayu-monitor@edge-1 exited with -9; restart 1" in line for line in lines), lines
     # Nothing of the cluster is left.
-    assert not any(line.startswith(f"{name}-") for line in os.popen("ip netns list").read().split())
+    assert not _namespaces(name)
+
+
+def test_down_removes_what_a_crashed_run_left(tmp_path: Path) -> None:
+    """`dayu cluster up` killed with SIGKILL leaves its pods running in their namespaces and cgroups;
+    `dayu cluster down` removes them all, and nothing else."""
+    name = f"t{uuid.uuid4().hex[:6]}"
+    dayu = str(Path(sys.executable).parent / "dayu")
+    up = subprocess.Popen(
+        [dayu, "cluster", "up", "--name", name, "--config", str(CONFIGS / "cluster.yaml"), "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert up.stdout is not None
+        for line in up.stdout:  # bounded by the test's timeout
+            if line.startswith("dayu: mesh up"):
+                break
+        state = status(name)
+        assert state is not None and all(pod["alive"] for pod in state["pods"].values()), state
+    except BaseException:
+        cleanup(name)
+        raise
+    finally:
+        up.kill()
+        up.wait()
+    pids = [pod["pid"] for pod in state["pods"].values()]
+    assert any(running(pid) for pid in pids)  # orphaned, still running
+
+    down = subprocess.run([dayu, "cluster", "down", "--name", name], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert f"netns {name}-cloud" in down.stdout, down.stdout
+    assert not [pid for pid in pids if running(pid)]
+    assert not _namespaces(name)
+    assert not list(Path("/sys/fs/cgroup/cpu").glob(f"**/{name}"))
+    assert status(name) is None
+    again = subprocess.run([dayu, "cluster", "down", "--name", name], capture_output=True, text=True, timeout=60)
+    assert "nothing" in again.stdout

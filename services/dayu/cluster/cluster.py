@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ class Cluster:
         self.overlay = overlay
         self.progress = progress
         # Cameras are on their edge node's LAN: the datasource's frames cross no shaped link.
-        self.network = ClusterNetwork(name, unshaped_ports=(PORTS["datasource"],))
+        self.network = ClusterNetwork(name, subnet_of(name), unshaped_ports=(PORTS["datasource"],))
         self.cgroups = {node: NodeCgroup(name, node) for node in config.nodes}
         self.instances = instances(config)
         self.wiring = KubernetesWiring(config, {})
@@ -101,6 +102,7 @@ class Cluster:
                 self._spawn(running)
             await asyncio.gather(*(self._ready(running) for running in members))
         self.timings["start_s"] = time.monotonic() - started
+        self._write_state()
         self._background = [
             asyncio.create_task(self._supervise()),
             *(asyncio.create_task(task) for task in self._replays()),
@@ -364,6 +366,12 @@ async def _replay(trace: BandwidthTrace, apply: Any) -> None:
         await asyncio.sleep(max(remaining_s, 0.05))
 
 
+def subnet_of(name: str) -> str:
+    """A /24 of the benchmarking range 198.18.0.0/15 chosen by the name, so that clusters of other
+    names (a test's beside an operator's) rarely share one; `status` shows the addresses."""
+    return f"198.{18 + (zlib.crc32(name.encode()) >> 8) % 2}.{zlib.crc32(name.encode()) % 256}.0/24"
+
+
 def _state_file(name: str) -> Path:
     return STATE_DIR / f"{name}.json"
 
@@ -378,6 +386,14 @@ def cleanup(name: str) -> list[str]:
     return removed
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a crashed `up` no longer reaps its pods; init does, in time)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def status(name: str) -> dict[str, Any] | None:
     """What the state file of a running cluster says, with whether each pod's process is alive."""
     path = _state_file(name)
@@ -385,5 +401,5 @@ def status(name: str) -> dict[str, Any] | None:
         return None
     state = json.loads(path.read_text())
     for pod in state["pods"].values():
-        pod["alive"] = bool(pod["pid"]) and Path(f"/proc/{pod['pid']}").exists()
+        pod["alive"] = bool(pod["pid"]) and running(pod["pid"])
     return state
