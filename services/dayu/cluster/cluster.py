@@ -79,6 +79,7 @@ class Cluster:
         self._background: list[asyncio.Task[None]] = []
         self.timings: dict[str, float] = {}
         self.kernel_link_bytes: dict[str, int] = {}  # at teardown
+        self._torn_down = False
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -304,20 +305,23 @@ class Cluster:
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background = []
         started = time.monotonic()
-        for running in self.pods.values():
-            running.stopping = True
-        await asyncio.to_thread(self._teardown)
-        self.timings["teardown_s"] = time.monotonic() - started
+        for pod in self.pods.values():
+            pod.stopping = True
+        if not self._torn_down:
+            await asyncio.to_thread(self._teardown)
+            self.timings["teardown_s"] = time.monotonic() - started
+            self.progress(f"dayu cluster {self.name}: torn down in {self.timings['teardown_s']:.1f} s")
 
     def _teardown(self) -> None:
         if self.network.interfaces and not self.kernel_link_bytes:
             self.kernel_link_bytes = self._link_bytes()  # what the links carried, kept for the summary
         for cgroup in self.cgroups.values():
             cgroup.destroy()  # kills every process of the node, children included
-        for running in self.pods.values():
-            if running.process is not None:
-                running.process.wait()
+        for pod in self.pods.values():
+            if pod.process is not None:
+                pod.process.wait()
         self.network.destroy()
+        self._torn_down = True
         _state_file(self.name).unlink(missing_ok=True)
 
     # -- state ----------------------------------------------------------------------------------
