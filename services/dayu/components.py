@@ -1,28 +1,27 @@
-"""The registry of components that `dayu serve` can run, by name."""
+"""The registry of components that `dayu serve` can run, by name.
+
+Each registers by the module it lives in, imported when it is looked up: a component process loads
+its own code and libraries alone (the scheduler no OpenCV, the datasource no model runtime)."""
 
 from __future__ import annotations
 
-from dayu.backend.service import BackendComponent
-from dayu.controller.service import ControllerComponent
-from dayu.datasource.service import DatasourceComponent
-from dayu.distributor.service import DistributorComponent
-from dayu.generator.service import GeneratorComponent
-from dayu.monitor.service import MonitorComponent
-from dayu.processor.service import ProcessorComponent
+from typing import TYPE_CHECKING
+
 from dayu.runtime.registry import Registry
-from dayu.runtime.server import Component
-from dayu.scheduler.service import SchedulerComponent
+
+if TYPE_CHECKING:
+    from dayu.runtime.server import Component
 
 COMPONENTS: Registry[type[Component]] = Registry("component")
 
-for _component in (
-    BackendComponent,
-    ControllerComponent,
-    DatasourceComponent,
-    DistributorComponent,
-    GeneratorComponent,
-    MonitorComponent,
-    ProcessorComponent,
-    SchedulerComponent,
+for _name, _class in (
+    ("backend", "BackendComponent"),
+    ("controller", "ControllerComponent"),
+    ("datasource", "DatasourceComponent"),
+    ("distributor", "DistributorComponent"),
+    ("generator", "GeneratorComponent"),
+    ("monitor", "MonitorComponent"),
+    ("processor", "ProcessorComponent"),
+    ("scheduler", "SchedulerComponent"),
 ):
-    COMPONENTS.register(_component.name, summary=(_component.__module__.rsplit(".", 2)[-2]))(_component)
+    COMPONENTS.register_lazy(_name, f"dayu.{_name}.service:{_class}")

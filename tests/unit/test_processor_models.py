@@ -14,7 +14,8 @@ from dayu.datasource.scene import TrafficScene
 from dayu.media.accuracy import f1, match_counts
 from dayu.processor.core import ProcessorCore
 from dayu.processor.kinds import PROCESSORS, StageRunner
-from dayu.processor.models import dominant_colour, merge_detections
+from dayu.processor.refiners import dominant_colour
+from dayu.processor.results import merge_detections
 from dayu.runtime.errors import InvalidArgument
 from dayu.v1 import task_pb2, types_pb2
 

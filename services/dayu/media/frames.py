@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-
-import cv2
-import numpy as np
+from typing import TYPE_CHECKING
 
 from dayu.runtime.errors import InvalidArgument
 from dayu.v1 import types_pb2
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Frame rates become exact fractions so that 10 of 30 frames is exactly every third frame, with no
 # float drift over hours of video; 1001 keeps NTSC rates (30000/1001) exact.
@@ -77,6 +78,9 @@ def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     if (source_width, source_height) == (width, height):
         return frame
     shrinking = width <= source_width and height <= source_height
+    # Imported here: the rest of this module (frame rates, box maths for dayu.media.accuracy) needs no OpenCV.
+    import cv2
+
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 

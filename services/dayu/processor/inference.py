@@ -14,17 +14,16 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
-import pydantic
 import tritonclient.grpc.aio as triton_grpc
 from rapidocr_onnxruntime.utils import OrtInferSession
 from tritonclient.utils import InferenceServerException
 
+from dayu.processor.kinds import InferenceParams, TritonParams
 from dayu.processor.repository import packaged_model_file
 from dayu.runtime.client import RETRYABLE
-from dayu.runtime.config import StrictModel
 from dayu.runtime.errors import Unavailable
 from dayu.runtime.logs import get_logger
 from dayu.v1 import types_pb2
@@ -60,29 +59,6 @@ class InferenceBackend(Protocol):
 
     async def aclose(self) -> None:
         """Releases connections."""
-
-
-class TritonParams(StrictModel):
-    address: str = pydantic.Field("127.0.0.1:8001", min_length=1, description="HOST:PORT of Triton's gRPC endpoint")
-    timeout_s: float = pydantic.Field(10.0, gt=0, le=600, description="longest wait for one inference call")
-    attempts: int = pydantic.Field(3, ge=1, le=10, description="tries of a call before the stage fails")
-    backoff_s: float = pydantic.Field(0.25, ge=0, le=30, description="wait before the second try, doubling after")
-
-
-class InferenceParams(StrictModel):
-    """The parameters every model-backed kind takes."""
-
-    backend: Literal["onnxruntime", "triton"] = pydantic.Field(
-        "onnxruntime", description="triton: the node's Triton server; onnxruntime: in this process"
-    )
-    intra_op_threads: int = pydantic.Field(
-        1,
-        ge=1,
-        le=64,
-        description="in process: threads of one inference; 1 leaves the other cores to the other components, "
-        "more than the machine's cores means all of them (rapidocr's rule)",
-    )
-    triton: TritonParams = TritonParams()
 
 
 class TritonUnavailable(Unavailable):

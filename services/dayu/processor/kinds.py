@@ -1,15 +1,19 @@
 """Processor kinds, selected by name (the `processor` of a pipeline stage) with typed parameters.
 
-A kind fills in one stage of a task: its per-frame results and scenario. Inference kinds (the
-detector and second-stage models served by Triton) register here the same way."""
+A kind fills in one stage of a task: its per-frame results and scenario. Every kind's parameters are
+here, but only the noop kind's code: the others register by the module they live in, imported when a
+processor runs that kind, so a processor loads the libraries of its own kind alone (OpenCV for the
+colour classifier, and onnxruntime, rapidocr and tritonclient too for the kinds on models) and a mesh
+file's kinds validate without any of them."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import pydantic
 
+from dayu.runtime.config import StrictModel
 from dayu.runtime.registry import Registry
 from dayu.v1 import task_pb2
 
@@ -50,6 +54,63 @@ class NoopRunner:
         stage.scenario.mean_object_sizes.extend([0.0] * frames)
 
 
-# The inference kinds register themselves on import; importing them here keeps every kind in PROCESSORS
-# wherever the registry is used. Last, since they import PROCESSORS from this module.
-from dayu.processor import models  # noqa: E402, F401
+class TritonParams(StrictModel):
+    address: str = pydantic.Field("127.0.0.1:8001", min_length=1, description="HOST:PORT of Triton's gRPC endpoint")
+    timeout_s: float = pydantic.Field(10.0, gt=0, le=600, description="longest wait for one inference call")
+    attempts: int = pydantic.Field(3, ge=1, le=10, description="tries of a call before the stage fails")
+    backoff_s: float = pydantic.Field(0.25, ge=0, le=30, description="wait before the second try, doubling after")
+
+
+class InferenceParams(StrictModel):
+    """The parameters every model-backed kind takes (see dayu.processor.inference)."""
+
+    backend: Literal["onnxruntime", "triton"] = pydantic.Field(
+        "onnxruntime", description="triton: the node's Triton server; onnxruntime: in this process"
+    )
+    intra_op_threads: int = pydantic.Field(
+        1,
+        ge=1,
+        le=64,
+        description="in process: threads of one inference; 1 leaves the other cores to the other components, "
+        "more than the machine's cores means all of them (rapidocr's rule)",
+    )
+    triton: TritonParams = TritonParams()
+
+
+class TextDetectorParams(InferenceParams):
+    max_side: int = pydantic.Field(
+        960, ge=32, le=4096, description="longer side fed to the model; larger frames are scaled down, never up"
+    )
+    pixel_threshold: float = pydantic.Field(0.3, gt=0, lt=1, description="text probability of a pixel that is text")
+    score_threshold: float = pydantic.Field(0.5, ge=0, le=1, description="mean text probability to keep a box")
+    unclip_ratio: float = pydantic.Field(1.6, ge=1, le=4, description="how far boxes grow around the text core")
+    # A plate reader knows what a plate looks like from its camera: a text line several times wider
+    # than high, and no taller than some share of the frame. Shapes the model takes for text (a row
+    # of trees, a building's edge) are neither, and would be false plates.
+    min_aspect: float = pydantic.Field(0.0, ge=0, description="keep boxes at least this many times wider than high")
+    max_height_share: float = pydantic.Field(
+        1.0, gt=0, le=1, description="keep boxes at most this share of the frame's height"
+    )
+    label: str = pydantic.Field("plate", min_length=1, description="label of every box")
+    batch_size: int = pydantic.Field(
+        8, ge=1, le=64, description="frames per model call; a segment's frames share calls"
+    )
+
+
+class TextRecognizerParams(InferenceParams):
+    # Measured on 2 cores (hack/bench_models.py): with one thread, batches of 4 cost about what one crop per
+    # call does and larger batches more; with two threads, batches of 4 are about a quarter cheaper per crop.
+    batch_size: int = pydantic.Field(4, ge=1, le=256, description="crops per model call; a segment's crops share calls")
+
+
+class ColorClassifierParams(StrictModel):
+    region_height: float = pydantic.Field(2.0, gt=0, le=10, description="height of the body region, in box heights")
+    region_width: float = pydantic.Field(1.0, gt=0, le=10, description="width of the body region, in box widths")
+
+
+PROCESSORS.register_lazy("merge", "dayu.processor.results:MergeRunner")
+PROCESSORS.register_lazy(
+    "color_classifier", "dayu.processor.refiners:ColorClassifierRunner", params=ColorClassifierParams
+)
+PROCESSORS.register_lazy("text_detector", "dayu.processor.models:TextDetectorRunner", params=TextDetectorParams)
+PROCESSORS.register_lazy("text_recognizer", "dayu.processor.models:TextRecognizerRunner", params=TextRecognizerParams)
