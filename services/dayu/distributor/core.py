@@ -18,8 +18,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from dayu.distributor.store import RecordStore
 from dayu.media.accuracy import segment_f1
-from dayu.media.codecs import decode_segment, encode_segment
-from dayu.media.frames import resize
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument
 from dayu.runtime.logs import get_logger
@@ -68,6 +66,10 @@ def accuracy(task: task_pb2.Task, golden: Sequence[types_pb2.FrameDetections] | 
 def golden_task(task: task_pb2.Task, stage: task_pb2.TaskStage) -> task_pb2.Task:
     """The task as the golden configuration sees it: its frames at the source's resolution, and only
     `stage` (pending) in its DAG, for a processor of the stage's kind (CPU work: run it in a thread)."""
+    # Codecs (OpenCV, PyAV) only where golden scoring is configured: a distributor without it loads neither.
+    from dayu.media.codecs import decode_segment, encode_segment
+    from dayu.media.frames import resize
+
     source = task.segment.source_resolution
     frames = [resize(frame, source.width, source.height) for frame in decode_segment(task.segment)]
     golden = task_pb2.Task()
