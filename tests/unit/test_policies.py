@@ -282,3 +282,54 @@ def test_every_policy_is_registered() -> None:
         "periodic_profiling",
         "latency_budget",
     }
+
+
+def test_latency_budget_fits_processing_to_the_time_there_is() -> None:
+    """A busy machine (every node as slow): no placement helps, so the processing per task and per
+    second is fitted to the budget and max_load at once, keeping the resolution while frame rate and
+    segment length can give; tasks of the heavier decision still draining do not push it further, and
+    steps back up stay within the processing time there is."""
+    v, p = view(), policy("latency_budget", offload=False, max_load=0.8)
+    apply(v, p.decide(v))  # 720p, 30 fps, 10 frames per segment
+    feed(v, latency=3.0, process=2.5, queue=0.3)  # 0.25 s a frame: 7.5 s of processing a second
+    fitted = apply(v, p.decide(v))
+    config = fitted.configuration
+    assert "processing 2.50 s" in fitted.reason and set(fitted.placement.values()) == {"edge-1"}
+    assert (config.resolution.height, config.fps, config.frames_per_segment) == (720, 2, 1)
+    heavy = view().spec.max_configuration
+    feed(v, latency=3.5, process=2.5, queue=1.0, tasks=4, version=fitted.version - 1)  # the backlog drains
+    for record in v.recent[-4:]:
+        record.task.configuration.CopyFrom(heavy)
+    assert p.decide(v) is None
+    for _ in range(6):  # tasks of the fitted decision come back in time: spend it, within 0.8 s a second
+        frames = v.current.configuration.frames_per_segment
+        feed(v, latency=0.05 + 0.25 * frames, process=0.25 * frames)
+        proposal = p.decide(v)
+        if proposal is None:
+            break
+        config = apply(v, proposal).configuration
+        assert 0.25 * config.fps <= 0.8 and config.resolution.height == 720
+    assert config.fps == 3
+
+
+def test_latency_budget_starts_where_told() -> None:
+    v, p = view(), policy("latency_budget", start={"height": 400, "fps": 4, "frames_per_segment": 2})
+    start = apply(v, p.decide(v))
+    config = start.configuration
+    assert (config.resolution.height, config.fps, config.frames_per_segment) == (360, 3, 2)
+    assert "configured start" in start.reason
+    v.current = None  # a restart (fallback, then feedback again) keeps what it learned since
+    p.levels = (1, 1, 1)
+    assert apply(v, p.decide(v)).configuration.resolution.height == 540
+
+
+def test_latency_budget_does_not_blame_the_uplink_for_slow_processing() -> None:
+    v, p = view(), policy("latency_budget", offload=False)
+    edge = resources_pb2.NodeResources(node="edge-1")
+    edge.links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=50.0)
+    v.resources = {"edge-1": edge}
+    apply(v, p.decide(v))
+    # Late because processing is slow; at the measured 50 Mbit/s the transfer barely changes (0.016 s).
+    feed(v, latency=3.0, process=2.5, transfer=0.01)
+    decision = apply(v, p.decide(v))
+    assert not decision.reason.startswith("uplink now") and "processing 2.50 s" in decision.reason

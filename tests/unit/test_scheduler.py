@@ -100,3 +100,25 @@ async def test_traces_of_a_slower_uplink_change_the_decision_before_late_tasks_r
     await core.receive_spans(transfer_spans("edge-1", "cloud", [(250_000, 0.51)]))  # 4 Mbit/s
     refit = core.decision("stream-1")
     assert refit.version > start.version and refit.reason.startswith("traces: uplink now 4.0 Mbit/s")
+
+
+async def test_stats_keep_a_bounded_history_of_decisions_with_their_reasons() -> None:
+    from dayu.scheduler.core import DECISION_HISTORY
+
+    core = SchedulerCore(FIXED)
+    await core.register(make_stream_spec())
+    await core.set_policy("stream-1", decision_pb2.PolicySpec(name="fixed", params_yaml="{fps: 5}"))
+    (stats,) = core.stats()
+    assert [d.version for d in stats.history] == [1, 2]
+    assert stats.history[0].reason.startswith("startup plan") and "policy switched to fixed" in stats.history[1].reason
+    assert stats.history[1].configuration.fps == 5 and stats.history[1].made_at.ToNanoseconds() > 0
+    assert stats.history[0].made_at.ToNanoseconds() >= stats.registered_at.ToNanoseconds() > 0
+    registered_at = stats.registered_at.ToNanoseconds()
+    for _ in range(DECISION_HISTORY + 3):
+        await core.set_policy("stream-1", FIXED)
+    await core.register(make_stream_spec())  # a re-registration goes on with the same history
+    (stats,) = core.stats()
+    last = DECISION_HISTORY + 6
+    assert len(stats.history) == DECISION_HISTORY and stats.current.version == last
+    assert [d.version for d in stats.history] == list(range(last - DECISION_HISTORY + 1, last + 1))
+    assert stats.registered_at.ToNanoseconds() == registered_at

@@ -9,6 +9,7 @@ from dayu.v1 import resources_pb2 as _resources_pb2
 from dayu.v1 import task_pb2 as _task_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -270,6 +271,8 @@ class StreamSchedulingStats(_message.Message):
     FEEDBACK_RECEIVED_FIELD_NUMBER: _builtins.int
     CURRENT_FIELD_NUMBER: _builtins.int
     HOP_LATENCIES_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    REGISTERED_AT_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     """The stream."""
     policy: _builtins.str
@@ -290,6 +293,18 @@ class StreamSchedulingStats(_message.Message):
     def hop_latencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___HopLatency]:
         """Latency of each kind of hop of its tasks, per stage and node, from the spans received."""
 
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[_decision_pb2.Decision]:
+        """Its most recent decisions, oldest first, each with its version, made_at, reason, configuration,
+        placement and pause flag; bounded (the last 32): the versions before the first were not kept.
+        """
+
+    @_builtins.property
+    def registered_at(self) -> _timestamp_pb2.Timestamp:
+        """When the stream was first registered (its startup plan); it stays across re-registrations,
+        as versions and the history do.
+        """
+
     def __init__(
         self,
         *,
@@ -301,10 +316,12 @@ class StreamSchedulingStats(_message.Message):
         feedback_received: _builtins.int = ...,
         current: _decision_pb2.Decision | None = ...,
         hop_latencies: _abc.Iterable[Global___HopLatency] | None = ...,
+        history: _abc.Iterable[_decision_pb2.Decision] | None = ...,
+        registered_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["current", b"current"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "decision_time_p50_s", b"decision_time_p50_s", "decision_time_p95_s", b"decision_time_p95_s", "decisions", b"decisions", "feedback_received", b"feedback_received", "hop_latencies", b"hop_latencies", "policy", b"policy", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "decision_time_p50_s", b"decision_time_p50_s", "decision_time_p95_s", b"decision_time_p95_s", "decisions", b"decisions", "feedback_received", b"feedback_received", "history", b"history", "hop_latencies", b"hop_latencies", "policy", b"policy", "registered_at", b"registered_at", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -54,6 +54,7 @@ class Mesh:
         self.triton = None  # a TritonServer when the mesh runs its own
         self.triton_addresses: list[str] = []
         self.triton_statistics: dict[str, dict[str, dict[str, float | int]]] = {}  # address -> model -> counters
+        self.kernel_link_bytes: dict[str, int] = {}  # emulated links only
 
     def address(self, instance: Instance) -> str:
         return self.addresses[instance.key]

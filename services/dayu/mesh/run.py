@@ -17,6 +17,7 @@ from dayu.runtime.client import Channels
 from dayu.v1 import (
     controller_pb2,
     controller_pb2_grpc,
+    decision_pb2,
     distributor_pb2,
     distributor_pb2_grpc,
     generator_pb2,
@@ -32,14 +33,17 @@ class RunningMesh(Protocol):
     config: MeshConfig
     instances: list[Instance]
     triton_statistics: dict[str, dict[str, dict[str, float | int]]]
+    kernel_link_bytes: dict[str, int]  # "a->b" -> bytes the kernel counted, once stopped; {} if not real links
     records: Path  # the distributor's SQLite file, as this machine sees it
 
     async def start(self) -> None: ...
     def address(self, instance: Instance) -> str:
         """HOST:PORT at which this process reaches the instance."""
+
     async def stop_generators(self) -> None: ...
     async def stop(self) -> None:
         """Stops the rest, in STOP_ORDER, once the tasks in flight settled."""
+
     async def abort(self) -> None:
         """Stops whatever still runs, at once; safe to call after stop()."""
 
@@ -69,7 +73,8 @@ async def run_mesh(
         distributor = distributor_pb2_grpc.DistributorServiceStub(channels.get(_cloud(mesh, "distributor")))
         watcher = asyncio.create_task(_watch(distributor, tally))
 
-        deadline = started + duration_s if duration_s else None
+        running = time.monotonic()  # the duration counts from when the mesh is up
+        deadline = running + duration_s if duration_s else None
         while not stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
             wait = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
             try:
@@ -82,17 +87,20 @@ async def run_mesh(
                 f"dayu: {time.monotonic() - started:5.0f} s  generated {generated}  delivered {tally.delivered}"
                 f"  dropped {tally.dropped}  latency p50 {latency or 0:.2f} s"
             )
-        # Read before the generators stop; they make no task after this.
+        # Read before the generators stop (they may still make a task or two until they do).
         generator_counts = await generated_per_stream(mesh, channels)
         link_bytes = await bytes_per_link(mesh, channels)
         scheduling = await scheduling_stats(mesh, channels)
         progress("dayu: stopping: generators first, then waiting for tasks in flight")
-        total = sum(generator_counts.values())
         await mesh.stop_generators()
-        await tally.wait_for_total(total, config.join_timeout_s + 10)
+        # Until every task made is delivered or dropped, while they keep settling: a backlog on a busy
+        # machine drains for longer than any fixed wait, and what is still in flight when the rest
+        # stops is lost unrecorded. Tasks made after the count above show in the records' sequences.
+        await tally.wait_for_total(generator_counts, config.join_timeout_s + 10)
         await mesh.stop()
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+        generator_counts = tally.generated(generator_counts)
     finally:
         await mesh.abort()
         await channels.close()
@@ -102,6 +110,7 @@ async def run_mesh(
         "generated_per_stream": generator_counts,
         **tally.summary(),
         "bytes_per_link": link_bytes,
+        "kernel_bytes_per_link": mesh.kernel_link_bytes,
         "scheduling": scheduling,
         "triton": mesh.triton_statistics,
     }
@@ -130,10 +139,31 @@ async def generated_per_stream(mesh: RunningMesh, channels: Channels) -> dict[st
 
 
 async def scheduling_stats(mesh: RunningMesh, channels: Channels) -> dict[str, Any]:
-    """Per stream: its policy, how many decisions it made and how long they took, and the latency of
-    its hops from the traces the scheduler received."""
+    """Per stream: its policy, how many decisions it made and how long they took, its most recent
+    decisions (when, relative to the first stream's registration; version; configuration,
+    placement, pause; reason) and the latency of its hops from the traces the scheduler received."""
     stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.get(_cloud(mesh, "scheduler")))
     reply = await stub.GetSchedulerStats(scheduler_pb2.GetSchedulerStatsRequest(), timeout=5)
+    registered = [s.registered_at.ToNanoseconds() for s in reply.streams if s.HasField("registered_at")]
+    start_ns = min(registered, default=0)
+
+    def decided(d: decision_pb2.Decision) -> dict[str, Any]:
+        c = d.configuration
+        return {
+            "version": d.version,
+            "at_s": round((d.made_at.ToNanoseconds() - start_ns) / 1e9, 3) if start_ns else None,
+            "configuration": {
+                "width": c.resolution.width,
+                "height": c.resolution.height,
+                "fps": c.fps,
+                "quality": c.quality,
+                "frames_per_segment": c.frames_per_segment,
+            },
+            "placement": dict(sorted(d.placement.items())),
+            "paused": d.paused,
+            "reason": d.reason,
+        }
+
     return {
         s.stream_id: {
             "policy": s.policy,
@@ -141,6 +171,7 @@ async def scheduling_stats(mesh: RunningMesh, channels: Channels) -> dict[str, A
             "decision_time_p50_s": s.decision_time_p50_s,
             "decision_time_p95_s": s.decision_time_p95_s,
             "last_reason": s.current.reason,
+            "history": [decided(d) for d in s.history],
             "hops": [
                 {"hop": h.hop, "stage": h.stage, "node": h.node, "spans": h.spans, "p50_s": h.p50_s, "p95_s": h.p95_s}
                 for h in s.hop_latencies

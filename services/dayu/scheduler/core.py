@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import yaml
+from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from dayu.runtime.clock import timestamp
@@ -24,6 +25,7 @@ from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, task_pb2
 RECENT_RECORDS = 64
 LINK_CHANGE = 0.1  # a link's traced bandwidth moving by more than this share is news to its streams
 DECISION_TIMES = 1000
+DECISION_HISTORY = 32  # decisions kept per stream for GetSchedulerStats (what was decided, and why)
 
 
 def build_policy(spec: decision_pb2.PolicySpec, field: str, registry: Registry[type[Policy]] = POLICIES) -> Policy:
@@ -52,6 +54,8 @@ class _Stream:
     in_fallback: bool = False
     link_changed: bool = False  # a link of the stream's node changed bandwidth since its last decision
     decision_times: deque[float] = field(default_factory=lambda: deque(maxlen=DECISION_TIMES))
+    history: deque[decision_pb2.Decision] = field(default_factory=lambda: deque(maxlen=DECISION_HISTORY))
+    registered_at: Timestamp = field(default_factory=timestamp)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
 
@@ -100,9 +104,11 @@ class SchedulerCore:
         view = StreamView(spec, None, self.cloud_node)
         self._registrations += 1
         stream = _Stream(view, policy_spec.name, policy, registered=self._registrations)
-        if previous:  # versions go on from the previous registration
+        if previous:  # versions, and the history they make, go on from the previous registration
             stream.last_version = previous.last_version
             stream.changed = previous.changed
+            stream.history = previous.history
+            stream.registered_at = previous.registered_at
         self._streams[spec.stream_id] = stream
         return await self._decide(stream, "startup plan")
 
@@ -232,6 +238,7 @@ class SchedulerCore:
             paused=bool(stream.paused_because),
         )
         stream.decisions += 1
+        stream.history.append(decision)
         stream.view.arrived_since_decision = 0
         async with stream.changed:
             stream.view.current = decision
@@ -271,6 +278,8 @@ class SchedulerCore:
                     feedback_received=stream.feedback,
                     current=stream.view.current,
                     hop_latencies=self.hops.stats(stream_id),
+                    history=list(stream.history),
+                    registered_at=stream.registered_at,
                 )
             )
         return out

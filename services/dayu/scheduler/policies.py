@@ -8,6 +8,7 @@ stream)."""
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -370,6 +371,12 @@ class PeriodicProfilingPolicy:
         )
 
 
+class StartParams(Strict):
+    height: int | None = pydantic.Field(None, gt=0, description="resolution height (the ladder's rung at or under it)")
+    fps: float | None = pydantic.Field(None, gt=0, description="frame rate (the ladder's rung at or under it)")
+    frames_per_segment: int | None = pydantic.Field(None, ge=1)
+
+
 class LatencyBudgetParams(Strict):
     target: float = pydantic.Field(0.8, gt=0, le=1, description="aim at this share of the latency budget")
     slack: float = pydantic.Field(0.6, gt=0, lt=1, description="spend spare budget below target*slack")
@@ -378,28 +385,52 @@ class LatencyBudgetParams(Strict):
         4, ge=1, description="after a change, arrivals to wait for when no task made under it has arrived yet"
     )
     safety: float = pydantic.Field(0.8, gt=0, le=1, description="use at most this share of the uplink")
+    max_load: float = pydantic.Field(
+        0.8,
+        gt=0,
+        description="keep the stream's processing under this many seconds per second (over 1, its tasks queue "
+        "without end); lower it when streams share the same processors",
+    )
     offload: bool = pydantic.Field(True, description="may move stages between the edge and the cloud")
+    start: StartParams = pydantic.Field(
+        default_factory=StartParams, description="the startup configuration; the best where unset"
+    )
 
 
 Levels = tuple[int, int, int]  # steps down from the best: resolution, frame rate, frames per segment
+
+
+@dataclass(frozen=True)
+class _Prediction:
+    """What the model predicts for a configuration: the delay (and its queueing), whether its bitrate
+    fits the uplink, and its processing load (seconds of processing per second of the stream)."""
+
+    delay_s: float
+    queue_s: float
+    transfer_s: float
+    rate_fits: bool
+    load: float
 
 
 @POLICIES.register("latency_budget", params=LatencyBudgetParams)
 class LatencyBudgetPolicy:
     """A latency-budget controller over resolution, frame rate, frames per segment and placement
     together, split as Hier-EI does. The macro level picks the knob from where the delay goes
-    (transfer, processing, queueing) and, when the uplink dominates, how far to move at once: a
-    model (bits per pixel learned from the tasks, the uplink's measured bandwidth, the link
+    (transfer, processing, queueing) and how far to move at once: a model (bits per pixel and
+    processing seconds per pixel learned from the tasks, the uplink's measured bandwidth, the link
     crossings of the placement) picks the most accurate resolution, frame rate and segment length
-    predicted to fit the budget and the uplink's rate. The micro level is negative feedback on the
-    delay of the most recent tasks: a step down (two for a big miss) over the target, a step up
-    when the current decision's own tasks leave budget and the model says the step still fits.
-    After a change it waits for tasks made under it (or hold_tasks arrivals), so tasks still
-    draining from before do not push it further than needed."""
+    predicted to fit the budget, the uplink's rate and the processing time there is (max_load: a
+    stream whose processing takes more seconds than the stream lasts queues without end, which no
+    placement fixes when every node is busy). The micro level is negative feedback on the delay of
+    the most recent tasks: a step down (two for a big miss) over the target, a step up when the
+    current decision's own tasks leave budget and the model says the step still fits. After a
+    change it waits for tasks made under it (or hold_tasks arrivals), so tasks still draining from
+    before do not push it further than needed."""
 
     def __init__(self, params: LatencyBudgetParams) -> None:
         self.params = params
         self.levels: Levels = (0, 0, 0)
+        self._started = False
 
     @staticmethod
     def _limits(best: types_pb2.Configuration) -> Levels:
@@ -415,6 +446,17 @@ class LatencyBudgetPolicy:
             frames_per_segment=best.frames_per_segment - segment,
         )
 
+    def _start_levels(self, best: types_pb2.Configuration) -> Levels:
+        """The levels of the `start` parameter: each knob's rung at or under it (the best when unset)."""
+        start, limits = self.params.start, self._limits(best)
+        heights = [r.height for r in resolutions(best.resolution)]
+        rates = frame_rates(best.fps)
+        resolution = next((i for i, h in enumerate(heights) if h <= start.height), limits[0]) if start.height else 0
+        fps = next((i for i, f in enumerate(rates) if f <= start.fps), limits[1]) if start.fps else 0
+        frames = start.frames_per_segment
+        segment = best.frames_per_segment - min(frames, best.frames_per_segment) if frames else 0
+        return resolution, fps, segment
+
     def _step(self, knob: int, steps: int, best: types_pb2.Configuration) -> bool:
         levels = list(self.levels)
         levels[knob] = max(0, min(self._limits(best)[knob], levels[knob] + steps))
@@ -425,11 +467,14 @@ class LatencyBudgetPolicy:
     def decide(self, view: StreamView) -> Proposal | None:
         best = view.spec.max_configuration
         if view.current is None:
+            if not self._started:  # a restart (fallback, feedback resumed) keeps the levels it learned
+                self.levels, self._started = self._start_levels(best), True
             placement = {
                 s.name: view.spec.node if view.can_run(view.spec.node, s.processor) else view.cloud_node
                 for s in view.spec.pipeline.stages
             }
-            return Proposal(self._config(best, self.levels), placement, "start at the best, on the edge where it can")
+            start = "start at the best" if self.levels == (0, 0, 0) else "start at the configured start"
+            return Proposal(self._config(best, self.levels), placement, f"{start}, on the edge where it can")
         own = view.feedback(2, last=self.params.window)
         fresh = view.feedback(1, made_under_current=False, last=self.params.window)
         target = view.spec.latency_budget_s * self.params.target
@@ -446,7 +491,7 @@ class LatencyBudgetPolicy:
         if judged is None:
             return None
         if judged.latency_s > target:
-            change = self._reduce(view, judged, target, best)
+            change = self._reduce(view, judged, target, best, own is None)
             if change is None:
                 return None
             placement, why = change
@@ -462,9 +507,15 @@ class LatencyBudgetPolicy:
         return None
 
     def _reduce(
-        self, view: StreamView, feedback: Feedback, target: float, best: types_pb2.Configuration
+        self,
+        view: StreamView,
+        feedback: Feedback,
+        target: float,
+        best: types_pb2.Configuration,
+        draining: bool = False,
     ) -> tuple[dict[str, str], str] | None:
-        """Macro: act on what dominates the delay. Returns the placement and why, or None."""
+        """Macro: act on what dominates the delay. `draining`: the feedback is of tasks made under
+        earlier decisions. Returns the placement and why, or None."""
         assert view.current is not None
         placement = dict(view.current.placement)
         node, cloud = view.spec.node, view.cloud_node
@@ -472,10 +523,13 @@ class LatencyBudgetPolicy:
         total = max(feedback.transfer_s + feedback.process_s + feedback.queue_s, 1e-9)
         if feedback.transfer_s / total >= 0.4:
             change = self._fit_transfer(view, feedback, target, best)
-            if change is not None or self._predict(view, feedback, best, self.levels) is not None:
+            if change is not None:
+                placement, why = change
+                return placement, f"transfer dominates ({feedback.transfer_s:.2f} s): {why}"
+            if self._predict(view, feedback, best, self.levels) is not None:
                 # No change while the model says the current configuration fits: the excess is a
                 # backlog from before still draining, and stepping further down would overshoot.
-                return change
+                return None
         elif feedback.process_s / total >= 0.5 and self.params.offload and self._cloud_is_near(view):
             heavy = sorted(
                 (
@@ -488,6 +542,20 @@ class LatencyBudgetPolicy:
             if heavy:
                 placement[heavy[0]] = cloud
                 return placement, f"processing dominates ({feedback.process_s:.2f} s): offload {heavy[0]} to {cloud}"
+        if (feedback.process_s + feedback.queue_s) / total >= 0.5 and feedback.process_s > 0:
+            # Processing and queueing dominate and no placement helps (none allowed, or none faster):
+            # the stream asks for more processing than there is. Fit the levels to the time there is.
+            if draining and self._lighter_than_drained(view):
+                return None  # the tasks of the lighter current decision have not come back yet
+            fitted = self._fit(view, feedback, target, best)
+            if fitted is not None and self._rank(best, fitted) < self._rank(best, self.levels):
+                self.levels = fitted
+                load = feedback.process_s * view.current.configuration.fps
+                load /= max(view.current.configuration.frames_per_segment, 1)
+                return placement, (
+                    f"processing {feedback.process_s:.2f} s and queueing {feedback.queue_s:.2f} s a task"
+                    f" (load {load:.0%}): {self._describe(best, fitted)} fit the budget and the processing time"
+                )
         if feedback.queue_s / total >= 0.3 and self._step(1, 1, best):
             return placement, f"queueing dominates ({feedback.queue_s:.2f} s): fewer frames per second"
         steps = 1 if feedback.latency_s - target < 0.5 * view.spec.latency_budget_s else 2  # micro
@@ -495,28 +563,46 @@ class LatencyBudgetPolicy:
             return placement, "lower resolution (or shorter segments, fewer frames per second)"
         return None
 
+    @staticmethod
+    def _lighter_than_drained(view: StreamView) -> bool:
+        """Whether the current decision asks for less processing (pixels x frames per second) than
+        the tasks that came back since it was made, which earlier decisions made."""
+        assert view.current is not None
+        arrived = view.recent[len(view.recent) - min(view.arrived_since_decision, len(view.recent)) :]
+        made_before = [r.task.configuration for r in arrived if r.task.decision_version != view.current.version]
+        current = view.current.configuration
+        return bool(made_before) and all(_pixels(c) * c.fps > _pixels(current) * current.fps for c in made_before)
+
+    def _describe(self, best: types_pb2.Configuration, levels: Levels) -> str:
+        config = self._config(best, levels)
+        return f"{config.resolution.height}p at {config.fps:g} fps, {config.frames_per_segment} frames per segment"
+
     def _uplink_fell(self, view: StreamView, feedback: Feedback, target: float, best: types_pb2.Configuration) -> bool:
         """Whether the uplink's measured bandwidth (traces or probes, not the tasks' own transfers)
         no longer carries the current configuration: its bitrate does not fit, or the delay predicted
-        at that bandwidth is over the target and worse than what the tasks saw."""
+        at that bandwidth (the rest as the tasks saw it) is over the target and worse than what the
+        tasks saw, by a transfer grown by over a tenth of the budget (a late task whose transfer
+        barely changed is late for another reason, which the feedback handles)."""
         if view.bandwidth_mbps(view.spec.node, view.cloud_node) is None:
             return False
         predicted = self._predict(view, feedback, best, self.levels)
         if predicted is None:
             return False
-        delay, rate_fits = predicted
-        return not rate_fits or delay > max(target, feedback.latency_s)
+        seen = max(feedback.latency_s - feedback.transfer_s, feedback.queue_s + feedback.process_s)
+        delay = seen + predicted.transfer_s
+        grown = predicted.transfer_s - feedback.transfer_s > 0.1 * view.spec.latency_budget_s
+        return not predicted.rate_fits or (grown and delay > max(target, feedback.latency_s))
 
     def _fit_transfer(
         self, view: StreamView, feedback: Feedback, target: float, best: types_pb2.Configuration
     ) -> tuple[dict[str, str], str] | None:
         """Macro, when the uplink is what the delay needs: the placement whose frames cross it the
         fewest times (when offloading is allowed), then the most accurate levels predicted to fit
-        there. Returns the placement and why, or None when neither improves on the current."""
+        there. Returns the placement and what changed, or None when neither improves on the current."""
         assert view.current is not None
         placement = dict(view.current.placement)
         fewer = self._fewest_crossings(view) if self.params.offload else placement
-        fitted = self._fit_uplink(view, feedback, target, best, fewer)
+        fitted = self._fit(view, feedback, target, best, fewer)
         lower = fitted is not None and self._rank(best, fitted) < self._rank(best, self.levels)
         if fewer == placement and not lower:
             return None
@@ -524,12 +610,8 @@ class LatencyBudgetPolicy:
         if lower:
             assert fitted is not None
             self.levels = fitted
-            config = self._config(best, fitted)
-            changes.append(
-                f"{config.resolution.height}p at {config.fps:g} fps, "
-                f"{config.frames_per_segment} frames per segment fit the uplink"
-            )
-        return fewer, f"transfer dominates ({feedback.transfer_s:.2f} s): {', '.join(changes)}"
+            changes.append(f"{self._describe(best, fitted)} fit the uplink")
+        return fewer, ", ".join(changes)
 
     def _crossings(self, view: StreamView, placement: Mapping[str, str]) -> int:
         """Times a task's frames cross between nodes under `placement`: once for every stage whose
@@ -574,9 +656,14 @@ class LatencyBudgetPolicy:
         best: types_pb2.Configuration,
         levels: Levels,
         placement: Mapping[str, str] | None = None,
-    ) -> tuple[float, bool] | None:
-        """Predicted delay of a configuration (under `placement`, else the current one) and whether
-        its bitrate fits the uplink; None without a bandwidth measurement or task sizes to go on."""
+    ) -> _Prediction | None:
+        """Predicted delay of a configuration (under `placement`, else the current one), whether its
+        bitrate fits the uplink and its processing load; None without task sizes to go on.
+        Transfer scales with the bits per pixel over the uplink's bandwidth (the measured one, else
+        the tasks' own transfers; else the transfer the tasks saw, by pixels), processing with
+        pixels per task, the load with pixels per second, and queueing with the load: in proportion
+        while the stream keeps up, else as a single server's (M/D/1) at the predicted load, since the
+        queue of a stream that does not keep up is a backlog that only grows."""
         assert view.current is not None
         current = view.current.configuration
         crossings_now = max(self._crossings(view, view.current.placement), 1)
@@ -585,24 +672,36 @@ class LatencyBudgetPolicy:
         if bandwidth is None and feedback.transfer_s > 0:  # the tasks' own transfers, queueing included
             bandwidth = feedback.bytes_per_task * 8 * crossings_now / feedback.transfer_s / 1e6
         current_pixels = _pixels(current) * current.frames_per_segment
-        if not bandwidth or not feedback.bytes_per_task or not current_pixels:
+        if not feedback.bytes_per_task or not current_pixels:
             return None
         bits_per_pixel = feedback.bytes_per_task * 8 / current_pixels
         config = self._config(best, levels)
         pixels = _pixels(config) * config.frames_per_segment
-        transfer = bits_per_pixel * pixels * crossings / (bandwidth * 1e6)
+        if bandwidth:
+            transfer = bits_per_pixel * pixels * crossings / (bandwidth * 1e6)
+            rate_fits = bits_per_pixel * _pixels(config) * config.fps <= bandwidth * 1e6 * self.params.safety
+        else:
+            transfer, rate_fits = feedback.transfer_s * pixels / current_pixels, True
+        process = feedback.process_s * pixels / current_pixels
+        load_now = feedback.process_s * current.fps / current.frames_per_segment
+        load = process * config.fps / config.frames_per_segment
+        if load_now < 1:
+            queue = feedback.queue_s * load / load_now if load_now > 0 else feedback.queue_s
+        else:
+            queue = process * load / (2 * (1 - load)) if load < 1 else math.inf
         other = max(feedback.latency_s - feedback.transfer_s - feedback.process_s - feedback.queue_s, 0.0)
-        delay = other + feedback.queue_s + feedback.process_s * pixels / current_pixels + transfer
-        rate_fits = bits_per_pixel * _pixels(config) * config.fps <= bandwidth * 1e6 * self.params.safety
-        return delay, rate_fits
+        return _Prediction(other + queue + process + transfer, queue, transfer, rate_fits, load)
+
+    def _fits_prediction(self, predicted: _Prediction, target: float) -> bool:
+        return predicted.delay_s <= target and predicted.rate_fits and predicted.load <= self.params.max_load
 
     def _fits(
         self, view: StreamView, feedback: Feedback, target: float, best: types_pb2.Configuration, levels: Levels
     ) -> bool:
         predicted = self._predict(view, feedback, best, levels)
-        return predicted is None or (predicted[0] <= target and predicted[1])
+        return predicted is None or self._fits_prediction(predicted, target)
 
-    def _fit_uplink(
+    def _fit(
         self,
         view: StreamView,
         feedback: Feedback,
@@ -611,7 +710,8 @@ class LatencyBudgetPolicy:
         placement: Mapping[str, str] | None = None,
     ) -> Levels | None:
         """The most accurate levels (pixels, then frame rate, then segment length) predicted to fit
-        under `placement` (else the current one); if none does, the fastest."""
+        the target, the uplink and max_load under `placement` (else the current one); if none does,
+        the fastest. None without a prediction."""
         limits = self._limits(best)
         candidates = []
         for resolution in range(limits[0] + 1):
@@ -621,12 +721,12 @@ class LatencyBudgetPolicy:
                     predicted = self._predict(view, feedback, best, levels, placement)
                     if predicted is None:
                         return None
-                    fits = predicted[0] <= target and predicted[1]
-                    candidates.append((fits, self._rank(best, levels), predicted[0], levels))
+                    fits = self._fits_prediction(predicted, target)
+                    candidates.append((fits, self._rank(best, levels), (predicted.delay_s, predicted.load), levels))
         fitting = [c for c in candidates if c[0]]
         if fitting:
             return max(fitting, key=lambda c: c[1])[3]
-        return min(candidates, key=lambda c: c[2])[3]
+        return min(candidates, key=lambda c: c[2])[3]  # the least delay; of those (none finite), the least load
 
     def _rank(self, best: types_pb2.Configuration, levels: Levels) -> tuple[int, float, int]:
         """What accuracy needs most first: pixels, then frame rate, then frames per segment."""
