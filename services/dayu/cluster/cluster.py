@@ -15,6 +15,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -182,6 +183,8 @@ class Cluster:
         mounts = []
         for volume_name, mount_path in pod.mounts:
             volume = pod.volumes[volume_name]
+            if self._would_hide_installation(mount_path):
+                continue  # e.g. the tmp emptyDir on /tmp, where a checkout may live: the pod shares it
             if volume.memory_mb:
                 mounts.append(f"mount -t tmpfs -o size={volume.memory_mb}m {volume_name} {shlex.quote(mount_path)}")
                 continue
@@ -205,6 +208,12 @@ class Cluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def _would_hide_installation(self, mount_path: str) -> bool:
+        """A mount over a folder holding this installation or the cluster's files: in an image the
+        volume covers an empty folder; here it would hide the program itself."""
+        ours = [Path(sys.prefix).resolve(), self.workdir, Path(__file__).resolve()]
+        return any(path.is_relative_to(mount_path) for path in ours)
 
     def _volume_dir(self, pod: Pod, name: str) -> Path:
         volume = pod.volumes[name]
@@ -286,17 +295,10 @@ class Cluster:
         await self.abort()
 
     async def _read_triton_statistics(self) -> None:
-        from dayu.processor.triton_server import model_statistics
+        from dayu.processor.triton_server import statistics_of
 
-        for running in self.pods.values():
-            if running.pod.component == "triton":
-                address = f"{self.node_address(running.pod.node)}:{running.pod.port}"
-                try:
-                    stats = await model_statistics(address)
-                except Exception as error:  # the summary goes on without them
-                    log.warning("no triton statistics", address=address, error=str(error))
-                    continue
-                self.triton_statistics[address] = {m: counters.as_dict() for m, counters in stats.items()}
+        tritons = [r.pod for r in self.pods.values() if r.pod.component == "triton"]
+        self.triton_statistics = await statistics_of([f"{self.node_address(p.node)}:{p.port}" for p in tritons])
 
     async def abort(self) -> None:
         """Kills what still runs and removes the namespaces, links and cgroups; idempotent."""

@@ -4,22 +4,12 @@ machines. Links between logical nodes go through the controllers' link emulators
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from dayu.components import COMPONENTS
 from dayu.mesh.model import MeshConfig
 from dayu.mesh.plan import STOP_ORDER, Instance, Wiring, instances, settings, triton_nodes
-from dayu.runtime.logs import get_logger
-from dayu.runtime.server import ComponentServer
-
-log = get_logger(__name__)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from dayu.runtime.server import ComponentServer, free_port
 
 
 class LoopbackWiring(Wiring):
@@ -31,7 +21,7 @@ class LoopbackWiring(Wiring):
     def __init__(self, config: MeshConfig, workdir: Path, tritons: dict[str, str]) -> None:
         self.pipelines_file = str(config.pipelines_file)
         self.database = str(workdir / "dayu-records.sqlite")  # Mesh.records
-        self.ports = {instance.key: _free_port() for instance in instances(config)}
+        self.ports = {instance.key: free_port() for instance in instances(config)}
         self.tritons = tritons
 
     def address(self, target: Instance, seen_from: Instance) -> str:
@@ -98,15 +88,9 @@ class Mesh:
     async def _stop_triton(self) -> None:
         """Reads each Triton's own statistics once the processors are done with it, then stops the one
         started here."""
-        from dayu.processor.triton_server import model_statistics
+        from dayu.processor.triton_server import statistics_of
 
-        for address in self.triton_addresses:
-            try:
-                stats = await model_statistics(address)
-            except Exception as error:  # the summary goes on without them
-                log.warning("no triton statistics", address=address, error=str(error))
-                continue
-            self.triton_statistics[address] = {model: counters.as_dict() for model, counters in stats.items()}
+        self.triton_statistics = await statistics_of(self.triton_addresses)
         if self.triton is not None:
             await self.triton.stop()
             self.triton = None

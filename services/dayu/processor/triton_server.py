@@ -17,7 +17,6 @@ import importlib.util
 import os
 import re
 import signal
-import socket
 import sys
 import sysconfig
 import time
@@ -30,6 +29,7 @@ from tritonclient.utils import InferenceServerException
 
 from dayu.runtime.errors import Unavailable
 from dayu.runtime.logs import get_logger
+from dayu.runtime.server import free_port
 
 log = get_logger(__name__)
 # Seconds Triton waits for in-flight inferences at SIGTERM, and the margin this side waits beyond.
@@ -77,13 +77,6 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on now (the server binds it a moment later)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
 class TritonStartError(Unavailable):
     """tritonserver exited or did not become ready; the message ends with its log."""
 
@@ -127,6 +120,20 @@ async def model_statistics(address: str, timeout_s: float = 5.0) -> dict[str, Mo
             compute_ms=compute / stats.compute_infer.count / 1e6 if stats.compute_infer.count else 0.0,
         )
     return statistics
+
+
+async def statistics_of(addresses: list[str]) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Each Triton's statistics per model as plain counters (a run's summary); one that does not
+    answer is left out, with a warning."""
+    found = {}
+    for address in addresses:
+        try:
+            stats = await model_statistics(address)
+        except Exception as error:  # the summary goes on without them
+            log.warning("no triton statistics", address=address, error=str(error))
+            continue
+        found[address] = {model: counters.as_dict() for model, counters in stats.items()}
+    return found
 
 
 async def wait_until_ready(address: str, timeout_s: float, process: asyncio.subprocess.Process | None = None) -> None:

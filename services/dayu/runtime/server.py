@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,13 @@ from dayu.runtime.logs import get_logger
 from dayu.runtime.tracing import Tracing, extract
 
 log = get_logger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now (a server binds it a moment later)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)
