@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
 import numpy as np
 
 from dayu.generator.core import CapturedFrame, StreamRunner, build_task, startup_decision
 from dayu.media.codecs import decode_segment, encode_image
+from dayu.runtime.errors import RemoteError
 from dayu.v1 import datasource_pb2, decision_pb2, task_pb2, types_pb2
 
 from conftest import fork_join_pipeline, make_stream_spec
@@ -29,9 +29,9 @@ def frame(index: int, width: int = 1280, height: int = 720) -> datasource_pb2.Fr
     )
 
 
-class Unavailable(grpc.aio.AioRpcError):
+class Unavailable(RemoteError):
     def __init__(self) -> None:
-        super().__init__(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
+        super().__init__("UNAVAILABLE", "down")
 
 
 class Ports:

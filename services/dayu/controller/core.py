@@ -26,12 +26,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import grpc
 from opentelemetry import trace
 
 from dayu.controller.links import Link, NotSent
 from dayu.runtime.clock import timestamp
-from dayu.runtime.errors import InvalidArgument, Unavailable
+from dayu.runtime.errors import InvalidArgument, RemoteError, Unavailable
 from dayu.runtime.logs import get_logger
 from dayu.runtime.tracing import BYTES, DELAY, NO_TRACING, TO_NODE, Tracing, task_attributes
 from dayu.runtime.validation import validate_task
@@ -49,7 +48,7 @@ class Dropped(Exception):
 
 
 class Transport(Protocol):
-    """How the controller reaches the rest of the mesh. Failures raise grpc.aio.AioRpcError."""
+    """How the controller reaches the rest of the mesh. Failures raise RemoteError."""
 
     async def process(self, kind: str, task: task_pb2.Task, stage: str) -> task_pb2.Task:
         """Runs `stage` of `task` on this node's processor of `kind`."""
@@ -261,10 +260,10 @@ class ControllerCore:
     async def _process(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> task_pb2.Task:
         try:
             return await self.transport.process(stage.spec.processor, task, stage.spec.name)
-        except grpc.aio.AioRpcError as error:
+        except RemoteError as error:
             raise Dropped(
                 f"processor {stage.spec.processor!r} on {self.node} failed stage {stage.spec.name}: "
-                f"{error.code().name}: {error.details()}"
+                f"{error.code}: {error.details}"
             ) from None
 
     def _lateness(self, task: task_pb2.Task) -> str:
@@ -309,10 +308,10 @@ class ControllerCore:
         except NotSent:
             waiting.set_status(trace.StatusCode.ERROR, "too late to send")
             raise Dropped(self._lateness(task)) from None
-        except grpc.aio.AioRpcError as error:
-            (sending or [waiting])[0].set_status(trace.StatusCode.ERROR, error.code().name)
+        except RemoteError as error:
+            (sending or [waiting])[0].set_status(trace.StatusCode.ERROR, error.code)
             raise Dropped(
-                f"{refuser} {node} refused the task from {self.node}: {error.code().name}: {error.details()}"
+                f"{refuser} {node} refused the task from {self.node}: {error.code}: {error.details}"
             ) from None
         finally:
             if sending:
@@ -346,9 +345,9 @@ class ControllerCore:
         started = time.perf_counter()
         try:
             await self._link(node).transmit(nbytes, lambda: self.transport.probe(node, nbytes), probe=True)
-        except grpc.aio.AioRpcError as error:
-            span.set_status(trace.StatusCode.ERROR, error.code().name)
-            raise Unavailable(f"controller of {node} unreachable: {error.code().name}") from None
+        except RemoteError as error:
+            span.set_status(trace.StatusCode.ERROR, error.code)
+            raise Unavailable(f"controller of {node} unreachable: {error.code}") from None
         finally:
             span.end()
         return time.perf_counter() - started
@@ -450,10 +449,8 @@ class ControllerCore:
         else:
             try:
                 await self.transport.deliver(task)
-            except grpc.aio.AioRpcError as error:
-                raise Dropped(
-                    f"distributor refused the task from {self.node}: {error.code().name}: {error.details()}"
-                ) from None
+            except RemoteError as error:
+                raise Dropped(f"distributor refused the task from {self.node}: {error.code}: {error.details}") from None
         self.stats.delivered += 1
 
     async def _drop(self, task: task_pb2.Task, reason: str) -> None:
@@ -471,5 +468,5 @@ class ControllerCore:
         dropped.segment.stream = b""
         try:  # the transport already retries with backoff
             await self.transport.record_drop(dropped, reason)
-        except grpc.aio.AioRpcError as error:
-            log.error("cannot record drop", task_id=task.root_id, reason=reason, code=error.code().name)
+        except RemoteError as error:
+            log.error("cannot record drop", task_id=task.root_id, reason=reason, code=error.code)

@@ -12,7 +12,7 @@ import pydantic
 
 from dayu.controller.core import ControllerCore
 from dayu.controller.links import BandwidthTrace, Link
-from dayu.runtime.client import Channels, with_retries
+from dayu.runtime.client import Channels, remote, with_retries
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.errors import FailedPrecondition, InvalidArgument
 from dayu.runtime.logs import get_logger
@@ -83,7 +83,9 @@ class GrpcTransport:
             self.channels.get(self._address(self.section.processors, kind, "processor"))
         )
         request = processor_pb2.ProcessRequest(task=task, stage=stage)
-        reply = await with_retries(lambda: stub.Process(request), attempts=self.section.attempts, what="process")
+        reply = await remote(
+            with_retries(lambda: stub.Process(request), attempts=self.section.attempts, what="process")
+        )
         return reply.task
 
     async def forward(self, node: str, task: task_pb2.Task) -> None:
@@ -91,7 +93,9 @@ class GrpcTransport:
             self.channels.get(self._address(self.section.peers, node, "controller of node"))
         )
         request = controller_pb2.SubmitTaskRequest(task=task)
-        await with_retries(lambda: stub.SubmitTask(request, timeout=30), attempts=self.section.attempts, what="forward")
+        await remote(
+            with_retries(lambda: stub.SubmitTask(request, timeout=30), attempts=self.section.attempts, what="forward")
+        )
 
     def _distributor(self) -> distributor_pb2_grpc.DistributorServiceStub:
         if not self.section.distributor:
@@ -100,17 +104,21 @@ class GrpcTransport:
 
     async def deliver(self, task: task_pb2.Task) -> None:
         stub, request = self._distributor(), distributor_pb2.DeliverRequest(task=task)
-        await with_retries(lambda: stub.Deliver(request, timeout=30), attempts=self.section.attempts, what="deliver")
+        await remote(
+            with_retries(lambda: stub.Deliver(request, timeout=30), attempts=self.section.attempts, what="deliver")
+        )
 
     async def probe(self, node: str, nbytes: int) -> None:
         stub = controller_pb2_grpc.ControllerServiceStub(
             self.channels.get(self._address(self.section.peers, node, "controller of node"))
         )
-        await stub.Probe(monitor_pb2.ProbeRequest(payload=bytes(nbytes)), timeout=30)
+        await remote(stub.Probe(monitor_pb2.ProbeRequest(payload=bytes(nbytes)), timeout=30))
 
     async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
         stub, request = self._distributor(), distributor_pb2.RecordDropRequest(task=task, reason=reason)
-        await with_retries(lambda: stub.RecordDrop(request, timeout=30), attempts=self.section.attempts, what="drop")
+        await remote(
+            with_retries(lambda: stub.RecordDrop(request, timeout=30), attempts=self.section.attempts, what="drop")
+        )
 
 
 class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):

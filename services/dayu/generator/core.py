@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-import grpc
 import numpy as np
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -20,7 +19,7 @@ from opentelemetry.context import Context
 from dayu.media.codecs import decode_image, encode_segment
 from dayu.media.frames import FrameRateFilter, resize
 from dayu.runtime.clock import timestamp
-from dayu.runtime.errors import DayuError
+from dayu.runtime.errors import DayuError, RemoteError
 from dayu.runtime.logs import get_logger
 from dayu.runtime.tracing import NO_TRACING, STREAM, TASK, Tracing, task_attributes, traceparent
 from dayu.v1 import datasource_pb2, decision_pb2, generator_pb2, task_pb2, types_pb2
@@ -32,7 +31,7 @@ RECONNECT_S = (0.2, 5.0)  # first and longest wait before reconnecting to the sc
 
 
 class StreamPorts(Protocol):
-    """What a stream needs from the mesh; failures raise grpc.aio.AioRpcError."""
+    """What a stream needs from the mesh; failures raise RemoteError."""
 
     async def source_fps(self, source_id: str) -> float:
         """The frame rate the source plays at."""
@@ -146,9 +145,9 @@ class StreamRunner:
                 wait = RECONNECT_S[0]
                 async for decision in self.ports.decisions(self.spec.stream_id, self.decision.version):
                     self.apply(decision)
-            except grpc.aio.AioRpcError as error:
+            except RemoteError as error:
                 if self.status.scheduler_reachable:
-                    log.warning("scheduler unreachable; keeping the last decision", code=error.code().name)
+                    log.warning("scheduler unreachable; keeping the last decision", code=error.code)
                 self.status.scheduler_reachable = False
             await asyncio.sleep(wait)
             wait = min(wait * 2, RECONNECT_S[1])
@@ -176,7 +175,7 @@ class StreamRunner:
                         buffer = []
                 log.info("source ended", source_id=self.spec.source_id)
                 return
-            except (grpc.aio.AioRpcError, DayuError) as error:
+            except (RemoteError, DayuError) as error:
                 log.warning("source unavailable", source_id=self.spec.source_id, error=str(error))
             await asyncio.sleep(wait)
             wait = min(wait * 2, RECONNECT_S[1])
@@ -210,15 +209,15 @@ class StreamRunner:
             with self.tracing.span("generator.submit", **task_attributes(task.stream_id, task.root_id)):
                 await self.ports.submit(task)
             self.submitted += 1
-        except grpc.aio.AioRpcError as error:
+        except RemoteError as error:
             self.dropped += 1
-            reason = f"controller of {self.spec.node} refused the task: {error.code().name}: {error.details()}"
+            reason = f"controller of {self.spec.node} refused the task: {error.code}: {error.details}"
             log.warning("task not submitted", task_id=task.task_id, reason=reason)
             del task.segment.frames[:]
             task.segment.stream = b""
             try:
                 await self.ports.record_drop(task, reason)
-            except grpc.aio.AioRpcError:
+            except RemoteError:
                 log.error("cannot record drop", task_id=task.task_id)
         finally:
             root.end()

@@ -10,7 +10,7 @@ from typing import Literal
 import pydantic
 
 from dayu.generator.core import StreamRunner
-from dayu.runtime.client import Channels, with_retries
+from dayu.runtime.client import Channels, remote, remote_stream, with_retries
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.errors import InvalidArgument, NotFound
 from dayu.runtime.logs import get_logger
@@ -102,7 +102,7 @@ class GrpcStreamPorts:
 
     async def source_fps(self, source_id: str) -> float:
         stub = datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.section.datasource))
-        reply = await stub.ListSources(datasource_pb2.ListSourcesRequest(), timeout=10)
+        reply = await remote(stub.ListSources(datasource_pb2.ListSourcesRequest(), timeout=10))
         for source in reply.sources:
             if source.source_id == source_id:
                 return source.fps
@@ -110,28 +110,28 @@ class GrpcStreamPorts:
 
     async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:
         stub = datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.section.datasource))
-        async for frame in stub.StreamFrames(datasource_pb2.StreamFramesRequest(source_id=source_id)):
+        async for frame in remote_stream(stub.StreamFrames(datasource_pb2.StreamFramesRequest(source_id=source_id))):
             yield frame
 
     async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
-        reply = await stub.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=spec), timeout=10)
+        reply = await remote(stub.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=spec), timeout=10))
         return reply.decision
 
     async def decisions(self, stream_id: str, after_version: int) -> AsyncIterator[decision_pb2.Decision]:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
         request = scheduler_pb2.WatchDecisionsRequest(stream_id=stream_id, after_version=after_version)
-        async for decision in stub.WatchDecisions(request):
+        async for decision in remote_stream(stub.WatchDecisions(request)):
             yield decision
 
     async def submit(self, task: task_pb2.Task) -> None:
         stub = controller_pb2_grpc.ControllerServiceStub(self.channels.get(self.section.controller))
         request = controller_pb2.SubmitTaskRequest(task=task)
-        await with_retries(lambda: stub.SubmitTask(request, timeout=10), what="submit")
+        await remote(with_retries(lambda: stub.SubmitTask(request, timeout=10), what="submit"))
 
     async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
         stub = distributor_pb2_grpc.DistributorServiceStub(self.channels.get(self.section.distributor))
-        await stub.RecordDrop(distributor_pb2.RecordDropRequest(task=task, reason=reason), timeout=10)
+        await remote(stub.RecordDrop(distributor_pb2.RecordDropRequest(task=task, reason=reason), timeout=10))
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):

@@ -4,11 +4,12 @@ and bounded retries for calls whose failure is transient."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
 
+from dayu.runtime.errors import RemoteError
 from dayu.runtime.logs import get_logger
 from dayu.runtime.server import channel_options
 from dayu.runtime.tracing import client_interceptors
@@ -56,3 +57,20 @@ async def with_retries(
             log.debug("retrying", what=what, attempt=attempt, code=error.code().name)
             await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
+
+
+async def remote(call: Awaitable[T]) -> T:
+    """The call's result; a gRPC failure raised as the transport-free RemoteError that cores catch."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        raise RemoteError(error.code().name, error.details() or "") from error
+
+
+async def remote_stream(stream: AsyncIterator[T]) -> AsyncIterator[T]:
+    """The stream's messages; a gRPC failure raised as RemoteError, as `remote` does."""
+    try:
+        async for message in stream:
+            yield message
+    except grpc.aio.AioRpcError as error:
+        raise RemoteError(error.code().name, error.details() or "") from error

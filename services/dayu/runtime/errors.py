@@ -9,6 +9,15 @@ from __future__ import annotations
 import pydantic
 
 
+class RemoteError(Exception):
+    """A call to another component failed. `code` names its status (UNAVAILABLE, NOT_FOUND, ...), so
+    that a core judges failures without knowing the transport (the adapters translate gRPC's)."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code, self.details = code, details
+
+
 class DayuError(Exception):
     """Base of the errors a core reports to its caller."""
 
