@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ class Running:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     stopping: bool = False
-    exits: list[int] = field(default_factory=list)
 
 
 class Cluster:
@@ -130,19 +129,21 @@ class Cluster:
             self.cgroups[node].create(section.resources.cpus, memory)
         self._write_hosts()
         self._shape_links()
-        paths = image_paths(self._image())
-        for pod in pods(documents, list(self.config.nodes), paths):
+        for pod in pods(documents, list(self.config.nodes), self._image()):
             if pod.component == "monitor":  # what the node is: its cgroup, not the whole machine
                 pod.env["DAYU_MONITOR__NODE_CGROUP"] = self.cgroups[pod.node].spec
             self.pods[pod.name] = Running(pod)
         self._write_state()
 
-    def _image(self) -> Path:
-        """What the image's build stage makes: the model repository assembled, and the wheel's Triton
-        backends with the Python-backend stub for this interpreter."""
+    def _image(self) -> dict[str, str]:
+        """What the image's build stage makes, made here: the model repository assembled, and the
+        wheel's Triton backends with the Python-backend stub for this interpreter; mapped from the
+        image's paths."""
         from dayu.processor.repository import assemble
+        from dayu.processor.triton_server import backend_directory
 
-        return assemble(self.workdir / "image" / "triton_models")
+        image = self.workdir / "image"
+        return image_paths(assemble(image / "triton_models"), backend_directory(image))
 
     def _write_hosts(self) -> None:
         names = {node: self.node_address(node) for node in self.config.nodes}
@@ -256,7 +257,6 @@ class Cluster:
                 process = running.process
                 if running.stopping or process is None or process.poll() is None:
                     continue
-                running.exits.append(process.returncode)
                 running.restarts += 1
                 backoff = min(10.0, 0.5 * 2 ** min(running.restarts - 1, 5))
                 self.progress(

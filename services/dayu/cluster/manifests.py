@@ -27,13 +27,15 @@ HEADER = "# Rendered by dayu cluster for its mesh file; do not edit.\n"
 ENV_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
-def image_paths(triton_repository: Path) -> dict[str, str]:
+def image_paths(triton_repository: Path, triton_backends: Path) -> dict[str, str]:
     """Paths inside the dayu image (see the Dockerfile) -> where this machine has the same things."""
+    site_packages = "/opt/venv/lib/python3.11/site-packages"
     return {
         "/opt/venv": sys.prefix,
+        site_packages: str(sysconfig.get_paths()["purelib"]),
+        f"{site_packages}/pytriton/tritonserver/backends": str(triton_backends),  # with the stub in place
         "/opt/dayu/triton_models": str(triton_repository),
         "/usr/local/lib": str(sysconfig.get_config_var("LIBDIR")),
-        "/opt/venv/lib/python3.11/site-packages": str(sysconfig.get_paths()["purelib"]),
     }
 
 
@@ -151,11 +153,12 @@ def _environment(container: dict[str, Any], node: str, pod_name: str, paths: dic
 
 
 def _on_this_machine(value: str, paths: dict[str, str]) -> str:
-    """An image path (/opt/venv/...) as this machine's; longest prefix first."""
+    """An argument or variable naming an image path (/opt/venv/..., --flag=/opt/venv/...) with this
+    machine's path instead; the longest prefix that matches whole path components wins."""
     for prefix in sorted(paths, key=len, reverse=True):
-        if value == prefix or value.startswith(prefix + "/"):
-            return paths[prefix] + value[len(prefix) :]
-        value = value.replace("=" + prefix + "/", "=" + paths[prefix] + "/")
+        found = re.search(rf"(^|=){re.escape(prefix)}(?=/|$)", value)
+        if found:
+            return value[: found.end(1)] + paths[prefix] + value[found.end() :]
     return value
 
 

@@ -47,7 +47,7 @@ def _wheel_server_dir() -> Path:
     return Path(spec.origin).parent / "tritonserver"
 
 
-def _backend_directory(workdir: Path) -> Path:
+def backend_directory(workdir: Path) -> Path:
     """The wheel's backends with the Python-backend stub for this interpreter (the wheel keeps one per
     Python version aside), as links in `workdir`: the wheel's own directory is left untouched."""
     wheel = _wheel_server_dir()
@@ -202,7 +202,7 @@ class TritonServer:
             return self.address
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.grpc_port = self.grpc_port or free_port()
-        command = self._command(_backend_directory(self.workdir))
+        command = self._command(backend_directory(self.workdir))
         self._log = self.log_path.open("ab")
         # A session of its own: Ctrl-C on the mesh reaches the mesh, which stops Triton last, in order.
         self._process = await asyncio.create_subprocess_exec(

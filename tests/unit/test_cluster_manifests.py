@@ -1,0 +1,46 @@
+"""The cluster reads the rendered manifests as a kubelet would: which pods run where, with what."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from dayu.cluster.manifests import _on_this_machine, build, image_paths, pods
+from dayu.mesh.model import CONFIGS, load_mesh_config
+from dayu.mesh.plan import instances
+
+
+def test_every_instance_of_the_plan_is_a_pod_with_its_container_s_command_and_files() -> None:
+    config = load_mesh_config(CONFIGS / "cluster.yaml")
+    found = {pod.name: pod for pod in pods(build(config), list(config.nodes), image_paths(Path("/r"), Path("/b")))}
+    expected = {(i.component, i.node) for i in instances(config)}
+    assert {(p.component, p.node) for p in found.values()} == expected  # no Triton: nothing on it here
+    controller = found["dayu-controller@edge-1"]
+    assert controller.argv == [
+        str(Path(sys.prefix) / "bin" / "dayu"),  # the image's entrypoint, from this environment
+        "serve",
+        "controller",
+        "--listen=0.0.0.0:50051",
+        "--config=/etc/dayu/controller.edge-1.yaml",  # $(NODE_NAME) from spec.nodeName
+        "--node=edge-1",
+    ]
+    assert controller.env == {"NODE_NAME": "edge-1"}
+    assert ("config", "/etc/dayu") in controller.mounts
+    settings = controller.volumes["config"].files["controller.edge-1.yaml"]
+    assert "cloud: cloud:50051" in settings and "distributor: dayu-distributor:50055" in settings
+    distributor = found["dayu-distributor@cloud"]
+    assert distributor.volumes["records"].persistent
+    generator = found["dayu-generator@edge-2"]
+    assert {"generator.edge-2.yaml", "pipelines.yaml"} <= set(generator.volumes["config"].files)  # projected
+
+
+def test_image_paths_map_to_this_machine_by_whole_components() -> None:
+    paths = image_paths(Path("/repo"), Path("/backends"))
+    site = "/opt/venv/lib/python3.11/site-packages"
+    assert _on_this_machine(f"--backend-directory={site}/pytriton/tritonserver/backends", paths) == (
+        "--backend-directory=/backends"
+    )
+    assert _on_this_machine("--model-repository=/opt/dayu/triton_models", paths) == "--model-repository=/repo"
+    assert _on_this_machine("/opt/venv/bin/dayu", paths) == f"{sys.prefix}/bin/dayu"
+    assert _on_this_machine("/opt/venvs/other", paths) == "/opt/venvs/other"
+    assert _on_this_machine("--grpc-port=50101", paths) == "--grpc-port=50101"
