@@ -138,8 +138,8 @@ def _run(mesh: RunningMesh, args: argparse.Namespace) -> int:
         ours = os.getpid()
 
         def on_signal(signum: int, frame: object) -> None:
-            # Not loop.add_signal_handler: its wake-up fd is shared with forked children (pyroute2
-            # forks into namespaces), and a child that is sent SIGTERM before it execs would stop us.
+            # Not loop.add_signal_handler: its wake-up fd is shared with forked children, and a child
+            # that is sent SIGTERM before it execs (or one that never does) would stop us.
             if os.getpid() == ours:
                 loop.call_soon_threadsafe(stop.set)
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from dayu.cluster.network import ClusterNetwork
+# Through the worker process, as the cluster drives it: pyroute2 forks, and this process may have
+# gRPC threads from other tests (see dayu.cluster.netproc).
+from dayu.cluster.netproc import NetworkProcess as ClusterNetwork
 
 
 def _netns_available() -> str:

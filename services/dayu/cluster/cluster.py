@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from typing import Any
 
 from dayu.cluster.cgroups import NodeCgroup
 from dayu.cluster.manifests import Pod, build, image_paths, pods
-from dayu.cluster.network import ClusterNetwork
+from dayu.cluster.netproc import NetworkProcess
 from dayu.controller.links import BandwidthTrace
 from dayu.mesh.kustomize import KubernetesWiring
 from dayu.mesh.model import MeshConfig
@@ -35,6 +36,7 @@ log = get_logger(__name__)
 STATE_DIR = Path("/run/dayu-cluster")
 NETNS_DIR = Path("/run/netns")  # where `ip netns` (and pyroute2) keep named namespaces
 HOSTS_DIR = Path("/etc/netns")  # /etc/netns/NS/hosts: the node's names, as cluster DNS would give them
+SETSID = shutil.which("setsid") or "/usr/bin/setsid"  # util-linux
 # Pods start in waves, each once the one before answers: what the others call first.
 WAVES = (("scheduler", "triton", "processor", "distributor", "datasource", "backend"), ("controller", "monitor"))
 READY_TIMEOUT_S = 180.0
@@ -69,7 +71,7 @@ class Cluster:
         self.overlay = overlay
         self.progress = progress
         # Cameras are on their edge node's LAN: the datasource's frames cross no shaped link.
-        self.network = ClusterNetwork(name, subnet_of(name), unshaped_ports=(PORTS["datasource"],))
+        self.network = NetworkProcess(name, subnet_of(name), unshaped_ports=(PORTS["datasource"],))
         self.cgroups = {node: NodeCgroup(name, node) for node in config.nodes}
         self.instances = instances(config)
         self.wiring = KubernetesWiring(config, {})
@@ -94,7 +96,7 @@ class Cluster:
 
     async def start(self) -> None:
         started = time.monotonic()
-        # pyroute2's netlink sockets run an event loop of their own: the network is made in a thread.
+        # Blocking work (netlink calls in the network's worker process, kubectl): in a thread.
         await asyncio.to_thread(self._prepare)
         self.timings["network_s"] = time.monotonic() - started
         for wave in (*WAVES, ("generator",)):
@@ -202,12 +204,12 @@ class Cluster:
         argv = self.cgroups[pod.node].wrap_command([*enter, "sh", "-c", script, *pod.argv])  # in the cgroup first
         env = {"PATH": f"{Path(pod.argv[0]).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}", **IMAGE_ENV, **pod.env}
         with open(logs / f"{pod.name}.log", "ab") as out:
+            # A session of its own (Ctrl-C here does not reach the pods: they stop in order), by
+            # setsid rather than start_new_session, so that Popen can posix_spawn: a fork would run
+            # gRPC's fork handlers in this process, which has gRPC threads (and says so on stderr).
+            # Python opens its files and sockets non-inheritable, so close_fds=False leaks none.
             running.process = subprocess.Popen(
-                argv,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                [SETSID, *argv], env=env, stdout=out, stderr=subprocess.STDOUT, close_fds=False
             )
 
     def _would_hide_installation(self, mount_path: str) -> bool:
@@ -346,7 +348,7 @@ class Cluster:
         _state_file(self.name).write_text(json.dumps(state, indent=2))
 
     async def link_bytes(self) -> dict[str, int]:
-        """Bytes each link direction carried, as the kernel counted them (in a thread: pyroute2)."""
+        """Bytes each link direction carried, as the kernel counted them."""
         return await asyncio.to_thread(self._link_bytes)
 
     def _link_bytes(self) -> dict[str, int]:
@@ -385,7 +387,7 @@ def _state_file(name: str) -> Path:
 def cleanup(name: str) -> list[str]:
     """Removes what a cluster of that name left (a crashed run): its processes (by cgroup), cgroups,
     namespaces, links and state. Only things named from `name`."""
-    removed = NodeCgroup.cleanup(name) + ClusterNetwork.cleanup(name)
+    removed = NodeCgroup.cleanup(name) + NetworkProcess.cleanup(name)
     if _state_file(name).exists():
         _state_file(name).unlink()
         removed.append(str(_state_file(name)))
