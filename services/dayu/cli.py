@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dayu.components import COMPONENTS
-from dayu.mesh.model import DEFAULT_CONFIG, EXPERIMENT_CONFIG, MeshConfig, load_mesh_config
+from dayu.mesh.model import CLUSTER_CONFIG, DEFAULT_CONFIG, EXPERIMENT_CONFIG, MeshConfig, load_mesh_config
 from dayu.runtime.config import LogSettings, load_settings
 from dayu.runtime.errors import DayuError, InvalidArgument
 from dayu.runtime.logs import configure_logging
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument("action", choices=("up", "down", "status"))
     cluster.add_argument("--name", default="dayu", help="cluster name, the prefix of what it creates (default dayu)")
-    cluster.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE", help="mesh YAML file")
+    cluster.add_argument("--config", type=Path, default=CLUSTER_CONFIG, metavar="FILE", help="mesh YAML file")
     cluster.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: Ctrl-C)")
     cluster.add_argument("--summary-json", type=Path, metavar="PATH", help="also write the summary as JSON here")
     cluster.add_argument("--workdir", type=Path, default=Path(".dayu/cluster"), metavar="DIR", help="logs, volumes")

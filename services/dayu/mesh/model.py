@@ -15,6 +15,7 @@ from dayu.runtime.errors import InvalidArgument, from_validation_error
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 DEFAULT_CONFIG = CONFIGS / "embedded.yaml"
 EXPERIMENT_CONFIG = CONFIGS / "experiment.yaml"
+CLUSTER_CONFIG = CONFIGS / "cluster.yaml"
 
 
 class ResourcesSection(StrictModel):

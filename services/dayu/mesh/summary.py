@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping
@@ -13,6 +14,12 @@ from dayu.runtime.logs import get_logger
 from dayu.v1 import task_pb2
 
 log = get_logger(__name__)
+
+
+def reason_kind(reason: str) -> str:
+    """A drop reason without its measurements ("late: 8.1 s old at ..." -> "late: ... s old at ..."),
+    so the same reason counts once."""
+    return re.sub(r"\b\d+\.\d+\b", "...", reason)
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -82,7 +89,7 @@ class ResultTally:
         if record.outcome == task_pb2.TASK_OUTCOME_DROPPED:
             self.dropped += 1
             stream["dropped"] += 1
-            self.drop_reasons[record.reason] += 1
+            self.drop_reasons[reason_kind(record.reason)] += 1
             return
         self.delivered += 1
         stream["delivered"] += 1
