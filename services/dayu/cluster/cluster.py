@@ -202,7 +202,10 @@ class Cluster:
         script = " && ".join([hosts, *mounts, 'exec "$0" "$@"'])
         enter = ["unshare", "--mount", "--propagation", "slave", "nsenter", f"--net={NETNS_DIR / netns}"]
         argv = self.cgroups[pod.node].wrap_command([*enter, "sh", "-c", script, *pod.argv])  # in the cgroup first
-        env = {"PATH": f"{Path(pod.argv[0]).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}", **IMAGE_ENV, **pod.env}
+        # The image's ENV: PATH=/opt/venv/bin:$PATH (Triton's Python-backend stub finds the environment
+        # with numpy and onnxruntime through it), and the rest of IMAGE_ENV.
+        path = f"{Path(sys.prefix) / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+        env = {"PATH": path, **IMAGE_ENV, **pod.env}
         with open(logs / f"{pod.name}.log", "ab") as out:
             # A session of its own (Ctrl-C here does not reach the pods: they stop in order), by
             # setsid rather than start_new_session, so that Popen can posix_spawn: a fork would run
