@@ -65,7 +65,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         metavar="NODE=HOST",
         help="how other nodes reach NODE (default: its node name); repeat per node",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default kustomize/base/mesh)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output folder, beside the base's processor/ template (default kustomize/base/mesh)",
+    )
     parser.add_argument("--check", action="store_true", help="fail if --out differs from what would be generated")
     return parser.parse_args(argv)
 
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = load_mesh_config(args.mesh)
-        files = render(config, addresses, HEADER_PREFIX + command + HEADER_SUFFIX, args.out.resolve())
+        files = render(config, addresses, HEADER_PREFIX + command + HEADER_SUFFIX)
     except (DayuError, ValueError) as error:
         print(f"{SCRIPT}: {error}", file=sys.stderr)
         return 2

@@ -9,14 +9,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -98,6 +101,41 @@ def make_stream_spec(pipeline: types_pb2.Pipeline | None = None) -> decision_pb2
             codec=types_pb2.CODEC_JPEG,
         ),
     )
+
+
+class SpanCollector(trace_service_pb2_grpc.TraceServiceServicer):
+    """Stands in for an external OTLP collector (Jaeger, Tempo): keeps every span it receives."""
+
+    def __init__(self) -> None:
+        self.spans: list[trace_pb2.Span] = []
+        self.port = 0
+
+    async def Export(
+        self, request: ExportTraceServiceRequest, context: object
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                self.spans.extend(scope_spans.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest.fixture
+async def collect_spans() -> AsyncIterator[Callable[..., Awaitable[SpanCollector]]]:
+    """Starts OTLP receivers: `collector = await collect_spans(host="127.0.0.1")`, at `collector.port`."""
+    servers: list[grpc.aio.Server] = []
+
+    async def start(host: str = "127.0.0.1") -> SpanCollector:
+        collector = SpanCollector()
+        server = grpc.aio.server()
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+        collector.port = server.add_insecure_port(f"{host}:0")
+        await server.start()
+        servers.append(server)
+        return collector
+
+    yield start
+    for server in servers:
+        await server.stop(0)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -135,16 +134,8 @@ def _run(mesh: RunningMesh, args: argparse.Namespace) -> int:
     async def main() -> dict[str, object]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        ours = os.getpid()
-
-        def on_signal(signum: int, frame: object) -> None:
-            # Not loop.add_signal_handler: its wake-up fd is shared with forked children, and a child
-            # that is sent SIGTERM before it execs (or one that never does) would stop us.
-            if os.getpid() == ours:
-                loop.call_soon_threadsafe(stop.set)
-
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, on_signal)
+            loop.add_signal_handler(sig, stop.set)
         return await run_mesh(mesh, args.duration, stop_event=stop)
 
     summary = asyncio.run(main())

@@ -11,12 +11,13 @@ import subprocess
 import sys
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.trace.v1 import trace_pb2
 
 from dayu.cluster.cluster import Cluster, cleanup, running, status, subnet_of
 from dayu.mesh.model import CONFIGS, load_mesh_config, read_mesh_file
@@ -24,6 +25,8 @@ from dayu.mesh.plan import Instance
 from dayu.mesh.run import run_mesh
 from dayu.runtime.tracing import BYTES, NODE, TO_NODE
 from dayu.v1 import monitor_pb2, monitor_pb2_grpc
+
+from conftest import SpanCollector
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="a cluster makes namespaces, links and cgroups: needs root"),
@@ -33,23 +36,14 @@ pytestmark = [
 LINK_SPANS = ("link.transfer", "link.probe")  # every byte a controller sends over a link is in one of these
 
 
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP receiver, as Jaeger or a collector would be: bytes sent per link, from the spans."""
-
-    def __init__(self) -> None:
-        self.bytes: dict[str, int] = defaultdict(int)
-
-    async def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        for resource_spans in request.resource_spans:
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    if span.name in LINK_SPANS:
-                        values = {a.key: a.value for a in span.attributes}
-                        link = f"{values[NODE].string_value}->{values[TO_NODE].string_value}"
-                        self.bytes[link] += values[BYTES].int_value
-        return trace_service_pb2.ExportTraceServiceResponse()
+def _bytes_per_link(spans: list[trace_pb2.Span]) -> dict[str, int]:
+    """What the link spans say each link carried: "edge-1->cloud" -> bytes."""
+    sent: dict[str, int] = defaultdict(int)
+    for span in spans:
+        if span.name in LINK_SPANS:
+            values = {a.key: a.value for a in span.attributes}
+            sent[f"{values[NODE].string_value}->{values[TO_NODE].string_value}"] += values[BYTES].int_value
+    return sent
 
 
 def _namespaces(name: str) -> list[str]:
@@ -75,22 +69,17 @@ def _mesh_data(collector: str) -> dict[str, Any]:
     return data
 
 
-async def test_three_nodes_carry_tasks_over_kernel_links_within_their_cpu_limits(tmp_path: Path) -> None:
-    collector = Collector()
-    server = grpc.aio.server()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
-    # Every address, so the namespaces reach it through the bridge's host address.
-    port = server.add_insecure_port("0.0.0.0:0")
-    await server.start()
+async def test_three_nodes_carry_tasks_over_kernel_links_within_their_cpu_limits(
+    tmp_path: Path, collect_spans: Callable[..., Awaitable[SpanCollector]]
+) -> None:
+    # On every address, so the namespaces reach it through the bridge's host address.
+    collector = await collect_spans(host="0.0.0.0")
     name = f"t{uuid.uuid4().hex[:6]}"
-    config_path = tmp_path / "cluster.yaml"
     host = ipaddress.ip_network(subnet_of(name)).broadcast_address - 1  # the bridge's address
-    config = load_mesh_config(config_path, _mesh_data(f"{host}:{port}"))
-    cluster = Cluster(config, tmp_path / "cluster", name=name)
-    reports: list[monitor_pb2.GetResourcesResponse] = []
-
+    config = load_mesh_config(tmp_path / "cluster.yaml", _mesh_data(f"{host}:{collector.port}"))
     lines: list[str] = []
-    cluster.progress = lines.append
+    cluster = Cluster(config, tmp_path / "cluster", name=name, progress=lines.append)
+    reports: list[monitor_pb2.GetResourcesResponse] = []
 
     async def watch_monitor() -> None:
         """Reads the edge's monitor, kills it, and reads it again once the supervisor restarted it."""
@@ -116,13 +105,12 @@ async def test_three_nodes_carry_tasks_over_kernel_links_within_their_cpu_limits
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await cluster.abort()
-        await server.stop(0)
 
     assert summary["delivered"] > 0, summary
     assert summary["unaccounted"] == 0, summary
-    kernel = cluster.kernel_link_bytes
+    kernel, traced = cluster.kernel_link_bytes, _bytes_per_link(collector.spans)
     for link in ("edge-1->cloud", "edge-2->cloud"):
-        spans = collector.bytes[link]
+        spans = traced[link]
         assert spans > 100_000, (link, spans)
         # The kernel counts frames with their TCP/IP headers, gRPC framing and the other calls on the
         # link (spans, monitor reports); the spans count the tasks' and probes' own bytes.

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from dayu.mesh.embedded import Mesh
 from dayu.mesh.model import MeshConfig
 from dayu.v1 import distributor_pb2, distributor_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
-from conftest import FORK_JOIN_PIPELINES
+from conftest import FORK_JOIN_PIPELINES, SpanCollector
 
 NOOP_DELAY_S = 0.02
 INFERENCE = [("detect", "edge-1"), ("classify", "cloud"), ("count", "edge-1"), ("merge", "edge-1")]
@@ -26,21 +26,6 @@ EXPECTED_HOPS = [
     ("controller.join_wait", "merge", "edge-1"),
     ("distributor.store", "", "cloud"),
 ]
-
-
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """Stands in for an external OTLP collector (Jaeger, Tempo): keeps every span it receives."""
-
-    def __init__(self) -> None:
-        self.spans: list[trace_pb2.Span] = []
-
-    async def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        for resource_spans in request.resource_spans:
-            for scope_spans in resource_spans.scope_spans:
-                self.spans.extend(scope_spans.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
 
 
 async def _delivered(distributor: str, count: int) -> list[task_pb2.TaskRecord]:
@@ -55,12 +40,10 @@ async def _delivered(distributor: str, count: int) -> list[task_pb2.TaskRecord]:
     raise AssertionError(f"fewer than {count} tasks delivered")
 
 
-async def test_every_hop_of_a_task_is_a_span_of_one_trace(tmp_path: Path) -> None:
-    collector = Collector()
-    server = grpc.aio.server()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
-    collector_port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+async def test_every_hop_of_a_task_is_a_span_of_one_trace(
+    tmp_path: Path, collect_spans: Callable[..., Awaitable[SpanCollector]]
+) -> None:
+    collector = await collect_spans()
     (tmp_path / "pipelines.yaml").write_text(FORK_JOIN_PIPELINES)
     config = MeshConfig.model_validate(
         {
@@ -83,7 +66,7 @@ async def test_every_hop_of_a_task_is_a_span_of_one_trace(tmp_path: Path) -> Non
                     },
                 }
             ],
-            "otlp_collectors": [f"127.0.0.1:{collector_port}"],
+            "otlp_collectors": [f"127.0.0.1:{collector.port}"],
         }
     )
     mesh = Mesh(config, tmp_path)
@@ -100,7 +83,6 @@ async def test_every_hop_of_a_task_is_a_span_of_one_trace(tmp_path: Path) -> Non
                 await asyncio.sleep(0.1)
     finally:
         await mesh.abort()
-        await server.stop(0)
 
     # The scheduler's OTLP receiver turned the spans into per-stage, per-node latency.
     assert stats.spans_received > 0

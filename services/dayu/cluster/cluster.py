@@ -10,6 +10,7 @@ holds for the embedded mesh only)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shlex
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,7 @@ class Cluster:
         workdir: Path,
         name: str = "dayu",
         overlay: str = "cpu-demo",
-        progress: Any = print,
+        progress: Callable[[str], None] = print,
     ) -> None:
         self.config = config
         self.workdir = workdir.resolve()
@@ -153,27 +155,27 @@ class Cluster:
         for node in self.config.nodes:
             self.network.write_hosts(node, names)
 
+    def _set_link(self, a: str, b: str, mbps: float) -> None:
+        """Both directions of a link, as a mesh file's link means."""
+        self.network.set_bandwidth(a, b, mbps)
+        self.network.set_bandwidth(b, a, mbps)
+
     def _shape_links(self) -> None:
         for link in self.config.links:
-            a, b = link.between
             if link.delay_ms:
-                log.warning("no delay on kernel links (no netem here)", link=f"{a}<->{b}", delay_ms=link.delay_ms)
+                log.warning(
+                    "no delay on kernel links (no netem here)", link="<->".join(link.between), delay_ms=link.delay_ms
+                )
             if link.bandwidth_mbps and link.trace is None:
-                self.network.set_bandwidth(a, b, link.bandwidth_mbps)
-                self.network.set_bandwidth(b, a, link.bandwidth_mbps)
+                self._set_link(*link.between, link.bandwidth_mbps)
 
     def _replays(self) -> list[Any]:
         """Bandwidth traces on the links' classes, CPU traces on the nodes' quotas, over time."""
-        replays = []
-        for link in self.config.links:
-            if link.trace is not None:
-                a, b = link.between
-
-                def set_link(mbps: float, a: str = a, b: str = b) -> None:
-                    self.network.set_bandwidth(a, b, mbps)
-                    self.network.set_bandwidth(b, a, mbps)
-
-                replays.append(_replay(BandwidthTrace.load(link.trace), set_link))
+        replays = [
+            _replay(BandwidthTrace.load(link.trace), functools.partial(self._set_link, *link.between))
+            for link in self.config.links
+            if link.trace is not None
+        ]
         for node, section in self.config.nodes.items():
             if section.resources.cpu_trace is not None:
                 replays.append(_replay(BandwidthTrace.load(section.resources.cpu_trace), self.cgroups[node].set_cpus))

@@ -83,7 +83,7 @@ def build(config: MeshConfig, overlay: str = "cpu-demo") -> list[dict[str, Any]]
         shutil.copytree(KUSTOMIZE, tree)
         mesh = tree / "base" / "mesh"
         shutil.rmtree(mesh)
-        for name, text in render(config, {}, HEADER, mesh).items():
+        for name, text in render(config, {}, HEADER).items():
             (mesh / name).parent.mkdir(parents=True, exist_ok=True)
             (mesh / name).write_text(text)
         built = subprocess.run(
@@ -140,9 +140,7 @@ def _environment(container: dict[str, Any], node: str, pod_name: str, paths: dic
     env: dict[str, str] = {}
     for variable in container.get("env", []):
         if "value" in variable:
-            env[variable["name"]] = _on_this_machine(
-                ENV_REFERENCE.sub(lambda m: env.get(m[1], m[0]), variable["value"]), paths
-            )
+            env[variable["name"]] = _expand(variable["value"], env, paths)
             continue
         field_path = variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
         values = {"spec.nodeName": node, "metadata.name": pod_name}
@@ -150,6 +148,12 @@ def _environment(container: dict[str, Any], node: str, pod_name: str, paths: dic
             raise RuntimeError(f"env {variable['name']}: the cluster gives spec.nodeName and metadata.name only")
         env[variable["name"]] = values[field_path]
     return env
+
+
+def _expand(value: str, env: dict[str, str], paths: dict[str, str]) -> str:
+    """A container's argument or variable as its process gets it: `$(VAR)` from the environment (as
+    the kubelet expands it), an image path as this machine's."""
+    return _on_this_machine(ENV_REFERENCE.sub(lambda match: env.get(match[1], match[0]), value), paths)
 
 
 def _on_this_machine(value: str, paths: dict[str, str]) -> str:
@@ -179,10 +183,7 @@ def pods(documents: list[dict[str, Any]], nodes: list[str], paths: dict[str, str
                 workload = document["metadata"]["name"]
                 env = _environment(container, node, f"{workload}-{node}", paths)
                 command = container.get("command") or [str(Path(sys.prefix) / "bin" / "dayu")]  # the ENTRYPOINT
-                argv = [
-                    _on_this_machine(ENV_REFERENCE.sub(lambda m, env=env: env.get(m[1], m[0]), arg), paths)
-                    for arg in [*command, *container.get("args", [])]
-                ]
+                argv = [_expand(arg, env, paths) for arg in [*command, *container.get("args", [])]]
                 ports = container.get("ports", [])
                 found.append(
                     Pod(

@@ -18,9 +18,9 @@ class LoopbackWiring(Wiring):
 
     emulated_links = True
 
-    def __init__(self, config: MeshConfig, workdir: Path, tritons: dict[str, str]) -> None:
+    def __init__(self, config: MeshConfig, records: Path, tritons: dict[str, str]) -> None:
         self.pipelines_file = str(config.pipelines_file)
-        self.database = str(workdir / "dayu-records.sqlite")  # Mesh.records
+        self.database = str(records)
         self.ports = {instance.key: free_port() for instance in instances(config)}
         self.tritons = tritons
 
@@ -50,7 +50,7 @@ class Mesh:
         return self.addresses[instance.key]
 
     async def start(self) -> None:
-        wiring = LoopbackWiring(self.config, self.workdir, await self._start_triton())
+        wiring = LoopbackWiring(self.config, self.records, await self._start_triton())
         for instance in self.instances:
             component_class = COMPONENTS.entry(instance.component).factory
             data = settings(self.config, instance, wiring)

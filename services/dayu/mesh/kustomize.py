@@ -9,7 +9,6 @@ result into kustomize/base/mesh; the cluster of namespaces renders it for its ow
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ class KubernetesWiring(Wiring):
     def port(self, instance: Instance) -> int:
         return self.ports[f"processor/{instance.role}" if instance.component == "processor" else instance.component]
 
-    def address(self, target: Instance, seen_from: Instance) -> str:  # type: ignore[override]
+    def address(self, target: Instance, seen_from: Instance) -> str:
         if target.component in CLOUD_SERVICES:
             return f"dayu-{target.component}:{self.port(target)}"
         # A pod on the same host network reaches its node's components on loopback; a cloud
@@ -125,9 +124,9 @@ def check_registries(config: MeshConfig) -> None:
     load_pipelines(config.pipelines_file)
 
 
-def render(config: MeshConfig, node_addresses: dict[str, str], header: str, out: Path) -> dict[str, str]:
-    """The Component's files, by path relative to `out` (where they will be written: the mesh folder
-    of a kustomize/base tree); every file starts with `header`."""
+def render(config: MeshConfig, node_addresses: dict[str, str], header: str) -> dict[str, str]:
+    """The Component's files, by path relative to the mesh folder of a kustomize/base tree (where
+    they are written); every file starts with `header`."""
     from dayu.components import COMPONENTS  # the settings classes check each file
 
     check_registries(config)
@@ -141,11 +140,10 @@ def render(config: MeshConfig, node_addresses: dict[str, str], header: str, out:
     for instance in instances(config):
         name = settings_file(instance)
         data = settings(config, instance, wiring)
-        text = _yaml(data, header)
         if instance.component == "processor":
             hosts.setdefault(instance.role, []).append(instance.node)
             del data["node"]  # a role's one file serves every node; --node says which
-            text = _yaml(data, header)
+        text = _yaml(data, header)
         if name in files:
             if files[name] != text:
                 raise ValueError(f"{name} would differ between nodes")
@@ -168,7 +166,7 @@ def render(config: MeshConfig, node_addresses: dict[str, str], header: str, out:
 
     for role, port in processor_ports(config).items():
         folder = f"processors/{dns_name(role)}"
-        template = os.path.relpath(out.parent / "processor", out / folder)  # kustomize/base/processor
+        template = "../../../processor"  # kustomize/base/processor, from base/mesh/processors/ROLE
         files[f"{folder}/kustomization.yaml"] = _yaml(_processor_kustomization(role, template), header)
         files[f"{folder}/patch.yaml"] = _yaml(_processor_patch(role, port, hosts[role]), header)
 

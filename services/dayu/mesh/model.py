@@ -104,9 +104,6 @@ class MeshConfig(StrictModel):
         """The generator's stream sections of the streams whose camera is at `node`."""
         return [stream.model_dump(exclude={"node"}) for stream in self.streams if stream.node == node]
 
-    def link(self, a: str, b: str) -> LinkSection | None:
-        return next((link for link in self.links if set(link.between) == {a, b}), None)
-
 
 def read_mesh_file(path: Path) -> dict[str, Any]:
     try:

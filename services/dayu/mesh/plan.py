@@ -64,8 +64,11 @@ class Wiring:
         raise NotImplementedError
 
 
+GOLDEN = "golden-"  # a golden-configuration scorer's role: GOLDEN + its kind
+
+
 def golden_role(kind: str) -> str:
-    return f"golden-{kind}"
+    return GOLDEN + kind
 
 
 def processor_roles(config: MeshConfig) -> list[str]:
@@ -78,8 +81,8 @@ def processor_ports(config: MeshConfig) -> dict[str, int]:
     return {role: FIRST_PROCESSOR_PORT + index for index, role in enumerate(processor_roles(config))}
 
 
-def on_triton(section: ProcessorSection | None) -> bool:
-    return section is not None and section.params.get("backend") == "triton"
+def on_triton(params: dict[str, Any]) -> bool:
+    return params.get("backend") == "triton"
 
 
 def triton_nodes(config: MeshConfig) -> list[str]:
@@ -87,7 +90,8 @@ def triton_nodes(config: MeshConfig) -> list[str]:
     return [
         node
         for node, section in config.nodes.items()
-        if not section.triton and any(on_triton(config.processors.get(kind)) for kind in section.processors)
+        if not section.triton
+        and any(on_triton(config.processors.get(kind, ProcessorSection()).params) for kind in section.processors)
     ]
 
 
@@ -106,14 +110,14 @@ def instances(config: MeshConfig) -> list[Instance]:
 
 
 def _processor_section(config: MeshConfig, instance: Instance) -> ProcessorSection:
-    if instance.role.startswith("golden-"):
-        return config.golden[instance.role.removeprefix("golden-")]
+    if instance.role.startswith(GOLDEN):
+        return config.golden[instance.role.removeprefix(GOLDEN)]
     return config.processors.get(instance.role, ProcessorSection())
 
 
 def _with_triton(params: dict[str, Any], address: str) -> dict[str, Any]:
     """A kind's parameters with its node's Triton address, unless they are not on Triton or name one."""
-    if params.get("backend") != "triton":
+    if not on_triton(params):
         return params
     return {**params, "triton": {"address": address, **params.get("triton", {})}}
 
@@ -141,7 +145,7 @@ def settings(config: MeshConfig, instance: Instance, wiring: Wiring) -> dict[str
             section = {"pipelines_file": wiring.pipelines_file}
         case "processor":
             processor = _processor_section(config, instance).model_dump()
-            kind = instance.role.removeprefix("golden-")
+            kind = instance.role.removeprefix(GOLDEN)
             processor["params"] = _with_triton(processor["params"], wiring.triton(node))
             section = {"kind": kind, **processor}
         case "controller":

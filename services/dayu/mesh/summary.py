@@ -34,16 +34,31 @@ class ResultTally:
 
     def __init__(self) -> None:
         self._changed = asyncio.Condition()
-        self.delivered = 0
-        self.dropped = 0
         self.drop_reasons: Counter[str] = Counter()
-        self.latencies: list[float] = []
         self.accuracies: list[float] = []
-        self.in_budget = 0
         self.per_stream: dict[str, Counter[str]] = defaultdict(Counter)  # delivered, dropped, in_budget
         self.stream_latencies: dict[str, list[float]] = defaultdict(list)
         self.stage_times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.made: dict[str, int] = {}  # per stream, the highest task sequence recorded, plus one
+
+    def _total(self, what: str) -> int:
+        return sum(counts[what] for counts in self.per_stream.values())
+
+    @property
+    def delivered(self) -> int:
+        return self._total("delivered")
+
+    @property
+    def dropped(self) -> int:
+        return self._total("dropped")
+
+    @property
+    def in_budget(self) -> int:
+        return self._total("in_budget")
+
+    @property
+    def latencies(self) -> list[float]:
+        return [latency for latencies in self.stream_latencies.values() for latency in latencies]
 
     def generated(self, counted: Mapping[str, int]) -> dict[str, int]:
         """Tasks made per stream: what the generators counted, or more where the records show later
@@ -87,16 +102,12 @@ class ResultTally:
         self.made[task.stream_id] = max(self.made.get(task.stream_id, 0), task.sequence + 1)
         stream = self.per_stream[task.stream_id]
         if record.outcome == task_pb2.TASK_OUTCOME_DROPPED:
-            self.dropped += 1
             stream["dropped"] += 1
             self.drop_reasons[reason_kind(record.reason)] += 1
             return
-        self.delivered += 1
         stream["delivered"] += 1
-        self.latencies.append(record.latency_s)
-        self.stream_latencies[record.task.stream_id].append(record.latency_s)
-        if record.task.latency_budget_s and record.latency_s <= record.task.latency_budget_s:
-            self.in_budget += 1
+        self.stream_latencies[task.stream_id].append(record.latency_s)
+        if task.latency_budget_s and record.latency_s <= task.latency_budget_s:
             stream["in_budget"] += 1
         if record.HasField("accuracy"):
             self.accuracies.append(record.accuracy)
@@ -197,13 +208,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     lat = summary["latency_s"]
     lines.append(f"  end-to-end latency: p50 {seconds(lat['p50'])} s, p95 {seconds(lat['p95'])} s")
     if summary["within_budget"] is not None:
-        in_budget = summary.get("in_budget", round(summary["within_budget"] * summary["delivered"]))
+        in_budget = summary["in_budget"]
         lines.append(
             f"  within latency budget: {share(in_budget, summary['delivered'])} delivered; "
             f"{share(in_budget, summary['generated'])} generated"
         )
-    for stream, s in summary.get("streams", {}).items():
-        generated = summary.get("generated_per_stream", {}).get(stream)
+    for stream, s in summary["streams"].items():
+        generated = summary["generated_per_stream"].get(stream)
         made = "" if generated is None else f"generated {generated}, "
         budget = "" if s["within_budget"] is None else f"; within budget {share(s['in_budget'], s['delivered'])}"
         lines.append(
@@ -215,7 +226,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     for stage, times in summary["stages"].items():
         parts = ", ".join(f"{kind[:-2]} p50 {seconds(t['p50'])} p95 {seconds(t['p95'])}" for kind, t in times.items())
         lines.append(f"  stage {stage}: {parts}")
-    kernel = summary.get("kernel_bytes_per_link", {})
+    kernel = summary["kernel_bytes_per_link"]
     for link, count in sorted(summary["bytes_per_link"].items()):
         counted = f" (the kernel counted {kernel[link]} on the link)" if link in kernel else ""
         lines.append(f"  link {link}: {count} bytes of tasks{counted}")
