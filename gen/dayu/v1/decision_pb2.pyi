@@ -101,10 +101,13 @@ class Decision(_message.Message):
     MADE_AT_FIELD_NUMBER: _builtins.int
     DECISION_TIME_S_FIELD_NUMBER: _builtins.int
     PAUSED_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     """Stream the decision is for."""
     version: _builtins.int
-    """Increases by one with every new decision for the stream; generators ignore older versions."""
+    """Increases by one with every new decision for the stream within the scheduler's epoch;
+    generators and controllers ignore older (epoch, version) pairs.
+    """
     reason: _builtins.str
     """Why the policy decided this, in words (for operators and logs)."""
     policy: _builtins.str
@@ -114,6 +117,11 @@ class Decision(_message.Message):
     paused: _builtins.bool
     """True when admission control paused the stream: generators stop making tasks until a later
     decision clears it.
+    """
+    epoch: _builtins.int
+    """Incarnation of the scheduler that made it (its start time, in nanoseconds since the Unix
+    epoch). Versions count again from 1 after a restart; a newer epoch wins over any version of an
+    older one, so a restarted scheduler's decisions are never taken for old ones, nor the reverse.
     """
     @_builtins.property
     def configuration(self) -> _types_pb2.Configuration:
@@ -144,10 +152,11 @@ class Decision(_message.Message):
         made_at: _timestamp_pb2.Timestamp | None = ...,
         decision_time_s: _builtins.float = ...,
         paused: _builtins.bool = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["configuration", b"configuration", "made_at", b"made_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["configuration", b"configuration", "decision_time_s", b"decision_time_s", "deployment", b"deployment", "made_at", b"made_at", "paused", b"paused", "placement", b"placement", "policy", b"policy", "reason", b"reason", "stream_id", b"stream_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configuration", b"configuration", "decision_time_s", b"decision_time_s", "deployment", b"deployment", "epoch", b"epoch", "made_at", b"made_at", "paused", b"paused", "placement", b"placement", "policy", b"policy", "reason", b"reason", "stream_id", b"stream_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -133,6 +133,7 @@ class NodeResources(_message.Message):
     QUEUE_LENGTHS_FIELD_NUMBER: _builtins.int
     LINKS_FIELD_NUMBER: _builtins.int
     CPU_LIMIT_CORES_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """Node name."""
     cpu_percent: _builtins.float
@@ -146,6 +147,10 @@ class NodeResources(_message.Message):
     cpu_limit_cores: _builtins.float
     """CPU the node may use, in cores: its cgroup's quota over period (0.5 for half a core) where the
     node is a share of a machine (the cluster of namespaces); 0 where it is the whole machine.
+    """
+    stale: _builtins.bool
+    """Set by the scheduler: the node's monitor has not reported for longer than the scheduler's
+    staleness limit, so its figures are old and policies place nothing new on it.
     """
     @_builtins.property
     def measured_at(self) -> _timestamp_pb2.Timestamp:
@@ -176,10 +181,11 @@ class NodeResources(_message.Message):
         queue_lengths: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         links: _abc.Iterable[Global___LinkBandwidth] | None = ...,
         cpu_limit_cores: _builtins.float = ...,
+        stale: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["measured_at", b"measured_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_count", b"cpu_count", "cpu_limit_cores", b"cpu_limit_cores", "cpu_percent", b"cpu_percent", "gpus", b"gpus", "links", b"links", "measured_at", b"measured_at", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "node", b"node", "queue_lengths", b"queue_lengths"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_count", b"cpu_count", "cpu_limit_cores", b"cpu_limit_cores", "cpu_percent", b"cpu_percent", "gpus", b"gpus", "links", b"links", "measured_at", b"measured_at", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "node", b"node", "queue_lengths", b"queue_lengths", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -371,6 +371,8 @@ class Task(_message.Message):
     HOPS_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     BRANCH_FIELD_NUMBER: _builtins.int
+    AGE_S_FIELD_NUMBER: _builtins.int
+    DECISION_EPOCH_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     """Stream the segment comes from; non-empty, [A-Za-z0-9_.-]+."""
     sequence: _builtins.int
@@ -385,6 +387,14 @@ class Task(_message.Message):
     """Node whose generator made the task."""
     latency_budget_s: _builtins.float
     """End-to-end latency budget of the stream, in seconds; 0 means none."""
+    age_s: _builtins.float
+    """Seconds since the generator made the task, summed from durations that each node measured on
+    its own clock: the time the task spent on each node, and each link's transfer as its sender
+    expects it from its own measurements. Latency and lateness use it, never the difference of two
+    machines' clocks.
+    """
+    decision_epoch: _builtins.int
+    """Epoch of the scheduler that made the decision the task follows (see Decision.epoch)."""
     @_builtins.property
     def dag(self) -> Global___Dag:
         """The DAG with per-stage assignment, state and results."""
@@ -430,10 +440,12 @@ class Task(_message.Message):
         hops: _abc.Iterable[Global___Hop] | None = ...,
         trace_context: _types_pb2.TraceContext | None = ...,
         branch: _abc.Iterable[_builtins.str] | None = ...,
+        age_s: _builtins.float = ...,
+        decision_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["configuration", b"configuration", "created_at", b"created_at", "dag", b"dag", "segment", b"segment", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "configuration", b"configuration", "created_at", b"created_at", "dag", b"dag", "decision_version", b"decision_version", "hops", b"hops", "latency_budget_s", b"latency_budget_s", "root_id", b"root_id", "segment", b"segment", "sequence", b"sequence", "source_node", b"source_node", "stream_id", b"stream_id", "task_id", b"task_id", "trace_context", b"trace_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "branch", b"branch", "configuration", b"configuration", "created_at", b"created_at", "dag", b"dag", "decision_epoch", b"decision_epoch", "decision_version", b"decision_version", "hops", b"hops", "latency_budget_s", b"latency_budget_s", "root_id", b"root_id", "segment", b"segment", "sequence", b"sequence", "source_node", b"source_node", "stream_id", b"stream_id", "task_id", b"task_id", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
