@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -72,10 +73,14 @@ pipelines:
 """
 
 
+_sequences = itertools.count()  # the distributor keeps one task per stream and sequence
+
+
 def make_task(pipeline: types_pb2.Pipeline | None = None, node: str = "edge-1", frames: int = 2) -> task_pb2.Task:
     pipeline = pipeline or fork_join_pipeline()
     task_id = str(uuid.uuid4())
-    task = task_pb2.Task(stream_id="stream-1", sequence=0, task_id=task_id, root_id=task_id, source_node=node)
+    sequence = next(_sequences)
+    task = task_pb2.Task(stream_id="stream-1", sequence=sequence, task_id=task_id, root_id=task_id, source_node=node)
     task.created_at.GetCurrentTime()
     task.dag.pipeline = pipeline.name
     for spec in pipeline.stages:

@@ -14,6 +14,20 @@ under an older decision that has not left its source node yet has its pending st
 the newest one, so a new placement also applies to tasks already made. (Only there: a stage that
 another node ran or fell back from must not be sent back and forth.)
 
+Durability. Every task this node holds is in its journal (journal.py) from before it is acknowledged
+until the next node holds it or its drop is recorded; a restarted controller resumes what it finds
+there, and a retry of a task it holds or passed on is acknowledged without being routed twice.
+
+Failures. A call to a peer or the distributor that fails for a transient reason is tried again
+until the task would be too late (or PATIENCE_S passes); a processor that is full or gone, or a
+peer that stays unreachable, sends the stage to another node that hosts it (the placement's
+fallback: the decision's deployment, then the cloud), never to a node the task already tried for
+that stage.
+
+Age. A task's age (Task.age_s) grows by the time it spends on each node, measured by that node's
+clock from its hop's arrival, and by each link's transfer as its sender expects it; lateness and
+latency use it, never the difference of two machines' clocks.
+
 Traces. Routing on this node, each link transfer and each join wait are spans of the task's trace;
 processors and peers continue it through gRPC metadata."""
 
@@ -22,12 +36,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from opentelemetry import trace
 
+from dayu.controller.journal import TaskJournal, task_key
 from dayu.controller.links import Link, NotSent
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument, RemoteError, Unavailable
@@ -37,10 +53,17 @@ from dayu.runtime.validation import validate_task
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 PENDING, DONE, FAILED = task_pb2.STAGE_STATE_PENDING, task_pb2.STAGE_STATE_DONE, task_pb2.STAGE_STATE_FAILED
 END_OF_DAG = ""  # join key of the final merge of a forked task
 DEFAULT_PROBE_BYTES, MIN_PROBE_BYTES, MAX_PROBE_BYTES = 64 * 1024, 1024, 16 * 1024 * 1024
+# Failures worth waiting out: the other end is restarting, overloaded or unreachable for now.
+TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+PATIENCE_S = 30.0  # longest a task without a budget waits for a peer or the distributor to come back
+RETRY_S = (0.25, 2.0)  # first and longest wait between those tries
+FALLBACK = "controller (fallback)"  # the component of a hop that left a node because the stage could not run there
+GIVEN_UP_LIMIT = 10_000  # root ids of recent drops kept, to discard their late copies
 
 
 class Dropped(Exception):
@@ -53,10 +76,10 @@ class Transport(Protocol):
     async def process(self, kind: str, task: task_pb2.Task, stage: str) -> task_pb2.Task:
         """Runs `stage` of `task` on this node's processor of `kind`."""
 
-    async def forward(self, node: str, task: task_pb2.Task) -> None:
-        """Submits the task to the controller of `node`."""
+    async def forward(self, node: str, task: task_pb2.Task, timeout_s: float) -> None:
+        """Submits the task to the controller of `node`, in one attempt of at most timeout_s."""
 
-    async def deliver(self, task: task_pb2.Task) -> None: ...
+    async def deliver(self, task: task_pb2.Task, timeout_s: float) -> None: ...
 
     async def probe(self, node: str, nbytes: int) -> None:
         """Sends nbytes of probe payload to the controller of `node`."""
@@ -64,12 +87,17 @@ class Transport(Protocol):
     async def record_drop(self, task: task_pb2.Task, reason: str) -> None: ...
 
 
+def newer(decision: decision_pb2.Decision, epoch: int, version: int) -> bool:
+    """Whether `decision` comes after (epoch, version): a restarted scheduler's epoch is newer."""
+    return (decision.epoch, decision.version) > (epoch, version)
+
+
 @dataclass
 class _Join:
     merged: task_pb2.Task
     timer: asyncio.TimerHandle
     span: trace.Span
-    arrived: int = 1
+    copies: list[str]  # journaled ids of the copies merged so far
 
 
 @dataclass
@@ -80,6 +108,9 @@ class RoutingStats:
     forks: int = 0
     joins: int = 0
     replaced: int = 0  # tasks whose pending stages a newer decision placed again
+    duplicates: int = 0  # retries of tasks held or passed on already, acknowledged again
+    fallbacks: int = 0  # stages sent to another node because theirs was full or gone
+    resumed: int = 0  # tasks found in the journal at start
     drop_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -121,6 +152,10 @@ def merge_into(merged: task_pb2.Task, copy: task_pb2.Task) -> None:
     merged.hops.extend(copy.hops)
 
 
+class Unreachable(Dropped):
+    """The node stayed unreachable for as long as the task could wait."""
+
+
 class ControllerCore:
     def __init__(
         self,
@@ -130,8 +165,10 @@ class ControllerCore:
         local_kinds: set[str],
         links: Mapping[str, Link],
         transport: Transport,
+        journal: TaskJournal | None = None,
         join_timeout_s: float = 10.0,
         late_factor: float = 0.0,
+        patience_s: float = PATIENCE_S,
         tracing: Tracing = NO_TRACING,
         on_new_stream: Callable[[str], None] = lambda stream_id: None,
     ) -> None:
@@ -140,33 +177,73 @@ class ControllerCore:
         self.local_kinds = local_kinds
         self.links = dict(links)  # node -> the link to it, for every other node
         self.transport = transport
+        self.journal = journal or TaskJournal()
         self.join_timeout_s = join_timeout_s
         self.late_factor = late_factor
+        self.patience_s = patience_s
         self.tracing = tracing
         self.on_new_stream = on_new_stream  # the service starts following the stream's decisions
         self.decisions: dict[str, decision_pb2.Decision] = {}  # stream -> newest decision seen
         self.stats = RoutingStats()
         self._joins: dict[tuple[str, str], _Join] = {}
-        self._given_up: set[str] = set()  # root ids recorded as dropped: late copies are discarded
+        # Recent root ids, bounded: recorded as dropped (their late copies are discarded), and when
+        # each task's life began on this machine's clock (its age on arrival, subtracted from then).
+        self._given_up: OrderedDict[str, None] = OrderedDict()
+        self._born: OrderedDict[str, float] = OrderedDict()
         self._work: set[asyncio.Task[None]] = set()
 
     # -- entry points ---------------------------------------------------------------------------
 
-    def submit(self, task: task_pb2.Task, from_node: str) -> None:
-        """Validates and accepts a task; routing goes on in the background."""
+    async def submit(self, task: task_pb2.Task, from_node: str) -> bool:
+        """Validates and journals a task, then routes it in the background. False for a retry of a
+        task this node holds or passed on already: acknowledged again, not routed twice."""
         validate_task(task, nodes=self.nodes)
         task.hops.add(component="controller", node=self.node, entered_at=timestamp())
+        if not await self.journal.hold(task):
+            self.stats.duplicates += 1
+            log.info("duplicate task acknowledged", task_id=task.task_id, from_node=from_node or "generator")
+            return False
+        self._accept(task, time.time())
+        return True
+
+    async def resume(self) -> int:
+        """Routes again what the journal holds (after a restart), and records the drops it had not
+        recorded yet; returns how many tasks it found."""
+        held = await self.journal.held()
+        for entry in held:
+            if entry.drop_reason:
+                self._bounded_add(self._given_up, entry.task.root_id, None)
+                self._spawn(self._record_drop(entry.task, entry.drop_reason, entry.key))
+            else:
+                arrived = [h for h in entry.task.hops if h.node == self.node and h.component == "controller"]
+                since = arrived[-1].entered_at.ToNanoseconds() / 1e9 if arrived else time.time()
+                self._accept(entry.task, since)
+        self.stats.resumed = len(held)
+        if held:
+            log.info("resumed tasks from the journal", count=len(held), journal=self.journal.path)
+        return len(held)
+
+    def _accept(self, task: task_pb2.Task, arrived_at: float) -> None:
         self.stats.routed += 1
+        self._bounded_add(self._born, task.root_id, arrived_at - task.age_s, keep=True)
         if task.stream_id not in self.decisions:
             self.decisions[task.stream_id] = decision_pb2.Decision(stream_id=task.stream_id)
             self.on_new_stream(task.stream_id)
         self._spawn(self._route(task))
 
-    def apply_decision(self, decision: decision_pb2.Decision, *, force: bool = False) -> bool:
-        """Takes a stream's newer decision (pushed by the scheduler); older versions are ignored
-        unless forced."""
+    @staticmethod
+    def _bounded_add(table: OrderedDict[str, T], key: str, value: T, keep: bool = False) -> None:
+        if keep and key in table:
+            table.move_to_end(key)
+            return
+        table[key] = value
+        if len(table) > GIVEN_UP_LIMIT:
+            table.popitem(last=False)
+
+    def apply_decision(self, decision: decision_pb2.Decision) -> bool:
+        """Takes a stream's newer decision (pushed by the scheduler); older ones are ignored."""
         known = self.decisions.get(decision.stream_id)
-        if known is not None and known.version >= decision.version and not force:
+        if known is not None and not newer(decision, known.epoch, known.version):
             return False
         self.decisions[decision.stream_id] = decision
         return True
@@ -175,7 +252,7 @@ class ControllerCore:
         """Pending stages of a task made under an older decision, still on its source node, go where
         the newest decision says."""
         newest = self.decisions.get(task.stream_id)
-        if newest is None or newest.version <= task.decision_version:
+        if newest is None or not newer(newest, task.decision_epoch, task.decision_version):
             return
         if any(hop.node != self.node for hop in task.hops):
             return
@@ -187,14 +264,24 @@ class ControllerCore:
         self.stats.replaced += moved
 
     async def drain(self, timeout_s: float) -> None:
-        """Waits for tasks being routed (shutdown), then records unfinished joins as dropped."""
+        """Waits for tasks being routed (shutdown). With a durable journal what is left stays there
+        for the next start; without one it is recorded as dropped, never lost silently."""
         if self._work:
             await asyncio.wait(set(self._work), timeout=timeout_s)
-        for (root, stage), join in list(self._joins.items()):
+        for join in self._joins.values():
             join.timer.cancel()
             join.span.end()
-            await self._drop(join.merged, f"controller on {self.node} shut down while joining at {stage or 'end'}")
-            self._joins.pop((root, stage), None)
+        self._joins.clear()
+        for work in list(self._work):
+            work.cancel()
+        await asyncio.gather(*self._work, return_exceptions=True)
+        if self.journal.durable:
+            if left := await self.journal.count():
+                log.info("tasks kept in the journal for the next start", count=left, journal=self.journal.path)
+            return
+        for entry in await self.journal.held():
+            reason = entry.drop_reason or f"controller on {self.node} shut down with the task unfinished"
+            await self._drop(entry.task, reason, patience_s=min(timeout_s, 5.0))
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -209,6 +296,8 @@ class ControllerCore:
                 await self._advance(task)
         except Dropped as reason:
             await self._drop(task, str(reason))
+        except asyncio.CancelledError:
+            raise
         except Exception as error:  # never lose a task to a bug: record it with the error
             log.exception("routing failed", task_id=task.task_id)
             await self._drop(task, f"routing failed on {self.node}: {type(error).__name__}: {error}")
@@ -216,6 +305,7 @@ class ControllerCore:
     async def _advance(self, task: task_pb2.Task) -> None:
         while True:
             if task.root_id in self._given_up:
+                await self.journal.release(task_key(task))  # a copy of a task given up: discarded
                 return
             failed = [s for s in task.dag.stages if s.state == FAILED]
             if failed:
@@ -226,98 +316,204 @@ class ControllerCore:
                 return
             self._place_by_newest(task)
             if len(ready) > 1:
-                self._fork(task, ready)
+                await self._fork(task, ready)
                 return
             stage = ready[0]
-            target = self._target(stage)
+            target, fell_back = self._target(task, stage)
             if target != self.node:
-                await self._send(target, task, stage.spec.name)
+                await self._send(target, task, stage.spec.name, fallback=fell_back)
                 return
-            task = await self._process(task, stage)
+            processed = await self._process(task, stage)
+            if processed is None:  # the stage went to another node
+                return
+            task = processed
             if task.branch and stage.spec.name not in task.branch:
                 task.branch.append(stage.spec.name)
+            await self.journal.replace([], [task])  # a restart goes on from here, not from before the stage
 
-    def _target(self, stage: task_pb2.TaskStage) -> str:
-        """The node that runs the stage: its placement, or the cloud when the placement names this
-        node and no processor of the stage's kind runs here."""
+    def _target(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> tuple[str, bool]:
+        """The node that runs the stage, and whether it is a fallback: its placement, or, when the
+        placement names this node and no processor of the stage's kind runs here, the fallback."""
         if stage.node == self.node and stage.spec.processor not in self.local_kinds:
-            if self.node == self.cloud_node:
+            node = self._fallback(task, stage, avoid=self.node)
+            if node is None:
                 raise Dropped(f"no processor {stage.spec.processor!r} for stage {stage.spec.name} on {self.node}")
-            log.info("falling back to cloud", stage=stage.spec.name, kind=stage.spec.processor)
-            stage.node = self.cloud_node
-        return stage.node
+            log.info("stage not hosted here: falling back", stage=stage.spec.name, kind=stage.spec.processor, to=node)
+            stage.node = node
+            return node, True
+        return stage.node, False
 
-    def _fork(self, task: task_pb2.Task, ready: list[task_pb2.TaskStage]) -> None:
+    def _fallback(self, task: task_pb2.Task, stage: task_pb2.TaskStage, avoid: str) -> str | None:
+        """Another node for the stage: this one if it hosts the kind, the nodes the decision deploys
+        the stage on, then the cloud; never `avoid`, nor a node the task already fell back from for
+        the stage (so each node fails a stage at most once and a task cannot bounce between two)."""
+        name = stage.spec.name
+        tried = {hop.node for hop in task.hops if hop.stage == name and hop.component == FALLBACK} | {avoid}
+        decision = self.decisions.get(task.stream_id)
+        deployed = list(decision.deployment[name].nodes) if decision and name in decision.deployment else []
+        here = [self.node] if stage.spec.processor in self.local_kinds else []
+        for node in (*here, *deployed, self.cloud_node):
+            if node in self.nodes and node not in tried:
+                return node
+        return None
+
+    async def _fork(self, task: task_pb2.Task, ready: list[task_pb2.TaskStage]) -> None:
         self.stats.forks += 1
+        copies = []
         for stage in ready:
             copy = task_pb2.Task()
             copy.CopyFrom(task)
             copy.task_id = str(uuid.uuid4())
             del copy.branch[:]
             copy.branch.append(stage.spec.name)
+            copies.append(copy)
+        await self.journal.replace([task_key(task)], copies)
+        for copy in copies:
             self._spawn(self._route(copy))
 
-    async def _process(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> task_pb2.Task:
+    async def _process(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> task_pb2.Task | None:
+        """The task with the stage run here; None when the processor was full or gone and the stage
+        went to another node."""
         try:
             return await self.transport.process(stage.spec.processor, task, stage.spec.name)
         except RemoteError as error:
-            raise Dropped(
-                f"processor {stage.spec.processor!r} on {self.node} failed stage {stage.spec.name}: "
-                f"{error.code}: {error.details}"
-            ) from None
+            why = f"processor {stage.spec.processor!r} on {self.node} failed stage {stage.spec.name}: "
+            why += f"{error.code}: {error.details}"
+            node = self._fallback(task, stage, avoid=self.node) if error.code in TRANSIENT else None
+            if node is None:
+                raise Dropped(why) from None
+        log.info("processor full or gone: falling back", stage=stage.spec.name, to=node, why=why)
+        self.stats.fallbacks += 1
+        stage.node = node
+        await self._send(node, task, stage.spec.name, fallback=True)
+        return None
+
+    # -- age and lateness -----------------------------------------------------------------------
+
+    def _age(self, task: task_pb2.Task) -> float:
+        """Seconds since the task was made: its age on arrival, plus the time since, on this clock."""
+        born = self._born.get(task.root_id)
+        return task.age_s if born is None else time.time() - born
 
     def _lateness(self, task: task_pb2.Task) -> str:
         """Better never than late: why a task is too far past its budget to be worth sending on (a
         backlog on a slow link then drains instead of delaying every task behind it); "" if it is not."""
-        if not (self.late_factor and task.latency_budget_s and task.HasField("created_at")):
+        if not (self.late_factor and task.latency_budget_s):
             return ""
-        age = time.time() - task.created_at.ToNanoseconds() / 1e9
+        age = self._age(task)
         if age <= self.late_factor * task.latency_budget_s:
             return ""
         budget = task.latency_budget_s
         return f"late: {age:.1f} s old at {self.node}, over {self.late_factor:g} times its {budget:g} s budget"
 
-    async def _send(self, node: str, task: task_pb2.Task, stage: str) -> None:
-        """Forwards the task over the link to `node`'s controller."""
-        self._leave(task, stage)
-        transfer_s = await self._over_link(node, task, lambda: self.transport.forward(node, task), "controller of")
+    def _patience(self, task: task_pb2.Task) -> float:
+        """How long the task may wait for a node to come back: until it would be late, else PATIENCE_S."""
+        if self.late_factor and task.latency_budget_s:
+            return max(0.0, self.late_factor * task.latency_budget_s - self._age(task))
+        return self.patience_s
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def _send(self, node: str, task: task_pb2.Task, stage: str, fallback: bool = False) -> None:
+        """Forwards the task to `node`'s controller (`fallback`: because the stage could not run here);
+        one that stays unreachable makes the stage fall back to another node (the task then goes there)."""
+        held = task_key(task)
+        self._leave(task, stage, FALLBACK if fallback else "controller")
+        link = self._link(node)
+        try:
+            transfer_s = await self._over_link(
+                node,
+                task,
+                lambda: self.transport.forward(node, task, self._deadline(link, task)),
+                f"controller of {node}",
+                self._patience(task),
+            )
+        except Unreachable as error:
+            stages = _stage_map(task)
+            fallback = self._fallback(task, stages[stage], avoid=node) if stage in stages else None
+            if fallback is None or fallback == node:
+                raise
+            log.warning("node unreachable: falling back", stage=stage, unreachable=node, to=fallback, why=str(error))
+            self.stats.fallbacks += 1
+            stages[stage].node = fallback
+            if fallback == self.node:
+                self._spawn(self._route(task))  # hosted here after all: route it again on this node
+            else:
+                await self._send(fallback, task, stage, fallback=True)
+            return
+        await self.journal.release(held)
         stages = _stage_map(task)
         if stage in stages:
             stages[stage].timings.transfer_s += transfer_s
 
+    @staticmethod
+    def _deadline(link: Link, task: task_pb2.Task) -> float:
+        """Time one attempt may take: a few times what the link is expected to need, at least 5 s."""
+        return 5.0 + 4 * link.expected_rpc_s(task.ByteSize())
+
     async def _over_link(
-        self, node: str, task: task_pb2.Task, send: Callable[[], Awaitable[None]], refuser: str
+        self, node: str, task: task_pb2.Task, send: Callable[[], Awaitable[None]], receiver: str, patience_s: float
     ) -> float:
         """Sends the task over the link to `node` with `send` (two spans of the task's trace: waiting
-        for the link, then the bytes going); a task too late to be worth sending is dropped instead."""
+        for the link, then the bytes going), trying again while the receiver is unreachable for up to
+        `patience_s`; a task too late to be worth sending is dropped instead."""
         link = self._link(node)
         nbytes = task.ByteSize()
         attributes = {**task_attributes(task.stream_id, task.root_id), TO_NODE: node, BYTES: nbytes}
-        waiting = self.tracing.start("link.queue", **attributes)
-        sending: list[trace.Span] = []
 
-        def start_sending() -> None:
-            waiting.end()
-            # With the link's own delay, so the scheduler can tell the link's rate from its queue.
-            sending.append(self.tracing.start("link.transfer", **attributes, **{DELAY: link.delay_ms / 1000}))
+        async def stamped() -> None:  # the age it will have on arrival, as this link expects it
+            before = task.age_s
+            task.age_s = self._age(task) + link.expected_rpc_s(nbytes) + link.delay_ms / 1000
+            try:
+                await send()
+            except BaseException:
+                task.age_s = before
+                raise
 
-        try:
-            return await link.transmit(
-                nbytes, send, still_wanted=lambda: not self._lateness(task), on_sending=start_sending
-            )
-        except NotSent:
-            waiting.set_status(trace.StatusCode.ERROR, "too late to send")
-            raise Dropped(self._lateness(task)) from None
-        except RemoteError as error:
-            (sending or [waiting])[0].set_status(trace.StatusCode.ERROR, error.code)
-            raise Dropped(
-                f"{refuser} {node} refused the task from {self.node}: {error.code}: {error.details}"
-            ) from None
-        finally:
-            if sending:
-                sending[0].end()
-            else:
+        give_up_at, wait = time.monotonic() + patience_s, RETRY_S[0]
+        while True:
+            waiting = self.tracing.start("link.queue", **attributes)
+            sending: list[trace.Span] = []
+
+            def start_sending(waiting: trace.Span = waiting, sending: list[trace.Span] = sending) -> None:
                 waiting.end()
+                # With the link's own delay, so the scheduler can tell the link's rate from its queue.
+                sending.append(self.tracing.start("link.transfer", **attributes, **{DELAY: link.delay_ms / 1000}))
+
+            try:
+                return await link.transmit(
+                    nbytes, stamped, still_wanted=lambda: not self._lateness(task), on_sending=start_sending
+                )
+            except NotSent:
+                waiting.set_status(trace.StatusCode.ERROR, "too late to send")
+                raise Dropped(self._lateness(task)) from None
+            except RemoteError as error:
+                (sending or [waiting])[0].set_status(trace.StatusCode.ERROR, error.code)
+                why = f"{receiver} refused the task from {self.node}: {error.code}: {error.details}"
+                if error.code not in TRANSIENT:
+                    raise Dropped(why) from None
+                if time.monotonic() + wait > give_up_at:
+                    raise Unreachable(f"{why} (tried for {patience_s:.1f} s)") from None
+            finally:
+                (sending or [waiting])[0].end()
+            log.info("receiver unreachable; trying again", receiver=receiver, task_id=task.task_id, wait_s=wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RETRY_S[1])
+
+    async def _patiently(self, call: Callable[[], Awaitable[None]], what: str, patience_s: float) -> None:
+        """Runs `call`, trying again while it fails for a transient reason, for up to `patience_s`."""
+        give_up_at, wait = time.monotonic() + patience_s, RETRY_S[0]
+        while True:
+            try:
+                return await call()
+            except RemoteError as error:
+                why = f"{what}: {error.code}: {error.details}"
+                if error.code not in TRANSIENT:
+                    raise Dropped(why) from None
+                if time.monotonic() + wait > give_up_at:
+                    raise Unreachable(f"{why} (tried for {patience_s:.1f} s)") from None
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RETRY_S[1])
 
     # -- link measurement -------------------------------------------------------------------------
 
@@ -358,9 +554,9 @@ class ControllerCore:
             self.links[node] = Link(self.node, node)
         return self.links[node]
 
-    def _leave(self, task: task_pb2.Task, stage: str = "") -> None:
+    def _leave(self, task: task_pb2.Task, stage: str = "", component: str = "controller") -> None:
         hop = task.hops[-1] if task.hops and task.hops[-1].node == self.node else task.hops.add(node=self.node)
-        hop.component, hop.stage = "controller", stage
+        hop.component, hop.stage = component, stage
         hop.left_at.CopyFrom(timestamp())
         hop.bytes = task.ByteSize()
 
@@ -373,15 +569,15 @@ class ControllerCore:
             await self._deliver(task)
             return
         join = join_stage(task)
-        key_stage, node = (join.spec.name, self._join_node(join)) if join else (END_OF_DAG, self.cloud_node)
+        key_stage, node = (join.spec.name, self._join_node(task, join)) if join else (END_OF_DAG, self.cloud_node)
         if node != self.node:
             await self._send(node, task, key_stage)
             return
         await self._join(task, key_stage)
 
-    def _join_node(self, stage: task_pb2.TaskStage) -> str:
+    def _join_node(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> str:
         if stage.node == self.node or stage.node not in self.nodes:
-            return self._target(stage)
+            return self._target(task, stage)[0]
         return stage.node
 
     async def _join(self, copy: task_pb2.Task, stage: str) -> None:
@@ -393,9 +589,11 @@ class ControllerCore:
             merged.task_id = str(uuid.uuid4())
             timer = asyncio.get_running_loop().call_later(self.join_timeout_s, self._join_timed_out, key)
             span = self.tracing.start("controller.join_wait", **task_attributes(copy.stream_id, copy.root_id, stage))
-            self._joins[key] = _Join(merged, timer, span)
+            self._joins[key] = _Join(merged, timer, span, [task_key(copy)])
             return await self._maybe_release(key)
-        join.arrived += 1
+        if task_key(copy) in join.copies:  # the same copy again (resumed after a restart)
+            return
+        join.copies.append(task_key(copy))
         merge_into(join.merged, copy)
         await self._maybe_release(key)
 
@@ -418,6 +616,7 @@ class ControllerCore:
         if stage == END_OF_DAG:  # all copies are back: this is the original task again
             join.merged.task_id = join.merged.root_id
             del join.merged.branch[:]
+        await self.journal.replace(join.copies, [join.merged])
         await self._advance_or_drop(join.merged)
 
     async def _advance_or_drop(self, task: task_pb2.Task) -> None:
@@ -435,7 +634,7 @@ class ControllerCore:
         reason = f"join at {where} on {self.node} timed out after {self.join_timeout_s:g} s; missing {missing}"
         join.span.set_status(trace.StatusCode.ERROR, reason)
         join.span.end()
-        self._spawn(self._drop(join.merged, reason))
+        self._spawn(self._drop(join.merged, reason, held=join.copies))
 
     async def _deliver(self, task: task_pb2.Task) -> None:
         # Results are what the distributor keeps. Frames go on only for a segment without ground
@@ -443,30 +642,59 @@ class ControllerCore:
         if task.segment.ground_truth:
             del task.segment.frames[:]
             task.segment.stream = b""
+        held = task_key(task)
         self._leave(task)
+        # The distributor keeps tasks for good: worth waiting for it to come back, late or not.
         if self.node != self.cloud_node:  # the distributor is on the cloud node, over the link
-            await self._over_link(self.cloud_node, task, lambda: self.transport.deliver(task), "distributor on")
+            link = self._link(self.cloud_node)
+            await self._over_link(
+                self.cloud_node,
+                task,
+                lambda: self.transport.deliver(task, self._deadline(link, task)),
+                "distributor on",
+                self.patience_s,
+            )
         else:
-            try:
-                await self.transport.deliver(task)
-            except RemoteError as error:
-                raise Dropped(f"distributor refused the task from {self.node}: {error.code}: {error.details}") from None
+            task.age_s = self._age(task)
+            refused = f"distributor refused the task from {self.node}"
+            await self._patiently(lambda: self.transport.deliver(task, 10.0), refused, self.patience_s)
+        await self.journal.release(held)
         self.stats.delivered += 1
 
-    async def _drop(self, task: task_pb2.Task, reason: str) -> None:
-        """Records the original task (root id) as dropped, once; the drop is never lost silently."""
+    async def _drop(
+        self, task: task_pb2.Task, reason: str, held: list[str] | None = None, patience_s: float | None = None
+    ) -> None:
+        """Records the original task (root id) as dropped, once; the drop is never lost silently: it
+        is journaled (replacing the `held` tasks, default the task itself) before it is recorded."""
+        held = [task_key(task)] if held is None else held
         if task.root_id in self._given_up:
+            await self.journal.release(*held)
             return
-        self._given_up.add(task.root_id)
+        self._bounded_add(self._given_up, task.root_id, None)
         self.stats.dropped += 1
         self.stats.drop_reasons[reason] = self.stats.drop_reasons.get(reason, 0) + 1
         log.warning("task dropped", task_id=task.root_id, stream_id=task.stream_id, reason=reason)
         dropped = task_pb2.Task()
         dropped.CopyFrom(task)
         dropped.task_id = dropped.root_id
+        dropped.age_s = self._age(task)
         del dropped.segment.frames[:]
         dropped.segment.stream = b""
-        try:  # the transport already retries with backoff
-            await self.transport.record_drop(dropped, reason)
-        except RemoteError as error:
-            log.error("cannot record drop", task_id=task.root_id, reason=reason, code=error.code)
+        key = await self.journal.give_up(held, dropped, reason)
+        await self._record_drop(dropped, reason, key, patience_s)
+
+    async def _record_drop(
+        self, dropped: task_pb2.Task, reason: str, key: str, patience_s: float | None = None
+    ) -> None:
+        """Records a drop with the distributor, trying again while it is unreachable (for
+        `patience_s`, default as long as this controller runs); the journal keeps it until then."""
+        try:
+            await self._patiently(
+                lambda: self.transport.record_drop(dropped, reason),
+                "distributor refused the drop",
+                float("inf") if patience_s is None else patience_s,
+            )
+        except Dropped as error:
+            log.error("cannot record drop", task_id=dropped.root_id, reason=reason, error=str(error))
+            return
+        await self.journal.release(key)

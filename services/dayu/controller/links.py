@@ -87,6 +87,12 @@ class Link:
         self.bytes_sent = 0  # tasks' serialized bytes
         self.tasks_sent = 0
         self.probe_bytes_sent = 0  # the monitor's bandwidth probes
+        self._rpc_s_per_byte = 0.0  # moving average of what sending took, acknowledgement included
+
+    def expected_rpc_s(self, nbytes: int) -> float:
+        """Seconds sending nbytes is expected to take from the moment they start to go, by what this
+        link's recent sends took (0 before the first): the part of a task's age that no one clock sees."""
+        return nbytes * self._rpc_s_per_byte
 
     def bandwidth_mbps(self) -> float:
         """Current bandwidth; 0 means unlimited."""
@@ -129,11 +135,14 @@ class Link:
                 raise NotSent()
             on_sending()
             await asyncio.sleep(self.serialization_s(nbytes, self._clock()))
+            sent_at = self._clock()
             await send()
             if probe:
                 self.probe_bytes_sent += nbytes
             else:
                 self.bytes_sent += nbytes
                 self.tasks_sent += 1
+                sample = (self._clock() - sent_at) / max(nbytes, 1)
+                self._rpc_s_per_byte = sample if not self._rpc_s_per_byte else 0.8 * self._rpc_s_per_byte + 0.2 * sample
         await asyncio.sleep(self.delay_ms / 1000)
         return self._clock() - started

@@ -11,6 +11,7 @@ import grpc
 import pydantic
 
 from dayu.controller.core import ControllerCore
+from dayu.controller.journal import TaskJournal
 from dayu.controller.links import BandwidthTrace, Link
 from dayu.runtime.client import Channels, remote, with_retries
 from dayu.runtime.config import ComponentSettings, StrictModel
@@ -60,7 +61,14 @@ class ControllerSection(StrictModel):
     late_factor: float = pydantic.Field(
         0.0, ge=0, description="drop tasks older than this many latency budgets before sending them on (0: never)"
     )
-    attempts: int = pydantic.Field(3, ge=1, description="tries of a call to a processor, peer or distributor")
+    attempts: int = pydantic.Field(3, ge=1, description="quick tries of a call to a processor before its fallback")
+    process_timeout_s: float = pydantic.Field(60.0, gt=0, description="longest a processor may take for one stage")
+    patience_s: float = pydantic.Field(
+        30.0, gt=0, description="longest a task without a budget (and any delivery) waits for its receiver to return"
+    )
+    journal: Path | None = pydantic.Field(
+        None, description="SQLite file journaling the tasks this node holds (none: in memory, lost on a crash)"
+    )
 
 
 class ControllerSettings(ComponentSettings):
@@ -83,30 +91,26 @@ class GrpcTransport:
             self.channels.get(self._address(self.section.processors, kind, "processor"))
         )
         request = processor_pb2.ProcessRequest(task=task, stage=stage)
+        timeout = self.section.process_timeout_s
         reply = await remote(
-            with_retries(lambda: stub.Process(request), attempts=self.section.attempts, what="process")
+            with_retries(lambda: stub.Process(request, timeout=timeout), attempts=self.section.attempts, what="process")
         )
         return reply.task
 
-    async def forward(self, node: str, task: task_pb2.Task) -> None:
+    # One attempt each: the core tries again, for as long as the task can wait, with the same task id.
+    async def forward(self, node: str, task: task_pb2.Task, timeout_s: float) -> None:
         stub = controller_pb2_grpc.ControllerServiceStub(
             self.channels.get(self._address(self.section.peers, node, "controller of node"))
         )
-        request = controller_pb2.SubmitTaskRequest(task=task)
-        await remote(
-            with_retries(lambda: stub.SubmitTask(request, timeout=30), attempts=self.section.attempts, what="forward")
-        )
+        await remote(stub.SubmitTask(controller_pb2.SubmitTaskRequest(task=task), timeout=timeout_s))
 
     def _distributor(self) -> distributor_pb2_grpc.DistributorServiceStub:
         if not self.section.distributor:
             raise FailedPrecondition("no distributor address configured")
         return distributor_pb2_grpc.DistributorServiceStub(self.channels.get(self.section.distributor))
 
-    async def deliver(self, task: task_pb2.Task) -> None:
-        stub, request = self._distributor(), distributor_pb2.DeliverRequest(task=task)
-        await remote(
-            with_retries(lambda: stub.Deliver(request, timeout=30), attempts=self.section.attempts, what="deliver")
-        )
+    async def deliver(self, task: task_pb2.Task, timeout_s: float) -> None:
+        await remote(self._distributor().Deliver(distributor_pb2.DeliverRequest(task=task), timeout=timeout_s))
 
     async def probe(self, node: str, nbytes: int) -> None:
         stub = controller_pb2_grpc.ControllerServiceStub(
@@ -115,10 +119,8 @@ class GrpcTransport:
         await remote(stub.Probe(monitor_pb2.ProbeRequest(payload=bytes(nbytes)), timeout=30))
 
     async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
-        stub, request = self._distributor(), distributor_pb2.RecordDropRequest(task=task, reason=reason)
-        await remote(
-            with_retries(lambda: stub.RecordDrop(request, timeout=30), attempts=self.section.attempts, what="drop")
-        )
+        request = distributor_pb2.RecordDropRequest(task=task, reason=reason)
+        await remote(self._distributor().RecordDrop(request, timeout=10))
 
 
 class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
@@ -128,7 +130,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     async def SubmitTask(
         self, request: controller_pb2.SubmitTaskRequest, context: object
     ) -> controller_pb2.SubmitTaskResponse:
-        self.core.submit(request.task, request.from_node)
+        await self.core.submit(request.task, request.from_node)
         return controller_pb2.SubmitTaskResponse(task_id=request.task.task_id)
 
     async def GetLinkStats(
@@ -181,8 +183,10 @@ class ControllerComponent(Component):
             local_kinds=set(section.processors),
             links=links,
             transport=GrpcTransport(section, self.channels),
+            journal=TaskJournal(section.journal),
             join_timeout_s=section.join_timeout_s,
             late_factor=section.late_factor,
+            patience_s=section.patience_s,
             tracing=self.tracing,
             on_new_stream=self._follow,
         )
@@ -192,7 +196,7 @@ class ControllerComponent(Component):
 
     def _follow(self, stream_id: str) -> None:
         if self.section.scheduler:
-            self.background(self._follow_decisions(stream_id))
+            self.background(self._follow_decisions, stream_id, name=f"decisions of {stream_id}")
 
     async def _follow_decisions(self, stream_id: str) -> None:
         """Keeps the core's copy of the stream's decision current, reconnecting while the scheduler
@@ -201,18 +205,21 @@ class ControllerComponent(Component):
         wait = RECONNECT_S[0]
         while True:
             try:
-                # From version 0: the first decision is the current one, taken even if its version
-                # is lower than what we knew (a restarted scheduler counts from 1 again).
+                # From version 0: the current decision first; (epoch, version) tells new from old,
+                # also across a restart of the scheduler (a new epoch).
                 watch = stub.WatchDecisions(scheduler_pb2.WatchDecisionsRequest(stream_id=stream_id))
-                first = True
                 async for decision in watch:
-                    self.core.apply_decision(decision, force=first)
-                    first, wait = False, RECONNECT_S[0]
+                    self.core.apply_decision(decision)
+                    wait = RECONNECT_S[0]
             except grpc.aio.AioRpcError as error:
                 log.debug("decisions unavailable", stream_id=stream_id, code=error.code().name)
             await asyncio.sleep(wait)
             wait = min(wait * 2, RECONNECT_S[1])
 
+    async def start(self) -> None:
+        await self.core.resume()
+
     async def stop(self) -> None:
         await self.core.drain(self.grace_s)
         await self.channels.close()
+        self.core.journal.close()
