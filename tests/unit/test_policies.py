@@ -271,6 +271,15 @@ def test_latency_budget_places_stages_where_frames_cross_the_uplink_least() -> N
     assert dict(moved.placement) == {"detect": "cloud", "read": "cloud"} and "run read on cloud" in moved.reason
 
 
+def test_a_stale_node_can_run_nothing_and_gets_no_stages() -> None:
+    v, p = view(), policy("latency_budget")
+    v.resources = {"edge-1": resources_pb2.NodeResources(node="edge-1", queue_lengths={"noop": 0})}
+    assert v.can_run("edge-1", "noop") and set(p.decide(v).placement.values()) == {"edge-1"}
+    v.stale = frozenset({"edge-1"})  # its monitor fell silent: whatever it said last, nothing new goes there
+    assert not v.can_run("edge-1", "noop") and v.can_run("cloud", "noop")
+    assert set(p.decide(v).placement.values()) == {"cloud"}
+
+
 def test_every_policy_is_registered() -> None:
     assert set(POLICIES.names()) >= {
         "fixed",

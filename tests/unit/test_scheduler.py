@@ -3,10 +3,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from structlog.testing import capture_logs
 
-from dayu.runtime.errors import InvalidArgument, NotFound
+from dayu.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
+from dayu.runtime.tracing import STREAM
+from dayu.scheduler import core as core_module
+from dayu.scheduler import traces
 from dayu.scheduler.core import SchedulerCore
-from dayu.v1 import decision_pb2, task_pb2
+from dayu.scheduler.service import SchedulerServicer
+from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, task_pb2
 
 from conftest import make_stream_spec, transfer_spans
 
@@ -25,8 +31,8 @@ async def test_startup_decision_follows_fixed_policy() -> None:
 async def test_set_policy_pushes_a_new_version_to_watchers() -> None:
     core = SchedulerCore(FIXED)
     await core.register(make_stream_spec())
-    watcher = core.watch("stream-1", after_version=0)
-    assert (await anext(watcher)).version == 1
+    watcher = core.watch("stream-1")
+    assert (await asyncio.wait_for(anext(watcher), 5)).version == 1
     pending = asyncio.create_task(anext(watcher))
     await asyncio.sleep(0.01)
     assert not pending.done()
@@ -122,3 +128,142 @@ async def test_stats_keep_a_bounded_history_of_decisions_with_their_reasons() ->
     assert len(stats.history) == DECISION_HISTORY and stats.current.version == last
     assert [d.version for d in stats.history] == list(range(last - DECISION_HISTORY + 1, last + 1))
     assert stats.registered_at.ToNanoseconds() == registered_at
+
+
+class Clock:
+    """The core's monotonic clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_decisions_carry_the_epoch_and_a_restarted_core_has_a_newer_one() -> None:
+    old = SchedulerCore(FIXED)
+    await old.register(make_stream_spec())
+    for _ in range(4):
+        await old.set_policy("stream-1", FIXED)
+    before = old.decision("stream-1")
+    assert before.version == 5 and before.epoch == old.epoch > 0
+    assert {d.epoch for d in old.stats()[0].history} == {old.epoch}
+    restarted = SchedulerCore(FIXED)
+    after = await restarted.register(make_stream_spec())
+    assert after.version == 1 and after.epoch == restarted.epoch > old.epoch
+    assert (after.epoch, after.version) > (before.epoch, before.version)
+    assert (await SchedulerCore(FIXED, epoch=7).register(make_stream_spec())).epoch == 7
+
+
+async def test_watch_yields_the_current_decision_first_whatever_version_the_caller_knew() -> None:
+    core = SchedulerCore(FIXED, epoch=2)
+    await core.register(make_stream_spec())
+    # A caller that knew version 7 of an older epoch still gets the new epoch's version 1, then the next.
+    request = scheduler_pb2.WatchDecisionsRequest(stream_id="stream-1", after_version=7)
+    watcher = SchedulerServicer(core).WatchDecisions(request, None)
+    first = await asyncio.wait_for(anext(watcher), 5)
+    assert (first.epoch, first.version) == (2, 1)
+    pending = asyncio.create_task(anext(watcher))
+    await asyncio.sleep(0.01)
+    assert not pending.done()
+    await core.set_policy("stream-1", FIXED)
+    assert (await asyncio.wait_for(pending, 5)).version == 2
+    await watcher.aclose()
+    later = await asyncio.wait_for(anext(core.watch("stream-1")), 5)
+    assert later.version == 2  # a later watcher: the current one at once
+
+
+async def test_a_silent_node_turns_stale_gets_no_stages_and_is_trusted_again_when_it_reports() -> None:
+    clock = Clock()
+    core = SchedulerCore(
+        decision_pb2.PolicySpec(name="fixed", params_yaml="{placement: {detect: edge-2}}"),
+        stale_after_s=10,
+        clock=clock,
+    )
+    for node in ("edge-1", "edge-2", "cloud"):
+        await core.report_resources(resources_pb2.NodeResources(node=node, queue_lengths={"noop": 0}))
+    assert (await core.register(make_stream_spec())).placement["detect"] == "edge-2"
+    clock.now += 10
+    await core.check_nodes()
+    assert not core.resources["edge-2"].stale and core.decision("stream-1").version == 1
+    for node in ("edge-1", "cloud"):  # they keep reporting; edge-2 does not
+        await core.report_resources(resources_pb2.NodeResources(node=node, queue_lengths={"noop": 0}))
+    clock.now += 0.5
+    with capture_logs() as logs:
+        await core.check_nodes()
+        clock.now += 5
+        await core.check_nodes()  # still stale: no second log, no new decision
+    assert [entry["node"] for entry in logs if entry["event"].startswith("node stale")] == ["edge-2"]
+    assert core.resources["edge-2"].stale and not core.resources["edge-1"].stale
+    moved = core.decision("stream-1")
+    assert moved.version == 2 and moved.placement["detect"] == "cloud" and moved.placement["merge"] == "edge-1"
+    assert moved.reason == "no report from edge-2 for 10 s (stale edge-2: detect on cloud)"
+
+    # Policies see no figures of a stale node and place nothing new there.
+    spec = make_stream_spec()
+    spec.stream_id, spec.node = "stream-2", "edge-2"
+    spec.policy.name = "latency_budget"
+    started = await core.register(spec)
+    assert set(started.placement.values()) == {"cloud"} and "stale" not in started.reason
+    view = core._streams["stream-2"].view
+    assert "edge-2" not in view.resources and view.stale == {"edge-2"}
+
+    with capture_logs() as logs:
+        await core.report_resources(resources_pb2.NodeResources(node="edge-2", queue_lengths={"noop": 0}))
+    assert [entry["event"] for entry in logs] == ["node reporting again: trusted again"]
+    assert not core.resources["edge-2"].stale
+    back = core.decision("stream-1")
+    assert back.version == 3 and back.placement["detect"] == "edge-2" and back.reason == "edge-2 reporting again"
+
+
+async def test_a_stale_nodes_queues_neither_pause_nor_hold_a_stream() -> None:
+    from dayu.scheduler.core import Admission
+
+    for cloud_reports in (True, False):
+        clock = Clock()
+        core = SchedulerCore(FIXED, admission=Admission(max_queue=10, resume_queue=2), stale_after_s=5, clock=clock)
+        await core.register(make_stream_spec())
+        await core.report_resources(resources_pb2.NodeResources(node="cloud"))
+        await core.report_resources(resources_pb2.NodeResources(node="edge-1", queue_lengths={"noop": 50}))
+        assert core.decision("stream-1").paused
+        clock.now += 6
+        if cloud_reports:
+            await core.report_resources(resources_pb2.NodeResources(node="cloud"))
+        await core.check_nodes()
+        resumed = core.decision("stream-1")
+        # Moved to the cloud; or, the cloud stale too, left on edge-1 (nowhere better), whose queue is old news.
+        assert not resumed.paused and set(resumed.placement.values()) == {"cloud" if cloud_reports else "edge-1"}
+
+
+async def test_streams_and_nodes_past_their_limits_are_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core_module, "MAX_STREAMS", 1)
+    monkeypatch.setattr(core_module, "MAX_NODES", 1)
+    core = SchedulerCore(FIXED)
+    await core.register(make_stream_spec())
+    await core.register(make_stream_spec())  # the same stream again is no new one
+    other = make_stream_spec()
+    other.stream_id = "stream-2"
+    with pytest.raises(ResourceExhausted, match=r"stream\.stream_id: 'stream-2'"):
+        await core.register(other)
+    await core.report_resources(resources_pb2.NodeResources(node="edge-1"))
+    await core.report_resources(resources_pb2.NodeResources(node="edge-1"))
+    with pytest.raises(ResourceExhausted, match="node: 'edge-2'"):
+        await core.report_resources(resources_pb2.NodeResources(node="edge-2"))
+
+
+def _inference_spans(*streams: str) -> trace_service_pb2.ExportTraceServiceRequest:
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add().spans
+    for stream in streams:
+        span = spans.add(name="processor.inference", start_time_unix_nano=1, end_time_unix_nano=2)
+        span.attributes.add(key=STREAM).value.string_value = stream
+    return request
+
+
+def test_traced_streams_are_bounded_forgetting_the_longest_silent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(traces, "MAX_STREAMS", 2)
+    hops = traces.HopLatencies()
+    hops.add(_inference_spans("a", "b", "a", "c"))  # b has gone longest without a span
+    assert hops.of("b") == {} and hops.of("a") and hops.of("c")
+    (samples,) = hops.of("a").values()
+    assert samples.spans == 2

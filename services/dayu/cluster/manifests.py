@@ -47,6 +47,7 @@ class Volume:
     files: dict[str, str] = field(default_factory=dict)  # file name -> text (ConfigMaps)
     memory_mb: int | None = None  # emptyDir {medium: Memory}: a tmpfs of this size
     persistent: bool = False  # a claim: the cluster's workdir keeps it across restarts
+    host_path: str = ""  # a hostPath: the node's own folder in the cluster's workdir, kept across restarts
 
 
 @dataclass
@@ -123,8 +124,12 @@ def _volumes(spec: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> di
             volumes[name] = Volume(name, memory_mb=_mebibytes(size) if memory else None)
         elif "persistentVolumeClaim" in volume:
             volumes[name] = Volume(name, persistent=True)
+        elif "hostPath" in volume:
+            volumes[name] = Volume(name, host_path=volume["hostPath"]["path"])
         else:
-            raise RuntimeError(f"volume {name}: the cluster runs configMap, projected, emptyDir and claim volumes")
+            raise RuntimeError(
+                f"volume {name}: the cluster runs configMap, projected, emptyDir, hostPath and claim volumes"
+            )
     return volumes
 
 

@@ -16,19 +16,14 @@ their own: the event loop never waits on the disk, and the connection is used by
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
+from dayu.runtime.sqlite import ThreadedSqlite
 from dayu.v1 import task_pb2
 
-T = TypeVar("T")
 SEEN_LIMIT = 100_000  # ids of tasks that left; at ~10 tasks/s, hours of retries' worth
 
 _SCHEMA = """
@@ -62,26 +57,12 @@ def task_key(task: task_pb2.Task) -> str:
 class TaskJournal:
     def __init__(self, path: Path | str | None = None) -> None:
         """`path` None: in memory (de-duplication without durability, for tests and throwaway meshes)."""
-        if path is not None and str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.path = str(path) if path is not None else ":memory:"
-        self.durable = self.path != ":memory:"
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        self._db = self._thread.submit(self._open).result()
-
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # a write is on disk before the task is acknowledged
-        db.executescript(_SCHEMA)
-        return db
-
-    async def _run(self, work: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+        self._sqlite = ThreadedSqlite(path, _SCHEMA, synchronous="FULL", name="journal")
+        self._db, self._run, self._transaction = self._sqlite.db, self._sqlite.run, self._sqlite.transaction
+        self.path, self.durable = self._sqlite.path, self._sqlite.durable
 
     def close(self) -> None:
-        self._thread.submit(self._db.close).result()
-        self._thread.shutdown()
+        self._sqlite.close()
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -90,24 +71,24 @@ class TaskJournal:
         holds it already or passed it on already: a retry, to acknowledge without routing it again."""
         return await self._run(self._hold, task_key(task), task.SerializeToString())
 
-    def _hold(self, task_key: str, blob: bytes) -> bool:
-        if self._db.execute("SELECT 1 FROM seen WHERE key = ?", (task_key,)).fetchone():
+    def _hold(self, key: str, blob: bytes) -> bool:
+        if self._db.execute("SELECT 1 FROM seen WHERE key = ?", (key,)).fetchone():
             return False
         inserted = self._db.execute(
             "INSERT INTO held (key, held_at, task) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
-            (task_key, time.time(), blob),
+            (key, time.time(), blob),
         )
         return inserted.rowcount == 1
 
     async def replace(self, done: Iterable[str], tasks: Iterable[task_pb2.Task]) -> None:
-        """In one transaction: forgets the tasks `done` (without remembering them as passed on: their
-        work goes on in `tasks`) and journals (or updates) `tasks`."""
+        """In one transaction: forgets the tasks `done` (their work goes on in `tasks`; a retry of one is
+        a duplicate) and journals (or updates) `tasks`."""
         rows = [(task_key(t), time.time(), t.SerializeToString()) for t in tasks]
         await self._run(self._replace, list(done), rows)
 
     def _replace(self, done: list[str], rows: list[tuple[str, float, bytes]]) -> None:
         with self._transaction():
-            self._db.executemany("DELETE FROM held WHERE key = ?", [(k,) for k in done])
+            self._forget(done)
             upsert = "INSERT INTO held (key, held_at, task) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET task = "
             self._db.executemany(upsert + "excluded.task", rows)
 
@@ -141,16 +122,6 @@ class TaskJournal:
         """Deletes held tasks, remembering their keys (a retry of one is then a duplicate)."""
         self._db.executemany("DELETE FROM held WHERE key = ?", [(k,) for k in keys])
         self._db.executemany("INSERT OR IGNORE INTO seen (key) VALUES (?)", [(k,) for k in keys])
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -1,7 +1,14 @@
 """One stream's generator, without gRPC: takes frames from its source, applies the current decision
 (frame-rate filter, resize, encoding, frames per segment), and submits each segment as a task to
 its node's controller. Decisions come from the scheduler; while it cannot be reached the stream
-goes on with the last decision (or the local startup plan)."""
+goes on with the last decision (or the local startup plan).
+
+Every task is accounted for: its sequence number is taken for good (SequenceStore) before it is
+made, a submission the controller cannot take yet is tried again with the same task id (the
+controller acknowledges a retry of what it holds without routing it twice) for up to
+SUBMIT_PATIENCE_S, and a segment that cannot become a task, or a task the controller refuses, is
+recorded as dropped with the reason. One lost anyway (this process killed) is missing from its
+stream's numbers, and the distributor records it as lost."""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import numpy as np
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from dayu.generator.sequences import SequenceStore
 from dayu.media.codecs import decode_image, encode_segment
 from dayu.media.frames import FrameRateFilter, resize
 from dayu.runtime.clock import timestamp
@@ -27,6 +35,10 @@ from dayu.v1 import datasource_pb2, decision_pb2, generator_pb2, task_pb2, types
 log = get_logger(__name__)
 
 MAX_IN_FLIGHT = 8  # submissions waiting on the controller before capture waits too
+SUBMIT_PATIENCE_S = 30.0  # longest a task waits for its controller to come back (a restart takes seconds)
+RETRY_S = (0.25, 2.0)  # first and longest wait between submissions of the same task
+# Failures worth waiting out: the controller is restarting, overloaded or slow.
+TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
 RECONNECT_S = (0.2, 5.0)  # first and longest wait before reconnecting to the scheduler or source
 
 
@@ -66,6 +78,19 @@ class CapturedFrame:
     captured_at: float
 
 
+def new_task(spec: decision_pb2.StreamSpec, sequence: int) -> task_pb2.Task:
+    """A task of the stream with its ids and nothing else yet."""
+    task_id = str(uuid.uuid4())
+    return task_pb2.Task(
+        stream_id=spec.stream_id,
+        sequence=sequence,
+        task_id=task_id,
+        root_id=task_id,
+        source_node=spec.node,
+        latency_budget_s=spec.latency_budget_s,
+    )
+
+
 def build_task(
     spec: decision_pb2.StreamSpec, decision: decision_pb2.Decision, sequence: int, frames: list[CapturedFrame]
 ) -> task_pb2.Task:
@@ -79,17 +104,9 @@ def build_task(
     for i, captured in enumerate(frames):
         image = decode_image(captured.frame.data, captured.frame.codec, captured.frame.resolution, f"frames[{i}]")
         images.append(resize(image, width, height))
-    task_id = str(uuid.uuid4())
-    task = task_pb2.Task(
-        stream_id=spec.stream_id,
-        sequence=sequence,
-        task_id=task_id,
-        root_id=task_id,
-        configuration=config,
-        decision_version=decision.version,
-        source_node=spec.node,
-        latency_budget_s=spec.latency_budget_s,
-    )
+    task = new_task(spec, sequence)
+    task.configuration.CopyFrom(config)
+    task.decision_version, task.decision_epoch = decision.version, decision.epoch
     task.dag.pipeline = spec.pipeline.name
     for stage in spec.pipeline.stages:
         task.dag.stages.add(spec=stage, node=decision.placement.get(stage.name, spec.node))
@@ -108,9 +125,18 @@ def build_task(
 
 
 class StreamRunner:
-    def __init__(self, spec: decision_pb2.StreamSpec, ports: StreamPorts, tracing: Tracing = NO_TRACING) -> None:
+    def __init__(
+        self,
+        spec: decision_pb2.StreamSpec,
+        ports: StreamPorts,
+        tracing: Tracing = NO_TRACING,
+        sequences: SequenceStore | None = None,
+    ) -> None:
         self.spec, self.ports, self.tracing = spec, ports, tracing
+        self.sequences = sequences or SequenceStore()
         self.status = generator_pb2.StreamStatus(spec=spec, decision=startup_decision(spec))
+        # Numbers taken so far, over every run of this generator: sequences 0 .. tasks_generated - 1.
+        self.status.tasks_generated = self.sequences.next(spec.stream_id)
         self.submitted = 0
         self.dropped = 0
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -120,17 +146,20 @@ class StreamRunner:
     def decision(self) -> decision_pb2.Decision:
         return self.status.decision
 
-    def apply(self, decision: decision_pb2.Decision, *, force: bool = False) -> bool:
-        """Takes a newer decision; older or equal versions are ignored unless forced (the reply to a
-        registration is authoritative: a restarted scheduler counts versions from 1 again)."""
-        if decision.version <= self.decision.version and not force:
+    def apply(self, decision: decision_pb2.Decision) -> bool:
+        """Takes a newer decision; older ones are ignored. (epoch, version) orders them: a restarted
+        scheduler counts versions from 1 again, in a newer epoch."""
+        if (decision.epoch, decision.version) <= (self.decision.epoch, self.decision.version):
             return False
         self.status.decision.CopyFrom(decision)
         log.info("decision applied", stream_id=self.spec.stream_id, version=decision.version, reason=decision.reason)
         return True
 
     async def run(self) -> None:
-        await asyncio.gather(self._follow_decisions(), self._capture())
+        # A task group: if one fails, the other is cancelled too, and a restart runs both once.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._follow_decisions())
+            group.create_task(self._capture())
 
     async def drain(self, timeout_s: float) -> None:
         if self._submissions:
@@ -140,7 +169,7 @@ class StreamRunner:
         wait = RECONNECT_S[0]
         while True:
             try:
-                self.apply(await self.ports.register(self.spec), force=True)
+                self.apply(await self.ports.register(self.spec))
                 self.status.scheduler_reachable = True
                 wait = RECONNECT_S[0]
                 async for decision in self.ports.decisions(self.spec.stream_id, self.decision.version):
@@ -184,19 +213,19 @@ class StreamRunner:
         await self._in_flight.acquire()
         decision = decision_pb2.Decision()
         decision.CopyFrom(self.decision)
-        sequence = self.status.tasks_generated
-        self.status.tasks_generated += 1
+        sequence = await self.sequences.take(self.spec.stream_id)
+        self.status.tasks_generated = sequence + 1
         # The root span of the task's trace; it ends once the controller has taken the task.
         root = self.tracing.start("generator.task", parent=Context(), **{STREAM: self.spec.stream_id})
         with trace.use_span(root, end_on_exit=False):
             try:
                 with self.tracing.span("generator.encode", **{STREAM: self.spec.stream_id}):
                     task = await asyncio.to_thread(build_task, self.spec, decision, sequence, frames)
-            except Exception as error:  # bad frame data: the segment never becomes a task
+            except Exception as error:  # bad frame data: the segment never becomes a task, but is recorded
                 root.end()
                 self._in_flight.release()
-                self.dropped += 1
                 log.error("segment not encoded", stream_id=self.spec.stream_id, sequence=sequence, error=str(error))
+                await self._record_drop(new_task(self.spec, sequence), f"segment not encoded: {error}")
                 return
             root.set_attribute(TASK, task.root_id)
             task.trace_context.traceparent, task.trace_context.tracestate = traceparent()
@@ -205,20 +234,38 @@ class StreamRunner:
         submission.add_done_callback(self._submissions.discard)
 
     async def _submit(self, task: task_pb2.Task, root: trace.Span) -> None:
+        made_at = time.monotonic()
         try:
             with self.tracing.span("generator.submit", **task_attributes(task.stream_id, task.root_id)):
-                await self.ports.submit(task)
+                await self._submit_patiently(task, made_at)
             self.submitted += 1
         except RemoteError as error:
-            self.dropped += 1
             reason = f"controller of {self.spec.node} refused the task: {error.code}: {error.details}"
             log.warning("task not submitted", task_id=task.task_id, reason=reason)
             del task.segment.frames[:]
             task.segment.stream = b""
-            try:
-                await self.ports.record_drop(task, reason)
-            except RemoteError:
-                log.error("cannot record drop", task_id=task.task_id)
+            await self._record_drop(task, reason)
         finally:
             root.end()
             self._in_flight.release()
+
+    async def _submit_patiently(self, task: task_pb2.Task, made_at: float) -> None:
+        """Submits the task, trying again with the same id while the controller is away."""
+        give_up_at, wait = made_at + SUBMIT_PATIENCE_S, RETRY_S[0]
+        while True:
+            task.age_s = time.monotonic() - made_at  # both on this machine's clock
+            try:
+                return await self.ports.submit(task)
+            except RemoteError as error:
+                if error.code not in TRANSIENT or time.monotonic() + wait > give_up_at:
+                    raise
+                log.info("controller away; submitting again", task_id=task.task_id, code=error.code, wait_s=wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RETRY_S[1])
+
+    async def _record_drop(self, task: task_pb2.Task, reason: str) -> None:
+        self.dropped += 1
+        try:
+            await self.ports.record_drop(task, reason)
+        except RemoteError as error:  # the distributor finds the number missing and records it as lost
+            log.error("cannot record drop", task_id=task.task_id, sequence=task.sequence, code=error.code)

@@ -10,7 +10,8 @@ from typing import Literal
 import pydantic
 
 from dayu.generator.core import StreamRunner
-from dayu.runtime.client import Channels, remote, remote_stream, with_retries
+from dayu.generator.sequences import SequenceStore
+from dayu.runtime.client import Channels, remote, remote_stream
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.errors import InvalidArgument, NotFound
 from dayu.runtime.logs import get_logger
@@ -90,6 +91,9 @@ class GeneratorSection(StrictModel):
     distributor: str = pydantic.Field("", description="address of the distributor (records refused tasks)")
     pipelines_file: Path | None = None
     streams: list[StreamSection] = pydantic.Field(default_factory=list)
+    sequences: Path | None = pydantic.Field(
+        None, description="SQLite file keeping each stream's next sequence number across restarts (none: in memory)"
+    )
 
 
 class GeneratorSettings(ComponentSettings):
@@ -126,8 +130,8 @@ class GrpcStreamPorts:
 
     async def submit(self, task: task_pb2.Task) -> None:
         stub = controller_pb2_grpc.ControllerServiceStub(self.channels.get(self.section.controller))
-        request = controller_pb2.SubmitTaskRequest(task=task)
-        await remote(with_retries(lambda: stub.SubmitTask(request, timeout=10), what="submit"))
+        # One attempt: the stream tries again, with the same task id, for as long as the task can wait.
+        await remote(stub.SubmitTask(controller_pb2.SubmitTaskRequest(task=task), timeout=10))
 
     async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
         stub = distributor_pb2_grpc.DistributorServiceStub(self.channels.get(self.section.distributor))
@@ -167,20 +171,22 @@ class GeneratorComponent(Component):
         ports = GrpcStreamPorts(section, self.channels)
         self.tracing = Tracing(self.name, settings.node, settings.tracing)
         self.runners: dict[str, StreamRunner] = {}
+        self.sequences = SequenceStore(section.sequences)
         for i, stream in enumerate(section.streams):
             spec = stream.spec(settings.node, pipelines, f"generator.streams[{i}]")
             if spec.stream_id in self.runners:
                 raise InvalidArgument(f"generator.streams[{i}].stream_id", f"a unique id, {spec.stream_id!r} is twice")
-            self.runners[spec.stream_id] = StreamRunner(spec, ports, self.tracing)
+            self.runners[spec.stream_id] = StreamRunner(spec, ports, self.tracing, self.sequences)
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.GeneratorService", GeneratorServicer(self.runners))]
 
     async def start(self) -> None:
         for runner in self.runners.values():
-            self.background(runner.run())
+            self.background(runner.run, name=f"stream {runner.spec.stream_id}")
 
     async def stop(self) -> None:
         """Capturing has stopped (the server cancelled it): let the tasks already made reach the controller."""
         await asyncio.gather(*(r.drain(self.grace_s) for r in self.runners.values()))
         await self.channels.close()
+        self.sequences.close()

@@ -18,9 +18,10 @@ class LoopbackWiring(Wiring):
 
     emulated_links = True
 
-    def __init__(self, config: MeshConfig, records: Path, tritons: dict[str, str]) -> None:
+    def __init__(self, config: MeshConfig, workdir: Path, tritons: dict[str, str]) -> None:
         self.pipelines_file = str(config.pipelines_file)
-        self.database = str(records)
+        self.workdir = workdir
+        self.database = str(workdir / "dayu-records.sqlite")
         self.ports = {instance.key: free_port() for instance in instances(config)}
         self.tritons = tritons
 
@@ -29,6 +30,9 @@ class LoopbackWiring(Wiring):
 
     def triton(self, node: str) -> str:
         return self.tritons.get(node, "")
+
+    def state_dir(self, node: str) -> str:
+        return str(self.workdir / "state" / node)
 
 
 class Mesh:
@@ -40,7 +44,7 @@ class Mesh:
         self.servers: dict[str, ComponentServer] = {}  # instance key -> server
         self.addresses: dict[str, str] = {}
         self.instances = instances(config)
-        self.records = workdir / "dayu-records.sqlite"
+        self.records = workdir / "dayu-records.sqlite"  # where LoopbackWiring puts them
         self.triton = None  # a TritonServer when the mesh runs its own
         self.triton_addresses: list[str] = []
         self.triton_statistics: dict[str, dict[str, dict[str, float | int]]] = {}  # address -> model -> counters
@@ -50,7 +54,7 @@ class Mesh:
         return self.addresses[instance.key]
 
     async def start(self) -> None:
-        wiring = LoopbackWiring(self.config, self.records, await self._start_triton())
+        wiring = LoopbackWiring(self.config, self.workdir, await self._start_triton())
         for instance in self.instances:
             component_class = COMPONENTS.entry(instance.component).factory
             data = settings(self.config, instance, wiring)

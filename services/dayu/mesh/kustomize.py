@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[3]
 KUSTOMIZE = ROOT / "kustomize"
 CONFIG_DIR = "/etc/dayu"  # where the containers find their settings (the mounts in kustomize/base)
 DATABASE = "/var/lib/dayu/dayu-records.sqlite"
+NODE_STATE_DIR = "/var/lib/dayu-node"  # a hostPath on each node (kustomize/base/node): kept across pod restarts
 CLOUD_ONLY = "dayu.io/placement=cloud"  # the label of the Deployments in kustomize/base/cloud
 
 
@@ -58,6 +59,9 @@ class KubernetesWiring(Wiring):
 
     def triton(self, node: str) -> str:
         return f"127.0.0.1:{PORTS['triton']}"
+
+    def state_dir(self, node: str) -> str:
+        return NODE_STATE_DIR
 
 
 def dns_name(role: str) -> str:

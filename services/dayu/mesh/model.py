@@ -74,6 +74,9 @@ class MeshConfig(StrictModel):
     streams: list[StreamSection] = pydantic.Field(default_factory=list)
     scheduler: dict[str, Any] = pydantic.Field(default_factory=dict)
     join_timeout_s: float = pydantic.Field(10.0, gt=0)
+    gap_timeout_s: float = pydantic.Field(
+        30.0, gt=0, description="the distributor records a task as lost once its sequence is missing this long"
+    )
     triton: TritonSection = TritonSection()
     late_factor: float = pydantic.Field(4.0, ge=0, description="controllers drop tasks this many budgets late")
     golden: dict[str, ProcessorSection] = pydantic.Field(

@@ -63,6 +63,11 @@ class Wiring:
         """HOST:PORT of the Triton that `node`'s processors use."""
         raise NotImplementedError
 
+    def state_dir(self, node: str) -> str:
+        """The folder, kept across restarts, where `node`'s controller journals the tasks it holds
+        and its generator keeps its streams' sequence numbers."""
+        raise NotImplementedError
+
 
 GOLDEN = "golden-"  # a golden-configuration scorer's role: GOLDEN + its kind
 
@@ -138,7 +143,12 @@ def settings(config: MeshConfig, instance: Instance, wiring: Wiring) -> dict[str
             section = {"cloud_node": cloud, **config.scheduler}
         case "distributor":
             golden = {kind: at("processor", cloud, golden_role(kind)) for kind in sorted(config.golden)}
-            section = {"database": wiring.database, "scheduler": at("scheduler"), "golden": {"processors": golden}}
+            section = {
+                "database": wiring.database,
+                "scheduler": at("scheduler"),
+                "golden": {"processors": golden},
+                "gap_timeout_s": config.gap_timeout_s,
+            }
         case "datasource":
             section = {"sources": config.sources}
         case "backend":
@@ -157,6 +167,7 @@ def settings(config: MeshConfig, instance: Instance, wiring: Wiring) -> dict[str
                 "scheduler": at("scheduler"),
                 "join_timeout_s": config.join_timeout_s,
                 "late_factor": config.late_factor,
+                "journal": f"{wiring.state_dir(node)}/controller-journal.sqlite",
             }
             if wiring.emulated_links:
                 section["links"] = dict(_emulated_links(config, node))
@@ -175,6 +186,7 @@ def settings(config: MeshConfig, instance: Instance, wiring: Wiring) -> dict[str
                 "distributor": at("distributor"),
                 "pipelines_file": wiring.pipelines_file,
                 "streams": config.streams_on(node),
+                "sequences": f"{wiring.state_dir(node)}/generator-sequences.sqlite",
             }
         case other:
             raise ValueError(f"no settings for component {other!r}")

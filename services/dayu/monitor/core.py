@@ -18,7 +18,8 @@ MIN_INTERVAL_S, MAX_INTERVAL_S = 0.1, 3600.0
 
 
 def _nvml_gpus() -> list[resources_pb2.GpuStats]:
-    """GPUs as NVML reports them; none when NVML (nvidia-ml-py) or a driver is absent."""
+    """GPUs as NVML reports them; none when NVML (nvidia-ml-py) or a driver is absent, or when a GPU
+    does not answer (logged), so that the node's other figures are still reported."""
     try:
         import pynvml  # type: ignore[import-not-found]
     except ImportError:
@@ -42,6 +43,9 @@ def _nvml_gpus() -> list[resources_pb2.GpuStats]:
                 )
             )
         return gpus
+    except pynvml.NVMLError as error:
+        log.warning("GPUs not measured", error=str(error))
+        return []
     finally:
         pynvml.nvmlShutdown()
 

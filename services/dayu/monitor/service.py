@@ -1,10 +1,17 @@
 """gRPC adapter of the monitor: samples its node on an interval (resources, processor queues, the
-links to every other node through the controller's probes) and streams each report to the scheduler."""
+links to every other node through the controller's probes) and streams each report to the scheduler.
+
+The loops outlive failures: a processor or link that does not answer is left out of the reports (the
+others' figures still go), a measurement that fails is logged and the next comes on time, and a
+stream to the scheduler that fails or goes silent is opened again. Every call has a deadline. Links
+are measured in a loop of their own, so a peer that does not answer, which takes a link's whole
+deadline, does not hold back the node's reports (the scheduler takes a node that is silent for long
+as gone)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 import pydantic
@@ -26,6 +33,12 @@ from dayu.v1 import (
 )
 
 log = get_logger(__name__)
+
+PROCESSOR_TIMEOUT_S = 5.0  # deadline of a processor's status
+LINK_TIMEOUT_S = 30.0  # deadline of one link's measurement (two probes through the controller)
+# A stream of reports ends after this long and a new one starts: its deadline (with the slack for the
+# scheduler's reply) is how a scheduler that went silent, behind a partition, is noticed.
+REPORT_STREAM_S, REPLY_SLACK_S = 30.0, 10.0
 
 
 class MonitorSection(StrictModel):
@@ -52,26 +65,79 @@ class NodeMonitor:
     def __init__(self, sampler: ResourceSampler, section: MonitorSection, channels: Channels) -> None:
         self.sampler, self.section, self.channels = sampler, section, channels
         self.latest = sampler.sample()
+        self.links: dict[str, resources_pb2.LinkBandwidth] = {}  # peer -> its link's last measure
+        self._measured = asyncio.Condition()  # notified when `latest` is replaced
+        self._failing: set[str] = set()  # peers that did not answer last time, to log changes only
 
     async def refresh(self) -> resources_pb2.NodeResources:
+        """Measures the node now, with the links as last measured. A processor that does not answer
+        is left out of the report."""
         report = await asyncio.to_thread(self.sampler.sample)
-        for kind, address in sorted(self.section.processors.items()):
-            stub = processor_pb2_grpc.ProcessorServiceStub(self.channels.get(address))
-            try:
-                status = await stub.GetProcessorStatus(processor_pb2.GetProcessorStatusRequest(), timeout=5)
-                report.queue_lengths[kind] = status.queue_length
-            except grpc.aio.AioRpcError as error:
-                log.warning("processor unreachable", kind=kind, code=error.code().name)
-        if self.section.controller:
-            stub = controller_pb2_grpc.ControllerServiceStub(self.channels.get(self.section.controller))
-            for node in self.section.peers:
-                request = controller_pb2.MeasureLinkRequest(to_node=node, probe_bytes=self.section.probe_bytes)
-                try:
-                    report.links.append((await stub.MeasureLink(request, timeout=30)).link)
-                except grpc.aio.AioRpcError as error:
-                    log.warning("link not measured", to_node=node, code=error.code().name)
-        self.latest = report
+        processors = sorted(self.section.processors.items())
+        lengths = await asyncio.gather(*(self._queue_length(kind, address) for kind, address in processors))
+        for (kind, _), length in zip(processors, lengths, strict=True):
+            if length is not None:
+                report.queue_lengths[kind] = length
+        report.links.extend(self.links[node] for node in sorted(self.links))
+        async with self._measured:
+            self.latest = report
+            self._measured.notify_all()
         return report
+
+    async def reports(self, duration_s: float) -> AsyncIterator[resources_pb2.NodeResources]:
+        """The latest report, then each new one as it is measured, for `duration_s`."""
+        until = asyncio.get_running_loop().time() + duration_s
+        report = self.latest
+        while True:
+            yield report
+            try:
+                async with asyncio.timeout_at(until), self._measured:
+                    await self._measured.wait_for(lambda sent=report: self.latest is not sent)
+            except TimeoutError:
+                return
+            report = self.latest
+
+    async def measure_links(self) -> None:
+        """Measures the link to every peer through the controller (configured: see start()); one that
+        fails is left out of the reports until it is measured again."""
+        # One at a time: probes sent together would share this node's uplink and measure each other.
+        for node in self.section.peers:
+            link = await self._link(node)
+            if link is None:
+                self.links.pop(node, None)
+            else:
+                self.links[node] = link
+
+    async def _queue_length(self, kind: str, address: str) -> int | None:
+        stub = processor_pb2_grpc.ProcessorServiceStub(self.channels.get(address))
+        request = processor_pb2.GetProcessorStatusRequest()
+        try:
+            status = await stub.GetProcessorStatus(request, timeout=PROCESSOR_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            self._answered(f"processor {kind} at {address}", error)
+            return None
+        self._answered(f"processor {kind} at {address}")
+        return status.queue_length
+
+    async def _link(self, node: str) -> resources_pb2.LinkBandwidth | None:
+        stub = controller_pb2_grpc.ControllerServiceStub(self.channels.get(self.section.controller))
+        request = controller_pb2.MeasureLinkRequest(to_node=node, probe_bytes=self.section.probe_bytes)
+        try:
+            link = (await stub.MeasureLink(request, timeout=LINK_TIMEOUT_S)).link
+        except grpc.aio.AioRpcError as error:
+            self._answered(f"link to {node}", error)
+            return None
+        self._answered(f"link to {node}")
+        return link
+
+    def _answered(self, peer: str, error: grpc.aio.AioRpcError | None = None) -> None:
+        """Logs when a peer stops and starts answering again, not at every report."""
+        if error is not None and peer not in self._failing:
+            self._failing.add(peer)
+            log.warning("left out of the reports", peer=peer, code=error.code().name, details=error.details())
+        elif error is None and peer in self._failing:
+            self._failing.discard(peer)
+            log.info("back in the reports", peer=peer)
 
 
 class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
@@ -109,28 +175,34 @@ class MonitorComponent(Component):
         return [Binding("dayu.v1.MonitorService", MonitorServicer(self.monitor))]
 
     async def start(self) -> None:
-        self.background(self._report())
+        self.background(self._every_interval, self.monitor.refresh, name="resources")
+        if self.section.controller and self.section.peers:
+            self.background(self._every_interval, self.monitor.measure_links, name="links")
+        if self.section.scheduler:
+            self.background(self._report)
 
     async def stop(self) -> None:
         await self.channels.close()
 
-    async def _reports(self) -> AsyncIterator[resources_pb2.NodeResources]:
+    async def _every_interval(self, measure: Callable[[], Awaitable[object]]) -> None:
+        """Runs `measure` every interval; one that fails is logged and the next comes on time."""
+        loop = asyncio.get_running_loop()
         while True:
-            started = asyncio.get_running_loop().time()
-            yield await self.monitor.refresh()
-            elapsed = asyncio.get_running_loop().time() - started
-            await asyncio.sleep(max(0.0, self.section.interval_s - elapsed))
+            started = loop.time()
+            try:
+                await measure()
+            except Exception:
+                log.exception("measurement failed", measure=measure.__name__, next_in_s=self.section.interval_s)
+            await asyncio.sleep(max(0.0, self.section.interval_s - (loop.time() - started)))
 
     async def _report(self) -> None:
-        """Streams reports to the scheduler, reconnecting when it goes away; without a scheduler,
-        keeps measuring for GetResources."""
+        """Streams the reports to the scheduler, a new stream every REPORT_STREAM_S; one that fails or
+        misses its deadline is opened again after an interval."""
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
         while True:
-            if not self.section.scheduler:
-                async for _ in self._reports():
-                    pass
-            stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
+            reports = self.monitor.reports(REPORT_STREAM_S)
             try:
-                await stub.ReportResources(self._reports())
+                await stub.ReportResources(reports, timeout=REPORT_STREAM_S + REPLY_SLACK_S)
             except grpc.aio.AioRpcError as error:
                 log.warning("scheduler unreachable for resource reports", code=error.code().name)
-            await asyncio.sleep(self.section.interval_s)
+                await asyncio.sleep(self.section.interval_s)

@@ -1,9 +1,14 @@
-"""The processor's queue and workers, without gRPC."""
+"""The processor's queue and workers, without gRPC.
+
+Callers retry a stage with the same task id when a call fails or times out, so a stage is run once
+per (task_id, stage): a request for one that is queued or running waits for that job, and one that
+finished lately gets its stored outcome."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from opentelemetry import context as otel_context
@@ -11,13 +16,16 @@ from opentelemetry import trace
 
 from dayu.processor.kinds import ClosableRunner, StageRunner
 from dayu.runtime.clock import timestamp
-from dayu.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from dayu.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from dayu.runtime.logs import get_logger
 from dayu.runtime.tracing import NO_TRACING, Tracing, task_attributes
 from dayu.runtime.validation import validate_task
 from dayu.v1 import task_pb2
 
 log = get_logger(__name__)
+RECENT_RESULTS = 256  # finished stages kept to answer retries; a retry comes within seconds
+
+_Key = tuple[str, str]  # (task_id, stage name)
 
 
 @dataclass
@@ -27,12 +35,15 @@ class _Job:
     queued_at: float
     context: otel_context.Context  # the caller's trace context: the job's spans are its children
     waiting: trace.Span  # the queue wait, ended when a worker takes the job
-    done: asyncio.Future[task_pb2.Task] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # The finished stage, shared by every request of the job.
+    done: asyncio.Future[task_pb2.TaskStage] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class ProcessorCore:
     """Runs stages of one processor kind: a bounded queue (full means RESOURCE_EXHAUSTED, so callers
-    can go elsewhere) drained by a fixed number of workers, which wait without spinning."""
+    can go elsewhere) drained by a fixed number of workers, which wait without spinning. Each
+    (task_id, stage) runs once: see the module's docstring; `deduplicated` counts the requests
+    answered without running."""
 
     def __init__(
         self,
@@ -42,14 +53,21 @@ class ProcessorCore:
         workers: int,
         queue_capacity: int,
         tracing: Tracing = NO_TRACING,
+        recent_results: int = RECENT_RESULTS,
     ) -> None:
+        if recent_results < 1:
+            raise InvalidArgument("recent_results", f"at least 1, got {recent_results}")
         self.node, self.kind, self.runner, self.tracing = node, kind, runner, tracing
         self.workers = workers
         self.queue_capacity = queue_capacity
+        self.recent_results = recent_results
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_capacity)
         self._tasks: list[asyncio.Task[None]] = []
+        self._jobs: dict[_Key, _Job] = {}  # queued or running: at most queue_capacity + workers
+        self._finished: OrderedDict[_Key, task_pb2.TaskStage] = OrderedDict()  # least recently used first
         self.processed = 0
         self.failed = 0
+        self.deduplicated = 0
 
     @property
     def queue_length(self) -> int:
@@ -63,12 +81,19 @@ class ProcessorCore:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        # Jobs no worker will finish: their callers get UNAVAILABLE, and retry elsewhere, rather than hang.
+        jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            if not job.done.done():
+                job.done.set_exception(Unavailable(f"{self.kind} processor on {self.node} stopped"))
         if isinstance(self.runner, ClosableRunner):
             await self.runner.aclose()
 
     async def process(self, task: task_pb2.Task, stage_name: str) -> task_pb2.Task:
         """Runs `stage_name` of `task` and returns the task with the stage filled in. A failure of
-        the stage itself is reported in the returned task (state FAILED, error), not raised."""
+        the stage itself is reported in the returned task (state FAILED, error), not raised. A
+        request for a stage of the same task id that is queued, running or finished lately is
+        answered with that run's outcome, without running the stage again."""
         validate_task(task)
         stages = {s.spec.name: s for s in task.dag.stages}
         if stage_name not in stages:
@@ -78,7 +103,27 @@ class ProcessorCore:
             raise FailedPrecondition(
                 f"stage {stage_name!r} needs processor {stage.spec.processor!r}; this one runs {self.kind!r}"
             )
-        attributes = task_attributes(task.stream_id, task.root_id, stage_name)
+        key = (task.task_id, stage_name)
+        if key in self._finished or key in self._jobs:
+            self.deduplicated += 1
+            log.debug("stage answered without running again", stage=stage_name, task_id=task.task_id)
+            stage.CopyFrom(await self._outcome(key))
+            return task
+        job = self._enqueue(task, stage)
+        self._jobs[key] = job
+        await asyncio.shield(job.done)  # the worker fills in this task's stage itself
+        return task
+
+    async def _outcome(self, key: _Key) -> task_pb2.TaskStage:
+        """The finished stage of the run of `key`, finished lately or queued or running."""
+        if key in self._finished:
+            self._finished.move_to_end(key)
+            return self._finished[key]
+        # Shielded: a caller that gives up (its deadline passed) leaves the job to the others.
+        return await asyncio.shield(self._jobs[key].done)
+
+    def _enqueue(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> _Job:
+        attributes = task_attributes(task.stream_id, task.root_id, stage.spec.name)
         job = _Job(
             task, stage, time.time(), otel_context.get_current(), self.tracing.start("processor.queue", **attributes)
         )
@@ -88,7 +133,7 @@ class ProcessorCore:
             job.waiting.set_status(trace.StatusCode.ERROR, "queue full")
             job.waiting.end()
             raise ResourceExhausted(f"{self.kind} queue on {self.node} is full ({self.queue_capacity} tasks)") from None
-        return await job.done
+        return job
 
     async def _work(self) -> None:
         while True:
@@ -122,5 +167,17 @@ class ProcessorCore:
         timings.finished_at.CopyFrom(timestamp(finished))
         timings.queue_s = started - job.queued_at
         timings.process_s = finished - started
-        if not job.done.cancelled():
-            job.done.set_result(job.task)
+        self._finish(job)
+
+    def _finish(self, job: _Job) -> None:
+        """Moves the job from the running to the recent ones (in one step: a retry finds it in one or
+        the other) and answers its callers."""
+        key = (job.task.task_id, job.stage.spec.name)
+        # A copy: a sub-message keeps its whole task (and the segment's frames) alive.
+        outcome = task_pb2.TaskStage()
+        outcome.CopyFrom(job.stage)
+        del self._jobs[key]
+        self._finished[key] = outcome
+        while len(self._finished) > self.recent_results:
+            self._finished.popitem(last=False)
+        job.done.set_result(outcome)

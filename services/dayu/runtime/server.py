@@ -9,7 +9,8 @@ Every component gets the same things here, so no service writes them again:
 - the caller's W3C trace context (gRPC metadata) made current while a request is handled;
 - graceful shutdown: health turns NOT_SERVING, new calls are refused, in-flight calls finish
   (within server.shutdown_grace_s), then the component's own background work is stopped and its
-  spans flushed.
+  spans flushed;
+- supervised background work: a loop that fails is logged and started again, never silently gone.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,8 @@ from dayu.runtime.logs import get_logger
 from dayu.runtime.tracing import Tracing, extract
 
 log = get_logger(__name__)
+
+RESTART_BACKOFF_S = (0.5, 10.0)  # wait before a failed background loop runs again: first, longest
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,13 +77,39 @@ class Component:
         """Releases what the component holds; called after in-flight calls have finished and its
         background work was cancelled."""
 
-    def background(self, work: Coroutine[Any, Any, None]) -> None:
-        """Runs `work` for as long as the component lives; the server cancels it when it stops."""
-        tasks: list[asyncio.Task[None]] = vars(self).setdefault("_background_tasks", [])
-        tasks.append(asyncio.create_task(work))
+    def background(self, work: Callable[..., Awaitable[None]], *args: Any, name: str = "") -> None:
+        """Runs `work(*args)` for as long as the component lives, under supervision: when it raises,
+        the exception is logged and it is called again after a backoff (RESTART_BACKOFF_S, doubling;
+        from the start again after a run longer than the longest wait); when it returns, it is done.
+        The server cancels it when it stops. `work` is a coroutine function, not a coroutine: a
+        coroutine cannot be run again. `name` (for the logs) defaults to the function's name."""
+        if not callable(work):
+            raise TypeError(f"background() takes a coroutine function and its arguments, not {work!r}")
+        name = name or getattr(work, "__qualname__", repr(work))
+        tasks: set[asyncio.Task[None]] = vars(self).setdefault("_background_tasks", set())
+        task = asyncio.create_task(self._supervise(work, args, name), name=f"{self.name}:{name}")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)  # loops that ended are not kept
+
+    async def _supervise(self, work: Callable[..., Awaitable[None]], args: tuple[Any, ...], name: str) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = RESTART_BACKOFF_S[0]
+        while True:
+            started = loop.time()
+            try:
+                await work(*args)
+                return
+            except Exception:
+                if loop.time() - started > RESTART_BACKOFF_S[1]:
+                    backoff = RESTART_BACKOFF_S[0]  # it had been running well: this is a new failure
+                log.exception(
+                    "background loop failed; restarting", component=self.name, loop=name, restart_in_s=backoff
+                )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
 
     async def cancel_background(self) -> None:
-        tasks: list[asyncio.Task[None]] = vars(self).pop("_background_tasks", [])
+        tasks: set[asyncio.Task[None]] = vars(self).pop("_background_tasks", set())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,4 +1,9 @@
-"""Per-stream policies, decisions and their watchers, without gRPC."""
+"""Per-stream policies, decisions and their watchers, without gRPC.
+
+Every decision carries the core's epoch (its start time in ns): versions count from 1 again after a
+restart, and (epoch, version) orders decisions across restarts. Nodes whose monitor stopped
+reporting for stale_after_s (on the core's own clock) are stale: policies do not see their figures,
+and no published placement puts a stage on them. What the core keeps per stream and node is bounded."""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import asyncio
 import statistics
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 import yaml
@@ -14,7 +19,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from dayu.runtime.clock import timestamp
-from dayu.runtime.errors import InvalidArgument, NotFound
+from dayu.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
+from dayu.runtime.logs import get_logger
 from dayu.runtime.registry import Registry
 from dayu.runtime.validation import require_id, validate_stream_spec
 from dayu.scheduler.knobs import configuration, resolutions
@@ -26,6 +32,10 @@ RECENT_RECORDS = 64
 LINK_CHANGE = 0.1  # a link's traced bandwidth moving by more than this share is news to its streams
 DECISION_TIMES = 1000
 DECISION_HISTORY = 32  # decisions kept per stream for GetSchedulerStats (what was decided, and why)
+MAX_STREAMS = 4096  # registered streams; a new one past this is refused
+MAX_NODES = 1024  # nodes reporting resources; a new one past this is refused (forgetting a stale one would trust it)
+
+log = get_logger(__name__)
 
 
 def build_policy(spec: decision_pb2.PolicySpec, field: str, registry: Registry[type[Policy]] = POLICIES) -> Policy:
@@ -44,15 +54,16 @@ class _Stream:
     view: StreamView
     policy_name: str
     policy: Policy
+    last_feedback: float
     decisions: int = 0
     feedback: int = 0
     last_version: int = 0
     decided_at: float = 0.0
-    last_feedback: float = field(default_factory=time.monotonic)
     registered: int = 0  # registration order: admission pauses the newest first
     paused_because: str = ""
     in_fallback: bool = False
     link_changed: bool = False  # a link of the stream's node changed bandwidth since its last decision
+    plan: decision_pb2.Decision | None = None  # the last plan published, before stages were moved off stale nodes
     decision_times: deque[float] = field(default_factory=lambda: deque(maxlen=DECISION_TIMES))
     history: deque[decision_pb2.Decision] = field(default_factory=lambda: deque(maxlen=DECISION_HISTORY))
     registered_at: Timestamp = field(default_factory=timestamp)
@@ -77,15 +88,24 @@ class SchedulerCore:
         decision_interval_s: float = 0.5,
         admission: Admission = Admission(),
         fallback_after_s: float = 15.0,
+        stale_after_s: float = 15.0,
+        epoch: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.default_policy = default_policy
         self.cloud_node = cloud_node
         self.decision_interval_s = decision_interval_s
         self.admission = admission
         self.fallback_after_s = fallback_after_s
+        self.stale_after_s = stale_after_s
+        self.epoch = time.time_ns() if epoch is None else epoch  # this incarnation, stamped on its decisions
+        self._clock = clock  # monotonic seconds: feedback, decision intervals, staleness
         self._registrations = 0
         self._streams: dict[str, _Stream] = {}
+        # Each node's latest report, `stale` set by the core, and when it arrived on the core's clock
+        # (never the monitor's measured_at: another machine's clock).
         self.resources: dict[str, resources_pb2.NodeResources] = {}
+        self._reported_at: dict[str, float] = {}
         self.hops = HopLatencies()  # from the spans received over OTLP
 
     def _stream(self, stream_id: str, field: str = "stream_id") -> _Stream:
@@ -98,12 +118,16 @@ class SchedulerCore:
     async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
         """Registers (or re-registers) a stream and returns its startup decision."""
         validate_stream_spec(spec)
+        previous = self._streams.get(spec.stream_id)
+        if previous is None and len(self._streams) >= MAX_STREAMS:
+            raise ResourceExhausted(
+                f"stream.stream_id: {spec.stream_id!r} is new and {MAX_STREAMS} streams are registered"
+            )
         policy_spec = spec.policy if spec.policy.name else self.default_policy
         policy = build_policy(policy_spec, "stream.policy")
-        previous = self._streams.get(spec.stream_id)
         view = StreamView(spec, None, self.cloud_node)
         self._registrations += 1
-        stream = _Stream(view, policy_spec.name, policy, registered=self._registrations)
+        stream = _Stream(view, policy_spec.name, policy, self._clock(), registered=self._registrations)
         if previous:  # versions, and the history they make, go on from the previous registration
             stream.last_version = previous.last_version
             stream.changed = previous.changed
@@ -117,10 +141,12 @@ class SchedulerCore:
         assert current is not None  # a registered stream always has its startup decision
         return current
 
-    async def watch(self, stream_id: str, after_version: int) -> AsyncIterator[decision_pb2.Decision]:
-        """Yields the stream's decisions newer than after_version, as they are made."""
+    async def watch(self, stream_id: str) -> AsyncIterator[decision_pb2.Decision]:
+        """Yields the stream's current decision, then each newer one as it is made. The current one
+        comes first whatever version the caller knows: versions count from 1 again in every epoch, so
+        a version of an older epoch says nothing here. Callers keep the greater (epoch, version)."""
         stream = self._stream(stream_id)
-        last_sent = after_version
+        last_sent = -1
 
         def newer() -> bool:
             current = self._streams[stream_id].view.current
@@ -145,7 +171,7 @@ class SchedulerCore:
         """Takes a record, and lets the policy decide again (at most every decision_interval_s)."""
         stream = self._stream(record.task.stream_id, "record.task.stream_id")
         stream.feedback += 1
-        stream.last_feedback = time.monotonic()
+        stream.last_feedback = self._clock()
         stream.view.recent.append(record)
         stream.view.arrived_since_decision += 1
         del stream.view.recent[:-RECENT_RECORDS]
@@ -153,7 +179,7 @@ class SchedulerCore:
             stream.in_fallback = False
             stream.view.current = None
             await self._decide(stream, "feedback resumed")
-        elif time.monotonic() - stream.decided_at >= self.decision_interval_s and not stream.paused_because:
+        elif self._clock() - stream.decided_at >= self.decision_interval_s and not stream.paused_because:
             await self._decide(stream, "feedback")
 
     async def receive_spans(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
@@ -170,18 +196,72 @@ class SchedulerCore:
         }
         for stream in list(self._streams.values()):
             stream.link_changed |= stream.view.spec.node in changed
-            due = time.monotonic() - stream.decided_at >= self.decision_interval_s
+            due = self._clock() - stream.decided_at >= self.decision_interval_s
             if stream.link_changed and due and not stream.paused_because and not stream.in_fallback:
                 await self._decide(stream, "traces")
 
     async def report_resources(self, report: resources_pb2.NodeResources) -> None:
+        """Takes a node's report; a stale node that reports again is trusted again, and the stages
+        moved off it go back where their plans put them."""
         require_id(report.node, "node")
+        previous = self.resources.get(report.node)
+        if previous is None and len(self.resources) >= MAX_NODES:
+            raise ResourceExhausted(f"node: {report.node!r} is new and {MAX_NODES} nodes report already")
+        report.stale = False  # the scheduler's judgement, not the monitor's
         self.resources[report.node] = report
+        self._reported_at[report.node] = self._clock()
+        if previous is not None and previous.stale:
+            log.info("node reporting again: trusted again", node=report.node)
+            await self._follow_plans(f"{report.node} reporting again")
         await self._admit()
 
+    async def check_nodes(self) -> None:
+        """Marks the nodes whose monitor has not reported for stale_after_s stale (once: until they
+        report again), and moves the stages placed on them elsewhere."""
+        now = self._clock()
+        silent = sorted(
+            node
+            for node, report in self.resources.items()
+            if not report.stale and now - self._reported_at[node] > self.stale_after_s
+        )
+        for node in silent:
+            self.resources[node].stale = True
+            silent_s = round(now - self._reported_at[node], 1)
+            log.warning("node stale: its monitor stopped reporting", node=node, silent_s=silent_s)
+        if silent:
+            await self._follow_plans(f"no report from {', '.join(silent)} for {self.stale_after_s:g} s")
+            await self._admit()
+
+    def _stale(self) -> frozenset[str]:
+        return frozenset(node for node, report in self.resources.items() if report.stale)
+
     def _queued(self, node: str) -> int:
+        """Tasks queued on the node; none known when it is stale (its figures are old)."""
         report = self.resources.get(node)
-        return sum(report.queue_lengths.values()) if report else 0
+        return sum(report.queue_lengths.values()) if report and not report.stale else 0
+
+    def _off_stale(self, placement: Mapping[str, str], home: str) -> tuple[dict[str, str], str]:
+        """The placement with the stages on stale nodes moved to the cloud node (the controllers'
+        own fallback), or to the stream's node when the cloud is stale too (left where they are
+        when both are), and what moved, for the decision's reason."""
+        stale = self._stale()
+        placed = dict(placement)
+        refuge = next((node for node in (self.cloud_node, home) if node not in stale), None)
+        moved = [stage for stage, node in placed.items() if node in stale] if refuge else []
+        if not moved:
+            return placed, ""
+        nodes = ", ".join(sorted({placed[stage] for stage in moved}))
+        placed.update(dict.fromkeys(moved, refuge))
+        return placed, f" (stale {nodes}: {', '.join(moved)} on {refuge})"
+
+    async def _follow_plans(self, why: str) -> None:
+        """Publishes again each plan whose placement changes with the nodes that are stale now."""
+        for stream in list(self._streams.values()):
+            current, plan = stream.view.current, stream.plan
+            if current is None or plan is None:
+                continue
+            if self._off_stale(plan.placement, stream.view.spec.node)[0] != dict(current.placement):
+                await self._publish(stream, plan, why)
 
     async def _admit(self) -> None:
         """Pauses the newest stream on an overloaded node; resumes paused streams whose nodes recovered."""
@@ -189,7 +269,7 @@ class SchedulerCore:
             nodes = set(stream.view.current.placement.values()) if stream.view.current else set()
             if stream.paused_because and all(self._queued(n) < self.admission.resume_queue for n in nodes):
                 stream.paused_because = ""
-                await self._publish(stream, stream.view.current, "admission: queues drained, stream resumed")
+                await self._publish(stream, stream.plan, "admission: queues drained, stream resumed")
         for node in sorted(self.resources):
             queued = self._queued(node)
             if queued <= self.admission.max_queue:
@@ -202,12 +282,12 @@ class SchedulerCore:
             if running:
                 newest = max(running, key=lambda s: s.registered)
                 newest.paused_because = f"{queued} tasks queued on {node} (over {self.admission.max_queue})"
-                await self._publish(newest, newest.view.current, f"admission: paused, {newest.paused_because}")
+                await self._publish(newest, newest.plan, f"admission: paused, {newest.paused_because}")
 
     async def check_feedback(self) -> None:
         """Switches running streams whose feedback stopped to the fallback plan: every stage on the
         stream's own node, a lighter configuration, until feedback comes back."""
-        now = time.monotonic()
+        now = self._clock()
         for stream in self._streams.values():
             if stream.paused_because or stream.in_fallback or now - stream.last_feedback < self.fallback_after_s:
                 continue
@@ -221,20 +301,23 @@ class SchedulerCore:
             )
             await self._publish(stream, plan, f"fallback: no feedback for {self.fallback_after_s:g} s")
 
-    async def _publish(self, stream: _Stream, base: decision_pb2.Decision | None, reason: str) -> decision_pb2.Decision:
-        """A new version of the stream's decision: `base`'s configuration and placement, the pause
-        flag from admission control."""
-        assert base is not None
+    async def _publish(self, stream: _Stream, plan: decision_pb2.Decision | None, reason: str) -> decision_pb2.Decision:
+        """A new version of the stream's decision: the plan's configuration and placement (no stage
+        on a stale node), the pause flag from admission control, the core's epoch."""
+        assert plan is not None
+        stream.plan = plan
+        placement, moved = self._off_stale(plan.placement, stream.view.spec.node)
         stream.last_version += 1
         decision = decision_pb2.Decision(
             stream_id=stream.view.spec.stream_id,
             version=stream.last_version,
-            configuration=base.configuration,
-            placement=base.placement,
-            reason=reason,
+            epoch=self.epoch,
+            configuration=plan.configuration,
+            placement=placement,
+            reason=reason + moved,
             policy=stream.policy_name,
             made_at=timestamp(),
-            decision_time_s=base.decision_time_s,
+            decision_time_s=plan.decision_time_s,
             paused=bool(stream.paused_because),
         )
         stream.decisions += 1
@@ -247,7 +330,10 @@ class SchedulerCore:
 
     async def _decide(self, stream: _Stream, why: str) -> decision_pb2.Decision:
         """Asks the policy; publishes a new version when it proposes something. Returns the current."""
-        stream.view.resources = self.resources
+        # The one place policies get node figures: stale nodes' are old, so they are left out.
+        stale = self._stale()
+        stream.view.resources = {node: report for node, report in self.resources.items() if node not in stale}
+        stream.view.stale = stale
         stream.view.hops = self.hops.of(stream.view.spec.stream_id)
         stream.view.traced_bandwidth = self.hops.link_bandwidth()
         stream.link_changed = False
@@ -255,7 +341,7 @@ class SchedulerCore:
         proposal = stream.policy.decide(stream.view)
         elapsed = time.perf_counter() - started
         stream.decision_times.append(elapsed)
-        stream.decided_at = time.monotonic()
+        stream.decided_at = self._clock()
         if proposal is None:
             assert stream.view.current is not None, "a policy must propose a startup plan"
             return stream.view.current

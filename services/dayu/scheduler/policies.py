@@ -30,7 +30,8 @@ class StreamView:
     current: decision_pb2.Decision | None
     cloud_node: str = "cloud"
     recent: list[task_pb2.TaskRecord] = field(default_factory=list)
-    resources: dict[str, resources_pb2.NodeResources] = field(default_factory=dict)
+    resources: dict[str, resources_pb2.NodeResources] = field(default_factory=dict)  # latest reports, stale left out
+    stale: frozenset[str] = frozenset()  # nodes whose monitor fell silent: nothing new goes there
     arrived_since_decision: int = 0  # records received since the current decision was published
     hops: dict[HopKey, HopSamples] = field(default_factory=dict)  # the stream's hop latency, from its traces
     traced_bandwidth: dict[tuple[str, str], float] = field(default_factory=dict)  # link -> Mbit/s, from traces
@@ -75,7 +76,10 @@ class StreamView:
         return there is None or here is None or there < here
 
     def can_run(self, node: str, kind: str) -> bool:
-        """Whether `node` has a processor of `kind`, by its monitor's report; unknown counts as yes."""
+        """Whether `node` has a processor of `kind`, by its monitor's report; unknown counts as yes,
+        a stale node as no."""
+        if node in self.stale:
+            return False
         report = self.resources.get(node)
         return report is None or kind in report.queue_lengths
 

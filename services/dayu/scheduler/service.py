@@ -24,6 +24,11 @@ class SchedulerSection(StrictModel):
     resume_queue: int = pydantic.Field(16, ge=0, description="admission: queued tasks under which streams resume")
     fallback_after_s: float = pydantic.Field(15.0, gt=0, description="no feedback this long: fallback plan")
     decision_interval_s: float = pydantic.Field(0.5, ge=0, description="least time between two decisions")
+    # Well over a monitor's time between reports (monitor.interval_s, 2 s, or up to a processor's 5 s
+    # status deadline when one does not answer), so a live but slow monitor does not make its node stale.
+    stale_after_s: float = pydantic.Field(
+        15.0, gt=0, description="a node whose monitor has not reported for this long is stale: nothing new goes there"
+    )
 
 
 class SchedulerSettings(ComponentSettings):
@@ -47,7 +52,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def WatchDecisions(
         self, request: scheduler_pb2.WatchDecisionsRequest, context: object
     ) -> AsyncIterator[decision_pb2.Decision]:
-        async for decision in self.core.watch(request.stream_id, request.after_version):
+        # after_version does not hold back the current decision: the caller's version may be of an
+        # older epoch (a restarted scheduler counts from 1 again); callers compare (epoch, version).
+        async for decision in self.core.watch(request.stream_id):
             yield decision
 
     async def ReportFeedback(
@@ -110,6 +117,7 @@ class SchedulerComponent(Component):
             section.decision_interval_s,
             Admission(section.max_queue, section.resume_queue),
             section.fallback_after_s,
+            section.stale_after_s,
         )
 
     def bindings(self) -> Sequence[Binding]:
@@ -119,9 +127,11 @@ class SchedulerComponent(Component):
         ]
 
     async def start(self) -> None:
-        self.background(self._watch_feedback())
+        self.background(self._check)
 
-    async def _watch_feedback(self) -> None:
+    async def _check(self) -> None:
+        """Every second: streams whose feedback stopped, nodes whose monitor did."""
         while True:
             await asyncio.sleep(1.0)
             await self.core.check_feedback()
+            await self.core.check_nodes()

@@ -4,14 +4,16 @@ Every component exports its spans of a task (see dayu.runtime.tracing); the sche
 stream, the recent durations of each kind of hop on each stage and node, so policies see where a
 task's time goes: encoding, queueing, inference, link transfers, joins. Transfer spans also give
 each link's current bandwidth: bytes over the time they took to go, the link's queue and its own
-delay left out."""
+delay left out. Spans are folded in as they come (none is held per task), and the streams, hops and
+links kept are bounded: past a limit, the one that has gone longest without a span is forgotten."""
 
 from __future__ import annotations
 
 import statistics
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
@@ -22,6 +24,12 @@ from dayu.v1 import scheduler_pb2
 RECENT_SPANS = 128  # durations kept per hop, stage and node
 RECENT_TRANSFERS = 3  # a link's bandwidth: the median rate of its last few transfers, or the last if lower
 MIN_TRANSFER_BYTES = 4096  # smaller transfers say more about per-message costs than about the rate
+MAX_STREAMS = 1024  # streams whose hops are kept (spans name any stream, registered or not)
+MAX_HOPS = 256  # (hop, stage, node) kept per stream
+MAX_LINKS = 1024  # links whose rates are kept
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, order=True)
@@ -59,6 +67,15 @@ def _attributes(pairs: Iterable[common_pb2.KeyValue]) -> dict[str, str]:
     return {pair.key: _value(pair.value) for pair in pairs}
 
 
+def _recent(entries: dict[K, V], key: K, make: Callable[[], V], limit: int) -> V:
+    """entries[key], made when absent, moved to the end; the least recently used go past `limit`."""
+    value = entries.pop(key) if key in entries else make()
+    entries[key] = value
+    while len(entries) > limit:
+        del entries[next(iter(entries))]
+    return value
+
+
 class HopLatencies:
     """Per-stream hop latency, fed with OTLP export requests."""
 
@@ -84,7 +101,8 @@ class HopLatencies:
                     if TO_NODE in attributes:
                         node = f"{node}->{attributes[TO_NODE]}"
                     key = HopKey(span.name, attributes.get(STAGE, ""), node)
-                    samples = self._streams.setdefault(stream, {}).setdefault(key, HopSamples())
+                    hops = _recent(self._streams, stream, dict, MAX_STREAMS)
+                    samples = _recent(hops, key, HopSamples, MAX_HOPS)
                     duration_s = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
                     samples.add(duration_s)
                     if span.name == "link.transfer":
@@ -102,7 +120,7 @@ class HopLatencies:
             return
         if nbytes >= MIN_TRANSFER_BYTES and sending_s > 0:
             link = (attributes.get(NODE, ""), attributes.get(TO_NODE, ""))
-            rates = self._link_rates.setdefault(link, deque(maxlen=RECENT_TRANSFERS))
+            rates = _recent(self._link_rates, link, lambda: deque(maxlen=RECENT_TRANSFERS), MAX_LINKS)
             rates.append(nbytes * 8 / sending_s / 1e6)
 
     def link_bandwidth(self) -> dict[tuple[str, str], float]:
