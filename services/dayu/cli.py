@@ -129,7 +129,7 @@ def _run(mesh: RunningMesh, args: argparse.Namespace) -> int:
     from dayu.mesh.run import run_mesh
 
     configure_logging(LogSettings(level="warning", format="console"), component="mesh")
-    mesh.records.unlink(missing_ok=True)
+    mesh.reset()
 
     async def main() -> dict[str, object]:
         stop = asyncio.Event()

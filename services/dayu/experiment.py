@@ -206,7 +206,7 @@ def run_experiment(
         workdir = out / f"run-{policy}"
         workdir.mkdir(exist_ok=True)
         mesh = make_mesh(config, workdir)
-        mesh.records.unlink(missing_ok=True)
+        mesh.reset()
         progress(f"dayu experiment: policy {policy} for {duration_s:g} s")
         summary = asyncio.run(run_mesh(mesh, duration_s, progress=lambda _line: None))
         rows.append(row(policy, summary))

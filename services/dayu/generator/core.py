@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from opentelemetry import trace
@@ -221,15 +221,24 @@ class StreamRunner:
             try:
                 with self.tracing.span("generator.encode", **{STREAM: self.spec.stream_id}):
                     task = await asyncio.to_thread(build_task, self.spec, decision, sequence, frames)
-            except Exception as error:  # bad frame data: the segment never becomes a task, but is recorded
+            except (Exception, asyncio.CancelledError) as error:
+                # Bad frame data, or the generator stopping: the segment never becomes a task, but
+                # its number is taken, so it is recorded (in the background: stop() waits for it).
                 root.end()
                 self._in_flight.release()
-                log.error("segment not encoded", stream_id=self.spec.stream_id, sequence=sequence, error=str(error))
-                await self._record_drop(new_task(self.spec, sequence), f"segment not encoded: {error}")
+                why = "generator stopped" if isinstance(error, asyncio.CancelledError) else str(error)
+                log.warning("segment not encoded", stream_id=self.spec.stream_id, sequence=sequence, error=why)
+                self._track(self._record_drop(new_task(self.spec, sequence), f"segment not encoded: {why}"))
+                if isinstance(error, asyncio.CancelledError):
+                    raise
                 return
             root.set_attribute(TASK, task.root_id)
             task.trace_context.traceparent, task.trace_context.tracestate = traceparent()
-            submission = asyncio.create_task(self._submit(task, root))
+            self._track(self._submit(task, root))
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs `work` beside capturing; drain() waits for it."""
+        submission = asyncio.create_task(work)
         self._submissions.add(submission)
         submission.add_done_callback(self._submissions.discard)
 

@@ -4,6 +4,7 @@ machines. Links between logical nodes go through the controllers' link emulators
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from dayu.components import COMPONENTS
@@ -52,6 +53,10 @@ class Mesh:
 
     def address(self, instance: Instance) -> str:
         return self.addresses[instance.key]
+
+    def reset(self) -> None:
+        self.records.unlink(missing_ok=True)
+        shutil.rmtree(self.workdir / "state", ignore_errors=True)  # LoopbackWiring.state_dir
 
     async def start(self) -> None:
         wiring = LoopbackWiring(self.config, self.workdir, await self._start_triton())

@@ -36,6 +36,10 @@ class RunningMesh(Protocol):
     kernel_link_bytes: dict[str, int]  # "a->b" -> bytes the kernel counted, once stopped; {} if not real links
     records: Path  # the distributor's SQLite file, as this machine sees it
 
+    def reset(self) -> None:
+        """Forgets what an earlier run left in the working folder (records, task journals, sequence
+        numbers): a run starts fresh. (Within a run they survive restarts: that is what they are for.)"""
+
     async def start(self) -> None: ...
     def address(self, instance: Instance) -> str:
         """HOST:PORT at which this process reaches the instance."""
