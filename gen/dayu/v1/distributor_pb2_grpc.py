@@ -61,6 +61,11 @@ class DistributorServiceStub:
                 request_serializer=dayu_dot_v1_dot_distributor__pb2.WatchRecordsRequest.SerializeToString,
                 response_deserializer=dayu_dot_v1_dot_task__pb2.TaskRecord.FromString,
                 _registered_method=True)
+        self.SettleStreams = channel.unary_unary(
+                '/dayu.v1.DistributorService/SettleStreams',
+                request_serializer=dayu_dot_v1_dot_distributor__pb2.SettleStreamsRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_distributor__pb2.SettleStreamsResponse.FromString,
+                _registered_method=True)
 
 
 class DistributorServiceServicer:
@@ -102,6 +107,15 @@ class DistributorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SettleStreams(self, request, context):
+        """Records as dropped (reason "lost: ...") every task that a stream's generator numbered and that
+        is not stored: for the end of a run, once the mesh drained. (While streams run, a sequence
+        missing for the distributor's gap timeout after a later one arrived is recorded the same way.)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DistributorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +143,11 @@ def add_DistributorServiceServicer_to_server(servicer, server):
                     servicer.WatchRecords,
                     request_deserializer=dayu_dot_v1_dot_distributor__pb2.WatchRecordsRequest.FromString,
                     response_serializer=dayu_dot_v1_dot_task__pb2.TaskRecord.SerializeToString,
+            ),
+            'SettleStreams': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleStreams,
+                    request_deserializer=dayu_dot_v1_dot_distributor__pb2.SettleStreamsRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_distributor__pb2.SettleStreamsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +286,33 @@ class DistributorService:
             '/dayu.v1.DistributorService/WatchRecords',
             dayu_dot_v1_dot_distributor__pb2.WatchRecordsRequest.SerializeToString,
             dayu_dot_v1_dot_task__pb2.TaskRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleStreams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.DistributorService/SettleStreams',
+            dayu_dot_v1_dot_distributor__pb2.SettleStreamsRequest.SerializeToString,
+            dayu_dot_v1_dot_distributor__pb2.SettleStreamsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,11 @@ class DistributorServiceStub:
     """Exports stored records as gzipped JSON lines, in chunks."""
     WatchRecords: _grpc.UnaryStreamMultiCallable[_distributor_pb2.WatchRecordsRequest, _task_pb2.TaskRecord]
     """Streams records as they are stored (live results), after a cursor."""
+    SettleStreams: _grpc.UnaryUnaryMultiCallable[_distributor_pb2.SettleStreamsRequest, _distributor_pb2.SettleStreamsResponse]
+    """Records as dropped (reason "lost: ...") every task that a stream's generator numbered and that
+    is not stored: for the end of a run, once the mesh drained. (While streams run, a sequence
+    missing for the distributor's gap timeout after a later one arrived is recorded the same way.)
+    """
 
 @_typing.type_check_only
 class DistributorServiceAsyncStub(DistributorServiceStub):
@@ -60,6 +65,11 @@ class DistributorServiceAsyncStub(DistributorServiceStub):
     """Exports stored records as gzipped JSON lines, in chunks."""
     WatchRecords: _aio.UnaryStreamMultiCallable[_distributor_pb2.WatchRecordsRequest, _task_pb2.TaskRecord]  # type: ignore[assignment]
     """Streams records as they are stored (live results), after a cursor."""
+    SettleStreams: _aio.UnaryUnaryMultiCallable[_distributor_pb2.SettleStreamsRequest, _distributor_pb2.SettleStreamsResponse]  # type: ignore[assignment]
+    """Records as dropped (reason "lost: ...") every task that a stream's generator numbered and that
+    is not stored: for the end of a run, once the mesh drained. (While streams run, a sequence
+    missing for the distributor's gap timeout after a later one arrived is recorded the same way.)
+    """
 
 class DistributorServiceServicer(metaclass=_abc_1.ABCMeta):
     """One distributor, on the cloud node."""
@@ -103,5 +113,16 @@ class DistributorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_task_pb2.TaskRecord], _abc.AsyncIterator[_task_pb2.TaskRecord]]:
         """Streams records as they are stored (live results), after a cursor."""
+
+    @_abc_1.abstractmethod
+    def SettleStreams(
+        self,
+        request: _distributor_pb2.SettleStreamsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_distributor_pb2.SettleStreamsResponse, _abc.Awaitable[_distributor_pb2.SettleStreamsResponse]]:
+        """Records as dropped (reason "lost: ...") every task that a stream's generator numbered and that
+        is not stored: for the end of a run, once the mesh drained. (While streams run, a sequence
+        missing for the distributor's gap timeout after a later one arrived is recorded the same way.)
+        """
 
 def add_DistributorServiceServicer_to_server(servicer: DistributorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

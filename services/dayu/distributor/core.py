@@ -1,5 +1,15 @@
 """Delivery, drops, queries and live watching of task records, without gRPC.
 
+Every task is stored once, under its original task id and its stream's sequence number; the store
+runs on one worker thread, so the event loop never waits on SQLite. Latency is the task's own age
+(Task.age_s, summed from durations each node measured), never a difference of two machines' clocks.
+
+Gaps: generators number each stream's tasks 0, 1, 2, ...; a sequence still missing `gap_timeout_s`
+after a later one was stored is recorded as dropped ("lost: ..."), under the task id
+"{stream}#{sequence}", so even a task whose generator or controller died leaves a record. Should the
+real task arrive after all, the store refuses it as a duplicate. settle() does the same at once for
+whatever a finished run numbered and never delivered.
+
 Accuracy of a delivered task is F1 at IoU 0.5 of its first detector stage against a reference: the
 segment's ground truth when the source knows it (synthetic scenes), else, for a sample of the tasks,
 the golden configuration's detections (full resolution), as Chameleon profiles configurations. The
@@ -10,11 +20,15 @@ measured latency nothing: latency ends when the task reaches the distributor.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
+import itertools
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Protocol
-
-from google.protobuf.timestamp_pb2 import Timestamp
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
 
 from dayu.distributor.store import RecordStore
 from dayu.media.accuracy import segment_f1
@@ -29,11 +43,26 @@ log = get_logger(__name__)
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 # JPEG quality of the frames sent for the golden configuration: near lossless, a fraction of raw size.
 GOLDEN_QUALITY = 95
+MAX_SEQUENCE = 2**63 - 1  # SQLite's largest integer
+MAX_GAPS = 10_000  # runs of missing sequences tracked per stream
+LOST_PER_CHECK = 1000  # lost records written per check, in one transaction
+CHECK_EVERY_S = 1.0
+LOST = "lost: "  # how the reason of a task found missing begins
+T = TypeVar("T")
 
 
 def _check_filter(where: distributor_pb2.RecordFilter, field: str) -> None:
     if where.stream_id:
         require_id(where.stream_id, f"{field}.stream_id")
+
+
+def _check_original(task: task_pb2.Task) -> None:
+    if task.root_id != task.task_id:
+        raise InvalidArgument(
+            "task.root_id", f"equal to task.task_id {task.task_id!r}: records keep original tasks, not forked copies"
+        )
+    if task.sequence > MAX_SEQUENCE:
+        raise InvalidArgument("task.sequence", f"at most {MAX_SEQUENCE}, got {task.sequence}")
 
 
 def first_detector(task: task_pb2.Task) -> task_pb2.TaskStage | None:
@@ -116,6 +145,104 @@ class GoldenSampler:
             return None
 
 
+@dataclass
+class Gap:
+    """Sequences start..end-1 of a stream, missing since `noticed` (time.monotonic()), when sequence
+    `seen` had been stored (before the distributor restarted, if `restored`)."""
+
+    start: int
+    end: int
+    noticed: float
+    seen: int
+    restored: bool = False
+
+    def reason(self, stream: str, sequence: int, now: float) -> str:
+        when = " before the distributor restarted" if self.restored else ""
+        return (
+            f"{LOST}sequence {sequence} of stream {stream} never reached the distributor "
+            f"(sequence {self.seen} did{when}, {now - self.noticed:.1f} s earlier)"
+        )
+
+
+class GapTracker:
+    """Per stream, the highest sequence stored and the runs of sequences missing below it.
+
+    Bounded: one integer per stream, and at most `max_gaps` runs per stream, however large a jump in
+    sequence. Past that many runs the two oldest merge into one; the sequences stored between them
+    are then refused by the store when the merged run is recorded, so nothing is stored twice."""
+
+    def __init__(self, timeout_s: float, max_gaps: int = MAX_GAPS) -> None:
+        self.timeout_s, self.max_gaps = timeout_s, max_gaps
+        self.highest: dict[str, int] = {}
+        self.gaps: dict[str, list[Gap]] = {}  # per stream, by sequence (and so by when noticed)
+
+    def missing(self, stream: str) -> list[int]:
+        return [s for gap in self.gaps.get(stream, ()) for s in range(gap.start, gap.end)]
+
+    def restore(self, highest: Mapping[str, int], runs: Iterable[tuple[str, int, int]], now: float) -> None:
+        """The state of a store just opened: its highest sequences and missing runs, noticed `now`."""
+        self.highest.update(highest)
+        for stream, start, end in runs:
+            self._add(stream, Gap(start, end, now, end, restored=True))
+
+    def stored(self, stream: str, sequence: int, now: float) -> None:
+        """Notes that the stream's `sequence` is stored: it is no longer missing, and every sequence
+        between the highest so far and it is, from `now` on."""
+        highest = self.highest.get(stream, -1)
+        if sequence > highest:
+            self.highest[stream] = sequence
+            if sequence > highest + 1:
+                self._add(stream, Gap(highest + 1, sequence, now, sequence))
+            return
+        gaps = self.gaps.get(stream, [])
+        i = bisect.bisect_right(gaps, sequence, key=lambda gap: gap.start) - 1
+        if i < 0 or sequence >= gaps[i].end:
+            return
+        gap = gaps[i]
+        gaps[i : i + 1] = [
+            replace(gap, start=start, end=end)
+            for start, end in ((gap.start, sequence), (sequence + 1, gap.end))
+            if start < end
+        ]
+        if not gaps:
+            del self.gaps[stream]
+        self._bound(gaps)
+
+    def _add(self, stream: str, gap: Gap) -> None:
+        gaps = self.gaps.setdefault(stream, [])
+        gaps.append(gap)
+        self._bound(gaps)
+
+    def _bound(self, gaps: list[Gap]) -> None:
+        while len(gaps) > self.max_gaps:
+            first, second = gaps[0], gaps[1]
+            gaps[0:2] = [replace(second, start=first.start, noticed=first.noticed)]
+
+    def due(self, now: float, limit: int) -> list[tuple[str, int, str]]:
+        """Up to `limit` sequences missing for timeout_s or longer, each stream's oldest first:
+        (stream, sequence, reason). Streams take turns, so a huge gap does not hold up the others."""
+        found: list[tuple[str, int, str]] = []
+        taken = []
+        for stream, gaps in self.gaps.items():
+            if len(found) >= limit:
+                break
+            for gap in gaps:
+                if gap.noticed + self.timeout_s > now or len(found) >= limit:
+                    break
+                end = min(gap.end, gap.start + limit - len(found))
+                found.extend((stream, s, gap.reason(stream, s, now)) for s in range(gap.start, end))
+                taken.append(stream)
+        for stream in dict.fromkeys(taken):
+            self.gaps[stream] = self.gaps.pop(stream)  # to the back of the line
+        return found
+
+    def missing_below(self, stream: str, end: int) -> list[range]:
+        """The runs of the stream's sequences below `end` that are not stored."""
+        runs = [range(gap.start, min(gap.end, end)) for gap in self.gaps.get(stream, ())]
+        runs.append(range(self.highest.get(stream, -1) + 1, end))
+        return [run for run in runs if run]
+
+
 class DistributorCore:
     def __init__(
         self,
@@ -123,78 +250,184 @@ class DistributorCore:
         on_stored: Callable[[task_pb2.TaskRecord], None] | None = None,
         golden: GoldenSampler | None = None,
         tracing: Tracing = NO_TRACING,
+        gap_timeout_s: float = 30.0,
     ) -> None:
         self.store = store
         self.tracing = tracing
         self.on_stored = on_stored
         self.golden = golden
-        self._stored = asyncio.Condition()
+        self.gaps = GapTracker(gap_timeout_s)
+        self.duplicates = 0  # tasks refused because they were stored already
         self.last_cursor = 0
+        self._stored = asyncio.Condition()
+        self._wake = asyncio.Event()  # a put happened: check the gaps
+        # One thread owns the SQLite connection: calls are serialized and the event loop never waits.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distributor-store")
+        self._closed = False
+
+    async def _in_worker(self, call: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, call, *args)
+
+    async def start(self) -> None:
+        """Rebuilds the gaps from the store: what is missing below each stream's highest stored
+        sequence counts as noticed now."""
+        highest, runs = await self._in_worker(self.store.sequences)
+        self.gaps.restore(highest, runs, time.monotonic())
+
+    async def close(self) -> None:
+        """Closes the store, after the calls already queued for it; closing twice is harmless."""
+        if not self._closed:
+            self._closed = True
+            await self._in_worker(self.store.close)
+            self._worker.shutdown()
+
+    async def _announce(self, records: list[task_pb2.TaskRecord]) -> None:
+        async with self._stored:
+            self.last_cursor = max(self.last_cursor, records[-1].cursor)
+            self._stored.notify_all()
+        if self.on_stored:
+            for record in records:
+                self.on_stored(record)
+        self._wake.set()
 
     async def _put(
         self,
         task: task_pb2.Task,
         outcome: int,
         reason: str,
-        received_at: Timestamp | None = None,
         golden: Sequence[types_pb2.FrameDetections] | None = None,
     ) -> tuple[int, bool]:
-        """Stores the record; its latency ends at `received_at` (default: now), when the task arrived."""
-        stored_at = timestamp()
-        record = task_pb2.TaskRecord(task=task, outcome=outcome, reason=reason, stored_at=stored_at)
-        if task.HasField("created_at"):
-            arrived = received_at or stored_at
-            record.latency_s = (arrived.ToNanoseconds() - task.created_at.ToNanoseconds()) / 1e9
+        # age_s already includes the transfer to this node: no clock of another machine is involved.
+        record = task_pb2.TaskRecord(
+            task=task, outcome=outcome, reason=reason, stored_at=timestamp(), latency_s=task.age_s
+        )
         if outcome == task_pb2.TASK_OUTCOME_DELIVERED and (score := accuracy(task, golden)) is not None:
             record.accuracy = score
         with self.tracing.span("distributor.store", **task_attributes(task.stream_id, task.root_id)):
-            cursor, duplicate = self.store.put(record)
-        if not duplicate:
-            async with self._stored:
-                self.last_cursor = max(self.last_cursor, cursor)
-                self._stored.notify_all()
-            if self.on_stored:
-                self.on_stored(record)
-        return cursor, duplicate
+            cursor, duplicate = await self._in_worker(self.store.put, record)
+        if duplicate:
+            self.duplicates += 1
+            log.info(
+                "duplicate refused",
+                task_id=task.task_id,
+                stream_id=task.stream_id,
+                sequence=task.sequence,
+                stored_cursor=cursor,
+                duplicates=self.duplicates,
+            )
+            return cursor, True
+        self.gaps.stored(task.stream_id, task.sequence, time.monotonic())
+        await self._announce([record])
+        return cursor, False
 
     async def deliver(self, task: task_pb2.Task) -> tuple[int, bool]:
         validate_task(task, with_data=False)
+        _check_original(task)
         for i, stage in enumerate(task.dag.stages):
             if stage.state == task_pb2.STAGE_STATE_PENDING:
                 raise InvalidArgument(f"task.dag.stages[{i}].state", "DONE or FAILED for a delivered task, got PENDING")
-        received_at = timestamp()
         golden = await self.golden.detections(task) if self.golden else None
         # The frames served the golden configuration, if any; a record keeps results, not data.
         del task.segment.frames[:]
         task.segment.stream = b""
-        return await self._put(task, task_pb2.TASK_OUTCOME_DELIVERED, "", received_at, golden)
+        return await self._put(task, task_pb2.TASK_OUTCOME_DELIVERED, "", golden)
 
     async def record_drop(self, task: task_pb2.Task, reason: str) -> tuple[int, bool]:
         require_id(task.stream_id, "task.stream_id")
         if not task.task_id:
             raise InvalidArgument("task.task_id", "the id of the dropped task")
+        _check_original(task)
         if not reason.strip():
             raise InvalidArgument("reason", "why the task was dropped")
         return await self._put(task, task_pb2.TASK_OUTCOME_DROPPED, reason)
 
-    def query(self, where: distributor_pb2.RecordFilter, limit: int) -> tuple[list[task_pb2.TaskRecord], int]:
+    async def _record_lost(self, lost: list[tuple[str, int, str]]) -> int:
+        """Records (stream, sequence, reason) as dropped, in one transaction, except those stored
+        meanwhile; returns how many it recorded."""
+        stored_at = timestamp()
+        records = [
+            task_pb2.TaskRecord(
+                task=task_pb2.Task(
+                    stream_id=stream, sequence=sequence, task_id=f"{stream}#{sequence}", root_id=f"{stream}#{sequence}"
+                ),
+                outcome=task_pb2.TASK_OUTCOME_DROPPED,
+                reason=reason,
+                stored_at=stored_at,
+            )
+            for stream, sequence, reason in lost
+        ]
+        results = await self._in_worker(self.store.put_all, records)
+        now = time.monotonic()
+        for stream, sequence, _ in lost:  # stored now, as lost or as the real task
+            self.gaps.stored(stream, sequence, now)
+        new = [record for record, (_, duplicate) in zip(records, results, strict=True) if not duplicate]
+        if new:
+            log.warning("tasks lost", count=len(new), streams=sorted({r.task.stream_id for r in new}))
+            await self._announce(new)
+        return len(new)
+
+    async def check_gaps(self) -> int:
+        """Records as lost up to LOST_PER_CHECK sequences missing for gap_timeout_s; returns how many
+        it looked at (LOST_PER_CHECK: there may be more)."""
+        due = self.gaps.due(time.monotonic(), LOST_PER_CHECK)
+        if due:
+            await self._record_lost(due)
+        return len(due)
+
+    async def check_gaps_forever(self) -> None:
+        """Checks the gaps every second and after every put, for as long as the distributor runs (run
+        it supervised: an error leaves the gaps as they were, for the next check)."""
+        every_s = min(CHECK_EVERY_S, self.gaps.timeout_s)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), every_s)
+            self._wake.clear()
+            if await self.check_gaps() == LOST_PER_CHECK:
+                self._wake.set()  # more may be due: go on at once
+
+    async def settle(self, generated: Mapping[str, int]) -> int:
+        """Records as lost, at once, every sequence below generated[stream] (how many tasks the
+        stream's generator numbered) that is not stored: the run is over and the mesh drained.
+        Returns how many it recorded."""
+        for stream, count in generated.items():
+            require_id(stream, "generated")
+            if not 0 <= count <= MAX_SEQUENCE:
+                raise InvalidArgument(f"generated[{stream}]", f"a number of tasks, 0 to {MAX_SEQUENCE}, got {count}")
+        lost = (
+            (stream, s, f"{LOST}sequence {s} of stream {stream} never reached the distributor before the run ended")
+            for stream, count in generated.items()
+            for run in self.gaps.missing_below(stream, count)
+            for s in run
+        )
+        recorded = 0
+        while batch := list(itertools.islice(lost, LOST_PER_CHECK)):
+            recorded += await self._record_lost(batch)
+        return recorded
+
+    async def query(self, where: distributor_pb2.RecordFilter, limit: int) -> tuple[list[task_pb2.TaskRecord], int]:
         """A page of records and the cursor of the next page (0 when this is the last)."""
         _check_filter(where, "filter")
         if limit > MAX_LIMIT:
             raise InvalidArgument("limit", f"at most {MAX_LIMIT}, got {limit}")
         limit = limit or DEFAULT_LIMIT
-        records = self.store.query(where, limit)
+        records = await self._in_worker(self.store.query, where, limit)
         return records, records[-1].cursor if len(records) == limit else 0
 
-    def export(self, where: distributor_pb2.RecordFilter) -> Iterator[bytes]:
+    async def export(self, where: distributor_pb2.RecordFilter) -> AsyncIterator[bytes]:
+        """The matching records as gzipped JSON lines, each chunk read and compressed on the worker."""
         _check_filter(where, "filter")
-        return self.store.export(where)
+        chunks = self.store.export(where)
+        try:
+            while (chunk := await self._in_worker(next, chunks, None)) is not None:
+                yield chunk
+        finally:
+            self._worker.submit(chunks.close)  # after a next() still running there, if any
 
     async def watch(self, where: distributor_pb2.RecordFilter) -> AsyncIterator[task_pb2.TaskRecord]:
         _check_filter(where, "filter")
         page = distributor_pb2.RecordFilter(stream_id=where.stream_id, after_cursor=where.after_cursor)
         while True:
-            for record in self.store.query(page, MAX_LIMIT):
+            for record in await self._in_worker(self.store.query, page, MAX_LIMIT):
                 page.after_cursor = record.cursor
                 yield record
             async with self._stored:

@@ -67,6 +67,12 @@ class DistributorSection(StrictModel):
     database: Path = pydantic.Field(Path("dayu-records.sqlite"), description="SQLite file of the records")
     scheduler: str = pydantic.Field("", description="address of the scheduler that gets each record as feedback")
     feedback_queue: int = pydantic.Field(1000, ge=1, description="records waiting for the scheduler at most")
+    gap_timeout_s: float = pydantic.Field(
+        30.0,
+        gt=0,
+        description="a stream's sequence still missing this long after a later one was stored is recorded "
+        "as dropped (lost)",
+    )
     golden: GoldenSection = GoldenSection()
 
 
@@ -119,13 +125,13 @@ class DistributorServicer(distributor_pb2_grpc.DistributorServiceServicer):
     async def QueryRecords(
         self, request: distributor_pb2.QueryRecordsRequest, context: object
     ) -> distributor_pb2.QueryRecordsResponse:
-        records, next_cursor = self.core.query(request.filter, request.limit)
+        records, next_cursor = await self.core.query(request.filter, request.limit)
         return distributor_pb2.QueryRecordsResponse(records=records, next_cursor=next_cursor)
 
     async def ExportRecords(
         self, request: distributor_pb2.ExportRecordsRequest, context: object
     ) -> AsyncIterator[distributor_pb2.ExportRecordsResponse]:
-        for chunk in self.core.export(request.filter):
+        async for chunk in self.core.export(request.filter):
             yield distributor_pb2.ExportRecordsResponse(chunk=chunk)
 
     async def WatchRecords(
@@ -133,6 +139,11 @@ class DistributorServicer(distributor_pb2_grpc.DistributorServiceServicer):
     ) -> AsyncIterator[task_pb2.TaskRecord]:
         async for record in self.core.watch(request.filter):
             yield record
+
+    async def SettleStreams(
+        self, request: distributor_pb2.SettleStreamsRequest, context: object
+    ) -> distributor_pb2.SettleStreamsResponse:
+        return distributor_pb2.SettleStreamsResponse(recorded=await self.core.settle(dict(request.generated)))
 
 
 class DistributorComponent(Component):
@@ -155,16 +166,22 @@ class DistributorComponent(Component):
             else None
         )
         self.core = DistributorCore(
-            RecordStore(section.database), self.feedback.offer if self.feedback else None, sampler, self.tracing
+            RecordStore(section.database),
+            self.feedback.offer if self.feedback else None,
+            sampler,
+            self.tracing,
+            section.gap_timeout_s,
         )
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.DistributorService", DistributorServicer(self.core))]
 
     async def start(self) -> None:
+        await self.core.start()
+        self.background(self.core.check_gaps_forever)  # supervised: logged and restarted on errors
         if self.feedback:
-            self.background(self.feedback.send())
+            self.background(self.feedback.send)
 
     async def stop(self) -> None:
         await self.channels.close()
-        self.core.store.close()
+        await self.core.close()

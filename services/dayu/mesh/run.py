@@ -101,6 +101,10 @@ async def run_mesh(
         # machine drains for longer than any fixed wait, and what is still in flight when the rest
         # stops is lost unrecorded. Tasks made after the count above show in the records' sequences.
         await tally.wait_for_total(generator_counts, config.join_timeout_s + 10)
+        # What never arrived is recorded as lost, with that reason (the watcher then counts it).
+        settle = distributor_pb2.SettleStreamsRequest(generated=tally.generated(generator_counts))
+        if (await distributor.SettleStreams(settle, timeout=30)).recorded:
+            await tally.wait_for_total(generator_counts, 5)
         await mesh.stop()
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)

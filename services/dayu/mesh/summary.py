@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+from dayu.distributor.core import LOST
 from dayu.runtime.logs import get_logger
 from dayu.v1 import task_pb2
 
@@ -18,7 +19,9 @@ log = get_logger(__name__)
 
 def reason_kind(reason: str) -> str:
     """A drop reason without its measurements ("late: 8.1 s old at ..." -> "late: ... s old at ..."),
-    so the same reason counts once."""
+    so the same reason counts once; every task the distributor found missing is "lost"."""
+    if reason.startswith(LOST):
+        return "lost: never reached the distributor"
     return re.sub(r"\b\d+\.\d+\b", "...", reason)
 
 

@@ -80,7 +80,8 @@ class Feedback:
         return cls(
             tasks=len(records),
             dropped=len(records) - len(delivered),
-            latency_s=median([r.latency_s for r in records]),
+            # A task found missing ("lost") has no age to tell: it counts as dropped, not as fast.
+            latency_s=median([r.latency_s for r in records if r.task.dag.stages]),
             transfer_s=median([sum(s.timings.transfer_s for s in r.task.dag.stages) for r in delivered]),
             process_s=median([sum(s.timings.process_s for s in r.task.dag.stages) for r in delivered]),
             queue_s=median([sum(s.timings.queue_s for s in r.task.dag.stages) for r in delivered]),
