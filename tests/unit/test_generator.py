@@ -4,11 +4,14 @@ does not stop the stream."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dayu.generator.core import CapturedFrame, StreamRunner, build_task, startup_decision
+from dayu.generator.sequences import SequenceStore
 from dayu.media.codecs import decode_segment, encode_image
 from dayu.runtime.errors import RemoteError
 from dayu.v1 import datasource_pb2, decision_pb2, task_pb2, types_pb2
@@ -133,3 +136,72 @@ async def test_stream_goes_on_without_scheduler_then_follows_it() -> None:
     assert not runner.apply(stale)
     run.cancel()
     await asyncio.gather(run, return_exceptions=True)
+
+
+class FlakyController(Ports):
+    """A controller that is away for its first `away` submissions, then takes every task."""
+
+    def __init__(self, away: int) -> None:
+        super().__init__(scheduler_up=False)
+        self.away, self.attempts = away, []
+        self.dropped: list[tuple[task_pb2.Task, str]] = []
+
+    async def submit(self, task: task_pb2.Task) -> None:
+        self.attempts.append((task.task_id, task.age_s))
+        if len(self.attempts) <= self.away:
+            raise Unavailable()
+        self.submitted.append(task)
+
+    async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
+        self.dropped.append((task, reason))
+
+
+async def run_until(runner: StreamRunner, done: Callable[[], bool]) -> None:
+    run = asyncio.create_task(runner.run())
+    for _ in range(300):
+        await asyncio.sleep(0.01)
+        if done():
+            break
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+    await runner.drain(5)
+
+
+async def test_a_task_is_submitted_again_with_its_id_while_the_controller_is_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("dayu.generator.core.RETRY_S", (0.01, 0.02))
+    ports = FlakyController(away=2)
+    runner = StreamRunner(make_stream_spec(), ports)
+    await run_until(runner, lambda: len(ports.submitted) >= 1)
+    first_id = ports.attempts[0][0]
+    assert [task_id for task_id, _ in ports.attempts[:3]] == [first_id] * 3  # the same task, three times
+    ages = [age for _, age in ports.attempts[:3]]
+    assert ages == sorted(ages) and ages[2] > 0  # its age grows while it waits, on this clock
+    assert ports.submitted[0].task_id == first_id
+    # Only a segment cut short by the stop may be recorded as dropped (its number was taken).
+    assert all(reason == "segment not encoded: generator stopped" for _, reason in ports.dropped)
+
+
+async def test_sequence_numbers_go_on_after_a_restart_and_an_unencodable_segment_is_recorded(
+    tmp_path: Path,
+) -> None:
+    spec = make_stream_spec()
+    ports = FlakyController(away=0)
+    runner = StreamRunner(spec, ports, sequences=SequenceStore(tmp_path / "sequences.sqlite"))
+    await run_until(runner, lambda: len(ports.submitted) >= 2)
+    made = runner.status.tasks_generated
+    assert made >= 2 and [t.sequence for t in ports.submitted] == list(range(len(ports.submitted)))
+    runner.sequences.close()
+
+    restarted = StreamRunner(spec, ports, sequences=SequenceStore(tmp_path / "sequences.sqlite"))
+    assert restarted.status.tasks_generated == made  # numbering goes on, never reused
+    bad = frame(0)
+    bad.data = b"not a jpeg"
+    await restarted._make_task([CapturedFrame(bad, 0.0)])
+    await restarted.drain(5)
+    ((task, reason),) = ports.dropped
+    assert task.sequence == made and task.stream_id == spec.stream_id
+    assert reason.startswith("segment not encoded")
+    assert restarted.status.tasks_generated == made + 1
+    restarted.sequences.close()
