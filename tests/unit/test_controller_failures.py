@@ -1,0 +1,123 @@
+"""The controller core when others fail: a full or gone processor sends the stage to another node
+that hosts it, an unreachable peer is waited for and then routed around, and no task bounces."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dayu.controller import core as controller_core
+from dayu.controller.core import FALLBACK, ControllerCore
+from dayu.runtime.errors import RemoteError
+from dayu.v1 import decision_pb2, task_pb2, types_pb2
+
+from conftest import BOXES, LABELS, make_task, stage
+
+
+def linear_pipeline() -> types_pb2.Pipeline:
+    """a -> b: one stage after another."""
+    return types_pb2.Pipeline(name="linear", stages=[stage("a"), stage("b", ("a",), BOXES, LABELS)])
+
+
+class Mesh:
+    """What one controller sees: its processor answers `process_code` (or runs the stage), peers
+    answer `forward_code` (or take the task)."""
+
+    def __init__(self, process_code: str = "", forward_code: str = "") -> None:
+        self.process_code, self.forward_code = process_code, forward_code
+        self.forwarded: list[tuple[str, task_pb2.Task]] = []
+        self.delivered: list[task_pb2.Task] = []
+        self.dropped: list[str] = []
+
+    async def process(self, kind: str, task: task_pb2.Task, stage: str) -> task_pb2.Task:
+        if self.process_code:
+            raise RemoteError(self.process_code, "processor says no")
+        for s in task.dag.stages:
+            if s.spec.name == stage:
+                s.state = task_pb2.STAGE_STATE_DONE
+        return task
+
+    async def forward(self, node: str, task: task_pb2.Task, timeout_s: float) -> None:
+        if self.forward_code:
+            raise RemoteError(self.forward_code, "peer away")
+        copy = task_pb2.Task()
+        copy.CopyFrom(task)
+        self.forwarded.append((node, copy))
+
+    async def deliver(self, task: task_pb2.Task, timeout_s: float) -> None:
+        self.delivered.append(task)
+
+    async def probe(self, node: str, nbytes: int) -> None: ...
+
+    async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
+        self.dropped.append(reason)
+
+
+def edge(mesh: Mesh, kinds: set[str]) -> ControllerCore:
+    return ControllerCore("edge-1", "cloud", {"edge-2"}, kinds, {}, mesh, patience_s=1.0)
+
+
+async def settle(core: ControllerCore) -> None:
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if not core._work:
+            return
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller_core, "RETRY_S", (0.01, 0.05))
+
+
+async def test_a_full_processor_sends_the_stage_to_a_node_the_decision_deploys_it_on() -> None:
+    mesh = Mesh(process_code="RESOURCE_EXHAUSTED")
+    core = edge(mesh, {"noop"})
+    decision = decision_pb2.Decision(stream_id="stream-1", version=1)
+    decision.deployment["a"].nodes.extend(["edge-1", "edge-2"])
+    core.apply_decision(decision)
+    await core.submit(make_task(linear_pipeline()), "")
+    await settle(core)
+    ((node, task),) = mesh.forwarded
+    assert node == "edge-2"  # deployed there; the cloud only after the deployment
+    hop = task.hops[-1]
+    assert (hop.node, hop.component, hop.stage) == ("edge-1", FALLBACK, "a")
+    assert core.stats.fallbacks == 1 and not mesh.dropped
+
+
+async def test_a_stage_never_goes_back_to_a_node_that_fell_back_from_it() -> None:
+    mesh = Mesh(process_code="UNAVAILABLE")
+    core = edge(mesh, {"noop"})
+    task = make_task(linear_pipeline())
+    # It already fell back from edge-2 and from the cloud for stage a: nowhere is left.
+    task.hops.add(component=FALLBACK, node="edge-2", stage="a")
+    task.hops.add(component=FALLBACK, node="cloud", stage="a")
+    await core.submit(task, "cloud")
+    await settle(core)
+    assert not mesh.forwarded
+    (reason,) = mesh.dropped
+    assert "processor 'noop' on edge-1 failed stage a: UNAVAILABLE" in reason
+
+
+async def test_an_unreachable_peer_is_tried_until_patience_then_the_stage_runs_here() -> None:
+    mesh = Mesh(forward_code="UNAVAILABLE")
+    core = edge(mesh, {"noop"})
+    task = make_task(linear_pipeline())
+    for each in task.dag.stages:
+        each.node = "edge-2"
+    await core.submit(task, "")
+    await settle(core)
+    # Hosted here too: after a second of UNAVAILABLE from edge-2, every stage ran on edge-1.
+    (delivered,) = mesh.delivered
+    assert all(s.state == task_pb2.STAGE_STATE_DONE for s in delivered.dag.stages)
+    assert core.stats.fallbacks >= 1 and not mesh.dropped
+
+
+async def test_a_refusal_that_is_not_transient_drops_the_task_at_once() -> None:
+    mesh = Mesh(forward_code="INVALID_ARGUMENT")
+    core = edge(mesh, set())
+    task = make_task(linear_pipeline())
+    await core.submit(task, "")
+    await settle(core)
+    (reason,) = mesh.dropped
+    assert "refused the task from edge-1: INVALID_ARGUMENT" in reason
