@@ -149,3 +149,29 @@ async def test_a_refused_request_is_not_remembered_and_stopping_answers_waiting_
     await core.stop()
     with pytest.raises(Unavailable, match="stopped"):
         await stuck
+
+
+class AwayThenBack:
+    """A backend that is away (Triton restarting) for its first call, then runs the stage."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def run(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise Unavailable("Triton at 127.0.0.1:8001: inference failed 3 times")
+
+
+async def test_a_backend_that_is_away_fails_the_call_not_the_stage() -> None:
+    runner = AwayThenBack()
+    core = ProcessorCore("edge-1", "noop", runner, workers=1, queue_capacity=4)
+    await core.start()
+    task = make_task()
+    with pytest.raises(Unavailable, match="Triton"):
+        await core.process(task, "detect")
+    assert core.failed == 0  # nothing recorded against the stage: the caller waits or goes elsewhere
+    done = await core.process(task, "detect")  # the retry runs it again (not a replay of the error)
+    (detect,) = [s for s in done.dag.stages if s.spec.name == "detect"]
+    assert detect.state == task_pb2.STAGE_STATE_DONE and runner.calls == 2
+    await core.stop()

@@ -80,10 +80,14 @@ async def test_admission_pauses_the_newest_stream_on_an_overloaded_node_and_resu
 
 
 async def test_fallback_plan_when_feedback_stops_and_policy_again_when_it_returns() -> None:
-    core = SchedulerCore(decision_pb2.PolicySpec(name="cloud_only"), fallback_after_s=0.05)
-    await core.register(make_stream_spec())
+    clock = Clock()
+    core = SchedulerCore(decision_pb2.PolicySpec(name="cloud_only"), fallback_after_s=0.05, clock=clock)
+    await core.register(make_stream_spec())  # budget 1 s, 10 frames a segment at 30 fps
     assert set(core.decision("stream-1").placement.values()) == {"cloud"}
-    await asyncio.sleep(0.1)
+    clock.now += 1.9  # under its budget and three segments: not silent yet, whatever fallback_after_s says
+    await core.check_feedback()
+    assert core.decision("stream-1").version == 1
+    clock.now += 0.2
     await core.check_feedback()
     fallback = core.decision("stream-1")
     assert "fallback" in fallback.reason and set(fallback.placement.values()) == {"edge-1"}
@@ -267,3 +271,21 @@ def test_traced_streams_are_bounded_forgetting_the_longest_silent(monkeypatch: p
     assert hops.of("b") == {} and hops.of("a") and hops.of("c")
     (samples,) = hops.of("a").values()
     assert samples.spans == 2
+
+
+async def test_a_cut_of_a_nodes_cpu_changes_the_decision_before_slow_tasks_return() -> None:
+    core = SchedulerCore(decision_pb2.PolicySpec(name="latency_budget"), decision_interval_s=0.0)
+    start = await core.register(make_stream_spec())  # budget 1 s; the start runs on edge-1
+    node = start.placement["detect"]
+    await core.report_resources(resources_pb2.NodeResources(node=node, cpu_count=2, cpu_limit_cores=0.5))
+    for _ in range(3):  # in budget: 0.3 s of processing on the node at half a core
+        task = task_pb2.Task(stream_id="stream-1", decision_version=start.version)
+        stage = task.dag.stages.add(executed_on=node)
+        stage.timings.process_s = 0.3
+        task.hops.add(bytes=50_000)
+        await core.feedback(task_pb2.TaskRecord(task=task, outcome=task_pb2.TASK_OUTCOME_DELIVERED, latency_s=0.4))
+    assert core.decision("stream-1").version == start.version
+    # A tenth of that: the same processing would take 3 s now, before any slow task came back.
+    await core.report_resources(resources_pb2.NodeResources(node=node, cpu_count=2, cpu_limit_cores=0.05))
+    cut = core.decision("stream-1")
+    assert cut.version > start.version and f"{node} CPU 0.5 -> 0.05 cores" in cut.reason

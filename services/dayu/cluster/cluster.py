@@ -28,6 +28,7 @@ from typing import Any
 from dayu.cluster.cgroups import NodeCgroup
 from dayu.cluster.manifests import Pod, build, image_paths, pods
 from dayu.cluster.netproc import NetworkProcess
+from dayu.cluster.network import UNLIMITED_BYTES_S
 from dayu.controller.links import BandwidthTrace
 from dayu.mesh.kustomize import KubernetesWiring
 from dayu.mesh.model import MeshConfig
@@ -54,6 +55,15 @@ class Running:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     stopping: bool = False
+
+
+@dataclass(frozen=True)
+class Killed:
+    """A pod's process killed by Cluster.kill: which pod, the pid that died, and when (time.time())."""
+
+    pod: str
+    pid: int
+    at: float
 
 
 class Cluster:
@@ -86,6 +96,10 @@ class Cluster:
         self._torn_down = False
 
     # -- addresses ------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.records.unlink(missing_ok=True)
+        shutil.rmtree(self.workdir / "nodes", ignore_errors=True)  # the nodes' hostPath volumes
 
     def node_address(self, node: str) -> str:
         return self.network.interfaces[node].address
@@ -225,7 +239,9 @@ class Cluster:
 
     def _volume_dir(self, pod: Pod, name: str) -> Path:
         volume = pod.volumes[name]
-        if volume.persistent:
+        if volume.host_path:  # the node's disk: every pod of the node sees the same folder
+            folder = self.workdir / "nodes" / pod.node / volume.host_path.strip("/")
+        elif volume.persistent:
             folder = self.workdir / "volumes" / name
         else:
             folder = self.workdir / "pods" / pod.name / name
@@ -277,6 +293,85 @@ class Cluster:
         if not running.stopping and running.process is None:
             self._spawn(running)
             self._write_state()
+
+    # -- faults (dayu.cluster.faults) ------------------------------------------------------------
+
+    def pod(self, component: str, node: str | None = None) -> Running:
+        """The pod of a component ("controller") or workload ("dayu-processor-text-detector") on a
+        node, or a pod by its name ("dayu-controller@edge-1"); the node may be left out where one pod
+        matches (the cloud's services)."""
+        found = [
+            r
+            for r in self.pods.values()
+            if component in (r.pod.component, r.pod.workload, r.pod.name) and (node is None or r.pod.node == node)
+        ]
+        if len(found) != 1:
+            where = f" on {node}" if node else ""
+            known = sorted(r.pod.name for r in found) or sorted({r.pod.workload for r in self.pods.values()})
+            raise KeyError(f"cluster {self.name}: {len(found)} pods are {component!r}{where}; {known}")
+        return found[0]
+
+    async def kill(self, component: str, node: str | None = None) -> Killed:
+        """SIGKILLs a pod (see `pod`): its process and what it started (the process group its setsid
+        made: all of the container's processes, as when a container dies; Triton's backend stubs) and
+        returns once the process is dead. The supervisor restarts it as a kubelet would, after its
+        back-off (0.5 s for a pod's first restart); `wait_restarted` says when it listens again."""
+        running = self.pod(component, node)
+        process = running.process
+        if running.stopping or process is None or process.poll() is not None:
+            raise RuntimeError(f"pod {running.pod.name} is not running")
+        try:
+            if os.getpgid(process.pid) == process.pid:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+        except ProcessLookupError:
+            pass  # died meanwhile
+        await asyncio.to_thread(process.wait)  # reaped here or by the supervisor, whichever comes first
+        return Killed(running.pod.name, process.pid, time.time())
+
+    async def wait_restarted(self, killed: Killed, timeout_s: float = READY_TIMEOUT_S) -> float:
+        """Waits until the supervisor restarted a killed pod and its port accepts connections again;
+        returns that moment (time.time()). Raises TimeoutError after timeout_s."""
+        running = self.pods[killed.pod]
+        address = (self.node_address(running.pod.node), running.pod.port)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            process = running.process
+            if process is not None and process.pid != killed.pid and process.poll() is None:
+                if not running.pod.port or await _accepts(address):
+                    return time.time()
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"pod {killed.pod} not restarted and listening {timeout_s:g} s after it was killed")
+
+    async def set_link(self, a: str, b: str, mbps: float) -> None:
+        """Both directions of the link between nodes a and b, now; 0 is down. (A link with a trace is
+        set again at the trace's next step.)"""
+        await asyncio.to_thread(self._set_link, a, b, mbps)
+
+    def link_mbps(self, a: str, b: str) -> float:
+        """The rate the mesh file gives the link between a and b: its bandwidth_mbps, else unlimited."""
+        for link in self.config.links:
+            if set(link.between) == {a, b} and link.bandwidth_mbps:
+                return link.bandwidth_mbps
+        return UNLIMITED_BYTES_S * 8 / 1_000_000
+
+    async def partition(self, node: str) -> None:
+        """Every link between the node and the others down. What the links do not carry still passes:
+        the cameras' feeds (on the edge's LAN) and this machine's calls to the node (the bridge)."""
+        for other in self.config.nodes:
+            if other != node:
+                await self.set_link(node, other, 0)
+
+    async def heal(self, node: str) -> None:
+        """Every link of the node back to the mesh file's rate (`link_mbps`)."""
+        for other in self.config.nodes:
+            if other != node:
+                await self.set_link(node, other, self.link_mbps(node, other))
+
+    async def set_cpus(self, node: str, cpus: float | None) -> None:
+        """The node's CPU quota, now (None: no limit); the mesh file's is config.nodes[node].resources.cpus."""
+        await asyncio.to_thread(self.cgroups[node].set_cpus, cpus)
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -368,6 +463,16 @@ async def _wait(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         await asyncio.to_thread(process.wait)
+
+
+async def _accepts(address: tuple[str, int]) -> bool:
+    """Whether a TCP connection to the address opens (within a second)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(*address), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 async def _replay(trace: BandwidthTrace, apply: Any) -> None:

@@ -373,15 +373,25 @@ class ControllerCore:
 
     async def _process(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> task_pb2.Task | None:
         """The task with the stage run here; None when the processor was full or gone and the stage
-        went to another node."""
-        try:
-            return await self.transport.process(stage.spec.processor, task, stage.spec.name)
-        except RemoteError as error:
-            why = f"processor {stage.spec.processor!r} on {self.node} failed stage {stage.spec.name}: "
-            why += f"{error.code}: {error.details}"
-            node = self._fallback(task, stage, avoid=self.node) if error.code in TRANSIENT else None
-            if node is None:
-                raise Dropped(why) from None
+        went to another node. With no other node for it, a gone processor (restarting) is waited for
+        as long as the task can wait."""
+        give_up_at, wait = time.monotonic() + self._patience(task), RETRY_S[0]
+        while True:
+            try:
+                return await self.transport.process(stage.spec.processor, task, stage.spec.name)
+            except RemoteError as error:
+                why = f"processor {stage.spec.processor!r} on {self.node} failed stage {stage.spec.name}: "
+                why += f"{error.code}: {error.details}"
+                if error.code not in TRANSIENT:
+                    raise Dropped(why) from None
+                node = self._fallback(task, stage, avoid=self.node)
+                if node is None and time.monotonic() + wait > give_up_at:
+                    raise Dropped(why) from None
+            if node is not None:
+                break
+            log.info("processor away; trying again", stage=stage.spec.name, task_id=task.task_id, wait_s=wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RETRY_S[1])
         log.info("processor full or gone: falling back", stage=stage.spec.name, to=node, why=why)
         self.stats.fallbacks += 1
         stage.node = node

@@ -91,7 +91,8 @@ class ProcessorCore:
 
     async def process(self, task: task_pb2.Task, stage_name: str) -> task_pb2.Task:
         """Runs `stage_name` of `task` and returns the task with the stage filled in. A failure of
-        the stage itself is reported in the returned task (state FAILED, error), not raised. A
+        the stage itself is reported in the returned task (state FAILED, error), not raised; a
+        backend that is away (Unavailable) is raised, for the caller to wait for or go elsewhere. A
         request for a stage of the same task id that is queued, running or finished lately is
         answered with that run's outcome, without running the stage again."""
         validate_task(task)
@@ -153,6 +154,11 @@ class ProcessorCore:
                 await self.runner.run(job.task, stage)
             stage.state = task_pb2.STAGE_STATE_DONE
             self.processed += 1
+        except Unavailable as error:  # the backend (Triton) is away, not the stage wrong: the caller
+            log.warning("backend unavailable", stage=stage.spec.name, task_id=job.task.task_id, error=str(error))
+            del self._jobs[(job.task.task_id, stage.spec.name)]  # waits for it or goes elsewhere
+            job.done.set_exception(error)
+            return
         except Exception as error:  # the task is reported with the reason, never lost
             log.warning("stage failed", stage=stage.spec.name, task_id=job.task.task_id, error=str(error))
             del stage.results[:]

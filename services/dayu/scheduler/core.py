@@ -70,6 +70,14 @@ class _Stream:
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
 
+CPU_CHANGE = 0.25  # a node's CPU cores changing by more than this share is a change worth deciding on
+
+
+def _cores(report: resources_pb2.NodeResources) -> float:
+    """The CPU a node may use: its cgroup's limit, else all its cores."""
+    return report.cpu_limit_cores or float(report.cpu_count)
+
+
 @dataclass(frozen=True)
 class Admission:
     """When the mesh is overloaded: a node whose processor queues hold more than max_queue tasks
@@ -87,7 +95,7 @@ class SchedulerCore:
         cloud_node: str = "cloud",
         decision_interval_s: float = 0.5,
         admission: Admission = Admission(),
-        fallback_after_s: float = 15.0,
+        fallback_after_s: float = 5.0,
         stale_after_s: float = 15.0,
         epoch: int | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -173,8 +181,10 @@ class SchedulerCore:
         stream.feedback += 1
         stream.last_feedback = self._clock()
         stream.view.recent.append(record)
+        stream.view.recent_cpu_cores.append(self._cpu_cores())
         stream.view.arrived_since_decision += 1
         del stream.view.recent[:-RECENT_RECORDS]
+        del stream.view.recent_cpu_cores[:-RECENT_RECORDS]
         if stream.in_fallback:  # feedback is back: the policy starts over from its own plan
             stream.in_fallback = False
             stream.view.current = None
@@ -213,7 +223,22 @@ class SchedulerCore:
         if previous is not None and previous.stale:
             log.info("node reporting again: trusted again", node=report.node)
             await self._follow_plans(f"{report.node} reporting again")
+        elif previous is not None and abs(_cores(report) - _cores(previous)) > CPU_CHANGE * _cores(previous):
+            await self._cpu_changed(report.node, _cores(previous), _cores(report))
         await self._admit()
+
+    def _cpu_cores(self) -> dict[str, float]:
+        return {node: _cores(report) for node, report in self.resources.items()}
+
+    async def _cpu_changed(self, node: str, before: float, now: float) -> None:
+        """A node's CPU was cut or restored (its cgroup's quota, live): the streams with stages there
+        are decided again at once, their processing there scaled by the change (StreamView)."""
+        log.info("node CPU changed", node=node, cores_before=before, cores_now=now)
+        for stream in list(self._streams.values()):
+            current = stream.view.current
+            placed = set(current.placement.values()) if current else {stream.view.spec.node}
+            if node in placed and not stream.paused_because and not stream.in_fallback:
+                await self._decide(stream, f"{node} CPU {before:g} -> {now:g} cores")
 
     async def check_nodes(self) -> None:
         """Marks the nodes whose monitor has not reported for stale_after_s stale (once: until they
@@ -289,7 +314,8 @@ class SchedulerCore:
         stream's own node, a lighter configuration, until feedback comes back."""
         now = self._clock()
         for stream in self._streams.values():
-            if stream.paused_because or stream.in_fallback or now - stream.last_feedback < self.fallback_after_s:
+            silent_s = now - stream.last_feedback
+            if stream.paused_because or stream.in_fallback or silent_s < self._feedback_patience(stream):
                 continue
             stream.in_fallback = True
             spec = stream.view.spec
@@ -299,7 +325,15 @@ class SchedulerCore:
                 configuration=configuration(best, ladder[min(2, len(ladder) - 1)], max(1.0, best.fps / 2)),
                 placement={stage.name: spec.node for stage in spec.pipeline.stages},
             )
-            await self._publish(stream, plan, f"fallback: no feedback for {self.fallback_after_s:g} s")
+            await self._publish(stream, plan, f"fallback: no feedback for {silent_s:.1f} s")
+
+    def _feedback_patience(self, stream: _Stream) -> float:
+        """How long a stream may go without feedback: fallback_after_s, or three of its segments and
+        its budget where those are longer (a slow stream's records come seldom)."""
+        current = stream.view.current
+        config = current.configuration if current else stream.view.spec.max_configuration
+        segment_s = config.frames_per_segment / config.fps if config.fps else 0.0
+        return max(self.fallback_after_s, 3 * segment_s + stream.view.spec.latency_budget_s)
 
     async def _publish(self, stream: _Stream, plan: decision_pb2.Decision | None, reason: str) -> decision_pb2.Decision:
         """A new version of the stream's decision: the plan's configuration and placement (no stage
@@ -336,6 +370,7 @@ class SchedulerCore:
         stream.view.stale = stale
         stream.view.hops = self.hops.of(stream.view.spec.stream_id)
         stream.view.traced_bandwidth = self.hops.link_bandwidth()
+        stream.view.cpu_cores = self._cpu_cores()
         stream.link_changed = False
         started = time.perf_counter()
         proposal = stream.policy.decide(stream.view)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dayu.v1 import task_pb2, types_pb2
@@ -66,29 +67,45 @@ class Feedback:
     stage_process_s: dict[str, float]
 
     @classmethod
-    def of(cls, records: list[task_pb2.TaskRecord]) -> Feedback | None:
+    def of(
+        cls,
+        records: list[task_pb2.TaskRecord],
+        cores_then: Sequence[Mapping[str, float]] = (),
+        cores_now: Mapping[str, float] | None = None,
+    ) -> Feedback | None:
         """Dropped tasks count in the latency (their age when given up): a stream whose tasks are all
-        dropped late is the most over budget of all."""
+        dropped late is the most over budget of all. With the CPU cores of each node when each record
+        arrived (`cores_then`, in the same order) and now, processing on a node whose CPU was cut
+        since (or restored) counts as it would take now."""
         if not records:
             return None
         delivered = [r for r in records if r.outcome == task_pb2.TASK_OUTCOME_DELIVERED]
+        then = dict(zip((r.task.task_id for r in records), cores_then, strict=False))
+        now = cores_now or {}
 
         def median(values: list[float]) -> float:
             return statistics.median(values) if values else 0.0
+
+        def process_s(record: task_pb2.TaskRecord, stage: task_pb2.TaskStage) -> float:
+            before, after = then.get(record.task.task_id, {}).get(stage.executed_on), now.get(stage.executed_on)
+            return stage.timings.process_s * (before / after if before and after else 1.0)
+
+        def extra_s(record: task_pb2.TaskRecord) -> float:  # what processing it now would add
+            return sum(process_s(record, s) - s.timings.process_s for s in record.task.dag.stages)
 
         accuracies = [r.accuracy for r in delivered if r.HasField("accuracy")]
         return cls(
             tasks=len(records),
             dropped=len(records) - len(delivered),
             # A task found missing ("lost") has no age to tell: it counts as dropped, not as fast.
-            latency_s=median([r.latency_s for r in records if r.task.dag.stages]),
+            latency_s=median([r.latency_s + extra_s(r) for r in records if r.task.dag.stages]),
             transfer_s=median([sum(s.timings.transfer_s for s in r.task.dag.stages) for r in delivered]),
-            process_s=median([sum(s.timings.process_s for s in r.task.dag.stages) for r in delivered]),
+            process_s=median([sum(process_s(r, s) for s in r.task.dag.stages) for r in delivered]),
             queue_s=median([sum(s.timings.queue_s for s in r.task.dag.stages) for r in delivered]),
             accuracy=statistics.fmean(accuracies) if accuracies else None,
             bytes_per_task=median([float(max((h.bytes for h in r.task.hops), default=0)) for r in delivered]),
             stage_process_s={
-                name: median([s.timings.process_s for r in delivered for s in r.task.dag.stages if s.spec.name == name])
+                name: median([process_s(r, s) for r in delivered for s in r.task.dag.stages if s.spec.name == name])
                 for name in {s.spec.name for r in delivered for s in r.task.dag.stages}
             },
         )

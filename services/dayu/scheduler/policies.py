@@ -35,6 +35,11 @@ class StreamView:
     arrived_since_decision: int = 0  # records received since the current decision was published
     hops: dict[HopKey, HopSamples] = field(default_factory=dict)  # the stream's hop latency, from its traces
     traced_bandwidth: dict[tuple[str, str], float] = field(default_factory=dict)  # link -> Mbit/s, from traces
+    # CPU of each node, in cores: now, and when each of `recent` arrived (same order). Processing
+    # measured on a node whose CPU was cut since is scaled up by the ratio, so policies react to
+    # the cut before slow tasks come back.
+    cpu_cores: dict[str, float] = field(default_factory=dict)
+    recent_cpu_cores: list[Mapping[str, float]] = field(default_factory=list)
 
     def feedback(self, min_tasks: int = 1, made_under_current: bool = True, last: int = 0) -> Feedback | None:
         """Feedback of the tasks made under the current decision (what that configuration costs),
@@ -42,12 +47,16 @@ class StreamView:
         the mesh behaves now, even while tasks made before are still draining); only the `last`
         most recent of them when given (so a long-standing decision is judged on now, not on its
         whole history). None until there are min_tasks of them."""
+        known = self.recent_cpu_cores[-len(self.recent) :] if self.recent else []
+        pairs = list(zip(self.recent, [{}] * (len(self.recent) - len(known)) + known, strict=True))
         if made_under_current:
             version = self.current.version if self.current else 0
-            records = [r for r in self.recent if r.task.decision_version == version]
+            pairs = [(r, cores) for r, cores in pairs if r.task.decision_version == version]
         else:
-            records = self.recent[len(self.recent) - min(self.arrived_since_decision, len(self.recent)) :]
-        summary = Feedback.of(records[-last:] if last else records)
+            pairs = pairs[len(pairs) - min(self.arrived_since_decision, len(pairs)) :]
+        pairs = pairs[-last:] if last else pairs
+        records, cores_then = [r for r, _ in pairs], [cores for _, cores in pairs]
+        summary = Feedback.of(records, cores_then, self.cpu_cores)
         return summary if summary and summary.tasks >= min_tasks else None
 
     def bandwidth_mbps(self, from_node: str, to_node: str) -> float | None:

@@ -22,7 +22,9 @@ class SchedulerSection(StrictModel):
     cloud_node: str = pydantic.Field("cloud", description="the node policies offload to")
     max_queue: int = pydantic.Field(48, ge=1, description="admission: tasks queued on a node that pause a stream")
     resume_queue: int = pydantic.Field(16, ge=0, description="admission: queued tasks under which streams resume")
-    fallback_after_s: float = pydantic.Field(15.0, gt=0, description="no feedback this long: fallback plan")
+    fallback_after_s: float = pydantic.Field(
+        5.0, gt=0, description="no feedback this long (at least three segments and the budget): fallback plan"
+    )
     decision_interval_s: float = pydantic.Field(0.5, ge=0, description="least time between two decisions")
     # Well over a monitor's time between reports (monitor.interval_s, 2 s, or up to a processor's 5 s
     # status deadline when one does not answer), so a live but slow monitor does not make its node stale.
