@@ -63,7 +63,7 @@ TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
 PATIENCE_S = 30.0  # longest a task without a budget waits for a peer or the distributor to come back
 RETRY_S = (0.25, 2.0)  # first and longest wait between those tries
 FALLBACK = "controller (fallback)"  # the component of a hop that left a node because the stage could not run there
-GIVEN_UP_LIMIT = 10_000  # root ids of recent drops kept, to discard their late copies
+RECENT_ROOTS = 10_000  # root ids remembered (drops, to discard their late copies; ages)
 
 
 class Dropped(Exception):
@@ -237,7 +237,7 @@ class ControllerCore:
             table.move_to_end(key)
             return
         table[key] = value
-        if len(table) > GIVEN_UP_LIMIT:
+        if len(table) > RECENT_ROOTS:
             table.popitem(last=False)
 
     def apply_decision(self, decision: decision_pb2.Decision) -> bool:
@@ -279,9 +279,13 @@ class ControllerCore:
             if left := await self.journal.count():
                 log.info("tasks kept in the journal for the next start", count=left, journal=self.journal.path)
             return
+        patience_s = min(timeout_s, 5.0)
         for entry in await self.journal.held():
-            reason = entry.drop_reason or f"controller on {self.node} shut down with the task unfinished"
-            await self._drop(entry.task, reason, patience_s=min(timeout_s, 5.0))
+            if entry.drop_reason:  # given up already, its record not sent yet
+                await self._record_drop(entry.task, entry.drop_reason, entry.key, patience_s)
+            else:
+                reason = f"controller on {self.node} shut down with the task unfinished"
+                await self._drop(entry.task, reason, patience_s=patience_s)
 
     # -- routing --------------------------------------------------------------------------------
 
