@@ -239,11 +239,24 @@ def _service_handler(binding: Binding, draining: asyncio.Event) -> tuple[Service
     return service, grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
+KEEPALIVE_S = (10, 5)  # a ping after this many idle seconds; the peer is gone without an answer in that many
+
+
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Options shared by servers and clients, so both sides agree on message size limits."""
+    """Options shared by servers and clients, so both sides agree on message size limits, and on
+    keepalive pings: a long-lived stream (decisions, frames, records) to a peer that vanished (killed,
+    partitioned) fails within 15 s, and its caller reconnects, instead of waiting forever."""
+    every_ms, answer_ms = KEEPALIVE_S[0] * 1000, KEEPALIVE_S[1] * 1000
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", every_ms),
+        ("grpc.keepalive_timeout_ms", answer_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # The server side: accept the clients' pings (its default would call them abuse, GOAWAY).
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", every_ms // 2),
+        ("grpc.http2.min_ping_interval_without_data_ms", every_ms // 2),
     ]
 
 

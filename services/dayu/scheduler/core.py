@@ -310,12 +310,17 @@ class SchedulerCore:
                 await self._publish(newest, newest.plan, f"admission: paused, {newest.paused_because}")
 
     async def check_feedback(self) -> None:
-        """Switches running streams whose feedback stopped to the fallback plan: every stage on the
-        stream's own node, a lighter configuration, until feedback comes back."""
+        """Switches running streams whose feedback stopped, and whose node fell silent too (cut off
+        from the cloud), to the fallback plan: every stage on the stream's own node, a lighter
+        configuration, until feedback comes back. A node that still reports is not cut off: its
+        stream's tasks are only slow, which the policy handles."""
         now = self._clock()
         for stream in self._streams.values():
             silent_s = now - stream.last_feedback
             if stream.paused_because or stream.in_fallback or silent_s < self._feedback_patience(stream):
+                continue
+            reported_at = self._reported_at.get(stream.view.spec.node)
+            if reported_at is not None and now - reported_at < silent_s / 2:
                 continue
             stream.in_fallback = True
             spec = stream.view.spec
