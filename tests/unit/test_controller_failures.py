@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from dayu.controller import core as controller_core
 from dayu.controller.core import FALLBACK, ControllerCore
+from dayu.runtime import retry
 from dayu.runtime.errors import RemoteError
 from dayu.v1 import decision_pb2, task_pb2, types_pb2
 
@@ -67,7 +67,7 @@ async def settle(core: ControllerCore) -> None:
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(controller_core, "RETRY_S", (0.01, 0.05))
+    monkeypatch.setattr(retry, "RETRY_S", (0.01, 0.05))
 
 
 async def test_a_full_processor_sends_the_stage_to_a_node_the_decision_deploys_it_on() -> None:

@@ -170,7 +170,7 @@ async def run_until(runner: StreamRunner, done: Callable[[], bool]) -> None:
 async def test_a_task_is_submitted_again_with_its_id_while_the_controller_is_away(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("dayu.generator.core.RETRY_S", (0.01, 0.02))
+    monkeypatch.setattr("dayu.runtime.retry.RETRY_S", (0.01, 0.02))
     ports = FlakyController(away=2)
     runner = StreamRunner(make_stream_spec(), ports)
     await run_until(runner, lambda: len(ports.submitted) >= 1)

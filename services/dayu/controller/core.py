@@ -48,6 +48,7 @@ from dayu.controller.links import Link, NotSent
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument, RemoteError, Unavailable
 from dayu.runtime.logs import get_logger
+from dayu.runtime.retry import TRANSIENT, Backoff
 from dayu.runtime.tracing import BYTES, DELAY, NO_TRACING, TO_NODE, Tracing, task_attributes
 from dayu.runtime.validation import validate_task
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2
@@ -58,10 +59,7 @@ T = TypeVar("T")
 PENDING, DONE, FAILED = task_pb2.STAGE_STATE_PENDING, task_pb2.STAGE_STATE_DONE, task_pb2.STAGE_STATE_FAILED
 END_OF_DAG = ""  # join key of the final merge of a forked task
 DEFAULT_PROBE_BYTES, MIN_PROBE_BYTES, MAX_PROBE_BYTES = 64 * 1024, 1024, 16 * 1024 * 1024
-# Failures worth waiting out: the other end is restarting, overloaded or unreachable for now.
-TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
 PATIENCE_S = 30.0  # longest a task without a budget waits for a peer or the distributor to come back
-RETRY_S = (0.25, 2.0)  # first and longest wait between those tries
 FALLBACK = "controller (fallback)"  # the component of a hop that left a node because the stage could not run there
 RECENT_ROOTS = 10_000  # root ids remembered (drops, to discard their late copies; ages)
 
@@ -379,7 +377,7 @@ class ControllerCore:
         """The task with the stage run here; None when the processor was full or gone and the stage
         went to another node. With no other node for it, a gone processor (restarting) is waited for
         as long as the task can wait."""
-        give_up_at, wait = time.monotonic() + self._patience(task), RETRY_S[0]
+        backoff = Backoff(self._patience(task))
         while True:
             try:
                 return await self.transport.process(stage.spec.processor, task, stage.spec.name)
@@ -389,13 +387,12 @@ class ControllerCore:
                 if error.code not in TRANSIENT:
                     raise Dropped(why) from None
                 node = self._fallback(task, stage, avoid=self.node)
-                if node is None and time.monotonic() + wait > give_up_at:
+                if node is None and backoff.exhausted():
                     raise Dropped(why) from None
             if node is not None:
                 break
-            log.info("processor away; trying again", stage=stage.spec.name, task_id=task.task_id, wait_s=wait)
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, RETRY_S[1])
+            log.info("processor away; trying again", stage=stage.spec.name, task_id=task.task_id, wait_s=backoff.wait)
+            await backoff.sleep()
         log.info("processor full or gone: falling back", stage=stage.spec.name, to=node, why=why)
         self.stats.fallbacks += 1
         stage.node = node
@@ -484,7 +481,7 @@ class ControllerCore:
                 task.age_s = before
                 raise
 
-        give_up_at, wait = time.monotonic() + patience_s, RETRY_S[0]
+        backoff = Backoff(patience_s)
         while True:
             waiting = self.tracing.start("link.queue", **attributes)
             sending: list[trace.Span] = []
@@ -506,17 +503,16 @@ class ControllerCore:
                 why = f"{receiver} refused the task from {self.node}: {error.code}: {error.details}"
                 if error.code not in TRANSIENT:
                     raise Dropped(why) from None
-                if time.monotonic() + wait > give_up_at:
+                if backoff.exhausted():
                     raise Unreachable(f"{why} (tried for {patience_s:.1f} s)") from None
             finally:
                 (sending or [waiting])[0].end()
-            log.info("receiver unreachable; trying again", receiver=receiver, task_id=task.task_id, wait_s=wait)
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, RETRY_S[1])
+            log.info("receiver unreachable; trying again", receiver=receiver, task_id=task.task_id, wait_s=backoff.wait)
+            await backoff.sleep()
 
     async def _patiently(self, call: Callable[[], Awaitable[None]], what: str, patience_s: float) -> None:
         """Runs `call`, trying again while it fails for a transient reason, for up to `patience_s`."""
-        give_up_at, wait = time.monotonic() + patience_s, RETRY_S[0]
+        backoff = Backoff(patience_s)
         while True:
             try:
                 return await call()
@@ -524,10 +520,9 @@ class ControllerCore:
                 why = f"{what}: {error.code}: {error.details}"
                 if error.code not in TRANSIENT:
                     raise Dropped(why) from None
-                if time.monotonic() + wait > give_up_at:
+                if backoff.exhausted():
                     raise Unreachable(f"{why} (tried for {patience_s:.1f} s)") from None
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, RETRY_S[1])
+            await backoff.sleep()
 
     # -- link measurement -------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from dayu.media.frames import FrameRateFilter, resize
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import DayuError, RemoteError
 from dayu.runtime.logs import get_logger
+from dayu.runtime.retry import TRANSIENT, Backoff
 from dayu.runtime.tracing import NO_TRACING, STREAM, TASK, Tracing, task_attributes, traceparent
 from dayu.v1 import datasource_pb2, decision_pb2, generator_pb2, task_pb2, types_pb2
 
@@ -36,9 +37,6 @@ log = get_logger(__name__)
 
 MAX_IN_FLIGHT = 8  # submissions waiting on the controller before capture waits too
 SUBMIT_PATIENCE_S = 30.0  # longest a task waits for its controller to come back (a restart takes seconds)
-RETRY_S = (0.25, 2.0)  # first and longest wait between submissions of the same task
-# Failures worth waiting out: the controller is restarting, overloaded or slow.
-TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
 RECONNECT_S = (0.2, 5.0)  # first and longest wait before reconnecting to the scheduler or source
 
 
@@ -260,17 +258,16 @@ class StreamRunner:
 
     async def _submit_patiently(self, task: task_pb2.Task, made_at: float) -> None:
         """Submits the task, trying again with the same id while the controller is away."""
-        give_up_at, wait = made_at + SUBMIT_PATIENCE_S, RETRY_S[0]
+        backoff = Backoff(SUBMIT_PATIENCE_S - (time.monotonic() - made_at))
         while True:
             task.age_s = time.monotonic() - made_at  # both on this machine's clock
             try:
                 return await self.ports.submit(task)
             except RemoteError as error:
-                if error.code not in TRANSIENT or time.monotonic() + wait > give_up_at:
+                if error.code not in TRANSIENT or backoff.exhausted():
                     raise
-                log.info("controller away; submitting again", task_id=task.task_id, code=error.code, wait_s=wait)
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, RETRY_S[1])
+                log.info("controller away; submitting again", task_id=task.task_id, wait_s=backoff.wait)
+            await backoff.sleep()
 
     async def _record_drop(self, task: task_pb2.Task, reason: str) -> None:
         self.dropped += 1

@@ -11,6 +11,7 @@ import grpc
 
 from dayu.runtime.errors import RemoteError
 from dayu.runtime.logs import get_logger
+from dayu.runtime.retry import TRANSIENT
 from dayu.runtime.server import channel_options
 from dayu.runtime.tracing import client_interceptors
 
@@ -18,9 +19,7 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 # Statuses worth another try: the peer is down, restarting, overloaded or slow.
-RETRYABLE = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
-)
+RETRYABLE = frozenset(getattr(grpc.StatusCode, name) for name in TRANSIENT)
 
 
 class Channels:
