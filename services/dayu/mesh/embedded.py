@@ -10,7 +10,7 @@ from pathlib import Path
 from dayu.components import COMPONENTS
 from dayu.mesh.model import MeshConfig
 from dayu.mesh.plan import STOP_ORDER, Instance, Wiring, instances, settings, triton_nodes
-from dayu.runtime.server import ComponentServer, free_port
+from dayu.runtime.server import ComponentServer, free_ports
 
 
 class LoopbackWiring(Wiring):
@@ -23,7 +23,8 @@ class LoopbackWiring(Wiring):
         self.pipelines_file = str(config.pipelines_file)
         self.workdir = workdir
         self.database = str(workdir / "dayu-records.sqlite")
-        self.ports = {instance.key: free_port() for instance in instances(config)}
+        keys = [instance.key for instance in instances(config)]
+        self.ports = dict(zip(keys, free_ports(len(keys)), strict=True))
         self.tritons = tritons
 
     def address(self, target: Instance, seen_from: Instance) -> str:

@@ -16,6 +16,7 @@ Every component gets the same things here, so no service writes them again:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -42,9 +43,16 @@ RESTART_BACKOFF_S = (0.5, 10.0)  # wait before a failed background loop runs aga
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on now (a server binds it a moment later)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` different ports nobody listens on now: bound all at once, so none is given twice."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind((host, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 @dataclass(frozen=True)
@@ -279,7 +287,9 @@ class ComponentServer:
 
     async def start(self) -> str:
         """Binds, starts the component and the server, and reports SERVING. Returns HOST:PORT."""
-        server = grpc.aio.server(options=channel_options(self.settings.server.max_message_bytes))
+        # No SO_REUSEPORT: a port taken already fails here, rather than two servers sharing its calls.
+        options = [*channel_options(self.settings.server.max_message_bytes), ("grpc.so_reuseport", 0)]
+        server = grpc.aio.server(options=options)
         for binding in self.component.bindings():
             service, handler = _service_handler(binding, self._draining)
             server.add_generic_rpc_handlers((handler,))
