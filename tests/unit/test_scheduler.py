@@ -293,3 +293,24 @@ async def test_a_cut_of_a_nodes_cpu_changes_the_decision_before_slow_tasks_retur
     await core.report_resources(resources_pb2.NodeResources(node=node, cpu_count=2, cpu_limit_cores=0.05))
     cut = core.decision("stream-1")
     assert cut.version > start.version and f"{node} CPU 0.5 -> 0.05 cores" in cut.reason
+
+
+async def test_a_probe_that_finds_the_uplink_collapsed_changes_the_decision_before_any_trace() -> None:
+    core = SchedulerCore(decision_pb2.PolicySpec(name="latency_budget"), decision_interval_s=0.0)
+    start = await core.register(make_stream_spec())
+    for _ in range(2):  # in time, 1.2 MB per task
+        task = task_pb2.Task(stream_id="stream-1", decision_version=start.version)
+        task.dag.stages.add().timings.transfer_s = 0.1
+        task.hops.add(bytes=1_200_000)
+        await core.feedback(task_pb2.TaskRecord(task=task, outcome=task_pb2.TASK_OUTCOME_DELIVERED, latency_s=0.4))
+
+    def report(mbps: float) -> resources_pb2.NodeResources:
+        link = resources_pb2.LinkBandwidth(from_node="edge-1", to_node="cloud", bandwidth_mbps=mbps)
+        return resources_pb2.NodeResources(node="edge-1", cpu_count=2, links=[link])
+
+    await core.report_resources(report(100.0))
+    await core.report_resources(report(80.0))  # probes wobble: not news
+    assert core.decision("stream-1").version == start.version
+    await core.report_resources(report(0.2))
+    collapsed = core.decision("stream-1")
+    assert collapsed.version > start.version and collapsed.reason.startswith("probes: uplink now 0.2 Mbit/s")

@@ -30,6 +30,7 @@ from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, task_pb2
 
 RECENT_RECORDS = 64
 LINK_CHANGE = 0.1  # a link's traced bandwidth moving by more than this share is news to its streams
+PROBE_CHANGE = 0.5  # a monitor's probes are noisier than transfers: a move by half is news
 DECISION_TIMES = 1000
 DECISION_HISTORY = 32  # decisions kept per stream for GetSchedulerStats (what was decided, and why)
 MAX_STREAMS = 4096  # registered streams; a new one past this is refused
@@ -198,6 +199,10 @@ class SchedulerCore:
         the link come back."""
         before = self.hops.link_bandwidth()
         self.hops.add(request)
+        await self._after_link_rates(before, "traces")
+
+    async def _after_link_rates(self, before: Mapping[tuple[str, str], float], why: str) -> None:
+        """Decides again for the streams on the nodes of each link whose bandwidth moved since `before`."""
         changed = {
             node
             for link, mbps in self.hops.link_bandwidth().items()
@@ -208,7 +213,7 @@ class SchedulerCore:
             stream.link_changed |= stream.view.spec.node in changed
             due = self._clock() - stream.decided_at >= self.decision_interval_s
             if stream.link_changed and due and not stream.paused_because and not stream.in_fallback:
-                await self._decide(stream, "traces")
+                await self._decide(stream, why)
 
     async def report_resources(self, report: resources_pb2.NodeResources) -> None:
         """Takes a node's report; a stale node that reports again is trusted again, and the stages
@@ -225,7 +230,27 @@ class SchedulerCore:
             await self._follow_plans(f"{report.node} reporting again")
         elif previous is not None and abs(_cores(report) - _cores(previous)) > CPU_CHANGE * _cores(previous):
             await self._cpu_changed(report.node, _cores(previous), _cores(report))
+        if previous is not None:
+            await self._probed(previous, report)
         await self._admit()
+
+    async def _probed(self, previous: resources_pb2.NodeResources, report: resources_pb2.NodeResources) -> None:
+        """A link whose probe moved by more than PROBE_CHANGE since the node's last report counts as a
+        transfer at the new rate, as a task's would: a collapse is acted on before the slow tasks'
+        spans come (which a collapsed link holds back too)."""
+        before = {link.to_node: link.bandwidth_mbps for link in previous.links}
+
+        def moved_much(link: resources_pb2.LinkBandwidth) -> bool:
+            was = before.get(link.to_node, 0.0)
+            return was > 0 and abs(link.bandwidth_mbps - was) > PROBE_CHANGE * was
+
+        moved = [link for link in report.links if moved_much(link)]
+        if not moved:
+            return
+        rates = self.hops.link_bandwidth()
+        for link in moved:
+            self.hops.add_link_rate((link.from_node or report.node, link.to_node), link.bandwidth_mbps)
+        await self._after_link_rates(rates, "probes")
 
     def _cpu_cores(self) -> dict[str, float]:
         return {node: _cores(report) for node, report in self.resources.items()}

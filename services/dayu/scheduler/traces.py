@@ -119,9 +119,11 @@ class HopLatencies:
         except ValueError:
             return
         if nbytes >= MIN_TRANSFER_BYTES and sending_s > 0:
-            link = (attributes.get(NODE, ""), attributes.get(TO_NODE, ""))
-            rates = _recent(self._link_rates, link, lambda: deque(maxlen=RECENT_TRANSFERS), MAX_LINKS)
-            rates.append(nbytes * 8 / sending_s / 1e6)
+            self.add_link_rate((attributes.get(NODE, ""), attributes.get(TO_NODE, "")), nbytes * 8 / sending_s / 1e6)
+
+    def add_link_rate(self, link: tuple[str, str], mbps: float) -> None:
+        """A rate the link carried: a task's transfer, or a monitor's probe that found it changed."""
+        _recent(self._link_rates, link, lambda: deque(maxlen=RECENT_TRANSFERS), MAX_LINKS).append(mbps)
 
     def link_bandwidth(self) -> dict[tuple[str, str], float]:
         """(from node, to node) -> Mbit/s, from the most recent transfers on each link: their median,
