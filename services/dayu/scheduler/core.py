@@ -109,6 +109,7 @@ class SchedulerCore:
         self.stale_after_s = stale_after_s
         self.epoch = time.time_ns() if epoch is None else epoch  # this incarnation, stamped on its decisions
         self._clock = clock  # monotonic seconds: feedback, decision intervals, staleness
+        self._most_cores: dict[str, float] = {}  # node -> the most CPU it reported (bounded like resources)
         self._registrations = 0
         self._streams: dict[str, _Stream] = {}
         # Each node's latest report, `stale` set by the core, and when it arrived on the core's clock
@@ -224,6 +225,7 @@ class SchedulerCore:
             raise ResourceExhausted(f"node: {report.node!r} is new and {MAX_NODES} nodes report already")
         report.stale = False  # the scheduler's judgement, not the monitor's
         self.resources[report.node] = report
+        self._most_cores[report.node] = max(self._most_cores.get(report.node, 0.0), _cores(report))
         self._reported_at[report.node] = self._clock()
         if previous is not None and previous.stale:
             log.info("node reporting again: trusted again", node=report.node)
@@ -251,6 +253,13 @@ class SchedulerCore:
         for link in moved:
             self.hops.add_link_rate((link.from_node or report.node, link.to_node), link.bandwidth_mbps)
         await self._after_link_rates(rates, "probes")
+
+    def _cpu_cut(self, node: str, reported_since: float) -> bool:
+        """Whether the node reported since then with less CPU than it has had."""
+        report = self.resources.get(node)
+        if report is None or self._reported_at[node] < reported_since:
+            return False
+        return _cores(report) < (1 - CPU_CHANGE) * self._most_cores.get(node, 0.0)
 
     def _cpu_cores(self) -> dict[str, float]:
         return {node: _cores(report) for node, report in self.resources.items()}
@@ -335,17 +344,17 @@ class SchedulerCore:
                 await self._publish(newest, newest.plan, f"admission: paused, {newest.paused_because}")
 
     async def check_feedback(self) -> None:
-        """Switches running streams whose feedback stopped, and whose node fell silent too (cut off
-        from the cloud), to the fallback plan: every stage on the stream's own node, a lighter
-        configuration, until feedback comes back. A node that still reports is not cut off: its
-        stream's tasks are only slow, which the policy handles."""
+        """Switches running streams whose feedback stopped to the fallback plan: every stage on the
+        stream's own node, a lighter configuration, until feedback comes back (what an edge cut off
+        from the cloud, or behind a collapsed uplink, can still do). Not when the node still reports
+        with its CPU cut: its tasks are slow there, the policy moves work off it, and a fallback
+        onto it would undo that."""
         now = self._clock()
         for stream in self._streams.values():
             silent_s = now - stream.last_feedback
             if stream.paused_because or stream.in_fallback or silent_s < self._feedback_patience(stream):
                 continue
-            reported_at = self._reported_at.get(stream.view.spec.node)
-            if reported_at is not None and now - reported_at < silent_s / 2:
+            if self._cpu_cut(stream.view.spec.node, now - silent_s / 2):
                 continue
             stream.in_fallback = True
             spec = stream.view.spec
