@@ -664,9 +664,13 @@ class ControllerCore:
                 self.patience_s,
             )
         else:
-            task.age_s = self._age(task)
+
+            async def deliver_here() -> None:  # on this node: its age is this clock's, at each try
+                task.age_s = self._age(task)
+                await self.transport.deliver(task, 10.0)
+
             refused = f"distributor refused the task from {self.node}"
-            await self._patiently(lambda: self.transport.deliver(task, 10.0), refused, self.patience_s)
+            await self._patiently(deliver_here, refused, self.patience_s)
         await self.journal.release(held)
         self.stats.delivered += 1
 
