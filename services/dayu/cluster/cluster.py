@@ -97,10 +97,6 @@ class Cluster:
 
     # -- addresses ------------------------------------------------------------------------------
 
-    def reset(self) -> None:
-        self.records.unlink(missing_ok=True)
-        shutil.rmtree(self.workdir / "nodes", ignore_errors=True)  # the nodes' hostPath volumes
-
     def node_address(self, node: str) -> str:
         return self.network.interfaces[node].address
 
@@ -255,12 +251,8 @@ class Cluster:
         address = (self.node_address(running.pod.node), running.pod.port)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(*address), 1.0)
-                writer.close()
+            if await _accepts(address):
                 return
-            except (OSError, TimeoutError):
-                pass
             if running.process is not None and running.process.poll() is not None:
                 raise RuntimeError(
                     f"pod {running.pod.name} exited with {running.process.returncode}: {self.tail(running)}"
@@ -429,6 +421,10 @@ class Cluster:
         _state_file(self.name).unlink(missing_ok=True)
 
     # -- state ----------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.records.unlink(missing_ok=True)
+        shutil.rmtree(self.workdir / "nodes", ignore_errors=True)  # the nodes' hostPath volumes
 
     def _write_state(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)

@@ -115,13 +115,14 @@ class TaskJournal:
     def _release(self, keys: list[str]) -> None:
         with self._transaction():
             self._forget(keys)
-            (newest,) = self._db.execute("SELECT COALESCE(MAX(n), 0) FROM seen").fetchone()
-            self._db.execute("DELETE FROM seen WHERE n <= ?", (newest - SEEN_LIMIT,))
 
     def _forget(self, keys: list[str]) -> None:
-        """Deletes held tasks, remembering their keys (a retry of one is then a duplicate)."""
+        """Deletes held tasks, remembering their keys (a retry of one is then a duplicate): the last
+        SEEN_LIMIT of them."""
         self._db.executemany("DELETE FROM held WHERE key = ?", [(k,) for k in keys])
         self._db.executemany("INSERT OR IGNORE INTO seen (key) VALUES (?)", [(k,) for k in keys])
+        (newest,) = self._db.execute("SELECT COALESCE(MAX(n), 0) FROM seen").fetchone()
+        self._db.execute("DELETE FROM seen WHERE n <= ?", (newest - SEEN_LIMIT,))
 
     # -- reads ----------------------------------------------------------------------------------
 
