@@ -8,6 +8,8 @@ import pytest
 from dayu.v1 import (
     controller_pb2,
     controller_pb2_grpc,
+    distributor_pb2,
+    distributor_pb2_grpc,
     monitor_pb2,
     monitor_pb2_grpc,
     scheduler_pb2,
@@ -133,3 +135,22 @@ async def test_message_size_limit_is_enforced(serve) -> None:  # type: ignore[no
             await probe(monitor_pb2.ProbeRequest(payload=b"x" * 10_000), timeout=10)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert (await probe(monitor_pb2.ProbeRequest(payload=b"x"), timeout=10)).received_bytes == 1
+
+
+async def test_an_enum_outside_the_contract_and_a_huge_id_are_refused_without_echoing_it(serve) -> None:  # type: ignore[no-untyped-def]
+    address = await serve("distributor", distributor={"database": ":memory:"})
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = distributor_pb2_grpc.DistributorServiceStub(channel)
+        task = make_task()
+        task.dag.stages[1].spec.output_type = 77  # no such DataType: proto3 would keep the number
+        details = await expect_invalid(stub.RecordDrop, distributor_pb2.RecordDropRequest(task=task, reason="x"))
+        assert details.startswith("request.task.dag.stages[1].spec.output_type: one of ["), details
+        assert "got 77" in details
+
+        task = make_task()
+        task.stream_id = "s" * (1 << 20)  # 1 MiB: the answer must stay far under a client's metadata limit
+        details = await expect_invalid(stub.RecordDrop, distributor_pb2.RecordDropRequest(task=task, reason="x"))
+        assert details.startswith("task.stream_id:") and len(details) < 400, details[:400]
+        # Still serving, and nothing of either was stored.
+        reply = await stub.QueryRecords(distributor_pb2.QueryRecordsRequest(), timeout=10)
+        assert list(reply.records) == []

@@ -53,7 +53,7 @@ def test_grpcurl_gets_invalid_argument_naming_the_field(serve_process) -> None: 
     bad = grpcurl("-d", '{"stream_id": "no spaces allowed"}', served.address, "dayu.v1.SchedulerService/GetDecision")
     assert bad.returncode != 0
     assert "Code: InvalidArgument" in bad.stderr
-    assert "stream_id: a non-empty id" in bad.stderr
+    assert "stream_id: an id of 1 to 128 letters" in bad.stderr
     assert grpcurl(served.address, "dayu.v1.SchedulerService/GetSchedulerStats").returncode == 0
     assert served.terminate() == 0
 

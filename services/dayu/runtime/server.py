@@ -35,6 +35,7 @@ from dayu.runtime.config import ComponentSettings
 from dayu.runtime.errors import DayuError, InvalidArgument
 from dayu.runtime.logs import get_logger
 from dayu.runtime.tracing import Tracing, extract
+from dayu.runtime.validation import check_enums
 
 log = get_logger(__name__)
 
@@ -139,6 +140,7 @@ def _parse(request_class: type[Message], raw: bytes) -> Message:
         raise InvalidArgument(
             "request", f"a serialized {request_class.DESCRIPTOR.full_name} message ({error})"
         ) from None
+    check_enums(request)  # at the door, for every RPC: no number outside the contract gets in
     return request
 
 

@@ -10,6 +10,9 @@ import uuid
 from collections.abc import Collection, Sequence
 from graphlib import CycleError, TopologicalSorter
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
 from dayu.runtime.errors import InvalidArgument
 from dayu.v1 import decision_pb2, task_pb2, types_pb2
 
@@ -18,25 +21,68 @@ _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 _PER_FRAME_CODECS = (types_pb2.CODEC_JPEG, types_pb2.CODEC_RAW_BGR)
 
 
+SHOWN_CHARS = 64  # at most this much of a caller's value goes back in an error message
+MAX_ID_CHARS = 128  # ids and names (streams, sources, nodes, stages, pipelines): room to spare, not a megabyte
+
+
 def _enum_name(enum: object, value: int) -> str:
     return enum.Name(value)  # type: ignore[attr-defined, no-any-return]
 
 
+def shown(value: object) -> str:
+    """A value as an error message shows it: its repr, cut to SHOWN_CHARS (a caller's 1 MiB id must not
+    come back in the status, past the client's metadata limit)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+def check_enums(message: Message, field: str = "request") -> None:
+    """Refuses an enum value that the contract does not define, anywhere in the message (proto3 keeps
+    unknown numbers; stored, they would be read back as nothing the contract knows)."""
+    for descriptor, value in message.ListFields():
+        path = f"{field}.{descriptor.name}"
+        if descriptor.type == FieldDescriptor.TYPE_ENUM:
+            values = value if descriptor.is_repeated else [value]
+            for i, number in enumerate(values):
+                if number not in descriptor.enum_type.values_by_number:
+                    names = sorted(descriptor.enum_type.values_by_name)
+                    where = f"{path}[{i}]" if descriptor.is_repeated else path
+                    raise InvalidArgument(where, f"one of {names}, got {shown(number)}")
+        elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+            if descriptor.message_type.GetOptions().map_entry:
+                entry_value = descriptor.message_type.fields_by_name["value"]
+                if entry_value.type == FieldDescriptor.TYPE_MESSAGE:
+                    for key, item in value.items():
+                        check_enums(item, f"{path}[{shown(key)}]")
+                elif entry_value.type == FieldDescriptor.TYPE_ENUM:
+                    for key, number in value.items():
+                        if number not in entry_value.enum_type.values_by_number:
+                            names = sorted(entry_value.enum_type.values_by_name)
+                            raise InvalidArgument(f"{path}[{shown(key)}]", f"one of {names}, got {shown(number)}")
+            elif descriptor.is_repeated:
+                for i, item in enumerate(value):
+                    check_enums(item, f"{path}[{i}]")
+            else:
+                check_enums(value, path)
+
+
 def require_id(value: str, field: str) -> None:
-    if not value or not _ID.match(value):
-        raise InvalidArgument(field, f"a non-empty id of letters, digits, '_', '.' or '-', got {value!r}")
+    if not value or len(value) > MAX_ID_CHARS or not _ID.match(value):
+        expected = f"an id of 1 to {MAX_ID_CHARS} letters, digits, '_', '.' or '-'"
+        raise InvalidArgument(field, f"{expected}, got {shown(value)}")
 
 
 def require_name(value: str, field: str) -> None:
-    if not value or not _NAME.match(value):
-        raise InvalidArgument(field, f"a non-empty name of [a-z0-9_-] starting with a letter or digit, got {value!r}")
+    if not value or len(value) > MAX_ID_CHARS or not _NAME.match(value):
+        expected = f"a name of 1 to {MAX_ID_CHARS} of [a-z0-9_-] starting with a letter or digit"
+        raise InvalidArgument(field, f"{expected}, got {shown(value)}")
 
 
 def require_uuid(value: str, field: str) -> None:
     try:
         uuid.UUID(value)
     except ValueError:
-        raise InvalidArgument(field, f"a UUID, got {value!r}") from None
+        raise InvalidArgument(field, f"a UUID, got {shown(value)}") from None
 
 
 def validate_stages(
@@ -49,7 +95,7 @@ def validate_stages(
     for i, stage in enumerate(stages):
         require_name(stage.name, f"{field}[{i}].name")
         if stage.name in by_name:
-            raise InvalidArgument(f"{field}[{i}].name", f"a unique stage name, but {stage.name!r} is used twice")
+            raise InvalidArgument(f"{field}[{i}].name", f"a unique stage name, but {shown(stage.name)} is used twice")
         by_name[stage.name] = (i, stage)
     for i, stage in enumerate(stages):
         where = f"{field}[{i}]"
@@ -57,7 +103,7 @@ def validate_stages(
             raise InvalidArgument(f"{where}.processor", "the name of a processor kind")
         if processors is not None and stage.processor not in processors:
             raise InvalidArgument(
-                f"{where}.processor", f"one of the processor kinds {sorted(processors)}, got {stage.processor!r}"
+                f"{where}.processor", f"one of the processor kinds {sorted(processors)}, got {shown(stage.processor)}"
             )
         for attr in ("input_type", "output_type"):
             if getattr(stage, attr) == types_pb2.DATA_TYPE_UNSPECIFIED:
@@ -69,14 +115,15 @@ def validate_stages(
             )
         for j, parent in enumerate(stage.parents):
             if parent not in by_name:
+                stage_names = sorted(by_name)
                 raise InvalidArgument(
-                    f"{where}.parents[{j}]", f"the name of a stage of this pipeline {sorted(by_name)}, got {parent!r}"
+                    f"{where}.parents[{j}]", f"the name of a stage of this pipeline {stage_names}, got {shown(parent)}"
                 )
             parent_output = by_name[parent][1].output_type
             if parent_output != stage.input_type:
                 raise InvalidArgument(
                     f"{where}.input_type",
-                    f"{_enum_name(types_pb2.DataType, parent_output)} to match the output of parent {parent!r}, "
+                    f"{_enum_name(types_pb2.DataType, parent_output)} to match the output of parent {shown(parent)}, "
                     f"got {_enum_name(types_pb2.DataType, stage.input_type)}",
                 )
     graph = {stage.name: list(stage.parents) for stage in stages}
@@ -145,7 +192,7 @@ def validate_task(
         if not stage.node:
             raise InvalidArgument(f"{stages}[{i}].node", "the node assigned to run the stage")
         if nodes is not None and stage.node not in nodes:
-            raise InvalidArgument(f"{stages}[{i}].node", f"one of the nodes {sorted(nodes)}, got {stage.node!r}")
+            raise InvalidArgument(f"{stages}[{i}].node", f"one of the nodes {sorted(nodes)}, got {shown(stage.node)}")
     validate_segment(task.segment, f"{field}.segment", with_data)
     return order
 
