@@ -28,6 +28,14 @@ RECENT_RESULTS = 256  # finished stages kept to answer retries; a retry comes wi
 _Key = tuple[str, str]  # (task_id, stage name)
 
 
+def _shared_future() -> asyncio.Future[task_pb2.TaskStage]:
+    """A job's outcome, which its callers await through a shield: when every caller gave up, an
+    error set on it (its backend away, the processor stopping) is taken here, not reported as lost."""
+    future: asyncio.Future[task_pb2.TaskStage] = asyncio.get_running_loop().create_future()
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return future
+
+
 @dataclass
 class _Job:
     task: task_pb2.Task
@@ -36,7 +44,7 @@ class _Job:
     context: otel_context.Context  # the caller's trace context: the job's spans are its children
     waiting: trace.Span  # the queue wait, ended when a worker takes the job
     # The finished stage, shared by every request of the job.
-    done: asyncio.Future[task_pb2.TaskStage] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[task_pb2.TaskStage] = field(default_factory=lambda: _shared_future())
 
 
 class ProcessorCore:
