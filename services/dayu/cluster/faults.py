@@ -156,6 +156,9 @@ class FaultRun:
     first_delivery_s: float | None = None
     recovered: dict[str, float | None] = field(default_factory=dict)  # per affected stream, as recovery_s
     steady: bool = True  # every affected stream delivered a fresh task before the injection
+    # A CPU fault on a node where no stage of its streams was placed when it hit leaves the scheduler
+    # nothing to move: no reaction is asked of it (the details say so).
+    stages_there: bool = True
     decisions_during: list[str] = field(default_factory=list)
     decisions_after: list[str] = field(default_factory=list)
     reactions: int = 0  # decisions during that stepped a knob down, moved a stage or paused the stream
@@ -667,6 +670,9 @@ async def _lasting(cluster: Cluster, probe: MeshProbe, fault: Fault, run: FaultR
         lift = functools.partial(cluster.set_link, fault.node, fault.peer, rate)
     elif fault.kind == "cpu":
         run.target = fault.node
+        await probe.read_decisions()
+        newest = {stream: d for (stream, _, _), d in sorted(probe.decisions.items()) if stream in run.streams}
+        run.stages_there = any(fault.node in d.placement.values() for d in newest.values())
         cpus = config.nodes[fault.node].resources.cpus  # None: the machine's, no quota
         inject = functools.partial(cluster.set_cpus, fault.node, (cpus or float(os.cpu_count() or 1)) * fault.cpu_share)
         lift = functools.partial(cluster.set_cpus, fault.node, cpus)
@@ -858,7 +864,7 @@ def problems(run: FaultRun) -> list[str]:
             found.append(f"{late} delivered no task made after the restart")
         elif run.recovery_s > RECOVERY_LIMIT_S:
             found.append(f"delivering again {run.recovery_s:.1f} s after the restart (over {RECOVERY_LIMIT_S:g} s)")
-    elif not run.decisions_during:
+    elif run.stages_there and not run.decisions_during:
         found.append("no scheduler decision while the fault was on")
     return found
 
@@ -967,7 +973,8 @@ def details(rounds: list[Round]) -> str:
                 lines.append(
                     f"    scheduler: {run.reactions} of {len(run.decisions_during)} decisions during it reacted"
                 )
-            lines.extend(f"    during: {line}" for line in run.decisions_during or ["no decision"])
+            idle = "no decision" if run.stages_there else "no decision (no stage of its streams ran there)"
+            lines.extend(f"    during: {line}" for line in run.decisions_during or [idle])
             lines.extend(f"    after:  {line}" for line in run.decisions_after[:6])
             if len(run.decisions_after) > 6:
                 lines.append(f"    after:  ... {len(run.decisions_after) - 6} more")
