@@ -7,21 +7,22 @@ names, writes the kustomize Component that dayu.mesh.kustomize renders (default 
     same plan as the embedded mesh (dayu.mesh.plan) with cluster addresses, as ConfigMaps: one file
     per node for the per-node components (controller.NODE.yaml, ...), one per processor role;
   - the pipelines file, copied as it is;
-  - which nodes run what, by node name: each per-node component (controller, monitor: every node of
-    the mesh; Triton: the nodes with processors on it; each processor role: the nodes that host it;
-    generator: the nodes with streams), and the cloud-only Deployments (the cloud node);
-  - one processor DaemonSet per role (each kind, and each golden-configuration scorer), from the
-    template in kustomize/base/processor/.
+  - one workload and one Service per per-node component and node (controller, monitor: every node
+    of the mesh; Triton: the nodes with processors on it; each processor role: the nodes that host
+    it; generator: the nodes with streams), from the templates in kustomize/base/node/: named
+    dayu-COMPONENT[-ROLE]-NODE, pinned to the node by name, mounting that node's TLS Secret
+    (dayu-tls-COMPONENT-NODE); the cloud-only Deployments pinned to the cloud node, with theirs;
+  - the GPU Triton per node for components/gpu (gpu/), and a cert-manager Certificate per Secret
+    for components/cert-manager (cert-manager/).
 
 Kustomize only reads files under a kustomization's root, so the files are copied, not referenced;
 --check regenerates with the arguments recorded in the output and fails when it is stale (CI).
 
-    .venv/bin/python hack/gen_kustomize.py [--mesh FILE] [--node-address NODE=HOST ...] [--out DIR]
+    .venv/bin/python hack/gen_kustomize.py [--mesh FILE] [--out DIR]
     .venv/bin/python hack/gen_kustomize.py --check [--out DIR]
 
-Node names are Kubernetes node names. Per-node components use the host's network, so a node's
-controller is at HOST:50051 where HOST is the node's name (resolved by the cluster's DNS) unless
---node-address gives another name or address for it.
+Node names are Kubernetes node names. A node's controller is at dayu-controller-NODE:50051, the
+Service of that node's controller pod (a dot in a node name becomes '-').
 """
 
 from __future__ import annotations
@@ -59,17 +60,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mesh", type=Path, default=DEFAULT_MESH, help="mesh file (default configs/embedded.yaml)")
     parser.add_argument(
-        "--node-address",
-        action="append",
-        default=[],
-        metavar="NODE=HOST",
-        help="how other nodes reach NODE (default: its node name); repeat per node",
-    )
-    parser.add_argument(
         "--out",
         type=Path,
         default=DEFAULT_OUT,
-        help="output folder, beside the base's processor/ template (default kustomize/base/mesh)",
+        help="output folder, beside the base's node/ templates (default kustomize/base/mesh)",
     )
     parser.add_argument("--check", action="store_true", help="fail if --out differs from what would be generated")
     return parser.parse_args(argv)
@@ -86,16 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     if args.check:  # regenerate exactly as the output says it was generated
         recorded = _parse(_recorded_arguments(args.out))
-        args.mesh, args.node_address = recorded.mesh, recorded.node_address
+        args.mesh = recorded.mesh
     if not args.mesh.is_absolute():
         args.mesh = ROOT / args.mesh
-    addresses = dict(item.split("=", 1) for item in args.node_address)
-    command = shlex.join(
-        ["--mesh", _relative(args.mesh), *(f"--node-address={node}={host}" for node, host in addresses.items())]
-    )
+    command = shlex.join(["--mesh", _relative(args.mesh)])
     try:
         config = load_mesh_config(args.mesh)
-        files = render(config, addresses, HEADER_PREFIX + command + HEADER_SUFFIX)
+        files = render(config, HEADER_PREFIX + command + HEADER_SUFFIX)
     except (DayuError, ValueError) as error:
         print(f"{SCRIPT}: {error}", file=sys.stderr)
         return 2

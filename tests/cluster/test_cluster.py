@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
@@ -23,6 +22,7 @@ from dayu.cluster.cluster import Cluster, cleanup, running, status, subnet_of
 from dayu.mesh.model import CONFIGS, load_mesh_config, read_mesh_file
 from dayu.mesh.plan import Instance
 from dayu.mesh.run import run_mesh
+from dayu.runtime.tls import open_channel
 from dayu.runtime.tracing import BYTES, NODE, TO_NODE
 from dayu.v1 import monitor_pb2, monitor_pb2_grpc
 
@@ -76,7 +76,8 @@ async def test_three_nodes_carry_tasks_over_kernel_links_within_their_cpu_limits
     collector = await collect_spans(host="0.0.0.0")
     name = f"t{uuid.uuid4().hex[:6]}"
     host = ipaddress.ip_network(subnet_of(name)).broadcast_address - 1  # the bridge's address
-    config = load_mesh_config(tmp_path / "cluster.yaml", _mesh_data(f"{host}:{collector.port}"))
+    # http://: the collector is outside the mesh, so the pods send it their spans in plaintext.
+    config = load_mesh_config(tmp_path / "cluster.yaml", _mesh_data(f"http://{host}:{collector.port}"))
     lines: list[str] = []
     cluster = Cluster(config, tmp_path / "cluster", name=name, progress=lines.append)
     reports: list[monitor_pb2.GetResourcesResponse] = []
@@ -91,7 +92,7 @@ async def test_three_nodes_carry_tasks_over_kernel_links_within_their_cpu_limits
         monitor = cluster.pods["dayu-monitor@edge-1"]
         for _ in range(2):
             await asyncio.sleep(8)  # a few reports in
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with open_channel(address, cluster.tls) as channel:  # the operator's certificate (mTLS)
                 stub = monitor_pb2_grpc.MonitorServiceStub(channel)
                 reports.append(await stub.GetResources(monitor_pb2.GetResourcesRequest(), timeout=10))
             if monitor.restarts == 0:

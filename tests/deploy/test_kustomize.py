@@ -1,14 +1,19 @@
 """The Kubernetes manifests under kustomize/: the base and every overlay render with the real kubectl
 (kustomize built in) and validate offline against the schemas of a current Kubernetes with the real
-kubernetes-validate --strict. Then, from the rendered YAML, what a cluster needs of them: probes,
-resources, pinned images, non-root read-only containers, drains that fit the grace period, every
-address in the settings reaching a server that exists, and every per-node component scheduled on
-exactly the nodes that the mesh file names (evaluated against model clusters: plain, KubeEdge, GPU,
-arm64). The settings ConfigMaps must be what hack/gen_kustomize.py makes of configs/ today."""
+kubernetes-validate --strict, and pass checkov's Kubernetes checks but for the skips listed in
+kustomize/checkov-skips.yaml. Then, from the rendered YAML, what a cluster needs of them: probes on
+the plaintext health ports, resources, pinned images, non-root read-only containers, drains that fit
+the grace period, mutual TLS (each pod its own node's Secret), a NetworkPolicy, every address in the
+settings reaching the Service of a server on the right node, a Service per per-node workload that
+selects exactly its pod, and every per-node component scheduled on exactly the nodes that the mesh
+file names (evaluated against model clusters: plain, KubeEdge, GPU, arm64). The settings ConfigMaps
+must be what hack/gen_kustomize.py makes of configs/ today."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -24,9 +29,10 @@ import pytest
 import yaml
 
 from dayu.components import COMPONENTS
-from dayu.mesh.kustomize import dns_name
+from dayu.mesh.kustomize import NODE_LABEL, TLS_DIR, check_names, health_port, per_node_instances, workload_name
 from dayu.mesh.model import MeshConfig, load_mesh_config
-from dayu.mesh.plan import instances, processor_ports, triton_nodes
+from dayu.mesh.plan import Instance, certificate_holders
+from dayu.runtime.tls import CA_NAME, MESH_NAME, ORGANIZATION, common_name, secret_name
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "kustomize"
@@ -37,6 +43,23 @@ DAYU_IMAGE = "dayu"  # the image of hack/build-images.sh, before an overlay's re
 CONFIG_ARG = re.compile(r"^--config=/etc/dayu/(?P<file>[^/]+)$")
 LISTEN_ARG = re.compile(r"^--listen=0\.0\.0\.0:(?P<port>\d+)$")
 ADDRESS = re.compile(r"[\w.-]+:\d+")  # HOST:PORT in a settings file
+KUBEEDGE_TARGETS = ("overlays/cloud-edge", "overlays/gpu", "overlays/arm64-edge", "overlays/cert-manager")
+CERT_MANAGER = "cert-manager.io/"  # its kinds (Certificate, Issuer, ClusterIssuer): not in Kubernetes' schemas
+TLS_ENV = {
+    "DAYU_TLS__CA_FILE": f"{TLS_DIR}/ca.crt",
+    "DAYU_TLS__CERT_FILE": f"{TLS_DIR}/tls.crt",
+    "DAYU_TLS__KEY_FILE": f"{TLS_DIR}/tls.key",
+}
+TRITON_TLS_ARGS = [
+    "--grpc-use-ssl=true",
+    "--grpc-use-ssl-mutual=true",
+    f"--grpc-server-cert={TLS_DIR}/tls.crt",
+    f"--grpc-server-key={TLS_DIR}/tls.key",
+    f"--grpc-root-cert={TLS_DIR}/ca.crt",
+]
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"  # its own environment: its pins clash with ours (packaging)
+CHECKOV_REQUIREMENTS = "tests/deploy/checkov-requirements.txt"
+CHECKOV_SKIPS = KUSTOMIZE / "checkov-skips.yaml"
 
 
 def _load_generator() -> ModuleType:
@@ -84,7 +107,7 @@ def _node(name: str, arch: str = "amd64", labels: dict[str, str] | None = None, 
 def cluster(target: str) -> list[Node]:
     """The cluster each target is for: the mesh's cloud node is the control plane; its other nodes
     are edge nodes, as KubeEdge registers them where the target is for KubeEdge."""
-    kubeedge = target in ("overlays/cloud-edge", "overlays/gpu", "overlays/arm64-edge")
+    kubeedge = target in KUBEEDGE_TARGETS
     arch = "arm64" if target == "overlays/arm64-edge" else "amd64"
     nodes = [_node(NOT_IN_MESH)]
     for name in MESH.nodes:
@@ -155,12 +178,17 @@ class Rendered:
     target: str
     path: Path
     docs: list[dict[str, Any]]
+    schema_path: Path  # the documents that Kubernetes' schemas cover: all but cert-manager's
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [d for d in self.docs if d["kind"] == kind]
 
     def workloads(self) -> list[dict[str, Any]]:
         return [d for d in self.docs if d["kind"] in WORKLOADS]
+
+    def workload(self, name: str) -> dict[str, Any]:
+        (found,) = [d for d in self.workloads() if d["metadata"]["name"] == name]
+        return found
 
     def config_map(self, name: str) -> dict[str, str]:
         """A generated ConfigMap's data, by its name before the content hash."""
@@ -202,7 +230,11 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Rendered]:
         assert run.returncode == 0, f"kubectl kustomize {target} failed:\n{run.stderr}"
         path = out / f"{target.replace('/', '-')}.yaml"
         path.write_text(run.stdout)
-        result[target] = Rendered(target, path, [d for d in yaml.safe_load_all(run.stdout) if d])
+        docs = [d for d in yaml.safe_load_all(run.stdout) if d]
+        schema_path = out / "schema" / path.name
+        schema_path.parent.mkdir(exist_ok=True)
+        schema_path.write_text(yaml.safe_dump_all([d for d in docs if not d["apiVersion"].startswith(CERT_MANAGER)]))
+        result[target] = Rendered(target, path, docs, schema_path)
     return result
 
 
@@ -233,13 +265,27 @@ def _port_of(container: dict[str, Any]) -> int:
     return port
 
 
-def _settings_files(rendered: Rendered, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
-    """The settings files a dayu container may read: its --config, for each node where it is per node."""
+def _named_ports(container: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+
+
+def _node_of(workload: dict[str, Any]) -> str:
+    """The mesh node a workload is for: its dayu.io/node label, or the cloud node (the cloud singletons)."""
+    return workload["spec"]["template"]["metadata"]["labels"].get(NODE_LABEL, MESH.cloud_node)
+
+
+def _selects(selector: dict[str, str], workload: dict[str, Any]) -> bool:
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    return bool(selector) and selector.items() <= labels.items()
+
+
+def _settings_file(rendered: Rendered, workload: dict[str, Any], container: dict[str, Any]) -> tuple[str, str]:
+    """The settings file a dayu container reads: its --config, $(NODE_NAME) being the workload's node."""
     (name,) = [m["file"] for a in container["args"] if (m := CONFIG_ARG.match(a))]
-    pattern = re.escape(name).replace(re.escape("$(NODE_NAME)"), "(?P<node>[^/]+)")
-    files = {key: text for key, text in rendered.mounted_files(pod).items() if re.fullmatch(pattern, key)}
-    assert files, f"no file in the pod's ConfigMaps matches --config=/etc/dayu/{name}"
-    return files
+    name = name.replace("$(NODE_NAME)", _node_of(workload))
+    files = rendered.mounted_files(workload["spec"]["template"]["spec"])
+    assert name in files, f"{workload['metadata']['name']}: no file in the pod's ConfigMaps is /etc/dayu/{name}"
+    return name, files[name]
 
 
 # -- the tests ----------------------------------------------------------------------------------
@@ -257,14 +303,19 @@ def test_mesh_component_matches_configs() -> None:
 def test_validates_strictly_offline(rendered: dict[str, Rendered], target: str) -> None:
     validate = [_venv_tool("kubernetes-validate"), "--strict", "--quiet", "-k", KUBERNETES_VERSION]
     run = subprocess.run(
-        [*validate, str(rendered[target].path)],
+        [*validate, str(rendered[target].schema_path)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     kinds = {d["kind"] for d in rendered[target].docs}
-    assert {"Namespace", "ServiceAccount", "ConfigMap", "Service", "Deployment", "DaemonSet"} <= kinds
+    assert {"Namespace", "ServiceAccount", "NetworkPolicy", "ConfigMap", "Service", "Deployment", "DaemonSet"} <= kinds
+    # Left out of the schema check: cert-manager's kinds only (its CRDs are not Kubernetes' schemas;
+    # test_cert_manager_issues_every_secret_the_pods_mount checks them).
+    left_out = {d["kind"] for d in rendered[target].docs if d["apiVersion"].startswith(CERT_MANAGER)}
+    assert left_out <= {"Certificate", "Issuer", "ClusterIssuer"}
+    assert bool(left_out) == (target == "overlays/cert-manager")
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -280,9 +331,16 @@ def test_every_container_is_probed_bounded_and_pinned(rendered: dict[str, Render
                 assert {"cpu", "memory"} <= set(container["resources"].get(bound, {})), f"{where}: {bound}"
             if container in pod.get("initContainers", []):
                 continue  # init containers run to completion: no probes
-            for probe in ("livenessProbe", "readinessProbe"):
-                assert "grpc" in container.get(probe, {}), f"{where}: {probe} is not a gRPC health probe"
-                assert container[probe]["grpc"]["port"] in {p["containerPort"] for p in container["ports"]}, where
+            ports = _named_ports(container)
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                if probe not in container and probe == "startupProbe":
+                    continue
+                if _dayu_component(container):
+                    # The kubelet's gRPC probe speaks plaintext: the server's health-only port.
+                    port = container[probe].get("grpc", {}).get("port")
+                    assert port == health_port(_port_of(container)) == ports["health"], f"{where}: {probe}"
+                else:  # Triton: its gRPC port takes TLS clients only; HTTP on its metrics port
+                    assert container[probe].get("httpGet", {}).get("port") == "metrics" in ports, f"{where}: {probe}"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -319,7 +377,7 @@ def test_drains_end_before_the_kubelet_kills(rendered: dict[str, Rendered], targ
                 settings_class = COMPONENTS.entry(component).factory.settings_class  # type: ignore[attr-defined]
                 graces = [
                     settings_class(**yaml.safe_load(text)).server.shutdown_grace_s
-                    for text in _settings_files(docs, pod, container).values()
+                    for text in [_settings_file(docs, workload, container)[1]]
                 ]
             else:
                 graces = [int(a.split("=", 1)[1]) for a in container["args"] if a.startswith("--exit-timeout-secs=")]
@@ -331,77 +389,185 @@ def test_drains_end_before_the_kubelet_kills(rendered: dict[str, Rendered], targ
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_per_node_components_run_on_the_nodes_the_mesh_names(rendered: dict[str, Rendered], target: str) -> None:
+    """One workload per per-node component (and processor role) and node, each only on its node, and
+    exactly one of each on the nodes that the mesh names; no pod on its host's network."""
     nodes = cluster(target)
-    mesh_nodes = set(MESH.nodes)
 
     def placed(workload: dict[str, Any]) -> set[str]:
         return {n.name for n in nodes if schedulable(workload["spec"]["template"]["spec"], n)}
 
-    daemonsets = {d["metadata"]["name"]: d for d in rendered[target].of_kind("DaemonSet")}
-    assert placed(daemonsets["dayu-controller"]) == mesh_nodes
-    assert placed(daemonsets["dayu-monitor"]) == mesh_nodes
-    assert placed(daemonsets["dayu-generator"]) == {s.node for s in MESH.streams}
-    for role in processor_ports(MESH):
-        hosts = {i.node for i in instances(MESH) if i.component == "processor" and i.role == role}
-        assert placed(daemonsets[f"dayu-processor-{dns_name(role)}"]) == hosts, role
+    running = []
+    for daemonset in rendered[target].of_kind("DaemonSet"):
+        labels = daemonset["spec"]["template"]["metadata"]["labels"]
+        where = placed(daemonset)
+        assert where <= {labels[NODE_LABEL]}, f"{daemonset['metadata']['name']} may run on {where}"
+        running += [
+            (labels["app.kubernetes.io/component"], node, labels.get("dayu.io/processor", "")) for node in where
+        ]
     # Exactly one Triton on every node with processors on Triton: the GPU one where there is a GPU, else the CPU one.
-    tritons = [d for d in daemonsets.values() if d["metadata"]["labels"]["app.kubernetes.io/component"] == "triton"]
-    per_node = [node for d in tritons for node in placed(d)]
-    assert sorted(per_node) == sorted(triton_nodes(MESH))
+    expected = [(i.component, i.node, i.role) for i in per_node_instances(MESH)]
+    assert sorted(running) == sorted(expected)
     if target == "overlays/gpu":
-        assert placed(daemonsets["dayu-triton-gpu"]) == {MESH.cloud_node}
+        assert placed(rendered[target].workload("dayu-triton-gpu-" + MESH.cloud_node)) == {MESH.cloud_node}
     for deployment in rendered[target].of_kind("Deployment"):  # the cloud-only parts
         assert placed(deployment) == {MESH.cloud_node}, deployment["metadata"]["name"]
+    for workload in rendered[target].workloads():
+        assert not workload["spec"]["template"]["spec"].get("hostNetwork"), workload["metadata"]["name"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_service_selects_one_pod_on_one_node(rendered: dict[str, Rendered], target: str) -> None:
+    """A Service per cloud singleton and per per-node workload (dayu-COMPONENT[-ROLE]-NODE), selecting
+    the pods of exactly one workload, on exactly one node (its dayu.io/node), which listen on the
+    Service's port."""
+    docs = rendered[target]
+    nodes = cluster(target)
+    names = {s["metadata"]["name"] for s in docs.of_kind("Service")}
+    workloads = {w["metadata"]["name"] for w in docs.workloads()}
+    assert names <= workloads, "each Service is named for its workload"
+    # ... and each workload has one, but the GPU Triton of a node: the node's dayu-triton-NODE selects it.
+    assert not {n for n in workloads - names if not n.startswith("dayu-triton-gpu-")}
+    for service in docs.of_kind("Service"):
+        name, selector = service["metadata"]["name"], service["spec"]["selector"]
+        pods = [
+            (workload, node.name)
+            for workload in docs.workloads()
+            if _selects(selector, workload)
+            for node in nodes
+            if schedulable(workload["spec"]["template"]["spec"], node)
+        ]
+        assert len(pods) == 1, f"{name} selects {[(w['metadata']['name'], n) for w, n in pods]}"
+        ((workload, node),) = pods
+        assert node == service["metadata"].get("labels", {}).get(NODE_LABEL, MESH.cloud_node), name
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        for port in service["spec"]["ports"]:
+            assert _named_ports(container)[port["targetPort"]] == port["port"], f"{name}: {port}"
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_address_and_path_in_the_settings_exists(rendered: dict[str, Rendered], target: str) -> None:
-    """Each address in a settings file names a Service with that port, a peer's controller, or a
-    server on the same node's network (127.0.0.1) that is scheduled on that node; each path is a
-    mounted settings file or lies in a volume of the container."""
+    """Each address in a settings file names a Service with that port, whose pod runs on the node the
+    address is for: the file's own node (its processors, Triton, controller), or a peer's; each path
+    is a mounted settings file or lies in a volume of the container."""
     docs = rendered[target]
-    nodes = {n.name: n for n in cluster(target)}
-    services = {f"{s['metadata']['name']}:{p['port']}" for s in docs.of_kind("Service") for p in s["spec"]["ports"]}
-    on_node: dict[str, list[int]] = {name: [] for name in nodes}  # node -> host ports in use there
-    for daemonset in docs.of_kind("DaemonSet"):
-        pod = daemonset["spec"]["template"]["spec"]
-        assert pod["hostNetwork"] is True
-        for name, node in nodes.items():
-            if schedulable(pod, node):
-                on_node[name] += [p["containerPort"] for c in pod["containers"] for p in c["ports"]]
-    for name, ports in on_node.items():
-        assert len(ports) == len(set(ports)), f"two servers would take one port on {name}: {sorted(ports)}"
+    services = {s["metadata"]["name"]: s for s in docs.of_kind("Service")}
 
-    def check_address(address: str, node: str | None, where: str) -> None:
+    def check_address(address: str, node: str, where: str) -> None:
         host, port = address.rsplit(":", 1)
-        if host == "127.0.0.1":
-            assert node and int(port) in on_node[node], f"{where}: nothing on {node} listens on {port}"
-        elif host in nodes:
-            assert int(port) in on_node[host], f"{where}: no server on node {host} at {port}"
-        else:
-            assert address in services, f"{where}: no Service {address}"
+        assert host in services, f"{where}: no Service {host}"
+        service = services[host]
+        assert int(port) in {p["port"] for p in service["spec"]["ports"]}, f"{where}: {host} has no port {port}"
+        service_node = service["metadata"].get("labels", {}).get(NODE_LABEL)
+        if service_node is not None:  # a per-node server: its node is the one the address is for
+            peer = re.search(r"\.peers\.([^.\[]+)$", where)
+            assert service_node == (peer[1] if peer else node), f"{where}: {address} is of node {service_node}"
 
     for workload in docs.workloads():
         pod = workload["spec"]["template"]["spec"]
         for container in pod["containers"]:
             if not _dayu_component(container):
                 continue
-            # The server listens where its probes look, and Services point at that port.
-            assert {p["containerPort"] for p in container["ports"]} == {_port_of(container)}
+            # The server listens where its Service points, and on its health port for the probes.
+            assert _named_ports(container) == {"grpc": _port_of(container), "health": health_port(_port_of(container))}
             mounted = {f"/etc/dayu/{name}" for name in docs.mounted_files(pod)}
             volumes = [m["mountPath"] for m in container["volumeMounts"] if m["mountPath"] != "/etc/dayu"]
-            for file, text in _settings_files(docs, pod, container).items():
-                settings = yaml.safe_load(text)
-                scheduled = sorted(n.name for n in nodes.values() if schedulable(pod, n))
-                hosts = [settings["node"]] if "node" in settings else scheduled
-                for node in hosts if workload["kind"] == "DaemonSet" else [None]:
-                    for where, value in _strings(settings, file):
-                        if ADDRESS.fullmatch(value):
-                            check_address(value, node, where)
-                        elif value.startswith("/etc/dayu/"):
-                            assert value in mounted, f"{where}: {value} is in none of the pod's ConfigMaps"
-                        elif value.startswith("/"):
-                            assert any(value.startswith(f"{v}/") for v in volumes), f"{where}: {value} in no volume"
+            file, text = _settings_file(docs, workload, container)
+            settings = yaml.safe_load(text)
+            assert settings.get("node", MESH.cloud_node) == _node_of(workload), file
+            for where, value in _strings(settings, file):
+                if ADDRESS.fullmatch(value):
+                    check_address(value, _node_of(workload), where)
+                elif value.startswith("/etc/dayu/"):
+                    assert value in mounted, f"{where}: {value} is in none of the pod's ConfigMaps"
+                elif value.startswith("/"):
+                    assert any(value.startswith(f"{v}/") for v in volumes), f"{where}: {value} in no volume"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_mesh_containers_use_mutual_tls(rendered: dict[str, Rendered], target: str) -> None:
+    """Each server mounts its own Secret (dayu-tls-COMPONENT-NODE: every processor role of a node
+    shares `processor`, the cloud singletons are of the cloud node) read-only at /etc/dayu-tls; a dayu
+    container names the files in DAYU_TLS__* and serves plaintext health on its port + 1000; Triton
+    takes only clients of the mesh's CA."""
+    mounted = set()
+    for workload in rendered[target].workloads():
+        pod = workload["spec"]["template"]["spec"]
+        component = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        secret = secret_name(component, _node_of(workload))
+        (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        assert tls["secret"]["secretName"] == secret, workload["metadata"]["name"]
+        mounted.add(secret)
+        for container in pod["containers"]:
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            assert {"name": "tls", "mountPath": TLS_DIR, "readOnly": True} in container["volumeMounts"], where
+            env = {v["name"]: v.get("value") for v in container.get("env", [])}
+            if _dayu_component(container):
+                assert TLS_ENV.items() <= env.items(), where
+                assert env["DAYU_SERVER__HEALTH_LISTEN"] == f"0.0.0.0:{health_port(_port_of(container))}", where
+            else:
+                assert component == "triton" and all(arg in container["args"] for arg in TRITON_TLS_ARGS), where
+    assert mounted == {secret_name(c, n) for c, n in certificate_holders(MESH)}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_only_the_mesh_reaches_its_servers(rendered: dict[str, Rendered], target: str) -> None:
+    """One NetworkPolicy over every Dayu pod: its servers' gRPC ports from the mesh's own pods only
+    (in its namespace: no namespaceSelector), the health and metrics ports from anywhere (probes)."""
+    docs = rendered[target]
+    (policy,) = docs.of_kind("NetworkPolicy")
+    spec = policy["spec"]
+    selector = spec["podSelector"]["matchLabels"]
+    assert spec["policyTypes"] == ["Ingress"]
+    assert all(_selects(selector, w) for w in docs.workloads())
+    (mesh, anyone) = spec["ingress"]
+    assert mesh["from"] == [{"podSelector": {"matchLabels": selector}}]
+    assert [p["port"] for p in mesh["ports"]] == ["grpc"]
+    assert "from" not in anyone and {p["port"] for p in anyone["ports"]} == {"health", "metrics"}
+    for workload in docs.workloads():
+        for container in workload["spec"]["template"]["spec"]["containers"]:  # every port is one of those
+            assert set(_named_ports(container)) <= {"grpc", "health", "metrics"}, workload["metadata"]["name"]
+
+
+def test_cert_manager_issues_every_secret_the_pods_mount(rendered: dict[str, Rendered]) -> None:
+    """overlays/cert-manager: a self-signed ClusterIssuer signs the mesh's CA, whose Issuer signs one
+    Certificate per Secret that a pod mounts, with the identity that dayu.runtime.tls expects."""
+    docs = rendered["overlays/cert-manager"]
+    (self_signed,) = docs.of_kind("ClusterIssuer")
+    assert self_signed["spec"] == {"selfSigned": {}} and "namespace" not in self_signed["metadata"]
+    (issuer,) = docs.of_kind("Issuer")
+    assert issuer["metadata"] == {**issuer["metadata"], "name": CA_NAME, "namespace": "dayu"}
+    assert issuer["spec"] == {"ca": {"secretName": CA_NAME}}
+    certificates = {c["metadata"]["name"]: c for c in docs.of_kind("Certificate")}
+    ca = certificates.pop(CA_NAME)
+    assert ca["spec"]["isCA"] is True and ca["spec"]["secretName"] == CA_NAME
+    assert ca["spec"]["issuerRef"] == {"group": "cert-manager.io", "kind": "ClusterIssuer", "name": "dayu-selfsigned"}
+    holders = {secret_name(c, n): (c, n) for c, n in certificate_holders(MESH)}
+    assert set(certificates) == set(holders)
+    for name, certificate in certificates.items():
+        spec = certificate["spec"]
+        assert certificate["metadata"]["namespace"] == "dayu", name
+        assert spec["secretName"] == name and spec["commonName"] == common_name(*holders[name]), name
+        assert spec["dnsNames"] == [MESH_NAME] and spec["subject"] == {"organizations": [ORGANIZATION]}, name
+        assert spec["privateKey"] | {"algorithm": "ECDSA", "size": 256} == spec["privateKey"], name
+        assert {"server auth", "client auth"} <= set(spec["usages"]), name
+        assert spec["issuerRef"] == {"group": "cert-manager.io", "kind": "Issuer", "name": CA_NAME}, name
+    for target, other in rendered.items():  # the other targets leave the Secrets to the operator
+        if target != "overlays/cert-manager":
+            assert not [d for d in other.docs if d["apiVersion"].startswith(CERT_MANAGER)], target
+
+
+def test_node_names_make_service_names() -> None:
+    """A node's Services are DNS labels: dots become '-'; too long a name, or two nodes that would
+    share a Service, fail the generation."""
+    assert workload_name(Instance("controller", "edge-1.lab")) == "dayu-controller-edge-1-lab"
+    golden = Instance("processor", "cloud", "golden-text_detector")
+    assert workload_name(golden) == "dayu-processor-golden-text-detector-cloud"
+    section = MESH.nodes[MESH.cloud_node]
+    check_names(MESH)
+    with pytest.raises(ValueError, match="not a DNS label"):
+        check_names(MESH.model_copy(update={"nodes": {**MESH.nodes, "n" * 60: section}}))
+    with pytest.raises(ValueError, match=r"nodes 'a\.b' and 'a-b' would share the Service"):
+        check_names(MESH.model_copy(update={"nodes": {**MESH.nodes, "a.b": section, "a-b": section}}))
 
 
 def test_config_maps_hold_what_configs_say(rendered: dict[str, Rendered]) -> None:
@@ -457,3 +623,79 @@ def test_one_tag_for_the_dayu_image(rendered: dict[str, Rendered]) -> None:
             if c["image"].startswith(f"{DAYU_IMAGE}:")
         }
         assert images == {f"{DAYU_IMAGE}:{version[1]}"}, target
+
+
+# -- checkov --------------------------------------------------------------------------------------
+
+
+def _checkov_skips() -> dict[str, str]:
+    return {str(check): " ".join(str(why).split()) for check, why in yaml.safe_load(CHECKOV_SKIPS.read_text()).items()}
+
+
+@pytest.fixture(scope="module")
+def checkov(rendered: dict[str, Rendered], tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list[str]]]:
+    """checkov's Kubernetes checks, run once on every rendered target and on a release rendering (the
+    gpu overlay with both images pinned by digest, as kustomize/README.md says to release): by file,
+    the ids of the checks passed and failed."""
+    assert CHECKOV.is_file(), (
+        f"checkov is missing at {CHECKOV.relative_to(ROOT)}: python3 -m venv .venv-checkov && "
+        f".venv-checkov/bin/pip install -r {CHECKOV_REQUIREMENTS} (.ci/run does this)"
+    )
+    folder = tmp_path_factory.mktemp("checkov")
+    for docs in rendered.values():
+        (folder / docs.path.name).write_text(docs.path.read_text())
+    tree = tmp_path_factory.mktemp("release") / "kustomize"
+    shutil.copytree(KUSTOMIZE, tree)
+    (tree / "overlays" / "release").mkdir()
+    release = {
+        "resources": ["../gpu"],
+        "images": [
+            {"name": DAYU_IMAGE, "newName": "registry.example/dayu", "digest": "sha256:" + "1" * 64},
+            {"name": "nvcr.io/nvidia/tritonserver", "digest": "sha256:" + "2" * 64},
+        ],
+    }
+    (tree / "overlays" / "release" / "kustomization.yaml").write_text(yaml.safe_dump(release))
+    run = subprocess.run([_kubectl(), "kustomize", str(tree / "overlays" / "release")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    (folder / "release.yaml").write_text(run.stdout)
+    # Offline: --skip-download and BC_SKIP_MAPPING keep checkov from asking its platform for guidelines.
+    # One run over every file (each start costs seconds); --compact leaves the resources' code out.
+    command = [str(CHECKOV), "--directory", str(folder), "--framework", "kubernetes", "--skip-download", "--compact"]
+    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "WARNING"}
+    run = subprocess.run([*command, "--output", "json"], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode in (0, 1), run.stdout[-2000:] + run.stderr[-4000:]  # 1: some check failed
+    reports = json.loads(run.stdout)
+    (report,) = [r for r in (reports if isinstance(reports, list) else [reports]) if r["check_type"] == "kubernetes"]
+    assert report["summary"]["parsing_errors"] == 0, report["summary"]
+    results: dict[str, dict[str, list[str]]] = {}
+    for outcome in ("passed", "failed"):
+        for check in report["results"][f"{outcome}_checks"]:
+            file = Path(check["file_path"]).name
+            results.setdefault(file, {"passed": [], "failed": []})[outcome].append(check["check_id"])
+    assert set(results) == {*(d.path.name for d in rendered.values()), "release.yaml"}
+    return results
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_checkov_fails_nothing_but_the_listed_skips(
+    rendered: dict[str, Rendered], checkov: dict[str, dict[str, list[str]]], target: str
+) -> None:
+    found = checkov[rendered[target].path.name]
+    unexpected = sorted(set(found["failed"]) - set(_checkov_skips()))
+    assert not unexpected, f"checkov fails {unexpected} on {target} (skip one only in kustomize/checkov-skips.yaml)"
+    assert len(found["passed"]) > 500, target
+
+
+def test_checkov_passes_a_release_rendering_with_no_skip(checkov: dict[str, dict[str, list[str]]]) -> None:
+    """Pinned by digest, as a release is, the manifests pass every check: the skips are for the
+    repository's manifests only, whose images are not built yet."""
+    assert checkov["release.yaml"]["failed"] == []
+
+
+def test_checkov_skips_are_needed_and_listed_in_the_readme(checkov: dict[str, dict[str, list[str]]]) -> None:
+    skips = _checkov_skips()
+    failed = {check for found in checkov.values() for check in found["failed"]}
+    assert set(skips) <= failed, f"skips no target needs any more: {sorted(set(skips) - failed)}"
+    assert all(len(why) > 80 for why in skips.values()), "say why each check is skipped"
+    readme = (KUSTOMIZE / "README.md").read_text()
+    assert set(re.findall(r"^\| `(CKV\w+)`", readme, re.M)) == set(skips), "kustomize/README.md lists the skips"

@@ -5,14 +5,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dayu.cluster.manifests import _on_this_machine, build, image_paths, pods
+from dayu.cluster.manifests import _on_this_machine, build, image_paths, pods, service_nodes
 from dayu.mesh.model import CONFIGS, load_mesh_config
-from dayu.mesh.plan import instances
+from dayu.mesh.plan import certificate_holders, instances
+from dayu.runtime.tls import secret_name
 
 
 def test_every_instance_of_the_plan_is_a_pod_with_its_container_s_command_and_files() -> None:
     config = load_mesh_config(CONFIGS / "cluster.yaml")
-    found = {pod.name: pod for pod in pods(build(config), list(config.nodes), image_paths(Path("/r"), Path("/b")))}
+    secrets = {  # as an operator (or cert-manager) makes them
+        secret_name(component, node): {"ca.crt": "CA", "tls.crt": f"{component}.{node}", "tls.key": "KEY"}
+        for component, node in certificate_holders(config)
+    }
+    documents = build(config)
+    paths = image_paths(Path("/r"), Path("/b"))
+    found = {pod.name: pod for pod in pods(documents, list(config.nodes), paths, secrets)}
     expected = {(i.component, i.node) for i in instances(config)}
     assert {(p.component, p.node) for p in found.values()} == expected  # no Triton: nothing on it here
     controller = found["dayu-controller@edge-1"]
@@ -24,10 +31,25 @@ def test_every_instance_of_the_plan_is_a_pod_with_its_container_s_command_and_fi
         "--config=/etc/dayu/controller.edge-1.yaml",  # $(NODE_NAME) from spec.nodeName
         "--node=edge-1",
     ]
-    assert controller.env == {"NODE_NAME": "edge-1"}
-    assert ("config", "/etc/dayu") in controller.mounts
+    assert controller.env == {
+        "NODE_NAME": "edge-1",
+        "DAYU_SERVER__HEALTH_LISTEN": "0.0.0.0:51051",  # plaintext health only, for the kubelet's probes
+        "DAYU_TLS__CA_FILE": "/etc/dayu-tls/ca.crt",
+        "DAYU_TLS__CERT_FILE": "/etc/dayu-tls/tls.crt",
+        "DAYU_TLS__KEY_FILE": "/etc/dayu-tls/tls.key",
+    }
+    assert ("config", "/etc/dayu") in controller.mounts and ("tls", "/etc/dayu-tls") in controller.mounts
+    assert controller.volumes["tls"].files["tls.crt"] == "controller.edge-1"  # its own node's Secret
     settings = controller.volumes["config"].files["controller.edge-1.yaml"]
-    assert "cloud: cloud:50051" in settings and "distributor: dayu-distributor:50055" in settings
+    assert "cloud: dayu-controller-cloud:50051" in settings and "distributor: dayu-distributor:50055" in settings
+    processor = found["dayu-processor-text-detector@edge-2"]  # one workload per role and node
+    assert processor.volumes["tls"].files["tls.crt"] == "processor.edge-2"
+    assert "--config=/etc/dayu/processor.text_detector.edge-2.yaml" in processor.argv
+    # The cluster's DNS: each Service at the node where the pods it selects run.
+    nodes = service_nodes(documents, list(config.nodes))
+    assert nodes["dayu-scheduler"] == "cloud" and nodes["dayu-controller-edge-1"] == "edge-1"
+    assert nodes["dayu-processor-text-detector-edge-2"] == "edge-2"
+    assert len(nodes) == len(found)  # a Service per pod: every per-node one, and the cloud singletons'
     distributor = found["dayu-distributor@cloud"]
     assert distributor.volumes["records"].persistent
     generator = found["dayu-generator@edge-2"]

@@ -121,3 +121,29 @@ async def test_a_refusal_that_is_not_transient_drops_the_task_at_once() -> None:
     await settle(core)
     (reason,) = mesh.dropped
     assert "refused the task from edge-1: INVALID_ARGUMENT" in reason
+
+
+async def test_streams_past_the_bound_forget_the_least_recently_routed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dayu.controller import core as core_module
+
+    monkeypatch.setattr(core_module, "MAX_STREAMS", 2)
+    followed: list[str] = []
+    forgotten: list[str] = []
+    core = ControllerCore(
+        "edge-1",
+        "cloud",
+        {"edge-2"},
+        {"noop"},
+        {},
+        Mesh(),
+        patience_s=1.0,
+        on_new_stream=followed.append,
+        on_forgotten_stream=forgotten.append,
+    )
+    for stream in ("a", "b", "a", "c"):  # "a" routed again: "b" is the least recent when "c" comes
+        task = make_task(linear_pipeline())
+        task.stream_id = stream
+        await core.submit(task, "")
+    await settle(core)
+    assert followed == ["a", "b", "c"] and forgotten == ["b"]
+    assert list(core.decisions) == ["a", "c"]

@@ -13,7 +13,7 @@ import pytest
 
 from dayu.distributor.core import DistributorCore, GoldenSampler
 from dayu.distributor.store import RecordStore
-from dayu.runtime.errors import FailedPrecondition, InvalidArgument
+from dayu.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from dayu.v1 import distributor_pb2, task_pb2, types_pb2
 
 from conftest import make_task
@@ -42,7 +42,7 @@ async def test_delivered_twice_is_stored_once_and_survives_reopen(core: Distribu
     assert again == (first[0], True) and core.duplicates == 1
     await core.close()
     reopened = RecordStore(tmp_path / "records.sqlite")
-    (record,) = reopened.query(distributor_pb2.RecordFilter(), 10)
+    (record,), _ = reopened.query(distributor_pb2.RecordFilter(), 10)
     assert record.task.task_id == task.task_id and record.cursor == first[0]
     assert record.outcome == task_pb2.TASK_OUTCOME_DELIVERED
     # One INSERT wrote the whole record; the cursor comes from its column, not the blob.
@@ -240,6 +240,22 @@ async def test_query_pages_by_cursor_and_stream_and_exports_jsonl(core: Distribu
         await anext(core.export(distributor_pb2.RecordFilter(stream_id="no spaces")))
 
 
+async def test_a_page_ends_at_its_byte_budget_and_a_record_has_a_size_limit(core: DistributorCore) -> None:
+    for _ in range(3):
+        task = finished_task()
+        task.dag.stages[0].error = "e" * 3000  # about 3 KB a record
+        await core.deliver(task)
+    records, more = core.store.query(distributor_pb2.RecordFilter(), 10, page_bytes=7000)
+    assert len(records) == 2 and more  # the third would pass 7000 bytes: the next page has it
+    rest, more = core.store.query(distributor_pb2.RecordFilter(after_cursor=records[-1].cursor), 10, page_bytes=7000)
+    assert len(rest) == 1 and not more
+    huge = finished_task()
+    for _ in range(1000):
+        huge.hops.add(component="controller", node="n" * 5000)  # 5 MB, past RECORD_BYTES
+    with pytest.raises(ResourceExhausted, match=r"^task: at most 4194304 bytes without its frames"):
+        await core.deliver(huge)
+
+
 async def test_watch_yields_new_records(core: DistributorCore) -> None:
     await core.deliver(finished_task())
     watched = core.watch(distributor_pb2.RecordFilter())
@@ -310,3 +326,36 @@ async def test_a_failing_golden_reference_leaves_the_record_without_accuracy(tmp
     (record,), _ = await core.query(distributor_pb2.RecordFilter(), 10)
     await core.close()
     assert record.outcome == task_pb2.TASK_OUTCOME_DELIVERED and not record.HasField("accuracy")
+
+
+# Found by the fuzz (tests/integration/test_fuzz.py): each of these answered INTERNAL, and the stored
+# timestamp made every later export fail.
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        (distributor_pb2.RecordFilter(after_cursor=2**63), "filter.after_cursor"),  # past SQLite's integers
+    ],
+)
+async def test_a_filter_past_what_the_store_reads_is_invalid(
+    core: DistributorCore, where: distributor_pb2.RecordFilter, field: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=rf"^{field}:"):
+        await core.query(where, 10)
+    with pytest.raises(InvalidArgument, match=rf"^{field}:"):
+        async for _ in core.export(where):
+            pass
+    with pytest.raises(InvalidArgument, match=rf"^{field}:"):
+        async for _ in core.watch(where):
+            pass
+
+
+async def test_the_last_second_of_year_9999_is_stored_and_exported(core: DistributorCore) -> None:
+    # Times that protobuf cannot read back are refused at the door (validation.check_request).
+    good = finished_task()
+    good.created_at.FromSeconds(253_402_300_799)  # the last second of year 9999 is fine
+    await core.deliver(good)
+    chunks = [chunk async for chunk in core.export(distributor_pb2.RecordFilter())]
+    (line,) = gzip.decompress(b"".join(chunks)).splitlines()
+    assert json.loads(line)["task"]["task_id"] == good.task_id

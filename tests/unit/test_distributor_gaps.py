@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dayu.distributor.core import DistributorCore, GapTracker
+from dayu.distributor.core import DistributorCore, GapTracker, _settled
 from dayu.distributor.store import RecordStore
 from dayu.runtime.errors import InvalidArgument
 from dayu.v1 import distributor_pb2, task_pb2
@@ -145,7 +145,7 @@ async def test_merged_gaps_record_each_missing_sequence_once(core: DistributorCo
 
 
 def test_a_huge_jump_is_one_run_and_is_recorded_a_batch_at_a_time() -> None:
-    tracker = GapTracker(timeout_s=1.0)
+    tracker = GapTracker(timeout_s=1.0, max_jump=10**12)  # the default tracks a million at most
     tracker.stored("cam", 0, now=0.0)
     tracker.stored("cam", 10**12, now=0.0)
     tracker.stored("door", 2, now=0.0)
@@ -157,3 +157,57 @@ def test_a_huge_jump_is_one_run_and_is_recorded_a_batch_at_a_time() -> None:
     assert [(stream, s) for stream, s, _ in tracker.due(now=1.0, limit=3)] == [("door", 0), ("door", 1), ("cam", 1)]
     tracker.stored("cam", 500, now=1.0)  # arrived after all: the run splits
     assert [(g.start, g.end) for g in tracker.gaps["cam"]] == [(1, 500), (501, 10**12)]
+
+
+# Found by the fuzz (tests/integration/test_fuzz.py): one Deliver with sequence 2**62 had the
+# distributor write lost records without end (120 MB in two minutes), and one SettleStreams with a
+# count of 170,000 outlived its caller's deadline.
+
+
+def test_a_jump_past_max_jump_is_stored_but_not_tracked() -> None:
+    tracker = GapTracker(timeout_s=1.0, max_jump=100)
+    tracker.stored("cam", 0, now=0.0)
+    tracker.stored("cam", 2**62, now=0.0)
+    assert tracker.highest["cam"] == 2**62 and "cam" not in tracker.gaps
+    tracker.stored("cam", 2**62 + 101, now=0.0)  # a jump of 100 after it is tracked again
+    assert [(g.start, g.end) for g in tracker.gaps["cam"]] == [(2**62 + 1, 2**62 + 101)]
+    restarted = GapTracker(timeout_s=1.0, max_jump=100)
+    restarted.restore({"cam": 2**62 + 101}, [("cam", 1, 2**62), ("cam", 2**62 + 1, 2**62 + 101)], now=0.0)
+    assert [(g.start, g.end) for g in restarted.gaps["cam"]] == [(2**62 + 1, 2**62 + 101)]
+
+
+async def test_settle_answers_after_a_bounded_number_and_the_gap_check_records_the_rest(
+    core: DistributorCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dayu.distributor.core.SETTLE_AT_ONCE", 1000)
+    await deliver(core, "cam", 0, 1200)
+    assert await core.settle({"cam": 2500}) == 1000  # the first thousand at once
+    while await core.check_gaps():  # the rest at once, not after the gap timeout
+        pass
+    found: dict[tuple[str, int], task_pb2.TaskRecord] = {}
+    where = distributor_pb2.RecordFilter()
+    while page := (await core.query(where, 1000))[0]:
+        found.update(((r.task.stream_id, r.task.sequence), r) for r in page)
+        where.after_cursor = page[-1].cursor
+    assert sorted(found) == [("cam", s) for s in range(2500)]  # each sequence once
+    assert found[("cam", 2499)].reason == _settled("cam", 2499)
+    assert found[("cam", 1100)].reason == _settled("cam", 1100)
+    assert not core.gaps.gaps and core.gaps.highest["cam"] == 2499
+    await deliver(core, "cam", 2500)  # the stream goes on where it was settled
+
+
+async def test_settle_refuses_a_count_past_max_jump(core: DistributorCore) -> None:
+    await deliver(core, "cam", 0)
+    with pytest.raises(InvalidArgument, match=r"^generated\[cam\]: a number of tasks, 0 to 100001 "):
+        await core.settle({"cam": 100_002})
+    with pytest.raises(InvalidArgument, match=r"^generated\[door\]: a number of tasks, 0 to 100000 "):
+        await core.settle({"door": 2**63 - 1})
+
+
+def test_streams_past_the_bound_forget_the_least_recently_stored() -> None:
+    tracker = GapTracker(timeout_s=1.0, max_streams=2)
+    tracker.stored("a", 0, 0.0)
+    tracker.stored("b", 2, 0.0)  # 0 and 1 missing
+    tracker.stored("a", 1, 0.0)
+    tracker.stored("c", 0, 0.0)  # "b" is the least recent: forgotten with its gap
+    assert list(tracker.highest) == ["a", "c"] and tracker.missing("b") == []

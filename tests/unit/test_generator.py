@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dayu.generator.core import CapturedFrame, StreamRunner, build_task, startup_decision
+from dayu.generator.core import CapturedFrame, StreamRunner, build_task, check_decision, startup_decision
 from dayu.generator.sequences import SequenceStore
 from dayu.media.codecs import decode_segment, encode_image
-from dayu.runtime.errors import RemoteError
+from dayu.runtime.errors import InvalidArgument, RemoteError
 from dayu.v1 import datasource_pb2, decision_pb2, task_pb2, types_pb2
 
 from conftest import fork_join_pipeline, make_stream_spec
@@ -205,3 +205,27 @@ async def test_sequence_numbers_go_on_after_a_restart_and_an_unencodable_segment
     assert reason.startswith("segment not encoded")
     assert restarted.status.tasks_generated == made + 1
     restarted.sequences.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda c: setattr(c.resolution, "width", 65535), "decision.configuration.resolution"),  # 12 GiB a frame
+        (lambda c: setattr(c.resolution, "height", 0), "decision.configuration.resolution"),
+        (lambda c: setattr(c, "fps", float("nan")), "decision.configuration.fps"),
+        (lambda c: setattr(c, "fps", float("inf")), "decision.configuration.fps"),
+        (lambda c: setattr(c, "frames_per_segment", 0), "decision.configuration.frames_per_segment"),
+        (lambda c: setattr(c, "frames_per_segment", 2**32 - 1), "decision.configuration.frames_per_segment"),
+        (lambda c: setattr(c, "codec", types_pb2.CODEC_UNSPECIFIED), "decision.configuration.codec"),
+    ],
+)
+def test_an_applied_decision_must_be_one_the_stream_can_follow(
+    change: Callable[[types_pb2.Configuration], None], field: str
+) -> None:
+    """Found by the fuzz: ApplyDecision took any configuration, and the stream resized its frames to it."""
+    spec = make_stream_spec()
+    decision = startup_decision(spec)
+    check_decision(spec, decision)  # the stream's own best configuration is fine
+    change(decision.configuration)
+    with pytest.raises(InvalidArgument, match=rf"^{field}:"):
+        check_decision(spec, decision)

@@ -42,7 +42,7 @@ async def test_set_policy_pushes_a_new_version_to_watchers() -> None:
     assert pushed.version == 2
     assert (pushed.configuration.resolution.width, pushed.configuration.fps) == (640, 5)
     assert pushed.placement["detect"] == "cloud" and pushed.placement["merge"] == "edge-1"
-    (stats,) = core.stats()
+    (stats,), _ = core.stats()
     assert stats.decisions == 2 and stats.decision_time_p50_s > 0
 
 
@@ -123,7 +123,7 @@ async def test_stats_keep_a_bounded_history_of_decisions_with_their_reasons() ->
     core = SchedulerCore(FIXED)
     await core.register(make_stream_spec())
     await core.set_policy("stream-1", decision_pb2.PolicySpec(name="fixed", params_yaml="{fps: 5}"))
-    (stats,) = core.stats()
+    (stats,), _ = core.stats()
     assert [d.version for d in stats.history] == [1, 2]
     assert stats.history[0].reason.startswith("startup plan") and "policy switched to fixed" in stats.history[1].reason
     assert stats.history[1].configuration.fps == 5 and stats.history[1].made_at.ToNanoseconds() > 0
@@ -132,7 +132,7 @@ async def test_stats_keep_a_bounded_history_of_decisions_with_their_reasons() ->
     for _ in range(DECISION_HISTORY + 3):
         await core.set_policy("stream-1", FIXED)
     await core.register(make_stream_spec())  # a re-registration goes on with the same history
-    (stats,) = core.stats()
+    (stats,), _ = core.stats()
     last = DECISION_HISTORY + 6
     assert len(stats.history) == DECISION_HISTORY and stats.current.version == last
     assert [d.version for d in stats.history] == list(range(last - DECISION_HISTORY + 1, last + 1))
@@ -156,7 +156,7 @@ async def test_decisions_carry_the_epoch_and_a_restarted_core_has_a_newer_one() 
         await old.set_policy("stream-1", FIXED)
     before = old.decision("stream-1")
     assert before.version == 5 and before.epoch == old.epoch > 0
-    assert {d.epoch for d in old.stats()[0].history} == {old.epoch}
+    assert {d.epoch for d in old.stats()[0][0].history} == {old.epoch}
     restarted = SchedulerCore(FIXED)
     after = await restarted.register(make_stream_spec())
     assert after.version == 1 and after.epoch == restarted.epoch > old.epoch
@@ -315,3 +315,20 @@ async def test_a_probe_that_finds_the_uplink_collapsed_changes_the_decision_befo
     await core.report_resources(report(0.2))
     collapsed = core.decision("stream-1")
     assert collapsed.version > start.version and collapsed.reason.startswith("probes: uplink now 0.2 Mbit/s")
+
+
+async def test_stats_of_one_stream_or_of_all_that_fit_in_the_budget() -> None:
+    core = SchedulerCore(FIXED)
+    for name in ("a", "b", "c"):
+        spec = make_stream_spec()
+        spec.stream_id = name
+        await core.register(spec)
+    everything, left_out = core.stats()
+    assert [s.stream_id for s in everything] == ["a", "b", "c"] and left_out == 0
+    one = everything[0].ByteSize()
+    some, left_out = core.stats(budget_bytes=2 * one + 1)
+    assert [s.stream_id for s in some] == ["a", "b"] and left_out == 1
+    (only,), left_out = core.stats("b")
+    assert only.stream_id == "b" and left_out == 0
+    with pytest.raises(NotFound):
+        core.stats("nobody")

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import re
+
 import pytest
 
 from dayu.runtime.errors import InvalidArgument
 from dayu.runtime.pipelines import load_pipelines
 from dayu.runtime.validation import validate_stages, validate_stream_spec, validate_task
-from dayu.v1 import types_pb2
+from dayu.v1 import task_pb2, types_pb2
 
 from conftest import BOXES, LABELS, fork_join_pipeline, make_stream_spec, make_task, stage
 
@@ -73,3 +77,58 @@ pipelines:
     with pytest.raises(InvalidArgument) as caught:
         load_pipelines(path)
     assert caught.value.field.endswith("pipelines[0]") and "procesor" in caught.value.expected
+
+
+def test_every_limit_names_a_field_or_method_of_the_contract() -> None:
+    from google.protobuf import descriptor_pool
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # noqa: F401 (its descriptors)
+
+    import dayu.v1
+    from dayu.runtime import limits
+
+    for module in pkgutil.iter_modules(dayu.v1.__path__):
+        importlib.import_module(f"dayu.v1.{module.name}")  # every service's descriptors
+
+    pool = descriptor_pool.Default()
+    for name in [*limits.FIELD_SIZES, *limits.FIELD_ITEMS]:
+        pool.FindFieldByName(name)  # KeyError for a misspelt or removed field
+    for name in limits.FIELD_ITEMS:
+        assert pool.FindFieldByName(name).is_repeated, name
+    for method in limits.REQUEST_BYTES_BY_METHOD:
+        pool.FindMethodByName(method)
+
+
+def test_check_request_names_the_field_past_its_limit_even_in_maps() -> None:
+    from dayu.runtime.validation import check_request
+
+    pipeline = fork_join_pipeline()
+    pipeline.stages[1].params["k" * 2000] = "v"
+    with pytest.raises(InvalidArgument) as caught:
+        check_request(pipeline)
+    assert caught.value.field.startswith("stages[1].params key 'kkkk") and len(str(caught.value)) < 200
+    pipeline.stages[1].params.clear()
+    pipeline.stages[1].params["k"] = "v" * 2000
+    with pytest.raises(InvalidArgument, match=r"^stages\[1\]\.params\['k'\]: at most 1024 characters, got 2000$"):
+        check_request(pipeline)
+
+
+def _bad_times() -> list[tuple[str, task_pb2.Task]]:
+    stored_then_unexportable = make_task()
+    stored_then_unexportable.dag.stages[1].timings.started_at.nanos = -30843
+    year_10000 = make_task()
+    year_10000.hops.add(component="controller", node="edge-1").entered_at.seconds = 253_402_300_800
+    before_year_1 = make_task()
+    before_year_1.created_at.seconds = -(2**63)
+    return [
+        ("dag.stages[1].timings.started_at", stored_then_unexportable),
+        ("hops[0].entered_at", year_10000),
+        ("created_at", before_year_1),
+    ]
+
+
+@pytest.mark.parametrize(("path", "task"), _bad_times())
+def test_a_time_protobuf_cannot_read_back_is_refused_where_it_is(path: str, task: task_pb2.Task) -> None:
+    from dayu.runtime.validation import check_request
+
+    with pytest.raises(InvalidArgument, match=rf"^{re.escape(path)}: a time of years 1 to 9999"):
+        check_request(task)

@@ -31,7 +31,7 @@ class MeasureLinkRequest(_message.Message):
     to_node: _builtins.str
     """The other node; must be a peer of this controller."""
     probe_bytes: _builtins.int
-    """Size of the bandwidth probe in bytes (1 KiB .. 16 MiB; 0 means 64 KiB)."""
+    """Size of the bandwidth probe in bytes (1 KiB .. 4 MiB; 0 means 64 KiB)."""
     def __init__(
         self,
         *,

@@ -383,12 +383,17 @@ class GetSchedulerStatsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """Only this stream; empty: every stream, in stream id order."""
     def __init__(
         self,
+        *,
+        stream_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -404,13 +409,18 @@ class GetSchedulerStatsResponse(_message.Message):
     SPANS_RECEIVED_FIELD_NUMBER: _builtins.int
     SPANS_IGNORED_FIELD_NUMBER: _builtins.int
     TRACED_LINKS_FIELD_NUMBER: _builtins.int
+    STREAMS_LEFT_OUT_FIELD_NUMBER: _builtins.int
     spans_received: _builtins.int
     """Spans received over OTLP."""
     spans_ignored: _builtins.int
     """Spans received that belong to no stream's task (ignored)."""
+    streams_left_out: _builtins.int
+    """Streams left out of `streams` to keep the reply within 32 MiB."""
     @_builtins.property
     def streams(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamSchedulingStats]:
-        """One entry per registered stream."""
+        """One entry per registered stream (or the one asked for), in stream id order, until the reply
+        holds 32 MiB of them: the rest are counted in streams_left_out (ask for them one by one).
+        """
 
     @_builtins.property
     def traced_links(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.LinkBandwidth]:
@@ -423,10 +433,11 @@ class GetSchedulerStatsResponse(_message.Message):
         spans_received: _builtins.int = ...,
         spans_ignored: _builtins.int = ...,
         traced_links: _abc.Iterable[_resources_pb2.LinkBandwidth] | None = ...,
+        streams_left_out: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spans_ignored", b"spans_ignored", "spans_received", b"spans_received", "streams", b"streams", "traced_links", b"traced_links"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spans_ignored", b"spans_ignored", "spans_received", b"spans_received", "streams", b"streams", "streams_left_out", b"streams_left_out", "traced_links", b"traced_links"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,11 +12,15 @@ from pathlib import Path
 import pydantic
 
 from dayu.runtime.config import ComponentSettings, StrictModel
-from dayu.runtime.errors import FailedPrecondition, NotFound, Unimplemented
+from dayu.runtime.errors import FailedPrecondition, NotFound, ResourceExhausted, Unimplemented
 from dayu.runtime.pipelines import load_pipelines
 from dayu.runtime.server import Binding, Component
 from dayu.runtime.validation import require_id, require_name, validate_pipeline, validate_stream_spec
 from dayu.v1 import backend_pb2, backend_pb2_grpc, decision_pb2, types_pb2
+
+# Pipelines in the catalogue: with requests of at most 64 KiB (runtime/limits.py), the whole list
+# (ListPipelines) stays at 16 MiB, inside a reply.
+MAX_PIPELINES = 256
 
 
 class BackendSection(StrictModel):
@@ -42,6 +46,8 @@ class BackendServicer(backend_pb2_grpc.BackendServiceServicer):
     ) -> backend_pb2.PutPipelineResponse:
         validate_pipeline(request.pipeline)
         replaced = request.pipeline.name in self.pipelines
+        if not replaced and len(self.pipelines) >= MAX_PIPELINES:
+            raise ResourceExhausted(f"the catalogue holds {MAX_PIPELINES} pipelines already; delete one first")
         self.pipelines[request.pipeline.name] = request.pipeline
         return backend_pb2.PutPipelineResponse(replaced=replaced)
 

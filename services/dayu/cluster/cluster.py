@@ -5,7 +5,13 @@ restarted when it exits, as a kubelet would. For tests and experiments on one ma
 machines Dayu runs on Kubernetes from the same manifests, and this stays small.
 
 Delay: this kernel has no netem, so links have bandwidth and no added delay (a mesh file's delay_ms
-holds for the embedded mesh only)."""
+holds for the embedded mesh only).
+
+Mutual TLS: at start the cluster makes a CA and a certificate per component and node of the mesh
+(dayu.runtime.certs) in WORKDIR/tls, and gives them as the Secrets the manifests mount
+(`dayu-tls-COMPONENT-NODE`). When the manifests turn TLS on (DAYU_TLS__* in a container's
+environment), this machine's own clients (the run loop, the faults harness, tests) show the
+operator's certificate (`tls`)."""
 
 from __future__ import annotations
 
@@ -26,14 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from dayu.cluster.cgroups import NodeCgroup
-from dayu.cluster.manifests import Pod, build, image_paths, pods
+from dayu.cluster.manifests import Pod, build, image_paths, pods, service_nodes
 from dayu.cluster.netproc import NetworkProcess
 from dayu.cluster.network import UNLIMITED_BYTES_S
 from dayu.controller.links import BandwidthTrace
 from dayu.mesh.kustomize import KubernetesWiring
 from dayu.mesh.model import MeshConfig
-from dayu.mesh.plan import CLOUD_SERVICES, PORTS, STOP_ORDER, Instance, instances
+from dayu.mesh.plan import CLOUD_SERVICES, PORTS, STOP_ORDER, Instance, certificate_holders, instances
+from dayu.runtime.certs import issue, make_ca
 from dayu.runtime.logs import get_logger
+from dayu.runtime.tls import OPERATOR, TlsSettings, secret_name
 
 log = get_logger(__name__)
 STATE_DIR = Path("/run/dayu-cluster")
@@ -45,6 +53,8 @@ WAVES = (("scheduler", "triton", "processor", "distributor", "datasource", "back
 READY_TIMEOUT_S = 180.0
 STOP_GRACE_S = 20.0
 IMAGE_ENV = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}  # the Dockerfile's ENV
+OPERATOR_NAME = "cluster"  # this machine's clients of the mesh: CN operator.cluster
+TLS_ENV = "DAYU_TLS__"  # a container whose environment sets these serves and calls with mutual TLS
 
 
 @dataclass
@@ -86,7 +96,7 @@ class Cluster:
         self.network = NetworkProcess(name, subnet_of(name), unshaped_ports=(PORTS["datasource"],))
         self.cgroups = {node: NodeCgroup(name, node) for node in config.nodes}
         self.instances = instances(config)
-        self.wiring = KubernetesWiring(config, {})
+        self.wiring = KubernetesWiring(config)
         self.records = self.workdir / "volumes" / "records" / "dayu-records.sqlite"
         self.triton_statistics: dict[str, dict[str, dict[str, float | int]]] = {}
         self.pods: dict[str, Running] = {}
@@ -94,6 +104,9 @@ class Cluster:
         self.timings: dict[str, float] = {}
         self.kernel_link_bytes: dict[str, int] = {}  # at teardown
         self._torn_down = False
+        # The certificate this machine's clients show the mesh: the operator's, once the manifests
+        # turn TLS on (see _prepare); plaintext until then.
+        self.tls = TlsSettings()
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -141,13 +154,32 @@ class Cluster:
         for node, section in self.config.nodes.items():
             memory = section.resources.memory_mb * 1024 * 1024 if section.resources.memory_mb else None
             self.cgroups[node].create(section.resources.cpus, memory)
-        self._write_hosts()
+        self._write_hosts(documents)
         self._shape_links()
-        for pod in pods(documents, list(self.config.nodes), self._image()):
+        secrets, operator = self._certificates()
+        for pod in pods(documents, list(self.config.nodes), self._image(), secrets):
             if pod.component == "monitor":  # what the node is: its cgroup, not the whole machine
                 pod.env["DAYU_MONITOR__NODE_CGROUP"] = self.cgroups[pod.node].spec
             self.pods[pod.name] = Running(pod)
+        if any(key.startswith(TLS_ENV) for running in self.pods.values() for key in running.pod.env):
+            self.tls = operator
         self._write_state()
+
+    def _certificates(self) -> tuple[dict[str, dict[str, str]], TlsSettings]:
+        """A new CA and a certificate per component and node of the mesh (and Triton's), in
+        WORKDIR/tls/SECRET-NAME, as the Secrets the manifests mount (name -> file -> text); and the
+        operator's certificate, for this machine's clients."""
+        folder = self.workdir / "tls"
+        shutil.rmtree(folder, ignore_errors=True)  # a new CA each start: no certificate outlives its cluster
+        ca = make_ca()
+        ca.write(folder / "ca")
+        secrets = {}
+        for component, node in certificate_holders(self.config):
+            issued = issue(ca, component, node)
+            issued.write(folder / secret_name(component, node))
+            secrets[secret_name(component, node)] = {name: data.decode() for name, data in issued.files().items()}
+        operator = issue(ca, OPERATOR, OPERATOR_NAME).write(folder / secret_name(OPERATOR, OPERATOR_NAME))
+        return secrets, operator
 
     def _image(self) -> dict[str, str]:
         """What the image's build stage makes, made here: the model repository assembled, and the
@@ -159,9 +191,13 @@ class Cluster:
         image = self.workdir / "image"
         return image_paths(assemble(image / "triton_models"), backend_directory(image))
 
-    def _write_hosts(self) -> None:
+    def _write_hosts(self, documents: list[dict[str, Any]]) -> None:
+        """Each node's hosts file, as the cluster's DNS: the nodes' names, and every Service of the
+        manifests (dayu-scheduler, dayu-controller-edge-1, ...) at the address of the node where
+        its pods run."""
         names = {node: self.node_address(node) for node in self.config.nodes}
-        names.update({f"dayu-{service}": self.node_address(self.config.cloud_node) for service in CLOUD_SERVICES})
+        nodes = service_nodes(documents, list(self.config.nodes))
+        names.update({service: self.node_address(node) for service, node in nodes.items()})
         for node in self.config.nodes:
             self.network.write_hosts(node, names)
 
@@ -392,7 +428,8 @@ class Cluster:
         from dayu.processor.triton_server import statistics_of
 
         tritons = [r.pod for r in self.pods.values() if r.pod.component == "triton"]
-        self.triton_statistics = await statistics_of([f"{self.node_address(p.node)}:{p.port}" for p in tritons])
+        addresses = [f"{self.node_address(p.node)}:{p.port}" for p in tritons]
+        self.triton_statistics = await statistics_of(addresses, self.tls)
 
     async def abort(self) -> None:
         """Kills what still runs and removes the namespaces, links and cgroups; idempotent."""

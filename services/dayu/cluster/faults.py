@@ -62,6 +62,7 @@ import yaml
 from dayu.cluster.cluster import Cluster, cleanup
 from dayu.mesh.model import CONFIGS, MeshConfig, load_mesh_config, read_mesh_file
 from dayu.mesh.summary import reason_kind
+from dayu.runtime.tls import open_channel
 from dayu.v1 import (
     decision_pb2,
     distributor_pb2,
@@ -398,7 +399,7 @@ class MeshProbe:
         running = self.cluster.pod(component, node)
         address = f"{self.cluster.node_address(running.pod.node)}:{running.pod.port}"
         if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            self._channels[address] = open_channel(address, self.cluster.tls, _CHANNEL_OPTIONS)
         return self._channels[address]
 
     async def close(self) -> None:

@@ -1,13 +1,16 @@
 """The cluster runs what Kubernetes would: the manifests that `kustomize build` makes for the mesh
 file, read as a kubelet reads them. Each workload's container becomes one process per node the
 workload is placed on, with the container's command, arguments and environment, and its volumes
-(ConfigMaps, projected ConfigMaps, emptyDirs, the records' claim) as directories mounted where the
-container mounts them. So a mistake in the manifests is a failing cluster, not a surprise on a real one.
+(ConfigMaps, Secrets, projected ConfigMaps and Secrets, emptyDirs, the records' claim) as directories
+mounted where the container mounts them. So a mistake in the manifests is a failing cluster, not a
+surprise on a real one. Secrets are not in the manifests (an operator creates them): the cluster
+gives them, by name (its certificates: `dayu-tls-COMPONENT-NODE`), and Secrets the manifests do hold.
 
 What a container image would hold comes from this machine's installation instead (IMAGE_PATHS)."""
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import subprocess
@@ -20,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from dayu.mesh.kustomize import KUSTOMIZE, render
+from dayu.mesh.kustomize import KUSTOMIZE, NODE_LABEL, node_suffix, render
 from dayu.mesh.model import MeshConfig
 
 HEADER = "# Rendered by dayu cluster for its mesh file; do not edit.\n"
@@ -84,7 +87,7 @@ def build(config: MeshConfig, overlay: str = "cpu-demo") -> list[dict[str, Any]]
         shutil.copytree(KUSTOMIZE, tree)
         mesh = tree / "base" / "mesh"
         shutil.rmtree(mesh)
-        for name, text in render(config, {}, HEADER).items():
+        for name, text in render(config, HEADER).items():
             (mesh / name).parent.mkdir(parents=True, exist_ok=True)
             (mesh / name).write_text(text)
         built = subprocess.run(
@@ -107,16 +110,71 @@ def _placed_nodes(template: dict[str, Any], nodes: list[str]) -> list[str]:
     return [node for node in nodes if node in allowed]
 
 
-def _volumes(spec: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> dict[str, Volume]:
+def _less_node(workload: dict[str, Any], node: str) -> str:
+    """A per-node workload's name without its node (dayu-controller-edge-1 -> dayu-controller), so that
+    its pod is dayu-controller@edge-1 whichever way the manifests place it."""
+    name: str = workload["metadata"]["name"]
+    if workload["spec"]["template"]["metadata"].get("labels", {}).get(NODE_LABEL) == node:
+        return name.removesuffix(f"-{node_suffix(node)}")
+    return name
+
+
+def service_nodes(documents: list[dict[str, Any]], nodes: list[str]) -> dict[str, str]:
+    """The node of each Service: where the pods it selects run (a cloud singleton's on the cloud node,
+    a per-node Service's on its node), which is what the cluster's DNS answers for its name. A Service
+    whose pods run on no node, or on several, is an error: here a name is one node's address, with no
+    Service proxy to spread the calls."""
+    placed: list[tuple[dict[str, str], list[str]]] = []  # a pod template's labels, and its nodes
+    for document in documents:
+        if document["kind"] in ("DaemonSet", "Deployment"):
+            template = document["spec"]["template"]
+            where = _placed_nodes(template, nodes)
+            if document["kind"] == "Deployment":
+                where = where[: document["spec"].get("replicas", 1)]
+            placed.append((template["metadata"].get("labels", {}), where))
+    found: dict[str, str] = {}
+    for service in (d for d in documents if d["kind"] == "Service"):
+        name, selector = service["metadata"]["name"], service["spec"].get("selector") or {}
+        where = {node for labels, on in placed if selector and selector.items() <= labels.items() for node in on}
+        if len(where) != 1:
+            raise RuntimeError(f"Service {name} selects pods on {len(where)} nodes ({sorted(where)}): one expected")
+        found[name] = where.pop()
+    return found
+
+
+def _selected(
+    source: dict[str, Any], found: dict[str, dict[str, str]], kind: str, name_key: str, volume: str
+) -> dict[str, str]:
+    """The files of a ConfigMap or Secret as a volume (or projected source) gives them: every key, or
+    the `items` it names (key -> path); a missing one is an error unless `optional`."""
+    name = source[name_key]
+    if name not in found:
+        if source.get("optional"):
+            return {}
+        raise RuntimeError(f"volume {volume}: no {kind} {name!r} (the cluster has {sorted(found)})")
+    data = found[name]
+    if "items" not in source:
+        return dict(data)
+    return {item["path"]: data[item["key"]] for item in source["items"]}
+
+
+def _volumes(
+    spec: dict[str, Any], config_maps: dict[str, dict[str, str]], secrets: dict[str, dict[str, str]]
+) -> dict[str, Volume]:
     volumes: dict[str, Volume] = {}
     for volume in spec.get("volumes", []):
         name = volume["name"]
         if "configMap" in volume:
-            volumes[name] = Volume(name, files=dict(config_maps[volume["configMap"]["name"]]))
+            volumes[name] = Volume(name, files=_selected(volume["configMap"], config_maps, "ConfigMap", "name", name))
+        elif "secret" in volume:
+            volumes[name] = Volume(name, files=_selected(volume["secret"], secrets, "Secret", "secretName", name))
         elif "projected" in volume:
             files: dict[str, str] = {}
             for source in volume["projected"]["sources"]:
-                files.update(config_maps[source["configMap"]["name"]])
+                if "secret" in source:
+                    files.update(_selected(source["secret"], secrets, "Secret", "name", name))
+                else:
+                    files.update(_selected(source["configMap"], config_maps, "ConfigMap", "name", name))
             volumes[name] = Volume(name, files=files)
         elif "emptyDir" in volume:
             size = str(volume["emptyDir"].get("sizeLimit", "64Mi"))
@@ -128,7 +186,7 @@ def _volumes(spec: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> di
             volumes[name] = Volume(name, host_path=volume["hostPath"]["path"])
         else:
             raise RuntimeError(
-                f"volume {name}: the cluster runs configMap, projected, emptyDir, hostPath and claim volumes"
+                f"volume {name}: the cluster runs configMap, secret, projected, emptyDir, hostPath and claim volumes"
             )
     return volumes
 
@@ -171,9 +229,25 @@ def _on_this_machine(value: str, paths: dict[str, str]) -> str:
     return value
 
 
-def pods(documents: list[dict[str, Any]], nodes: list[str], paths: dict[str, str]) -> list[Pod]:
-    """A Pod per container of each DaemonSet and Deployment, per node it is placed on."""
+def _secret_files(document: dict[str, Any]) -> dict[str, str]:
+    files = {key: base64.b64decode(value).decode() for key, value in (document.get("data") or {}).items()}
+    files.update(document.get("stringData") or {})
+    return files
+
+
+def pods(
+    documents: list[dict[str, Any]],
+    nodes: list[str],
+    paths: dict[str, str],
+    secrets: dict[str, dict[str, str]] | None = None,
+) -> list[Pod]:
+    """A Pod per container of each DaemonSet and Deployment, per node it is placed on. `secrets`:
+    the Secrets the cluster gives (name -> file -> text), beside those the manifests hold."""
     config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in documents if d["kind"] == "ConfigMap"}
+    secrets = {
+        **{d["metadata"]["name"]: _secret_files(d) for d in documents if d["kind"] == "Secret"},
+        **(secrets or {}),
+    }
     found: list[Pod] = []
     for document in documents:
         if document["kind"] not in ("DaemonSet", "Deployment"):
@@ -192,13 +266,13 @@ def pods(documents: list[dict[str, Any]], nodes: list[str], paths: dict[str, str
                 ports = container.get("ports", [])
                 found.append(
                     Pod(
-                        workload=workload,
+                        workload=_less_node(document, node),
                         component=template["metadata"]["labels"].get("app.kubernetes.io/component", workload),
                         node=node,
                         argv=argv,
                         env=env,
                         mounts=[(m["name"], m["mountPath"]) for m in container.get("volumeMounts", [])],
-                        volumes=_volumes(spec, config_maps),
+                        volumes=_volumes(spec, config_maps, secrets),
                         port=int(ports[0]["containerPort"]) if ports else 0,
                     )
                 )

@@ -46,7 +46,7 @@ from opentelemetry import trace
 from dayu.controller.journal import TaskJournal, task_key
 from dayu.controller.links import Link, NotSent
 from dayu.runtime.clock import timestamp
-from dayu.runtime.errors import InvalidArgument, RemoteError, Unavailable
+from dayu.runtime.errors import InvalidArgument, RemoteError, Unavailable, shown
 from dayu.runtime.logs import get_logger
 from dayu.runtime.retry import TRANSIENT, Backoff
 from dayu.runtime.tracing import BYTES, DELAY, NO_TRACING, TO_NODE, Tracing, task_attributes
@@ -58,10 +58,11 @@ T = TypeVar("T")
 
 PENDING, DONE, FAILED = task_pb2.STAGE_STATE_PENDING, task_pb2.STAGE_STATE_DONE, task_pb2.STAGE_STATE_FAILED
 END_OF_DAG = ""  # join key of the final merge of a forked task
-DEFAULT_PROBE_BYTES, MIN_PROBE_BYTES, MAX_PROBE_BYTES = 64 * 1024, 1024, 16 * 1024 * 1024
+DEFAULT_PROBE_BYTES, MIN_PROBE_BYTES, MAX_PROBE_BYTES = 64 * 1024, 1024, 4 * 1024 * 1024
 PATIENCE_S = 30.0  # longest a task without a budget waits for a peer or the distributor to come back
 FALLBACK = "controller (fallback)"  # the component of a hop that left a node because the stage could not run there
 RECENT_ROOTS = 10_000  # root ids remembered (drops, to discard their late copies; ages)
+MAX_STREAMS = 4096  # streams followed (as many as the scheduler registers); the least recent is forgotten
 
 
 class Dropped(Exception):
@@ -169,6 +170,7 @@ class ControllerCore:
         patience_s: float = PATIENCE_S,
         tracing: Tracing = NO_TRACING,
         on_new_stream: Callable[[str], None] = lambda stream_id: None,
+        on_forgotten_stream: Callable[[str], None] = lambda stream_id: None,
     ) -> None:
         self.node, self.cloud_node = node, cloud_node
         self.nodes = nodes | {node, cloud_node}
@@ -181,7 +183,10 @@ class ControllerCore:
         self.patience_s = patience_s
         self.tracing = tracing
         self.on_new_stream = on_new_stream  # the service starts following the stream's decisions
-        self.decisions: dict[str, decision_pb2.Decision] = {}  # stream -> newest decision seen
+        self.on_forgotten_stream = on_forgotten_stream  # and stops
+        # Stream -> newest decision seen, least recently routed first: callers name the streams, so
+        # the table is bounded (MAX_STREAMS).
+        self.decisions: OrderedDict[str, decision_pb2.Decision] = OrderedDict()
         self.stats = RoutingStats()
         self._joins: dict[tuple[str, str], _Join] = {}
         # Recent root ids, bounded: recorded as dropped (their late copies are discarded), and when
@@ -224,9 +229,14 @@ class ControllerCore:
     def _accept(self, task: task_pb2.Task, arrived_at: float) -> None:
         self.stats.routed += 1
         self._bounded_add(self._born, task.root_id, arrived_at - task.age_s, keep=True)
-        if task.stream_id not in self.decisions:
+        if task.stream_id in self.decisions:
+            self.decisions.move_to_end(task.stream_id)
+        else:
             self.decisions[task.stream_id] = decision_pb2.Decision(stream_id=task.stream_id)
             self.on_new_stream(task.stream_id)
+            if len(self.decisions) > MAX_STREAMS:
+                forgotten, _ = self.decisions.popitem(last=False)
+                self.on_forgotten_stream(forgotten)
         self._spawn(self._route(task))
 
     @staticmethod
@@ -530,7 +540,7 @@ class ControllerCore:
         """Bandwidth and round trip to `to_node`, by probes on the path tasks take."""
         if to_node == self.node or to_node not in self.nodes:
             others = sorted(self.nodes - {self.node})
-            raise InvalidArgument("to_node", f"one of the other nodes {others}, got {to_node!r}")
+            raise InvalidArgument("to_node", f"one of the other nodes {others}, got {shown(to_node)}")
         probe_bytes = probe_bytes or DEFAULT_PROBE_BYTES
         if not MIN_PROBE_BYTES <= probe_bytes <= MAX_PROBE_BYTES:
             raise InvalidArgument("probe_bytes", f"{MIN_PROBE_BYTES}..{MAX_PROBE_BYTES}, got {probe_bytes}")

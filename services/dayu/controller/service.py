@@ -15,9 +15,10 @@ from dayu.controller.journal import TaskJournal
 from dayu.controller.links import BandwidthTrace, Link
 from dayu.runtime.client import Channels, remote, with_retries
 from dayu.runtime.config import ComponentSettings, StrictModel
-from dayu.runtime.errors import FailedPrecondition, InvalidArgument
+from dayu.runtime.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from dayu.runtime.logs import get_logger
 from dayu.runtime.server import Binding, Component
+from dayu.runtime.tls import OPERATOR, require_component, require_node
 from dayu.runtime.tracing import Tracing
 from dayu.v1 import (
     controller_pb2,
@@ -130,6 +131,16 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     async def SubmitTask(
         self, request: controller_pb2.SubmitTaskRequest, context: object
     ) -> controller_pb2.SubmitTaskResponse:
+        # With TLS: a generator of this node, another node's controller (saying so in from_node, if
+        # at all), or the operator.
+        caller = require_component(context, ("generator", "controller", OPERATOR), "SubmitTask")
+        if caller is not None and caller.component == "generator" and caller.node != self.core.node:
+            raise PermissionDenied(
+                f"SubmitTask: a generator submits to its own node's controller ({self.core.node!r}); "
+                f"the caller's certificate is {caller}"
+            )
+        if request.from_node:
+            require_node(context, request.from_node, "from_node")
         await self.core.submit(request.task, request.from_node)
         return controller_pb2.SubmitTaskResponse(task_id=request.task.task_id)
 
@@ -154,6 +165,9 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     async def MeasureLink(
         self, request: controller_pb2.MeasureLinkRequest, context: object
     ) -> controller_pb2.MeasureLinkResponse:
+        # With TLS: the monitor of this node (its probes load the links), or the operator.
+        require_component(context, ("monitor", OPERATOR), "MeasureLink")
+        require_node(context, self.core.node, "MeasureLink (the monitor's node)")
         return controller_pb2.MeasureLinkResponse(
             link=await self.core.measure_link(request.to_node, request.probe_bytes)
         )
@@ -168,9 +182,9 @@ class ControllerComponent(Component):
 
     def __init__(self, settings: ControllerSettings) -> None:
         section = self.section = settings.controller
-        self.channels = Channels(settings.server.max_message_bytes)
+        self.channels = Channels(settings.server.max_message_bytes, settings.tls)
         self.grace_s = settings.server.shutdown_grace_s
-        self.tracing = Tracing(self.name, settings.node, settings.tracing)
+        self.tracing = Tracing(self.name, settings.node, settings.tracing, settings.tls)
         unknown = sorted(set(section.links) - set(section.peers))
         if unknown:
             raise InvalidArgument("controller.links", f"links to peers {sorted(section.peers)}, got {unknown}")
@@ -189,14 +203,23 @@ class ControllerComponent(Component):
             patience_s=section.patience_s,
             tracing=self.tracing,
             on_new_stream=self._follow,
+            on_forgotten_stream=self._unfollow,
         )
+        self._followers: dict[str, asyncio.Task[None]] = {}
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.ControllerService", ControllerServicer(self.core))]
 
     def _follow(self, stream_id: str) -> None:
         if self.section.scheduler:
-            self.background(self._follow_decisions, stream_id, name=f"decisions of {stream_id}")
+            self._followers[stream_id] = self.background(
+                self._follow_decisions, stream_id, name=f"decisions of {stream_id}"
+            )
+
+    def _unfollow(self, stream_id: str) -> None:
+        follower = self._followers.pop(stream_id, None)
+        if follower is not None:
+            follower.cancel()
 
     async def _follow_decisions(self, stream_id: str) -> None:
         """Keeps the core's copy of the stream's decision current, reconnecting while the scheduler

@@ -24,7 +24,7 @@ import bisect
 import contextlib
 import itertools
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -33,7 +33,7 @@ from typing import Protocol, TypeVar
 from dayu.distributor.store import RecordStore
 from dayu.media.accuracy import segment_f1
 from dayu.runtime.clock import timestamp
-from dayu.runtime.errors import InvalidArgument
+from dayu.runtime.errors import InvalidArgument, ResourceExhausted, shown
 from dayu.runtime.logs import get_logger
 from dayu.runtime.tracing import NO_TRACING, Tracing, task_attributes
 from dayu.runtime.validation import require_id, validate_task
@@ -41,10 +41,20 @@ from dayu.v1 import distributor_pb2, task_pb2, types_pb2
 
 log = get_logger(__name__)
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+RECORD_BYTES = 4 * 1024 * 1024  # a stored task, without frames: results, hops, timings (a few KiB usually)
 # JPEG quality of the frames sent for the golden configuration: near lossless, a fraction of raw size.
 GOLDEN_QUALITY = 95
 MAX_SEQUENCE = 2**63 - 1  # SQLite's largest integer
 MAX_GAPS = 10_000  # runs of missing sequences tracked per stream
+# Streams tracked (as many as the scheduler registers): callers name them, so past this many the
+# least recently stored is forgotten; what it misses is still recorded when its streams are settled.
+MAX_STREAMS = 4096
+# Sequences a stream may skip at once and still have them recorded as lost: a larger jump (a
+# generator's sequences file kept, the records file not; a caller's made-up number) is stored, but the
+# sequences it skips are not tracked, or one request would have the distributor write up to 2**63 lost
+# records. A hundred thousand is hours of a stream's tasks lost in a row (at 10 tasks a second).
+MAX_JUMP = 100_000
+SETTLE_AT_ONCE = 10 * 1000  # lost records SettleStreams writes before answering; the rest in the background
 LOST_PER_CHECK = 1000  # lost records written per check, in one transaction
 CHECK_EVERY_S = 1.0
 LOST = "lost: "  # how the reason of a task found missing begins
@@ -54,6 +64,8 @@ T = TypeVar("T")
 def _check_filter(where: distributor_pb2.RecordFilter, field: str) -> None:
     if where.stream_id:
         require_id(where.stream_id, f"{field}.stream_id")
+    if where.after_cursor > MAX_SEQUENCE:  # cursors are SQLite integers
+        raise InvalidArgument(f"{field}.after_cursor", f"at most {MAX_SEQUENCE}, got {where.after_cursor}")
 
 
 def _check_original(task: task_pb2.Task) -> None:
@@ -145,6 +157,10 @@ class GoldenSampler:
             return None
 
 
+def _settled(stream: str, sequence: int) -> str:
+    return f"{LOST}sequence {sequence} of stream {stream} never reached the distributor before the run ended"
+
+
 @dataclass
 class Gap:
     """Sequences start..end-1 of a stream, missing since `noticed` (time.monotonic()), when sequence
@@ -155,8 +171,11 @@ class Gap:
     noticed: float
     seen: int
     restored: bool = False
+    ended: bool = False  # due at once: the run ended (SettleStreams) without these sequences
 
     def reason(self, stream: str, sequence: int, now: float) -> str:
+        if self.ended:
+            return _settled(stream, sequence)
         when = " before the distributor restarted" if self.restored else ""
         return (
             f"{LOST}sequence {sequence} of stream {stream} never reached the distributor "
@@ -169,11 +188,15 @@ class GapTracker:
 
     Bounded: one integer per stream, and at most `max_gaps` runs per stream, however large a jump in
     sequence. Past that many runs the two oldest merge into one; the sequences stored between them
-    are then refused by the store when the merged run is recorded, so nothing is stored twice."""
+    are then refused by the store when the merged run is recorded, so nothing is stored twice. A jump
+    of more than `max_jump` sequences is not tracked (logged): one request must not cost millions of
+    records. At most `max_streams` streams, the least recently stored forgotten first."""
 
-    def __init__(self, timeout_s: float, max_gaps: int = MAX_GAPS) -> None:
-        self.timeout_s, self.max_gaps = timeout_s, max_gaps
-        self.highest: dict[str, int] = {}
+    def __init__(
+        self, timeout_s: float, max_gaps: int = MAX_GAPS, max_jump: int = MAX_JUMP, max_streams: int = MAX_STREAMS
+    ) -> None:
+        self.timeout_s, self.max_gaps, self.max_jump, self.max_streams = timeout_s, max_gaps, max_jump, max_streams
+        self.highest: OrderedDict[str, int] = OrderedDict()  # least recently stored first
         self.gaps: dict[str, list[Gap]] = {}  # per stream, by sequence (and so by when noticed)
 
     def missing(self, stream: str) -> list[int]:
@@ -183,15 +206,30 @@ class GapTracker:
         """The state of a store just opened: its highest sequences and missing runs, noticed `now`."""
         self.highest.update(highest)
         for stream, start, end in runs:
-            self._add(stream, Gap(start, end, now, end, restored=True))
+            if end - start <= self.max_jump:  # a longer run was not tracked before the restart either
+                self._add(stream, Gap(start, end, now, end, restored=True))
 
     def stored(self, stream: str, sequence: int, now: float) -> None:
         """Notes that the stream's `sequence` is stored: it is no longer missing, and every sequence
         between the highest so far and it is, from `now` on."""
         highest = self.highest.get(stream, -1)
+        if stream in self.highest:
+            self.highest.move_to_end(stream)
+        elif len(self.highest) >= self.max_streams:
+            forgotten, _ = self.highest.popitem(last=False)
+            self.gaps.pop(forgotten, None)
+            log.warning("too many streams: the least recent is no longer tracked for gaps", stream_id=shown(forgotten))
         if sequence > highest:
             self.highest[stream] = sequence
-            if sequence > highest + 1:
+            if sequence - highest - 1 > self.max_jump:
+                log.warning(
+                    "sequence jump too large to track",
+                    stream_id=shown(stream),
+                    sequence=sequence,
+                    highest=highest,
+                    not_tracked=sequence - highest - 1,
+                )
+            elif sequence > highest + 1:
                 self._add(stream, Gap(highest + 1, sequence, now, sequence))
             return
         gaps = self.gaps.get(stream, [])
@@ -235,6 +273,24 @@ class GapTracker:
         for stream in dict.fromkeys(taken):
             self.gaps[stream] = self.gaps.pop(stream)  # to the back of the line
         return found
+
+    def overdue(self, stream: str, end: int, now: float) -> None:
+        """Every sequence of the stream below `end` that is not stored is due at once, as having never
+        reached the distributor before the run ended (SettleStreams, for what it does not record itself)."""
+        due = now - self.timeout_s
+        gaps: list[Gap] = []
+        for gap in self.gaps.get(stream, []):
+            if gap.start < end:
+                gaps.append(replace(gap, end=min(gap.end, end), noticed=min(gap.noticed, due), ended=True))
+            if gap.end > end:
+                gaps.append(replace(gap, start=max(gap.start, end)))
+        highest = self.highest.get(stream, -1)
+        if end - 1 > highest:  # numbered, never stored: the highest is accounted for as missing
+            gaps.append(Gap(highest + 1, end, due, end - 1, ended=True))
+            self.highest[stream] = end - 1
+        if gaps:
+            self.gaps[stream] = gaps
+            self._bound(gaps)
 
     def missing_below(self, stream: str, end: int) -> list[range]:
         """The runs of the stream's sequences below `end` that are not stored."""
@@ -297,6 +353,11 @@ class DistributorCore:
         reason: str,
         golden: Sequence[types_pb2.FrameDetections] | None = None,
     ) -> tuple[int, bool]:
+        # The frames served the golden configuration, if any; a record keeps results, not data.
+        del task.segment.frames[:]
+        task.segment.stream = b""
+        if task.ByteSize() > RECORD_BYTES:
+            raise ResourceExhausted(f"task: at most {RECORD_BYTES} bytes without its frames, got {task.ByteSize()}")
         # age_s already includes the transfer to this node: no clock of another machine is involved.
         record = task_pb2.TaskRecord(
             task=task, outcome=outcome, reason=reason, stored_at=timestamp(), latency_s=task.age_s
@@ -327,9 +388,6 @@ class DistributorCore:
             if stage.state == task_pb2.STAGE_STATE_PENDING:
                 raise InvalidArgument(f"task.dag.stages[{i}].state", "DONE or FAILED for a delivered task, got PENDING")
         golden = await self.golden.detections(task) if self.golden else None
-        # The frames served the golden configuration, if any; a record keeps results, not data.
-        del task.segment.frames[:]
-        task.segment.stream = b""
         return await self._put(task, task_pb2.TASK_OUTCOME_DELIVERED, "", golden)
 
     async def record_drop(self, task: task_pb2.Task, reason: str) -> tuple[int, bool]:
@@ -388,20 +446,32 @@ class DistributorCore:
     async def settle(self, generated: Mapping[str, int]) -> int:
         """Records as lost, at once, every sequence below generated[stream] (how many tasks the
         stream's generator numbered) that is not stored: the run is over and the mesh drained.
-        Returns how many it recorded."""
+        Returns how many it recorded. At most SETTLE_AT_ONCE are recorded before it answers: the rest
+        are due at once for the gap check, which records them a thousand at a time in the background."""
         for stream, count in generated.items():
             require_id(stream, "generated")
-            if not 0 <= count <= MAX_SEQUENCE:
-                raise InvalidArgument(f"generated[{stream}]", f"a number of tasks, 0 to {MAX_SEQUENCE}, got {count}")
+            most = min(MAX_SEQUENCE, self.gaps.highest.get(stream, -1) + 1 + self.gaps.max_jump)
+            if not 0 <= count <= most:
+                raise InvalidArgument(
+                    f"generated[{stream}]",
+                    f"a number of tasks, 0 to {most} (the stream's highest sequence stored + 1 + {self.gaps.max_jump}),"
+                    f" got {count}",
+                )
         lost = (
-            (stream, s, f"{LOST}sequence {s} of stream {stream} never reached the distributor before the run ended")
+            (stream, s, _settled(stream, s))
             for stream, count in generated.items()
             for run in self.gaps.missing_below(stream, count)
             for s in run
         )
-        recorded = 0
-        while batch := list(itertools.islice(lost, LOST_PER_CHECK)):
+        recorded = looked = 0
+        while looked < SETTLE_AT_ONCE and (batch := list(itertools.islice(lost, LOST_PER_CHECK))):
             recorded += await self._record_lost(batch)
+            looked += len(batch)
+        if looked >= SETTLE_AT_ONCE:  # there may be more: the gap check records them
+            now = time.monotonic()
+            for stream, count in generated.items():
+                self.gaps.overdue(stream, count, now)
+            self._wake.set()
         return recorded
 
     async def query(self, where: distributor_pb2.RecordFilter, limit: int) -> tuple[list[task_pb2.TaskRecord], int]:
@@ -410,8 +480,8 @@ class DistributorCore:
         if limit > MAX_LIMIT:
             raise InvalidArgument("limit", f"at most {MAX_LIMIT}, got {limit}")
         limit = limit or DEFAULT_LIMIT
-        records = await self._in_worker(self.store.query, where, limit)
-        return records, records[-1].cursor if len(records) == limit else 0
+        records, more = await self._in_worker(self.store.query, where, limit)
+        return records, records[-1].cursor if more else 0
 
     async def export(self, where: distributor_pb2.RecordFilter) -> AsyncIterator[bytes]:
         """The matching records as gzipped JSON lines, each chunk read and compressed on the worker."""
@@ -427,7 +497,7 @@ class DistributorCore:
         _check_filter(where, "filter")
         page = distributor_pb2.RecordFilter(stream_id=where.stream_id, after_cursor=where.after_cursor)
         while True:
-            for record in await self._in_worker(self.store.query, page, MAX_LIMIT):
+            for record in (await self._in_worker(self.store.query, page, MAX_LIMIT))[0]:
                 page.after_cursor = record.cursor
                 yield record
             async with self._stored:

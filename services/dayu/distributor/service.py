@@ -15,6 +15,7 @@ from dayu.runtime.client import Channels
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.logs import get_logger
 from dayu.runtime.server import Binding, Component
+from dayu.runtime.tls import OPERATOR, require_component
 from dayu.runtime.tracing import Tracing
 from dayu.v1 import (
     distributor_pb2,
@@ -28,6 +29,7 @@ from dayu.v1 import (
 )
 
 log = get_logger(__name__)
+FEEDBACK_LOG_EVERY = 1000  # while feedback keeps failing with one status, a warning every this many
 
 
 class GoldenSection(StrictModel):
@@ -84,6 +86,7 @@ class FeedbackSender:
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.get(address))
         self.queue: asyncio.Queue[task_pb2.TaskRecord] = asyncio.Queue(capacity)
         self.lost = 0
+        self._failing = ""  # the status of the last failure while they go on: logged when it changes
 
     def offer(self, record: task_pb2.TaskRecord) -> None:
         try:
@@ -97,9 +100,13 @@ class FeedbackSender:
             record = await self.queue.get()
             try:
                 await self.stub.ReportFeedback(scheduler_pb2.ReportFeedbackRequest(record=record), timeout=10)
+                self._failing = ""
             except grpc.aio.AioRpcError as error:
                 self.lost += 1
-                log.warning("feedback not delivered", code=error.code().name, lost=self.lost)
+                # Not a line per record: a stream the scheduler does not know fails every one of its records.
+                if error.code().name != self._failing or self.lost % FEEDBACK_LOG_EVERY == 0:
+                    log.warning("feedback not delivered", code=error.code().name, lost=self.lost)
+                self._failing = error.code().name
 
 
 class DistributorSettings(ComponentSettings):
@@ -113,12 +120,14 @@ class DistributorServicer(distributor_pb2_grpc.DistributorServiceServicer):
     async def Deliver(
         self, request: distributor_pb2.DeliverRequest, context: object
     ) -> distributor_pb2.DeliverResponse:
+        require_component(context, ("controller", OPERATOR), "Deliver")
         cursor, duplicate = await self.core.deliver(request.task)
         return distributor_pb2.DeliverResponse(cursor=cursor, duplicate=duplicate)
 
     async def RecordDrop(
         self, request: distributor_pb2.RecordDropRequest, context: object
     ) -> distributor_pb2.RecordDropResponse:
+        require_component(context, ("controller", "generator", OPERATOR), "RecordDrop")
         cursor, duplicate = await self.core.record_drop(request.task, request.reason)
         return distributor_pb2.RecordDropResponse(cursor=cursor, duplicate=duplicate)
 
@@ -143,6 +152,7 @@ class DistributorServicer(distributor_pb2_grpc.DistributorServiceServicer):
     async def SettleStreams(
         self, request: distributor_pb2.SettleStreamsRequest, context: object
     ) -> distributor_pb2.SettleStreamsResponse:
+        require_component(context, (OPERATOR,), "SettleStreams")
         return distributor_pb2.SettleStreamsResponse(recorded=await self.core.settle(dict(request.generated)))
 
 
@@ -152,11 +162,11 @@ class DistributorComponent(Component):
 
     def __init__(self, settings: DistributorSettings) -> None:
         section = settings.distributor
-        self.channels = Channels(settings.server.max_message_bytes)
+        self.channels = Channels(settings.server.max_message_bytes, settings.tls)
         self.feedback = (
             FeedbackSender(section.scheduler, self.channels, section.feedback_queue) if section.scheduler else None
         )
-        self.tracing = Tracing(self.name, settings.node, settings.tracing)
+        self.tracing = Tracing(self.name, settings.node, settings.tracing, settings.tls)
         golden = section.golden
         sampler = (
             GoldenSampler(

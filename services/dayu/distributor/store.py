@@ -23,6 +23,9 @@ from dayu.runtime.errors import FailedPrecondition
 from dayu.v1 import distributor_pb2, task_pb2
 
 SCHEMA_VERSION = 1
+# A page of query results stops at this many bytes of records: with records of at most
+# core.RECORD_BYTES, a page stays well inside the 64 MiB a reply may have.
+PAGE_BYTES = 16 * 1024 * 1024
 # `sequence` is NULL only in records torn by a crash under the first schema (an empty blob).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -165,7 +168,11 @@ class RecordStore:
         ).fetchall()
         return highest, missing
 
-    def query(self, where: distributor_pb2.RecordFilter, limit: int) -> list[task_pb2.TaskRecord]:
+    def query(
+        self, where: distributor_pb2.RecordFilter, limit: int, page_bytes: int = PAGE_BYTES
+    ) -> tuple[list[task_pb2.TaskRecord], bool]:
+        """At most `limit` records in cursor order, and whether more match. A page also ends once it
+        holds page_bytes (it always holds one record): a page of large records fits in a reply."""
         clauses, args = ["cursor > ?"], [where.after_cursor]
         if where.stream_id:
             clauses.append("stream_id = ?")
@@ -177,20 +184,25 @@ class RecordStore:
             clauses.append("stored_at < ?")
             args.append(where.until.ToNanoseconds() / 1e9)
         rows = self._db.execute(
-            f"SELECT cursor, record FROM records WHERE {' AND '.join(clauses)} ORDER BY cursor LIMIT ?", (*args, limit)
+            f"SELECT cursor, record FROM records WHERE {' AND '.join(clauses)} ORDER BY cursor LIMIT ?",
+            (*args, limit + 1),
         )
-        records = []
+        records: list[task_pb2.TaskRecord] = []
+        size = 0
         for cursor, blob in rows:
+            if len(records) == limit or (records and size + len(blob) > page_bytes):
+                return records, True
             record = task_pb2.TaskRecord.FromString(blob)
             record.cursor = cursor
             records.append(record)
-        return records
+            size += len(blob)
+        return records, False
 
     def scan(self, where: distributor_pb2.RecordFilter, page_size: int = 500) -> Iterator[task_pb2.TaskRecord]:
         """Every matching record, in cursor order, read a page at a time."""
         page = distributor_pb2.RecordFilter()
         page.CopyFrom(where)
-        while records := self.query(page, page_size):
+        while records := self.query(page, page_size)[0]:
             yield from records
             page.after_cursor = records[-1].cursor
 

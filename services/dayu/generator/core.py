@@ -27,10 +27,11 @@ from dayu.generator.sequences import SequenceStore
 from dayu.media.codecs import decode_image, encode_segment
 from dayu.media.frames import FrameRateFilter, resize
 from dayu.runtime.clock import timestamp
-from dayu.runtime.errors import DayuError, RemoteError
+from dayu.runtime.errors import DayuError, InvalidArgument, RemoteError
 from dayu.runtime.logs import get_logger
 from dayu.runtime.retry import TRANSIENT, Backoff
 from dayu.runtime.tracing import NO_TRACING, STREAM, TASK, Tracing, task_attributes, traceparent
+from dayu.runtime.validation import validate_configuration
 from dayu.v1 import datasource_pb2, decision_pb2, generator_pb2, task_pb2, types_pb2
 
 log = get_logger(__name__)
@@ -68,6 +69,28 @@ def startup_decision(spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
         reason="local startup plan: scheduler not reached yet",
         policy="startup",
     )
+
+
+def check_decision(spec: decision_pb2.StreamSpec, decision: decision_pb2.Decision, field: str = "decision") -> None:
+    """Refuses a decision given from outside (ApplyDecision) that the stream cannot follow: a
+    configuration that is not one, or past the stream's max_configuration (frames are resized to the
+    decision's resolution: 65535x65535 would be 12 GiB a frame)."""
+    config, most = decision.configuration, spec.max_configuration
+    where = f"{field}.configuration"
+    validate_configuration(config, where)
+    size, largest = config.resolution, most.resolution
+    if size.width > largest.width or size.height > largest.height:
+        raise InvalidArgument(
+            f"{where}.resolution",
+            f"at most the stream's {largest.width}x{largest.height}, got {size.width}x{size.height}",
+        )
+    if not config.fps <= most.fps:
+        raise InvalidArgument(f"{where}.fps", f"at most the stream's {most.fps}, got {config.fps}")
+    if config.frames_per_segment > most.frames_per_segment:
+        raise InvalidArgument(
+            f"{where}.frames_per_segment",
+            f"at most the stream's {most.frames_per_segment}, got {config.frames_per_segment}",
+        )
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Literal
 
 import pydantic
 
-from dayu.generator.core import StreamRunner
+from dayu.generator.core import StreamRunner, check_decision
 from dayu.generator.sequences import SequenceStore
 from dayu.runtime.client import Channels, remote, remote_stream
 from dayu.runtime.config import ComponentSettings, StrictModel
@@ -18,6 +18,7 @@ from dayu.runtime.logs import get_logger
 from dayu.runtime.pipelines import load_pipelines
 from dayu.runtime.sections import PolicySection
 from dayu.runtime.server import Binding, Component
+from dayu.runtime.tls import OPERATOR, require_component
 from dayu.runtime.tracing import Tracing
 from dayu.runtime.validation import require_id, validate_stream_spec
 from dayu.v1 import (
@@ -150,11 +151,13 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     async def ApplyDecision(
         self, request: generator_pb2.ApplyDecisionRequest, context: object
     ) -> generator_pb2.ApplyDecisionResponse:
+        require_component(context, ("scheduler", OPERATOR), "ApplyDecision")
         decision = request.decision
         require_id(decision.stream_id, "decision.stream_id")
         runner = self.runners.get(decision.stream_id)
         if runner is None:
             raise NotFound(f"stream {decision.stream_id!r} does not run on this generator")
+        check_decision(runner.spec, decision)
         applied = runner.apply(decision)
         return generator_pb2.ApplyDecisionResponse(applied=applied, current_version=runner.decision.version)
 
@@ -166,10 +169,10 @@ class GeneratorComponent(Component):
     def __init__(self, settings: GeneratorSettings) -> None:
         section = settings.generator
         self.grace_s = settings.server.shutdown_grace_s
-        self.channels = Channels(settings.server.max_message_bytes)
+        self.channels = Channels(settings.server.max_message_bytes, settings.tls)
         pipelines = load_pipelines(section.pipelines_file) if section.pipelines_file else {}
         ports = GrpcStreamPorts(section, self.channels)
-        self.tracing = Tracing(self.name, settings.node, settings.tracing)
+        self.tracing = Tracing(self.name, settings.node, settings.tracing, settings.tls)
         self.runners: dict[str, StreamRunner] = {}
         self.sequences = SequenceStore(section.sequences)
         for i, stream in enumerate(section.streams):

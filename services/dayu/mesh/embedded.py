@@ -11,6 +11,7 @@ from dayu.components import COMPONENTS
 from dayu.mesh.model import MeshConfig
 from dayu.mesh.plan import STOP_ORDER, Instance, Wiring, instances, settings, triton_nodes
 from dayu.runtime.server import ComponentServer, free_ports
+from dayu.runtime.tls import TlsSettings
 
 
 class LoopbackWiring(Wiring):
@@ -51,6 +52,7 @@ class Mesh:
         self.triton_addresses: list[str] = []
         self.triton_statistics: dict[str, dict[str, dict[str, float | int]]] = {}  # address -> model -> counters
         self.kernel_link_bytes: dict[str, int] = {}  # emulated links only
+        self.tls = TlsSettings()  # plaintext on loopback
 
     def address(self, instance: Instance) -> str:
         return self.addresses[instance.key]

@@ -1,14 +1,19 @@
 """The Kubernetes side of a mesh file: a kustomize Component with each instance's settings file (as
-ConfigMaps), one processor DaemonSet per processor role, and which nodes run what.
+ConfigMaps), one workload and one Service per per-node component and node, which nodes run what, and
+which TLS Secret each pod mounts.
 
-The settings come from the plan (dayu.mesh.plan) with Kubernetes wiring: per-node components use
-their host's network at the plan's fixed ports (a node's controller is at NODE:50051, NODE being its
-name unless an address is given for it), the cloud's singletons are reached through their Services,
-and the files are where the manifests in kustomize/base mount them. hack/gen_kustomize.py writes the
-result into kustomize/base/mesh; the cluster of namespaces renders it for its own mesh file."""
+The settings come from the plan (dayu.mesh.plan) with Kubernetes wiring: every instance is reached
+through a Service of its own, at the plan's fixed ports: the cloud's singletons through theirs
+(`dayu-scheduler:50054`), a per-node component through the Service of its node's workload
+(`dayu-controller-edge-1:50051`, `dayu-processor-text-detector-edge-1:50063`,
+`dayu-triton-edge-1:50101`), which selects that one pod. The per-node workloads are made from the
+templates in kustomize/base/node (one kustomization per component and node, see kustomize/README.md),
+and the files are where those manifests mount them. hack/gen_kustomize.py writes the result into
+kustomize/base/mesh; the cluster of namespaces renders it for its own mesh file."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,45 +25,50 @@ from dayu.mesh.plan import (
     PORTS,
     Instance,
     Wiring,
+    certificate_holders,
     instances,
     processor_ports,
     settings,
     triton_nodes,
 )
+from dayu.runtime.tls import CA_NAME, KUBERNETES_DIR, MESH_NAME, ORGANIZATION, common_name, secret_name
 
 ROOT = Path(__file__).resolve().parents[3]
 KUSTOMIZE = ROOT / "kustomize"
 CONFIG_DIR = "/etc/dayu"  # where the containers find their settings (the mounts in kustomize/base)
 DATABASE = "/var/lib/dayu/dayu-records.sqlite"
 NODE_STATE_DIR = "/var/lib/dayu-node"  # a hostPath on each node (kustomize/base/node): kept across pod restarts
-CLOUD_ONLY = "dayu.io/placement=cloud"  # the label of the Deployments in kustomize/base/cloud
+NODE_LABEL = "dayu.io/node"  # the node a per-node workload, its pods and its Service are for
+TLS_DIR = KUBERNETES_DIR  # where every mesh container mounts its Secret (dayu-tls-COMPONENT-NODE)
+HEALTH_PORT_OFFSET = 1000  # a server's plaintext health-only port (kubelet probes): its port + 1000
+TEMPLATES = "../../../node"  # kustomize/base/node, from base/mesh/nodes/NAME
+GPU_TEMPLATE = "../../../../components/gpu/triton-gpu"  # from base/mesh/gpu/NAME
+DEFAULTS = "../../defaults"  # kustomize/base/defaults, from base/mesh/cert-manager
+SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # an RFC 1035 label, as Service names are
 
 
 class KubernetesWiring(Wiring):
-    """Per-node components on their host's network; cloud singletons behind Services."""
+    """Every instance behind a Service: the cloud singletons' (`dayu-scheduler`), and for a per-node
+    component the Service of its workload on that node (`dayu-controller-edge-1`), which selects that
+    one pod. No host network, no loopback between pods: each pod has its own network namespace."""
 
     pipelines_file = f"{CONFIG_DIR}/pipelines.yaml"
     database = DATABASE
     emulated_links = False
 
-    def __init__(self, config: MeshConfig, node_addresses: dict[str, str]) -> None:
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
         self.ports = {**PORTS, **{f"processor/{role}": port for role, port in processor_ports(config).items()}}
-        self.node_addresses = node_addresses
 
     def port(self, instance: Instance) -> int:
         return self.ports[f"processor/{instance.role}" if instance.component == "processor" else instance.component]
 
     def address(self, target: Instance, seen_from: Instance) -> str:
-        if target.component in CLOUD_SERVICES:
-            return f"dayu-{target.component}:{self.port(target)}"
-        # A pod on the same host network reaches its node's components on loopback; a cloud
-        # singleton (its own pod network) or another node goes to the node's address.
-        if seen_from.component not in CLOUD_SERVICES and seen_from.node == target.node:
-            return f"127.0.0.1:{self.port(target)}"
-        return f"{self.node_addresses.get(target.node, target.node)}:{self.port(target)}"
+        return f"{workload_name(target)}:{self.port(target)}"
 
     def triton(self, node: str) -> str:
-        return f"127.0.0.1:{PORTS['triton']}"
+        """The node's own Triton where the mesh names one, else the Service of the mesh's Triton there."""
+        return self.config.nodes[node].triton or f"{workload_name(Instance('triton', node))}:{PORTS['triton']}"
 
     def state_dir(self, node: str) -> str:
         return NODE_STATE_DIR
@@ -69,14 +79,37 @@ def dns_name(role: str) -> str:
     return role.replace("_", "-")
 
 
-def settings_file(instance: Instance) -> str:
+def node_suffix(node: str) -> str:
+    """A node name as it appears in the names of its workloads and Services: Kubernetes node names
+    are DNS subdomains (they may hold dots), Service names are DNS labels (edge-1.lab -> edge-1-lab)."""
+    return node.replace(".", "-")
+
+
+def workload_name(instance: Instance) -> str:
+    """The name of the workload, and of the Service, of an instance: dayu-scheduler for a cloud
+    singleton; per node dayu-COMPONENT-NODE, dayu-processor-ROLE-NODE, dayu-triton-NODE."""
+    if instance.component in CLOUD_SERVICES:
+        return f"dayu-{instance.component}"
+    role = f"-{dns_name(instance.role)}" if instance.component == "processor" else ""
+    return f"dayu-{instance.component}{role}-{node_suffix(instance.node)}"
+
+
+def health_port(port: int) -> int:
+    """The plaintext health-only port of a server on `port` (server.health_listen): kubelet gRPC probes
+    cannot speak TLS."""
+    return port + HEALTH_PORT_OFFSET
+
+
+def settings_file(instance: Instance, node: str = "") -> str:
     """The file an instance reads from /etc/dayu: one per cloud singleton, per node for the per-node
-    components, per role for processors (their settings do not depend on the node)."""
+    components (per role and node for processors: a role on Triton calls its node's), `node` in
+    place of the instance's where given ("$(NODE_NAME)": what a container's arguments say)."""
+    node = node or instance.node
     if instance.component in CLOUD_SERVICES:
         return f"{instance.component}.yaml"
     if instance.component == "processor":
-        return f"processor.{instance.role}.yaml"
-    return f"{instance.component}.{instance.node}.yaml"
+        return f"processor.{instance.role}.{node}.yaml"
+    return f"{instance.component}.{node}.yaml"
 
 
 class _Dumper(yaml.SafeDumper):
@@ -90,21 +123,14 @@ def _yaml(data: Any, header: str = "") -> str:
     return header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
 
 
+def _name_term(nodes: list[str]) -> dict[str, Any]:
+    return {"matchFields": [{"key": "metadata.name", "operator": "In", "values": nodes}]}
+
+
 def _name_affinity(nodes: list[str]) -> dict[str, Any]:
     """Pins a pod template to the named nodes (node names, not labels: the mesh names nodes)."""
-    term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": nodes}]}
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
-
-
-def _placement(kind: str, name: str, nodes: list[str]) -> dict[str, Any]:
-    if not nodes:  # runs nowhere: leave it out rather than pin it to no node
-        return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "$patch": "delete"}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": kind,
-        "metadata": {"name": name},
-        "spec": {"template": {"spec": {"affinity": _name_affinity(nodes)}}},
-    }
+    terms = [_name_term(nodes)]
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}
 
 
 def check_registries(config: MeshConfig) -> None:
@@ -128,109 +154,224 @@ def check_registries(config: MeshConfig) -> None:
     load_pipelines(config.pipelines_file)
 
 
-def render(config: MeshConfig, node_addresses: dict[str, str], header: str) -> dict[str, str]:
+def check_names(config: MeshConfig) -> None:
+    """Fails on node names whose workloads or Services Kubernetes would refuse, or that would share one."""
+    names: dict[str, str] = {}
+    for instance in per_node_instances(config):
+        name = workload_name(instance)
+        if not SERVICE_NAME.fullmatch(name):
+            raise ValueError(
+                f"node {instance.node!r}: its Service {name!r} is not a DNS label (lowercase letters, digits "
+                "and '-', at most 63 characters): Kubernetes node names are lowercase; use a shorter one"
+            )
+        if names.setdefault(name, instance.node) != instance.node:
+            raise ValueError(f"nodes {names[name]!r} and {instance.node!r} would share the Service {name!r}")
+
+
+def per_node_instances(config: MeshConfig) -> list[Instance]:
+    """What runs as a workload of one node, behind a Service of its own: every instance but the cloud
+    singletons, and the mesh's Triton on each node that has processors on it."""
+    found = [instance for instance in instances(config) if instance.component not in CLOUD_SERVICES]
+    return found + [Instance("triton", node) for node in triton_nodes(config)]
+
+
+def render(config: MeshConfig, header: str) -> dict[str, str]:
     """The Component's files, by path relative to the mesh folder of a kustomize/base tree (where
     they are written); every file starts with `header`."""
     from dayu.components import COMPONENTS  # the settings classes check each file
 
     check_registries(config)
-    unknown = sorted(set(node_addresses) - set(config.nodes))
-    if unknown:
-        raise ValueError(f"node addresses name nodes that are not in the mesh: {unknown}")
-    wiring = KubernetesWiring(config, node_addresses)
+    check_names(config)
+    wiring = KubernetesWiring(config)
     files: dict[str, str] = {"pipelines.yaml": config.pipelines_file.read_text()}
     generated: dict[str, list[str]] = {}  # ConfigMap -> its files
-    hosts: dict[str, list[str]] = {}  # processor role -> its nodes
     for instance in instances(config):
         name = settings_file(instance)
         data = settings(config, instance, wiring)
-        if instance.component == "processor":
-            hosts.setdefault(instance.role, []).append(instance.node)
-            del data["node"]  # a role's one file serves every node; --node says which
         text = _yaml(data, header)
-        if name in files:
-            if files[name] != text:
-                raise ValueError(f"{name} would differ between nodes")
-            continue
         component = COMPONENTS.entry(instance.component).factory
         component.settings_class(**data)  # type: ignore[attr-defined]  # what `dayu serve` would refuse fails here
         files[name] = text
         generated.setdefault(f"dayu-{instance.component}", []).append(name)
 
-    nodes = list(config.nodes)
-    placements = [
-        _placement("DaemonSet", "dayu-controller", nodes),
-        _placement("DaemonSet", "dayu-monitor", nodes),
-        _placement("DaemonSet", "dayu-triton", triton_nodes(config)),
-        _placement("DaemonSet", "dayu-generator", [node for node in nodes if config.streams_on(node)]),
-    ]
-    files["placement.yaml"] = header + "---\n".join(_yaml(placement) for placement in placements)
-    # The cloud-only Deployments (kustomize/base/cloud) run on the mesh's cloud node.
-    files["cloud-placement.yaml"] = header + _yaml(_placement("Deployment", "cloud-only", [config.cloud_node]))
-
-    for role, port in processor_ports(config).items():
-        folder = f"processors/{dns_name(role)}"
-        template = "../../../processor"  # kustomize/base/processor, from base/mesh/processors/ROLE
-        files[f"{folder}/kustomization.yaml"] = _yaml(_processor_kustomization(role, template), header)
-        files[f"{folder}/patch.yaml"] = _yaml(_processor_patch(role, port, hosts[role]), header)
+    # One workload and Service per per-node component and node: the template in base/node/COMPONENT,
+    # named for the node (and role), pinned to it, with its node's TLS Secret.
+    folders = []
+    for instance in sorted(per_node_instances(config), key=workload_name):
+        folder = f"nodes/{workload_name(instance).removeprefix('dayu-')}"
+        folders.append(folder)
+        files[f"{folder}/kustomization.yaml"] = _yaml(_node_kustomization(instance), header)
+        files[f"{folder}/patch.yaml"] = header + "---\n".join(_yaml(doc) for doc in _node_patch(instance, wiring))
+    # The cloud-only Deployments (kustomize/base/cloud) run on the mesh's cloud node, with its Secrets.
+    files["cloud.yaml"] = header + "---\n".join(_yaml(_cloud_patch(config, service)) for service in CLOUD_SERVICES)
+    files.update(_gpu_tritons(config, header))
+    files.update(_certificates(config, header))
 
     component = {
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
         "kind": "Component",
-        "resources": [f"processors/{dns_name(role)}" for role in processor_ports(config)],
+        "resources": folders,
         "configMapGenerator": [
             {"name": "dayu-pipelines", "files": ["pipelines.yaml"]},
             *({"name": name, "files": names} for name, names in generated.items()),
         ],
-        "patches": [
-            {"path": "placement.yaml"},
-            {"path": "cloud-placement.yaml", "target": {"kind": "Deployment", "labelSelector": CLOUD_ONLY}},
-        ],
+        "patches": [{"path": "cloud.yaml"}],
     }
     files["kustomization.yaml"] = _yaml(component, header)
     return files
 
 
-def _processor_kustomization(role: str, template: str) -> dict[str, Any]:
-    """One processor role's DaemonSet: the template in kustomize/base/processor, named for the role."""
+def _node_labels(instance: Instance) -> dict[str, str]:
+    labels = {NODE_LABEL: instance.node}
+    if instance.component == "processor":
+        labels["dayu.io/processor"] = instance.role
+    return labels
+
+
+def _node_kustomization(instance: Instance) -> dict[str, Any]:
+    """One per-node workload and its Service: the component's template, named dayu-COMPONENT[-ROLE]-NODE,
+    its pods and the Service's selector labelled with the node (and role)."""
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [template],
-        "nameSuffix": f"-{dns_name(role)}",
-        "labels": [{"pairs": {"dayu.io/processor": role}, "includeSelectors": True}],
+        "resources": [f"{TEMPLATES}/{instance.component}"],
+        "nameSuffix": workload_name(instance).removeprefix(f"dayu-{instance.component}"),
+        "labels": [{"pairs": _node_labels(instance), "includeSelectors": True}],
         "patches": [{"path": "patch.yaml"}],
     }
 
 
-def _processor_patch(role: str, port: int, nodes: list[str]) -> dict[str, Any]:
-    """The role's nodes, port (its probes too) and settings file."""
-    probe = {"grpc": {"port": port}}
-    return {
+def _tls_volume(component: str, node: str) -> dict[str, Any]:
+    return {"name": "tls", "secret": {"secretName": secret_name(component, node)}}
+
+
+def _node_patch(instance: Instance, wiring: KubernetesWiring) -> list[dict[str, Any]]:
+    """The workload's node and Secret; a processor's port, settings file and probes too (its template
+    is every role's)."""
+    pod: dict[str, Any] = {
+        "affinity": _name_affinity([instance.node]),
+        "volumes": [_tls_volume(instance.component, instance.node)],
+    }
+    patch: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
+        "metadata": {"name": f"dayu-{instance.component}"},
+        "spec": {"template": {"spec": pod}},
+    }
+    if instance.component != "processor":
+        return [patch]
+    port = wiring.port(instance)
+    probe = {"grpc": {"port": health_port(port)}}
+    pod["containers"] = [
+        {
+            "name": "processor",
+            "args": [
+                "serve",
+                "processor",
+                f"--listen=0.0.0.0:{port}",
+                f"--config={CONFIG_DIR}/{settings_file(instance, '$(NODE_NAME)')}",
+                "--node=$(NODE_NAME)",
+            ],
+            "env": [{"name": "DAYU_SERVER__HEALTH_LISTEN", "value": f"0.0.0.0:{health_port(port)}"}],
+            "ports": [
+                {"name": "grpc", "containerPort": port},
+                {"name": "health", "containerPort": health_port(port)},
+            ],
+            "startupProbe": probe,
+            "livenessProbe": probe,
+            "readinessProbe": probe,
+        }
+    ]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
         "metadata": {"name": "dayu-processor"},
+        "spec": {"ports": [{"name": "grpc", "port": port, "targetPort": "grpc"}]},
+    }
+    return [patch, service]
+
+
+def _cloud_patch(config: MeshConfig, service: str) -> dict[str, Any]:
+    """A cloud singleton's Deployment: on the cloud node, with its certificate of that node."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"dayu-{service}"},
         "spec": {
             "template": {
                 "spec": {
-                    "affinity": _name_affinity(nodes),
-                    "containers": [
-                        {
-                            "name": "processor",
-                            "args": [
-                                "serve",
-                                "processor",
-                                f"--listen=0.0.0.0:{port}",
-                                f"--config={CONFIG_DIR}/processor.{role}.yaml",
-                                "--node=$(NODE_NAME)",
-                            ],
-                            "ports": [{"name": "grpc", "containerPort": port}],
-                            "startupProbe": probe,
-                            "livenessProbe": probe,
-                            "readinessProbe": probe,
-                        }
-                    ],
+                    "affinity": _name_affinity([config.cloud_node]),
+                    "volumes": [_tls_volume(service, config.cloud_node)],
                 }
             }
         },
+    }
+
+
+def _gpu_tritons(config: MeshConfig, header: str) -> dict[str, str]:
+    """gpu/: the GPU Triton of components/gpu per node, as the CPU one (same Secret, same node label,
+    so the node's dayu-triton-NODE Service selects whichever of the two runs there). Not part of this
+    Component: components/gpu adds it."""
+    files: dict[str, str] = {}
+    folders = []
+    for node in triton_nodes(config):
+        folder = f"triton-gpu-{node_suffix(node)}"
+        folders.append(folder)
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [GPU_TEMPLATE],
+            "nameSuffix": f"-{node_suffix(node)}",
+            "labels": [{"pairs": {NODE_LABEL: node}, "includeSelectors": True}],
+            "patches": [{"path": "patch.yaml"}, {"path": "node.yaml", "target": {"kind": "DaemonSet"}}],
+        }
+        secret = {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": "dayu-triton-gpu"},
+            "spec": {"template": {"spec": {"volumes": [_tls_volume("triton", node)]}}},
+        }
+        # The template's node affinity asks for a GPU; this node's name joins that term.
+        terms = (
+            "/spec/template/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms"
+        )
+        pinned = [{"op": "add", "path": f"{terms}/0/matchFields", "value": _name_term([node])["matchFields"]}]
+        files[f"gpu/{folder}/kustomization.yaml"] = _yaml(kustomization, header)
+        files[f"gpu/{folder}/patch.yaml"] = _yaml(secret, header)
+        files[f"gpu/{folder}/node.yaml"] = _yaml(pinned, header)
+    aggregate = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": folders}
+    files["gpu/kustomization.yaml"] = _yaml(aggregate, header)
+    return files
+
+
+def _certificates(config: MeshConfig, header: str) -> dict[str, str]:
+    """cert-manager/: a Certificate per Secret that the pods mount (components/cert-manager adds them,
+    with the CA that issues them). Not part of this Component."""
+    certificates = [
+        {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Certificate",
+            "metadata": {"name": secret_name(component, node)},
+            "spec": {
+                "secretName": secret_name(component, node),
+                "secretTemplate": {"labels": {"app.kubernetes.io/part-of": "dayu"}},
+                "commonName": common_name(component, node),
+                "dnsNames": [MESH_NAME],
+                "subject": {"organizations": [ORGANIZATION]},
+                "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+                "usages": ["digital signature", "server auth", "client auth"],
+                "issuerRef": {"group": "cert-manager.io", "kind": "Issuer", "name": CA_NAME},
+            },
+        }
+        for component, node in certificate_holders(config)
+    ]
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["certificates.yaml"],
+        "components": [DEFAULTS],  # the namespace and labels of every Dayu object
+    }
+    return {
+        "cert-manager/kustomization.yaml": _yaml(kustomization, header),
+        "cert-manager/certificates.yaml": header + "---\n".join(_yaml(c) for c in certificates),
     }

@@ -15,7 +15,7 @@ from dayu.mesh.model import MeshConfig, ProcessorSection
 
 # Cloud singletons, reached by name (a Service); the rest run on every node that needs them.
 CLOUD_SERVICES = ("scheduler", "distributor", "datasource", "backend")
-# Fixed ports on a node's network (Kubernetes host network, the cluster's namespaces).
+# Fixed ports (Kubernetes: each pod's, behind its Service; the cluster: each node's namespace).
 PORTS = {
     "controller": 50051,
     "monitor": 50052,
@@ -27,6 +27,15 @@ PORTS = {
     "triton": 50101,
 }
 FIRST_PROCESSOR_PORT = 50061  # processor roles in name order: 50061, 50062, ...
+HEALTH_PORT_OFFSET = 1000  # a component's plaintext health port (server.health_listen): its port + 1000
+
+
+def health_port(port: int) -> int:
+    """The plaintext grpc.health.v1 port beside a component's (mutual TLS) port: controller 50051 -> 51051.
+    Kubelet probes speak no TLS; this port serves health alone."""
+    return port + HEALTH_PORT_OFFSET
+
+
 # Generators first (no new tasks), controllers before processors, the cloud services last (the
 # scheduler, which receives the others' last spans, the very last).
 STOP_ORDER = ("generator", "controller", "processor", "monitor", "datasource", "backend", "distributor", "scheduler")
@@ -112,6 +121,15 @@ def instances(config: MeshConfig) -> list[Instance]:
     found += [Instance("monitor", node) for node in config.nodes]
     found += [Instance("generator", node) for node in config.nodes if config.streams_on(node)]
     return found
+
+
+def certificate_holders(config: MeshConfig) -> list[tuple[str, str]]:
+    """(component, node) of every certificate a mesh with mutual TLS needs (dayu.runtime.tls), in start
+    order: one per instance's component and node (a node's processors, of every role, share
+    `processor.NODE`), and Triton's on the nodes where the mesh runs one. Not the operator's."""
+    holders = [(instance.component, instance.node) for instance in instances(config)]
+    holders += [("triton", node) for node in triton_nodes(config)]
+    return list(dict.fromkeys(holders))
 
 
 def _processor_section(config: MeshConfig, instance: Instance) -> ProcessorSection:

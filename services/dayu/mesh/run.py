@@ -14,6 +14,7 @@ from dayu.mesh.model import MeshConfig
 from dayu.mesh.plan import Instance
 from dayu.mesh.summary import ResultTally, format_summary, percentiles
 from dayu.runtime.client import Channels
+from dayu.runtime.tls import TlsSettings
 from dayu.v1 import (
     controller_pb2,
     controller_pb2_grpc,
@@ -35,6 +36,7 @@ class RunningMesh(Protocol):
     triton_statistics: dict[str, dict[str, dict[str, float | int]]]
     kernel_link_bytes: dict[str, int]  # "a->b" -> bytes the kernel counted, once stopped; {} if not real links
     records: Path  # the distributor's SQLite file, as this machine sees it
+    tls: TlsSettings  # the certificate this machine's clients show the mesh (the operator's); empty: plaintext
 
     def reset(self) -> None:
         """Forgets what an earlier run left in the working folder (records, task journals, sequence
@@ -66,10 +68,11 @@ async def run_mesh(
     config = mesh.config
     stop_event = stop_event or asyncio.Event()
     tally = ResultTally()
-    channels = Channels(64 * 1024 * 1024)
     started = time.monotonic()
+    channels: Channels | None = None
     try:
         await mesh.start()
+        channels = Channels(64 * 1024 * 1024, mesh.tls)  # once started: the cluster's certificates are made
         progress(
             f"dayu: mesh up with nodes {sorted(config.nodes)}, {len(config.streams)} streams; "
             f"scheduler {_cloud(mesh, 'scheduler')}, backend {_cloud(mesh, 'backend')}"
@@ -111,7 +114,8 @@ async def run_mesh(
         generator_counts = tally.generated(generator_counts)
     finally:
         await mesh.abort()
-        await channels.close()
+        if channels is not None:
+            await channels.close()
     summary = {
         "duration_s": round(time.monotonic() - started, 1),
         "generated": sum(generator_counts.values()),

@@ -167,7 +167,7 @@ class MonitorComponent(Component):
 
     def __init__(self, settings: MonitorSettings) -> None:
         self.section = settings.monitor
-        self.channels = Channels(settings.server.max_message_bytes)
+        self.channels = Channels(settings.server.max_message_bytes, settings.tls)
         sampler = ResourceSampler(settings.node, cgroup=self.section.node_cgroup)
         self.monitor = NodeMonitor(sampler, self.section, self.channels)
 

@@ -16,7 +16,7 @@ from opentelemetry import trace
 
 from dayu.processor.kinds import ClosableRunner, StageRunner
 from dayu.runtime.clock import timestamp
-from dayu.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from dayu.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable, shown
 from dayu.runtime.logs import get_logger
 from dayu.runtime.tracing import NO_TRACING, Tracing, task_attributes
 from dayu.runtime.validation import validate_task
@@ -106,7 +106,7 @@ class ProcessorCore:
         validate_task(task)
         stages = {s.spec.name: s for s in task.dag.stages}
         if stage_name not in stages:
-            raise InvalidArgument("stage", f"a stage of the task's DAG {sorted(stages)}, got {stage_name!r}")
+            raise InvalidArgument("stage", f"a stage of the task's DAG {sorted(stages)}, got {shown(stage_name)}")
         stage = stages[stage_name]
         if stage.spec.processor != self.kind:
             raise FailedPrecondition(

@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from dayu.processor.kinds import InferenceParams, TritonParams
 from dayu.processor.repository import packaged_model_file
+from dayu.processor.triton_server import client_arguments
 from dayu.runtime.client import RETRYABLE
 from dayu.runtime.errors import Unavailable
 from dayu.runtime.logs import get_logger
@@ -80,15 +81,15 @@ class TritonBackend:
     @property
     def client(self) -> triton_grpc.InferenceServerClient:
         if self._client is None:
+            channel_args = [
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+                ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+                ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+            ]
             self._client = triton_grpc.InferenceServerClient(
-                self.params.address,
-                channel_args=[
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
-                    ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
-                    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
-                ],
+                self.params.address, **client_arguments(self.params.tls, channel_args)
             )
         return self._client
 
@@ -137,8 +138,7 @@ class TritonBackend:
 
     async def infer(self, model: ModelRef, batch: np.ndarray) -> np.ndarray:
         input_name, output_name = await self._tensor_names(model)
-        tensor = triton_grpc.InferInput(input_name, list(batch.shape), "FP32")
-        tensor.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        tensor = await asyncio.to_thread(_input_tensor, input_name, batch)  # megabytes copied: off the loop
         output = triton_grpc.InferRequestedOutput(output_name)
         result = await self._with_retries(
             model,
@@ -151,7 +151,7 @@ class TritonBackend:
                 client_timeout=self.params.timeout_s,
             ),
         )
-        return result.as_numpy(output_name)
+        return await asyncio.to_thread(result.as_numpy, output_name)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -193,3 +193,9 @@ def make_backend(params: InferenceParams, default_model: str) -> InferenceBacken
     backend = OnnxRuntimeBackend(params.intra_op_threads)
     backend.session(ModelRef(default_model))
     return backend
+
+
+def _input_tensor(name: str, batch: np.ndarray) -> triton_grpc.InferInput:
+    tensor = triton_grpc.InferInput(name, list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+    return tensor

@@ -15,6 +15,7 @@ import pydantic
 
 from dayu.runtime.config import StrictModel
 from dayu.runtime.registry import Registry
+from dayu.runtime.tls import TlsSettings
 from dayu.v1 import task_pb2
 
 
@@ -59,6 +60,10 @@ class TritonParams(StrictModel):
     timeout_s: float = pydantic.Field(10.0, gt=0, le=600, description="longest wait for one inference call")
     attempts: int = pydantic.Field(3, ge=1, le=10, description="tries of a call before the stage fails")
     backoff_s: float = pydantic.Field(0.25, ge=0, le=30, description="wait before the second try, doubling after")
+    tls: TlsSettings = pydantic.Field(
+        default_factory=TlsSettings,
+        description="mutual TLS to Triton (certificate, key, the mesh's CA); left empty, the processor's own tls",
+    )
 
 
 class InferenceParams(StrictModel):

@@ -53,7 +53,7 @@ async def infer_in_batches(
     for indices in by_shape.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
-            batch = np.concatenate([inputs[i] for i in chunk])  # type: ignore[misc]
+            batch = await asyncio.to_thread(np.concatenate, [inputs[i] for i in chunk])  # megabytes: off the loop
             result = await backend.infer(model, batch)
             for position, i in enumerate(chunk):
                 outputs[i] = result[position : position + 1]
@@ -170,7 +170,8 @@ class TextRecognizerRunner(_ModelRunner, BoxRefiner):
             chunk = readable[start : start + self.batch_size]
             batch = await asyncio.to_thread(self.model_input, [crops[i] for i in chunk])
             probabilities = await self.backend.infer(model, batch)
-            for i, (text, score) in zip(chunk, self._decode(probabilities), strict=True):
+            decoded = await asyncio.to_thread(self._decode, probabilities)  # CTC over the batch: off the loop
+            for i, (text, score) in zip(chunk, decoded, strict=True):
                 texts[i] = (text, float(score))
         return texts
 

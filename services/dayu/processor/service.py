@@ -11,6 +11,7 @@ from dayu.processor.core import ProcessorCore
 from dayu.processor.kinds import PROCESSORS
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.server import Binding, Component
+from dayu.runtime.tls import TlsSettings
 from dayu.runtime.tracing import Tracing
 from dayu.v1 import processor_pb2, processor_pb2_grpc
 
@@ -48,6 +49,14 @@ class ProcessorServicer(processor_pb2_grpc.ProcessorServiceServicer):
         )
 
 
+def _with_tls(params: dict[str, Any], tls: TlsSettings) -> dict[str, Any]:
+    """A kind's parameters with the processor's certificate for Triton (the hop to Triton is mutual
+    TLS as every other), unless they are not on Triton or name a certificate of their own."""
+    if not tls.enabled or params.get("backend") != "triton" or params.get("triton", {}).get("tls"):
+        return params
+    return {**params, "triton": {**params.get("triton", {}), "tls": tls.model_dump()}}
+
+
 class ProcessorComponent(Component):
     name = "processor"
     settings_class = ProcessorSettings
@@ -55,9 +64,12 @@ class ProcessorComponent(Component):
     def __init__(self, settings: ProcessorSettings) -> None:
         section = settings.processor
         runner = PROCESSORS.create(
-            section.kind, section.params, name_field="processor.kind", params_field="processor.params"
+            section.kind,
+            _with_tls(section.params, settings.tls),
+            name_field="processor.kind",
+            params_field="processor.params",
         )
-        self.tracing = Tracing(self.name, settings.node, settings.tracing)
+        self.tracing = Tracing(self.name, settings.node, settings.tracing, settings.tls)
         self.core = ProcessorCore(
             settings.node, section.kind, runner, section.workers, section.queue_capacity, self.tracing
         )

@@ -22,7 +22,7 @@ import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
@@ -30,6 +30,7 @@ from tritonclient.utils import InferenceServerException
 from dayu.runtime.errors import Unavailable
 from dayu.runtime.logs import get_logger
 from dayu.runtime.server import free_port
+from dayu.runtime.tls import TARGET_NAME_OPTION, TlsSettings
 
 log = get_logger(__name__)
 # Seconds Triton waits for in-flight inferences at SIGTERM, and the margin this side waits beyond.
@@ -69,6 +70,34 @@ def backend_directory(workdir: Path) -> Path:
     return python_dir.parent
 
 
+def client_arguments(tls: TlsSettings | None, channel_args: list[tuple[str, Any]] | None = None) -> dict[str, Any]:
+    """tritonclient's InferenceServerClient keyword arguments: mutual TLS with the component's
+    certificate, verifying Triton as `dayu-mesh` (as every mesh server), when `tls` is enabled."""
+    arguments: dict[str, Any] = {} if channel_args is None else {"channel_args": list(channel_args)}
+    if tls is not None and tls.enabled:
+        arguments.update(
+            ssl=True,
+            root_certificates=tls.ca_file,
+            private_key=tls.key_file,
+            certificate_chain=tls.cert_file,
+            channel_args=[*(channel_args or []), TARGET_NAME_OPTION],
+        )
+    return arguments
+
+
+def server_arguments(tls: TlsSettings | None) -> list[str]:
+    """tritonserver's flags for mutual TLS on its gRPC endpoint with a mesh certificate (none without)."""
+    if tls is None or not tls.enabled:
+        return []
+    return [
+        "--grpc-use-ssl=true",
+        "--grpc-use-ssl-mutual=true",
+        f"--grpc-server-cert={tls.cert_file}",
+        f"--grpc-server-key={tls.key_file}",
+        f"--grpc-root-cert={tls.ca_file}",
+    ]
+
+
 def _environment() -> dict[str, str]:
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
@@ -102,9 +131,11 @@ def _mean_ms(duration: object) -> float:
     return ns / count / 1e6 if count else 0.0
 
 
-async def model_statistics(address: str, timeout_s: float = 5.0) -> dict[str, ModelStatistics]:
+async def model_statistics(
+    address: str, timeout_s: float = 5.0, tls: TlsSettings | None = None
+) -> dict[str, ModelStatistics]:
     """Statistics of every model version Triton at `address` has served, keyed "name:version"."""
-    async with triton_grpc.InferenceServerClient(address) as client:
+    async with triton_grpc.InferenceServerClient(address, **client_arguments(tls)) as client:
         reply = await client.get_inference_statistics(client_timeout=timeout_s)
     statistics = {}
     for model in reply.model_stats:
@@ -122,13 +153,15 @@ async def model_statistics(address: str, timeout_s: float = 5.0) -> dict[str, Mo
     return statistics
 
 
-async def statistics_of(addresses: list[str]) -> dict[str, dict[str, dict[str, float | int]]]:
+async def statistics_of(
+    addresses: list[str], tls: TlsSettings | None = None
+) -> dict[str, dict[str, dict[str, float | int]]]:
     """Each Triton's statistics per model as plain counters (a run's summary); one that does not
     answer is left out, with a warning."""
     found = {}
     for address in addresses:
         try:
-            stats = await model_statistics(address)
+            stats = await model_statistics(address, tls=tls)
         except Exception as error:  # the summary goes on without them
             log.warning("no triton statistics", address=address, error=str(error))
             continue
@@ -136,11 +169,16 @@ async def statistics_of(addresses: list[str]) -> dict[str, dict[str, dict[str, f
     return found
 
 
-async def wait_until_ready(address: str, timeout_s: float, process: asyncio.subprocess.Process | None = None) -> None:
+async def wait_until_ready(
+    address: str,
+    timeout_s: float,
+    process: asyncio.subprocess.Process | None = None,
+    tls: TlsSettings | None = None,
+) -> None:
     """Returns once Triton at `address` says it is ready (every model loaded); raises TimeoutError, or
     TritonStartError when `process` exits meanwhile."""
     deadline = time.monotonic() + timeout_s
-    async with triton_grpc.InferenceServerClient(address) as client:
+    async with triton_grpc.InferenceServerClient(address, **client_arguments(tls)) as client:
         while True:
             if process is not None and process.returncode is not None:
                 raise TritonStartError(f"tritonserver exited with {process.returncode}")
@@ -154,7 +192,8 @@ async def wait_until_ready(address: str, timeout_s: float, process: asyncio.subp
 
 class TritonServer:
     """One tritonserver process on loopback, gRPC only, serving `repository`; its log goes to
-    `workdir/tritonserver.log`. Start it before the processors that use it, stop it after them."""
+    `workdir/tritonserver.log`. Start it before the processors that use it, stop it after them. With
+    `tls`, its gRPC endpoint is mutual TLS with that certificate (the processors' clients show theirs)."""
 
     def __init__(
         self,
@@ -164,8 +203,10 @@ class TritonServer:
         grpc_port: int = 0,
         model_config_name: str = "",
         startup_timeout_s: float = 120.0,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.repository, self.workdir = repository, workdir
+        self.tls = tls
         self.grpc_port = grpc_port
         self.model_config_name = model_config_name
         self.startup_timeout_s = startup_timeout_s
@@ -191,6 +232,7 @@ class TritonServer:
             "--grpc-address=127.0.0.1",
             f"--grpc-port={self.grpc_port}",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+            *server_arguments(self.tls),
         ]
         if self.model_config_name:
             command.append(f"--model-config-name={self.model_config_name}")
@@ -210,7 +252,7 @@ class TritonServer:
         )
         started = time.monotonic()
         try:
-            await wait_until_ready(self.address, self.startup_timeout_s, self._process)
+            await wait_until_ready(self.address, self.startup_timeout_s, self._process, self.tls)
         except (TimeoutError, TritonStartError) as error:
             await self.stop()
             raise TritonStartError(f"{error}; log {self.log_path}:\n{self.log_tail()}") from None

@@ -1,5 +1,6 @@
 """Client side of the mesh: one channel per address, with the same message limits as the servers,
-and bounded retries for calls whose failure is transient."""
+mutual TLS when the component has a certificate (dayu.runtime.tls), and bounded retries for calls
+whose failure is transient."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dayu.runtime.errors import RemoteError
 from dayu.runtime.logs import get_logger
 from dayu.runtime.retry import TRANSIENT
 from dayu.runtime.server import channel_options
+from dayu.runtime.tls import TlsSettings, channel_credentials, open_channel
 from dayu.runtime.tracing import client_interceptors
 
 log = get_logger(__name__)
@@ -24,17 +26,20 @@ RETRYABLE = frozenset(getattr(grpc.StatusCode, name) for name in TRANSIENT)
 
 class Channels:
     """Lazily opened channels to other components, keyed by HOST:PORT, closed together. Calls carry
-    the caller's trace context in their metadata."""
+    the caller's trace context in their metadata. With `tls` enabled, every channel is mutual TLS
+    with the component's certificate; else plaintext."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, tls: TlsSettings | None = None) -> None:
         self._options = channel_options(max_message_bytes)
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tls = tls if tls is not None and tls.enabled else None
+        self._credentials = channel_credentials(self._tls) if self._tls is not None else None
 
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=self._options, interceptors=client_interceptors()
+            channel = self._channels[address] = open_channel(
+                address, self._tls, self._options, client_interceptors(), self._credentials
             )
         return channel
 

@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from dayu.runtime.errors import InvalidArgument, from_validation_error
+from dayu.runtime.tls import TlsSettings
 from dayu.runtime.tracing import TracingSettings
 
 MIB = 1024 * 1024
@@ -34,6 +35,9 @@ class ServerSettings(StrictModel):
     listen: str = pydantic.Field("127.0.0.1:0", description="HOST:PORT to listen on; port 0 picks a free one")
     max_message_bytes: int = pydantic.Field(64 * MIB, gt=0, description="largest message sent or received")
     shutdown_grace_s: float = pydantic.Field(30.0, ge=0, description="how long SIGTERM waits for in-flight calls")
+    health_listen: str = pydantic.Field(
+        "", description="HOST:PORT of a plaintext server of grpc.health.v1 only (kubelet probes); empty: none"
+    )
 
 
 class LogSettings(StrictModel):
@@ -52,6 +56,7 @@ class ComponentSettings(BaseSettings):
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
+    tls: TlsSettings = TlsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -8,6 +8,19 @@ from __future__ import annotations
 
 import pydantic
 
+SHOWN_CHARS = 64  # at most this much of a caller's value goes back in an error message
+
+
+def cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    """The text, or its first `limit` characters and how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shown(value: object) -> str:
+    """A value as an error message shows it: its repr, cut to SHOWN_CHARS (a caller's 1 MiB id must not
+    come back in the status, past the client's metadata limit)."""
+    return cut(repr(value))
+
 
 class RemoteError(Exception):
     """A call to another component failed. `code` names its status (UNAVAILABLE, NOT_FOUND, ...), so
@@ -45,6 +58,13 @@ class AlreadyExists(DayuError):
 
 class FailedPrecondition(DayuError):
     status = "FAILED_PRECONDITION"
+
+
+class PermissionDenied(DayuError):
+    """The caller's certificate does not allow the call (dayu.runtime.tls): the message names the
+    field, what it claims and who the certificate says the caller is."""
+
+    status = "PERMISSION_DENIED"
 
 
 class ResourceExhausted(DayuError):

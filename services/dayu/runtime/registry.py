@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 
 import pydantic
 
-from dayu.runtime.errors import InvalidArgument, from_validation_error
+from dayu.runtime.errors import InvalidArgument, cut, from_validation_error, shown
 
 T = TypeVar("T")
 
@@ -98,7 +98,7 @@ class Registry(Generic[T]):
         return sorted(self._entries.keys() | self._pending.keys())
 
     def _unknown(self, name: str, field: str) -> InvalidArgument:
-        return InvalidArgument(field, f"one of the registered {self.kind}s {self.names()}, got {name!r}")
+        return InvalidArgument(field, f"one of the registered {self.kind}s {self.names()}, got {shown(name)}")
 
     def entry(self, name: str, field: str = "name") -> Entry[T]:
         pending = self._pending.get(name)
@@ -123,7 +123,10 @@ class Registry(Generic[T]):
             return model.model_validate(dict(values or {}))
         except pydantic.ValidationError as error:
             problem = from_validation_error(error, field)
-            raise InvalidArgument(problem.field, f"{problem.expected} ({self.kind} {name!r})") from None
+            # The path may hold the caller's keys (policy parameters are the caller's YAML): cut, as values are.
+            raise InvalidArgument(
+                cut(problem.field, 128), f"{cut(problem.expected, 512)} ({self.kind} {shown(name)})"
+            ) from None
 
     def _params_model(self, name: str) -> type[pydantic.BaseModel]:
         # _pending first: a part being loaded is entered in _entries before it leaves _pending.

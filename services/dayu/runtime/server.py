@@ -4,7 +4,9 @@ Every component gets the same things here, so no service writes them again:
 - its dayu.v1 services, registered from their descriptors, with request parsing that answers
   INVALID_ARGUMENT (not INTERNAL) for bytes that are not the expected message;
 - errors raised by the core (dayu.runtime.errors) mapped to their gRPC status;
-- gRPC health checking (grpc.health.v1) and server reflection;
+- gRPC health checking (grpc.health.v1) and server reflection; with server.health_listen, health
+  also on a plaintext port of its own (kubelet probes speak no TLS);
+- mutual TLS when the settings name certificates (dayu.runtime.tls);
 - message size limits;
 - the caller's W3C trace context (gRPC metadata) made current while a request is handled;
 - graceful shutdown: health turns NOT_SERVING, new calls are refused, in-flight calls finish
@@ -25,17 +27,19 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import context as otel_context
 
 from dayu.runtime.config import ComponentSettings
-from dayu.runtime.errors import DayuError, InvalidArgument
+from dayu.runtime.errors import DayuError, InvalidArgument, ResourceExhausted, cut
+from dayu.runtime.limits import request_bytes
 from dayu.runtime.logs import get_logger
+from dayu.runtime.tls import server_credentials
 from dayu.runtime.tracing import Tracing, extract
-from dayu.runtime.validation import check_enums
+from dayu.runtime.validation import check_request
 
 log = get_logger(__name__)
 
@@ -86,12 +90,13 @@ class Component:
         """Releases what the component holds; called after in-flight calls have finished and its
         background work was cancelled."""
 
-    def background(self, work: Callable[..., Awaitable[None]], *args: Any, name: str = "") -> None:
+    def background(self, work: Callable[..., Awaitable[None]], *args: Any, name: str = "") -> asyncio.Task[None]:
         """Runs `work(*args)` for as long as the component lives, under supervision: when it raises,
         the exception is logged and it is called again after a backoff (RESTART_BACKOFF_S, doubling;
         from the start again after a run longer than the longest wait); when it returns, it is done.
         The server cancels it when it stops. `work` is a coroutine function, not a coroutine: a
-        coroutine cannot be run again. `name` (for the logs) defaults to the function's name."""
+        coroutine cannot be run again. `name` (for the logs) defaults to the function's name. Returns
+        the supervising task (cancel it to stop the work for good)."""
         if not callable(work):
             raise TypeError(f"background() takes a coroutine function and its arguments, not {work!r}")
         name = name or getattr(work, "__qualname__", repr(work))
@@ -99,6 +104,7 @@ class Component:
         task = asyncio.create_task(self._supervise(work, args, name), name=f"{self.name}:{name}")
         tasks.add(task)
         task.add_done_callback(tasks.discard)  # loops that ended are not kept
+        return task
 
     async def _supervise(self, work: Callable[..., Awaitable[None]], args: tuple[Any, ...], name: str) -> None:
         loop = asyncio.get_running_loop()
@@ -132,7 +138,11 @@ def _implementation(servicer: object, method: str) -> Callable[..., Any] | None:
     return None
 
 
-def _parse(request_class: type[Message], raw: bytes) -> Message:
+def _parse(request_class: type[Message], raw: bytes, max_bytes: int) -> Message:
+    if len(raw) > max_bytes:  # before parsing: an oversized request costs nothing but its transfer
+        raise ResourceExhausted(
+            f"request: a {request_class.DESCRIPTOR.full_name} of at most {max_bytes} bytes, got {len(raw)}"
+        )
     request = request_class()
     try:
         request.ParseFromString(raw)
@@ -140,19 +150,52 @@ def _parse(request_class: type[Message], raw: bytes) -> Message:
         raise InvalidArgument(
             "request", f"a serialized {request_class.DESCRIPTOR.full_name} message ({error})"
         ) from None
-    check_enums(request)  # at the door, for every RPC: no number outside the contract gets in
+    if request.DESCRIPTOR.file.package == "dayu.v1":  # foreign contracts (OTLP spans) keep their own rules
+        check_request(request)  # at the door, for every RPC: enums in the contract, fields within limits
     return request
+
+
+MAX_DETAILS_CHARS = 1024  # a status's details travel as metadata: a client refuses more than 8 KiB of it
+
+
+def _details(text: str) -> str:
+    """Status details, cut where an error quoted too much (fields are bounded; this is the backstop)."""
+    return cut(text, MAX_DETAILS_CHARS)
 
 
 async def _abort(context: grpc.aio.ServicerContext, method: str, error: Exception) -> None:
     if isinstance(error, DayuError):
-        await context.abort(grpc.StatusCode[error.status], str(error))
+        await context.abort(grpc.StatusCode[error.status], _details(str(error)))
     log.exception("rpc failed", method=method)
-    await context.abort(grpc.StatusCode.INTERNAL, f"{method} failed: {type(error).__name__}: {error}")
+    await context.abort(grpc.StatusCode.INTERNAL, _details(f"{method} failed: {type(error).__name__}: {error}"))
 
 
-def _serialize(response: Message) -> bytes:
-    return response.SerializeToString()
+ON_LOOP_BYTES = 1 << 20  # requests larger than this are parsed on a thread, off the event loop
+
+
+def _serialize(response: Message | bytes) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def _may_be_large(message: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
+    """Whether a message of this type can be large: it holds bytes or repeated messages, at any depth.
+    (Serializing 30 MB takes upb about 80 ms, and so does only asking its size.)"""
+    seen = seen | {message.full_name}
+    for field in message.fields:
+        if field.type == FieldDescriptor.TYPE_BYTES or (field.is_repeated and field.message_type is not None):
+            return True
+        if field.message_type is not None and field.message_type.full_name not in seen:
+            if _may_be_large(field.message_type, seen):
+                return True
+    return False
+
+
+async def _serialized_off_loop(response: Message) -> bytes:
+    return await asyncio.to_thread(response.SerializeToString)
+
+
+async def _as_is(response: Message) -> Message:
+    return response
 
 
 _HANDLER_KINDS = {  # (client streaming, server streaming) -> grpc handler factory
@@ -195,12 +238,15 @@ class ShuttingDown(DayuError):
 
 
 def _handler(
-    method: MethodDescriptor, behavior: Callable[..., Any] | None, draining: asyncio.Event
+    method: MethodDescriptor, behavior: Callable[..., Any] | None, draining: asyncio.Event, server_limit: int
 ) -> grpc.RpcMethodHandler:
     """Wraps a servicer method: parses raw request bytes itself (so garbage is INVALID_ARGUMENT),
     maps core errors to statuses, and ends server streams when the server drains."""
     request_class = message_factory.GetMessageClass(method.input_type)
     name = method.full_name
+    max_bytes = request_bytes(name, server_limit)
+    # Responses that can be large (pages of records, frames, results) are serialized on a thread.
+    _serialized = _serialized_off_loop if _may_be_large(method.output_type) else _as_is
     kind = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
 
     if behavior is None:
@@ -210,17 +256,22 @@ def _handler(
 
         return kind(unimplemented, response_serializer=_serialize)
 
+    async def parse(raw: bytes) -> Message:
+        if len(raw) > ON_LOOP_BYTES:  # a large request is parsed and checked off the event loop
+            return await asyncio.to_thread(_parse, request_class, raw, max_bytes)
+        return _parse(request_class, raw, max_bytes)
+
     async def parsed_stream(raw_requests: AsyncIterator[bytes]) -> AsyncIterator[Message]:
         async for raw in raw_requests:
-            yield _parse(request_class, raw)
+            yield await parse(raw)
 
-    def parsed(raw: Any) -> Any:
-        return parsed_stream(raw) if method.client_streaming else _parse(request_class, raw)
+    async def parsed(raw: Any) -> Any:
+        return parsed_stream(raw) if method.client_streaming else await parse(raw)
 
     async def unary_response(raw: Any, context: grpc.aio.ServicerContext) -> Any:
         token = otel_context.attach(extract(context.invocation_metadata()))
         try:
-            return await behavior(parsed(raw), context)
+            return await _serialized(await behavior(await parsed(raw), context))
         except grpc.aio.AbortError:
             raise
         except Exception as error:
@@ -230,8 +281,8 @@ def _handler(
 
     async def streamed_response(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for response in _until_draining(behavior(parsed(raw), context), draining):
-                yield response
+            async for response in _until_draining(behavior(await parsed(raw), context), draining):
+                yield await _serialized(response)
         except grpc.aio.AbortError:
             raise
         except Exception as error:
@@ -240,12 +291,16 @@ def _handler(
     return kind(streamed_response if method.server_streaming else unary_response, response_serializer=_serialize)
 
 
-def _service_handler(binding: Binding, draining: asyncio.Event) -> tuple[ServiceDescriptor, grpc.GenericRpcHandler]:
+def _service_handler(
+    binding: Binding, draining: asyncio.Event, server_limit: int
+) -> tuple[ServiceDescriptor, grpc.GenericRpcHandler]:
     try:
         service = descriptor_pool.Default().FindServiceByName(binding.service)
     except KeyError:
         raise ValueError(f"unknown service {binding.service!r}: import its dayu.v1 module first") from None
-    handlers = {m.name: _handler(m, _implementation(binding.servicer, m.name), draining) for m in service.methods}
+    handlers = {
+        m.name: _handler(m, _implementation(binding.servicer, m.name), draining, server_limit) for m in service.methods
+    }
     return service, grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
@@ -277,7 +332,9 @@ class ComponentServer:
         self.component = component
         self.settings = settings
         self.port = 0
+        self.health_port = 0  # of the plaintext health server (server.health_listen), when there is one
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._services: list[str] = []
         self._draining = asyncio.Event()
@@ -293,21 +350,54 @@ class ComponentServer:
         options = [*channel_options(self.settings.server.max_message_bytes), ("grpc.so_reuseport", 0)]
         server = grpc.aio.server(options=options)
         for binding in self.component.bindings():
-            service, handler = _service_handler(binding, self._draining)
+            service, handler = _service_handler(binding, self._draining, self.settings.server.max_message_bytes)
             server.add_generic_rpc_handlers((handler,))
             self._services.append(service.full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection([*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        self.port = server.add_insecure_port(self.settings.server.listen)
+        tls = self.settings.tls
+        listen = self.settings.server.listen
+        self.port = (
+            server.add_secure_port(listen, server_credentials(tls)) if tls.enabled else server.add_insecure_port(listen)
+        )
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.server.listen}")
+            raise OSError(f"cannot listen on {listen}")
+        health_server = self._health_only_server()
         self._server = server
         await self.component.start()
         await server.start()
+        if health_server is not None:
+            await health_server.start()
+            self._health_server = health_server
         for name in ("", *self._services):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", component=self.component.name, address=self.address, services=self._services)
+        log.info(
+            "serving",
+            component=self.component.name,
+            address=self.address,
+            services=self._services,
+            tls=tls.enabled,
+            **({"health_address": self.health_address} if self.health_port else {}),
+        )
         return self.address
+
+    @property
+    def health_address(self) -> str:
+        host = self.settings.server.health_listen.rsplit(":", 1)[0]
+        return f"{host}:{self.health_port}"
+
+    def _health_only_server(self) -> grpc.aio.Server | None:
+        """The plaintext server of server.health_listen: grpc.health.v1 only, from the same servicer,
+        so a drain (NOT_SERVING) shows there as on the component's port."""
+        listen = self.settings.server.health_listen
+        if not listen:
+            return None
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.health_port = server.add_insecure_port(listen)
+        if self.health_port == 0:
+            raise OSError(f"cannot listen on {listen} (server.health_listen)")
+        return server
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuses new calls, lets in-flight calls finish within the grace period, then stops the
@@ -320,6 +410,9 @@ class ComponentServer:
         self._draining.set()
         await self._server.stop(grace)
         self._server = None
+        if self._health_server is not None:  # answered NOT_SERVING through the drain
+            await self._health_server.stop(0)
+            self._health_server = None
         await self.component.cancel_background()
         await self.component.stop()
         if self.component.tracing is not None:

@@ -5,7 +5,9 @@ mesh, each must still say which service and node its spans come from). W3C trace
 in gRPC metadata: clients inject the current context (ChannelTracing, added to every channel of
 Channels) and ComponentServer makes the caller's context current while a request is handled.
 Spans go over OTLP/gRPC to every endpoint in `tracing.export_to`: the scheduler (which turns them
-into per-stage latency) and/or any collector (Jaeger, Tempo, the OpenTelemetry Collector).
+into per-stage latency) and/or any collector (Jaeger, Tempo, the OpenTelemetry Collector). With TLS
+(dayu.runtime.tls) an endpoint HOST:PORT is a mesh member, reached with the component's certificate;
+`http://HOST:PORT` is a collector outside the mesh, reached in plaintext.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from dayu.runtime.tls import TARGET_NAME_OPTION, TlsSettings, channel_credentials
+
 # Attribute names on Dayu spans; the scheduler's receiver reads them back.
 STREAM = "dayu.stream_id"
 TASK = "dayu.task_id"
@@ -35,6 +39,7 @@ BYTES = "dayu.bytes"
 DELAY = "dayu.link_delay_s"  # a link's own one-way delay, part of each transfer span
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+PLAINTEXT = "http://"  # an export endpoint outside the mesh: no TLS, whatever the component's settings
 
 
 class TracingSettings(pydantic.BaseModel):
@@ -42,7 +47,8 @@ class TracingSettings(pydantic.BaseModel):
 
     export_to: list[str] = pydantic.Field(
         default_factory=list,
-        description="OTLP/gRPC endpoints (HOST:PORT) that receive the spans: the scheduler, any collector",
+        description="OTLP/gRPC endpoints (HOST:PORT) that receive the spans: the scheduler, any collector "
+        "(http://HOST:PORT: plaintext, a collector outside a mesh with TLS)",
     )
     sample_ratio: float = pydantic.Field(1.0, ge=0, le=1, description="fraction of tasks traced")
     # A task makes about ten spans; a burst of a few thousand tasks must fit while the exporter waits.
@@ -62,7 +68,7 @@ class Tracing:
     """The tracer of one component on one node. Without export endpoints, spans are not recorded
     at all (a no-op tracer), though context still passes through."""
 
-    def __init__(self, service: str, node: str, settings: TracingSettings) -> None:
+    def __init__(self, service: str, node: str, settings: TracingSettings, tls: TlsSettings | None = None) -> None:
         self.node = node
         self._provider: TracerProvider | None = None
         if not settings.export_to or settings.sample_ratio == 0:
@@ -70,8 +76,19 @@ class Tracing:
             return
         resource = Resource.create({"service.name": f"dayu-{service}", "service.namespace": "dayu", NODE: node})
         provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)))
+        credentials = channel_credentials(tls) if tls is not None and tls.enabled else None
         for endpoint in settings.export_to:
-            exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=settings.export_timeout_ms / 1000)
+            timeout_s = settings.export_timeout_ms / 1000
+            if credentials is None or endpoint.startswith(PLAINTEXT):
+                exporter = OTLPSpanExporter(endpoint=endpoint.removeprefix(PLAINTEXT), insecure=True, timeout=timeout_s)
+            else:
+                exporter = OTLPSpanExporter(
+                    endpoint=endpoint,
+                    insecure=False,
+                    credentials=credentials,
+                    channel_options=(TARGET_NAME_OPTION,),
+                    timeout=timeout_s,
+                )
             provider.add_span_processor(
                 BatchSpanProcessor(
                     exporter,

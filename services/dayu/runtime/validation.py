@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from graphlib import CycleError, TopologicalSorter
 
+from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from dayu.runtime.errors import InvalidArgument
+from dayu.runtime import limits
+from dayu.runtime.errors import InvalidArgument, shown
 from dayu.v1 import decision_pb2, task_pb2, types_pb2
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -21,7 +23,8 @@ _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 _PER_FRAME_CODECS = (types_pb2.CODEC_JPEG, types_pb2.CODEC_RAW_BGR)
 
 
-SHOWN_CHARS = 64  # at most this much of a caller's value goes back in an error message
+_TIMESTAMP = timestamp_pb2.Timestamp.DESCRIPTOR
+TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)  # 0001-01-01 to 9999-12-31, what protobuf reads back
 MAX_ID_CHARS = 128  # ids and names (streams, sources, nodes, stages, pipelines): room to spare, not a megabyte
 
 
@@ -29,41 +32,63 @@ def _enum_name(enum: object, value: int) -> str:
     return enum.Name(value)  # type: ignore[attr-defined, no-any-return]
 
 
-def shown(value: object) -> str:
-    """A value as an error message shows it: its repr, cut to SHOWN_CHARS (a caller's 1 MiB id must not
-    come back in the status, past the client's metadata limit)."""
-    text = repr(value)
-    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
-
-
-def check_enums(message: Message, field: str = "request") -> None:
-    """Refuses an enum value that the contract does not define, anywhere in the message (proto3 keeps
-    unknown numbers; stored, they would be read back as nothing the contract knows)."""
+def check_request(message: Message, field: str = "") -> None:
+    """Checks what every request must respect, whatever its RPC, anywhere in the message: enum
+    numbers that the contract defines (proto3 keeps unknown numbers; stored, they would be read back
+    as nothing the contract knows), times that protobuf can read back, and the field limits of
+    dayu.runtime.limits."""
     for descriptor, value in message.ListFields():
-        path = f"{field}.{descriptor.name}"
-        if descriptor.type == FieldDescriptor.TYPE_ENUM:
-            values = value if descriptor.is_repeated else [value]
-            for i, number in enumerate(values):
-                if number not in descriptor.enum_type.values_by_number:
-                    names = sorted(descriptor.enum_type.values_by_name)
-                    where = f"{path}[{i}]" if descriptor.is_repeated else path
-                    raise InvalidArgument(where, f"one of {names}, got {shown(number)}")
-        elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
-            if descriptor.message_type.GetOptions().map_entry:
-                entry_value = descriptor.message_type.fields_by_name["value"]
-                if entry_value.type == FieldDescriptor.TYPE_MESSAGE:
-                    for key, item in value.items():
-                        check_enums(item, f"{path}[{shown(key)}]")
-                elif entry_value.type == FieldDescriptor.TYPE_ENUM:
-                    for key, number in value.items():
-                        if number not in entry_value.enum_type.values_by_number:
-                            names = sorted(entry_value.enum_type.values_by_name)
-                            raise InvalidArgument(f"{path}[{shown(key)}]", f"one of {names}, got {shown(number)}")
-            elif descriptor.is_repeated:
-                for i, item in enumerate(value):
-                    check_enums(item, f"{path}[{i}]")
-            else:
-                check_enums(value, path)
+        path = f"{field}.{descriptor.name}" if field else descriptor.name
+        if descriptor.is_repeated:  # maps too: a map is a repeated entry message
+            _check_size(path, len(value), "items", limits.FIELD_ITEMS.get(descriptor.full_name, limits.ITEMS))
+        if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+            _check_map(descriptor, path, value)
+            continue
+        items = value if descriptor.is_repeated else [value]
+        for i, item in enumerate(items):
+            _check_value(descriptor, f"{path}[{i}]" if descriptor.is_repeated else path, item)
+
+
+def _check_value(descriptor: FieldDescriptor, path: str, value: object) -> None:
+    if descriptor.type == FieldDescriptor.TYPE_ENUM:
+        if value not in descriptor.enum_type.values_by_number:
+            names = sorted(descriptor.enum_type.values_by_name)
+            raise InvalidArgument(path, f"one of {names}, got {shown(value)}")
+    elif descriptor.type == FieldDescriptor.TYPE_STRING:
+        limit = limits.FIELD_SIZES.get(descriptor.full_name, limits.STRING_CHARS)
+        _check_size(path, len(value), "characters", limit)  # type: ignore[arg-type]
+    elif descriptor.type == FieldDescriptor.TYPE_BYTES:
+        _check_size(path, len(value), "bytes", limits.FIELD_SIZES.get(descriptor.full_name, limits.BYTES))  # type: ignore[arg-type]
+    elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+        if descriptor.message_type is _TIMESTAMP:
+            _check_timestamp(value, path)  # type: ignore[arg-type]
+        else:
+            check_request(value, path)  # type: ignore[arg-type]
+
+
+def _check_timestamp(time: timestamp_pb2.Timestamp, path: str) -> None:
+    # proto3 takes any seconds and nanos; protobuf reads back (ToNanoseconds, JSON) only years 1 to 9999
+    # and nanos within the second. Stored, such a time would make every later export of the records fail;
+    # taken by a controller, its task could be neither delivered nor recorded as dropped.
+    if not (TIMESTAMP_SECONDS[0] <= time.seconds <= TIMESTAMP_SECONDS[1] and 0 <= time.nanos <= 999_999_999):
+        raise InvalidArgument(
+            path,
+            f"a time of years 1 to 9999 (seconds {TIMESTAMP_SECONDS[0]} to {TIMESTAMP_SECONDS[1]}, nanos "
+            f"0 to 999999999), got seconds {time.seconds}, nanos {time.nanos}",
+        )
+
+
+def _check_map(descriptor: FieldDescriptor, path: str, entries: Mapping[object, object]) -> None:
+    key, value = descriptor.message_type.fields_by_name["key"], descriptor.message_type.fields_by_name["value"]
+    for k, v in entries.items():
+        where = f"{path}[{shown(k)}]"
+        _check_value(key, f"{path} key {shown(k)}", k)
+        _check_value(value, where, v)
+
+
+def _check_size(path: str, size: int, unit: str, limit: int) -> None:
+    if size > limit:
+        raise InvalidArgument(path, f"at most {limit} {unit}, got {size}")
 
 
 def require_id(value: str, field: str) -> None:

@@ -34,6 +34,7 @@ PROBE_CHANGE = 0.5  # a monitor's probes are noisier than transfers: a move by h
 DECISION_TIMES = 1000
 DECISION_HISTORY = 32  # decisions kept per stream for GetSchedulerStats (what was decided, and why)
 MAX_STREAMS = 4096  # registered streams; a new one past this is refused
+STATS_BYTES = 32 * 1024 * 1024  # GetSchedulerStats: streams past this many bytes of figures are left out
 MAX_NODES = 1024  # nodes reporting resources; a new one past this is refused (forgetting a stale one would trust it)
 
 log = get_logger(__name__)
@@ -45,6 +46,8 @@ def build_policy(spec: decision_pb2.PolicySpec, field: str, registry: Registry[t
         params = yaml.safe_load(spec.params_yaml) if spec.params_yaml.strip() else {}
     except yaml.YAMLError as error:
         raise InvalidArgument(f"{field}.params_yaml", f"a YAML mapping ({error})") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise InvalidArgument(f"{field}.params_yaml", "a YAML mapping of parameters, not nested this deep") from None
     if not isinstance(params, dict):
         raise InvalidArgument(f"{field}.params_yaml", f"a YAML mapping, got {type(params).__name__}")
     return registry.create(spec.name, params, name_field=f"{field}.name", params_field=f"{field}.params_yaml")  # type: ignore[no-any-return]
@@ -134,7 +137,7 @@ class SchedulerCore:
                 f"stream.stream_id: {spec.stream_id!r} is new and {MAX_STREAMS} streams are registered"
             )
         policy_spec = spec.policy if spec.policy.name else self.default_policy
-        policy = build_policy(policy_spec, "stream.policy")
+        policy = await asyncio.to_thread(build_policy, policy_spec, "stream.policy")  # YAML: off the loop
         view = StreamView(spec, None, self.cloud_node)
         self._registrations += 1
         stream = _Stream(view, policy_spec.name, policy, self._clock(), registered=self._registrations)
@@ -172,7 +175,7 @@ class SchedulerCore:
 
     async def set_policy(self, stream_id: str, spec: decision_pb2.PolicySpec) -> decision_pb2.Decision:
         stream = self._stream(stream_id)
-        stream.policy = build_policy(spec, "policy")
+        stream.policy = await asyncio.to_thread(build_policy, spec, "policy")  # YAML: off the loop
         stream.policy_name = spec.name
         stream.view.current = None  # the new policy starts from its own startup plan
         return await self._decide(stream, f"policy switched to {spec.name}")
@@ -424,22 +427,33 @@ class SchedulerCore:
         )
         return await self._publish(stream, made, f"{why}: {proposal.reason}")
 
-    def stats(self) -> list[scheduler_pb2.StreamSchedulingStats]:
-        out = []
-        for stream_id, stream in sorted(self._streams.items()):
+    def stats(
+        self, only: str = "", budget_bytes: int = STATS_BYTES
+    ) -> tuple[list[scheduler_pb2.StreamSchedulingStats], int]:
+        """Each stream's figures (or `only` this one's), in stream id order, while they fit in
+        budget_bytes; and how many streams were left out."""
+        if only:
+            self._stream(only, "stream_id")  # NOT_FOUND for a stream never registered
+        chosen = [only] if only else sorted(self._streams)
+        out: list[scheduler_pb2.StreamSchedulingStats] = []
+        size = 0
+        for stream_id in chosen:
+            stream = self._streams[stream_id]
             times = sorted(stream.decision_times)
-            out.append(
-                scheduler_pb2.StreamSchedulingStats(
-                    stream_id=stream_id,
-                    policy=stream.policy_name,
-                    decisions=stream.decisions,
-                    decision_time_p50_s=statistics.median(times) if times else 0.0,
-                    decision_time_p95_s=times[min(len(times) - 1, int(0.95 * len(times)))] if times else 0.0,
-                    feedback_received=stream.feedback,
-                    current=stream.view.current,
-                    hop_latencies=self.hops.stats(stream_id),
-                    history=list(stream.history),
-                    registered_at=stream.registered_at,
-                )
+            stats = scheduler_pb2.StreamSchedulingStats(
+                stream_id=stream_id,
+                policy=stream.policy_name,
+                decisions=stream.decisions,
+                decision_time_p50_s=statistics.median(times) if times else 0.0,
+                decision_time_p95_s=times[min(len(times) - 1, int(0.95 * len(times)))] if times else 0.0,
+                feedback_received=stream.feedback,
+                current=stream.view.current,
+                hop_latencies=self.hops.stats(stream_id),
+                history=list(stream.history),
+                registered_at=stream.registered_at,
             )
-        return out
+            size += stats.ByteSize()
+            if out and size > budget_bytes:
+                break
+            out.append(stats)
+        return out, len(chosen) - len(out)

@@ -1,4 +1,9 @@
-"""gRPC adapter of the scheduler."""
+"""gRPC adapter of the scheduler.
+
+With mutual TLS (dayu.runtime.tls) it checks who calls (docs/security.md): resources only from the
+monitor of the node they describe, a stream registered by its own node's generator (or the backend, or
+the operator, for any node), feedback only from the distributor, policies set by the backend or the
+operator, spans only about the exporter's own node."""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.sections import PolicySection
 from dayu.runtime.server import Binding, Component
+from dayu.runtime.tls import OPERATOR, peer_identity, require_component, require_node
+from dayu.runtime.tracing import NODE
 from dayu.scheduler.core import Admission, SchedulerCore, build_policy
 from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, scheduler_pb2_grpc
 
@@ -37,6 +44,9 @@ class SchedulerSettings(ComponentSettings):
     scheduler: SchedulerSection = SchedulerSection()
 
 
+ADMINS = ("backend", OPERATOR)  # act for any node: install streams, switch policies
+
+
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(self, core: SchedulerCore) -> None:
         self.core = core
@@ -44,6 +54,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def RegisterStream(
         self, request: scheduler_pb2.RegisterStreamRequest, context: object
     ) -> scheduler_pb2.RegisterStreamResponse:
+        require_component(context, ("generator", *ADMINS), "RegisterStream")
+        require_node(context, request.stream.node, "stream.node", any_node=ADMINS)
         return scheduler_pb2.RegisterStreamResponse(decision=await self.core.register(request.stream))
 
     async def GetDecision(
@@ -62,14 +74,19 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ReportFeedback(
         self, request: scheduler_pb2.ReportFeedbackRequest, context: object
     ) -> scheduler_pb2.ReportFeedbackResponse:
+        require_component(context, ("distributor",), "ReportFeedback")
         await self.core.feedback(request.record)
         return scheduler_pb2.ReportFeedbackResponse()
 
     async def ReportResources(
         self, request_iterator: AsyncIterator[resources_pb2.NodeResources], context: object
     ) -> scheduler_pb2.ReportResourcesResponse:
+        require_component(context, ("monitor",), "ReportResources")
         received = 0
         async for report in request_iterator:
+            require_node(context, report.node, "NodeResources.node")
+            for index, link in enumerate(report.links):
+                require_node(context, link.from_node, f"NodeResources.links[{index}].from_node")
             await self.core.report_resources(report)
             received += 1
         return scheduler_pb2.ReportResourcesResponse(received=received)
@@ -77,6 +94,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def SetPolicy(
         self, request: scheduler_pb2.SetPolicyRequest, context: object
     ) -> scheduler_pb2.SetPolicyResponse:
+        require_component(context, ADMINS, "SetPolicy")
         return scheduler_pb2.SetPolicyResponse(decision=await self.core.set_policy(request.stream_id, request.policy))
 
     async def GetSchedulerStats(
@@ -87,8 +105,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             resources_pb2.LinkBandwidth(from_node=a, to_node=b, bandwidth_mbps=mbps)
             for (a, b), mbps in sorted(hops.link_bandwidth().items())
         ]
+        streams, left_out = self.core.stats(request.stream_id)
         return scheduler_pb2.GetSchedulerStatsResponse(
-            streams=self.core.stats(), spans_received=hops.received, spans_ignored=hops.ignored, traced_links=links
+            streams=streams,
+            spans_received=hops.received,
+            spans_ignored=hops.ignored,
+            traced_links=links,
+            streams_left_out=left_out,
         )
 
 
@@ -101,8 +124,27 @@ class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     async def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
     ) -> trace_service_pb2.ExportTraceServiceResponse:
+        if peer_identity(context) is not None:  # with TLS: spans of the exporter's own node only
+            for field, node in _claimed_nodes(request):
+                require_node(context, node, field)
         await self.core.receive_spans(request)
         return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def _claimed_nodes(request: trace_service_pb2.ExportTraceServiceRequest) -> list[tuple[str, str]]:
+    """The node each resource and span of an export says it is of (dayu.node), with where it says so."""
+    claimed = []
+    for r, resource_spans in enumerate(request.resource_spans):
+        for attribute in resource_spans.resource.attributes:
+            if attribute.key == NODE:
+                claimed.append((f"resource_spans[{r}].resource.{NODE}", attribute.value.string_value))
+        for s, scope_spans in enumerate(resource_spans.scope_spans):
+            for p, span in enumerate(scope_spans.spans):
+                for attribute in span.attributes:
+                    if attribute.key == NODE:
+                        field = f"resource_spans[{r}].scope_spans[{s}].spans[{p}].{NODE}"
+                        claimed.append((field, attribute.value.string_value))
+    return claimed
 
 
 class SchedulerComponent(Component):

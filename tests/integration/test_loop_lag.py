@@ -1,0 +1,129 @@
+"""No event loop blocks on disk or CPU work: the default mesh (`dayu up`'s, every component in this
+process on one event loop, real models on the mesh's tritonserver) runs its streams while a careless
+client exports, queries and watches records, rewrites policies and pipelines at their size limits and
+sends requests past them; a probe of the loop's wake-ups sees it hold itself for no more than 50 ms
+(tests/looplag.py: a wake-up late because the machine was busy is reported, not counted)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import grpc
+
+from dayu.mesh.embedded import Mesh
+from dayu.mesh.model import load_mesh_config
+from dayu.runtime import limits
+from dayu.v1 import (
+    backend_pb2,
+    backend_pb2_grpc,
+    decision_pb2,
+    distributor_pb2,
+    distributor_pb2_grpc,
+    monitor_pb2,
+    monitor_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a program too: the careless client
+from looplag import LoopLag
+
+from conftest import fork_join_pipeline, make_stream_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_S = 20
+LAG_LIMIT_S = 0.050
+OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+
+
+async def careless_client(addresses: dict[str, str], run_s: float) -> dict[str, int]:
+    """Calls that cost the most to serve, again and again for run_s; returns counts. It runs in a
+    process of its own (`python test_loop_lag.py ADDRESSES RUN_S`): a client is another program, and
+    its own work (32 MiB made and serialized) must not hold this one's interpreter."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + run_s
+    done = dict.fromkeys(["export", "query", "watch", "policy", "pipeline", "probe", "refused"], 0)
+    policy = "{" + ", ".join(f"k{i}: [{i}, {i}]" for i in range(850)) + "}"  # YAML, near the 16 KiB limit
+    assert len(policy) < limits.FIELD_SIZES["dayu.v1.PolicySpec.params_yaml"]
+    probe = monitor_pb2.ProbeRequest(payload=bytes(limits.FIELD_SIZES["dayu.v1.ProbeRequest.payload"]))
+    pipeline = fork_join_pipeline()
+    pipeline.name = "careless"
+    for i in range(50):
+        pipeline.stages[0].params[f"p{i}"] = "v" * 1000  # about 50 KiB, under the 64 KiB of PutPipeline
+    async with contextlib.AsyncExitStack() as stack:
+        channel = {
+            name: await stack.enter_async_context(grpc.aio.insecure_channel(addresses[name], options=OPTIONS))
+            for name in ("distributor", "scheduler", "backend", "monitor@cloud")
+        }
+        records = distributor_pb2_grpc.DistributorServiceStub(channel["distributor"])
+        scheduler = scheduler_pb2_grpc.SchedulerServiceStub(channel["scheduler"])
+        backend = backend_pb2_grpc.BackendServiceStub(channel["backend"])
+        monitor = monitor_pb2_grpc.MonitorServiceStub(channel["monitor@cloud"])
+        spec = make_stream_spec()
+        spec.stream_id = "careless"
+        await scheduler.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=spec), timeout=10)
+        while loop.time() < until:
+            async for _ in records.ExportRecords(distributor_pb2.ExportRecordsRequest(), timeout=30):
+                pass
+            done["export"] += 1
+            await records.QueryRecords(distributor_pb2.QueryRecordsRequest(limit=1000), timeout=30)
+            done["query"] += 1
+            watch = records.WatchRecords(distributor_pb2.WatchRecordsRequest(), timeout=30)
+            async for record in watch:
+                if record.cursor >= 20:
+                    break
+            watch.cancel()
+            done["watch"] += 1
+            request = scheduler_pb2.SetPolicyRequest(
+                stream_id="careless", policy=decision_pb2.PolicySpec(name="fixed", params_yaml=policy)
+            )
+            with contextlib.suppress(grpc.aio.AioRpcError):  # "fixed" may refuse the made-up keys
+                await scheduler.SetPolicy(request, timeout=10)
+            done["policy"] += 1
+            await backend.PutPipeline(backend_pb2.PutPipelineRequest(pipeline=pipeline), timeout=10)
+            await backend.ListPipelines(backend_pb2.ListPipelinesRequest(), timeout=10)
+            done["pipeline"] += 1
+            # The largest probe there may be: parsed, checked, counted.
+            await monitor.Probe(probe, timeout=30)
+            done["probe"] += 1
+            try:
+                await backend.PutPipeline(backend_pb2.PutPipelineRequest(pipeline=pipeline_of(200 << 10)), timeout=10)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+                done["refused"] += 1
+        stats = await scheduler.GetSchedulerStats(scheduler_pb2.GetSchedulerStatsRequest(), timeout=10)
+        done["decision_p95_ms"] = max(round(s.decision_time_p95_s * 1000) for s in stats.streams)
+    return done
+
+
+def pipeline_of(size: int):  # type: ignore[no-untyped-def]
+    pipeline = fork_join_pipeline()
+    pipeline.stages[0].params["blob"] = "x" * size
+    return pipeline
+
+
+async def test_no_event_loop_blocks_for_50_ms_under_streams_and_a_careless_client(tmp_path: Path) -> None:
+    mesh = Mesh(load_mesh_config(ROOT / "configs" / "embedded.yaml"), tmp_path)
+    await mesh.start()
+    try:
+        await asyncio.sleep(3)  # past the start: the first decisions, models warmed up
+        async with LoopLag() as lag:
+            client = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, json.dumps(mesh.addresses), str(RUN_S), stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await client.communicate()
+            assert client.returncode == 0, out
+            done = json.loads(out.decode().splitlines()[-1])
+    finally:
+        await mesh.abort()
+    print(lag.summary(), done)
+    assert done["export"] >= 3 and done["refused"] >= 2, done
+    assert lag.worst_held_s < LAG_LIMIT_S, lag.summary()
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(careless_client(json.loads(sys.argv[1]), float(sys.argv[2])))))
