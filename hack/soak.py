@@ -129,7 +129,15 @@ async def soak(workdir: Path, minutes: float, warmup_min: float, every_s: float)
     rows, problems = judge(pods, first + warmup_min * 60)
     if summary["unaccounted"]:
         problems.append(f"{summary['unaccounted']} tasks unaccounted")
-    return {"minutes": minutes, "warmup_minutes": warmup_min, "pods": rows, "summary": summary, "problems": problems}
+    series = {name: {"pids": pod.pids, "samples": pod.samples} for name, pod in sorted(pods.items())}
+    return {
+        "minutes": minutes,
+        "warmup_minutes": warmup_min,
+        "pods": rows,
+        "summary": summary,
+        "problems": problems,
+        "samples": series,  # per pod: (seconds, RSS MiB, fds, threads) every --every seconds
+    }
 
 
 def main() -> int:

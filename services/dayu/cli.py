@@ -16,6 +16,7 @@ from dayu.mesh.model import CLUSTER_CONFIG, DEFAULT_CONFIG, EXPERIMENT_CONFIG, M
 from dayu.runtime.config import LogSettings, load_settings
 from dayu.runtime.errors import DayuError, InvalidArgument
 from dayu.runtime.logs import configure_logging
+from dayu.runtime.memory import keep_malloc_from_hoarding
 
 if TYPE_CHECKING:
     from dayu.mesh.run import RunningMesh
@@ -192,6 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_malloc_from_hoarding()  # before frames and tensors come and go (runtime/memory.py)
     args = _parser().parse_args(argv)
     try:
         commands = {"up": _up, "cluster": _cluster, "experiment": _experiment, "serve": _serve}

@@ -124,6 +124,9 @@ class Lane:
     length_m: float  # visible road length
 
 
+KEPT_PHASES = 256  # a timeline's phases kept, the latest: hours of them
+
+
 class _Timeline:
     """The phases over time: a deterministic sequence drawn lazily from the seed."""
 
@@ -145,7 +148,9 @@ class _Timeline:
             self.starts.append(self._end)
             self.names.append(others[int(self._rng.integers(len(others)))])
             self._end = self._draw_duration()
-        i = bisect.bisect_right(self.starts, t) - 1
+            # The scene only moves forward (its lanes a little apart): the last phases are enough.
+            del self.starts[:-KEPT_PHASES], self.names[:-KEPT_PHASES]
+        i = max(0, bisect.bisect_right(self.starts, t) - 1)
         end = self.starts[i + 1] if i + 1 < len(self.starts) else self._end
         return self.names[i], end
 
@@ -414,7 +419,7 @@ def _draw_vehicle(vehicle: Vehicle, scale: float, facing_left: bool) -> tuple[np
     return sprite, mask > 0
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=64)  # a plate is drawn once per vehicle on the road (its sprite is kept while it is)
 def _plate_template(text: str) -> np.ndarray:
     """The plate drawn large (440x104 pixels), to be shrunk: small text stays smooth and legible."""
     width, height = 440, 104
