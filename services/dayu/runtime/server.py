@@ -257,7 +257,7 @@ def _handler(
         return kind(unimplemented, response_serializer=_serialize)
 
     async def parse(raw: bytes) -> Message:
-        if len(raw) > ON_LOOP_BYTES:  # a large request is parsed and checked off the event loop
+        if ON_LOOP_BYTES < len(raw) <= max_bytes:  # a large request is parsed and checked off the event loop
             return await asyncio.to_thread(_parse, request_class, raw, max_bytes)
         return _parse(request_class, raw, max_bytes)
 
