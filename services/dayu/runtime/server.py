@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
+import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,6 +329,25 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+WORKERS = min(32, (os.cpu_count() or 1) + 4)  # the loop's worker threads (asyncio.to_thread), as Python sizes them
+_with_workers: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def _start_workers(loop: asyncio.AbstractEventLoop) -> None:
+    """Gives the loop its worker threads now, all of them, once per loop (the embedded mesh serves every
+    component on one): left to itself the pool adds one at each new peak of concurrent work, and a
+    component's threads would creep up for a while."""
+    if loop in _with_workers:
+        return
+    executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="dayu-worker")
+    started = threading.Barrier(WORKERS + 1)
+    for _ in range(WORKERS):
+        executor.submit(started.wait)  # each waits for the others: the pool must start a thread for each
+    started.wait()
+    loop.set_default_executor(executor)
+    _with_workers.add(loop)
+
+
 class ComponentServer:
     """A component served over gRPC on one port: start(), then stop() or run_until_signal()."""
 
@@ -346,6 +369,7 @@ class ComponentServer:
 
     async def start(self) -> str:
         """Binds, starts the component and the server, and reports SERVING. Returns HOST:PORT."""
+        _start_workers(asyncio.get_running_loop())
         # No SO_REUSEPORT: a port taken already fails here, rather than two servers sharing its calls.
         options = [*channel_options(self.settings.server.max_message_bytes), ("grpc.so_reuseport", 0)]
         server = grpc.aio.server(options=options)
