@@ -29,10 +29,11 @@ import pytest
 import yaml
 
 from dayu.components import COMPONENTS
-from dayu.mesh.kustomize import NODE_LABEL, TLS_DIR, check_names, health_port, per_node_instances, workload_name
+from dayu.mesh.kustomize import NODE_LABEL, check_names, per_node_instances, workload_name
 from dayu.mesh.model import MeshConfig, load_mesh_config
-from dayu.mesh.plan import Instance, certificate_holders
+from dayu.mesh.plan import Instance, certificate_holders, health_port
 from dayu.runtime.tls import CA_NAME, MESH_NAME, ORGANIZATION, common_name, secret_name
+from dayu.runtime.tls import KUBERNETES_DIR as TLS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "kustomize"

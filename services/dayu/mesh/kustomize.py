@@ -26,12 +26,13 @@ from dayu.mesh.plan import (
     Instance,
     Wiring,
     certificate_holders,
+    health_port,
     instances,
     processor_ports,
     settings,
     triton_nodes,
 )
-from dayu.runtime.tls import CA_NAME, KUBERNETES_DIR, MESH_NAME, ORGANIZATION, common_name, secret_name
+from dayu.runtime.tls import CA_NAME, MESH_NAME, ORGANIZATION, common_name, secret_name
 
 ROOT = Path(__file__).resolve().parents[3]
 KUSTOMIZE = ROOT / "kustomize"
@@ -39,8 +40,6 @@ CONFIG_DIR = "/etc/dayu"  # where the containers find their settings (the mounts
 DATABASE = "/var/lib/dayu/dayu-records.sqlite"
 NODE_STATE_DIR = "/var/lib/dayu-node"  # a hostPath on each node (kustomize/base/node): kept across pod restarts
 NODE_LABEL = "dayu.io/node"  # the node a per-node workload, its pods and its Service are for
-TLS_DIR = KUBERNETES_DIR  # where every mesh container mounts its Secret (dayu-tls-COMPONENT-NODE)
-HEALTH_PORT_OFFSET = 1000  # a server's plaintext health-only port (kubelet probes): its port + 1000
 TEMPLATES = "../../../node"  # kustomize/base/node, from base/mesh/nodes/NAME
 GPU_TEMPLATE = "../../../../components/gpu/triton-gpu"  # from base/mesh/gpu/NAME
 DEFAULTS = "../../defaults"  # kustomize/base/defaults, from base/mesh/cert-manager
@@ -92,12 +91,6 @@ def workload_name(instance: Instance) -> str:
         return f"dayu-{instance.component}"
     role = f"-{dns_name(instance.role)}" if instance.component == "processor" else ""
     return f"dayu-{instance.component}{role}-{node_suffix(instance.node)}"
-
-
-def health_port(port: int) -> int:
-    """The plaintext health-only port of a server on `port` (server.health_listen): kubelet gRPC probes
-    cannot speak TLS."""
-    return port + HEALTH_PORT_OFFSET
 
 
 def settings_file(instance: Instance, node: str = "") -> str:

@@ -152,20 +152,3 @@ def issue(ca: Authority, component: str, node: str, validity: datetime.timedelta
         .sign(ca.key, hashes.SHA256())
     )
     return Issued(ca.pem, certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key))
-
-
-def identity_of(cert_pem: bytes) -> tuple[str, str, list[str]]:
-    """A certificate's (CN, O, SAN DNS names): what a server reads of its caller."""
-    certificate = x509.load_pem_x509_certificate(cert_pem)
-    subject = certificate.subject
-
-    def first(oid: x509.ObjectIdentifier) -> str:
-        found = subject.get_attributes_for_oid(oid)
-        return str(found[0].value) if found else ""
-
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns = names.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        dns = []
-    return first(NameOID.COMMON_NAME), first(NameOID.ORGANIZATION_NAME), list(dns)

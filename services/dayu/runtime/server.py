@@ -348,6 +348,11 @@ def _start_workers(loop: asyncio.AbstractEventLoop) -> None:
     _with_workers.add(loop)
 
 
+def _bound(listen: str, port: int) -> str:
+    """HOST:PORT as bound: the host asked for, the port given (port 0 picks one)."""
+    return f"{listen.rsplit(':', 1)[0]}:{port}"
+
+
 class ComponentServer:
     """A component served over gRPC on one port: start(), then stop() or run_until_signal()."""
 
@@ -364,8 +369,7 @@ class ComponentServer:
 
     @property
     def address(self) -> str:
-        host = self.settings.server.listen.rsplit(":", 1)[0]
-        return f"{host}:{self.port}"
+        return _bound(self.settings.server.listen, self.port)
 
     async def start(self) -> str:
         """Binds, starts the component and the server, and reports SERVING. Returns HOST:PORT."""
@@ -407,8 +411,7 @@ class ComponentServer:
 
     @property
     def health_address(self) -> str:
-        host = self.settings.server.health_listen.rsplit(":", 1)[0]
-        return f"{host}:{self.health_port}"
+        return _bound(self.settings.server.health_listen, self.health_port)
 
     def _health_only_server(self) -> grpc.aio.Server | None:
         """The plaintext server of server.health_listen: grpc.health.v1 only, from the same servicer,
