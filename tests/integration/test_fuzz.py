@@ -1,6 +1,6 @@
 """Every RPC of every service, fuzzed on one embedded mesh (dayu.testing.fuzz; docs/testing.md,
 "Fuzzing"): near-valid, random and garbage requests each get an answer a caller can act on, within
-the deadline, without echoing the input; afterwards the mesh still answers right. Bounded and
+the deadline, with details no longer than the server's cut; afterwards the mesh still answers right. Bounded and
 deterministic here; hack/fuzz.py is the long campaign."""
 
 from __future__ import annotations
