@@ -98,6 +98,27 @@ def _parser() -> argparse.ArgumentParser:
     experiment.add_argument("--out", type=Path, required=True, metavar="DIR")
     experiment.add_argument("--config", type=Path, default=EXPERIMENT_CONFIG, metavar="FILE", help="mesh YAML file")
     experiment.add_argument("--mode", choices=("embedded", "cluster"), default="embedded", help="where to run it")
+
+    processor = commands.add_parser(
+        "processor",
+        help="make a processor kind of your own, as a package of its own (docs/plugins.md)",
+        description="Processor kinds of other packages: `new` makes one from Dayu's template.",
+    )
+    processor_commands = processor.add_subparsers(dest="action", required=True, metavar="ACTION")
+    new = processor_commands.add_parser(
+        "new",
+        help="make a package with a new processor kind",
+        description=(
+            "Write a Python package that adds the processor kind NAME to Dayu through an entry point of the "
+            "group dayu.processors: a runner (which labels each frame dark or bright, to change into what "
+            "your kind does), its tests, pyproject.toml and a README. Install it into Dayu's environment "
+            "(pip install -e DIR) and NAME is a kind for mesh files' nodes and pipelines. See docs/plugins.md."
+        ),
+    )
+    new.add_argument("name", metavar="NAME", help="the kind's name: lowercase letters, digits and '_' (a-z first)")
+    new.add_argument(
+        "--directory", type=Path, metavar="DIR", help="the folder to make, which must not exist (default: ./NAME)"
+    )
     return parser
 
 
@@ -123,6 +144,60 @@ def _mesh_maker(mode: str) -> Callable[[MeshConfig, Path], RunningMesh]:
     from dayu.mesh.embedded import Mesh
 
     return Mesh
+
+
+TEMPLATE_SUFFIX = ".tmpl"  # the template's files that are rendered; the suffix is dropped
+
+
+def _new_processor(args: argparse.Namespace) -> int:
+    """Renders the processor template (dayu/processor/template, shipped in the package) into a new folder."""
+    from importlib.resources import files
+    from importlib.resources.abc import Traversable
+
+    from dayu.processor.kinds import PROCESSORS
+    from dayu.runtime.registry import PLUGIN_NAME
+
+    name: str = args.name
+    if not PLUGIN_NAME.fullmatch(name):
+        raise InvalidArgument(
+            "NAME", f"lowercase letters, digits and '_', starting with a letter, at most 32 characters, got {name!r}"
+        )
+    if name in PROCESSORS.names():
+        raise InvalidArgument("NAME", f"a name no processor kind has yet {PROCESSORS.names()}, got {name!r}")
+    directory: Path = args.directory or Path(name)
+    if directory.exists():
+        field = "--directory" if args.directory else "NAME"
+        raise InvalidArgument(field, f"a folder that does not exist yet (nothing is overwritten), got {str(directory)!r}")
+    values = {"name": name, "package": f"dayu_{name}", "distribution": "dayu-" + name.replace("_", "-")}
+
+    def render(text: str) -> str:
+        for key, value in values.items():
+            text = text.replace("{{" + key + "}}", value)
+        return text
+
+    def copy(source: Traversable, target: Path) -> None:
+        for item in sorted(source.iterdir(), key=lambda item: item.name):
+            if item.is_dir():
+                copy(item, target / render(item.name))
+            elif item.name.endswith(TEMPLATE_SUFFIX):
+                path = target / render(item.name.removesuffix(TEMPLATE_SUFFIX))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(render(item.read_text(encoding="utf-8")), encoding="utf-8")
+
+    directory.mkdir(parents=True)
+    copy(files("dayu.processor").joinpath("template"), directory)
+    print(
+        f"dayu: made the processor kind {name!r} in {directory}/: package {values['package']}, its runner in "
+        f"{values['package']}/runner.py. Next, in the environment Dayu is installed in:\n"
+        f"  pip install -e {directory}      # Dayu finds the kind {name!r} from now on\n"
+        f"  python -m pytest {directory}    # its tests\n"
+        f"then put it on a node and in a pipeline of a mesh file: {directory}/README.md, and Dayu's docs/plugins.md."
+    )
+    return 0
+
+
+def _processor(args: argparse.Namespace) -> int:
+    return {"new": _new_processor}[args.action](args)
 
 
 def _run(mesh: RunningMesh, args: argparse.Namespace) -> int:
@@ -196,7 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     keep_malloc_from_hoarding()  # before frames and tensors come and go (runtime/memory.py)
     args = _parser().parse_args(argv)
     try:
-        commands = {"up": _up, "cluster": _cluster, "experiment": _experiment, "serve": _serve}
+        commands = {
+            "up": _up,
+            "cluster": _cluster,
+            "experiment": _experiment,
+            "serve": _serve,
+            "processor": _processor,
+        }
         return commands[args.command](args)
     except DayuError as error:
         print(f"dayu: error: {error}", file=sys.stderr)

@@ -189,7 +189,7 @@ class Cluster:
         from dayu.processor.triton_server import backend_directory
 
         image = self.workdir / "image"
-        return image_paths(assemble(image / "triton_models"), backend_directory(image))
+        return image_paths(assemble(image / "triton_models", own=self.config.models_dir), backend_directory(image))
 
     def _write_hosts(self, documents: list[dict[str, Any]]) -> None:
         """Each node's hosts file, as the cluster's DNS: the nodes' names, and every Service of the

@@ -24,6 +24,7 @@ class LoopbackWiring(Wiring):
         self.pipelines_file = str(config.pipelines_file)
         self.workdir = workdir
         self.database = str(workdir / "dayu-records.sqlite")
+        self.models_dir = str(config.models_dir) if config.models_dir is not None else None
         keys = [instance.key for instance in instances(config)]
         self.ports = dict(zip(keys, free_ports(len(keys)), strict=True))
         self.tritons = tritons
@@ -86,7 +87,7 @@ class Mesh:
         if needing:
             settings_ = config.triton
             self.triton = TritonServer(
-                assemble(self.workdir / "triton_models"),
+                assemble(self.workdir / "triton_models", own=config.models_dir),
                 self.workdir,
                 grpc_port=settings_.grpc_port,
                 model_config_name=settings_.model_config_name,

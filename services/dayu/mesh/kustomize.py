@@ -42,6 +42,7 @@ NODE_STATE_DIR = "/var/lib/dayu-node"  # a hostPath on each node (kustomize/base
 NODE_LABEL = "dayu.io/node"  # the node a per-node workload, its pods and its Service are for
 TEMPLATES = "../../../node"  # kustomize/base/node, from base/mesh/nodes/NAME
 GPU_TEMPLATE = "../../../../components/gpu/triton-gpu"  # from base/mesh/gpu/NAME
+MODEL_REPOSITORY = "/opt/dayu/triton_models"  # in the image (Dockerfile)
 DEFAULTS = "../../defaults"  # kustomize/base/defaults, from base/mesh/cert-manager
 SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # an RFC 1035 label, as Service names are
 
@@ -57,6 +58,8 @@ class KubernetesWiring(Wiring):
 
     def __init__(self, config: MeshConfig) -> None:
         self.config = config
+        # The image's assembled repository holds the mesh's own models too, as <name>/<version>/model.onnx.
+        self.models_dir = MODEL_REPOSITORY if config.models_dir is not None else None
         self.ports = {**PORTS, **{f"processor/{role}": port for role, port in processor_ports(config).items()}}
 
     def port(self, instance: Instance) -> int:
@@ -133,11 +136,13 @@ def check_registries(config: MeshConfig) -> None:
     from dayu.runtime.pipelines import load_pipelines
     from dayu.scheduler.policies import POLICIES
 
-    for kind, section in {**config.processors, **config.golden}.items():
-        PROCESSORS.params(kind, section.params, field=f"processors.{kind}.params")
-    for node in config.nodes.values():
-        for kind in node.processors:
-            PROCESSORS.entry(kind, field="nodes.processors")
+    for name, section in config.processors.items():
+        PROCESSORS.params(config.processor_kind(name), section.params, field=f"processors.{name}.params")
+    for name, section in config.golden.items():
+        PROCESSORS.params(config.processor_kind(name, golden=True), section.params, field=f"golden.{name}.params")
+    for node_name, node in config.nodes.items():
+        for name in node.processors:
+            PROCESSORS.entry(config.processor_kind(name), field=f"nodes.{node_name}.processors")
     for index, source in enumerate(config.sources):
         SOURCES.params(source.get("kind", ""), source.get("params"), field=f"sources[{index}].params")
     for index, stream in enumerate(config.streams):

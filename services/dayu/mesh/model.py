@@ -30,7 +30,9 @@ class ResourcesSection(StrictModel):
 
 
 class NodeSection(StrictModel):
-    processors: list[str] = pydantic.Field(default_factory=list, description="processor kinds on this node")
+    processors: list[str] = pydantic.Field(
+        default_factory=list, description="processors on this node: names of the processors section, or kinds"
+    )
     triton: str = pydantic.Field("", description="HOST:PORT of a running Triton for this node; empty: the mesh's own")
     resources: ResourcesSection = ResourcesSection()
 
@@ -52,6 +54,9 @@ class LinkSection(StrictModel):
 
 
 class ProcessorSection(StrictModel):
+    kind: str = pydantic.Field(
+        "", description="the processor kind it runs; empty: its name is the kind (text_detector, model, ...)"
+    )
     workers: int = pydantic.Field(1, ge=1)
     queue_capacity: int = pydantic.Field(64, ge=1)
     params: dict[str, Any] = pydantic.Field(default_factory=dict)
@@ -69,7 +74,12 @@ class MeshConfig(StrictModel):
     nodes: dict[str, NodeSection]
     links: list[LinkSection] = pydantic.Field(default_factory=list)
     pipelines_file: Path
-    processors: dict[str, ProcessorSection] = pydantic.Field(default_factory=dict)
+    processors: dict[str, ProcessorSection] = pydantic.Field(
+        default_factory=dict, description="processor name -> its kind, parameters and workers"
+    )
+    models_dir: Path | None = pydantic.Field(
+        None, description="a folder of your own models (<name>/<version>/model.onnx), served next to Dayu's"
+    )
     sources: list[dict[str, Any]] = pydantic.Field(default_factory=list)
     streams: list[StreamSection] = pydantic.Field(default_factory=list)
     scheduler: dict[str, Any] = pydantic.Field(default_factory=dict)
@@ -103,6 +113,13 @@ class MeshConfig(StrictModel):
                 raise ValueError(f"stream on unknown node {stream.node!r}")
         return self
 
+    def processor_kind(self, name: str, golden: bool = False) -> str:
+        """The kind that the processor `name` (of the processors section, or golden) runs."""
+        for section in ([self.golden.get(name)] if golden else []) + [self.processors.get(name)]:
+            if section is not None and section.kind:
+                return section.kind
+        return name
+
     def streams_on(self, node: str) -> list[dict[str, Any]]:
         """The generator's stream sections of the streams whose camera is at `node`."""
         return [stream.model_dump(exclude={"node"}) for stream in self.streams if stream.node == node]
@@ -126,6 +143,8 @@ def load_mesh_config(path: Path, data: dict[str, Any] | None = None) -> MeshConf
         raise from_validation_error(error, str(path)) from None
     base = path.resolve().parent
     config.pipelines_file = base / config.pipelines_file
+    if config.models_dir is not None:
+        config.models_dir = base / config.models_dir
     for link in config.links:
         if link.trace is not None:
             link.trace = base / link.trace

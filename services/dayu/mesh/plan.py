@@ -62,6 +62,7 @@ class Wiring:
 
     pipelines_file: str
     database: str
+    models_dir: str | None  # where processors in process find the mesh's own models
     emulated_links: bool  # links emulated by the controllers (bandwidth, delay, traces); else real ones
 
     def address(self, target: Instance, seen_from: Instance) -> str:
@@ -145,6 +146,17 @@ def _with_triton(params: dict[str, Any], address: str) -> dict[str, Any]:
     return {**params, "triton": {"address": address, **params.get("triton", {})}}
 
 
+def _with_models(kind: str, params: dict[str, Any], models_dir: str | None) -> dict[str, Any]:
+    """A model kind's parameters in process with the folder of the mesh's own models, unless they name one."""
+    from dayu.processor.kinds import PROCESSORS
+
+    if models_dir is None or on_triton(params) or "model_repository" in params:
+        return params
+    if "model_repository" not in PROCESSORS.params_model(kind).model_fields:
+        return params
+    return {**params, "model_repository": models_dir}
+
+
 def settings(config: MeshConfig, instance: Instance, wiring: Wiring) -> dict[str, Any]:
     """The settings file of an instance (what `dayu serve COMPONENT --config FILE` reads), less its
     listening address, which the mode gives with --listen."""
@@ -172,10 +184,12 @@ def settings(config: MeshConfig, instance: Instance, wiring: Wiring) -> dict[str
         case "backend":
             section = {"pipelines_file": wiring.pipelines_file}
         case "processor":
-            processor = _processor_section(config, instance).model_dump()
-            kind = instance.role.removeprefix(GOLDEN)
-            processor["params"] = _with_triton(processor["params"], wiring.triton(node))
-            section = {"kind": kind, **processor}
+            processor = _processor_section(config, instance).model_dump(exclude={"kind"})
+            name = instance.role.removeprefix(GOLDEN)
+            kind = config.processor_kind(name, golden=instance.role.startswith(GOLDEN))
+            params = _with_triton(processor["params"], wiring.triton(node))
+            processor["params"] = _with_models(kind, params, wiring.models_dir)
+            section = {"kind": kind, "name": name, **processor}
         case "controller":
             section = {
                 "cloud_node": cloud,

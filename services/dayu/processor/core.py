@@ -56,7 +56,7 @@ class ProcessorCore:
     def __init__(
         self,
         node: str,
-        kind: str,
+        name: str,
         runner: StageRunner,
         workers: int,
         queue_capacity: int,
@@ -65,7 +65,7 @@ class ProcessorCore:
     ) -> None:
         if recent_results < 1:
             raise InvalidArgument("recent_results", f"at least 1, got {recent_results}")
-        self.node, self.kind, self.runner, self.tracing = node, kind, runner, tracing
+        self.node, self.name, self.runner, self.tracing = node, name, runner, tracing
         self.workers = workers
         self.queue_capacity = queue_capacity
         self.recent_results = recent_results
@@ -82,7 +82,7 @@ class ProcessorCore:
         return self._queue.qsize()
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work(), name=f"{self.kind}-worker-{i}") for i in range(self.workers)]
+        self._tasks = [asyncio.create_task(self._work(), name=f"{self.name}-worker-{i}") for i in range(self.workers)]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -93,7 +93,7 @@ class ProcessorCore:
         jobs, self._jobs = list(self._jobs.values()), {}
         for job in jobs:
             if not job.done.done():
-                job.done.set_exception(Unavailable(f"{self.kind} processor on {self.node} stopped"))
+                job.done.set_exception(Unavailable(f"{self.name} processor on {self.node} stopped"))
         if isinstance(self.runner, ClosableRunner):
             await self.runner.aclose()
 
@@ -108,9 +108,9 @@ class ProcessorCore:
         if stage_name not in stages:
             raise InvalidArgument("stage", f"a stage of the task's DAG {sorted(stages)}, got {shown(stage_name)}")
         stage = stages[stage_name]
-        if stage.spec.processor != self.kind:
+        if stage.spec.processor != self.name:
             raise FailedPrecondition(
-                f"stage {stage_name!r} needs processor {stage.spec.processor!r}; this one runs {self.kind!r}"
+                f"stage {stage_name!r} needs processor {stage.spec.processor!r}; this one is {self.name!r}"
             )
         key = (task.task_id, stage_name)
         if key in self._finished or key in self._jobs:
@@ -141,7 +141,7 @@ class ProcessorCore:
         except asyncio.QueueFull:
             job.waiting.set_status(trace.StatusCode.ERROR, "queue full")
             job.waiting.end()
-            raise ResourceExhausted(f"{self.kind} queue on {self.node} is full ({self.queue_capacity} tasks)") from None
+            raise ResourceExhausted(f"{self.name} queue on {self.node} is full ({self.queue_capacity} tasks)") from None
         return job
 
     async def _work(self) -> None:

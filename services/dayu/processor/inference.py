@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import numpy as np
+import onnxruntime
 import tritonclient.grpc.aio as triton_grpc
-from rapidocr_onnxruntime.utils import OrtInferSession
 from tritonclient.utils import InferenceServerException
 
-from dayu.processor.kinds import InferenceParams, TritonParams
-from dayu.processor.repository import packaged_model_file
-from dayu.processor.triton_server import client_arguments
+from dayu.processor.backend_params import InferenceParams, TritonParams
+from dayu.processor.kinds import ModelMismatch
+from dayu.processor.repository import model_file
+from dayu.processor.triton_server import client_arguments, wait_until_ready
 from dayu.runtime.client import RETRYABLE
 from dayu.runtime.errors import Unavailable
 from dayu.runtime.logs import get_logger
@@ -54,9 +57,71 @@ def model_of(spec: types_pb2.StageSpec, default: str) -> ModelRef:
     return ModelRef(spec.model or default, spec.model_version)
 
 
+@dataclass(frozen=True)
+class Tensor:
+    """A model's input or output as its server describes it: name, element type ("FP32", "UINT8", as
+    Triton names them) and shape, batch axis first; -1 where any size goes."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A model's inputs and outputs, to check before the first task what a kind will send and read."""
+
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+
+    def only_input(self, model: ModelRef) -> Tensor:
+        if len(self.inputs) != 1:
+            raise ModelMismatch(f"model {model} has {len(self.inputs)} inputs {self.input_names}; the kinds feed one")
+        return self.inputs[0]
+
+    def output(self, model: ModelRef, name: str = "") -> Tensor:
+        """The output of that name; "" is the model's only output."""
+        if not name:
+            if len(self.outputs) != 1:
+                raise ModelMismatch(f"model {model} has outputs {self.output_names}: name the one to read")
+            return self.outputs[0]
+        for tensor in self.outputs:
+            if tensor.name == name:
+                return tensor
+        raise ModelMismatch(f"model {model} has no output {name!r}; its outputs are {self.output_names}")
+
+    @property
+    def input_names(self) -> list[str]:
+        return [tensor.name for tensor in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [tensor.name for tensor in self.outputs]
+
+
+def check_shape(model: ModelRef, tensor: Tensor, expected: tuple[int | None, ...], what: str) -> None:
+    """Fails unless the tensor has the expected rank and, on every axis both fix, the same size
+    (None in `expected`, -1 in the model: any size)."""
+    shape = tensor.shape
+    fits = len(shape) == len(expected) and all(
+        want is None or have < 0 or have == want for have, want in zip(shape, expected, strict=True)
+    )
+    if not fits:
+        shown = ", ".join("?" if want is None else str(want) for want in expected)
+        raise ModelMismatch(f"{tensor.name!r} of model {model} has shape {list(shape)}; {what} needs [{shown}]")
+
+
 class InferenceBackend(Protocol):
     async def infer(self, model: ModelRef, batch: np.ndarray) -> np.ndarray:
         """The model's (only) output for a batch of its (only) input."""
+
+    async def infer_outputs(
+        self, model: ModelRef, batch: np.ndarray, names: Sequence[str] = ()
+    ) -> dict[str, np.ndarray]:
+        """The outputs of those names (none named: all), for a batch of the model's (only) input."""
+
+    async def signature(self, model: ModelRef) -> Signature:
+        """The model's inputs and outputs; ModelMismatch when the model is not there."""
 
     async def aclose(self) -> None:
         """Releases connections."""
@@ -76,7 +141,7 @@ class TritonBackend:
     def __init__(self, params: TritonParams) -> None:
         self.params = params
         self._client: triton_grpc.InferenceServerClient | None = None
-        self._names: dict[ModelRef, tuple[str, str]] = {}  # input and output names, from the model's metadata
+        self._signatures: dict[ModelRef, Signature] = {}  # from the model's metadata
 
     @property
     def client(self) -> triton_grpc.InferenceServerClient:
@@ -119,27 +184,49 @@ class TritonBackend:
         except InferenceServerException:
             return False
 
-    async def _tensor_names(self, model: ModelRef) -> tuple[str, str]:
-        if model not in self._names:
-            metadata = await self._with_retries(
-                model,
-                "metadata",
-                lambda: self.client.get_model_metadata(
-                    model.name, str(model.version or ""), client_timeout=self.params.timeout_s
-                ),
-            )
-            if len(metadata.inputs) != 1 or len(metadata.outputs) != 1:
-                raise TritonError(
-                    f"model {model} on Triton at {self.params.address} has {len(metadata.inputs)} inputs and "
-                    f"{len(metadata.outputs)} outputs; the kinds expect one of each"
+    async def signature(self, model: ModelRef) -> Signature:
+        if model not in self._signatures:
+            await wait_until_ready(self.params.address, self.params.start_timeout_s, tls=self.params.tls)
+            try:
+                metadata = await self._with_retries(
+                    model,
+                    "metadata",
+                    lambda: self.client.get_model_metadata(
+                        model.name, str(model.version or ""), client_timeout=self.params.timeout_s
+                    ),
                 )
-            self._names[model] = (metadata.inputs[0].name, metadata.outputs[0].name)
-        return self._names[model]
+            except TritonError as error:
+                raise ModelMismatch(f"{error}; it serves {await self._served()}") from None
+            self._signatures[model] = Signature(
+                tuple(Tensor(t.name, t.datatype, tuple(t.shape)) for t in metadata.inputs),
+                tuple(Tensor(t.name, t.datatype, tuple(t.shape)) for t in metadata.outputs),
+            )
+        return self._signatures[model]
+
+    async def _served(self) -> list[str]:
+        """ "name:version" of the models Triton has ready (for an error that says what is there)."""
+        try:
+            index = await self.client.get_model_repository_index(client_timeout=self.params.timeout_s)
+        except InferenceServerException:
+            return []
+        return sorted(f"{m.name}:{m.version}" if m.version else m.name for m in index.models if m.state == "READY")
+
+    async def infer_outputs(
+        self, model: ModelRef, batch: np.ndarray, names: Sequence[str] = ()
+    ) -> dict[str, np.ndarray]:
+        signature = await self.signature(model)
+        return await self._infer(model, signature.only_input(model), list(names or signature.output_names), batch)
 
     async def infer(self, model: ModelRef, batch: np.ndarray) -> np.ndarray:
-        input_name, output_name = await self._tensor_names(model)
-        tensor = await asyncio.to_thread(_input_tensor, input_name, batch)  # megabytes copied: off the loop
-        output = triton_grpc.InferRequestedOutput(output_name)
+        signature = await self.signature(model)
+        output = signature.output(model).name
+        return (await self._infer(model, signature.only_input(model), [output], batch))[output]
+
+    async def _infer(
+        self, model: ModelRef, input_tensor: Tensor, output_names: list[str], batch: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        tensor = await asyncio.to_thread(_input_tensor, input_tensor, batch)  # megabytes copied: off the loop
+        outputs = [triton_grpc.InferRequestedOutput(name) for name in output_names]
         result = await self._with_retries(
             model,
             "inference",
@@ -147,11 +234,11 @@ class TritonBackend:
                 model.name,
                 [tensor],
                 model_version=str(model.version or ""),
-                outputs=[output],
+                outputs=outputs,
                 client_timeout=self.params.timeout_s,
             ),
         )
-        return await asyncio.to_thread(result.as_numpy, output_name)
+        return await asyncio.to_thread(lambda: {name: result.as_numpy(name) for name in output_names})
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -160,42 +247,81 @@ class TritonBackend:
                 await client.close()
 
 
+# onnxruntime's element types as Triton names them.
+_ONNX_TYPES = {"tensor(float)": "FP32", "tensor(uint8)": "UINT8", "tensor(int32)": "INT32", "tensor(int64)": "INT64"}
+
+
+def onnx_session(path: Path, intra_op_threads: int) -> onnxruntime.InferenceSession:
+    """A CPU session with the settings Triton's Python-backend model uses too (triton_models/onnx_model.py),
+    so both paths compute the same numbers."""
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4
+    options.enable_cpu_mem_arena = False
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = min(intra_op_threads, os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _shape(dims: list[int | str | None]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) else -1 for d in dims)
+
+
 class OnnxRuntimeBackend:
-    """onnxruntime in this process, on the packaged ONNX files Triton serves too, with rapidocr's session
-    settings; the call runs in a worker thread so the processor's event loop keeps answering."""
+    """onnxruntime in this process, on the ONNX files Triton serves too (dayu.processor.repository); the
+    call runs in a worker thread so the processor's event loop keeps answering."""
 
-    def __init__(self, intra_op_threads: int) -> None:
+    def __init__(self, intra_op_threads: int, model_repository: Path | None = None) -> None:
         self.intra_op_threads = intra_op_threads
-        self._sessions: dict[str, OrtInferSession] = {}
+        self.model_repository = model_repository
+        self._sessions: dict[ModelRef, onnxruntime.InferenceSession] = {}
 
-    def session(self, model: ModelRef) -> OrtInferSession:
-        """The model's session, loaded on first use (the kinds load their default model at start)."""
-        if model.name not in self._sessions:
-            with packaged_model_file(model.name, model.version) as path:
-                self._sessions[model.name] = OrtInferSession(
-                    {"model_path": str(path), "intra_op_num_threads": self.intra_op_threads, "inter_op_num_threads": 1}
-                )
-        return self._sessions[model.name]
+    def session(self, model: ModelRef) -> onnxruntime.InferenceSession:
+        """The model's session, loaded on first use (the kinds load theirs when they are checked at start)."""
+        if model not in self._sessions:
+            try:
+                with model_file(model.name, model.version, self.model_repository) as path:
+                    self._sessions[model] = onnx_session(path, self.intra_op_threads)
+            except (ValueError, FileNotFoundError) as error:
+                raise ModelMismatch(str(error)) from None
+        return self._sessions[model]
+
+    async def signature(self, model: ModelRef) -> Signature:
+        session = await asyncio.to_thread(self.session, model)
+        return Signature(
+            tuple(Tensor(t.name, _ONNX_TYPES.get(t.type, t.type), _shape(t.shape)) for t in session.get_inputs()),
+            tuple(Tensor(t.name, _ONNX_TYPES.get(t.type, t.type), _shape(t.shape)) for t in session.get_outputs()),
+        )
+
+    async def infer_outputs(
+        self, model: ModelRef, batch: np.ndarray, names: Sequence[str] = ()
+    ) -> dict[str, np.ndarray]:
+        signature = await self.signature(model)
+        feed = {signature.only_input(model).name: np.ascontiguousarray(batch)}
+        names = list(names or signature.output_names)
+        outputs = await asyncio.to_thread(self.session(model).run, names, feed)
+        return dict(zip(names, outputs, strict=True))
 
     async def infer(self, model: ModelRef, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        outputs = await asyncio.to_thread(lambda: self.session(model)(batch))
-        return outputs[0]
+        signature = await self.signature(model)
+        output = signature.output(model).name
+        feed = {signature.only_input(model).name: np.ascontiguousarray(batch, dtype=np.float32)}
+        (result,) = await asyncio.to_thread(self.session(model).run, [output], feed)
+        return result
 
     async def aclose(self) -> None:
         self._sessions.clear()
 
 
-def make_backend(params: InferenceParams, default_model: str) -> InferenceBackend:
-    """The backend the parameters choose; in process, the default model loads now, not on the first task."""
+def make_backend(params: InferenceParams) -> InferenceBackend:
+    """The backend the parameters choose (models load when a kind checks them at start)."""
     if params.backend == "triton":
         return TritonBackend(params.triton)
-    backend = OnnxRuntimeBackend(params.intra_op_threads)
-    backend.session(ModelRef(default_model))
-    return backend
+    return OnnxRuntimeBackend(params.intra_op_threads, params.model_repository)
 
 
-def _input_tensor(name: str, batch: np.ndarray) -> triton_grpc.InferInput:
-    tensor = triton_grpc.InferInput(name, list(batch.shape), "FP32")
-    tensor.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+def _input_tensor(spec: Tensor, batch: np.ndarray) -> triton_grpc.InferInput:
+    dtype = np.uint8 if spec.dtype == "UINT8" else np.float32
+    tensor = triton_grpc.InferInput(spec.name, list(batch.shape), "UINT8" if dtype is np.uint8 else "FP32")
+    tensor.set_data_from_numpy(np.ascontiguousarray(batch, dtype=dtype))
     return tensor

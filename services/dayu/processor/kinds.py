@@ -9,13 +9,16 @@ file's kinds validate without any of them."""
 from __future__ import annotations
 
 import asyncio
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import pydantic
 
+from dayu.processor.api import ENTRY_POINT_GROUP, SUPPORTED_API_VERSIONS
+from dayu.processor.backend_params import InferenceParams
+from dayu.processor.model_params import ModelStageParams
 from dayu.runtime.config import StrictModel
+from dayu.runtime.errors import FailedPrecondition
 from dayu.runtime.registry import Registry
-from dayu.runtime.tls import TlsSettings
 from dayu.v1 import task_pb2
 
 
@@ -28,6 +31,17 @@ class StageRunner(Protocol):
 class ClosableRunner(Protocol):
     async def aclose(self) -> None:
         """Releases what the runner holds open (a connection to Triton); called when the processor stops."""
+
+
+class ModelMismatch(FailedPrecondition):
+    """A model is not what a stage needs: missing, or its tensors of another shape or type."""
+
+
+@runtime_checkable
+class CheckedRunner(Protocol):
+    async def check(self) -> None:
+        """Fails (ModelMismatch) when what the runner needs is not there or not as it expects (its model
+        on Triton, its tensors' shapes); called when the processor starts, before any task."""
 
 
 PROCESSORS: Registry[type[StageRunner]] = Registry("processor")
@@ -53,33 +67,6 @@ class NoopRunner:
             stage.results.add(frame_index=index)
         stage.scenario.object_counts.extend([0] * frames)
         stage.scenario.mean_object_sizes.extend([0.0] * frames)
-
-
-class TritonParams(StrictModel):
-    address: str = pydantic.Field("127.0.0.1:8001", min_length=1, description="HOST:PORT of Triton's gRPC endpoint")
-    timeout_s: float = pydantic.Field(10.0, gt=0, le=600, description="longest wait for one inference call")
-    attempts: int = pydantic.Field(3, ge=1, le=10, description="tries of a call before the stage fails")
-    backoff_s: float = pydantic.Field(0.25, ge=0, le=30, description="wait before the second try, doubling after")
-    tls: TlsSettings = pydantic.Field(
-        default_factory=TlsSettings,
-        description="mutual TLS to Triton (certificate, key, the mesh's CA); left empty, the processor's own tls",
-    )
-
-
-class InferenceParams(StrictModel):
-    """The parameters every model-backed kind takes (see dayu.processor.inference)."""
-
-    backend: Literal["onnxruntime", "triton"] = pydantic.Field(
-        "onnxruntime", description="triton: the node's Triton server; onnxruntime: in this process"
-    )
-    intra_op_threads: int = pydantic.Field(
-        1,
-        ge=1,
-        le=64,
-        description="in process: threads of one inference; 1 leaves the other cores to the other components, "
-        "more than the machine's cores means all of them (rapidocr's rule)",
-    )
-    triton: TritonParams = TritonParams()
 
 
 class TextDetectorParams(InferenceParams):
@@ -119,3 +106,9 @@ PROCESSORS.register_lazy(
 )
 PROCESSORS.register_lazy("text_detector", "dayu.processor.models:TextDetectorRunner", params=TextDetectorParams)
 PROCESSORS.register_lazy("text_recognizer", "dayu.processor.models:TextRecognizerRunner", params=TextRecognizerParams)
+PROCESSORS.register_lazy("model", "dayu.processor.model_stage:ModelStageRunner", params=ModelStageParams)
+
+# Kinds of other installed packages (docs/plugins.md), by their entry points: their names now, from the
+# packages' metadata; each is imported when a processor runs it. Last, after every kind of Dayu's own,
+# so a plugin that takes one of their names is refused, naming it.
+PROCESSORS.register_entry_points(ENTRY_POINT_GROUP, api_versions=SUPPORTED_API_VERSIONS)

@@ -24,10 +24,10 @@ from rapidocr_onnxruntime.ch_ppocr_rec.text_recognize import TextRecognizer
 from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 
 from dayu.media.codecs import decode_segment
-from dayu.processor.inference import InferenceBackend, ModelRef, make_backend, model_of
+from dayu.processor.inference import InferenceBackend, ModelRef, check_shape, make_backend, model_of
 from dayu.processor.kinds import TextDetectorParams, TextRecognizerParams
 from dayu.processor.refiners import BoxRefiner, crop_box
-from dayu.processor.repository import packaged_model_file
+from dayu.processor.repository import model_file
 from dayu.processor.results import pixels_per_frame, record
 from dayu.v1 import task_pb2, types_pb2
 
@@ -61,9 +61,18 @@ async def infer_in_batches(
 
 
 class _ModelRunner:
-    """A kind backed by a model: the backend its parameters choose, released when the processor stops."""
+    """A kind backed by a model: the backend its parameters choose, checked when the processor starts
+    (the model is there, its input has the shape the kind sends), released when it stops."""
 
     backend: InferenceBackend
+    model: str
+    input_shape: tuple[int | None, ...]  # batch axis first; None: any size
+
+    async def check(self) -> None:
+        model = ModelRef(self.model)
+        signature = await self.backend.signature(model)
+        check_shape(model, signature.only_input(model), self.input_shape, f"the {type(self).__name__}")
+        signature.output(model)
 
     async def aclose(self) -> None:
         await self.backend.aclose()
@@ -84,7 +93,8 @@ class TextDetectorRunner(_ModelRunner):
             use_dilation=True,
             score_mode="fast",
         )
-        self.backend = make_backend(params, DETECTION_MODEL)
+        self.backend = make_backend(params)
+        self.model, self.input_shape = DETECTION_MODEL, (None, 3, None, None)
 
     async def run(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> None:
         frames, inputs = await asyncio.to_thread(self._prepare, task.segment)
@@ -128,7 +138,7 @@ def _characters(model: str) -> tuple[str, ...]:
     """The recognition model's character dictionary, from the packaged model's own metadata."""
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # only read, quickly
-    with packaged_model_file(model) as path:
+    with model_file(model) as path:
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return tuple(str(session.get_modelmeta().custom_metadata_map["character"]).splitlines())
 
@@ -147,7 +157,8 @@ class TextRecognizerRunner(_ModelRunner, BoxRefiner):
 
     def __init__(self, params: TextRecognizerParams) -> None:
         self.batch_size = params.batch_size
-        self.backend = make_backend(params, RECOGNITION_MODEL)
+        self.backend = make_backend(params)
+        self.model, self.input_shape = RECOGNITION_MODEL, (None, *RECOGNITION_INPUT_SHAPE[:2], None)
         self._normalise = _CropNormaliser().resize_norm_img
         # A list of its own: the decoder inserts its blank and space characters into the one it gets.
         self._decode = CTCLabelDecode(character=list(_characters(RECOGNITION_MODEL)))

@@ -8,7 +8,7 @@ from typing import Any
 import pydantic
 
 from dayu.processor.core import ProcessorCore
-from dayu.processor.kinds import PROCESSORS
+from dayu.processor.kinds import PROCESSORS, CheckedRunner, ModelMismatch
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.server import Binding, Component
 from dayu.runtime.tls import TlsSettings
@@ -18,6 +18,9 @@ from dayu.v1 import processor_pb2, processor_pb2_grpc
 
 class ProcessorSection(StrictModel):
     kind: str = pydantic.Field("noop", description="processor kind, from the processor registry")
+    name: str = pydantic.Field(
+        "", description="the name pipeline stages give it (their `processor`); empty: the kind's name"
+    )
     params: dict[str, Any] = pydantic.Field(default_factory=dict, description="the kind's parameters")
     workers: int = pydantic.Field(1, ge=1, le=64)
     queue_capacity: int = pydantic.Field(64, ge=1)
@@ -40,7 +43,7 @@ class ProcessorServicer(processor_pb2_grpc.ProcessorServiceServicer):
         core = self.core
         return processor_pb2.GetProcessorStatusResponse(
             node=core.node,
-            kind=core.kind,
+            kind=core.name,
             queue_length=core.queue_length,
             queue_capacity=core.queue_capacity,
             workers=core.workers,
@@ -70,14 +73,20 @@ class ProcessorComponent(Component):
             params_field="processor.params",
         )
         self.tracing = Tracing(self.name, settings.node, settings.tracing, settings.tls)
+        self.runner = runner
         self.core = ProcessorCore(
-            settings.node, section.kind, runner, section.workers, section.queue_capacity, self.tracing
+            settings.node, section.name or section.kind, runner, section.workers, section.queue_capacity, self.tracing
         )
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.ProcessorService", ProcessorServicer(self.core))]
 
     async def start(self) -> None:
+        if isinstance(self.runner, CheckedRunner):  # its model and tensors: at start, not on the first task
+            try:
+                await self.runner.check()
+            except ModelMismatch as error:
+                raise ModelMismatch(f"processor {self.core.name!r} on {self.core.node}: {error}") from None
         await self.core.start()
 
     async def stop(self) -> None:
