@@ -167,7 +167,9 @@ def _new_processor(args: argparse.Namespace) -> int:
     directory: Path = args.directory or Path(name)
     if directory.exists():
         field = "--directory" if args.directory else "NAME"
-        raise InvalidArgument(field, f"a folder that does not exist yet (nothing is overwritten), got {str(directory)!r}")
+        raise InvalidArgument(
+            field, f"a folder that does not exist yet (nothing is overwritten), got {str(directory)!r}"
+        )
     values = {"name": name, "package": f"dayu_{name}", "distribution": "dayu-" + name.replace("_", "-")}
 
     def render(text: str) -> str:

@@ -5,6 +5,7 @@ through its entry point, and run as the stage of a pipeline in the embedded mesh
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -57,6 +58,7 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeou
 
 
 def test_a_processor_made_from_the_template_runs_as_a_stage_of_the_mesh(tmp_path: Path) -> None:
+    assert importlib.util.find_spec("hatchling"), "the plugin builds offline with hatchling: pip install -e '.[dev]'"
     dayu = [sys.executable, "-m", "dayu.cli"]
     run([*dayu, "processor", "new", KIND, "--directory", str(tmp_path / KIND)], tmp_path)
     package = tmp_path / KIND

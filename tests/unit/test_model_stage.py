@@ -40,7 +40,9 @@ def test_errors_name_the_field() -> None:
         params({"type": "retina"})
     assert error.value.field.startswith("processors.mine.params.decode")
     with pytest.raises(InvalidArgument) as error:
-        PROCESSORS.params("model", {"model": "mine", "input": {"width": 0, "height": 8}, "decode": {"type": "classify"}})
+        PROCESSORS.params(
+            "model", {"model": "mine", "input": {"width": 0, "height": 8}, "decode": {"type": "classify"}}
+        )
     assert error.value.field == "params.input.width"
     with pytest.raises(InvalidArgument) as error:
         params({"type": "classify", "labels": ["young", "old"], "expected_value": True})
@@ -96,7 +98,7 @@ def test_ssd_anchors_and_offsets_as_blazeface_has_them() -> None:
 
 
 def test_centernet_peaks_with_size_and_offset() -> None:
-    decode = {"type": "centernet", "heatmap": "h", "size": "s", "offset": "o", "labels": ["a", "b"], "stride": 4}
+    decode = {"type": "centernet", "heatmap": "h", "box": "s", "offset": "o", "labels": ["a", "b"], "stride": 4}
     spec = params(decode, input={"width": 32, "height": 32})
     decoder = decoding(spec.decode, spec.input)
     heat, size, offset = np.zeros((1, 8, 8, 2), np.float32), np.zeros((1, 8, 8, 2)), np.zeros((1, 8, 8, 2))
@@ -161,7 +163,7 @@ def test_a_model_that_does_not_fit_the_yaml_fails_the_check_at_start(tmp_path: P
     assert "has shape [-1, 3, -1, -1]" in message and "NHWC" in message
     message = check(yolo, model="my_detector")
     assert "yolo (yolov8) with 1 labels needs [?, 5, ?]" in message
-    assert "no output 'heat'" in check({"type": "centernet", "heatmap": "heat", "size": "s"}, model="my_detector")
+    assert "no output 'heat'" in check({"type": "centernet", "heatmap": "heat", "box": "s"}, model="my_detector")
 
 
 def test_a_model_that_fits_runs_on_frames(tmp_path: Path) -> None:
@@ -169,7 +171,9 @@ def test_a_model_that_fits_runs_on_frames(tmp_path: Path) -> None:
     # The detector's probability map read as a one-class classification of the frame's top-left pixel
     # would not fit; as a frame classifier of one output [batch, 1, H, W] nothing in the catalogue fits
     # either, so the check passes only for what really fits: the input.
-    runner = ModelStageRunner(params({"type": "classify", "labels": ["text"]}, model="my_detector", model_repository=own))
+    runner = ModelStageRunner(
+        params({"type": "classify", "labels": ["text"]}, model="my_detector", model_repository=own)
+    )
     with pytest.raises(ModelMismatch, match=r"needs \[\?, 1\]"):
         asyncio.run(runner.check())
     assert asyncio.run(runner.backend.signature(ModelRef("my_detector"))).inputs[0].name == "x"

@@ -2,6 +2,7 @@
 
 - "synthetic": a traffic scene with true plate boxes (dayu.datasource.scene), deterministic for a seed;
 - "file": a video file that PyAV or OpenCV reads, played once or over and over;
+- "photos": real photos (packages ship some) filmed as a camera would, slowly zooming in on each;
 - "camera": a real camera over RTSP, HTTP (MJPEG) or USB, through OpenCV; it reconnects when it drops.
 
 A Source describes what it plays and opens a FrameReader per playback, so that several streams of one
@@ -12,6 +13,7 @@ camera): call them from a worker thread.
 from __future__ import annotations
 
 import abc
+import importlib.metadata
 import threading
 import urllib.parse
 from collections.abc import Sequence
@@ -355,6 +357,108 @@ class _FileReader(FrameReader):
             if not self._closed and not self._reading:
                 self._video.close()
             self._closed = True
+
+
+# --- photos --------------------------------------------------------------------------------------------
+
+
+def packaged_file(reference: str) -> Path:
+    """A file path, or DISTRIBUTION:PATH of a file an installed package ships, found without importing
+    the package (matplotlib:matplotlib/mpl-data/sample_data/grace_hopper.jpg)."""
+    path = Path(reference)
+    if path.is_file() or ":" not in reference:
+        return path
+    distribution, _, inside = reference.partition(":")
+    try:
+        found = importlib.metadata.distribution(distribution).locate_file(inside)
+    except importlib.metadata.PackageNotFoundError:
+        raise OSError(f"{reference}: no installed package {distribution!r}") from None
+    return Path(str(found))
+
+
+class PhotosParams(StrictModel):
+    images: list[str] = pydantic.Field(
+        min_length=1,
+        max_length=256,
+        description="photos, as files or DISTRIBUTION:PATH of a file an installed package ships",
+    )
+    width: int = pydantic.Field(960, ge=64, le=7680)
+    height: int = pydantic.Field(540, ge=64, le=4320)
+    fps: float = pydantic.Field(10.0, gt=0, le=240)
+    seconds_each: float = pydantic.Field(10.0, gt=0, le=3600, description="how long the camera looks at each photo")
+    zoom: float = pydantic.Field(
+        1.5, ge=1, le=4, description="the camera zooms in this far over each photo, slowly, so no two frames are alike"
+    )
+
+
+@SOURCES.register("photos", params=PhotosParams)
+class PhotosSource(Source):
+    """Real photos (those packages ship, or yours) as a camera would film them: each for a while, the camera
+    slowly zooming in towards its centre; the photos in turn, over and over. No ground truth: scored against
+    the golden configuration."""
+
+    cycle = True
+
+    def __init__(self, params: PhotosParams, *, field: str = "params") -> None:
+        self.params = params
+        self.photos = []
+        for index, reference in enumerate(params.images):
+            try:
+                path = packaged_file(reference)
+            except OSError as error:
+                raise InvalidArgument(
+                    f"{field}.images[{index}]", f"a photo file or DISTRIBUTION:PATH ({error})"
+                ) from None
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+            if image is None:
+                raise InvalidArgument(f"{field}.images[{index}]", f"a photo OpenCV reads, got {str(path)!r}")
+            self.photos.append(image)
+        self.uri = ",".join(params.images)
+
+    @property
+    def fps(self) -> float:
+        return self.params.fps
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return self.params.width, self.params.height
+
+    def frame(self, position: int) -> np.ndarray:
+        """Frame `position`: the photo due then, as much of it as the zoom shows, at the source's size."""
+        p = self.params
+        t = position / p.fps
+        photo = self.photos[int(t // p.seconds_each) % len(self.photos)]
+        progress = (t % p.seconds_each) / p.seconds_each
+        height, width = photo.shape[:2]
+        # The largest window of the output's aspect ratio that fits the photo, shrunk by the zoom so far.
+        aspect = p.width / p.height
+        window_w = min(width, height * aspect) / (1 + (p.zoom - 1) * progress)
+        window_h = window_w / aspect
+        x1, y1 = (width - window_w) / 2, (height - window_h) / 2
+        crop = photo[int(y1) : int(y1 + window_h), int(x1) : int(x1 + window_w)]
+        return cv2.resize(crop, (p.width, p.height), interpolation=cv2.INTER_AREA)
+
+    def open(self) -> FrameReader:
+        return _PhotosReader(self)
+
+
+class _PhotosReader(FrameReader):
+    def __init__(self, source: PhotosSource) -> None:
+        self._source = source
+        self._position = 0
+
+    @property
+    def fps(self) -> float:
+        return self._source.fps
+
+    def read(self, skip: int = 0) -> SourceFrame | None:
+        self._position += skip
+        image = self._source.frame(self._position)
+        self._position += 1
+        return SourceFrame(image)
+
+    def close(self) -> None:
+        """Nothing to release: the photos live in the source."""
 
 
 # --- camera --------------------------------------------------------------------------------------------

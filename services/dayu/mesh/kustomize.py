@@ -138,8 +138,9 @@ def check_registries(config: MeshConfig) -> None:
 
     for name, section in config.processors.items():
         PROCESSORS.params(config.processor_kind(name), section.params, field=f"processors.{name}.params")
-    for name, section in config.golden.items():
-        PROCESSORS.params(config.processor_kind(name, golden=True), section.params, field=f"golden.{name}.params")
+    for name in config.golden:
+        params = config.golden_section(name).params
+        PROCESSORS.params(config.processor_kind(name, golden=True), params, field=f"golden.{name}.params")
     for node_name, node in config.nodes.items():
         for name in node.processors:
             PROCESSORS.entry(config.processor_kind(name), field=f"nodes.{node_name}.processors")

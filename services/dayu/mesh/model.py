@@ -77,6 +77,9 @@ class MeshConfig(StrictModel):
     processors: dict[str, ProcessorSection] = pydantic.Field(
         default_factory=dict, description="processor name -> its kind, parameters and workers"
     )
+    processors_file: Path | None = pydantic.Field(
+        None, description="a YAML file of more processors (name -> kind, parameters, workers); this file's win"
+    )
     models_dir: Path | None = pydantic.Field(
         None, description="a folder of your own models (<name>/<version>/model.onnx), served next to Dayu's"
     )
@@ -91,7 +94,8 @@ class MeshConfig(StrictModel):
     late_factor: float = pydantic.Field(4.0, ge=0, description="controllers drop tasks this many budgets late")
     golden: dict[str, ProcessorSection] = pydantic.Field(
         default_factory=dict,
-        description="detector kind -> the processor (on the cloud) that scores tasks without ground truth",
+        description="processor name -> how its golden scorer (on the cloud) differs from it, to score tasks "
+        "without ground truth (its parameters replace the processor's key by key)",
     )
     otlp_collectors: list[str] = pydantic.Field(
         default_factory=list,
@@ -120,29 +124,51 @@ class MeshConfig(StrictModel):
                 return section.kind
         return name
 
+    def golden_section(self, name: str) -> ProcessorSection:
+        """The golden scorer of the processor `name`: that processor (its kind and parameters) with what the
+        golden section changes (parameters key by key, workers, queue)."""
+        base, golden = self.processors.get(name, ProcessorSection()), self.golden[name]
+        changed = golden.model_dump(exclude_unset=True, exclude={"params"})
+        return base.model_copy(update={**changed, "params": {**base.params, **golden.params}})
+
     def streams_on(self, node: str) -> list[dict[str, Any]]:
         """The generator's stream sections of the streams whose camera is at `node`."""
         return [stream.model_dump(exclude={"node"}) for stream in self.streams if stream.node == node]
 
 
-def read_mesh_file(path: Path) -> dict[str, Any]:
+def read_mesh_file(path: Path, field: str = "--config") -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
-        raise InvalidArgument("--config", f"a readable YAML file ({error})") from None
+        raise InvalidArgument(field, f"a readable YAML file ({error})") from None
     if not isinstance(data, dict):
-        raise InvalidArgument("--config", "a YAML mapping")
+        raise InvalidArgument(field, f"a YAML mapping in {path}")
     return data
+
+
+def _with_processors_file(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The mesh file's data with the processors of its processors_file added (the mesh file's own win)."""
+    reference = data.get("processors_file")
+    if not isinstance(reference, str):
+        return data
+    found = read_mesh_file(base / reference, field="processors_file")
+    own = data.get("processors") or {}
+    if not isinstance(own, dict):
+        return data  # the model's validation says what is wrong
+    return {**data, "processors": {**found, **own}}
 
 
 def load_mesh_config(path: Path, data: dict[str, Any] | None = None) -> MeshConfig:
     """Reads the mesh file (or `data` read from it); relative paths in it are relative to the file."""
+    base = path.resolve().parent
     try:
-        config = MeshConfig.model_validate(read_mesh_file(path) if data is None else data)
+        data = _with_processors_file(read_mesh_file(path) if data is None else data, base)
+        config = MeshConfig.model_validate(data)
     except pydantic.ValidationError as error:
         raise from_validation_error(error, str(path)) from None
-    base = path.resolve().parent
     config.pipelines_file = base / config.pipelines_file
+    if config.processors_file is not None:
+        config.processors_file = base / config.processors_file
     if config.models_dir is not None:
         config.models_dir = base / config.models_dir
     for link in config.links:

@@ -135,7 +135,7 @@ def certificate_holders(config: MeshConfig) -> list[tuple[str, str]]:
 
 def _processor_section(config: MeshConfig, instance: Instance) -> ProcessorSection:
     if instance.role.startswith(GOLDEN):
-        return config.golden[instance.role.removeprefix(GOLDEN)]
+        return config.golden_section(instance.role.removeprefix(GOLDEN))
     return config.processors.get(instance.role, ProcessorSection())
 
 

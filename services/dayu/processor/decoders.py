@@ -22,6 +22,7 @@ from dayu.processor.model_params import (
     SsdAnchors,
     SsdDecoder,
     YoloDecoder,
+    _BoxDecoder,
 )
 
 
@@ -55,15 +56,18 @@ def activate(values: np.ndarray, activation: str) -> np.ndarray:
     return values
 
 
-def suppress(found: Found, iou_threshold: float, max_detections: int) -> Found:
-    """Non-maximum suppression within each class (OpenCV's), best first, at most max_detections."""
+def suppress(found: Found, params: _BoxDecoder) -> Found:
+    """Non-maximum suppression (OpenCV's) within each class, or across classes with agnostic_nms; best
+    first, at most max_detections."""
     if not len(found.scores):
         return found
-    xywh = np.column_stack([found.boxes[:, :2], found.boxes[:, 2:] - found.boxes[:, :2]])
-    keep = cv2.dnn.NMSBoxesBatched(
-        xywh.tolist(), found.scores.tolist(), found.classes.tolist(), 0.0, iou_threshold, top_k=max_detections
-    )
-    keep = np.asarray(keep, dtype=np.int64).reshape(-1)[:max_detections]
+    xywh = np.column_stack([found.boxes[:, :2], found.boxes[:, 2:] - found.boxes[:, :2]]).tolist()
+    scores, top_k = found.scores.tolist(), params.max_detections
+    if params.agnostic_nms:
+        keep = cv2.dnn.NMSBoxes(xywh, scores, 0.0, params.iou_threshold, top_k=top_k)
+    else:
+        keep = cv2.dnn.NMSBoxesBatched(xywh, scores, found.classes.tolist(), 0.0, params.iou_threshold, top_k=top_k)
+    keep = np.asarray(keep, dtype=np.int64).reshape(-1)[:top_k]
     return Found(found.boxes[keep], found.scores[keep], found.classes[keep])
 
 
@@ -99,9 +103,7 @@ class YoloDecoding:
         classes = scores.argmax(axis=1)
         best = scores[np.arange(len(rows)), classes]
         found = Found(_centre_boxes(*rows[:, :4].T), best, classes)
-        return suppress(
-            _above(found, self.params.score_threshold), self.params.iou_threshold, self.params.max_detections
-        )
+        return suppress(_above(found, self.params.score_threshold), self.params)
 
 
 def grid_anchors(anchors: SsdAnchors, width: int, height: int) -> np.ndarray:
@@ -156,9 +158,7 @@ class SsdDecoding:
         best = scores[np.arange(len(scores)), classes]
         boxes = _centre_boxes(*(centre * self.size).T, *(size * self.size).T)
         found = Found(boxes, best, classes)
-        return suppress(
-            _above(found, self.params.score_threshold), self.params.iou_threshold, self.params.max_detections
-        )
+        return suppress(_above(found, self.params.score_threshold), self.params)
 
 
 class CenterNetDecoding:
@@ -171,13 +171,15 @@ class CenterNetDecoding:
         return array.transpose(1, 2, 0) if self.params.layout == "NCHW" else array
 
     def check(self, model: ModelRef, signature: Signature) -> list[str]:
-        names = [self.params.heatmap, self.params.size] + ([self.params.offset] if self.params.offset else [])
+        p = self.params
+        wanted = [(p.heatmap, self.classes), (p.box, 2 if p.box_format == "wh" else 4)]
+        wanted += [(p.offset, 2)] if p.offset else []
         rows, columns = self.cells
-        for name, channels in zip(names, [self.classes, 2, 2], strict=False):
+        for name, channels in wanted:
             tensor = signature.output(model, name)
-            shape = (rows, columns, channels) if self.params.layout == "NHWC" else (channels, rows, columns)
-            check_shape(model, tensor, (None, *shape), f"centernet with stride {self.params.stride}")
-        return names
+            shape = (rows, columns, channels) if p.layout == "NHWC" else (channels, rows, columns)
+            check_shape(model, tensor, (None, *shape), f"centernet ({p.box_format}) with stride {p.stride}")
+        return [name for name, _ in wanted]
 
     def decode(self, outputs: dict[str, np.ndarray], index: int) -> Found:
         p = self.params
@@ -188,15 +190,18 @@ class CenterNetDecoding:
         best = np.argsort(-scores, kind="stable")[: p.peaks]
         best = best[scores[best] > 0]
         ys, xs, classes = np.unravel_index(best, heat.shape)
-        size = self._nhwc(outputs[p.size][index])[ys, xs].astype(np.float64)
-        if p.size_unit == "cells":
-            size = size * p.stride
-        cx, cy = xs.astype(np.float64), ys.astype(np.float64)
-        if p.offset:
-            offset = self._nhwc(outputs[p.offset][index])[ys, xs]
-            cx, cy = cx + offset[:, 0], cy + offset[:, 1]
-        found = Found(_centre_boxes(cx * p.stride, cy * p.stride, size[:, 0], size[:, 1]), scores[best], classes)
-        return suppress(found, p.iou_threshold, p.max_detections)
+        box = self._nhwc(outputs[p.box][index])[ys, xs].astype(np.float64)
+        if p.box_unit == "cells":
+            box = box * p.stride
+        cx, cy = xs * float(p.stride), ys * float(p.stride)
+        if p.box_format == "ltrb":
+            boxes = np.column_stack([cx - box[:, 0], cy - box[:, 1], cx + box[:, 2], cy + box[:, 3]])
+        else:
+            if p.offset:
+                offset = self._nhwc(outputs[p.offset][index])[ys, xs]
+                cx, cy = cx + offset[:, 0] * p.stride, cy + offset[:, 1] * p.stride
+            boxes = _centre_boxes(cx, cy, box[:, 0], box[:, 1])
+        return suppress(Found(boxes, scores[best], classes), p)
 
 
 class BoxesDecoding:
@@ -221,9 +226,7 @@ class BoxesDecoding:
         classes = rows[:, self.column["class"]].astype(np.int64)
         known = (classes >= 0) & (classes < len(self.params.label_names))
         found = Found(boxes[known], rows[known, self.column["score"]], classes[known])
-        return suppress(
-            _above(found, self.params.score_threshold), self.params.iou_threshold, self.params.max_detections
-        )
+        return suppress(_above(found, self.params.score_threshold), self.params)
 
 
 class ClassifyDecoding:

@@ -16,6 +16,7 @@ import pydantic
 from dayu.processor.api import ENTRY_POINT_GROUP, SUPPORTED_API_VERSIONS
 from dayu.processor.backend_params import InferenceParams
 from dayu.processor.model_params import ModelStageParams
+from dayu.processor.results import CountParams
 from dayu.runtime.config import StrictModel
 from dayu.runtime.errors import FailedPrecondition
 from dayu.runtime.registry import Registry
@@ -101,6 +102,7 @@ class ColorClassifierParams(StrictModel):
 
 
 PROCESSORS.register_lazy("merge", "dayu.processor.results:MergeRunner")
+PROCESSORS.register_lazy("count", "dayu.processor.results:CountRunner", params=CountParams)
 PROCESSORS.register_lazy(
     "color_classifier", "dayu.processor.refiners:ColorClassifierRunner", params=ColorClassifierParams
 )

@@ -102,6 +102,7 @@ class _BoxDecoder(_Decoder):
         0.5, description="non-maximum suppression: boxes of one label overlapping more go"
     )
     max_detections: int = pydantic.Field(100, ge=1, le=1024, description="most boxes kept per image")
+    agnostic_nms: bool = pydantic.Field(False, description="suppress overlapping boxes whatever their labels")
 
 
 class YoloDecoder(_BoxDecoder):
@@ -156,18 +157,28 @@ class SsdDecoder(_BoxDecoder):
 
 
 class CenterNetDecoder(_BoxDecoder):
-    """CenterNet family: a heatmap of class scores per cell (peaks are object centres), the box size at
-    each cell and, optionally, the centre's offset within its cell."""
+    """CenterNet family: a heatmap of class scores per cell (its peaks are object centres, at stride x the
+    cell) and, at each cell, the box: its width and height (plus, optionally, the centre's offset in the
+    cell) or its distances to the box's left, top, right and bottom sides."""
 
     type: Literal["centernet"]
     heatmap: str = pydantic.Field(description="the output of class scores per cell, [batch, H, W, classes] in NHWC")
-    size: str = pydantic.Field(description="the output of box width and height per cell")
-    offset: str = pydantic.Field("", description="the output of the centre's x, y offset in its cell; empty: none")
-    layout: Literal["NHWC", "NCHW"] = pydantic.Field("NHWC", description="layout of the three outputs")
+    box: str = pydantic.Field(description="the output of the box at each cell: 2 values (wh) or 4 (ltrb)")
+    box_format: Literal["wh", "ltrb"] = pydantic.Field(
+        "wh", description="wh: width and height; ltrb: distances from the centre to the left, top, right, bottom"
+    )
+    offset: str = pydantic.Field("", description="wh: the output of the centre's x, y offset in its cell; empty: none")
+    layout: Literal["NHWC", "NCHW"] = pydantic.Field("NHWC", description="layout of the outputs")
     stride: int = pydantic.Field(4, ge=1, le=64, description="input pixels per cell")
-    size_unit: Literal["cells", "pixels"] = pydantic.Field("cells", description="unit of the size output")
+    box_unit: Literal["cells", "pixels"] = pydantic.Field("cells", description="unit of the box output")
     activation: Literal["sigmoid", "none"] = pydantic.Field("none", description="none: the heatmap is 0..1 already")
     peaks: int = pydantic.Field(100, ge=1, le=1024, description="how many of the highest peaks to decode")
+
+    @pydantic.model_validator(mode="after")
+    def _offset_with_wh(self) -> CenterNetDecoder:
+        if self.offset and self.box_format != "wh":
+            raise ValueError("offset goes with box_format wh; ltrb boxes need none")
+        return self
 
 
 class BoxesDecoder(_BoxDecoder):

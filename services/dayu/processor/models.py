@@ -28,7 +28,7 @@ from dayu.processor.inference import InferenceBackend, ModelRef, check_shape, ma
 from dayu.processor.kinds import TextDetectorParams, TextRecognizerParams
 from dayu.processor.refiners import BoxRefiner, crop_box
 from dayu.processor.repository import model_file
-from dayu.processor.results import pixels_per_frame, record
+from dayu.processor.results import only_parent, parent_detections, pixels_per_frame, record
 from dayu.v1 import task_pb2, types_pb2
 
 # The models of the repository (triton_models/) the kinds use unless the pipeline's stage names another.
@@ -79,7 +79,8 @@ class _ModelRunner:
 
 
 class TextDetectorRunner(_ModelRunner):
-    """Finds text lines (licence plates) on every frame with PP-OCRv4 detection (DBNet)."""
+    """Finds text lines (licence plates) on every frame with PP-OCRv4 detection (DBNet), or, in a stage with
+    a parent, inside each box the parent found (plates on vehicles)."""
 
     def __init__(self, params: TextDetectorParams) -> None:
         self.label, self.batch_size = params.label, params.batch_size
@@ -97,11 +98,49 @@ class TextDetectorRunner(_ModelRunner):
         self.model, self.input_shape = DETECTION_MODEL, (None, 3, None, None)
 
     async def run(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> None:
+        if stage.spec.parents:
+            await self._run_on_boxes(task, stage)
+            return
         frames, inputs = await asyncio.to_thread(self._prepare, task.segment)
         maps = await infer_in_batches(self.backend, model_of(stage.spec, DETECTION_MODEL), inputs, self.batch_size)
         per_frame = await asyncio.to_thread(
             lambda: [self.boxes(m, f.shape[:2]) if m is not None else [] for m, f in zip(maps, frames, strict=True)]
         )
+        record(stage, task.segment, per_frame, pixels_per_frame(task.segment, frames))
+
+    async def _run_on_boxes(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> None:
+        """Text lines inside each box of the parent stage (plates on the vehicles it found), in the frame's
+        pixels, each with the index of the box it lies in; the shape rules hold within the box."""
+        parents = parent_detections(task, only_parent(stage))
+        frames = await asyncio.to_thread(decode_segment, task.segment) if any(parents) else []
+        regions = [
+            (position, index, detection.box)
+            for position, found in enumerate(parents)
+            for index, detection in enumerate(found)
+        ]
+        crops = [crop_box(frames[position], box) for position, _, box in regions]
+        inputs = await asyncio.to_thread(lambda: [self.model_input(c) if c.size else None for c in crops])
+        maps = await infer_in_batches(self.backend, model_of(stage.spec, DETECTION_MODEL), inputs, self.batch_size)
+
+        def found_in_boxes() -> list[list[types_pb2.Detection]]:
+            per_frame: list[list[types_pb2.Detection]] = [[] for _ in parents]
+            for (position, index, box), crop, probabilities in zip(regions, crops, maps, strict=True):
+                if probabilities is None:
+                    continue
+                left, top = max(int(box.x1), 0), max(int(box.y1), 0)  # where crop_box cut the crop
+                for detection in self.boxes(probabilities, crop.shape[:2]):
+                    found = detection.box
+                    found.x1, found.x2, found.y1, found.y2 = (
+                        found.x1 + left,
+                        found.x2 + left,
+                        found.y1 + top,
+                        found.y2 + top,
+                    )
+                    detection.parent_index = index
+                    per_frame[position].append(detection)
+            return per_frame
+
+        per_frame = await asyncio.to_thread(found_in_boxes)
         record(stage, task.segment, per_frame, pixels_per_frame(task.segment, frames))
 
     def _prepare(self, segment: task_pb2.Segment) -> tuple[list[np.ndarray], list[np.ndarray | None]]:

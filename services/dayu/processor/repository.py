@@ -43,6 +43,11 @@ class PackagedModel:
 PACKAGED_MODELS = {
     "text_detection": PackagedModel("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx"),
     "text_recognition": PackagedModel("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx"),
+    # Converted or extracted once, shipped in Dayu's own package (services/dayu/zoo/MODELS.md).
+    "object_detection": PackagedModel("dayu.zoo", "centernet_mbv3_coco_512.onnx"),
+    "face_detection": PackagedModel("dayu.zoo", "blazeface_short_range_128.onnx"),
+    "age": PackagedModel("dayu.zoo", "age_v1.onnx"),
+    "gender": PackagedModel("dayu.zoo", "gender_v1.onnx"),
 }
 ONNX_FILE = "model.onnx"
 

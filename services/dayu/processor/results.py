@@ -11,6 +11,9 @@ import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import pydantic
+
+from dayu.runtime.config import StrictModel
 from dayu.runtime.registry import NoParams
 from dayu.v1 import task_pb2, types_pb2
 
@@ -104,3 +107,30 @@ def merge_detections(per_parent: Sequence[Sequence[types_pb2.Detection]]) -> lis
             into.text = into.text or detection.text
             into.score = min(into.score, detection.score)
     return [merged[key] for key in sorted(merged)]
+
+
+class CountParams(StrictModel):
+    label: str = pydantic.Field("", max_length=128, description="count only boxes of this label; empty: every box")
+
+
+class CountRunner:
+    """Counts what its parent stage found on each frame: one detection per frame, over the whole frame, its
+    label "count" (or "count:LABEL" counting only that label), its text the number."""
+
+    def __init__(self, params: CountParams) -> None:
+        self.label = params.label
+
+    async def run(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> None:
+        found = parent_detections(task, only_parent(stage))
+        resolution = task.segment.resolution
+        whole = types_pb2.Box(x2=resolution.width, y2=resolution.height)
+        label = f"count:{self.label}" if self.label else "count"
+        per_frame = [
+            [types_pb2.Detection(box=whole, label=label, score=1.0, text=str(_counted(detections, self.label)))]
+            for detections in found
+        ]
+        record(stage, task.segment, per_frame, pixels_per_frame(task.segment, []))
+
+
+def _counted(detections: Sequence[types_pb2.Detection], label: str) -> int:
+    return sum(1 for d in detections if not label or d.label == label)

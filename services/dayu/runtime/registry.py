@@ -102,6 +102,7 @@ class Registry(Generic[T]):
         self._pending: dict[str, _Pending] = {}
         self._plugins: dict[str, _Plugin] = {}  # the parts registered from entry points
         self._groups: list[str] = []  # the entry-point groups they come from
+        self._refused: dict[str, str] = {}  # name -> why an entry point of that name cannot be used
 
     def _claim(self, name: str) -> None:
         if name in self._entries or name in self._pending:
@@ -131,13 +132,17 @@ class Registry(Generic[T]):
 
     def register_entry_points(self, group: str, *, api_versions: Collection[int] = ()) -> list[str]:
         """Registers every entry point of `group` that the installed distributions declare (name: the
-        part's name; value: "package.module:Class"), lazily: nothing is imported here, and names()
-        lists them at once. A factory's parameters are its `Params` attribute (a pydantic model; none:
-        NoParams), known when it is first used. With `api_versions`, the factory must say which version
-        of the interface it implements (`api_version`), one of them. Returns the names registered.
+                part's name; value: "package.module:Class"), lazily: nothing is imported here, and names()
+                lists them at once. A factory's parameters are its `Params` attribute (a pydantic model; none:
+                NoParams), known when it is first used. With `api_versions`, the factory must say which version
+                of the interface it implements (`api_version`), one of them. Returns the names it registered
+        (and did not refuse).
 
-        A name already registered (a part of Dayu's own, or of another distribution) is a ValueError
-        naming both; the same entry point seen twice (a distribution on sys.path twice) counts once."""
+                An entry point whose name is taken already (by a part of Dayu's own, or of another
+                distribution), or that is no part's name, or whose value is no class, is refused: using that
+                name is an InvalidArgument that names the entry point and its distribution (and the other
+                claimant), while the other parts work on. The same entry point seen twice (a distribution on
+                sys.path twice) counts once."""
         registered, versions = [], tuple(sorted(api_versions))
         self._groups.append(group)
         for entry_point in importlib.metadata.entry_points(group=group):
@@ -148,21 +153,22 @@ class Registry(Generic[T]):
                 continue
             if name in self._entries or name in self._pending:
                 taken = f"the {known}" if known else f"the {self.kind} of that name built into Dayu"
-                raise ValueError(
+                self._refused[name] = (
                     f"{self.kind} {name!r} of {plugin} clashes with {taken}: rename the entry point in its "
                     "package's pyproject.toml, or uninstall one of them"
                 )
-            if not PLUGIN_NAME.fullmatch(name):
-                raise ValueError(
+            elif not PLUGIN_NAME.fullmatch(name):
+                self._refused[name] = (
                     f"{self.kind} {name!r} of {plugin}: its name must be lowercase letters, digits and '_', "
                     "starting with a letter, at most 32 characters"
                 )
-            if not module.strip() or not attribute.strip() or entry_point.extras:
-                raise ValueError(f"{self.kind} {name!r} of {plugin}: its value must be 'package.module:Class'")
-            self._pending[name] = _Pending(module.strip(), attribute.strip(), None, "", plugin)
-            self._plugins[name] = plugin
-            registered.append(name)
-        return registered
+            elif not module.strip() or not attribute.strip() or entry_point.extras:
+                self._refused[name] = f"{self.kind} {name!r} of {plugin}: its value must be 'package.module:Class'"
+            else:
+                self._pending[name] = _Pending(module.strip(), attribute.strip(), None, "", plugin)
+                self._plugins[name] = plugin
+                registered.append(name)
+        return [name for name in registered if name not in self._refused]
 
     def names(self) -> list[str]:
         return sorted(self._entries.keys() | self._pending.keys())
@@ -178,6 +184,8 @@ class Registry(Generic[T]):
         return InvalidArgument(field, expected)
 
     def entry(self, name: str, field: str = "name") -> Entry[T]:
+        if name in self._refused:
+            raise InvalidArgument(field, self._refused[name])
         pending = self._pending.get(name)
         if pending is not None:
             self._load(name, pending, field)
@@ -231,7 +239,8 @@ class Registry(Generic[T]):
         return factory, params
 
     def params(self, name: str, values: Mapping[str, Any] | None, field: str = "params") -> pydantic.BaseModel:
-        """Validates `values` against the parameter model of `name` (without importing a lazy part)."""
+        """Validates `values` against the parameter model of `name` (without importing a lazy part of
+        Dayu's own; a plugin's class is imported, as it holds its model)."""
         model = self._params_model(name, field)
         try:
             return model.model_validate(dict(values or {}))
@@ -247,6 +256,8 @@ class Registry(Generic[T]):
         return self._params_model(name, field)
 
     def _params_model(self, name: str, field: str) -> type[pydantic.BaseModel]:
+        if name in self._refused:
+            raise InvalidArgument(field, self._refused[name])
         # _pending first: a part being loaded is entered in _entries before it leaves _pending.
         found = self._pending.get(name) or self._entries.get(name)
         if found is None:
