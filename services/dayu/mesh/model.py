@@ -78,7 +78,9 @@ class MeshConfig(StrictModel):
         default_factory=dict, description="processor name -> its kind, parameters and workers"
     )
     processors_file: Path | None = pydantic.Field(
-        None, description="a YAML file of more processors (name -> kind, parameters, workers); this file's win"
+        None,
+        description="a YAML file of more processors (name -> kind, parameters, workers), which this file's "
+        "processors section changes (parameters key by key)",
     )
     models_dir: Path | None = pydantic.Field(
         None, description="a folder of your own models (<name>/<version>/model.onnx), served next to Dayu's"
@@ -147,7 +149,8 @@ def read_mesh_file(path: Path, field: str = "--config") -> dict[str, Any]:
 
 
 def _with_processors_file(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """The mesh file's data with the processors of its processors_file added (the mesh file's own win)."""
+    """The mesh file's data with the processors of its processors_file added. A processor of both is the
+    file's, changed by the mesh file's entry: its parameters key by key, the rest as given."""
     reference = data.get("processors_file")
     if not isinstance(reference, str):
         return data
@@ -155,7 +158,14 @@ def _with_processors_file(data: dict[str, Any], base: Path) -> dict[str, Any]:
     own = data.get("processors") or {}
     if not isinstance(own, dict):
         return data  # the model's validation says what is wrong
-    return {**data, "processors": {**found, **own}}
+    merged = dict(found)
+    for name, section in own.items():
+        before = found.get(name)
+        if isinstance(before, dict) and isinstance(section, dict):
+            params = {**(before.get("params") or {}), **(section.get("params") or {})}
+            section = {**before, **section, "params": params}
+        merged[name] = section
+    return {**data, "processors": merged}
 
 
 def load_mesh_config(path: Path, data: dict[str, Any] | None = None) -> MeshConfig:

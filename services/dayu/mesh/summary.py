@@ -17,6 +17,10 @@ from dayu.v1 import task_pb2
 log = get_logger(__name__)
 
 
+RESULT_KEYS = 64  # labels and texts counted per stream; others are left out (texts are the models' free output)
+SHOWN_TEXTS = 8
+
+
 def reason_kind(reason: str) -> str:
     """A drop reason without its measurements ("late: 8.1 s old at ..." -> "late: ... s old at ..."),
     so the same reason counts once; every task the distributor found missing is "lost"."""
@@ -43,6 +47,11 @@ class ResultTally:
         self.stream_latencies: dict[str, list[float]] = defaultdict(list)
         self.stage_times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.made: dict[str, int] = {}  # per stream, the highest task sequence recorded, plus one
+        # Per stream, what its pipeline's last stages found: labels counted over frames, and texts (plates
+        # read, ages, counts) counted, a bounded few of each.
+        self.labels: dict[str, Counter[str]] = defaultdict(Counter)
+        self.texts: dict[str, Counter[str]] = defaultdict(Counter)
+        self.frames: Counter[str] = Counter()
 
     def _total(self, what: str) -> int:
         return sum(counts[what] for counts in self.per_stream.values())
@@ -114,11 +123,26 @@ class ResultTally:
             stream["in_budget"] += 1
         if record.HasField("accuracy"):
             self.accuracies.append(record.accuracy)
+        self._count_results(task)
         for stage in record.task.dag.stages:
             times = self.stage_times[stage.spec.name]
             times["queue_s"].append(stage.timings.queue_s)
             times["process_s"].append(stage.timings.process_s)
             times["transfer_s"].append(stage.timings.transfer_s)
+
+    def _count_results(self, task: task_pb2.Task) -> None:
+        consumed = {parent for stage in task.dag.stages for parent in stage.spec.parents}
+        last = [stage for stage in task.dag.stages if stage.spec.name not in consumed]
+        self.frames[task.stream_id] += len(task.segment.frame_indices)
+        labels, texts = self.labels[task.stream_id], self.texts[task.stream_id]
+        for stage in last:
+            for frame in stage.results:
+                for detection in frame.detections:
+                    if len(labels) < RESULT_KEYS or detection.label in labels:
+                        labels[detection.label] += 1
+                    text = f"{detection.label} {detection.text}" if detection.text else ""
+                    if text and (len(texts) < RESULT_KEYS or text in texts):
+                        texts[text] += 1
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -135,6 +159,9 @@ class ResultTally:
                     "in_budget": counts["in_budget"],
                     "within_budget": counts["in_budget"] / counts["delivered"] if counts["delivered"] else None,
                     "latency_s": percentiles(self.stream_latencies[stream_id]),
+                    "frames": self.frames[stream_id],
+                    "labels": dict(self.labels[stream_id].most_common()),
+                    "texts": dict(self.texts[stream_id].most_common(SHOWN_TEXTS)),
                 }
                 for stream_id, counts in sorted(self.per_stream.items())
             },
@@ -224,8 +251,16 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  stream {stream}: {made}delivered {s['delivered']}, dropped {s['dropped']}{budget}"
             f"; latency p50 {seconds(s['latency_s']['p50'])} s, p95 {seconds(s['latency_s']['p95'])} s"
         )
+        if s.get("labels"):
+            found = ", ".join(f"{label} {count}" for label, count in s["labels"].items())
+            lines.append(f"    found on its {s['frames']} frames: {found}")
+        if s.get("texts"):
+            lines.append("    most often: " + ", ".join(f"{text!r} x{count}" for text, count in s["texts"].items()))
     accuracy = summary["accuracy_f1"]
-    lines.append(f"  accuracy (F1 at IoU 0.5 against ground truth): {'-' if accuracy is None else f'{accuracy:.3f}'}")
+    lines.append(
+        "  accuracy (F1 at IoU 0.5 against ground truth, else the golden configuration): "
+        f"{'-' if accuracy is None else f'{accuracy:.3f}'}"
+    )
     for stage, times in summary["stages"].items():
         parts = ", ".join(f"{kind[:-2]} p50 {seconds(t['p50'])} p95 {seconds(t['p95'])}" for kind, t in times.items())
         lines.append(f"  stage {stage}: {parts}")

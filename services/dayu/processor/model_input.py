@@ -36,16 +36,28 @@ def prepare(image: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Placement]:
     """One BGR image as one sample of the model's input (batch axis of 1), and where it was placed."""
     height, width = image.shape[:2]
     if spec.resize == "stretch":
-        sx, sy = spec.width / width, spec.height / height
-        placed = cv2.resize(image, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
-        placement = Placement(sx, sy)
+        placement = Placement(spec.width / width, spec.height / height)
+        size = (spec.width, spec.height)
     else:
         scale = min(spec.width / width, spec.height / height)
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        dx, dy = (spec.width - new_w) // 2, (spec.height - new_h) // 2
-        placed = np.full((spec.height, spec.width, 3), spec.pad, dtype=np.uint8)
-        placed[dy : dy + new_h, dx : dx + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        placement = Placement(new_w / width, new_h / height, dx, dy)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        placement = Placement(scale, scale, (spec.width - size[0]) / 2, (spec.height - size[1]) / 2)
+    if spec.interpolation == "linear" and not spec.half_pixel:
+        # Sampled at corners: output pixel (x, y) reads the image at ((x - dx) / sx, (y - dy) / sy).
+        matrix = np.array([[placement.sx, 0, placement.dx], [0, placement.sy, placement.dy]])
+        placed = cv2.warpAffine(
+            image, matrix, (spec.width, spec.height), flags=cv2.INTER_LINEAR, borderValue=(spec.pad,) * 3
+        )
+    else:
+        flags = cv2.INTER_AREA if spec.interpolation == "area" else cv2.INTER_LINEAR
+        resized = cv2.resize(image, size, interpolation=flags)
+        if size == (spec.width, spec.height):
+            placed = resized
+        else:  # letterboxed: whole pixels of padding, the image's placement rounded to them
+            dx, dy = int(placement.dx), int(placement.dy)
+            placement = Placement(placement.sx, placement.sy, dx, dy)
+            placed = np.full((spec.height, spec.width, 3), spec.pad, dtype=np.uint8)
+            placed[dy : dy + size[1], dx : dx + size[0]] = resized
     if spec.colour == "RGB":
         placed = cv2.cvtColor(placed, cv2.COLOR_BGR2RGB)
     if spec.dtype == "UINT8":
@@ -62,6 +74,8 @@ def crop_region(frame_shape: tuple[int, ...], box: types_pb2.Box, crop: CropSpec
     """The pixels (x1, y1, x2, y2) of the frame around a parent's box that a model sees, clipped to the
     frame; empty (x2 <= x1 or y2 <= y1) when the box lies outside it."""
     width, height = box.x2 - box.x1, box.y2 - box.y1
+    shift = crop.shift_y * height
+    box = types_pb2.Box(x1=box.x1, y1=box.y1 + shift, x2=box.x2, y2=box.y2 + shift)
     if crop.square:
         side = max(width, height)
         cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2

@@ -52,6 +52,14 @@ class InputSpec(StrictModel):
         "letterbox", description="stretch: to width x height; letterbox: keep the aspect ratio and pad"
     )
     pad: int = pydantic.Field(114, ge=0, le=255, description="letterbox: the value of the padding pixels")
+    interpolation: Literal["linear", "area"] = pydantic.Field(
+        "linear", description="linear: bilinear; area: the mean of the pixels a sample covers (for large shrinks)"
+    )
+    half_pixel: bool = pydantic.Field(
+        True,
+        description="linear: sample at pixel centres (OpenCV's resize, PIL); false: at pixel corners, as "
+        "TensorFlow's legacy resize and MediaPipe do (match what the model was trained with)",
+    )
     colour: Literal["RGB", "BGR"] = pydantic.Field("RGB", description="channel order the model was trained on")
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     dtype: Literal["FP32", "UINT8"] = pydantic.Field("FP32", description="UINT8: raw pixels, no scale or mean")
@@ -74,6 +82,9 @@ class CropSpec(StrictModel):
 
     margin: float = pydantic.Field(0.0, ge=0, le=2, description="grow each box by this share of its size on each side")
     square: bool = pydantic.Field(False, description="widen the shorter side first, so the crop is square")
+    shift_y: float = pydantic.Field(
+        0.0, ge=-1, le=1, description="move the crop by this share of the box's height (negative: up)"
+    )
 
 
 class _Decoder(StrictModel):
