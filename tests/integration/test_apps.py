@@ -92,7 +92,11 @@ def test_your_own_model_runs_as_a_stage_from_a_few_lines_of_yaml(tmp_path: Path)
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("layout: NHWC", "'input' of model my_face_detector v1 has shape [-1, 128, 128, 3]; input NCHW 128x128 needs [?, 3, 128, 128]"),
+        (
+            "layout: NHWC",
+            "'input' of model my_face_detector v1 has shape [-1, 128, 128, 3]; "
+            "input NCHW 128x128 needs [?, 3, 128, 128]",
+        ),
         ("model: my_face_detector", "metadata of my_face_detector v2: NOT_FOUND"),
         ("boxes: regressors", "model my_face_detector v1 has no output 'boxes'"),
     ],

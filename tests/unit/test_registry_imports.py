@@ -50,7 +50,8 @@ def test_a_processor_loads_a_kinds_libraries_only_for_that_kind() -> None:
     listed = loaded_after(
         "from dayu.processor.service import ProcessorSettings\n"
         "from dayu.processor.kinds import PROCESSORS\n"
-        "for kind in PROCESSORS.names(): PROCESSORS.params_model(kind).model_json_schema()\n"
+        "for kind in set(PROCESSORS.names()) - set(PROCESSORS.plugin_names()):\n"
+        "    PROCESSORS.params_model(kind).model_json_schema()\n"
         "PROCESSORS.entry('noop')\n"
         "PROCESSORS.entry('merge')"
     )

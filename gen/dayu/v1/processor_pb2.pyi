@@ -27,7 +27,7 @@ class ProcessRequest(_message.Message):
     STAGE_FIELD_NUMBER: _builtins.int
     stage: _builtins.str
     """Name of the stage to run; must be a stage of the task's DAG whose processor is this
-    processor's kind.
+    processor (its name).
     """
     @_builtins.property
     def task(self) -> _task_pb2.Task:
@@ -104,7 +104,10 @@ class GetProcessorStatusResponse(_message.Message):
     node: _builtins.str
     """Node the processor runs on."""
     kind: _builtins.str
-    """Processor kind it runs."""
+    """The processor's name, which stages give as their processor: its kind (for example
+    "text_detector"), or the name the mesh gives a processor of a kind ("vehicle_detector" of
+    kind "model").
+    """
     queue_length: _builtins.int
     """Tasks waiting in the queue."""
     queue_capacity: _builtins.int

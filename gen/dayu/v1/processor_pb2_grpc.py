@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class ProcessorServiceStub:
-    """One processor per stage kind per node.
+    """One processor per name per node; stages name the processor that runs them.
     """
 
     def __init__(self, channel):
@@ -48,7 +48,7 @@ class ProcessorServiceStub:
 
 
 class ProcessorServiceServicer:
-    """One processor per stage kind per node.
+    """One processor per name per node; stages name the processor that runs them.
     """
 
     def Process(self, request, context):
@@ -88,7 +88,7 @@ def add_ProcessorServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ProcessorService:
-    """One processor per stage kind per node.
+    """One processor per name per node; stages name the processor that runs them.
     """
 
     @staticmethod

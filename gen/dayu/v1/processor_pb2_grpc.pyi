@@ -27,7 +27,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ProcessorServiceStub:
-    """One processor per stage kind per node."""
+    """One processor per name per node; stages name the processor that runs them."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -42,7 +42,7 @@ class ProcessorServiceStub:
 
 @_typing.type_check_only
 class ProcessorServiceAsyncStub(ProcessorServiceStub):
-    """One processor per stage kind per node."""
+    """One processor per name per node; stages name the processor that runs them."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Process: _aio.UnaryUnaryMultiCallable[_processor_pb2.ProcessRequest, _processor_pb2.ProcessResponse]  # type: ignore[assignment]
@@ -53,7 +53,7 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
     """Queue and counters."""
 
 class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
-    """One processor per stage kind per node."""
+    """One processor per name per node; stages name the processor that runs them."""
 
     @_abc_1.abstractmethod
     def Process(

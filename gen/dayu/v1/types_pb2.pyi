@@ -314,8 +314,8 @@ class StageSpec(_message.Message):
     name: _builtins.str
     """Unique name of the stage within its pipeline, for example "detect"; [a-z0-9_-]+."""
     processor: _builtins.str
-    """Name of the processor kind that runs it, from the processor registry, for example
-    "detector" or "noop".
+    """Name of the processor that runs it: a processor kind of the registry ("text_detector",
+    "noop"), or a processor the mesh names ("vehicle_detector", of kind "model").
     """
     model: _builtins.str
     """Model the processor uses (a model name in the Triton repository); may be empty for

@@ -131,18 +131,16 @@ class Registry(Generic[T]):
         self._pending[name] = _Pending(module, attribute, params, summary)
 
     def register_entry_points(self, group: str, *, api_versions: Collection[int] = ()) -> list[str]:
-        """Registers every entry point of `group` that the installed distributions declare (name: the
-                part's name; value: "package.module:Class"), lazily: nothing is imported here, and names()
-                lists them at once. A factory's parameters are its `Params` attribute (a pydantic model; none:
-                NoParams), known when it is first used. With `api_versions`, the factory must say which version
-                of the interface it implements (`api_version`), one of them. Returns the names it registered
-        (and did not refuse).
+        """Registers every entry point of `group` that the installed distributions declare (name: the part's
+        name; value: "package.module:Class"), lazily: nothing is imported here, and names() lists them at
+        once. A factory's parameters are its `Params` attribute (a pydantic model; none: NoParams), known
+        when it is first used. With `api_versions`, the factory must say which version of the interface it
+        implements (`api_version`), one of them. Returns the names it registered (and did not refuse).
 
-                An entry point whose name is taken already (by a part of Dayu's own, or of another
-                distribution), or that is no part's name, or whose value is no class, is refused: using that
-                name is an InvalidArgument that names the entry point and its distribution (and the other
-                claimant), while the other parts work on. The same entry point seen twice (a distribution on
-                sys.path twice) counts once."""
+        An entry point whose name is taken already (by a part of Dayu's own, or of another distribution),
+        or that is no part's name, or whose value is no class, is refused: using that name is an
+        InvalidArgument that names the entry point and its distribution (and the other claimant), while the
+        other parts work on. The same entry point seen twice (a distribution on sys.path twice) counts once."""
         registered, versions = [], tuple(sorted(api_versions))
         self._groups.append(group)
         for entry_point in importlib.metadata.entry_points(group=group):
@@ -169,6 +167,10 @@ class Registry(Generic[T]):
                 self._plugins[name] = plugin
                 registered.append(name)
         return [name for name in registered if name not in self._refused]
+
+    def plugin_names(self) -> list[str]:
+        """The parts that installed distributions registered through entry points."""
+        return sorted(self._plugins)
 
     def names(self) -> list[str]:
         return sorted(self._entries.keys() | self._pending.keys())
