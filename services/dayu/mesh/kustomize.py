@@ -132,18 +132,10 @@ def _name_affinity(nodes: list[str]) -> dict[str, Any]:
 def check_registries(config: MeshConfig) -> None:
     """Fails on names and parameters that `dayu serve` would refuse, before anything is written."""
     from dayu.datasource.sources import SOURCES
-    from dayu.processor.kinds import PROCESSORS
     from dayu.runtime.pipelines import load_pipelines
     from dayu.scheduler.policies import POLICIES
 
-    for name, section in config.processors.items():
-        PROCESSORS.params(config.processor_kind(name), section.params, field=f"processors.{name}.params")
-    for name in config.golden:
-        params = config.golden_section(name).params
-        PROCESSORS.params(config.processor_kind(name, golden=True), params, field=f"golden.{name}.params")
-    for node_name, node in config.nodes.items():
-        for name in node.processors:
-            PROCESSORS.entry(config.processor_kind(name), field=f"nodes.{node_name}.processors")
+    config.check_processors()
     for index, source in enumerate(config.sources):
         SOURCES.params(source.get("kind", ""), source.get("params"), field=f"sources[{index}].params")
     for index, stream in enumerate(config.streams):

@@ -10,7 +10,7 @@ import pydantic
 import yaml
 
 from dayu.runtime.config import StrictModel
-from dayu.runtime.errors import InvalidArgument, from_validation_error
+from dayu.runtime.errors import InvalidArgument, from_validation_error, shown
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 DEFAULT_CONFIG = CONFIGS / "embedded.yaml"
@@ -133,6 +133,32 @@ class MeshConfig(StrictModel):
         changed = golden.model_dump(exclude_unset=True, exclude={"params"})
         return base.model_copy(update={**changed, "params": {**base.params, **golden.params}})
 
+    def check_processors(self) -> None:
+        """Fails on a processor whose kind or parameters `dayu serve` would refuse, naming the field of
+        this file, before any process starts."""
+        from dayu.processor.kinds import PROCESSORS  # pydantic only; a plugin kind is imported for its Params
+
+        kinds = PROCESSORS.names()
+        for node_name, node in self.nodes.items():
+            for name in node.processors:
+                if name in self.processors:
+                    continue
+                if name not in kinds:
+                    raise InvalidArgument(
+                        f"nodes.{node_name}.processors",
+                        f"processors of the processors section {sorted(self.processors)} or kinds {kinds}, "
+                        f"got {shown(name)}",
+                    )
+                PROCESSORS.params(name, {}, field=f"nodes.{node_name}.processors.{name}")  # a kind's defaults
+        for name, section in self.processors.items():
+            kind = self.processor_kind(name)
+            if kind not in kinds:
+                raise InvalidArgument(f"processors.{name}.kind", f"one of the kinds {kinds}, got {shown(kind)}")
+            PROCESSORS.params(kind, section.params, field=f"processors.{name}.params")
+        for name in self.golden:
+            params = self.golden_section(name).params
+            PROCESSORS.params(self.processor_kind(name, golden=True), params, field=f"golden.{name}.params")
+
     def streams_on(self, node: str) -> list[dict[str, Any]]:
         """The generator's stream sections of the streams whose camera is at `node`."""
         return [stream.model_dump(exclude={"node"}) for stream in self.streams if stream.node == node]
@@ -187,4 +213,5 @@ def load_mesh_config(path: Path, data: dict[str, Any] | None = None) -> MeshConf
     for node in config.nodes.values():
         if node.resources.cpu_trace is not None:
             node.resources.cpu_trace = base / node.resources.cpu_trace
+    config.check_processors()
     return config

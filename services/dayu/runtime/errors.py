@@ -84,4 +84,5 @@ def from_validation_error(error: pydantic.ValidationError, prefix: str = "") -> 
     first = error.errors()[0]
     path = ".".join(str(part) for part in first["loc"])
     field = ".".join(part for part in (prefix, path) if part) or "request"
-    return InvalidArgument(field, first["msg"])
+    # A validator's own message reads better without pydantic's "Value error, " before it.
+    return InvalidArgument(field, first["msg"].removeprefix("Value error, "))
