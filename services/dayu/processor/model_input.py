@@ -41,7 +41,8 @@ def prepare(image: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Placement]:
     else:
         scale = min(spec.width / width, spec.height / height)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        placement = Placement(scale, scale, (spec.width - size[0]) / 2, (spec.height - size[1]) / 2)
+        shares = (0.5, 0.5) if spec.align == "centre" else (0.0, 0.0)  # of the padding before the image
+        placement = Placement(scale, scale, (spec.width - size[0]) * shares[0], (spec.height - size[1]) * shares[1])
     if spec.interpolation == "linear" and not spec.half_pixel:
         # Sampled at corners: output pixel (x, y) reads the image at ((x - dx) / sx, (y - dy) / sy).
         matrix = np.array([[placement.sx, 0, placement.dx], [0, placement.sy, placement.dy]])

@@ -52,6 +52,9 @@ class InputSpec(StrictModel):
         "letterbox", description="stretch: to width x height; letterbox: keep the aspect ratio and pad"
     )
     pad: int = pydantic.Field(114, ge=0, le=255, description="letterbox: the value of the padding pixels")
+    align: Literal["centre", "top_left"] = pydantic.Field(
+        "centre", description="letterbox: the image in the middle, or in the top left corner (padding right and below)"
+    )
     interpolation: Literal["linear", "area"] = pydantic.Field(
         "linear", description="linear: bilinear; area: the mean of the pixels a sample covers (for large shrinks)"
     )
