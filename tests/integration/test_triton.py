@@ -87,7 +87,8 @@ async def test_the_stage_names_the_model_and_version(triton: TritonServer) -> No
         task_pb2.STAGE_STATE_FAILED,
     ]
     assert "text_detection v7" in outcomes[1].error and "licence_plates" in outcomes[2].error
-    assert outcomes[1].error.startswith("TritonError: ")  # not retried: another try would not help
+    # Not retried (another try would not help), and the reason names what Triton does serve.
+    assert outcomes[1].error.startswith("ModelMismatch: ") and "it serves ['age:1'" in outcomes[1].error
 
 
 async def test_a_processor_survives_a_triton_restart_mid_stream(triton: TritonServer) -> None:

@@ -123,6 +123,9 @@ class InferenceBackend(Protocol):
     async def signature(self, model: ModelRef) -> Signature:
         """The model's inputs and outputs; ModelMismatch when the model is not there."""
 
+    async def ready(self) -> None:
+        """Returns once the backend answers (a processor starting before its Triton waits for it)."""
+
     async def aclose(self) -> None:
         """Releases connections."""
 
@@ -184,9 +187,14 @@ class TritonBackend:
         except InferenceServerException:
             return False
 
+    async def ready(self) -> None:
+        try:
+            await wait_until_ready(self.params.address, self.params.start_timeout_s, tls=self.params.tls)
+        except TimeoutError as error:
+            raise TritonUnavailable(f"{error} (triton.start_timeout_s)") from None
+
     async def signature(self, model: ModelRef) -> Signature:
         if model not in self._signatures:
-            await wait_until_ready(self.params.address, self.params.start_timeout_s, tls=self.params.tls)
             try:
                 metadata = await self._with_retries(
                     model,
@@ -285,6 +293,9 @@ class OnnxRuntimeBackend:
             except (ValueError, FileNotFoundError) as error:
                 raise ModelMismatch(str(error)) from None
         return self._sessions[model]
+
+    async def ready(self) -> None:
+        """In process: always."""
 
     async def signature(self, model: ModelRef) -> Signature:
         session = await asyncio.to_thread(self.session, model)

@@ -46,6 +46,7 @@ class ModelStageRunner:
         return ModelRef(self.params.model, self.params.version)
 
     async def check(self) -> None:
+        await self.backend.ready()
         await self._check(self._model())
 
     async def _check(self, model: ModelRef) -> tuple[list[str], int]:

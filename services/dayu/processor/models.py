@@ -70,6 +70,7 @@ class _ModelRunner:
 
     async def check(self) -> None:
         model = ModelRef(self.model)
+        await self.backend.ready()
         signature = await self.backend.signature(model)
         check_shape(model, signature.only_input(model), self.input_shape, f"the {type(self).__name__}")
         signature.output(model)
