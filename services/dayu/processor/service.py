@@ -10,6 +10,7 @@ import pydantic
 from dayu.processor.core import ProcessorCore
 from dayu.processor.kinds import PROCESSORS, CheckedRunner, ModelMismatch
 from dayu.runtime.config import ComponentSettings, StrictModel
+from dayu.runtime.errors import Unavailable
 from dayu.runtime.server import Binding, Component
 from dayu.runtime.tls import TlsSettings
 from dayu.runtime.tracing import Tracing
@@ -85,8 +86,8 @@ class ProcessorComponent(Component):
         if isinstance(self.runner, CheckedRunner):  # its model and tensors: at start, not on the first task
             try:
                 await self.runner.check()
-            except ModelMismatch as error:
-                raise ModelMismatch(f"processor {self.core.name!r} on {self.core.node}: {error}") from None
+            except (ModelMismatch, Unavailable) as error:  # the model does not fit, or Triton never came
+                raise type(error)(f"processor {self.core.name!r} on {self.core.node}: {error}") from None
         await self.core.start()
 
     async def stop(self) -> None:
