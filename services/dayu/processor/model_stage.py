@@ -98,22 +98,21 @@ class ModelStageRunner:
         """What the model looks at (each frame, or each parent box's crop that is not empty), where each
         landed in the model's input, and the input samples."""
         images: list[_Image] = []
+        corners: list[tuple[int, int]] = []  # where each image's top left corner is in its frame
         if parents is None:
             images = [(frame, position, None) for position, frame in enumerate(frames)]
+            corners = [(0, 0)] * len(frames)
         else:
             for position, (frame, found) in enumerate(zip(frames, parents, strict=False)):
                 for index, detection in enumerate(found):
                     x1, y1, x2, y2 = crop_region(frame.shape, detection.box, self.params.crop)
                     if x2 > x1 and y2 > y1:
                         images.append((frame[y1:y2, x1:x2], position, index))
+                        corners.append((x1, y1))
         placements, inputs = [], []
-        for image, position, index in images:
+        for (image, _, _), (x, y) in zip(images, corners, strict=True):
             sample, placement = prepare(image, self.params.input)
-            if index is not None:  # a crop: its corner in the frame
-                box = parents[position][index].box  # type: ignore[index]
-                x1, y1, _, _ = crop_region(frames[position].shape, box, self.params.crop)
-                placement = Placement(placement.sx, placement.sy, placement.dx, placement.dy, x1, y1)
-            placements.append(placement)
+            placements.append(Placement(placement.sx, placement.sy, placement.dx, placement.dy, x, y))
             inputs.append(sample)
         return images, placements, inputs
 
