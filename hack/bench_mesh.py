@@ -111,7 +111,8 @@ class MeshProbe:
 
     async def _watch(self, distributor: distributor_pb2_grpc.DistributorServiceStub) -> None:
         request = distributor_pb2.WatchRecordsRequest(filter=distributor_pb2.RecordFilter())
-        async for record in distributor.WatchRecords(request):
+        async for reply in distributor.WatchRecords(request):
+            record = reply.record
             async with self.arrived:
                 self.arrivals[record.task.task_id] = time.perf_counter()
                 self.arrived.notify_all()

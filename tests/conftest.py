@@ -80,7 +80,7 @@ def make_task(pipeline: types_pb2.Pipeline | None = None, node: str = "edge-1", 
     pipeline = pipeline or fork_join_pipeline()
     task_id = str(uuid.uuid4())
     sequence = next(_sequences)
-    task = task_pb2.Task(stream_id="stream-1", sequence=sequence, task_id=task_id, root_id=task_id, source_node=node)
+    task = task_pb2.Task(stream_id="stream-1", sequence=sequence, task_id=task_id, root_id=task_id)
     task.created_at.GetCurrentTime()
     task.dag.pipeline = pipeline.name
     for spec in pipeline.stages:

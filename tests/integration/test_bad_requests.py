@@ -8,10 +8,9 @@ import pytest
 from dayu.v1 import (
     controller_pb2,
     controller_pb2_grpc,
+    decision_pb2,
     distributor_pb2,
     distributor_pb2_grpc,
-    monitor_pb2,
-    monitor_pb2_grpc,
     processor_pb2,
     processor_pb2_grpc,
     scheduler_pb2,
@@ -130,14 +129,14 @@ def test_fork_join_pipeline_is_valid() -> None:
 
 
 async def test_message_size_limit_is_enforced(serve) -> None:  # type: ignore[no-untyped-def]
-    address = await serve("monitor", server={"max_message_bytes": 4096})
+    address = await serve("controller", node="cloud", server={"max_message_bytes": 4096})
     async with grpc.aio.insecure_channel(address) as channel:
-        probe = monitor_pb2_grpc.MonitorServiceStub(channel).Probe
-        assert (await probe(monitor_pb2.ProbeRequest(payload=b"x" * 1000), timeout=10)).received_bytes == 1000
+        probe = controller_pb2_grpc.ControllerServiceStub(channel).Probe
+        assert (await probe(controller_pb2.ProbeRequest(payload=b"x" * 1000), timeout=10)).received_bytes == 1000
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await probe(monitor_pb2.ProbeRequest(payload=b"x" * 10_000), timeout=10)
+            await probe(controller_pb2.ProbeRequest(payload=b"x" * 10_000), timeout=10)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert (await probe(monitor_pb2.ProbeRequest(payload=b"x"), timeout=10)).received_bytes == 1
+        assert (await probe(controller_pb2.ProbeRequest(payload=b"x"), timeout=10)).received_bytes == 1
 
 
 async def test_an_enum_outside_the_contract_and_a_huge_id_are_refused_without_echoing_it(serve) -> None:  # type: ignore[no-untyped-def]
@@ -216,14 +215,13 @@ async def test_oversized_pipelines_and_policies_are_refused_and_lists_keep_worki
 
         decisions = scheduler_pb2_grpc.SchedulerServiceStub(to_scheduler)
         await decisions.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=make_stream_spec()), timeout=10)
-        params = "{" + ", ".join(f"k{i}: {i}" for i in range(20_000)) + "}"  # 200 KB of YAML
-        request = scheduler_pb2.SetPolicyRequest(
-            stream_id="stream-1", policy=decision_pb2.PolicySpec(name="fixed", params_yaml=params)
-        )
+        request = scheduler_pb2.SetPolicyRequest(stream_id="stream-1", policy=decision_pb2.PolicySpec(name="fixed"))
+        request.policy.params.update({f"k{i}": i for i in range(20_000)})  # 300 KB of parameters
         assert "SetPolicyRequest of at most 65536 bytes" in await expect_exhausted(decisions.SetPolicy, request)
-        request.policy.params_yaml = params[: 20 << 10]
+        request.policy.params.Clear()
+        request.policy.params.update({"name": "n" * 2000})
         details = await expect_invalid(decisions.SetPolicy, request)
-        assert details == f"policy.params_yaml: at most 16384 characters, got {20 << 10}"
+        assert details == "policy.params.fields['name'].string_value: at most 1024 characters, got 2000"
         stats = await decisions.GetSchedulerStats(scheduler_pb2.GetSchedulerStatsRequest(), timeout=10)
         assert [s.stream_id for s in stats.streams] == ["stream-1"]
 
@@ -263,10 +261,15 @@ async def test_fuzz_findings_get_short_actionable_answers(serve) -> None:  # typ
         details = await expect_invalid(stub.RegisterStream, scheduler_pb2.RegisterStreamRequest(stream=spec))
         assert details.startswith("stream.policy.name: one of the registered policys") and len(details) < 400
         await stub.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=make_stream_spec()), timeout=10)
-        deep = scheduler_pb2.SetPolicyRequest(stream_id="stream-1")
-        deep.policy.name, deep.policy.params_yaml = "fixed", "[" * 5000  # PyYAML recursed past Python's limit
-        details = await expect_invalid(stub.SetPolicy, deep)
-        assert details == "policy.params_yaml: a YAML mapping of parameters, not nested this deep"
+        deep = scheduler_pb2.SetPolicyRequest(stream_id="stream-1", policy=decision_pb2.PolicySpec(name="fixed"))
+        nested: list[object] = []
+        deep.policy.params.update({"deep": nested})
+        inner = deep.policy.params.fields["deep"].list_value
+        for _ in range(200):  # past protobuf's nesting limit of 100
+            inner = inner.values.add().list_value
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SetPolicy(deep, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
 
         records = distributor_pb2_grpc.DistributorServiceStub(to_distributor)
         for where, field in (

@@ -37,7 +37,7 @@ async def stream(address: str, source_id: str, max_frames: int = 0) -> list[data
         call = datasource_pb2_grpc.DatasourceServiceStub(channel).StreamFrames(
             datasource_pb2.StreamFramesRequest(source_id=source_id, max_frames=max_frames), timeout=30
         )
-        return [frame async for frame in call]
+        return [reply.frame async for reply in call]
 
 
 async def list_sources(address: str) -> dict[str, datasource_pb2.SourceInfo]:

@@ -20,19 +20,20 @@ from dayu.runtime import limits
 from dayu.v1 import (
     backend_pb2,
     backend_pb2_grpc,
+    controller_pb2,
+    controller_pb2_grpc,
     decision_pb2,
     distributor_pb2,
     distributor_pb2_grpc,
-    monitor_pb2,
-    monitor_pb2_grpc,
     scheduler_pb2,
     scheduler_pb2_grpc,
+    types_pb2,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a program too: the careless client
 from looplag import LoopLag
 
-from conftest import fork_join_pipeline, make_stream_spec
+from conftest import make_stream_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_S = 20
@@ -47,22 +48,19 @@ async def careless_client(addresses: dict[str, str], run_s: float) -> dict[str, 
     loop = asyncio.get_running_loop()
     until = loop.time() + run_s
     done = dict.fromkeys(["export", "query", "watch", "policy", "pipeline", "probe", "refused"], 0)
-    policy = "{" + ", ".join(f"k{i}: [{i}, {i}]" for i in range(850)) + "}"  # YAML, near the 16 KiB limit
-    assert len(policy) < limits.FIELD_SIZES["dayu.v1.PolicySpec.params_yaml"]
-    probe = monitor_pb2.ProbeRequest(payload=bytes(limits.FIELD_SIZES["dayu.v1.ProbeRequest.payload"]))
-    pipeline = fork_join_pipeline()
-    pipeline.name = "careless"
-    for i in range(50):
-        pipeline.stages[0].params[f"p{i}"] = "v" * 1000  # about 50 KiB, under the 64 KiB of PutPipeline
+    policy = decision_pb2.PolicySpec(name="fixed")
+    policy.params.update({f"k{i}": [i, i] for i in range(850)})  # many made-up parameters
+    probe = controller_pb2.ProbeRequest(payload=bytes(limits.FIELD_SIZES["dayu.v1.ProbeRequest.payload"]))
+    pipeline = pipeline_of(50 << 10)  # about 50 KiB, under the 64 KiB of PutPipeline
     async with contextlib.AsyncExitStack() as stack:
         channel = {
             name: await stack.enter_async_context(grpc.aio.insecure_channel(addresses[name], options=OPTIONS))
-            for name in ("distributor", "scheduler", "backend", "monitor@cloud")
+            for name in ("distributor", "scheduler", "backend", "controller@cloud")
         }
         records = distributor_pb2_grpc.DistributorServiceStub(channel["distributor"])
         scheduler = scheduler_pb2_grpc.SchedulerServiceStub(channel["scheduler"])
         backend = backend_pb2_grpc.BackendServiceStub(channel["backend"])
-        monitor = monitor_pb2_grpc.MonitorServiceStub(channel["monitor@cloud"])
+        controller = controller_pb2_grpc.ControllerServiceStub(channel["controller@cloud"])
         spec = make_stream_spec()
         spec.stream_id = "careless"
         await scheduler.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=spec), timeout=10)
@@ -73,14 +71,12 @@ async def careless_client(addresses: dict[str, str], run_s: float) -> dict[str, 
             await records.QueryRecords(distributor_pb2.QueryRecordsRequest(limit=1000), timeout=30)
             done["query"] += 1
             watch = records.WatchRecords(distributor_pb2.WatchRecordsRequest(), timeout=30)
-            async for record in watch:
-                if record.cursor >= 20:
+            async for reply in watch:
+                if reply.record.cursor >= 20:
                     break
             watch.cancel()
             done["watch"] += 1
-            request = scheduler_pb2.SetPolicyRequest(
-                stream_id="careless", policy=decision_pb2.PolicySpec(name="fixed", params_yaml=policy)
-            )
+            request = scheduler_pb2.SetPolicyRequest(stream_id="careless", policy=policy)
             with contextlib.suppress(grpc.aio.AioRpcError):  # "fixed" may refuse the made-up keys
                 await scheduler.SetPolicy(request, timeout=10)
             done["policy"] += 1
@@ -88,7 +84,7 @@ async def careless_client(addresses: dict[str, str], run_s: float) -> dict[str, 
             await backend.ListPipelines(backend_pb2.ListPipelinesRequest(), timeout=10)
             done["pipeline"] += 1
             # The largest probe there may be: parsed, checked, counted.
-            await monitor.Probe(probe, timeout=30)
+            await controller.Probe(probe, timeout=30)
             done["probe"] += 1
             try:
                 await backend.PutPipeline(backend_pb2.PutPipelineRequest(pipeline=pipeline_of(200 << 10)), timeout=10)
@@ -100,9 +96,15 @@ async def careless_client(addresses: dict[str, str], run_s: float) -> dict[str, 
     return done
 
 
-def pipeline_of(size: int):  # type: ignore[no-untyped-def]
-    pipeline = fork_join_pipeline()
-    pipeline.stages[0].params["blob"] = "x" * size
+def pipeline_of(size: int) -> types_pb2.Pipeline:
+    """A chain of noop stages whose model names add up to about `size` bytes (each within its field's
+    limit: a pipeline this size is valid when it is small enough for PutPipeline)."""
+    pipeline = types_pb2.Pipeline(name="careless")
+    frames, boxes = types_pb2.DATA_TYPE_FRAMES, types_pb2.DATA_TYPE_BOXES
+    for i in range(-(-size // 1000)):
+        stage = pipeline.stages.add(name=f"s{i}", processor="noop", model="m" * 1000, output_type=boxes)
+        stage.input_type = boxes if i else frames
+        stage.parents.extend([f"s{i - 1}"] if i else [])
     return pipeline
 
 

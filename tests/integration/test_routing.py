@@ -144,11 +144,10 @@ async def test_link_probes_measure_the_emulated_link(mesh: Mesh) -> None:
     assert "noop" in report.queue_lengths and report.memory_total_bytes > 0
 
 
-async def set_policy(mesh: Mesh, stream_id: str, name: str, params_yaml: str = "") -> decision_pb2.Decision:
+async def set_policy(mesh: Mesh, stream_id: str, name: str, **params: object) -> decision_pb2.Decision:
     """Switches the stream's policy and waits until edge-1's controller has the new decision (pushed)."""
-    request = scheduler_pb2.SetPolicyRequest(
-        stream_id=stream_id, policy=decision_pb2.PolicySpec(name=name, params_yaml=params_yaml)
-    )
+    request = scheduler_pb2.SetPolicyRequest(stream_id=stream_id, policy=decision_pb2.PolicySpec(name=name))
+    request.policy.params.update(params)
     async with grpc.aio.insecure_channel(mesh.addresses["scheduler"]) as channel:
         decision = (await scheduler_pb2_grpc.SchedulerServiceStub(channel).SetPolicy(request, timeout=5)).decision
     controller = mesh.servers["controller@edge-1"].component.core  # type: ignore[attr-defined]
@@ -189,8 +188,8 @@ async def test_controllers_follow_pushed_decisions_for_tasks_in_flight(mesh: Mes
     assert moved.task.decision_version == first.version  # its configuration is still the one it was made with
 
     # A placement on a node without the processor: the task falls back to the cloud once and stays there.
-    on_edge_2 = "{placement: {detect: edge-2, classify: edge-2, count: edge-2, merge: edge-2}}"
-    await set_policy(mesh, spec.stream_id, "fixed", on_edge_2)
+    on_edge_2 = {"detect": "edge-2", "classify": "edge-2", "count": "edge-2", "merge": "edge-2"}
+    await set_policy(mesh, spec.stream_id, "fixed", placement=on_edge_2)
     fell_back = await submit_made_under(mesh, first.version, 3)
     assert {s.executed_on for s in fell_back.task.dag.stages} == {"cloud"}
     assert fell_back.latency_s < 1.0  # each stage bounced off edge-2 once, not back and forth until dropped

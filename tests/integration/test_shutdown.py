@@ -54,7 +54,7 @@ def test_sigterm_ends_live_streams_with_unavailable(serve_process) -> None:  # t
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         stub.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=make_stream_spec()), timeout=5)
         watch = stub.WatchDecisions(scheduler_pb2.WatchDecisionsRequest(stream_id="stream-1"), timeout=60)
-        assert next(watch).version == 1
+        assert next(watch).decision.version == 1
         started = time.monotonic()
         served.process.send_signal(signal.SIGTERM)
         with pytest.raises(grpc.RpcError) as ended:

@@ -148,7 +148,7 @@ async def test_the_health_port_answers_health_in_plaintext_and_nothing_else(pki:
         # The same servicer: a drain (held open by a call in flight) shows there as NOT_SERVING.
         gate = asyncio.Event()
 
-        async def reports() -> AsyncIterator[resources_pb2.NodeResources]:
+        async def reports() -> AsyncIterator[scheduler_pb2.ReportResourcesRequest]:
             yield report("cloud")
             await gate.wait()
 
@@ -164,12 +164,12 @@ async def test_the_health_port_answers_health_in_plaintext_and_nothing_else(pki:
         await draining
 
 
-def report(node: str, *links: str) -> resources_pb2.NodeResources:
+def report(node: str, *links: str) -> scheduler_pb2.ReportResourcesRequest:
     resources = resources_pb2.NodeResources(node=node, cpu_count=2)
     resources.measured_at.GetCurrentTime()
     for to_node in links:
         resources.links.add(from_node=node, to_node=to_node, bandwidth_mbps=10)
-    return resources
+    return scheduler_pb2.ReportResourcesRequest(resources=resources)
 
 
 async def test_a_monitor_reports_its_own_node_only(pki: Pki, tls_serve, channels) -> None:  # type: ignore[no-untyped-def]

@@ -62,7 +62,7 @@ class Ports:
         decision.configuration.resolution.width, decision.configuration.resolution.height = 640, 360
         return decision
 
-    async def decisions(self, stream_id: str, after_version: int) -> AsyncIterator[decision_pb2.Decision]:
+    async def decisions(self, stream_id: str) -> AsyncIterator[decision_pb2.Decision]:
         while True:
             yield await self.decisions_queue.get()
 

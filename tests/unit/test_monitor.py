@@ -27,14 +27,14 @@ class RecordingScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.silent = silent
 
     async def ReportResources(
-        self, request_iterator: AsyncIterator[resources_pb2.NodeResources], context: object
+        self, request_iterator: AsyncIterator[scheduler_pb2.ReportResourcesRequest], context: object
     ) -> scheduler_pb2.ReportResourcesResponse:
         self.streams += 1
         if self.streams <= self.silent:
             await asyncio.Event().wait()  # until the caller's deadline cancels it
         received = 0
-        async for report in request_iterator:
-            self.reports.append(report)
+        async for request in request_iterator:
+            self.reports.append(request.resources)
             received += 1
         self.answered += 1
         return scheduler_pb2.ReportResourcesResponse(received=received)

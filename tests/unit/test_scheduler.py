@@ -19,6 +19,12 @@ from conftest import make_stream_spec, transfer_spans
 FIXED = decision_pb2.PolicySpec(name="fixed")
 
 
+def policy(name: str, **params: object) -> decision_pb2.PolicySpec:
+    spec = decision_pb2.PolicySpec(name=name)
+    spec.params.update(params)
+    return spec
+
+
 async def test_startup_decision_follows_fixed_policy() -> None:
     core = SchedulerCore(FIXED)
     decision = await core.register(make_stream_spec())
@@ -36,8 +42,7 @@ async def test_set_policy_pushes_a_new_version_to_watchers() -> None:
     pending = asyncio.create_task(anext(watcher))
     await asyncio.sleep(0.01)
     assert not pending.done()
-    params = "{width: 640, height: 360, fps: 5, placement: {detect: cloud}}"
-    await core.set_policy("stream-1", decision_pb2.PolicySpec(name="fixed", params_yaml=params))
+    await core.set_policy("stream-1", policy("fixed", width=640, height=360, fps=5, placement={"detect": "cloud"}))
     pushed = await asyncio.wait_for(pending, 5)
     assert pushed.version == 2
     assert (pushed.configuration.resolution.width, pushed.configuration.fps) == (640, 5)
@@ -53,8 +58,8 @@ async def test_bad_policy_and_unknown_stream_are_named() -> None:
         await core.set_policy("stream-1", decision_pb2.PolicySpec(name="nope"))
     assert unknown.value.field == "policy.name"
     with pytest.raises(InvalidArgument) as bad:
-        await core.set_policy("stream-1", decision_pb2.PolicySpec(name="fixed", params_yaml="{fps: -1}"))
-    assert bad.value.field == "policy.params_yaml.fps"
+        await core.set_policy("stream-1", policy("fixed", fps=-1))
+    assert bad.value.field == "policy.params.fps"
     with pytest.raises(NotFound):
         await core.feedback(task_pb2.TaskRecord(task=task_pb2.Task(stream_id="other")))
 
@@ -122,7 +127,7 @@ async def test_stats_keep_a_bounded_history_of_decisions_with_their_reasons() ->
 
     core = SchedulerCore(FIXED)
     await core.register(make_stream_spec())
-    await core.set_policy("stream-1", decision_pb2.PolicySpec(name="fixed", params_yaml="{fps: 5}"))
+    await core.set_policy("stream-1", policy("fixed", fps=5))
     (stats,), _ = core.stats()
     assert [d.version for d in stats.history] == [1, 2]
     assert stats.history[0].reason.startswith("startup plan") and "policy switched to fixed" in stats.history[1].reason
@@ -167,16 +172,16 @@ async def test_decisions_carry_the_epoch_and_a_restarted_core_has_a_newer_one() 
 async def test_watch_yields_the_current_decision_first_whatever_version_the_caller_knew() -> None:
     core = SchedulerCore(FIXED, epoch=2)
     await core.register(make_stream_spec())
-    # A caller that knew version 7 of an older epoch still gets the new epoch's version 1, then the next.
-    request = scheduler_pb2.WatchDecisionsRequest(stream_id="stream-1", after_version=7)
+    # A caller (that may have known a version of an older epoch) gets the current decision first, then the next.
+    request = scheduler_pb2.WatchDecisionsRequest(stream_id="stream-1")
     watcher = SchedulerServicer(core).WatchDecisions(request, None)
-    first = await asyncio.wait_for(anext(watcher), 5)
+    first = (await asyncio.wait_for(anext(watcher), 5)).decision
     assert (first.epoch, first.version) == (2, 1)
     pending = asyncio.create_task(anext(watcher))
     await asyncio.sleep(0.01)
     assert not pending.done()
     await core.set_policy("stream-1", FIXED)
-    assert (await asyncio.wait_for(pending, 5)).version == 2
+    assert (await asyncio.wait_for(pending, 5)).decision.version == 2
     await watcher.aclose()
     later = await asyncio.wait_for(anext(core.watch("stream-1")), 5)
     assert later.version == 2  # a later watcher: the current one at once
@@ -185,7 +190,7 @@ async def test_watch_yields_the_current_decision_first_whatever_version_the_call
 async def test_a_silent_node_turns_stale_gets_no_stages_and_is_trusted_again_when_it_reports() -> None:
     clock = Clock()
     core = SchedulerCore(
-        decision_pb2.PolicySpec(name="fixed", params_yaml="{placement: {detect: edge-2}}"),
+        policy("fixed", placement={"detect": "edge-2"}),
         stale_after_s=10,
         clock=clock,
     )
@@ -317,18 +322,26 @@ async def test_a_probe_that_finds_the_uplink_collapsed_changes_the_decision_befo
     assert collapsed.version > start.version and collapsed.reason.startswith("probes: uplink now 0.2 Mbit/s")
 
 
-async def test_stats_of_one_stream_or_of_all_that_fit_in_the_budget() -> None:
+async def test_stats_of_one_stream_or_of_all_in_pages_that_fit_in_the_budget() -> None:
     core = SchedulerCore(FIXED)
     for name in ("a", "b", "c"):
         spec = make_stream_spec()
         spec.stream_id = name
         await core.register(spec)
-    everything, left_out = core.stats()
-    assert [s.stream_id for s in everything] == ["a", "b", "c"] and left_out == 0
+    everything, token = core.stats()
+    assert [s.stream_id for s in everything] == ["a", "b", "c"] and token == ""
+    first, token = core.stats(page_size=2)
+    rest, last = core.stats(page_size=2, page_token=token)
+    assert [s.stream_id for s in first + rest] == ["a", "b", "c"] and token and last == ""
     one = everything[0].ByteSize()
-    some, left_out = core.stats(budget_bytes=2 * one + 1)
-    assert [s.stream_id for s in some] == ["a", "b"] and left_out == 1
-    (only,), left_out = core.stats("b")
-    assert only.stream_id == "b" and left_out == 0
+    some, token = core.stats(budget_bytes=2 * one + 1)  # a page ends early at the byte budget
+    assert [s.stream_id for s in some] == ["a", "b"]
+    assert [s.stream_id for s in core.stats(page_token=token)[0]] == ["c"]
+    (only,), token = core.stats("b")
+    assert only.stream_id == "b" and token == ""
+    with pytest.raises(InvalidArgument):
+        core.stats(page_token="not a token of ours!")
+    with pytest.raises(InvalidArgument):
+        core.stats(page_size=1001)
     with pytest.raises(NotFound):
         core.stats("nobody")

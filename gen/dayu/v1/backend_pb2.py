@@ -27,7 +27,7 @@ from dayu.v1 import resources_pb2 as dayu_dot_v1_dot_resources__pb2
 from dayu.v1 import types_pb2 as dayu_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64\x61yu/v1/backend.proto\x12\x07\x64\x61yu.v1\x1a\x16\x64\x61yu/v1/decision.proto\x1a\x17\x64\x61yu/v1/resources.proto\x1a\x13\x64\x61yu/v1/types.proto\"\x16\n\x14ListPipelinesRequest\"=\n\x15ListPipelinesResponse\x12$\n\tpipelines\x18\x01 \x03(\x0b\x32\x11.dayu.v1.Pipeline\"9\n\x12PutPipelineRequest\x12#\n\x08pipeline\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Pipeline\"\'\n\x13PutPipelineResponse\x12\x10\n\x08replaced\x18\x01 \x01(\x08\"%\n\x15\x44\x65letePipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65letePipelineResponse\"\x1d\n\x1bListInstalledStreamsRequest\"D\n\x1cListInstalledStreamsResponse\x12$\n\x07streams\x18\x01 \x03(\x0b\x32\x13.dayu.v1.StreamSpec\";\n\x14InstallStreamRequest\x12#\n\x06stream\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\"\x17\n\x15InstallStreamResponse\"+\n\x16UninstallStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"\x19\n\x17UninstallStreamResponse\"\x18\n\x16GetSystemStatusRequest\"@\n\x17GetSystemStatusResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.dayu.v1.NodeResources2\xde\x04\n\x0e\x42\x61\x63kendService\x12N\n\rListPipelines\x12\x1d.dayu.v1.ListPipelinesRequest\x1a\x1e.dayu.v1.ListPipelinesResponse\x12H\n\x0bPutPipeline\x12\x1b.dayu.v1.PutPipelineRequest\x1a\x1c.dayu.v1.PutPipelineResponse\x12Q\n\x0e\x44\x65letePipeline\x12\x1e.dayu.v1.DeletePipelineRequest\x1a\x1f.dayu.v1.DeletePipelineResponse\x12\x63\n\x14ListInstalledStreams\x12$.dayu.v1.ListInstalledStreamsRequest\x1a%.dayu.v1.ListInstalledStreamsResponse\x12N\n\rInstallStream\x12\x1d.dayu.v1.InstallStreamRequest\x1a\x1e.dayu.v1.InstallStreamResponse\x12T\n\x0fUninstallStream\x12\x1f.dayu.v1.UninstallStreamRequest\x1a .dayu.v1.UninstallStreamResponse\x12T\n\x0fGetSystemStatus\x12\x1f.dayu.v1.GetSystemStatusRequest\x1a .dayu.v1.GetSystemStatusResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64\x61yu/v1/backend.proto\x12\x07\x64\x61yu.v1\x1a\x16\x64\x61yu/v1/decision.proto\x1a\x17\x64\x61yu/v1/resources.proto\x1a\x13\x64\x61yu/v1/types.proto\"=\n\x14ListPipelinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x15ListPipelinesResponse\x12$\n\tpipelines\x18\x01 \x03(\x0b\x32\x11.dayu.v1.Pipeline\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x12PutPipelineRequest\x12#\n\x08pipeline\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Pipeline\"\'\n\x13PutPipelineResponse\x12\x10\n\x08replaced\x18\x01 \x01(\x08\"%\n\x15\x44\x65letePipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65letePipelineResponse\"D\n\x1bListInstalledStreamsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x1cListInstalledStreamsResponse\x12$\n\x07streams\x18\x01 \x03(\x0b\x32\x13.dayu.v1.StreamSpec\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x14InstallStreamRequest\x12#\n\x06stream\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\"\x17\n\x15InstallStreamResponse\"+\n\x16UninstallStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"\x19\n\x17UninstallStreamResponse\"\x18\n\x16GetSystemStatusRequest\"@\n\x17GetSystemStatusResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.dayu.v1.NodeResources2\xde\x04\n\x0e\x42\x61\x63kendService\x12N\n\rListPipelines\x12\x1d.dayu.v1.ListPipelinesRequest\x1a\x1e.dayu.v1.ListPipelinesResponse\x12H\n\x0bPutPipeline\x12\x1b.dayu.v1.PutPipelineRequest\x1a\x1c.dayu.v1.PutPipelineResponse\x12Q\n\x0e\x44\x65letePipeline\x12\x1e.dayu.v1.DeletePipelineRequest\x1a\x1f.dayu.v1.DeletePipelineResponse\x12\x63\n\x14ListInstalledStreams\x12$.dayu.v1.ListInstalledStreamsRequest\x1a%.dayu.v1.ListInstalledStreamsResponse\x12N\n\rInstallStream\x12\x1d.dayu.v1.InstallStreamRequest\x1a\x1e.dayu.v1.InstallStreamResponse\x12T\n\x0fUninstallStream\x12\x1f.dayu.v1.UninstallStreamRequest\x1a .dayu.v1.UninstallStreamResponse\x12T\n\x0fGetSystemStatus\x12\x1f.dayu.v1.GetSystemStatusRequest\x1a .dayu.v1.GetSystemStatusResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,33 +36,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\nio.dayu.v1P\001Z\032dayu/gen/go/dayu/v1;dayuv1'
   _globals['_LISTPIPELINESREQUEST']._serialized_start=104
-  _globals['_LISTPIPELINESREQUEST']._serialized_end=126
-  _globals['_LISTPIPELINESRESPONSE']._serialized_start=128
-  _globals['_LISTPIPELINESRESPONSE']._serialized_end=189
-  _globals['_PUTPIPELINEREQUEST']._serialized_start=191
-  _globals['_PUTPIPELINEREQUEST']._serialized_end=248
-  _globals['_PUTPIPELINERESPONSE']._serialized_start=250
-  _globals['_PUTPIPELINERESPONSE']._serialized_end=289
-  _globals['_DELETEPIPELINEREQUEST']._serialized_start=291
-  _globals['_DELETEPIPELINEREQUEST']._serialized_end=328
-  _globals['_DELETEPIPELINERESPONSE']._serialized_start=330
-  _globals['_DELETEPIPELINERESPONSE']._serialized_end=354
-  _globals['_LISTINSTALLEDSTREAMSREQUEST']._serialized_start=356
-  _globals['_LISTINSTALLEDSTREAMSREQUEST']._serialized_end=385
-  _globals['_LISTINSTALLEDSTREAMSRESPONSE']._serialized_start=387
-  _globals['_LISTINSTALLEDSTREAMSRESPONSE']._serialized_end=455
-  _globals['_INSTALLSTREAMREQUEST']._serialized_start=457
-  _globals['_INSTALLSTREAMREQUEST']._serialized_end=516
-  _globals['_INSTALLSTREAMRESPONSE']._serialized_start=518
-  _globals['_INSTALLSTREAMRESPONSE']._serialized_end=541
-  _globals['_UNINSTALLSTREAMREQUEST']._serialized_start=543
-  _globals['_UNINSTALLSTREAMREQUEST']._serialized_end=586
-  _globals['_UNINSTALLSTREAMRESPONSE']._serialized_start=588
-  _globals['_UNINSTALLSTREAMRESPONSE']._serialized_end=613
-  _globals['_GETSYSTEMSTATUSREQUEST']._serialized_start=615
-  _globals['_GETSYSTEMSTATUSREQUEST']._serialized_end=639
-  _globals['_GETSYSTEMSTATUSRESPONSE']._serialized_start=641
-  _globals['_GETSYSTEMSTATUSRESPONSE']._serialized_end=705
-  _globals['_BACKENDSERVICE']._serialized_start=708
-  _globals['_BACKENDSERVICE']._serialized_end=1314
+  _globals['_LISTPIPELINESREQUEST']._serialized_end=165
+  _globals['_LISTPIPELINESRESPONSE']._serialized_start=167
+  _globals['_LISTPIPELINESRESPONSE']._serialized_end=253
+  _globals['_PUTPIPELINEREQUEST']._serialized_start=255
+  _globals['_PUTPIPELINEREQUEST']._serialized_end=312
+  _globals['_PUTPIPELINERESPONSE']._serialized_start=314
+  _globals['_PUTPIPELINERESPONSE']._serialized_end=353
+  _globals['_DELETEPIPELINEREQUEST']._serialized_start=355
+  _globals['_DELETEPIPELINEREQUEST']._serialized_end=392
+  _globals['_DELETEPIPELINERESPONSE']._serialized_start=394
+  _globals['_DELETEPIPELINERESPONSE']._serialized_end=418
+  _globals['_LISTINSTALLEDSTREAMSREQUEST']._serialized_start=420
+  _globals['_LISTINSTALLEDSTREAMSREQUEST']._serialized_end=488
+  _globals['_LISTINSTALLEDSTREAMSRESPONSE']._serialized_start=490
+  _globals['_LISTINSTALLEDSTREAMSRESPONSE']._serialized_end=583
+  _globals['_INSTALLSTREAMREQUEST']._serialized_start=585
+  _globals['_INSTALLSTREAMREQUEST']._serialized_end=644
+  _globals['_INSTALLSTREAMRESPONSE']._serialized_start=646
+  _globals['_INSTALLSTREAMRESPONSE']._serialized_end=669
+  _globals['_UNINSTALLSTREAMREQUEST']._serialized_start=671
+  _globals['_UNINSTALLSTREAMREQUEST']._serialized_end=714
+  _globals['_UNINSTALLSTREAMRESPONSE']._serialized_start=716
+  _globals['_UNINSTALLSTREAMRESPONSE']._serialized_end=741
+  _globals['_GETSYSTEMSTATUSREQUEST']._serialized_start=743
+  _globals['_GETSYSTEMSTATUSREQUEST']._serialized_end=767
+  _globals['_GETSYSTEMSTATUSRESPONSE']._serialized_start=769
+  _globals['_GETSYSTEMSTATUSRESPONSE']._serialized_end=833
+  _globals['_BACKENDSERVICE']._serialized_start=836
+  _globals['_BACKENDSERVICE']._serialized_end=1442
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class BackendServiceStub:
-    """One backend, on the cloud node; the web UI talks to it.
+    """One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
+    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
+    installed by the mesh file.
     """
 
     def __init__(self, channel):
@@ -73,7 +75,9 @@ class BackendServiceStub:
 
 
 class BackendServiceServicer:
-    """One backend, on the cloud node; the web UI talks to it.
+    """One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
+    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
+    installed by the mesh file.
     """
 
     def ListPipelines(self, request, context):
@@ -91,7 +95,7 @@ class BackendServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeletePipeline(self, request, context):
-        """Deletes a pipeline no installed stream uses.
+        """Deletes a pipeline.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,21 +109,21 @@ class BackendServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def InstallStream(self, request, context):
-        """Installs a stream: its generator starts and its scheduler registration is made.
+        """Installs a stream (not served yet: UNIMPLEMENTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UninstallStream(self, request, context):
-        """Uninstalls a stream.
+        """Uninstalls a stream installed by InstallStream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSystemStatus(self, request, context):
-        """Latest resources of every node.
+        """Latest resources of every node (not served yet: UNIMPLEMENTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,7 +176,9 @@ def add_BackendServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class BackendService:
-    """One backend, on the cloud node; the web UI talks to it.
+    """One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
+    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
+    installed by the mesh file.
     """
 
     @staticmethod

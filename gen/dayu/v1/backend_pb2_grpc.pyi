@@ -27,7 +27,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class BackendServiceStub:
-    """One backend, on the cloud node; the web UI talks to it."""
+    """One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
+    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
+    installed by the mesh file.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -38,19 +41,22 @@ class BackendServiceStub:
     PutPipeline: _grpc.UnaryUnaryMultiCallable[_backend_pb2.PutPipelineRequest, _backend_pb2.PutPipelineResponse]
     """Creates or replaces a pipeline after validating its DAG."""
     DeletePipeline: _grpc.UnaryUnaryMultiCallable[_backend_pb2.DeletePipelineRequest, _backend_pb2.DeletePipelineResponse]
-    """Deletes a pipeline no installed stream uses."""
+    """Deletes a pipeline."""
     ListInstalledStreams: _grpc.UnaryUnaryMultiCallable[_backend_pb2.ListInstalledStreamsRequest, _backend_pb2.ListInstalledStreamsResponse]
     """Lists the installed streams."""
     InstallStream: _grpc.UnaryUnaryMultiCallable[_backend_pb2.InstallStreamRequest, _backend_pb2.InstallStreamResponse]
-    """Installs a stream: its generator starts and its scheduler registration is made."""
+    """Installs a stream (not served yet: UNIMPLEMENTED)."""
     UninstallStream: _grpc.UnaryUnaryMultiCallable[_backend_pb2.UninstallStreamRequest, _backend_pb2.UninstallStreamResponse]
-    """Uninstalls a stream."""
+    """Uninstalls a stream installed by InstallStream."""
     GetSystemStatus: _grpc.UnaryUnaryMultiCallable[_backend_pb2.GetSystemStatusRequest, _backend_pb2.GetSystemStatusResponse]
-    """Latest resources of every node."""
+    """Latest resources of every node (not served yet: UNIMPLEMENTED)."""
 
 @_typing.type_check_only
 class BackendServiceAsyncStub(BackendServiceStub):
-    """One backend, on the cloud node; the web UI talks to it."""
+    """One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
+    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
+    installed by the mesh file.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListPipelines: _aio.UnaryUnaryMultiCallable[_backend_pb2.ListPipelinesRequest, _backend_pb2.ListPipelinesResponse]  # type: ignore[assignment]
@@ -58,18 +64,21 @@ class BackendServiceAsyncStub(BackendServiceStub):
     PutPipeline: _aio.UnaryUnaryMultiCallable[_backend_pb2.PutPipelineRequest, _backend_pb2.PutPipelineResponse]  # type: ignore[assignment]
     """Creates or replaces a pipeline after validating its DAG."""
     DeletePipeline: _aio.UnaryUnaryMultiCallable[_backend_pb2.DeletePipelineRequest, _backend_pb2.DeletePipelineResponse]  # type: ignore[assignment]
-    """Deletes a pipeline no installed stream uses."""
+    """Deletes a pipeline."""
     ListInstalledStreams: _aio.UnaryUnaryMultiCallable[_backend_pb2.ListInstalledStreamsRequest, _backend_pb2.ListInstalledStreamsResponse]  # type: ignore[assignment]
     """Lists the installed streams."""
     InstallStream: _aio.UnaryUnaryMultiCallable[_backend_pb2.InstallStreamRequest, _backend_pb2.InstallStreamResponse]  # type: ignore[assignment]
-    """Installs a stream: its generator starts and its scheduler registration is made."""
+    """Installs a stream (not served yet: UNIMPLEMENTED)."""
     UninstallStream: _aio.UnaryUnaryMultiCallable[_backend_pb2.UninstallStreamRequest, _backend_pb2.UninstallStreamResponse]  # type: ignore[assignment]
-    """Uninstalls a stream."""
+    """Uninstalls a stream installed by InstallStream."""
     GetSystemStatus: _aio.UnaryUnaryMultiCallable[_backend_pb2.GetSystemStatusRequest, _backend_pb2.GetSystemStatusResponse]  # type: ignore[assignment]
-    """Latest resources of every node."""
+    """Latest resources of every node (not served yet: UNIMPLEMENTED)."""
 
 class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
-    """One backend, on the cloud node; the web UI talks to it."""
+    """One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
+    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
+    installed by the mesh file.
+    """
 
     @_abc_1.abstractmethod
     def ListPipelines(
@@ -93,7 +102,7 @@ class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backend_pb2.DeletePipelineRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backend_pb2.DeletePipelineResponse, _abc.Awaitable[_backend_pb2.DeletePipelineResponse]]:
-        """Deletes a pipeline no installed stream uses."""
+        """Deletes a pipeline."""
 
     @_abc_1.abstractmethod
     def ListInstalledStreams(
@@ -109,7 +118,7 @@ class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backend_pb2.InstallStreamRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backend_pb2.InstallStreamResponse, _abc.Awaitable[_backend_pb2.InstallStreamResponse]]:
-        """Installs a stream: its generator starts and its scheduler registration is made."""
+        """Installs a stream (not served yet: UNIMPLEMENTED)."""
 
     @_abc_1.abstractmethod
     def UninstallStream(
@@ -117,7 +126,7 @@ class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backend_pb2.UninstallStreamRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backend_pb2.UninstallStreamResponse, _abc.Awaitable[_backend_pb2.UninstallStreamResponse]]:
-        """Uninstalls a stream."""
+        """Uninstalls a stream installed by InstallStream."""
 
     @_abc_1.abstractmethod
     def GetSystemStatus(
@@ -125,6 +134,6 @@ class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backend_pb2.GetSystemStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backend_pb2.GetSystemStatusResponse, _abc.Awaitable[_backend_pb2.GetSystemStatusResponse]]:
-        """Latest resources of every node."""
+        """Latest resources of every node (not served yet: UNIMPLEMENTED)."""
 
 def add_BackendServiceServicer_to_server(servicer: BackendServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

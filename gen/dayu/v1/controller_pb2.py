@@ -22,12 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from dayu.v1 import monitor_pb2 as dayu_dot_v1_dot_monitor__pb2
 from dayu.v1 import resources_pb2 as dayu_dot_v1_dot_resources__pb2
 from dayu.v1 import task_pb2 as dayu_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x61yu/v1/controller.proto\x12\x07\x64\x61yu.v1\x1a\x15\x64\x61yu/v1/monitor.proto\x1a\x17\x64\x61yu/v1/resources.proto\x1a\x12\x64\x61yu/v1/task.proto\":\n\x12MeasureLinkRequest\x12\x0f\n\x07to_node\x18\x01 \x01(\t\x12\x13\n\x0bprobe_bytes\x18\x02 \x01(\r\";\n\x13MeasureLinkResponse\x12$\n\x04link\x18\x01 \x01(\x0b\x32\x16.dayu.v1.LinkBandwidth\"C\n\x11SubmitTaskRequest\x12\x1b\n\x04task\x18\x01 \x01(\x0b\x32\r.dayu.v1.Task\x12\x11\n\tfrom_node\x18\x02 \x01(\t\"%\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x9b\x01\n\tLinkStats\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\x12\x12\n\nbytes_sent\x18\x03 \x01(\x04\x12\x12\n\ntasks_sent\x18\x04 \x01(\x04\x12\x16\n\x0e\x62\x61ndwidth_mbps\x18\x05 \x01(\x01\x12\x10\n\x08\x64\x65lay_ms\x18\x06 \x01(\x01\x12\x18\n\x10probe_bytes_sent\x18\x07 \x01(\x04\"\x15\n\x13GetLinkStatsRequest\"9\n\x14GetLinkStatsResponse\x12!\n\x05links\x18\x01 \x03(\x0b\x32\x12.dayu.v1.LinkStats2\xa9\x02\n\x11\x43ontrollerService\x12\x45\n\nSubmitTask\x12\x1a.dayu.v1.SubmitTaskRequest\x1a\x1b.dayu.v1.SubmitTaskResponse\x12K\n\x0cGetLinkStats\x12\x1c.dayu.v1.GetLinkStatsRequest\x1a\x1d.dayu.v1.GetLinkStatsResponse\x12H\n\x0bMeasureLink\x12\x1b.dayu.v1.MeasureLinkRequest\x1a\x1c.dayu.v1.MeasureLinkResponse\x12\x36\n\x05Probe\x12\x15.dayu.v1.ProbeRequest\x1a\x16.dayu.v1.ProbeResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x61yu/v1/controller.proto\x12\x07\x64\x61yu.v1\x1a\x17\x64\x61yu/v1/resources.proto\x1a\x12\x64\x61yu/v1/task.proto\":\n\x12MeasureLinkRequest\x12\x0f\n\x07to_node\x18\x01 \x01(\t\x12\x13\n\x0bprobe_bytes\x18\x02 \x01(\r\";\n\x13MeasureLinkResponse\x12$\n\x04link\x18\x01 \x01(\x0b\x32\x16.dayu.v1.LinkBandwidth\"C\n\x11SubmitTaskRequest\x12\x1b\n\x04task\x18\x01 \x01(\x0b\x32\r.dayu.v1.Task\x12\x11\n\tfrom_node\x18\x02 \x01(\t\"%\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x9b\x01\n\tLinkStats\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\x12\x12\n\nbytes_sent\x18\x03 \x01(\x04\x12\x12\n\ntasks_sent\x18\x04 \x01(\x04\x12\x16\n\x0e\x62\x61ndwidth_mbps\x18\x05 \x01(\x01\x12\x10\n\x08\x64\x65lay_ms\x18\x06 \x01(\x01\x12\x18\n\x10probe_bytes_sent\x18\x07 \x01(\x04\"\x15\n\x13GetLinkStatsRequest\"9\n\x14GetLinkStatsResponse\x12!\n\x05links\x18\x01 \x03(\x0b\x32\x12.dayu.v1.LinkStats\"\x1f\n\x0cProbeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\'\n\rProbeResponse\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x04\x32\xa9\x02\n\x11\x43ontrollerService\x12\x45\n\nSubmitTask\x12\x1a.dayu.v1.SubmitTaskRequest\x1a\x1b.dayu.v1.SubmitTaskResponse\x12K\n\x0cGetLinkStats\x12\x1c.dayu.v1.GetLinkStatsRequest\x1a\x1d.dayu.v1.GetLinkStatsResponse\x12H\n\x0bMeasureLink\x12\x1b.dayu.v1.MeasureLinkRequest\x1a\x1c.dayu.v1.MeasureLinkResponse\x12\x36\n\x05Probe\x12\x15.dayu.v1.ProbeRequest\x1a\x16.dayu.v1.ProbeResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,20 +34,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dayu.v1.controller_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\nio.dayu.v1P\001Z\032dayu/gen/go/dayu/v1;dayuv1'
-  _globals['_MEASURELINKREQUEST']._serialized_start=105
-  _globals['_MEASURELINKREQUEST']._serialized_end=163
-  _globals['_MEASURELINKRESPONSE']._serialized_start=165
-  _globals['_MEASURELINKRESPONSE']._serialized_end=224
-  _globals['_SUBMITTASKREQUEST']._serialized_start=226
-  _globals['_SUBMITTASKREQUEST']._serialized_end=293
-  _globals['_SUBMITTASKRESPONSE']._serialized_start=295
-  _globals['_SUBMITTASKRESPONSE']._serialized_end=332
-  _globals['_LINKSTATS']._serialized_start=335
-  _globals['_LINKSTATS']._serialized_end=490
-  _globals['_GETLINKSTATSREQUEST']._serialized_start=492
-  _globals['_GETLINKSTATSREQUEST']._serialized_end=513
-  _globals['_GETLINKSTATSRESPONSE']._serialized_start=515
-  _globals['_GETLINKSTATSRESPONSE']._serialized_end=572
-  _globals['_CONTROLLERSERVICE']._serialized_start=575
-  _globals['_CONTROLLERSERVICE']._serialized_end=872
+  _globals['_MEASURELINKREQUEST']._serialized_start=82
+  _globals['_MEASURELINKREQUEST']._serialized_end=140
+  _globals['_MEASURELINKRESPONSE']._serialized_start=142
+  _globals['_MEASURELINKRESPONSE']._serialized_end=201
+  _globals['_SUBMITTASKREQUEST']._serialized_start=203
+  _globals['_SUBMITTASKREQUEST']._serialized_end=270
+  _globals['_SUBMITTASKRESPONSE']._serialized_start=272
+  _globals['_SUBMITTASKRESPONSE']._serialized_end=309
+  _globals['_LINKSTATS']._serialized_start=312
+  _globals['_LINKSTATS']._serialized_end=467
+  _globals['_GETLINKSTATSREQUEST']._serialized_start=469
+  _globals['_GETLINKSTATSREQUEST']._serialized_end=490
+  _globals['_GETLINKSTATSRESPONSE']._serialized_start=492
+  _globals['_GETLINKSTATSRESPONSE']._serialized_end=549
+  _globals['_PROBEREQUEST']._serialized_start=551
+  _globals['_PROBEREQUEST']._serialized_end=582
+  _globals['_PROBERESPONSE']._serialized_start=584
+  _globals['_PROBERESPONSE']._serialized_end=623
+  _globals['_CONTROLLERSERVICE']._serialized_start=626
+  _globals['_CONTROLLERSERVICE']._serialized_end=923
 # @@protoc_insertion_point(module_scope)

@@ -4,7 +4,6 @@ import grpc
 import warnings
 
 from dayu.v1 import controller_pb2 as dayu_dot_v1_dot_controller__pb2
-from dayu.v1 import monitor_pb2 as dayu_dot_v1_dot_monitor__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -53,8 +52,8 @@ class ControllerServiceStub:
                 _registered_method=True)
         self.Probe = channel.unary_unary(
                 '/dayu.v1.ControllerService/Probe',
-                request_serializer=dayu_dot_v1_dot_monitor__pb2.ProbeRequest.SerializeToString,
-                response_deserializer=dayu_dot_v1_dot_monitor__pb2.ProbeResponse.FromString,
+                request_serializer=dayu_dot_v1_dot_controller__pb2.ProbeRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_controller__pb2.ProbeResponse.FromString,
                 _registered_method=True)
 
 
@@ -113,8 +112,8 @@ def add_ControllerServiceServicer_to_server(servicer, server):
             ),
             'Probe': grpc.unary_unary_rpc_method_handler(
                     servicer.Probe,
-                    request_deserializer=dayu_dot_v1_dot_monitor__pb2.ProbeRequest.FromString,
-                    response_serializer=dayu_dot_v1_dot_monitor__pb2.ProbeResponse.SerializeToString,
+                    request_deserializer=dayu_dot_v1_dot_controller__pb2.ProbeRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_controller__pb2.ProbeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,8 +223,8 @@ class ControllerService:
             request,
             target,
             '/dayu.v1.ControllerService/Probe',
-            dayu_dot_v1_dot_monitor__pb2.ProbeRequest.SerializeToString,
-            dayu_dot_v1_dot_monitor__pb2.ProbeResponse.FromString,
+            dayu_dot_v1_dot_controller__pb2.ProbeRequest.SerializeToString,
+            dayu_dot_v1_dot_controller__pb2.ProbeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,7 +5,6 @@ The controller routes tasks through their DAG, locally or to other nodes."""
 
 from collections import abc as _abc
 from dayu.v1 import controller_pb2 as _controller_pb2
-from dayu.v1 import monitor_pb2 as _monitor_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -45,7 +44,7 @@ class ControllerServiceStub:
     tasks (the link emulator included): a small probe for the round trip, a large one for the
     bandwidth. The node's monitor calls it for every link.
     """
-    Probe: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.ProbeRequest, _monitor_pb2.ProbeResponse]
+    Probe: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ProbeRequest, _controller_pb2.ProbeResponse]
     """Receiving end of another controller's probe."""
 
 @_typing.type_check_only
@@ -64,7 +63,7 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     tasks (the link emulator included): a small probe for the round trip, a large one for the
     bandwidth. The node's monitor calls it for every link.
     """
-    Probe: _aio.UnaryUnaryMultiCallable[_monitor_pb2.ProbeRequest, _monitor_pb2.ProbeResponse]  # type: ignore[assignment]
+    Probe: _aio.UnaryUnaryMultiCallable[_controller_pb2.ProbeRequest, _controller_pb2.ProbeResponse]  # type: ignore[assignment]
     """Receiving end of another controller's probe."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -102,9 +101,9 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Probe(
         self,
-        request: _monitor_pb2.ProbeRequest,
+        request: _controller_pb2.ProbeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_monitor_pb2.ProbeResponse, _abc.Awaitable[_monitor_pb2.ProbeResponse]]:
+    ) -> _typing.Union[_controller_pb2.ProbeResponse, _abc.Awaitable[_controller_pb2.ProbeResponse]]:
         """Receiving end of another controller's probe."""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

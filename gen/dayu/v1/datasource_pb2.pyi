@@ -36,7 +36,7 @@ class SourceInfo(_message.Message):
     source_id: _builtins.str
     """Unique source id."""
     kind: _builtins.str
-    """Kind in the source registry: "synthetic", "file" or "camera" (RTSP, HTTP MJPEG, USB)."""
+    """Kind in the source registry: "synthetic", "file", "photos" or "camera" (RTSP, HTTP MJPEG, USB)."""
     uri: _builtins.str
     """File path or camera URL; empty for synthetic scenes."""
     fps: _builtins.float
@@ -74,12 +74,21 @@ class ListSourcesRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many sources (0: up to 100; at most 1000)."""
+    page_token: _builtins.str
+    """next_page_token of the previous reply; empty: from the first source."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -92,18 +101,22 @@ class ListSourcesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SOURCES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the sources after these; empty when there are none."""
     @_builtins.property
     def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceInfo]:
-        """The sources."""
+        """The sources, in source id order."""
 
     def __init__(
         self,
         *,
         sources: _abc.Iterable[Global___SourceInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sources", b"sources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "sources", b"sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -134,6 +147,30 @@ class StreamFramesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamFramesRequest: _TypeAlias = StreamFramesRequest  # noqa: Y015
+
+@_typing.final
+class StreamFramesResponse(_message.Message):
+    """One frame of StreamFrames."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def frame(self) -> Global___Frame:
+        """The frame."""
+
+    def __init__(
+        self,
+        *,
+        frame: Global___Frame | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamFramesResponse: _TypeAlias = StreamFramesResponse  # noqa: Y015
 
 @_typing.final
 class Frame(_message.Message):

@@ -43,7 +43,7 @@ class DatasourceServiceStub:
         self.StreamFrames = channel.unary_stream(
                 '/dayu.v1.DatasourceService/StreamFrames',
                 request_serializer=dayu_dot_v1_dot_datasource__pb2.StreamFramesRequest.SerializeToString,
-                response_deserializer=dayu_dot_v1_dot_datasource__pb2.Frame.FromString,
+                response_deserializer=dayu_dot_v1_dot_datasource__pb2.StreamFramesResponse.FromString,
                 _registered_method=True)
 
 
@@ -77,7 +77,7 @@ def add_DatasourceServiceServicer_to_server(servicer, server):
             'StreamFrames': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamFrames,
                     request_deserializer=dayu_dot_v1_dot_datasource__pb2.StreamFramesRequest.FromString,
-                    response_serializer=dayu_dot_v1_dot_datasource__pb2.Frame.SerializeToString,
+                    response_serializer=dayu_dot_v1_dot_datasource__pb2.StreamFramesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,7 +134,7 @@ class DatasourceService:
             target,
             '/dayu.v1.DatasourceService/StreamFrames',
             dayu_dot_v1_dot_datasource__pb2.StreamFramesRequest.SerializeToString,
-            dayu_dot_v1_dot_datasource__pb2.Frame.FromString,
+            dayu_dot_v1_dot_datasource__pb2.StreamFramesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,7 +35,7 @@ class DatasourceServiceStub:
     def __new__(cls, channel: _aio.Channel) -> DatasourceServiceAsyncStub: ...
     ListSources: _grpc.UnaryUnaryMultiCallable[_datasource_pb2.ListSourcesRequest, _datasource_pb2.ListSourcesResponse]
     """Lists the sources this datasource plays."""
-    StreamFrames: _grpc.UnaryStreamMultiCallable[_datasource_pb2.StreamFramesRequest, _datasource_pb2.Frame]
+    StreamFrames: _grpc.UnaryStreamMultiCallable[_datasource_pb2.StreamFramesRequest, _datasource_pb2.StreamFramesResponse]
     """Streams the frames of one source at its pace until the source ends (or forever when it
     cycles) or the caller cancels.
     """
@@ -47,7 +47,7 @@ class DatasourceServiceAsyncStub(DatasourceServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListSources: _aio.UnaryUnaryMultiCallable[_datasource_pb2.ListSourcesRequest, _datasource_pb2.ListSourcesResponse]  # type: ignore[assignment]
     """Lists the sources this datasource plays."""
-    StreamFrames: _aio.UnaryStreamMultiCallable[_datasource_pb2.StreamFramesRequest, _datasource_pb2.Frame]  # type: ignore[assignment]
+    StreamFrames: _aio.UnaryStreamMultiCallable[_datasource_pb2.StreamFramesRequest, _datasource_pb2.StreamFramesResponse]  # type: ignore[assignment]
     """Streams the frames of one source at its pace until the source ends (or forever when it
     cycles) or the caller cancels.
     """
@@ -68,7 +68,7 @@ class DatasourceServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _datasource_pb2.StreamFramesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_datasource_pb2.Frame], _abc.AsyncIterator[_datasource_pb2.Frame]]:
+    ) -> _typing.Union[_abc.Iterator[_datasource_pb2.StreamFramesResponse], _abc.AsyncIterator[_datasource_pb2.StreamFramesResponse]]:
         """Streams the frames of one source at its pace until the source ends (or forever when it
         cycles) or the caller cancels.
         """

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from dayu.v1 import types_pb2 as dayu_dot_v1_dot_types__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x61yu/v1/decision.proto\x12\x07\x64\x61yu.v1\x1a\x13\x64\x61yu/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x08NodeList\x12\r\n\x05nodes\x18\x01 \x03(\t\"\xc6\x03\n\x08\x44\x65\x63ision\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12-\n\rconfiguration\x18\x03 \x01(\x0b\x32\x16.dayu.v1.Configuration\x12\x33\n\tplacement\x18\x04 \x03(\x0b\x32 .dayu.v1.Decision.PlacementEntry\x12\x35\n\ndeployment\x18\x05 \x03(\x0b\x32!.dayu.v1.Decision.DeploymentEntry\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0e\n\x06policy\x18\x07 \x01(\t\x12+\n\x07made_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65\x63ision_time_s\x18\t \x01(\x01\x12\x0e\n\x06paused\x18\n \x01(\x08\x12\r\n\x05\x65poch\x18\x0b \x01(\x04\x1a\x30\n\x0ePlacementEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x44\n\x0f\x44\x65ploymentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.dayu.v1.NodeList:\x02\x38\x01\"/\n\nPolicySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bparams_yaml\x18\x02 \x01(\t\"\xd7\x01\n\nStreamSpec\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12#\n\x08pipeline\x18\x04 \x01(\x0b\x32\x11.dayu.v1.Pipeline\x12\x18\n\x10latency_budget_s\x18\x05 \x01(\x01\x12\x31\n\x11max_configuration\x18\x06 \x01(\x0b\x32\x16.dayu.v1.Configuration\x12#\n\x06policy\x18\x07 \x01(\x0b\x32\x13.dayu.v1.PolicySpecB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x61yu/v1/decision.proto\x12\x07\x64\x61yu.v1\x1a\x13\x64\x61yu/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x08NodeList\x12\r\n\x05nodes\x18\x01 \x03(\t\"\xc6\x03\n\x08\x44\x65\x63ision\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12-\n\rconfiguration\x18\x03 \x01(\x0b\x32\x16.dayu.v1.Configuration\x12\x33\n\tplacement\x18\x04 \x03(\x0b\x32 .dayu.v1.Decision.PlacementEntry\x12\x35\n\ndeployment\x18\x05 \x03(\x0b\x32!.dayu.v1.Decision.DeploymentEntry\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0e\n\x06policy\x18\x07 \x01(\t\x12+\n\x07made_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65\x63ision_time_s\x18\t \x01(\x01\x12\x0e\n\x06paused\x18\n \x01(\x08\x12\r\n\x05\x65poch\x18\x0b \x01(\x04\x1a\x30\n\x0ePlacementEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x44\n\x0f\x44\x65ploymentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.dayu.v1.NodeList:\x02\x38\x01\"V\n\nPolicySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06params\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x02\x10\x03R\x0bparams_yaml\"\xd7\x01\n\nStreamSpec\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12#\n\x08pipeline\x18\x04 \x01(\x0b\x32\x11.dayu.v1.Pipeline\x12\x18\n\x10latency_budget_s\x18\x05 \x01(\x01\x12\x31\n\x11max_configuration\x18\x06 \x01(\x0b\x32\x16.dayu.v1.Configuration\x12#\n\x06policy\x18\x07 \x01(\x0b\x32\x13.dayu.v1.PolicySpecB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,16 +39,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECISION_PLACEMENTENTRY']._serialized_options = b'8\001'
   _globals['_DECISION_DEPLOYMENTENTRY']._loaded_options = None
   _globals['_DECISION_DEPLOYMENTENTRY']._serialized_options = b'8\001'
-  _globals['_NODELIST']._serialized_start=89
-  _globals['_NODELIST']._serialized_end=114
-  _globals['_DECISION']._serialized_start=117
-  _globals['_DECISION']._serialized_end=571
-  _globals['_DECISION_PLACEMENTENTRY']._serialized_start=453
-  _globals['_DECISION_PLACEMENTENTRY']._serialized_end=501
-  _globals['_DECISION_DEPLOYMENTENTRY']._serialized_start=503
-  _globals['_DECISION_DEPLOYMENTENTRY']._serialized_end=571
-  _globals['_POLICYSPEC']._serialized_start=573
-  _globals['_POLICYSPEC']._serialized_end=620
-  _globals['_STREAMSPEC']._serialized_start=623
-  _globals['_STREAMSPEC']._serialized_end=838
+  _globals['_NODELIST']._serialized_start=119
+  _globals['_NODELIST']._serialized_end=144
+  _globals['_DECISION']._serialized_start=147
+  _globals['_DECISION']._serialized_end=601
+  _globals['_DECISION_PLACEMENTENTRY']._serialized_start=483
+  _globals['_DECISION_PLACEMENTENTRY']._serialized_end=531
+  _globals['_DECISION_DEPLOYMENTENTRY']._serialized_start=533
+  _globals['_DECISION_DEPLOYMENTENTRY']._serialized_end=601
+  _globals['_POLICYSPEC']._serialized_start=603
+  _globals['_POLICYSPEC']._serialized_end=689
+  _globals['_STREAMSPEC']._serialized_start=692
+  _globals['_STREAMSPEC']._serialized_end=907
 # @@protoc_insertion_point(module_scope)

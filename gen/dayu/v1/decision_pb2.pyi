@@ -7,6 +7,7 @@ from collections import abc as _abc
 from dayu.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
@@ -133,7 +134,9 @@ class Decision(_message.Message):
 
     @_builtins.property
     def deployment(self) -> _containers.MessageMap[_builtins.str, Global___NodeList]:
-        """Deployment: stage name -> nodes that host a processor for it."""
+        """Deployment: stage name -> nodes that host a processor for it. The shipped policies leave it
+        empty; a controller whose stage cannot run where placed falls back to these nodes, then the cloud.
+        """
 
     @_builtins.property
     def made_at(self) -> _timestamp_pb2.Timestamp:
@@ -169,20 +172,24 @@ class PolicySpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
-    PARAMS_YAML_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name in the policy registry, for example "fixed" or "feedback_control"."""
-    params_yaml: _builtins.str
-    """Parameters as a YAML or JSON mapping, validated by the policy's parameter schema."""
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct:
+        """Parameters, validated by the policy's parameter schema (names and values as in the mesh file's
+        `policy.params`).
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        params_yaml: _builtins.str = ...,
+        params: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "params_yaml", b"params_yaml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "params", b"params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -353,3 +353,27 @@ class WatchRecordsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRecordsRequest: _TypeAlias = WatchRecordsRequest  # noqa: Y015
+
+@_typing.final
+class WatchRecordsResponse(_message.Message):
+    """One record of WatchRecords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def record(self) -> _task_pb2.TaskRecord:
+        """A task's record, as it is stored."""
+
+    def __init__(
+        self,
+        *,
+        record: _task_pb2.TaskRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRecordsResponse: _TypeAlias = WatchRecordsResponse  # noqa: Y015

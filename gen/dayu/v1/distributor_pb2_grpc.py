@@ -4,7 +4,6 @@ import grpc
 import warnings
 
 from dayu.v1 import distributor_pb2 as dayu_dot_v1_dot_distributor__pb2
-from dayu.v1 import task_pb2 as dayu_dot_v1_dot_task__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -59,7 +58,7 @@ class DistributorServiceStub:
         self.WatchRecords = channel.unary_stream(
                 '/dayu.v1.DistributorService/WatchRecords',
                 request_serializer=dayu_dot_v1_dot_distributor__pb2.WatchRecordsRequest.SerializeToString,
-                response_deserializer=dayu_dot_v1_dot_task__pb2.TaskRecord.FromString,
+                response_deserializer=dayu_dot_v1_dot_distributor__pb2.WatchRecordsResponse.FromString,
                 _registered_method=True)
         self.SettleStreams = channel.unary_unary(
                 '/dayu.v1.DistributorService/SettleStreams',
@@ -142,7 +141,7 @@ def add_DistributorServiceServicer_to_server(servicer, server):
             'WatchRecords': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRecords,
                     request_deserializer=dayu_dot_v1_dot_distributor__pb2.WatchRecordsRequest.FromString,
-                    response_serializer=dayu_dot_v1_dot_task__pb2.TaskRecord.SerializeToString,
+                    response_serializer=dayu_dot_v1_dot_distributor__pb2.WatchRecordsResponse.SerializeToString,
             ),
             'SettleStreams': grpc.unary_unary_rpc_method_handler(
                     servicer.SettleStreams,
@@ -285,7 +284,7 @@ class DistributorService:
             target,
             '/dayu.v1.DistributorService/WatchRecords',
             dayu_dot_v1_dot_distributor__pb2.WatchRecordsRequest.SerializeToString,
-            dayu_dot_v1_dot_task__pb2.TaskRecord.FromString,
+            dayu_dot_v1_dot_distributor__pb2.WatchRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

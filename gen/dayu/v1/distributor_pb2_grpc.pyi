@@ -5,7 +5,6 @@ The distributor stores every finished or dropped task durably and serves the rec
 
 from collections import abc as _abc
 from dayu.v1 import distributor_pb2 as _distributor_pb2
-from dayu.v1 import task_pb2 as _task_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -42,7 +41,7 @@ class DistributorServiceStub:
     """Pages through stored records."""
     ExportRecords: _grpc.UnaryStreamMultiCallable[_distributor_pb2.ExportRecordsRequest, _distributor_pb2.ExportRecordsResponse]
     """Exports stored records as gzipped JSON lines, in chunks."""
-    WatchRecords: _grpc.UnaryStreamMultiCallable[_distributor_pb2.WatchRecordsRequest, _task_pb2.TaskRecord]
+    WatchRecords: _grpc.UnaryStreamMultiCallable[_distributor_pb2.WatchRecordsRequest, _distributor_pb2.WatchRecordsResponse]
     """Streams records as they are stored (live results), after a cursor."""
     SettleStreams: _grpc.UnaryUnaryMultiCallable[_distributor_pb2.SettleStreamsRequest, _distributor_pb2.SettleStreamsResponse]
     """Records as dropped (reason "lost: ...") every task that a stream's generator numbered and that
@@ -63,7 +62,7 @@ class DistributorServiceAsyncStub(DistributorServiceStub):
     """Pages through stored records."""
     ExportRecords: _aio.UnaryStreamMultiCallable[_distributor_pb2.ExportRecordsRequest, _distributor_pb2.ExportRecordsResponse]  # type: ignore[assignment]
     """Exports stored records as gzipped JSON lines, in chunks."""
-    WatchRecords: _aio.UnaryStreamMultiCallable[_distributor_pb2.WatchRecordsRequest, _task_pb2.TaskRecord]  # type: ignore[assignment]
+    WatchRecords: _aio.UnaryStreamMultiCallable[_distributor_pb2.WatchRecordsRequest, _distributor_pb2.WatchRecordsResponse]  # type: ignore[assignment]
     """Streams records as they are stored (live results), after a cursor."""
     SettleStreams: _aio.UnaryUnaryMultiCallable[_distributor_pb2.SettleStreamsRequest, _distributor_pb2.SettleStreamsResponse]  # type: ignore[assignment]
     """Records as dropped (reason "lost: ...") every task that a stream's generator numbered and that
@@ -111,7 +110,7 @@ class DistributorServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _distributor_pb2.WatchRecordsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_task_pb2.TaskRecord], _abc.AsyncIterator[_task_pb2.TaskRecord]]:
+    ) -> _typing.Union[_abc.Iterator[_distributor_pb2.WatchRecordsResponse], _abc.AsyncIterator[_distributor_pb2.WatchRecordsResponse]]:
         """Streams records as they are stored (live results), after a cursor."""
 
     @_abc_1.abstractmethod

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dayu.v1 import decision_pb2 as dayu_dot_v1_dot_decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61yu/v1/generator.proto\x12\x07\x64\x61yu.v1\x1a\x16\x64\x61yu/v1/decision.proto\"\xba\x01\n\x0cStreamStatus\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\x12#\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x11.dayu.v1.Decision\x12\x17\n\x0f\x66rames_captured\x18\x03 \x01(\x04\x12\x13\n\x0b\x66rames_kept\x18\x04 \x01(\x04\x12\x17\n\x0ftasks_generated\x18\x05 \x01(\x04\x12\x1b\n\x13scheduler_reachable\x18\x06 \x01(\x08\"\x14\n\x12ListStreamsRequest\"=\n\x13ListStreamsResponse\x12&\n\x07streams\x18\x01 \x03(\x0b\x32\x15.dayu.v1.StreamStatus\";\n\x14\x41pplyDecisionRequest\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"A\n\x15\x41pplyDecisionResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x04\x32\xac\x01\n\x10GeneratorService\x12H\n\x0bListStreams\x12\x1b.dayu.v1.ListStreamsRequest\x1a\x1c.dayu.v1.ListStreamsResponse\x12N\n\rApplyDecision\x12\x1d.dayu.v1.ApplyDecisionRequest\x1a\x1e.dayu.v1.ApplyDecisionResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61yu/v1/generator.proto\x12\x07\x64\x61yu.v1\x1a\x16\x64\x61yu/v1/decision.proto\"\xba\x01\n\x0cStreamStatus\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\x12#\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x11.dayu.v1.Decision\x12\x17\n\x0f\x66rames_captured\x18\x03 \x01(\x04\x12\x13\n\x0b\x66rames_kept\x18\x04 \x01(\x04\x12\x17\n\x0ftasks_generated\x18\x05 \x01(\x04\x12\x1b\n\x13scheduler_reachable\x18\x06 \x01(\x08\";\n\x12ListStreamsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x13ListStreamsResponse\x12&\n\x07streams\x18\x01 \x03(\x0b\x32\x15.dayu.v1.StreamStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x14\x41pplyDecisionRequest\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"A\n\x15\x41pplyDecisionResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x04\x32\xac\x01\n\x10GeneratorService\x12H\n\x0bListStreams\x12\x1b.dayu.v1.ListStreamsRequest\x1a\x1c.dayu.v1.ListStreamsResponse\x12N\n\rApplyDecision\x12\x1d.dayu.v1.ApplyDecisionRequest\x1a\x1e.dayu.v1.ApplyDecisionResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,13 +36,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMSTATUS']._serialized_start=61
   _globals['_STREAMSTATUS']._serialized_end=247
   _globals['_LISTSTREAMSREQUEST']._serialized_start=249
-  _globals['_LISTSTREAMSREQUEST']._serialized_end=269
-  _globals['_LISTSTREAMSRESPONSE']._serialized_start=271
-  _globals['_LISTSTREAMSRESPONSE']._serialized_end=332
-  _globals['_APPLYDECISIONREQUEST']._serialized_start=334
-  _globals['_APPLYDECISIONREQUEST']._serialized_end=393
-  _globals['_APPLYDECISIONRESPONSE']._serialized_start=395
-  _globals['_APPLYDECISIONRESPONSE']._serialized_end=460
-  _globals['_GENERATORSERVICE']._serialized_start=463
-  _globals['_GENERATORSERVICE']._serialized_end=635
+  _globals['_LISTSTREAMSREQUEST']._serialized_end=308
+  _globals['_LISTSTREAMSRESPONSE']._serialized_start=310
+  _globals['_LISTSTREAMSRESPONSE']._serialized_end=396
+  _globals['_APPLYDECISIONREQUEST']._serialized_start=398
+  _globals['_APPLYDECISIONREQUEST']._serialized_end=457
+  _globals['_APPLYDECISIONRESPONSE']._serialized_start=459
+  _globals['_APPLYDECISIONRESPONSE']._serialized_end=524
+  _globals['_GENERATORSERVICE']._serialized_start=527
+  _globals['_GENERATORSERVICE']._serialized_end=699
 # @@protoc_insertion_point(module_scope)

@@ -59,7 +59,8 @@ class GeneratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ApplyDecision(self, request, context):
-        """Applies a decision now (the scheduler also pushes decisions; this is the direct way).
+        """Applies a decision now (generators follow their streams' decisions with WatchDecisions; this is
+        the direct way, for operators).
         Decisions older than the current one are ignored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -36,7 +36,8 @@ class GeneratorServiceStub:
     ListStreams: _grpc.UnaryUnaryMultiCallable[_generator_pb2.ListStreamsRequest, _generator_pb2.ListStreamsResponse]
     """Lists the streams this generator runs and their state."""
     ApplyDecision: _grpc.UnaryUnaryMultiCallable[_generator_pb2.ApplyDecisionRequest, _generator_pb2.ApplyDecisionResponse]
-    """Applies a decision now (the scheduler also pushes decisions; this is the direct way).
+    """Applies a decision now (generators follow their streams' decisions with WatchDecisions; this is
+    the direct way, for operators).
     Decisions older than the current one are ignored.
     """
 
@@ -48,7 +49,8 @@ class GeneratorServiceAsyncStub(GeneratorServiceStub):
     ListStreams: _aio.UnaryUnaryMultiCallable[_generator_pb2.ListStreamsRequest, _generator_pb2.ListStreamsResponse]  # type: ignore[assignment]
     """Lists the streams this generator runs and their state."""
     ApplyDecision: _aio.UnaryUnaryMultiCallable[_generator_pb2.ApplyDecisionRequest, _generator_pb2.ApplyDecisionResponse]  # type: ignore[assignment]
-    """Applies a decision now (the scheduler also pushes decisions; this is the direct way).
+    """Applies a decision now (generators follow their streams' decisions with WatchDecisions; this is
+    the direct way, for operators).
     Decisions older than the current one are ignored.
     """
 
@@ -69,7 +71,8 @@ class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _generator_pb2.ApplyDecisionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_generator_pb2.ApplyDecisionResponse, _abc.Awaitable[_generator_pb2.ApplyDecisionResponse]]:
-        """Applies a decision now (the scheduler also pushes decisions; this is the direct way).
+        """Applies a decision now (generators follow their streams' decisions with WatchDecisions; this is
+        the direct way, for operators).
         Decisions older than the current one are ignored.
         """
 

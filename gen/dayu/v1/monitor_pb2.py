@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dayu.v1 import resources_pb2 as dayu_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64\x61yu/v1/monitor.proto\x12\x07\x64\x61yu.v1\x1a\x17\x64\x61yu/v1/resources.proto\"\x15\n\x13GetResourcesRequest\"A\n\x14GetResourcesResponse\x12)\n\tresources\x18\x01 \x01(\x0b\x32\x16.dayu.v1.NodeResources\"+\n\x15WatchResourcesRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"\x1f\n\x0cProbeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\'\n\rProbeResponse\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x04\x32\xe1\x01\n\x0eMonitorService\x12K\n\x0cGetResources\x12\x1c.dayu.v1.GetResourcesRequest\x1a\x1d.dayu.v1.GetResourcesResponse\x12J\n\x0eWatchResources\x12\x1e.dayu.v1.WatchResourcesRequest\x1a\x16.dayu.v1.NodeResources0\x01\x12\x36\n\x05Probe\x12\x15.dayu.v1.ProbeRequest\x1a\x16.dayu.v1.ProbeResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64\x61yu/v1/monitor.proto\x12\x07\x64\x61yu.v1\x1a\x17\x64\x61yu/v1/resources.proto\"\x15\n\x13GetResourcesRequest\"A\n\x14GetResourcesResponse\x12)\n\tresources\x18\x01 \x01(\x0b\x32\x16.dayu.v1.NodeResources\"+\n\x15WatchResourcesRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"C\n\x16WatchResourcesResponse\x12)\n\tresources\x18\x01 \x01(\x0b\x32\x16.dayu.v1.NodeResources2\xb2\x01\n\x0eMonitorService\x12K\n\x0cGetResources\x12\x1c.dayu.v1.GetResourcesRequest\x1a\x1d.dayu.v1.GetResourcesResponse\x12S\n\x0eWatchResources\x12\x1e.dayu.v1.WatchResourcesRequest\x1a\x1f.dayu.v1.WatchResourcesResponse0\x01\x42*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRESOURCESRESPONSE']._serialized_end=147
   _globals['_WATCHRESOURCESREQUEST']._serialized_start=149
   _globals['_WATCHRESOURCESREQUEST']._serialized_end=192
-  _globals['_PROBEREQUEST']._serialized_start=194
-  _globals['_PROBEREQUEST']._serialized_end=225
-  _globals['_PROBERESPONSE']._serialized_start=227
-  _globals['_PROBERESPONSE']._serialized_end=266
-  _globals['_MONITORSERVICE']._serialized_start=269
-  _globals['_MONITORSERVICE']._serialized_end=494
+  _globals['_WATCHRESOURCESRESPONSE']._serialized_start=194
+  _globals['_WATCHRESOURCESRESPONSE']._serialized_end=261
+  _globals['_MONITORSERVICE']._serialized_start=264
+  _globals['_MONITORSERVICE']._serialized_end=442
 # @@protoc_insertion_point(module_scope)

@@ -4,7 +4,6 @@ import grpc
 import warnings
 
 from dayu.v1 import monitor_pb2 as dayu_dot_v1_dot_monitor__pb2
-from dayu.v1 import resources_pb2 as dayu_dot_v1_dot_resources__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -44,12 +43,7 @@ class MonitorServiceStub:
         self.WatchResources = channel.unary_stream(
                 '/dayu.v1.MonitorService/WatchResources',
                 request_serializer=dayu_dot_v1_dot_monitor__pb2.WatchResourcesRequest.SerializeToString,
-                response_deserializer=dayu_dot_v1_dot_resources__pb2.NodeResources.FromString,
-                _registered_method=True)
-        self.Probe = channel.unary_unary(
-                '/dayu.v1.MonitorService/Probe',
-                request_serializer=dayu_dot_v1_dot_monitor__pb2.ProbeRequest.SerializeToString,
-                response_deserializer=dayu_dot_v1_dot_monitor__pb2.ProbeResponse.FromString,
+                response_deserializer=dayu_dot_v1_dot_monitor__pb2.WatchResourcesResponse.FromString,
                 _registered_method=True)
 
 
@@ -71,13 +65,6 @@ class MonitorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Probe(self, request, context):
-        """Echo target of the bandwidth probes of other nodes' monitors.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_MonitorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,12 +76,7 @@ def add_MonitorServiceServicer_to_server(servicer, server):
             'WatchResources': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchResources,
                     request_deserializer=dayu_dot_v1_dot_monitor__pb2.WatchResourcesRequest.FromString,
-                    response_serializer=dayu_dot_v1_dot_resources__pb2.NodeResources.SerializeToString,
-            ),
-            'Probe': grpc.unary_unary_rpc_method_handler(
-                    servicer.Probe,
-                    request_deserializer=dayu_dot_v1_dot_monitor__pb2.ProbeRequest.FromString,
-                    response_serializer=dayu_dot_v1_dot_monitor__pb2.ProbeResponse.SerializeToString,
+                    response_serializer=dayu_dot_v1_dot_monitor__pb2.WatchResourcesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -151,34 +133,7 @@ class MonitorService:
             target,
             '/dayu.v1.MonitorService/WatchResources',
             dayu_dot_v1_dot_monitor__pb2.WatchResourcesRequest.SerializeToString,
-            dayu_dot_v1_dot_resources__pb2.NodeResources.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Probe(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/dayu.v1.MonitorService/Probe',
-            dayu_dot_v1_dot_monitor__pb2.ProbeRequest.SerializeToString,
-            dayu_dot_v1_dot_monitor__pb2.ProbeResponse.FromString,
+            dayu_dot_v1_dot_monitor__pb2.WatchResourcesResponse.FromString,
             options,
             channel_credentials,
             insecure,

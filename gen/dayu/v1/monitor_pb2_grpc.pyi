@@ -5,7 +5,6 @@ The monitor measures its node: CPU, memory, GPU, processor queues, link bandwidt
 
 from collections import abc as _abc
 from dayu.v1 import monitor_pb2 as _monitor_pb2
-from dayu.v1 import resources_pb2 as _resources_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -36,10 +35,8 @@ class MonitorServiceStub:
     def __new__(cls, channel: _aio.Channel) -> MonitorServiceAsyncStub: ...
     GetResources: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.GetResourcesRequest, _monitor_pb2.GetResourcesResponse]
     """Resources now."""
-    WatchResources: _grpc.UnaryStreamMultiCallable[_monitor_pb2.WatchResourcesRequest, _resources_pb2.NodeResources]
+    WatchResources: _grpc.UnaryStreamMultiCallable[_monitor_pb2.WatchResourcesRequest, _monitor_pb2.WatchResourcesResponse]
     """Resources every interval, until the caller cancels."""
-    Probe: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.ProbeRequest, _monitor_pb2.ProbeResponse]
-    """Echo target of the bandwidth probes of other nodes' monitors."""
 
 @_typing.type_check_only
 class MonitorServiceAsyncStub(MonitorServiceStub):
@@ -48,10 +45,8 @@ class MonitorServiceAsyncStub(MonitorServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetResources: _aio.UnaryUnaryMultiCallable[_monitor_pb2.GetResourcesRequest, _monitor_pb2.GetResourcesResponse]  # type: ignore[assignment]
     """Resources now."""
-    WatchResources: _aio.UnaryStreamMultiCallable[_monitor_pb2.WatchResourcesRequest, _resources_pb2.NodeResources]  # type: ignore[assignment]
+    WatchResources: _aio.UnaryStreamMultiCallable[_monitor_pb2.WatchResourcesRequest, _monitor_pb2.WatchResourcesResponse]  # type: ignore[assignment]
     """Resources every interval, until the caller cancels."""
-    Probe: _aio.UnaryUnaryMultiCallable[_monitor_pb2.ProbeRequest, _monitor_pb2.ProbeResponse]  # type: ignore[assignment]
-    """Echo target of the bandwidth probes of other nodes' monitors."""
 
 class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
     """One monitor per node."""
@@ -69,15 +64,7 @@ class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _monitor_pb2.WatchResourcesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_resources_pb2.NodeResources], _abc.AsyncIterator[_resources_pb2.NodeResources]]:
+    ) -> _typing.Union[_abc.Iterator[_monitor_pb2.WatchResourcesResponse], _abc.AsyncIterator[_monitor_pb2.WatchResourcesResponse]]:
         """Resources every interval, until the caller cancels."""
-
-    @_abc_1.abstractmethod
-    def Probe(
-        self,
-        request: _monitor_pb2.ProbeRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_monitor_pb2.ProbeResponse, _abc.Awaitable[_monitor_pb2.ProbeResponse]]:
-        """Echo target of the bandwidth probes of other nodes' monitors."""
 
 def add_MonitorServiceServicer_to_server(servicer: MonitorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

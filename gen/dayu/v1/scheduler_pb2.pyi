@@ -123,24 +123,46 @@ class WatchDecisionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STREAM_ID_FIELD_NUMBER: _builtins.int
-    AFTER_VERSION_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
-    """A registered stream."""
-    after_version: _builtins.int
-    """Only decisions with a greater version."""
+    """A registered stream. The current decision comes first, whatever the caller knew: versions
+    count again from 1 after a scheduler's restart, and callers compare (epoch, version).
+    """
     def __init__(
         self,
         *,
         stream_id: _builtins.str = ...,
-        after_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchDecisionsRequest: _TypeAlias = WatchDecisionsRequest  # noqa: Y015
+
+@_typing.final
+class WatchDecisionsResponse(_message.Message):
+    """One decision of WatchDecisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decision(self) -> _decision_pb2.Decision:
+        """The stream's decision, newer than any sent before on the call."""
+
+    def __init__(
+        self,
+        *,
+        decision: _decision_pb2.Decision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchDecisionsResponse: _TypeAlias = WatchDecisionsResponse  # noqa: Y015
 
 @_typing.final
 class ReportFeedbackRequest(_message.Message):
@@ -182,6 +204,30 @@ class ReportFeedbackResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportFeedbackResponse: _TypeAlias = ReportFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class ReportResourcesRequest(_message.Message):
+    """One report of ReportResources."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def resources(self) -> _resources_pb2.NodeResources:
+        """A node's resources as its monitor measured them."""
+
+    def __init__(
+        self,
+        *,
+        resources: _resources_pb2.NodeResources | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportResourcesRequest: _TypeAlias = ReportResourcesRequest  # noqa: Y015
 
 @_typing.final
 class ReportResourcesResponse(_message.Message):
@@ -384,16 +430,24 @@ class GetSchedulerStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STREAM_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     """Only this stream; empty: every stream, in stream id order."""
+    page_size: _builtins.int
+    """At most this many streams (0: up to 100; at most 1000)."""
+    page_token: _builtins.str
+    """next_page_token of the previous reply, to go on from there; empty: from the first stream."""
     def __init__(
         self,
         *,
         stream_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -409,17 +463,17 @@ class GetSchedulerStatsResponse(_message.Message):
     SPANS_RECEIVED_FIELD_NUMBER: _builtins.int
     SPANS_IGNORED_FIELD_NUMBER: _builtins.int
     TRACED_LINKS_FIELD_NUMBER: _builtins.int
-    STREAMS_LEFT_OUT_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     spans_received: _builtins.int
     """Spans received over OTLP."""
     spans_ignored: _builtins.int
     """Spans received that belong to no stream's task (ignored)."""
-    streams_left_out: _builtins.int
-    """Streams left out of `streams` to keep the reply within 32 MiB."""
+    next_page_token: _builtins.str
+    """Pass as page_token for the streams after these; empty when there are none."""
     @_builtins.property
     def streams(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamSchedulingStats]:
-        """One entry per registered stream (or the one asked for), in stream id order, until the reply
-        holds 32 MiB of them: the rest are counted in streams_left_out (ask for them one by one).
+        """One entry per registered stream (or the one asked for), in stream id order: a page of at most
+        page_size streams, ended early when it holds 32 MiB of them.
         """
 
     @_builtins.property
@@ -433,11 +487,11 @@ class GetSchedulerStatsResponse(_message.Message):
         spans_received: _builtins.int = ...,
         spans_ignored: _builtins.int = ...,
         traced_links: _abc.Iterable[_resources_pb2.LinkBandwidth] | None = ...,
-        streams_left_out: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spans_ignored", b"spans_ignored", "spans_received", b"spans_received", "streams", b"streams", "streams_left_out", b"streams_left_out", "traced_links", b"traced_links"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "spans_ignored", b"spans_ignored", "spans_received", b"spans_received", "streams", b"streams", "traced_links", b"traced_links"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,8 +3,6 @@
 import grpc
 import warnings
 
-from dayu.v1 import decision_pb2 as dayu_dot_v1_dot_decision__pb2
-from dayu.v1 import resources_pb2 as dayu_dot_v1_dot_resources__pb2
 from dayu.v1 import scheduler_pb2 as dayu_dot_v1_dot_scheduler__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
@@ -51,7 +49,7 @@ class SchedulerServiceStub:
         self.WatchDecisions = channel.unary_stream(
                 '/dayu.v1.SchedulerService/WatchDecisions',
                 request_serializer=dayu_dot_v1_dot_scheduler__pb2.WatchDecisionsRequest.SerializeToString,
-                response_deserializer=dayu_dot_v1_dot_decision__pb2.Decision.FromString,
+                response_deserializer=dayu_dot_v1_dot_scheduler__pb2.WatchDecisionsResponse.FromString,
                 _registered_method=True)
         self.ReportFeedback = channel.unary_unary(
                 '/dayu.v1.SchedulerService/ReportFeedback',
@@ -60,7 +58,7 @@ class SchedulerServiceStub:
                 _registered_method=True)
         self.ReportResources = channel.stream_unary(
                 '/dayu.v1.SchedulerService/ReportResources',
-                request_serializer=dayu_dot_v1_dot_resources__pb2.NodeResources.SerializeToString,
+                request_serializer=dayu_dot_v1_dot_scheduler__pb2.ReportResourcesRequest.SerializeToString,
                 response_deserializer=dayu_dot_v1_dot_scheduler__pb2.ReportResourcesResponse.FromString,
                 _registered_method=True)
         self.SetPolicy = channel.unary_unary(
@@ -145,7 +143,7 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
             'WatchDecisions': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchDecisions,
                     request_deserializer=dayu_dot_v1_dot_scheduler__pb2.WatchDecisionsRequest.FromString,
-                    response_serializer=dayu_dot_v1_dot_decision__pb2.Decision.SerializeToString,
+                    response_serializer=dayu_dot_v1_dot_scheduler__pb2.WatchDecisionsResponse.SerializeToString,
             ),
             'ReportFeedback': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportFeedback,
@@ -154,7 +152,7 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
             ),
             'ReportResources': grpc.stream_unary_rpc_method_handler(
                     servicer.ReportResources,
-                    request_deserializer=dayu_dot_v1_dot_resources__pb2.NodeResources.FromString,
+                    request_deserializer=dayu_dot_v1_dot_scheduler__pb2.ReportResourcesRequest.FromString,
                     response_serializer=dayu_dot_v1_dot_scheduler__pb2.ReportResourcesResponse.SerializeToString,
             ),
             'SetPolicy': grpc.unary_unary_rpc_method_handler(
@@ -250,7 +248,7 @@ class SchedulerService:
             target,
             '/dayu.v1.SchedulerService/WatchDecisions',
             dayu_dot_v1_dot_scheduler__pb2.WatchDecisionsRequest.SerializeToString,
-            dayu_dot_v1_dot_decision__pb2.Decision.FromString,
+            dayu_dot_v1_dot_scheduler__pb2.WatchDecisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -303,7 +301,7 @@ class SchedulerService:
             request_iterator,
             target,
             '/dayu.v1.SchedulerService/ReportResources',
-            dayu_dot_v1_dot_resources__pb2.NodeResources.SerializeToString,
+            dayu_dot_v1_dot_scheduler__pb2.ReportResourcesRequest.SerializeToString,
             dayu_dot_v1_dot_scheduler__pb2.ReportResourcesResponse.FromString,
             options,
             channel_credentials,

@@ -4,8 +4,6 @@ isort:skip_file
 The scheduler holds a policy per stream and turns feedback into decisions."""
 
 from collections import abc as _abc
-from dayu.v1 import decision_pb2 as _decision_pb2
-from dayu.v1 import resources_pb2 as _resources_pb2
 from dayu.v1 import scheduler_pb2 as _scheduler_pb2
 from grpc import aio as _aio
 import abc as _abc_1
@@ -41,11 +39,11 @@ class SchedulerServiceStub:
     """Registers a stream (or re-registers it after a restart) and returns its startup decision."""
     GetDecision: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetDecisionRequest, _scheduler_pb2.GetDecisionResponse]
     """Current decision of a stream."""
-    WatchDecisions: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchDecisionsRequest, _decision_pb2.Decision]
+    WatchDecisions: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchDecisionsRequest, _scheduler_pb2.WatchDecisionsResponse]
     """Pushes a stream's decisions as they change, starting with the current one."""
     ReportFeedback: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ReportFeedbackRequest, _scheduler_pb2.ReportFeedbackResponse]
     """Feedback: a finished or dropped task's record."""
-    ReportResources: _grpc.StreamUnaryMultiCallable[_resources_pb2.NodeResources, _scheduler_pb2.ReportResourcesResponse]
+    ReportResources: _grpc.StreamUnaryMultiCallable[_scheduler_pb2.ReportResourcesRequest, _scheduler_pb2.ReportResourcesResponse]
     """Resource reports of a node's monitor, as they are measured."""
     SetPolicy: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SetPolicyRequest, _scheduler_pb2.SetPolicyResponse]
     """Switches a stream's policy at run time."""
@@ -63,11 +61,11 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Registers a stream (or re-registers it after a restart) and returns its startup decision."""
     GetDecision: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetDecisionRequest, _scheduler_pb2.GetDecisionResponse]  # type: ignore[assignment]
     """Current decision of a stream."""
-    WatchDecisions: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchDecisionsRequest, _decision_pb2.Decision]  # type: ignore[assignment]
+    WatchDecisions: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchDecisionsRequest, _scheduler_pb2.WatchDecisionsResponse]  # type: ignore[assignment]
     """Pushes a stream's decisions as they change, starting with the current one."""
     ReportFeedback: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ReportFeedbackRequest, _scheduler_pb2.ReportFeedbackResponse]  # type: ignore[assignment]
     """Feedback: a finished or dropped task's record."""
-    ReportResources: _aio.StreamUnaryMultiCallable[_resources_pb2.NodeResources, _scheduler_pb2.ReportResourcesResponse]  # type: ignore[assignment]
+    ReportResources: _aio.StreamUnaryMultiCallable[_scheduler_pb2.ReportResourcesRequest, _scheduler_pb2.ReportResourcesResponse]  # type: ignore[assignment]
     """Resource reports of a node's monitor, as they are measured."""
     SetPolicy: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SetPolicyRequest, _scheduler_pb2.SetPolicyResponse]  # type: ignore[assignment]
     """Switches a stream's policy at run time."""
@@ -100,7 +98,7 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _scheduler_pb2.WatchDecisionsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_decision_pb2.Decision], _abc.AsyncIterator[_decision_pb2.Decision]]:
+    ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.WatchDecisionsResponse], _abc.AsyncIterator[_scheduler_pb2.WatchDecisionsResponse]]:
         """Pushes a stream's decisions as they change, starting with the current one."""
 
     @_abc_1.abstractmethod
@@ -114,7 +112,7 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ReportResources(
         self,
-        request_iterator: _MaybeAsyncIterator[_resources_pb2.NodeResources],
+        request_iterator: _MaybeAsyncIterator[_scheduler_pb2.ReportResourcesRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.ReportResourcesResponse, _abc.Awaitable[_scheduler_pb2.ReportResourcesResponse]]:
         """Resource reports of a node's monitor, as they are measured."""

@@ -27,8 +27,8 @@ class _StageState:
 
 class _StageStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StageState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
-    STAGE_STATE_PENDING: _StageState.ValueType  # 0
-    """Not yet run."""
+    STAGE_STATE_UNSPECIFIED: _StageState.ValueType  # 0
+    """Not run yet: every stage starts so (the unset value)."""
     STAGE_STATE_DONE: _StageState.ValueType  # 1
     """Ran and produced a result."""
     STAGE_STATE_FAILED: _StageState.ValueType  # 2
@@ -37,8 +37,8 @@ class _StageStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StageState
 class StageState(_StageState, metaclass=_StageStateEnumTypeWrapper):
     """Lifecycle of one stage of one task."""
 
-STAGE_STATE_PENDING: StageState.ValueType  # 0
-"""Not yet run."""
+STAGE_STATE_UNSPECIFIED: StageState.ValueType  # 0
+"""Not run yet: every stage starts so (the unset value)."""
 STAGE_STATE_DONE: StageState.ValueType  # 1
 """Ran and produced a result."""
 STAGE_STATE_FAILED: StageState.ValueType  # 2
@@ -141,7 +141,9 @@ Global___Segment: _TypeAlias = Segment  # noqa: Y015
 
 @_typing.final
 class Scenario(_message.Message):
-    """What a stage observed about the content (the "scenario" the scheduler adapts to)."""
+    """What a stage observed about the content (the "scenario"), recorded with the task for operators
+    and for content-adaptive policies; the shipped policies adapt to delay, load and bandwidth.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -307,7 +309,9 @@ Global___Dag: _TypeAlias = Dag  # noqa: Y015
 
 @_typing.final
 class Hop(_message.Message):
-    """One hop of a task through a component, for per-hop accounting and debugging."""
+    """One hop of a task through a component, recorded with the task: where it went and the bytes it
+    carried (per-hop latency comes from the traces).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -365,7 +369,6 @@ class Task(_message.Message):
     SEGMENT_FIELD_NUMBER: _builtins.int
     CONFIGURATION_FIELD_NUMBER: _builtins.int
     DECISION_VERSION_FIELD_NUMBER: _builtins.int
-    SOURCE_NODE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     LATENCY_BUDGET_S_FIELD_NUMBER: _builtins.int
     HOPS_FIELD_NUMBER: _builtins.int
@@ -383,8 +386,6 @@ class Task(_message.Message):
     """Id of the original task for copies made at a fork; equal to task_id for originals."""
     decision_version: _builtins.int
     """Version of the decision whose configuration and placement the task follows."""
-    source_node: _builtins.str
-    """Node whose generator made the task."""
     latency_budget_s: _builtins.float
     """End-to-end latency budget of the stream, in seconds; 0 means none."""
     age_s: _builtins.float
@@ -434,7 +435,6 @@ class Task(_message.Message):
         segment: Global___Segment | None = ...,
         configuration: _types_pb2.Configuration | None = ...,
         decision_version: _builtins.int = ...,
-        source_node: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         latency_budget_s: _builtins.float = ...,
         hops: _abc.Iterable[Global___Hop] | None = ...,
@@ -445,7 +445,7 @@ class Task(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["configuration", b"configuration", "created_at", b"created_at", "dag", b"dag", "segment", b"segment", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "branch", b"branch", "configuration", b"configuration", "created_at", b"created_at", "dag", b"dag", "decision_epoch", b"decision_epoch", "decision_version", b"decision_version", "hops", b"hops", "latency_budget_s", b"latency_budget_s", "root_id", b"root_id", "segment", b"segment", "sequence", b"sequence", "source_node", b"source_node", "stream_id", b"stream_id", "task_id", b"task_id", "trace_context", b"trace_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "branch", b"branch", "configuration", b"configuration", "created_at", b"created_at", "dag", b"dag", "decision_epoch", b"decision_epoch", "decision_version", b"decision_version", "hops", b"hops", "latency_budget_s", b"latency_budget_s", "root_id", b"root_id", "segment", b"segment", "sequence", b"sequence", "stream_id", b"stream_id", "task_id", b"task_id", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x64\x61yu/v1/types.proto\x12\x07\x64\x61yu.v1\"+\n\nResolution\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\"\x91\x01\n\rConfiguration\x12\'\n\nresolution\x18\x01 \x01(\x0b\x32\x13.dayu.v1.Resolution\x12\x0b\n\x03\x66ps\x18\x02 \x01(\x01\x12\x0f\n\x07quality\x18\x03 \x01(\r\x12\x1a\n\x12\x66rames_per_segment\x18\x04 \x01(\r\x12\x1d\n\x05\x63odec\x18\x05 \x01(\x0e\x32\x0e.dayu.v1.Codec\"5\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"~\n\tDetection\x12\x19\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x0c.dayu.v1.Box\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x19\n\x0cparent_index\x18\x05 \x01(\rH\x00\x88\x01\x01\x42\x0f\n\r_parent_index\"N\n\x0f\x46rameDetections\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x04\x12&\n\ndetections\x18\x02 \x03(\x0b\x32\x12.dayu.v1.Detection\"7\n\x0cTraceContext\x12\x13\n\x0btraceparent\x18\x01 \x01(\t\x12\x12\n\ntracestate\x18\x02 \x01(\t\"\x91\x02\n\tStageSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tprocessor\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\r\x12\x0f\n\x07parents\x18\x05 \x03(\t\x12%\n\ninput_type\x18\x06 \x01(\x0e\x32\x11.dayu.v1.DataType\x12&\n\x0boutput_type\x18\x07 \x01(\x0e\x32\x11.dayu.v1.DataType\x12.\n\x06params\x18\x08 \x03(\x0b\x32\x1e.dayu.v1.StageSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x08Pipeline\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x06stages\x18\x02 \x03(\x0b\x32\x12.dayu.v1.StageSpec*Q\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_JPEG\x10\x01\x12\x0e\n\nCODEC_H264\x10\x02\x12\x11\n\rCODEC_RAW_BGR\x10\x03*f\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x41TA_TYPE_FRAMES\x10\x01\x12\x13\n\x0f\x44\x41TA_TYPE_BOXES\x10\x02\x12\x14\n\x10\x44\x41TA_TYPE_LABELS\x10\x03\x42*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x64\x61yu/v1/types.proto\x12\x07\x64\x61yu.v1\"+\n\nResolution\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\"\x91\x01\n\rConfiguration\x12\'\n\nresolution\x18\x01 \x01(\x0b\x32\x13.dayu.v1.Resolution\x12\x0b\n\x03\x66ps\x18\x02 \x01(\x01\x12\x0f\n\x07quality\x18\x03 \x01(\r\x12\x1a\n\x12\x66rames_per_segment\x18\x04 \x01(\r\x12\x1d\n\x05\x63odec\x18\x05 \x01(\x0e\x32\x0e.dayu.v1.Codec\"5\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"~\n\tDetection\x12\x19\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x0c.dayu.v1.Box\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x19\n\x0cparent_index\x18\x05 \x01(\rH\x00\x88\x01\x01\x42\x0f\n\r_parent_index\"N\n\x0f\x46rameDetections\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x04\x12&\n\ndetections\x18\x02 \x03(\x0b\x32\x12.dayu.v1.Detection\"7\n\x0cTraceContext\x12\x13\n\x0btraceparent\x18\x01 \x01(\t\x12\x12\n\ntracestate\x18\x02 \x01(\t\"\xc0\x01\n\tStageSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tprocessor\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\r\x12\x0f\n\x07parents\x18\x05 \x03(\t\x12%\n\ninput_type\x18\x06 \x01(\x0e\x32\x11.dayu.v1.DataType\x12&\n\x0boutput_type\x18\x07 \x01(\x0e\x32\x11.dayu.v1.DataTypeJ\x04\x08\x08\x10\tR\x06params\"<\n\x08Pipeline\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x06stages\x18\x02 \x03(\x0b\x32\x12.dayu.v1.StageSpec*Q\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_JPEG\x10\x01\x12\x0e\n\nCODEC_H264\x10\x02\x12\x11\n\rCODEC_RAW_BGR\x10\x03*f\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x41TA_TYPE_FRAMES\x10\x01\x12\x13\n\x0f\x44\x41TA_TYPE_BOXES\x10\x02\x12\x14\n\x10\x44\x41TA_TYPE_LABELS\x10\x03\x42*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +32,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dayu.v1.types_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\nio.dayu.v1P\001Z\032dayu/gen/go/dayu/v1;dayuv1'
-  _globals['_STAGESPEC_PARAMSENTRY']._loaded_options = None
-  _globals['_STAGESPEC_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_CODEC']._serialized_start=883
-  _globals['_CODEC']._serialized_end=964
-  _globals['_DATATYPE']._serialized_start=966
-  _globals['_DATATYPE']._serialized_end=1068
+  _globals['_CODEC']._serialized_start=802
+  _globals['_CODEC']._serialized_end=883
+  _globals['_DATATYPE']._serialized_start=885
+  _globals['_DATATYPE']._serialized_end=987
   _globals['_RESOLUTION']._serialized_start=32
   _globals['_RESOLUTION']._serialized_end=75
   _globals['_CONFIGURATION']._serialized_start=78
@@ -51,9 +49,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACECONTEXT']._serialized_start=488
   _globals['_TRACECONTEXT']._serialized_end=543
   _globals['_STAGESPEC']._serialized_start=546
-  _globals['_STAGESPEC']._serialized_end=819
-  _globals['_STAGESPEC_PARAMSENTRY']._serialized_start=774
-  _globals['_STAGESPEC_PARAMSENTRY']._serialized_end=819
-  _globals['_PIPELINE']._serialized_start=821
-  _globals['_PIPELINE']._serialized_end=881
+  _globals['_STAGESPEC']._serialized_end=738
+  _globals['_PIPELINE']._serialized_start=740
+  _globals['_PIPELINE']._serialized_end=800
 # @@protoc_insertion_point(module_scope)

@@ -283,26 +283,6 @@ class StageSpec(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class ParamsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
     NAME_FIELD_NUMBER: _builtins.int
     PROCESSOR_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
@@ -310,7 +290,6 @@ class StageSpec(_message.Message):
     PARENTS_FIELD_NUMBER: _builtins.int
     INPUT_TYPE_FIELD_NUMBER: _builtins.int
     OUTPUT_TYPE_FIELD_NUMBER: _builtins.int
-    PARAMS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name of the stage within its pipeline, for example "detect"; [a-z0-9_-]+."""
     processor: _builtins.str
@@ -333,10 +312,6 @@ class StageSpec(_message.Message):
         segment's frames directly. More than one parent makes this stage a join.
         """
 
-    @_builtins.property
-    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Processor parameters, typed by the processor (for example a score threshold)."""
-
     def __init__(
         self,
         *,
@@ -347,11 +322,10 @@ class StageSpec(_message.Message):
         parents: _abc.Iterable[_builtins.str] | None = ...,
         input_type: Global___DataType.ValueType = ...,
         output_type: Global___DataType.ValueType = ...,
-        params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_type", b"input_type", "model", b"model", "model_version", b"model_version", "name", b"name", "output_type", b"output_type", "params", b"params", "parents", b"parents", "processor", b"processor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_type", b"input_type", "model", b"model", "model_version", b"model_version", "name", b"name", "output_type", b"output_type", "parents", b"parents", "processor", b"processor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,6 +13,7 @@ import pydantic
 
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.errors import FailedPrecondition, NotFound, ResourceExhausted, Unimplemented
+from dayu.runtime.paging import page
 from dayu.runtime.pipelines import load_pipelines
 from dayu.runtime.server import Binding, Component
 from dayu.runtime.validation import require_id, require_name, validate_pipeline, validate_stream_spec
@@ -39,7 +40,9 @@ class BackendServicer(backend_pb2_grpc.BackendServiceServicer):
     async def ListPipelines(
         self, request: backend_pb2.ListPipelinesRequest, context: object
     ) -> backend_pb2.ListPipelinesResponse:
-        return backend_pb2.ListPipelinesResponse(pipelines=[self.pipelines[n] for n in sorted(self.pipelines)])
+        pipelines = [self.pipelines[n] for n in sorted(self.pipelines)]
+        found, token = page(pipelines, lambda p: p.name, request.page_size, request.page_token)
+        return backend_pb2.ListPipelinesResponse(pipelines=found, next_page_token=token)
 
     async def PutPipeline(
         self, request: backend_pb2.PutPipelineRequest, context: object
@@ -66,7 +69,9 @@ class BackendServicer(backend_pb2_grpc.BackendServiceServicer):
     async def ListInstalledStreams(
         self, request: backend_pb2.ListInstalledStreamsRequest, context: object
     ) -> backend_pb2.ListInstalledStreamsResponse:
-        return backend_pb2.ListInstalledStreamsResponse(streams=[self.streams[s] for s in sorted(self.streams)])
+        streams = [self.streams[s] for s in sorted(self.streams)]
+        found, token = page(streams, lambda s: s.stream_id, request.page_size, request.page_token)
+        return backend_pb2.ListInstalledStreamsResponse(streams=found, next_page_token=token)
 
     async def InstallStream(
         self, request: backend_pb2.InstallStreamRequest, context: object

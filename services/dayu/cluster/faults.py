@@ -62,6 +62,7 @@ import yaml
 from dayu.cluster.cluster import Cluster, cleanup
 from dayu.mesh.model import CONFIGS, MeshConfig, load_mesh_config, read_mesh_file
 from dayu.mesh.summary import reason_kind
+from dayu.runtime.paging import every_page
 from dayu.runtime.tls import open_channel
 from dayu.v1 import (
     decision_pb2,
@@ -409,7 +410,6 @@ class MeshProbe:
     async def generated(self, timeout_s: float = 30.0) -> dict[str, int]:
         """Per stream of the mesh, the tasks its generator made (tasks_generated), asked again while a
         generator is down or has not installed its streams yet (restarting), for up to timeout_s."""
-        request = generator_pb2.ListStreamsRequest()
         expected = stream_nodes(self.cluster.config)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -417,8 +417,11 @@ class MeshProbe:
             for node in sorted(set(expected.values())):
                 stub = generator_pb2_grpc.GeneratorServiceStub(self._channel("generator", node))
                 left = max(1.0, deadline - time.monotonic())
-                reply = await _retry(lambda stub=stub: stub.ListStreams(request, timeout=5), left)
-                counts.update({s.spec.stream_id: int(s.tasks_generated) for s in reply.streams})
+                streams, _ = await _retry(
+                    lambda stub=stub: every_page(stub.ListStreams, generator_pb2.ListStreamsRequest(), "streams", 5),
+                    left,
+                )
+                counts.update({s.spec.stream_id: int(s.tasks_generated) for s in streams})
             if set(expected) <= set(counts):
                 return counts
             if time.monotonic() >= deadline:
@@ -453,10 +456,12 @@ class MeshProbe:
         a scheduler that does not answer (restarting) is skipped this time."""
         stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel("scheduler", self.cluster.config.cloud_node))
         try:
-            reply = await stub.GetSchedulerStats(scheduler_pb2.GetSchedulerStatsRequest(), timeout=5)
+            streams, _ = await every_page(
+                stub.GetSchedulerStats, scheduler_pb2.GetSchedulerStatsRequest(), "streams", 5
+            )
         except grpc.aio.AioRpcError:
             return
-        for stream in reply.streams:
+        for stream in streams:
             for decision in [*stream.history, stream.current]:
                 if decision.version:
                     self.decisions[stream.stream_id, decision.epoch, decision.version] = decision

@@ -56,7 +56,7 @@ from dayu.v1 import decision_pb2, resources_pb2, task_pb2
 log = get_logger(__name__)
 T = TypeVar("T")
 
-PENDING, DONE, FAILED = task_pb2.STAGE_STATE_PENDING, task_pb2.STAGE_STATE_DONE, task_pb2.STAGE_STATE_FAILED
+PENDING, DONE, FAILED = task_pb2.STAGE_STATE_UNSPECIFIED, task_pb2.STAGE_STATE_DONE, task_pb2.STAGE_STATE_FAILED
 END_OF_DAG = ""  # join key of the final merge of a forked task
 DEFAULT_PROBE_BYTES, MIN_PROBE_BYTES, MAX_PROBE_BYTES = 64 * 1024, 1024, 4 * 1024 * 1024
 PATIENCE_S = 30.0  # longest a task without a budget waits for a peer or the distributor to come back

@@ -25,7 +25,6 @@ from dayu.v1 import (
     controller_pb2_grpc,
     distributor_pb2,
     distributor_pb2_grpc,
-    monitor_pb2,
     processor_pb2,
     processor_pb2_grpc,
     scheduler_pb2,
@@ -79,8 +78,8 @@ class ControllerSettings(ComponentSettings):
 class GrpcTransport:
     """Reaches processors, peer controllers and the distributor over gRPC, with bounded retries."""
 
-    def __init__(self, section: ControllerSection, channels: Channels) -> None:
-        self.section, self.channels = section, channels
+    def __init__(self, section: ControllerSection, channels: Channels, node: str) -> None:
+        self.section, self.channels, self.node = section, channels, node
 
     def _address(self, table: dict[str, str], key: str, what: str) -> str:
         if key not in table:
@@ -103,7 +102,8 @@ class GrpcTransport:
         stub = controller_pb2_grpc.ControllerServiceStub(
             self.channels.get(self._address(self.section.peers, node, "controller of node"))
         )
-        await remote(stub.SubmitTask(controller_pb2.SubmitTaskRequest(task=task), timeout=timeout_s))
+        request = controller_pb2.SubmitTaskRequest(task=task, from_node=self.node)  # checked against our certificate
+        await remote(stub.SubmitTask(request, timeout=timeout_s))
 
     def _distributor(self) -> distributor_pb2_grpc.DistributorServiceStub:
         if not self.section.distributor:
@@ -117,7 +117,7 @@ class GrpcTransport:
         stub = controller_pb2_grpc.ControllerServiceStub(
             self.channels.get(self._address(self.section.peers, node, "controller of node"))
         )
-        await remote(stub.Probe(monitor_pb2.ProbeRequest(payload=bytes(nbytes)), timeout=30))
+        await remote(stub.Probe(controller_pb2.ProbeRequest(payload=bytes(nbytes)), timeout=30))
 
     async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
         request = distributor_pb2.RecordDropRequest(task=task, reason=reason)
@@ -172,8 +172,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
             link=await self.core.measure_link(request.to_node, request.probe_bytes)
         )
 
-    async def Probe(self, request: monitor_pb2.ProbeRequest, context: object) -> monitor_pb2.ProbeResponse:
-        return monitor_pb2.ProbeResponse(received_bytes=len(request.payload))
+    async def Probe(self, request: controller_pb2.ProbeRequest, context: object) -> controller_pb2.ProbeResponse:
+        return controller_pb2.ProbeResponse(received_bytes=len(request.payload))
 
 
 class ControllerComponent(Component):
@@ -196,7 +196,7 @@ class ControllerComponent(Component):
             nodes=set(section.peers),
             local_kinds=set(section.processors),
             links=links,
-            transport=GrpcTransport(section, self.channels),
+            transport=GrpcTransport(section, self.channels, settings.node),
             journal=TaskJournal(section.journal),
             join_timeout_s=section.join_timeout_s,
             late_factor=section.late_factor,
@@ -228,11 +228,11 @@ class ControllerComponent(Component):
         wait = RECONNECT_S[0]
         while True:
             try:
-                # From version 0: the current decision first; (epoch, version) tells new from old,
-                # also across a restart of the scheduler (a new epoch).
+                # The current decision first; (epoch, version) tells new from old, also across a
+                # restart of the scheduler (a new epoch).
                 watch = stub.WatchDecisions(scheduler_pb2.WatchDecisionsRequest(stream_id=stream_id))
-                async for decision in watch:
-                    self.core.apply_decision(decision)
+                async for reply in watch:
+                    self.core.apply_decision(reply.decision)
                     wait = RECONNECT_S[0]
             except grpc.aio.AioRpcError as error:
                 log.debug("decisions unavailable", stream_id=stream_id, code=error.code().name)

@@ -11,6 +11,7 @@ from dayu.datasource.core import DatasourceCore, PlayedSource
 from dayu.datasource.sources import SOURCES
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.errors import InvalidArgument
+from dayu.runtime.paging import page
 from dayu.runtime.server import Binding, Component
 from dayu.v1 import datasource_pb2, datasource_pb2_grpc, types_pb2
 
@@ -60,13 +61,14 @@ class DatasourceServicer(datasource_pb2_grpc.DatasourceServiceServicer):
     async def ListSources(
         self, request: datasource_pb2.ListSourcesRequest, context: object
     ) -> datasource_pb2.ListSourcesResponse:
-        return datasource_pb2.ListSourcesResponse(sources=self.core.infos())
+        found, token = page(self.core.infos(), lambda s: s.source_id, request.page_size, request.page_token)
+        return datasource_pb2.ListSourcesResponse(sources=found, next_page_token=token)
 
     async def StreamFrames(
         self, request: datasource_pb2.StreamFramesRequest, context: object
-    ) -> AsyncIterator[datasource_pb2.Frame]:
+    ) -> AsyncIterator[datasource_pb2.StreamFramesResponse]:
         async for frame in self.core.stream(request.source_id, request.max_frames):
-            yield frame
+            yield datasource_pb2.StreamFramesResponse(frame=frame)
 
 
 class DatasourceComponent(Component):

@@ -385,7 +385,7 @@ class DistributorCore:
         validate_task(task, with_data=False)
         _check_original(task)
         for i, stage in enumerate(task.dag.stages):
-            if stage.state == task_pb2.STAGE_STATE_PENDING:
+            if stage.state == task_pb2.STAGE_STATE_UNSPECIFIED:
                 raise InvalidArgument(f"task.dag.stages[{i}].state", "DONE or FAILED for a delivered task, got PENDING")
         golden = await self.golden.detections(task) if self.golden else None
         return await self._put(task, task_pb2.TASK_OUTCOME_DELIVERED, "", golden)

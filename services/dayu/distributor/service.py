@@ -145,9 +145,9 @@ class DistributorServicer(distributor_pb2_grpc.DistributorServiceServicer):
 
     async def WatchRecords(
         self, request: distributor_pb2.WatchRecordsRequest, context: object
-    ) -> AsyncIterator[task_pb2.TaskRecord]:
+    ) -> AsyncIterator[distributor_pb2.WatchRecordsResponse]:
         async for record in self.core.watch(request.filter):
-            yield record
+            yield distributor_pb2.WatchRecordsResponse(record=record)
 
     async def SettleStreams(
         self, request: distributor_pb2.SettleStreamsRequest, context: object

@@ -51,7 +51,8 @@ class StreamPorts(Protocol):
 
     async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision: ...
 
-    def decisions(self, stream_id: str, after_version: int) -> AsyncIterator[decision_pb2.Decision]: ...
+    def decisions(self, stream_id: str) -> AsyncIterator[decision_pb2.Decision]:
+        """The stream's decisions: the current one, then each new one."""
 
     async def submit(self, task: task_pb2.Task) -> None: ...
 
@@ -107,7 +108,6 @@ def new_task(spec: decision_pb2.StreamSpec, sequence: int) -> task_pb2.Task:
         sequence=sequence,
         task_id=task_id,
         root_id=task_id,
-        source_node=spec.node,
         latency_budget_s=spec.latency_budget_s,
     )
 
@@ -193,7 +193,7 @@ class StreamRunner:
                 self.apply(await self.ports.register(self.spec))
                 self.status.scheduler_reachable = True
                 wait = RECONNECT_S[0]
-                async for decision in self.ports.decisions(self.spec.stream_id, self.decision.version):
+                async for decision in self.ports.decisions(self.spec.stream_id):
                     self.apply(decision)
             except RemoteError as error:
                 if self.status.scheduler_reachable:

@@ -15,6 +15,7 @@ from dayu.runtime.client import Channels, remote, remote_stream
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.errors import InvalidArgument, NotFound
 from dayu.runtime.logs import get_logger
+from dayu.runtime.paging import MAX_PAGE_SIZE, page
 from dayu.runtime.pipelines import load_pipelines
 from dayu.runtime.sections import PolicySection
 from dayu.runtime.server import Binding, Component
@@ -107,27 +108,33 @@ class GrpcStreamPorts:
 
     async def source_fps(self, source_id: str) -> float:
         stub = datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.section.datasource))
-        reply = await remote(stub.ListSources(datasource_pb2.ListSourcesRequest(), timeout=10))
-        for source in reply.sources:
-            if source.source_id == source_id:
-                return source.fps
+        token = ""
+        while True:  # page by page: a datasource may play many sources
+            request = datasource_pb2.ListSourcesRequest(page_size=MAX_PAGE_SIZE, page_token=token)
+            reply = await remote(stub.ListSources(request, timeout=10))
+            for source in reply.sources:
+                if source.source_id == source_id:
+                    return source.fps
+            token = reply.next_page_token
+            if not token:
+                break
         raise NotFound(f"source {source_id!r} is not played by the datasource at {self.section.datasource}")
 
     async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:
         stub = datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.section.datasource))
-        async for frame in remote_stream(stub.StreamFrames(datasource_pb2.StreamFramesRequest(source_id=source_id))):
-            yield frame
+        async for reply in remote_stream(stub.StreamFrames(datasource_pb2.StreamFramesRequest(source_id=source_id))):
+            yield reply.frame
 
     async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
         reply = await remote(stub.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=spec), timeout=10))
         return reply.decision
 
-    async def decisions(self, stream_id: str, after_version: int) -> AsyncIterator[decision_pb2.Decision]:
+    async def decisions(self, stream_id: str) -> AsyncIterator[decision_pb2.Decision]:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
-        request = scheduler_pb2.WatchDecisionsRequest(stream_id=stream_id, after_version=after_version)
-        async for decision in remote_stream(stub.WatchDecisions(request)):
-            yield decision
+        request = scheduler_pb2.WatchDecisionsRequest(stream_id=stream_id)
+        async for reply in remote_stream(stub.WatchDecisions(request)):
+            yield reply.decision
 
     async def submit(self, task: task_pb2.Task) -> None:
         stub = controller_pb2_grpc.ControllerServiceStub(self.channels.get(self.section.controller))
@@ -146,7 +153,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     async def ListStreams(
         self, request: generator_pb2.ListStreamsRequest, context: object
     ) -> generator_pb2.ListStreamsResponse:
-        return generator_pb2.ListStreamsResponse(streams=[r.status for _, r in sorted(self.runners.items())])
+        streams = [r.status for _, r in sorted(self.runners.items())]
+        found, token = page(streams, lambda s: s.spec.stream_id, request.page_size, request.page_token)
+        return generator_pb2.ListStreamsResponse(streams=found, next_page_token=token)
 
     async def ApplyDecision(
         self, request: generator_pb2.ApplyDecisionRequest, context: object

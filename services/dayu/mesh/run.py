@@ -14,6 +14,7 @@ from dayu.mesh.model import MeshConfig
 from dayu.mesh.plan import Instance
 from dayu.mesh.summary import ResultTally, format_summary, percentiles
 from dayu.runtime.client import Channels
+from dayu.runtime.paging import every_page
 from dayu.runtime.tls import TlsSettings
 from dayu.v1 import (
     controller_pb2,
@@ -133,8 +134,8 @@ async def run_mesh(
 
 async def _watch(distributor: distributor_pb2_grpc.DistributorServiceStub, tally: ResultTally) -> None:
     request = distributor_pb2.WatchRecordsRequest(filter=distributor_pb2.RecordFilter())
-    async for record in distributor.WatchRecords(request):
-        await tally.add(record)
+    async for reply in distributor.WatchRecords(request):
+        await tally.add(reply.record)
 
 
 def _of(mesh: RunningMesh, component: str) -> list[Instance]:
@@ -145,8 +146,8 @@ async def generated_per_stream(mesh: RunningMesh, channels: Channels) -> dict[st
     counts: dict[str, int] = {}
     for instance in _of(mesh, "generator"):
         stub = generator_pb2_grpc.GeneratorServiceStub(channels.get(mesh.address(instance)))
-        reply = await stub.ListStreams(generator_pb2.ListStreamsRequest(), timeout=5)
-        counts.update({stream.spec.stream_id: stream.tasks_generated for stream in reply.streams})
+        streams, _ = await every_page(stub.ListStreams, generator_pb2.ListStreamsRequest(), "streams", 5)
+        counts.update({stream.spec.stream_id: stream.tasks_generated for stream in streams})
     return counts
 
 
@@ -155,8 +156,8 @@ async def scheduling_stats(mesh: RunningMesh, channels: Channels) -> dict[str, A
     decisions (when, relative to the first stream's registration; version; configuration,
     placement, pause; reason) and the latency of its hops from the traces the scheduler received."""
     stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.get(_cloud(mesh, "scheduler")))
-    reply = await stub.GetSchedulerStats(scheduler_pb2.GetSchedulerStatsRequest(), timeout=5)
-    registered = [s.registered_at.ToNanoseconds() for s in reply.streams if s.HasField("registered_at")]
+    streams, _ = await every_page(stub.GetSchedulerStats, scheduler_pb2.GetSchedulerStatsRequest(), "streams", 5)
+    registered = [s.registered_at.ToNanoseconds() for s in streams if s.HasField("registered_at")]
     start_ns = min(registered, default=0)
 
     def decided(d: decision_pb2.Decision) -> dict[str, Any]:
@@ -189,7 +190,7 @@ async def scheduling_stats(mesh: RunningMesh, channels: Channels) -> dict[str, A
                 for h in s.hop_latencies
             ],
         }
-        for s in reply.streams
+        for s in streams
     }
 
 

@@ -29,6 +29,7 @@ from dayu.v1 import (
     processor_pb2,
     processor_pb2_grpc,
     resources_pb2,
+    scheduler_pb2,
     scheduler_pb2_grpc,
 )
 
@@ -84,12 +85,12 @@ class NodeMonitor:
             self._measured.notify_all()
         return report
 
-    async def reports(self, duration_s: float) -> AsyncIterator[resources_pb2.NodeResources]:
+    async def reports(self, duration_s: float) -> AsyncIterator[scheduler_pb2.ReportResourcesRequest]:
         """The latest report, then each new one as it is measured, for `duration_s`."""
         until = asyncio.get_running_loop().time() + duration_s
         report = self.latest
         while True:
-            yield report
+            yield scheduler_pb2.ReportResourcesRequest(resources=report)
             try:
                 async with asyncio.timeout_at(until), self._measured:
                     await self._measured.wait_for(lambda sent=report: self.latest is not sent)
@@ -151,14 +152,11 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
 
     async def WatchResources(
         self, request: monitor_pb2.WatchResourcesRequest, context: object
-    ) -> AsyncIterator[resources_pb2.NodeResources]:
+    ) -> AsyncIterator[monitor_pb2.WatchResourcesResponse]:
         interval = check_interval(request.interval_s)
         while True:
-            yield self.monitor.latest
+            yield monitor_pb2.WatchResourcesResponse(resources=self.monitor.latest)
             await asyncio.sleep(interval)
-
-    async def Probe(self, request: monitor_pb2.ProbeRequest, context: object) -> monitor_pb2.ProbeResponse:
-        return monitor_pb2.ProbeResponse(received_bytes=len(request.payload))
 
 
 class MonitorComponent(Component):

@@ -162,7 +162,7 @@ def sample_task(
     "stage" has a parent stage "detect" that found them, for a runner that refines boxes."""
     from dayu.media.codecs import encode_segment
 
-    task = Task(stream_id="sample", task_id="sample-0", root_id="sample-0", source_node="edge")
+    task = Task(stream_id="sample", task_id="sample-0", root_id="sample-0")
     task.created_at.GetCurrentTime()
     task.dag.pipeline = "sample"
     task.segment.codec = types_pb2.CODEC_RAW_BGR

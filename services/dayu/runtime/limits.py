@@ -24,7 +24,6 @@ REQUEST_BYTES_BY_METHOD: dict[str, int | None] = {  # None: the server's message
     "dayu.v1.ProcessorService.Process": None,
     # Bandwidth probes: their payload is held to 4 MiB below (MeasureLinkRequest.probe_bytes).
     "dayu.v1.ControllerService.Probe": None,
-    "dayu.v1.MonitorService.Probe": None,
     # Finished and dropped tasks reach the distributor without their frames (results, hops, timings:
     # a few KiB to a few hundred KiB); a record is stored whole, so this bounds what one record costs.
     "dayu.v1.DistributorService.Deliver": 4 * MIB,
@@ -48,8 +47,6 @@ FIELD_SIZES: dict[str, int] = {  # characters of a string, bytes of a bytes valu
     "dayu.v1.TaskRecord.reason": 4 * KIB,
     "dayu.v1.RecordDropRequest.reason": 4 * KIB,
     "dayu.v1.Decision.reason": 4 * KIB,
-    # Policy parameters are a YAML mapping: parsed off the event loop, and still small.
-    "dayu.v1.PolicySpec.params_yaml": 16 * KIB,
     # A bandwidth probe: MeasureLinkRequest.probe_bytes is at most 4 MiB (a larger one costs the
     # receiver's event loop a copy of its payload, and measures no better).
     "dayu.v1.ProbeRequest.payload": 4 * MIB,
@@ -57,11 +54,10 @@ FIELD_SIZES: dict[str, int] = {  # characters of a string, bytes of a bytes valu
     "dayu.v1.Segment.stream": 48 * MIB,
 }
 FIELD_ITEMS: dict[str, int] = {  # items of a repeated field or a map
-    # The shape of a DAG: a pipeline has a handful of stages, each a handful of parents and params.
+    # The shape of a DAG: a pipeline has a handful of stages, each a handful of parents.
     "dayu.v1.Pipeline.stages": 64,
     "dayu.v1.Dag.stages": 64,
     "dayu.v1.StageSpec.parents": 64,
-    "dayu.v1.StageSpec.params": 64,
     "dayu.v1.Task.branch": 64,
     # A task's path: a hop per controller, processor and transfer it passed (a fork-join of 64 stages
     # with retries stays far below).

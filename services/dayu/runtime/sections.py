@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pydantic
@@ -18,5 +17,6 @@ class PolicySection(StrictModel):
     params: dict[str, Any] = pydantic.Field(default_factory=dict)
 
     def spec(self) -> decision_pb2.PolicySpec:
-        # Parameters travel as YAML text in the contract; JSON is YAML.
-        return decision_pb2.PolicySpec(name=self.name, params_yaml=json.dumps(self.params))
+        spec = decision_pb2.PolicySpec(name=self.name)
+        spec.params.update(self.params)  # a Struct: what YAML and JSON hold (mappings, lists, scalars)
+        return spec

@@ -14,13 +14,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
-import yaml
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from dayu.runtime.clock import timestamp
-from dayu.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
+from dayu.runtime.errors import NotFound, ResourceExhausted
 from dayu.runtime.logs import get_logger
+from dayu.runtime.paging import next_token, page
 from dayu.runtime.registry import Registry
 from dayu.runtime.validation import require_id, validate_stream_spec
 from dayu.scheduler.knobs import configuration, resolutions
@@ -41,16 +42,10 @@ log = get_logger(__name__)
 
 
 def build_policy(spec: decision_pb2.PolicySpec, field: str, registry: Registry[type[Policy]] = POLICIES) -> Policy:
-    """A policy from its name and its parameters, given as a YAML (or JSON) mapping."""
-    try:
-        params = yaml.safe_load(spec.params_yaml) if spec.params_yaml.strip() else {}
-    except yaml.YAMLError as error:
-        raise InvalidArgument(f"{field}.params_yaml", f"a YAML mapping ({error})") from None
-    except RecursionError:  # PyYAML composes nested collections recursively
-        raise InvalidArgument(f"{field}.params_yaml", "a YAML mapping of parameters, not nested this deep") from None
-    if not isinstance(params, dict):
-        raise InvalidArgument(f"{field}.params_yaml", f"a YAML mapping, got {type(params).__name__}")
-    return registry.create(spec.name, params, name_field=f"{field}.name", params_field=f"{field}.params_yaml")  # type: ignore[no-any-return]
+    """A policy from its name and its parameters (a Struct: JSON's values, numbers as floats, which the
+    policy's parameter model takes as the integers they stand for)."""
+    params = json_format.MessageToDict(spec.params) if spec.HasField("params") else {}
+    return registry.create(spec.name, params, name_field=f"{field}.name", params_field=f"{field}.params")  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -137,7 +132,7 @@ class SchedulerCore:
                 f"stream.stream_id: {spec.stream_id!r} is new and {MAX_STREAMS} streams are registered"
             )
         policy_spec = spec.policy if spec.policy.name else self.default_policy
-        policy = await asyncio.to_thread(build_policy, policy_spec, "stream.policy")  # YAML: off the loop
+        policy = build_policy(policy_spec, "stream.policy")
         view = StreamView(spec, None, self.cloud_node)
         self._registrations += 1
         stream = _Stream(view, policy_spec.name, policy, self._clock(), registered=self._registrations)
@@ -175,7 +170,7 @@ class SchedulerCore:
 
     async def set_policy(self, stream_id: str, spec: decision_pb2.PolicySpec) -> decision_pb2.Decision:
         stream = self._stream(stream_id)
-        stream.policy = await asyncio.to_thread(build_policy, spec, "policy")  # YAML: off the loop
+        stream.policy = build_policy(spec, "policy")
         stream.policy_name = spec.name
         stream.view.current = None  # the new policy starts from its own startup plan
         return await self._decide(stream, f"policy switched to {spec.name}")
@@ -428,13 +423,13 @@ class SchedulerCore:
         return await self._publish(stream, made, f"{why}: {proposal.reason}")
 
     def stats(
-        self, only: str = "", budget_bytes: int = STATS_BYTES
-    ) -> tuple[list[scheduler_pb2.StreamSchedulingStats], int]:
-        """Each stream's figures (or `only` this one's), in stream id order, while they fit in
-        budget_bytes; and how many streams were left out."""
+        self, only: str = "", page_size: int = 0, page_token: str = "", budget_bytes: int = STATS_BYTES
+    ) -> tuple[list[scheduler_pb2.StreamSchedulingStats], str]:
+        """A page of the streams' figures (or `only` this one's), in stream id order, ended early when
+        the next would pass budget_bytes; and the next page's token ("" at the end)."""
         if only:
             self._stream(only, "stream_id")  # NOT_FOUND for a stream never registered
-        chosen = [only] if only else sorted(self._streams)
+        chosen, token = page([only] if only else sorted(self._streams), str, page_size, page_token)
         out: list[scheduler_pb2.StreamSchedulingStats] = []
         size = 0
         for stream_id in chosen:
@@ -454,6 +449,6 @@ class SchedulerCore:
             )
             size += stats.ByteSize()
             if out and size > budget_bytes:
-                break
+                return out, next_token(out[-1].stream_id)  # the rest on the next page
             out.append(stats)
-        return out, len(chosen) - len(out)
+        return out, token

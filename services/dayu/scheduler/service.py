@@ -19,7 +19,7 @@ from dayu.runtime.server import Binding, Component
 from dayu.runtime.tls import OPERATOR, peer_identity, require_component, require_node
 from dayu.runtime.tracing import NODE
 from dayu.scheduler.core import Admission, SchedulerCore, build_policy
-from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, scheduler_pb2_grpc
+from dayu.v1 import resources_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 
 class SchedulerSection(StrictModel):
@@ -65,11 +65,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     async def WatchDecisions(
         self, request: scheduler_pb2.WatchDecisionsRequest, context: object
-    ) -> AsyncIterator[decision_pb2.Decision]:
-        # after_version does not hold back the current decision: the caller's version may be of an
-        # older epoch (a restarted scheduler counts from 1 again); callers compare (epoch, version).
+    ) -> AsyncIterator[scheduler_pb2.WatchDecisionsResponse]:
+        # The current decision first, whatever the caller knew: its version may be of an older epoch
+        # (a restarted scheduler counts from 1 again); callers compare (epoch, version).
         async for decision in self.core.watch(request.stream_id):
-            yield decision
+            yield scheduler_pb2.WatchDecisionsResponse(decision=decision)
 
     async def ReportFeedback(
         self, request: scheduler_pb2.ReportFeedbackRequest, context: object
@@ -79,11 +79,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return scheduler_pb2.ReportFeedbackResponse()
 
     async def ReportResources(
-        self, request_iterator: AsyncIterator[resources_pb2.NodeResources], context: object
+        self, request_iterator: AsyncIterator[scheduler_pb2.ReportResourcesRequest], context: object
     ) -> scheduler_pb2.ReportResourcesResponse:
         require_component(context, ("monitor",), "ReportResources")
         received = 0
-        async for report in request_iterator:
+        async for request in request_iterator:
+            report = request.resources
             require_node(context, report.node, "NodeResources.node")
             for index, link in enumerate(report.links):
                 require_node(context, link.from_node, f"NodeResources.links[{index}].from_node")
@@ -105,13 +106,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             resources_pb2.LinkBandwidth(from_node=a, to_node=b, bandwidth_mbps=mbps)
             for (a, b), mbps in sorted(hops.link_bandwidth().items())
         ]
-        streams, left_out = self.core.stats(request.stream_id)
+        streams, token = self.core.stats(request.stream_id, request.page_size, request.page_token)
         return scheduler_pb2.GetSchedulerStatsResponse(
             streams=streams,
             spans_received=hops.received,
             spans_ignored=hops.ignored,
             traced_links=links,
-            streams_left_out=left_out,
+            next_page_token=token,
         )
 
 

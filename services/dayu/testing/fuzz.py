@@ -461,7 +461,6 @@ def _stage_spec() -> types_pb2.StageSpec:
         processor=PROCESSOR,
         input_type=types_pb2.DATA_TYPE_FRAMES,
         output_type=types_pb2.DATA_TYPE_BOXES,
-        params={"threshold": "0.5"},
     )
 
 
@@ -484,7 +483,6 @@ def _task(done: bool = False) -> task_pb2.Task:
         sequence=next(_ids),
         task_id=task_id,
         root_id=task_id,
-        source_node=CLOUD,
         configuration=_configuration(),
         decision_version=1,
         latency_budget_s=2.0,
@@ -520,7 +518,7 @@ def _stream_spec(stream_id: str = FUZZ_STREAM) -> decision_pb2.StreamSpec:
         pipeline=types_pb2.Pipeline(name=PIPELINE, stages=[_stage_spec()]),
         latency_budget_s=2.0,
         max_configuration=_configuration(),
-        policy=decision_pb2.PolicySpec(name="fixed", params_yaml="{}"),
+        policy=decision_pb2.PolicySpec(name="fixed"),
     )
 
 
@@ -607,7 +605,7 @@ def _seeds() -> dict[str, list[Callable[[], Message]]]:
             lambda: controller_pb2.SubmitTaskRequest(task=_task(), from_node=EDGE),
         ],
         "dayu.v1.MeasureLinkRequest": [lambda: controller_pb2.MeasureLinkRequest(to_node=EDGE, probe_bytes=4096)],
-        "dayu.v1.ProbeRequest": [lambda: monitor_pb2.ProbeRequest(payload=b"probe")],
+        "dayu.v1.ProbeRequest": [lambda: controller_pb2.ProbeRequest(payload=b"probe")],
         "dayu.v1.ListSourcesRequest": [datasource_pb2.ListSourcesRequest],
         "dayu.v1.StreamFramesRequest": [
             lambda: datasource_pb2.StreamFramesRequest(source_id=SOURCE, max_frames=2),
@@ -639,9 +637,7 @@ def _seeds() -> dict[str, list[Callable[[], Message]]]:
         "dayu.v1.ReportFeedbackRequest": [lambda: scheduler_pb2.ReportFeedbackRequest(record=record())],
         "dayu.v1.NodeResources": [_resources, lambda: _resources(CLOUD)],
         "dayu.v1.SetPolicyRequest": [
-            lambda: scheduler_pb2.SetPolicyRequest(
-                stream_id=FUZZ_STREAM, policy=decision_pb2.PolicySpec(name="fixed", params_yaml="{}")
-            )
+            lambda: scheduler_pb2.SetPolicyRequest(stream_id=FUZZ_STREAM, policy=decision_pb2.PolicySpec(name="fixed"))
         ],
         "dayu.v1.GetSchedulerStatsRequest": [scheduler_pb2.GetSchedulerStatsRequest],
         "opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest": [_spans],
