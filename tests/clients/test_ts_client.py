@@ -9,7 +9,6 @@ the JSON object it prints last. Needs Node.js >= 20 and npm on PATH: a missing t
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -97,38 +96,3 @@ def test_ts_example_reports_errors(example: list[str]) -> None:
     assert not result.stdout.rstrip().endswith("}")
     usage, _ = _run([*example, "--backend", "127.0.0.1:1"], PACKAGE, timeout=60)
     assert usage.returncode == 2 and "usage: dayu-example" in usage.stderr
-
-
-# --- Temporary: until the lead's tests/clients/conftest.py provides `mesh` ---------------------------
-if not (Path(__file__).with_name("conftest.py")).exists():
-    import signal
-    import tempfile
-    from collections.abc import Iterator
-    from types import SimpleNamespace
-
-    @pytest.fixture(scope="session")
-    def mesh() -> Iterator[SimpleNamespace]:
-        workdir = Path(tempfile.mkdtemp(prefix="dayu-ts-mesh-"))
-        proc = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "dayu"), "up", "--duration", "600"],
-            cwd=workdir,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        found = re.search(r"scheduler (\S+), backend (\S+)", first)
-        assert found, f"dayu up printed {first!r}"
-        try:
-            yield SimpleNamespace(backend=found.group(2), scheduler=found.group(1), stream="cam-1", tls=None)
-        finally:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            shutil.rmtree(workdir, ignore_errors=True)
