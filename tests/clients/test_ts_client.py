@@ -24,20 +24,19 @@ PACKAGE = ROOT / "gen" / "ts"
 EXAMPLE = PACKAGE / "dist" / "examples" / "dayu-example.js"
 NODE_MAJOR = 20  # gen/ts/package.json "engines"; @connectrpc/connect-node 2.1 and protoc-gen-es 2.13 need it
 INSTALL_HINT = (
-    "Node.js >= 20 with npm is needed for the TypeScript client: install it (Debian: "
-    "`apt-get install nodejs npm` where that gives Node.js 20 or newer, as on Debian 13; "
-    "otherwise Node.js 20+ from nodejs.org or NodeSource, which bundles npm)"
+    "the TypeScript client needs Node.js >= 20 with npm: install them (NodeSource's nodejs 20+, which "
+    "bundles npm, or your distribution's nodejs and npm where they are 20+; Debian 12's nodejs 18 is too old)"
 )
 
 
 def _toolchain() -> tuple[str, str]:
     node, npm = shutil.which("node") or shutil.which("nodejs"), shutil.which("npm")
     if not node or not npm:
-        pytest.fail(f"{'node' if not node else 'npm'} not found on PATH. {INSTALL_HINT}")
+        pytest.fail(f"{'node' if not node else 'npm'} not found on PATH: {INSTALL_HINT}")
     version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     match = re.match(r"v(\d+)\.", version)
     if not match or int(match.group(1)) < NODE_MAJOR:
-        pytest.fail(f"node {version} is too old. {INSTALL_HINT}")
+        pytest.fail(f"node {version} is too old: {INSTALL_HINT}")
     return node, npm
 
 
