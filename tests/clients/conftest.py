@@ -1,69 +1,22 @@
-"""A live mesh for the generated clients' examples (Go, TypeScript, Python dataclasses): `dayu up` in a
-process of its own, on a light mesh (noop stages, a synthetic camera), for the whole session."""
+"""Fixtures of the generated clients' tests (Go, TypeScript, Python dataclasses): a live mesh (`dayu up`
+in a process of its own, on a light mesh: noop stages, a synthetic camera) for the whole session; each
+language's example, built once; stand-in servers with mutual TLS. What they share is in support.py."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
+from support import LANGUAGES, STREAM, Example, Examples, LiveMesh, StandIns, light_mesh, require_tool, stand_ins
 
-ROOT = Path(__file__).resolve().parents[2]
-STREAM = "cam-1"
+__all__ = ["require_tool"]
 UP_LINE = re.compile(r"scheduler (?P<scheduler>\S+), backend (?P<backend>\S+)\n")
-
-
-@dataclass(frozen=True)
-class Tls:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-@dataclass(frozen=True)
-class LiveMesh:
-    backend: str
-    scheduler: str
-    stream: str
-    tls: Tls | None = None
-
-
-def light_mesh(folder: Path) -> Path:
-    """A cloud and an edge node with noop processors, one synthetic camera on a noop pipeline, next to
-    every pipeline Dayu ships (the examples list them)."""
-    pipelines = yaml.safe_load((ROOT / "configs" / "pipelines.yaml").read_text())
-    stage = {"name": "detect", "processor": "noop", "input_type": "DATA_TYPE_FRAMES", "output_type": "DATA_TYPE_BOXES"}
-    pipelines["pipelines"].append({"name": "noop", "stages": [stage]})
-    (folder / "pipelines.yaml").write_text(yaml.safe_dump(pipelines))
-    mesh = {
-        "cloud_node": "cloud",
-        "nodes": {"cloud": {"processors": ["noop"]}, "edge-1": {"processors": ["noop"]}},
-        "links": [{"between": ["edge-1", "cloud"], "bandwidth_mbps": 50}],
-        "pipelines_file": "pipelines.yaml",
-        "sources": [{"source_id": "street", "kind": "synthetic", "params": {"width": 320, "height": 180, "fps": 5}}],
-        "streams": [
-            {
-                "stream_id": STREAM,
-                "source_id": "street",
-                "node": "edge-1",
-                "pipeline": "noop",
-                "latency_budget_s": 1.0,
-                "max_configuration": {"width": 320, "height": 180, "fps": 5, "quality": 80, "frames_per_segment": 1},
-                "policy": {"name": "latency_budget", "params": {"offload": False}},
-            }
-        ],
-    }
-    path = folder / "mesh.yaml"
-    path.write_text(yaml.safe_dump(mesh))
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -93,9 +46,21 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveMesh]:
             process.wait()
 
 
-def require_tool(name: str, install: str) -> str:
-    """The path of a toolchain's command; a missing one fails (CI installs it; nothing is skipped)."""
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed: {install}")
-    return found
+@pytest.fixture(scope="session")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Examples:
+    """examples["go"], examples["ts"], examples["python"]: each built on first use. A missing
+    toolchain fails the tests of its language with how to install it; nothing is skipped."""
+    return Examples(tmp_path_factory.mktemp("examples"))
+
+
+@pytest.fixture(params=LANGUAGES)
+def example(request: pytest.FixtureRequest, examples: Examples) -> Example:
+    """Each language's example in turn."""
+    return examples[request.param]
+
+
+@pytest.fixture
+async def tls_stand_ins(tmp_path: Path) -> AsyncIterator[StandIns]:
+    """Backend and scheduler stand-ins with mutual TLS (support.stand_ins)."""
+    async with stand_ins(tmp_path) as served:
+        yield served
