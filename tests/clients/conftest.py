@@ -13,7 +13,18 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from support import LANGUAGES, STREAM, Example, Examples, LiveMesh, StandIns, light_mesh, require_tool, stand_ins
+
+from clients.support import (
+    LANGUAGES,
+    STREAM,
+    Example,
+    Examples,
+    LiveMesh,
+    StandIns,
+    light_mesh,
+    require_tool,
+    stand_ins,
+)
 
 __all__ = ["require_tool"]
 UP_LINE = re.compile(r"scheduler (?P<scheduler>\S+), backend (?P<backend>\S+)\n")

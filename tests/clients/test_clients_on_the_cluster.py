@@ -14,7 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import (
+
+from clients.support import (
     LANGUAGES,
     STREAM,
     Examples,
@@ -25,7 +26,6 @@ from support import (
     tls_args,
     tls_files,
 )
-
 from dayu.cluster.cluster import Cluster, status
 from dayu.mesh.model import load_mesh_config
 from dayu.mesh.plan import Instance

@@ -10,7 +10,8 @@ import asyncio
 
 import pytest
 from google.protobuf import json_format
-from support import (
+
+from clients.support import (
     PIPELINES,
     STREAMS,
     Example,

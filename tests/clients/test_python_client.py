@@ -9,8 +9,8 @@ import sys
 from types import ModuleType
 
 from google.protobuf import json_format, struct_pb2
-from support import BETTERPROTO, require_python_client
 
+from clients.support import BETTERPROTO, require_python_client
 from dayu.v1 import decision_pb2, task_pb2, types_pb2
 
 
