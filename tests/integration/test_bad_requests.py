@@ -203,7 +203,7 @@ async def test_oversized_pipelines_and_policies_are_refused_and_lists_keep_worki
     ):
         pipelines = backend_pb2_grpc.BackendServiceStub(to_backend)
         huge = fork_join_pipeline()
-        huge.stages[0].params["blob"] = "x" * (50 << 20)
+        huge.stages[0].model = "x" * (50 << 20)
         details = await expect_exhausted(pipelines.PutPipeline, backend_pb2.PutPipelineRequest(pipeline=huge))
         assert "dayu.v1.PutPipelineRequest of at most 65536 bytes" in details and len(details) < 200
         wide = with_stages(*[stage(f"s{i}") for i in range(65)])

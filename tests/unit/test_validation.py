@@ -9,7 +9,7 @@ import pytest
 from dayu.runtime.errors import InvalidArgument
 from dayu.runtime.pipelines import load_pipelines
 from dayu.runtime.validation import validate_stages, validate_stream_spec, validate_task
-from dayu.v1 import task_pb2, types_pb2
+from dayu.v1 import decision_pb2, task_pb2, types_pb2
 
 from conftest import BOXES, LABELS, fork_join_pipeline, make_stream_spec, make_task, stage
 
@@ -101,15 +101,15 @@ def test_every_limit_names_a_field_or_method_of_the_contract() -> None:
 def test_check_request_names_the_field_past_its_limit_even_in_maps() -> None:
     from dayu.runtime.validation import check_request
 
-    pipeline = fork_join_pipeline()
-    pipeline.stages[1].params["k" * 2000] = "v"
+    decision = decision_pb2.Decision(stream_id="stream-1")
+    decision.placement["k" * 2000] = "edge-1"
     with pytest.raises(InvalidArgument) as caught:
-        check_request(pipeline)
-    assert caught.value.field.startswith("stages[1].params key 'kkkk") and len(str(caught.value)) < 200
-    pipeline.stages[1].params.clear()
-    pipeline.stages[1].params["k"] = "v" * 2000
-    with pytest.raises(InvalidArgument, match=r"^stages\[1\]\.params\['k'\]: at most 1024 characters, got 2000$"):
-        check_request(pipeline)
+        check_request(decision)
+    assert caught.value.field.startswith("placement key 'kkkk") and len(str(caught.value)) < 200
+    decision.placement.clear()
+    decision.placement["detect"] = "n" * 2000
+    with pytest.raises(InvalidArgument, match=r"^placement\['detect'\]: at most 1024 characters, got 2000$"):
+        check_request(decision)
 
 
 def _bad_times() -> list[tuple[str, task_pb2.Task]]:

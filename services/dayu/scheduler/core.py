@@ -132,7 +132,7 @@ class SchedulerCore:
                 f"stream.stream_id: {spec.stream_id!r} is new and {MAX_STREAMS} streams are registered"
             )
         policy_spec = spec.policy if spec.policy.name else self.default_policy
-        policy = build_policy(policy_spec, "stream.policy")
+        policy = await asyncio.to_thread(build_policy, policy_spec, "stream.policy")  # a large Struct: off the loop
         view = StreamView(spec, None, self.cloud_node)
         self._registrations += 1
         stream = _Stream(view, policy_spec.name, policy, self._clock(), registered=self._registrations)
@@ -170,7 +170,7 @@ class SchedulerCore:
 
     async def set_policy(self, stream_id: str, spec: decision_pb2.PolicySpec) -> decision_pb2.Decision:
         stream = self._stream(stream_id)
-        stream.policy = build_policy(spec, "policy")
+        stream.policy = await asyncio.to_thread(build_policy, spec, "policy")  # a large Struct: off the loop
         stream.policy_name = spec.name
         stream.view.current = None  # the new policy starts from its own startup plan
         return await self._decide(stream, f"policy switched to {spec.name}")
