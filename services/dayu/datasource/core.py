@@ -52,7 +52,8 @@ class DatasourceCore:
         self._readers: set[FrameReader] = set()
 
     def infos(self) -> list[datasource_pb2.SourceInfo]:
-        return [played.info() for played in self._sources.values()]
+        """Every source's description, in source id order (the order its pages follow)."""
+        return [self._sources[source_id].info() for source_id in sorted(self._sources)]
 
     def find(self, source_id: str) -> PlayedSource:
         require_id(source_id, "source_id")

@@ -38,8 +38,8 @@ def page_size(requested: int) -> int:
 
 
 def page(items: Sequence[T], key: Callable[[T], str], requested_size: int, token: str) -> tuple[list[T], str]:
-    """The page of `items` (sorted by `key`) that the request asks for, and the next page's token ("" at
-    the end)."""
+    """The page of `items` (which must be sorted by `key`) that the request asks for, and the next page's
+    token ("" at the end)."""
     size = page_size(requested_size)
     keys = [key(item) for item in items]
     start = bisect.bisect_right(keys, _decode(token)) if token else 0
