@@ -55,7 +55,7 @@ def decoded(frame: datasource_pb2.Frame) -> np.ndarray:
 async def test_list_sources_describes_them(serve) -> None:  # type: ignore[no-untyped-def]
     address = await serve("datasource", datasource={"sources": [STREET, ALLEY]})
     sources = await list_sources(address)
-    assert list(sources) == ["street", "alley"]
+    assert list(sources) == ["alley", "street"]  # in source id order, as pages go
     street = sources["street"]
     assert street.kind == "synthetic" and street.fps == 20 and street.has_ground_truth and not street.cycle
     assert (street.resolution.width, street.resolution.height) == (480, 270)
