@@ -166,11 +166,10 @@ def test_a_model_that_does_not_fit_the_yaml_fails_the_check_at_start(tmp_path: P
     assert "no output 'heat'" in check({"type": "centernet", "heatmap": "heat", "box": "s"}, model="my_detector")
 
 
-def test_a_model_that_fits_runs_on_frames(tmp_path: Path) -> None:
+def test_a_classifier_needs_one_score_per_label(tmp_path: Path) -> None:
+    """The detector's input fits a classifier's YAML, its probability map [batch, 1, H, W] is no
+    [batch, labels] of scores: refused at the check. (Models that fit run in test_app_models.py.)"""
     own = _own_models(tmp_path)
-    # The detector's probability map read as a one-class classification of the frame's top-left pixel
-    # would not fit; as a frame classifier of one output [batch, 1, H, W] nothing in the catalogue fits
-    # either, so the check passes only for what really fits: the input.
     runner = ModelStageRunner(
         params({"type": "classify", "labels": ["text"]}, model="my_detector", model_repository=own)
     )

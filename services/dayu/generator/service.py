@@ -15,7 +15,7 @@ from dayu.runtime.client import Channels, remote, remote_stream
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.errors import InvalidArgument, NotFound
 from dayu.runtime.logs import get_logger
-from dayu.runtime.paging import MAX_PAGE_SIZE, page
+from dayu.runtime.paging import MAX_PAGE_SIZE, every_page, page
 from dayu.runtime.pipelines import load_pipelines
 from dayu.runtime.sections import PolicySection
 from dayu.runtime.server import Binding, Component
@@ -108,16 +108,13 @@ class GrpcStreamPorts:
 
     async def source_fps(self, source_id: str) -> float:
         stub = datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.section.datasource))
-        token = ""
-        while True:  # page by page: a datasource may play many sources
-            request = datasource_pb2.ListSourcesRequest(page_size=MAX_PAGE_SIZE, page_token=token)
-            reply = await remote(stub.ListSources(request, timeout=10))
-            for source in reply.sources:
-                if source.source_id == source_id:
-                    return source.fps
-            token = reply.next_page_token
-            if not token:
-                break
+        request = datasource_pb2.ListSourcesRequest(page_size=MAX_PAGE_SIZE)
+        sources, _ = await every_page(  # every page: a datasource may play many sources
+            lambda request, timeout: remote(stub.ListSources(request, timeout=timeout)), request, "sources", 10
+        )
+        for source in sources:
+            if source.source_id == source_id:
+                return source.fps
         raise NotFound(f"source {source_id!r} is not played by the datasource at {self.section.datasource}")
 
     async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:

@@ -130,12 +130,12 @@ def _name_affinity(nodes: list[str]) -> dict[str, Any]:
 
 
 def check_registries(config: MeshConfig) -> None:
-    """Fails on names and parameters that `dayu serve` would refuse, before anything is written."""
+    """Fails on names and parameters that `dayu serve` would refuse, before anything is written (the
+    processors were checked when the mesh file was loaded)."""
     from dayu.datasource.sources import SOURCES
     from dayu.runtime.pipelines import load_pipelines
     from dayu.scheduler.policies import POLICIES
 
-    config.check_processors()
     for index, source in enumerate(config.sources):
         SOURCES.params(source.get("kind", ""), source.get("params"), field=f"sources[{index}].params")
     for index, stream in enumerate(config.streams):

@@ -138,7 +138,24 @@ class TritonError(RuntimeError):
     """Triton answered with an error that another try would not change (unknown model, bad input)."""
 
 
-class TritonBackend:
+class _Backend:
+    """What every backend does the same way on top of its signature and infer_outputs."""
+
+    async def signature(self, model: ModelRef) -> Signature:
+        raise NotImplementedError
+
+    async def infer_outputs(
+        self, model: ModelRef, batch: np.ndarray, names: Sequence[str] = ()
+    ) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    async def infer(self, model: ModelRef, batch: np.ndarray) -> np.ndarray:
+        """The model's only output."""
+        output = (await self.signature(model)).output(model).name
+        return (await self.infer_outputs(model, batch, [output]))[output]
+
+
+class TritonBackend(_Backend):
     """Triton over gRPC with tritonclient's asyncio client, opened on first use (in the serving loop)."""
 
     def __init__(self, params: TritonParams) -> None:
@@ -225,11 +242,6 @@ class TritonBackend:
         signature = await self.signature(model)
         return await self._infer(model, signature.only_input(model), list(names or signature.output_names), batch)
 
-    async def infer(self, model: ModelRef, batch: np.ndarray) -> np.ndarray:
-        signature = await self.signature(model)
-        output = signature.output(model).name
-        return (await self._infer(model, signature.only_input(model), [output], batch))[output]
-
     async def _infer(
         self, model: ModelRef, input_tensor: Tensor, output_names: list[str], batch: np.ndarray
     ) -> dict[str, np.ndarray]:
@@ -275,7 +287,7 @@ def _shape(dims: list[int | str | None]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) else -1 for d in dims)
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(_Backend):
     """onnxruntime in this process, on the ONNX files Triton serves too (dayu.processor.repository); the
     call runs in a worker thread so the processor's event loop keeps answering."""
 
@@ -283,6 +295,7 @@ class OnnxRuntimeBackend:
         self.intra_op_threads = intra_op_threads
         self.model_repository = model_repository
         self._sessions: dict[ModelRef, onnxruntime.InferenceSession] = {}
+        self._signatures: dict[ModelRef, Signature] = {}  # read once per model, not per call
 
     def session(self, model: ModelRef) -> onnxruntime.InferenceSession:
         """The model's session, loaded on first use (the kinds load theirs when they are checked at start)."""
@@ -298,11 +311,13 @@ class OnnxRuntimeBackend:
         """In process: always."""
 
     async def signature(self, model: ModelRef) -> Signature:
-        session = await asyncio.to_thread(self.session, model)
-        return Signature(
-            tuple(Tensor(t.name, _ONNX_TYPES.get(t.type, t.type), _shape(t.shape)) for t in session.get_inputs()),
-            tuple(Tensor(t.name, _ONNX_TYPES.get(t.type, t.type), _shape(t.shape)) for t in session.get_outputs()),
-        )
+        if model not in self._signatures:
+            session = await asyncio.to_thread(self.session, model)
+            self._signatures[model] = Signature(
+                tuple(Tensor(t.name, _ONNX_TYPES.get(t.type, t.type), _shape(t.shape)) for t in session.get_inputs()),
+                tuple(Tensor(t.name, _ONNX_TYPES.get(t.type, t.type), _shape(t.shape)) for t in session.get_outputs()),
+            )
+        return self._signatures[model]
 
     async def infer_outputs(
         self, model: ModelRef, batch: np.ndarray, names: Sequence[str] = ()
@@ -313,15 +328,9 @@ class OnnxRuntimeBackend:
         outputs = await asyncio.to_thread(self.session(model).run, names, feed)
         return dict(zip(names, outputs, strict=True))
 
-    async def infer(self, model: ModelRef, batch: np.ndarray) -> np.ndarray:
-        signature = await self.signature(model)
-        output = signature.output(model).name
-        feed = {signature.only_input(model).name: np.ascontiguousarray(batch, dtype=np.float32)}
-        (result,) = await asyncio.to_thread(self.session(model).run, [output], feed)
-        return result
-
     async def aclose(self) -> None:
         self._sessions.clear()
+        self._signatures.clear()
 
 
 def make_backend(params: InferenceParams) -> InferenceBackend:

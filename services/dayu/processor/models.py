@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import onnxruntime
 from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
 from rapidocr_onnxruntime.ch_ppocr_rec.text_recognize import TextRecognizer
 from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
@@ -27,7 +26,7 @@ from dayu.media.codecs import decode_segment
 from dayu.processor.inference import InferenceBackend, ModelRef, check_shape, make_backend, model_of
 from dayu.processor.kinds import TextDetectorParams, TextRecognizerParams
 from dayu.processor.refiners import BoxRefiner, crop_box
-from dayu.processor.repository import model_file
+from dayu.processor.repository import model_file, reading_session
 from dayu.processor.results import only_parent, parent_detections, pixels_per_frame, record
 from dayu.v1 import task_pb2, types_pb2
 
@@ -176,10 +175,8 @@ class TextDetectorRunner(_ModelRunner):
 @functools.cache
 def _characters(model: str) -> tuple[str, ...]:
     """The recognition model's character dictionary, from the packaged model's own metadata."""
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # only read, quickly
     with model_file(model) as path:
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = reading_session(path)
     return tuple(str(session.get_modelmeta().custom_metadata_map["character"]).splitlines())
 
 

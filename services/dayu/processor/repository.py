@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SOURCE = Path(__file__).resolve().parents[3] / "triton_models"
 # Copied into every model's version directory as model.py.
@@ -113,13 +114,18 @@ _TRITON_TYPES = {
 GENERATED_MAX_BATCH = 8
 
 
-def generated_configs(name: str, onnx_file: Path) -> dict[str, str]:
-    """config.pbtxt (CPU path) and configs/gpu.pbtxt (GPU path) for an ONNX model, from its tensors."""
-    import onnxruntime  # only to read the model's tensors
+def reading_session(onnx_file: Path) -> Any:
+    """An onnxruntime session to read a model's tensors and metadata, not to run it: opened quickly."""
+    import onnxruntime  # not loaded by those that only assemble Dayu's own models
 
     options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # only read, quickly
-    session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+
+
+def generated_configs(name: str, onnx_file: Path) -> dict[str, str]:
+    """config.pbtxt (CPU path) and configs/gpu.pbtxt (GPU path) for an ONNX model, from its tensors."""
+    session = reading_session(onnx_file)
     tensors = [*session.get_inputs(), *session.get_outputs()]
     batched = all(tensor.shape and not isinstance(tensor.shape[0], int) for tensor in tensors)
 
