@@ -27,6 +27,7 @@ PATH="$bindir:$PATH" python -m grpc_tools.protoc \
   --grpc_python_out="$out" \
   --mypy_out=quiet:"$out" \
   --mypy_grpc_out=quiet:"$out" \
+  --connect-python_out="$out" \
   --descriptor_set_out="$out/dayu/v1/dayu.protoset" \
   --include_imports \
   --include_source_info \

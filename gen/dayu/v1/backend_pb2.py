@@ -23,11 +23,15 @@ _sym_db = _symbol_database.Default()
 
 
 from dayu.v1 import decision_pb2 as dayu_dot_v1_dot_decision__pb2
+from dayu.v1 import generator_pb2 as dayu_dot_v1_dot_generator__pb2
 from dayu.v1 import resources_pb2 as dayu_dot_v1_dot_resources__pb2
+from dayu.v1 import scheduler_pb2 as dayu_dot_v1_dot_scheduler__pb2
+from dayu.v1 import task_pb2 as dayu_dot_v1_dot_task__pb2
 from dayu.v1 import types_pb2 as dayu_dot_v1_dot_types__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64\x61yu/v1/backend.proto\x12\x07\x64\x61yu.v1\x1a\x16\x64\x61yu/v1/decision.proto\x1a\x17\x64\x61yu/v1/resources.proto\x1a\x13\x64\x61yu/v1/types.proto\"=\n\x14ListPipelinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x15ListPipelinesResponse\x12$\n\tpipelines\x18\x01 \x03(\x0b\x32\x11.dayu.v1.Pipeline\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x12PutPipelineRequest\x12#\n\x08pipeline\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Pipeline\"\'\n\x13PutPipelineResponse\x12\x10\n\x08replaced\x18\x01 \x01(\x08\"%\n\x15\x44\x65letePipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65letePipelineResponse\"D\n\x1bListInstalledStreamsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x1cListInstalledStreamsResponse\x12$\n\x07streams\x18\x01 \x03(\x0b\x32\x13.dayu.v1.StreamSpec\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x14InstallStreamRequest\x12#\n\x06stream\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\"\x17\n\x15InstallStreamResponse\"+\n\x16UninstallStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"\x19\n\x17UninstallStreamResponse\"\x18\n\x16GetSystemStatusRequest\"@\n\x17GetSystemStatusResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.dayu.v1.NodeResources2\xde\x04\n\x0e\x42\x61\x63kendService\x12N\n\rListPipelines\x12\x1d.dayu.v1.ListPipelinesRequest\x1a\x1e.dayu.v1.ListPipelinesResponse\x12H\n\x0bPutPipeline\x12\x1b.dayu.v1.PutPipelineRequest\x1a\x1c.dayu.v1.PutPipelineResponse\x12Q\n\x0e\x44\x65letePipeline\x12\x1e.dayu.v1.DeletePipelineRequest\x1a\x1f.dayu.v1.DeletePipelineResponse\x12\x63\n\x14ListInstalledStreams\x12$.dayu.v1.ListInstalledStreamsRequest\x1a%.dayu.v1.ListInstalledStreamsResponse\x12N\n\rInstallStream\x12\x1d.dayu.v1.InstallStreamRequest\x1a\x1e.dayu.v1.InstallStreamResponse\x12T\n\x0fUninstallStream\x12\x1f.dayu.v1.UninstallStreamRequest\x1a .dayu.v1.UninstallStreamResponse\x12T\n\x0fGetSystemStatus\x12\x1f.dayu.v1.GetSystemStatusRequest\x1a .dayu.v1.GetSystemStatusResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64\x61yu/v1/backend.proto\x12\x07\x64\x61yu.v1\x1a\x16\x64\x61yu/v1/decision.proto\x1a\x17\x64\x61yu/v1/generator.proto\x1a\x17\x64\x61yu/v1/resources.proto\x1a\x17\x64\x61yu/v1/scheduler.proto\x1a\x12\x64\x61yu/v1/task.proto\x1a\x13\x64\x61yu/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x14ListPipelinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x15ListPipelinesResponse\x12$\n\tpipelines\x18\x01 \x03(\x0b\x32\x11.dayu.v1.Pipeline\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x12PutPipelineRequest\x12#\n\x08pipeline\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Pipeline\"\'\n\x13PutPipelineResponse\x12\x10\n\x08replaced\x18\x01 \x01(\x08\"%\n\x15\x44\x65letePipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65letePipelineResponse\"D\n\x1bListInstalledStreamsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x1cListInstalledStreamsResponse\x12$\n\x07streams\x18\x01 \x03(\x0b\x32\x13.dayu.v1.StreamSpec\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x14InstallStreamRequest\x12#\n\x06stream\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\"2\n\x15InstallStreamResponse\x12\x19\n\x11\x61lready_installed\x18\x01 \x01(\x08\"+\n\x16UninstallStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"*\n\x17UninstallStreamResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x08\"\x18\n\x16GetSystemStatusRequest\"\xa5\x02\n\x17GetSystemStatusResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.dayu.v1.NodeResources\x12,\n\ncomponents\x18\x02 \x03(\x0b\x32\x18.dayu.v1.ComponentHealth\x12\x32\n\nscheduling\x18\x03 \x03(\x0b\x32\x1e.dayu.v1.StreamSchedulingStats\x12&\n\x07streams\x18\x04 \x03(\x0b\x32\x15.dayu.v1.StreamStatus\x12,\n\x0ctraced_links\x18\x05 \x03(\x0b\x32\x16.dayu.v1.LinkBandwidth\x12+\n\x07read_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x0f\x43omponentHealth\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\n\n\x02up\x18\x05 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"P\n\x16SetStreamPolicyRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12#\n\x06policy\x18\x02 \x01(\x0b\x32\x13.dayu.v1.PolicySpec\">\n\x17SetStreamPolicyResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"\x15\n\x13\x44\x65scribeMeshRequest\"N\n\x08MeshNode\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63loud\x18\x02 \x01(\x08\x12\x11\n\tgenerator\x18\x03 \x01(\x08\x12\x12\n\nprocessors\x18\x04 \x03(\t\"\x7f\n\rMeshProcessor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0e\x32\x11.dayu.v1.DataType\x12!\n\x06output\x18\x04 \x01(\x0e\x32\x11.dayu.v1.DataType\x12\r\n\x05nodes\x18\x05 \x03(\t\"U\n\nMeshSource\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\'\n\nresolution\x18\x02 \x01(\x0b\x32\x13.dayu.v1.Resolution\x12\x0b\n\x03\x66ps\x18\x03 \x01(\x01\"\x9c\x01\n\x14\x44\x65scribeMeshResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dayu.v1.MeshNode\x12*\n\nprocessors\x18\x02 \x03(\x0b\x32\x16.dayu.v1.MeshProcessor\x12$\n\x07sources\x18\x03 \x03(\x0b\x32\x13.dayu.v1.MeshSource\x12\x10\n\x08policies\x18\x04 \x03(\t\">\n\x17ValidatePipelineRequest\x12#\n\x08pipeline\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Pipeline\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"G\n\x18ValidatePipelineResponse\x12+\n\nviolations\x18\x01 \x03(\x0b\x32\x17.dayu.v1.FieldViolation\".\n\x18WatchSystemStatusRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"M\n\x19WatchSystemStatusResponse\x12\x30\n\x06status\x18\x01 \x01(\x0b\x32 .dayu.v1.GetSystemStatusResponse\"6\n\x12ListResultsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\";\n\x13ListResultsResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.dayu.v1.TaskRecord\">\n\x13WatchResultsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\x04\";\n\x14WatchResultsResponse\x12#\n\x06record\x18\x01 \x01(\x0b\x32\x13.dayu.v1.TaskRecord\"*\n\x15GetLatestFrameRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"\xb3\x01\n\x16GetLatestFrameResponse\x12\x0c\n\x04jpeg\x18\x01 \x01(\x0c\x12\'\n\nresolution\x18\x02 \x01(\x0b\x32\x13.dayu.v1.Resolution\x12\x13\n\x0b\x66rame_index\x18\x03 \x01(\x04\x12(\n\x06stages\x18\x04 \x03(\x0b\x32\x18.dayu.v1.StageDetections\x12#\n\x06record\x18\x05 \x01(\x0b\x32\x13.dayu.v1.TaskRecord\"H\n\x0fStageDetections\x12\r\n\x05stage\x18\x01 \x01(\t\x12&\n\ndetections\x18\x02 \x03(\x0b\x32\x12.dayu.v1.Detection\")\n\x16GetTaskTimelineRequest\x12\x0f\n\x07root_id\x18\x01 \x01(\t\";\n\x17GetTaskTimelineResponse\x12 \n\x05spans\x18\x01 \x03(\x0b\x32\x11.dayu.v1.TaskSpan\"\xa6\x01\n\x14\x45xportResultsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x15.dayu.v1.ExportFormat\"&\n\x15\x45xportResultsResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c*b\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XPORT_FORMAT_JSON_LINES\x10\x01\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x02\x32\xcc\n\n\x0e\x42\x61\x63kendService\x12N\n\rListPipelines\x12\x1d.dayu.v1.ListPipelinesRequest\x1a\x1e.dayu.v1.ListPipelinesResponse\x12H\n\x0bPutPipeline\x12\x1b.dayu.v1.PutPipelineRequest\x1a\x1c.dayu.v1.PutPipelineResponse\x12Q\n\x0e\x44\x65letePipeline\x12\x1e.dayu.v1.DeletePipelineRequest\x1a\x1f.dayu.v1.DeletePipelineResponse\x12\x63\n\x14ListInstalledStreams\x12$.dayu.v1.ListInstalledStreamsRequest\x1a%.dayu.v1.ListInstalledStreamsResponse\x12N\n\rInstallStream\x12\x1d.dayu.v1.InstallStreamRequest\x1a\x1e.dayu.v1.InstallStreamResponse\x12T\n\x0fUninstallStream\x12\x1f.dayu.v1.UninstallStreamRequest\x1a .dayu.v1.UninstallStreamResponse\x12T\n\x0fGetSystemStatus\x12\x1f.dayu.v1.GetSystemStatusRequest\x1a .dayu.v1.GetSystemStatusResponse\x12T\n\x0fSetStreamPolicy\x12\x1f.dayu.v1.SetStreamPolicyRequest\x1a .dayu.v1.SetStreamPolicyResponse\x12K\n\x0c\x44\x65scribeMesh\x12\x1c.dayu.v1.DescribeMeshRequest\x1a\x1d.dayu.v1.DescribeMeshResponse\x12W\n\x10ValidatePipeline\x12 .dayu.v1.ValidatePipelineRequest\x1a!.dayu.v1.ValidatePipelineResponse\x12\\\n\x11WatchSystemStatus\x12!.dayu.v1.WatchSystemStatusRequest\x1a\".dayu.v1.WatchSystemStatusResponse0\x01\x12H\n\x0bListResults\x12\x1b.dayu.v1.ListResultsRequest\x1a\x1c.dayu.v1.ListResultsResponse\x12M\n\x0cWatchResults\x12\x1c.dayu.v1.WatchResultsRequest\x1a\x1d.dayu.v1.WatchResultsResponse0\x01\x12Q\n\x0eGetLatestFrame\x12\x1e.dayu.v1.GetLatestFrameRequest\x1a\x1f.dayu.v1.GetLatestFrameResponse\x12T\n\x0fGetTaskTimeline\x12\x1f.dayu.v1.GetTaskTimelineRequest\x1a .dayu.v1.GetTaskTimelineResponse\x12P\n\rExportResults\x12\x1d.dayu.v1.ExportResultsRequest\x1a\x1e.dayu.v1.ExportResultsResponse0\x01\x42*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +39,84 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dayu.v1.backend_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\nio.dayu.v1P\001Z\032dayu/gen/go/dayu/v1;dayuv1'
-  _globals['_LISTPIPELINESREQUEST']._serialized_start=104
-  _globals['_LISTPIPELINESREQUEST']._serialized_end=165
-  _globals['_LISTPIPELINESRESPONSE']._serialized_start=167
-  _globals['_LISTPIPELINESRESPONSE']._serialized_end=253
-  _globals['_PUTPIPELINEREQUEST']._serialized_start=255
-  _globals['_PUTPIPELINEREQUEST']._serialized_end=312
-  _globals['_PUTPIPELINERESPONSE']._serialized_start=314
-  _globals['_PUTPIPELINERESPONSE']._serialized_end=353
-  _globals['_DELETEPIPELINEREQUEST']._serialized_start=355
-  _globals['_DELETEPIPELINEREQUEST']._serialized_end=392
-  _globals['_DELETEPIPELINERESPONSE']._serialized_start=394
-  _globals['_DELETEPIPELINERESPONSE']._serialized_end=418
-  _globals['_LISTINSTALLEDSTREAMSREQUEST']._serialized_start=420
-  _globals['_LISTINSTALLEDSTREAMSREQUEST']._serialized_end=488
-  _globals['_LISTINSTALLEDSTREAMSRESPONSE']._serialized_start=490
-  _globals['_LISTINSTALLEDSTREAMSRESPONSE']._serialized_end=583
-  _globals['_INSTALLSTREAMREQUEST']._serialized_start=585
-  _globals['_INSTALLSTREAMREQUEST']._serialized_end=644
-  _globals['_INSTALLSTREAMRESPONSE']._serialized_start=646
-  _globals['_INSTALLSTREAMRESPONSE']._serialized_end=669
-  _globals['_UNINSTALLSTREAMREQUEST']._serialized_start=671
-  _globals['_UNINSTALLSTREAMREQUEST']._serialized_end=714
-  _globals['_UNINSTALLSTREAMRESPONSE']._serialized_start=716
-  _globals['_UNINSTALLSTREAMRESPONSE']._serialized_end=741
-  _globals['_GETSYSTEMSTATUSREQUEST']._serialized_start=743
-  _globals['_GETSYSTEMSTATUSREQUEST']._serialized_end=767
-  _globals['_GETSYSTEMSTATUSRESPONSE']._serialized_start=769
-  _globals['_GETSYSTEMSTATUSRESPONSE']._serialized_end=833
-  _globals['_BACKENDSERVICE']._serialized_start=836
-  _globals['_BACKENDSERVICE']._serialized_end=1442
+  _globals['_EXPORTFORMAT']._serialized_start=3120
+  _globals['_EXPORTFORMAT']._serialized_end=3218
+  _globals['_LISTPIPELINESREQUEST']._serialized_start=207
+  _globals['_LISTPIPELINESREQUEST']._serialized_end=268
+  _globals['_LISTPIPELINESRESPONSE']._serialized_start=270
+  _globals['_LISTPIPELINESRESPONSE']._serialized_end=356
+  _globals['_PUTPIPELINEREQUEST']._serialized_start=358
+  _globals['_PUTPIPELINEREQUEST']._serialized_end=415
+  _globals['_PUTPIPELINERESPONSE']._serialized_start=417
+  _globals['_PUTPIPELINERESPONSE']._serialized_end=456
+  _globals['_DELETEPIPELINEREQUEST']._serialized_start=458
+  _globals['_DELETEPIPELINEREQUEST']._serialized_end=495
+  _globals['_DELETEPIPELINERESPONSE']._serialized_start=497
+  _globals['_DELETEPIPELINERESPONSE']._serialized_end=521
+  _globals['_LISTINSTALLEDSTREAMSREQUEST']._serialized_start=523
+  _globals['_LISTINSTALLEDSTREAMSREQUEST']._serialized_end=591
+  _globals['_LISTINSTALLEDSTREAMSRESPONSE']._serialized_start=593
+  _globals['_LISTINSTALLEDSTREAMSRESPONSE']._serialized_end=686
+  _globals['_INSTALLSTREAMREQUEST']._serialized_start=688
+  _globals['_INSTALLSTREAMREQUEST']._serialized_end=747
+  _globals['_INSTALLSTREAMRESPONSE']._serialized_start=749
+  _globals['_INSTALLSTREAMRESPONSE']._serialized_end=799
+  _globals['_UNINSTALLSTREAMREQUEST']._serialized_start=801
+  _globals['_UNINSTALLSTREAMREQUEST']._serialized_end=844
+  _globals['_UNINSTALLSTREAMRESPONSE']._serialized_start=846
+  _globals['_UNINSTALLSTREAMRESPONSE']._serialized_end=888
+  _globals['_GETSYSTEMSTATUSREQUEST']._serialized_start=890
+  _globals['_GETSYSTEMSTATUSREQUEST']._serialized_end=914
+  _globals['_GETSYSTEMSTATUSRESPONSE']._serialized_start=917
+  _globals['_GETSYSTEMSTATUSRESPONSE']._serialized_end=1210
+  _globals['_COMPONENTHEALTH']._serialized_start=1212
+  _globals['_COMPONENTHEALTH']._serialized_end=1321
+  _globals['_SETSTREAMPOLICYREQUEST']._serialized_start=1323
+  _globals['_SETSTREAMPOLICYREQUEST']._serialized_end=1403
+  _globals['_SETSTREAMPOLICYRESPONSE']._serialized_start=1405
+  _globals['_SETSTREAMPOLICYRESPONSE']._serialized_end=1467
+  _globals['_DESCRIBEMESHREQUEST']._serialized_start=1469
+  _globals['_DESCRIBEMESHREQUEST']._serialized_end=1490
+  _globals['_MESHNODE']._serialized_start=1492
+  _globals['_MESHNODE']._serialized_end=1570
+  _globals['_MESHPROCESSOR']._serialized_start=1572
+  _globals['_MESHPROCESSOR']._serialized_end=1699
+  _globals['_MESHSOURCE']._serialized_start=1701
+  _globals['_MESHSOURCE']._serialized_end=1786
+  _globals['_DESCRIBEMESHRESPONSE']._serialized_start=1789
+  _globals['_DESCRIBEMESHRESPONSE']._serialized_end=1945
+  _globals['_VALIDATEPIPELINEREQUEST']._serialized_start=1947
+  _globals['_VALIDATEPIPELINEREQUEST']._serialized_end=2009
+  _globals['_FIELDVIOLATION']._serialized_start=2011
+  _globals['_FIELDVIOLATION']._serialized_end=2063
+  _globals['_VALIDATEPIPELINERESPONSE']._serialized_start=2065
+  _globals['_VALIDATEPIPELINERESPONSE']._serialized_end=2136
+  _globals['_WATCHSYSTEMSTATUSREQUEST']._serialized_start=2138
+  _globals['_WATCHSYSTEMSTATUSREQUEST']._serialized_end=2184
+  _globals['_WATCHSYSTEMSTATUSRESPONSE']._serialized_start=2186
+  _globals['_WATCHSYSTEMSTATUSRESPONSE']._serialized_end=2263
+  _globals['_LISTRESULTSREQUEST']._serialized_start=2265
+  _globals['_LISTRESULTSREQUEST']._serialized_end=2319
+  _globals['_LISTRESULTSRESPONSE']._serialized_start=2321
+  _globals['_LISTRESULTSRESPONSE']._serialized_end=2380
+  _globals['_WATCHRESULTSREQUEST']._serialized_start=2382
+  _globals['_WATCHRESULTSREQUEST']._serialized_end=2444
+  _globals['_WATCHRESULTSRESPONSE']._serialized_start=2446
+  _globals['_WATCHRESULTSRESPONSE']._serialized_end=2505
+  _globals['_GETLATESTFRAMEREQUEST']._serialized_start=2507
+  _globals['_GETLATESTFRAMEREQUEST']._serialized_end=2549
+  _globals['_GETLATESTFRAMERESPONSE']._serialized_start=2552
+  _globals['_GETLATESTFRAMERESPONSE']._serialized_end=2731
+  _globals['_STAGEDETECTIONS']._serialized_start=2733
+  _globals['_STAGEDETECTIONS']._serialized_end=2805
+  _globals['_GETTASKTIMELINEREQUEST']._serialized_start=2807
+  _globals['_GETTASKTIMELINEREQUEST']._serialized_end=2848
+  _globals['_GETTASKTIMELINERESPONSE']._serialized_start=2850
+  _globals['_GETTASKTIMELINERESPONSE']._serialized_end=2909
+  _globals['_EXPORTRESULTSREQUEST']._serialized_start=2912
+  _globals['_EXPORTRESULTSREQUEST']._serialized_end=3078
+  _globals['_EXPORTRESULTSRESPONSE']._serialized_start=3080
+  _globals['_EXPORTRESULTSRESPONSE']._serialized_end=3118
+  _globals['_BACKENDSERVICE']._serialized_start=3221
+  _globals['_BACKENDSERVICE']._serialized_end=4577
 # @@protoc_insertion_point(module_scope)

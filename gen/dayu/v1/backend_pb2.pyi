@@ -5,11 +5,16 @@ The backend is the operator's entry point: pipelines, streams, live results, sys
 
 from collections import abc as _abc
 from dayu.v1 import decision_pb2 as _decision_pb2
+from dayu.v1 import generator_pb2 as _generator_pb2
 from dayu.v1 import resources_pb2 as _resources_pb2
+from dayu.v1 import scheduler_pb2 as _scheduler_pb2
+from dayu.v1 import task_pb2 as _task_pb2
 from dayu.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +25,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ExportFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_FORMAT_UNSPECIFIED: _ExportFormat.ValueType  # 0
+    """Not set: JSON lines."""
+    EXPORT_FORMAT_JSON_LINES: _ExportFormat.ValueType  # 1
+    """One record per line, protobuf's JSON mapping, frames' bytes left out."""
+    EXPORT_FORMAT_CSV: _ExportFormat.ValueType  # 2
+    """One row per record: ids, outcome, reason, latency, accuracy, configuration, detections."""
+
+class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
+    """Format of ExportResults."""
+
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat.ValueType  # 0
+"""Not set: JSON lines."""
+EXPORT_FORMAT_JSON_LINES: ExportFormat.ValueType  # 1
+"""One record per line, protobuf's JSON mapping, frames' bytes left out."""
+EXPORT_FORMAT_CSV: ExportFormat.ValueType  # 2
+"""One row per record: ids, outcome, reason, latency, accuracy, configuration, detections."""
+Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
 @_typing.final
 class ListPipelinesRequest(_message.Message):
@@ -244,12 +273,17 @@ class InstallStreamResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ALREADY_INSTALLED_FIELD_NUMBER: _builtins.int
+    already_installed: _builtins.bool
+    """True when it replaced an installed stream of the same id that was identical (a retry)."""
     def __init__(
         self,
+        *,
+        already_installed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_installed", b"already_installed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,12 +317,19 @@ class UninstallStreamResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    STOPPED_FIELD_NUMBER: _builtins.int
+    stopped: _builtins.bool
+    """False when its generator could not be reached: the stream is forgotten, and its generator is
+    stopped when it answers again.
+    """
     def __init__(
         self,
+        *,
+        stopped: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stopped", b"stopped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -318,19 +359,732 @@ class GetSystemStatusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODES_FIELD_NUMBER: _builtins.int
+    COMPONENTS_FIELD_NUMBER: _builtins.int
+    SCHEDULING_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
+    TRACED_LINKS_FIELD_NUMBER: _builtins.int
+    READ_AT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.NodeResources]:
-        """Latest report of every node."""
+        """Latest report of every node, read from its monitor (stale when the monitor did not answer)."""
+
+    @_builtins.property
+    def components(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComponentHealth]:
+        """Every component of the mesh and whether it answers."""
+
+    @_builtins.property
+    def scheduling(self) -> _containers.RepeatedCompositeFieldContainer[_scheduler_pb2.StreamSchedulingStats]:
+        """Every stream the scheduler knows: its current decision (where each stage runs now) and its
+        recent decisions with their reasons.
+        """
+
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedCompositeFieldContainer[_generator_pb2.StreamStatus]:
+        """Every stream its generator runs: frames, tasks, the decision it follows."""
+
+    @_builtins.property
+    def traced_links(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.LinkBandwidth]:
+        """Links' bandwidth as the scheduler measures it from the traces."""
+
+    @_builtins.property
+    def read_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was read."""
 
     def __init__(
         self,
         *,
         nodes: _abc.Iterable[_resources_pb2.NodeResources] | None = ...,
+        components: _abc.Iterable[Global___ComponentHealth] | None = ...,
+        scheduling: _abc.Iterable[_scheduler_pb2.StreamSchedulingStats] | None = ...,
+        streams: _abc.Iterable[_generator_pb2.StreamStatus] | None = ...,
+        traced_links: _abc.Iterable[_resources_pb2.LinkBandwidth] | None = ...,
+        read_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read_at", b"read_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "nodes", b"nodes", "read_at", b"read_at", "scheduling", b"scheduling", "streams", b"streams", "traced_links", b"traced_links"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSystemStatusResponse: _TypeAlias = GetSystemStatusResponse  # noqa: Y015
+
+@_typing.final
+class ComponentHealth(_message.Message):
+    """Whether one component answers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPONENT_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    UP_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    component: _builtins.str
+    """Component: scheduler, generator, processor, ..."""
+    node: _builtins.str
+    """Node it runs on."""
+    role: _builtins.str
+    """Processor name, for a processor; empty otherwise."""
+    address: _builtins.str
+    """Its gRPC address."""
+    up: _builtins.bool
+    """True when it answered its health check."""
+    detail: _builtins.str
+    """Why it is not up (the error), or empty."""
+    def __init__(
+        self,
+        *,
+        component: _builtins.str = ...,
+        node: _builtins.str = ...,
+        role: _builtins.str = ...,
+        address: _builtins.str = ...,
+        up: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "component", b"component", "detail", b"detail", "node", b"node", "role", b"role", "up", b"up"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComponentHealth: _TypeAlias = ComponentHealth  # noqa: Y015
+
+@_typing.final
+class SetStreamPolicyRequest(_message.Message):
+    """Request of SetStreamPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """Stream id."""
+    @_builtins.property
+    def policy(self) -> _decision_pb2.PolicySpec:
+        """The policy; validated by the scheduler."""
+
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        policy: _decision_pb2.PolicySpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetStreamPolicyRequest: _TypeAlias = SetStreamPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetStreamPolicyResponse(_message.Message):
+    """Reply of SetStreamPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decision(self) -> _decision_pb2.Decision:
+        """The decision the new policy made."""
+
+    def __init__(
+        self,
+        *,
+        decision: _decision_pb2.Decision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetStreamPolicyResponse: _TypeAlias = SetStreamPolicyResponse  # noqa: Y015
+
+@_typing.final
+class DescribeMeshRequest(_message.Message):
+    """Request of DescribeMesh."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeMeshRequest: _TypeAlias = DescribeMeshRequest  # noqa: Y015
+
+@_typing.final
+class MeshNode(_message.Message):
+    """A node of the mesh."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CLOUD_FIELD_NUMBER: _builtins.int
+    GENERATOR_FIELD_NUMBER: _builtins.int
+    PROCESSORS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Node name."""
+    cloud: _builtins.bool
+    """True for the cloud node."""
+    generator: _builtins.bool
+    """True when a generator runs there (streams can be installed on it)."""
+    @_builtins.property
+    def processors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Processors it runs (the names a stage's processor may take)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        cloud: _builtins.bool = ...,
+        generator: _builtins.bool = ...,
+        processors: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud", b"cloud", "generator", b"generator", "name", b"name", "processors", b"processors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeshNode: _TypeAlias = MeshNode  # noqa: Y015
+
+@_typing.final
+class MeshProcessor(_message.Message):
+    """A processor a stage may name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name (a stage's processor)."""
+    kind: _builtins.str
+    """The processor kind it runs (model, text_detector, ...)."""
+    input: _types_pb2.DataType.ValueType
+    """What it takes and gives, for the editor: frames, boxes or labels."""
+    output: _types_pb2.DataType.ValueType
+    """What it gives."""
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Nodes that run it."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        input: _types_pb2.DataType.ValueType = ...,
+        output: _types_pb2.DataType.ValueType = ...,
+        nodes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "kind", b"kind", "name", b"name", "nodes", b"nodes", "output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeshProcessor: _TypeAlias = MeshProcessor  # noqa: Y015
+
+@_typing.final
+class MeshSource(_message.Message):
+    """A source the datasource plays."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    FPS_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """Source id."""
+    fps: _builtins.float
+    """Its frame rate."""
+    @_builtins.property
+    def resolution(self) -> _types_pb2.Resolution:
+        """Its resolution."""
+
+    def __init__(
+        self,
+        *,
+        source_id: _builtins.str = ...,
+        resolution: _types_pb2.Resolution | None = ...,
+        fps: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resolution", b"resolution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fps", b"fps", "resolution", b"resolution", "source_id", b"source_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeshSource: _TypeAlias = MeshSource  # noqa: Y015
+
+@_typing.final
+class DescribeMeshResponse(_message.Message):
+    """Reply of DescribeMesh."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    PROCESSORS_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    POLICIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeshNode]:
+        """The nodes, cloud first."""
+
+    @_builtins.property
+    def processors(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeshProcessor]:
+        """The processors, by name."""
+
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeshSource]:
+        """The sources."""
+
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the scheduling policies."""
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___MeshNode] | None = ...,
+        processors: _abc.Iterable[Global___MeshProcessor] | None = ...,
+        sources: _abc.Iterable[Global___MeshSource] | None = ...,
+        policies: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes", "policies", b"policies", "processors", b"processors", "sources", b"sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeMeshResponse: _TypeAlias = DescribeMeshResponse  # noqa: Y015
+
+@_typing.final
+class ValidatePipelineRequest(_message.Message):
+    """Request of ValidatePipeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PIPELINE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pipeline(self) -> _types_pb2.Pipeline:
+        """The pipeline to check."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: _types_pb2.Pipeline | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidatePipelineRequest: _TypeAlias = ValidatePipelineRequest  # noqa: Y015
+
+@_typing.final
+class FieldViolation(_message.Message):
+    """One problem of a pipeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """The field, e.g. pipeline.stages[1].parents[0]."""
+    description: _builtins.str
+    """What was expected."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldViolation: _TypeAlias = FieldViolation  # noqa: Y015
+
+@_typing.final
+class ValidatePipelineResponse(_message.Message):
+    """Reply of ValidatePipeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldViolation]:
+        """Empty when the pipeline is valid."""
+
+    def __init__(
+        self,
+        *,
+        violations: _abc.Iterable[Global___FieldViolation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["violations", b"violations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidatePipelineResponse: _TypeAlias = ValidatePipelineResponse  # noqa: Y015
+
+@_typing.final
+class WatchSystemStatusRequest(_message.Message):
+    """Request of WatchSystemStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERVAL_S_FIELD_NUMBER: _builtins.int
+    interval_s: _builtins.float
+    """Seconds between two statuses; 0: 2 s; at least 0.5."""
+    def __init__(
+        self,
+        *,
+        interval_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_s", b"interval_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSystemStatusRequest: _TypeAlias = WatchSystemStatusRequest  # noqa: Y015
+
+@_typing.final
+class WatchSystemStatusResponse(_message.Message):
+    """One status of WatchSystemStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___GetSystemStatusResponse:
+        """The status."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___GetSystemStatusResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSystemStatusResponse: _TypeAlias = WatchSystemStatusResponse  # noqa: Y015
+
+@_typing.final
+class ListResultsRequest(_message.Message):
+    """Request of ListResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """Stream id."""
+    limit: _builtins.int
+    """At most this many records (0: 100; at most 1000)."""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResultsRequest: _TypeAlias = ListResultsRequest  # noqa: Y015
+
+@_typing.final
+class ListResultsResponse(_message.Message):
+    """Reply of ListResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskRecord]:
+        """The records, newest first, without the frames' bytes."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[_task_pb2.TaskRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResultsResponse: _TypeAlias = ListResultsResponse  # noqa: Y015
+
+@_typing.final
+class WatchResultsRequest(_message.Message):
+    """Request of WatchResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """Stream id; empty: every stream."""
+    after_cursor: _builtins.int
+    """Only records stored after this cursor (a record's cursor); 0: from the next one stored."""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        after_cursor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchResultsRequest: _TypeAlias = WatchResultsRequest  # noqa: Y015
+
+@_typing.final
+class WatchResultsResponse(_message.Message):
+    """One record of WatchResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def record(self) -> _task_pb2.TaskRecord:
+        """The record, without the frames' bytes."""
+
+    def __init__(
+        self,
+        *,
+        record: _task_pb2.TaskRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchResultsResponse: _TypeAlias = WatchResultsResponse  # noqa: Y015
+
+@_typing.final
+class GetLatestFrameRequest(_message.Message):
+    """Request of GetLatestFrame."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """Stream id."""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLatestFrameRequest: _TypeAlias = GetLatestFrameRequest  # noqa: Y015
+
+@_typing.final
+class GetLatestFrameResponse(_message.Message):
+    """Reply of GetLatestFrame."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JPEG_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    FRAME_INDEX_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    jpeg: _builtins.bytes
+    """The last frame of the stream's last delivered task, as JPEG, at the task's resolution."""
+    frame_index: _builtins.int
+    """Index of the frame in its source."""
+    @_builtins.property
+    def resolution(self) -> _types_pb2.Resolution:
+        """Its resolution (the boxes are in its pixels)."""
+
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageDetections]:
+        """What each stage found on it, by stage name."""
+
+    @_builtins.property
+    def record(self) -> _task_pb2.TaskRecord:
+        """The task's record, without the frames' bytes."""
+
+    def __init__(
+        self,
+        *,
+        jpeg: _builtins.bytes = ...,
+        resolution: _types_pb2.Resolution | None = ...,
+        frame_index: _builtins.int = ...,
+        stages: _abc.Iterable[Global___StageDetections] | None = ...,
+        record: _task_pb2.TaskRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record", "resolution", b"resolution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame_index", b"frame_index", "jpeg", b"jpeg", "record", b"record", "resolution", b"resolution", "stages", b"stages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLatestFrameResponse: _TypeAlias = GetLatestFrameResponse  # noqa: Y015
+
+@_typing.final
+class StageDetections(_message.Message):
+    """What one stage found on a frame."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    DETECTIONS_FIELD_NUMBER: _builtins.int
+    stage: _builtins.str
+    """Stage name."""
+    @_builtins.property
+    def detections(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Detection]:
+        """Its detections."""
+
+    def __init__(
+        self,
+        *,
+        stage: _builtins.str = ...,
+        detections: _abc.Iterable[_types_pb2.Detection] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detections", b"detections", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageDetections: _TypeAlias = StageDetections  # noqa: Y015
+
+@_typing.final
+class GetTaskTimelineRequest(_message.Message):
+    """Request of GetTaskTimeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOT_ID_FIELD_NUMBER: _builtins.int
+    root_id: _builtins.str
+    """The task's root id (a record's task.root_id)."""
+    def __init__(
+        self,
+        *,
+        root_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["root_id", b"root_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTaskTimelineRequest: _TypeAlias = GetTaskTimelineRequest  # noqa: Y015
+
+@_typing.final
+class GetTaskTimelineResponse(_message.Message):
+    """Reply of GetTaskTimeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPANS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spans(self) -> _containers.RepeatedCompositeFieldContainer[_scheduler_pb2.TaskSpan]:
+        """The spans, by start time."""
+
+    def __init__(
+        self,
+        *,
+        spans: _abc.Iterable[_scheduler_pb2.TaskSpan] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spans", b"spans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTaskTimelineResponse: _TypeAlias = GetTaskTimelineResponse  # noqa: Y015
+
+@_typing.final
+class ExportResultsRequest(_message.Message):
+    """Request of ExportResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """Stream id; empty: every stream."""
+    format: Global___ExportFormat.ValueType
+    """JSON lines or CSV."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Records stored from then on; unset: from the first."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Records stored before then; unset: until now."""
+
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        format: Global___ExportFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "since", b"since", "stream_id", b"stream_id", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportResultsRequest: _TypeAlias = ExportResultsRequest  # noqa: Y015
+
+@_typing.final
+class ExportResultsResponse(_message.Message):
+    """One chunk of ExportResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the file (UTF-8 text)."""
+    def __init__(
+        self,
+        *,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportResultsResponse: _TypeAlias = ExportResultsResponse  # noqa: Y015

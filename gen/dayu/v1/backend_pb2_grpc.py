@@ -26,9 +26,12 @@ if _version_not_supported:
 
 
 class BackendServiceStub:
-    """One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
-    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
-    installed by the mesh file.
+    """One backend, on the cloud node: the operator's entry point, over gRPC and (for browsers and curl)
+    Connect's HTTP/JSON protocol on the console's port. Pipelines and the streams installed through it
+    are kept in SQLite; the backend starts them on their generators and keeps them running
+    (docs/console.md). Every call needs a bearer token (`authorization: Bearer TOKEN`): a read-only
+    token for the calls that change nothing, an admin token for the others; without one the answer is
+    UNAUTHENTICATED (PERMISSION_DENIED for a read-only token on an admin call).
     """
 
     def __init__(self, channel):
@@ -72,12 +75,60 @@ class BackendServiceStub:
                 request_serializer=dayu_dot_v1_dot_backend__pb2.GetSystemStatusRequest.SerializeToString,
                 response_deserializer=dayu_dot_v1_dot_backend__pb2.GetSystemStatusResponse.FromString,
                 _registered_method=True)
+        self.SetStreamPolicy = channel.unary_unary(
+                '/dayu.v1.BackendService/SetStreamPolicy',
+                request_serializer=dayu_dot_v1_dot_backend__pb2.SetStreamPolicyRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_backend__pb2.SetStreamPolicyResponse.FromString,
+                _registered_method=True)
+        self.DescribeMesh = channel.unary_unary(
+                '/dayu.v1.BackendService/DescribeMesh',
+                request_serializer=dayu_dot_v1_dot_backend__pb2.DescribeMeshRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_backend__pb2.DescribeMeshResponse.FromString,
+                _registered_method=True)
+        self.ValidatePipeline = channel.unary_unary(
+                '/dayu.v1.BackendService/ValidatePipeline',
+                request_serializer=dayu_dot_v1_dot_backend__pb2.ValidatePipelineRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_backend__pb2.ValidatePipelineResponse.FromString,
+                _registered_method=True)
+        self.WatchSystemStatus = channel.unary_stream(
+                '/dayu.v1.BackendService/WatchSystemStatus',
+                request_serializer=dayu_dot_v1_dot_backend__pb2.WatchSystemStatusRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_backend__pb2.WatchSystemStatusResponse.FromString,
+                _registered_method=True)
+        self.ListResults = channel.unary_unary(
+                '/dayu.v1.BackendService/ListResults',
+                request_serializer=dayu_dot_v1_dot_backend__pb2.ListResultsRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_backend__pb2.ListResultsResponse.FromString,
+                _registered_method=True)
+        self.WatchResults = channel.unary_stream(
+                '/dayu.v1.BackendService/WatchResults',
+                request_serializer=dayu_dot_v1_dot_backend__pb2.WatchResultsRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_backend__pb2.WatchResultsResponse.FromString,
+                _registered_method=True)
+        self.GetLatestFrame = channel.unary_unary(
+                '/dayu.v1.BackendService/GetLatestFrame',
+                request_serializer=dayu_dot_v1_dot_backend__pb2.GetLatestFrameRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_backend__pb2.GetLatestFrameResponse.FromString,
+                _registered_method=True)
+        self.GetTaskTimeline = channel.unary_unary(
+                '/dayu.v1.BackendService/GetTaskTimeline',
+                request_serializer=dayu_dot_v1_dot_backend__pb2.GetTaskTimelineRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_backend__pb2.GetTaskTimelineResponse.FromString,
+                _registered_method=True)
+        self.ExportResults = channel.unary_stream(
+                '/dayu.v1.BackendService/ExportResults',
+                request_serializer=dayu_dot_v1_dot_backend__pb2.ExportResultsRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_backend__pb2.ExportResultsResponse.FromString,
+                _registered_method=True)
 
 
 class BackendServiceServicer:
-    """One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
-    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
-    installed by the mesh file.
+    """One backend, on the cloud node: the operator's entry point, over gRPC and (for browsers and curl)
+    Connect's HTTP/JSON protocol on the console's port. Pipelines and the streams installed through it
+    are kept in SQLite; the backend starts them on their generators and keeps them running
+    (docs/console.md). Every call needs a bearer token (`authorization: Bearer TOKEN`): a read-only
+    token for the calls that change nothing, an admin token for the others; without one the answer is
+    UNAUTHENTICATED (PERMISSION_DENIED for a read-only token on an admin call).
     """
 
     def ListPipelines(self, request, context):
@@ -109,21 +160,86 @@ class BackendServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def InstallStream(self, request, context):
-        """Installs a stream (not served yet: UNIMPLEMENTED).
+        """Installs a stream: stores it, starts it on the generator of its node (which registers it with
+        the scheduler under its policy), and keeps it running across restarts of either.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UninstallStream(self, request, context):
-        """Uninstalls a stream installed by InstallStream.
+        """Uninstalls a stream installed by InstallStream: its generator stops capturing, the tasks it made
+        are delivered or recorded dropped, the scheduler forgets it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSystemStatus(self, request, context):
-        """Latest resources of every node (not served yet: UNIMPLEMENTED).
+        """Every node's latest resources, which components answer, every stream's decisions with reasons.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetStreamPolicy(self, request, context):
+        """Switches a stream's policy (through the scheduler) and keeps it for the stream's next start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeMesh(self, request, context):
+        """What the mesh offers: nodes, the processors on each, sources, policies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidatePipeline(self, request, context):
+        """Checks a pipeline without storing it: every problem, each naming its field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSystemStatus(self, request, context):
+        """The system status now, then again every interval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResults(self, request, context):
+        """A stream's latest task records, newest first (the frames' bytes left out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchResults(self, request, context):
+        """A stream's task records as they are stored, from after a cursor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLatestFrame(self, request, context):
+        """The last frame delivered for a stream, as JPEG, with what the pipeline found on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTaskTimeline(self, request, context):
+        """One task's timeline from its trace: a span per hop and stage, on each node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportResults(self, request, context):
+        """Task records as JSON lines or CSV, in chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,6 +283,51 @@ def add_BackendServiceServicer_to_server(servicer, server):
                     request_deserializer=dayu_dot_v1_dot_backend__pb2.GetSystemStatusRequest.FromString,
                     response_serializer=dayu_dot_v1_dot_backend__pb2.GetSystemStatusResponse.SerializeToString,
             ),
+            'SetStreamPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetStreamPolicy,
+                    request_deserializer=dayu_dot_v1_dot_backend__pb2.SetStreamPolicyRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_backend__pb2.SetStreamPolicyResponse.SerializeToString,
+            ),
+            'DescribeMesh': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeMesh,
+                    request_deserializer=dayu_dot_v1_dot_backend__pb2.DescribeMeshRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_backend__pb2.DescribeMeshResponse.SerializeToString,
+            ),
+            'ValidatePipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidatePipeline,
+                    request_deserializer=dayu_dot_v1_dot_backend__pb2.ValidatePipelineRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_backend__pb2.ValidatePipelineResponse.SerializeToString,
+            ),
+            'WatchSystemStatus': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSystemStatus,
+                    request_deserializer=dayu_dot_v1_dot_backend__pb2.WatchSystemStatusRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_backend__pb2.WatchSystemStatusResponse.SerializeToString,
+            ),
+            'ListResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResults,
+                    request_deserializer=dayu_dot_v1_dot_backend__pb2.ListResultsRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_backend__pb2.ListResultsResponse.SerializeToString,
+            ),
+            'WatchResults': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchResults,
+                    request_deserializer=dayu_dot_v1_dot_backend__pb2.WatchResultsRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_backend__pb2.WatchResultsResponse.SerializeToString,
+            ),
+            'GetLatestFrame': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLatestFrame,
+                    request_deserializer=dayu_dot_v1_dot_backend__pb2.GetLatestFrameRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_backend__pb2.GetLatestFrameResponse.SerializeToString,
+            ),
+            'GetTaskTimeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskTimeline,
+                    request_deserializer=dayu_dot_v1_dot_backend__pb2.GetTaskTimelineRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_backend__pb2.GetTaskTimelineResponse.SerializeToString,
+            ),
+            'ExportResults': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportResults,
+                    request_deserializer=dayu_dot_v1_dot_backend__pb2.ExportResultsRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_backend__pb2.ExportResultsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'dayu.v1.BackendService', rpc_method_handlers)
@@ -176,9 +337,12 @@ def add_BackendServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class BackendService:
-    """One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
-    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
-    installed by the mesh file.
+    """One backend, on the cloud node: the operator's entry point, over gRPC and (for browsers and curl)
+    Connect's HTTP/JSON protocol on the console's port. Pipelines and the streams installed through it
+    are kept in SQLite; the backend starts them on their generators and keeps them running
+    (docs/console.md). Every call needs a bearer token (`authorization: Bearer TOKEN`): a read-only
+    token for the calls that change nothing, an admin token for the others; without one the answer is
+    UNAUTHENTICATED (PERMISSION_DENIED for a read-only token on an admin call).
     """
 
     @staticmethod
@@ -360,6 +524,249 @@ class BackendService:
             '/dayu.v1.BackendService/GetSystemStatus',
             dayu_dot_v1_dot_backend__pb2.GetSystemStatusRequest.SerializeToString,
             dayu_dot_v1_dot_backend__pb2.GetSystemStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetStreamPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.BackendService/SetStreamPolicy',
+            dayu_dot_v1_dot_backend__pb2.SetStreamPolicyRequest.SerializeToString,
+            dayu_dot_v1_dot_backend__pb2.SetStreamPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeMesh(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.BackendService/DescribeMesh',
+            dayu_dot_v1_dot_backend__pb2.DescribeMeshRequest.SerializeToString,
+            dayu_dot_v1_dot_backend__pb2.DescribeMeshResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidatePipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.BackendService/ValidatePipeline',
+            dayu_dot_v1_dot_backend__pb2.ValidatePipelineRequest.SerializeToString,
+            dayu_dot_v1_dot_backend__pb2.ValidatePipelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSystemStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dayu.v1.BackendService/WatchSystemStatus',
+            dayu_dot_v1_dot_backend__pb2.WatchSystemStatusRequest.SerializeToString,
+            dayu_dot_v1_dot_backend__pb2.WatchSystemStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.BackendService/ListResults',
+            dayu_dot_v1_dot_backend__pb2.ListResultsRequest.SerializeToString,
+            dayu_dot_v1_dot_backend__pb2.ListResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dayu.v1.BackendService/WatchResults',
+            dayu_dot_v1_dot_backend__pb2.WatchResultsRequest.SerializeToString,
+            dayu_dot_v1_dot_backend__pb2.WatchResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLatestFrame(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.BackendService/GetLatestFrame',
+            dayu_dot_v1_dot_backend__pb2.GetLatestFrameRequest.SerializeToString,
+            dayu_dot_v1_dot_backend__pb2.GetLatestFrameResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskTimeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.BackendService/GetTaskTimeline',
+            dayu_dot_v1_dot_backend__pb2.GetTaskTimelineRequest.SerializeToString,
+            dayu_dot_v1_dot_backend__pb2.GetTaskTimelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dayu.v1.BackendService/ExportResults',
+            dayu_dot_v1_dot_backend__pb2.ExportResultsRequest.SerializeToString,
+            dayu_dot_v1_dot_backend__pb2.ExportResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,9 +27,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class BackendServiceStub:
-    """One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
-    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
-    installed by the mesh file.
+    """One backend, on the cloud node: the operator's entry point, over gRPC and (for browsers and curl)
+    Connect's HTTP/JSON protocol on the console's port. Pipelines and the streams installed through it
+    are kept in SQLite; the backend starts them on their generators and keeps them running
+    (docs/console.md). Every call needs a bearer token (`authorization: Bearer TOKEN`): a read-only
+    token for the calls that change nothing, an admin token for the others; without one the answer is
+    UNAUTHENTICATED (PERMISSION_DENIED for a read-only token on an admin call).
     """
 
     @_typing.overload
@@ -45,17 +48,42 @@ class BackendServiceStub:
     ListInstalledStreams: _grpc.UnaryUnaryMultiCallable[_backend_pb2.ListInstalledStreamsRequest, _backend_pb2.ListInstalledStreamsResponse]
     """Lists the installed streams."""
     InstallStream: _grpc.UnaryUnaryMultiCallable[_backend_pb2.InstallStreamRequest, _backend_pb2.InstallStreamResponse]
-    """Installs a stream (not served yet: UNIMPLEMENTED)."""
+    """Installs a stream: stores it, starts it on the generator of its node (which registers it with
+    the scheduler under its policy), and keeps it running across restarts of either.
+    """
     UninstallStream: _grpc.UnaryUnaryMultiCallable[_backend_pb2.UninstallStreamRequest, _backend_pb2.UninstallStreamResponse]
-    """Uninstalls a stream installed by InstallStream."""
+    """Uninstalls a stream installed by InstallStream: its generator stops capturing, the tasks it made
+    are delivered or recorded dropped, the scheduler forgets it.
+    """
     GetSystemStatus: _grpc.UnaryUnaryMultiCallable[_backend_pb2.GetSystemStatusRequest, _backend_pb2.GetSystemStatusResponse]
-    """Latest resources of every node (not served yet: UNIMPLEMENTED)."""
+    """Every node's latest resources, which components answer, every stream's decisions with reasons."""
+    SetStreamPolicy: _grpc.UnaryUnaryMultiCallable[_backend_pb2.SetStreamPolicyRequest, _backend_pb2.SetStreamPolicyResponse]
+    """Switches a stream's policy (through the scheduler) and keeps it for the stream's next start."""
+    DescribeMesh: _grpc.UnaryUnaryMultiCallable[_backend_pb2.DescribeMeshRequest, _backend_pb2.DescribeMeshResponse]
+    """What the mesh offers: nodes, the processors on each, sources, policies."""
+    ValidatePipeline: _grpc.UnaryUnaryMultiCallable[_backend_pb2.ValidatePipelineRequest, _backend_pb2.ValidatePipelineResponse]
+    """Checks a pipeline without storing it: every problem, each naming its field."""
+    WatchSystemStatus: _grpc.UnaryStreamMultiCallable[_backend_pb2.WatchSystemStatusRequest, _backend_pb2.WatchSystemStatusResponse]
+    """The system status now, then again every interval."""
+    ListResults: _grpc.UnaryUnaryMultiCallable[_backend_pb2.ListResultsRequest, _backend_pb2.ListResultsResponse]
+    """A stream's latest task records, newest first (the frames' bytes left out)."""
+    WatchResults: _grpc.UnaryStreamMultiCallable[_backend_pb2.WatchResultsRequest, _backend_pb2.WatchResultsResponse]
+    """A stream's task records as they are stored, from after a cursor."""
+    GetLatestFrame: _grpc.UnaryUnaryMultiCallable[_backend_pb2.GetLatestFrameRequest, _backend_pb2.GetLatestFrameResponse]
+    """The last frame delivered for a stream, as JPEG, with what the pipeline found on it."""
+    GetTaskTimeline: _grpc.UnaryUnaryMultiCallable[_backend_pb2.GetTaskTimelineRequest, _backend_pb2.GetTaskTimelineResponse]
+    """One task's timeline from its trace: a span per hop and stage, on each node."""
+    ExportResults: _grpc.UnaryStreamMultiCallable[_backend_pb2.ExportResultsRequest, _backend_pb2.ExportResultsResponse]
+    """Task records as JSON lines or CSV, in chunks."""
 
 @_typing.type_check_only
 class BackendServiceAsyncStub(BackendServiceStub):
-    """One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
-    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
-    installed by the mesh file.
+    """One backend, on the cloud node: the operator's entry point, over gRPC and (for browsers and curl)
+    Connect's HTTP/JSON protocol on the console's port. Pipelines and the streams installed through it
+    are kept in SQLite; the backend starts them on their generators and keeps them running
+    (docs/console.md). Every call needs a bearer token (`authorization: Bearer TOKEN`): a read-only
+    token for the calls that change nothing, an admin token for the others; without one the answer is
+    UNAUTHENTICATED (PERMISSION_DENIED for a read-only token on an admin call).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -68,16 +96,41 @@ class BackendServiceAsyncStub(BackendServiceStub):
     ListInstalledStreams: _aio.UnaryUnaryMultiCallable[_backend_pb2.ListInstalledStreamsRequest, _backend_pb2.ListInstalledStreamsResponse]  # type: ignore[assignment]
     """Lists the installed streams."""
     InstallStream: _aio.UnaryUnaryMultiCallable[_backend_pb2.InstallStreamRequest, _backend_pb2.InstallStreamResponse]  # type: ignore[assignment]
-    """Installs a stream (not served yet: UNIMPLEMENTED)."""
+    """Installs a stream: stores it, starts it on the generator of its node (which registers it with
+    the scheduler under its policy), and keeps it running across restarts of either.
+    """
     UninstallStream: _aio.UnaryUnaryMultiCallable[_backend_pb2.UninstallStreamRequest, _backend_pb2.UninstallStreamResponse]  # type: ignore[assignment]
-    """Uninstalls a stream installed by InstallStream."""
+    """Uninstalls a stream installed by InstallStream: its generator stops capturing, the tasks it made
+    are delivered or recorded dropped, the scheduler forgets it.
+    """
     GetSystemStatus: _aio.UnaryUnaryMultiCallable[_backend_pb2.GetSystemStatusRequest, _backend_pb2.GetSystemStatusResponse]  # type: ignore[assignment]
-    """Latest resources of every node (not served yet: UNIMPLEMENTED)."""
+    """Every node's latest resources, which components answer, every stream's decisions with reasons."""
+    SetStreamPolicy: _aio.UnaryUnaryMultiCallable[_backend_pb2.SetStreamPolicyRequest, _backend_pb2.SetStreamPolicyResponse]  # type: ignore[assignment]
+    """Switches a stream's policy (through the scheduler) and keeps it for the stream's next start."""
+    DescribeMesh: _aio.UnaryUnaryMultiCallable[_backend_pb2.DescribeMeshRequest, _backend_pb2.DescribeMeshResponse]  # type: ignore[assignment]
+    """What the mesh offers: nodes, the processors on each, sources, policies."""
+    ValidatePipeline: _aio.UnaryUnaryMultiCallable[_backend_pb2.ValidatePipelineRequest, _backend_pb2.ValidatePipelineResponse]  # type: ignore[assignment]
+    """Checks a pipeline without storing it: every problem, each naming its field."""
+    WatchSystemStatus: _aio.UnaryStreamMultiCallable[_backend_pb2.WatchSystemStatusRequest, _backend_pb2.WatchSystemStatusResponse]  # type: ignore[assignment]
+    """The system status now, then again every interval."""
+    ListResults: _aio.UnaryUnaryMultiCallable[_backend_pb2.ListResultsRequest, _backend_pb2.ListResultsResponse]  # type: ignore[assignment]
+    """A stream's latest task records, newest first (the frames' bytes left out)."""
+    WatchResults: _aio.UnaryStreamMultiCallable[_backend_pb2.WatchResultsRequest, _backend_pb2.WatchResultsResponse]  # type: ignore[assignment]
+    """A stream's task records as they are stored, from after a cursor."""
+    GetLatestFrame: _aio.UnaryUnaryMultiCallable[_backend_pb2.GetLatestFrameRequest, _backend_pb2.GetLatestFrameResponse]  # type: ignore[assignment]
+    """The last frame delivered for a stream, as JPEG, with what the pipeline found on it."""
+    GetTaskTimeline: _aio.UnaryUnaryMultiCallable[_backend_pb2.GetTaskTimelineRequest, _backend_pb2.GetTaskTimelineResponse]  # type: ignore[assignment]
+    """One task's timeline from its trace: a span per hop and stage, on each node."""
+    ExportResults: _aio.UnaryStreamMultiCallable[_backend_pb2.ExportResultsRequest, _backend_pb2.ExportResultsResponse]  # type: ignore[assignment]
+    """Task records as JSON lines or CSV, in chunks."""
 
 class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
-    """One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
-    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
-    installed by the mesh file.
+    """One backend, on the cloud node: the operator's entry point, over gRPC and (for browsers and curl)
+    Connect's HTTP/JSON protocol on the console's port. Pipelines and the streams installed through it
+    are kept in SQLite; the backend starts them on their generators and keeps them running
+    (docs/console.md). Every call needs a bearer token (`authorization: Bearer TOKEN`): a read-only
+    token for the calls that change nothing, an admin token for the others; without one the answer is
+    UNAUTHENTICATED (PERMISSION_DENIED for a read-only token on an admin call).
     """
 
     @_abc_1.abstractmethod
@@ -118,7 +171,9 @@ class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backend_pb2.InstallStreamRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backend_pb2.InstallStreamResponse, _abc.Awaitable[_backend_pb2.InstallStreamResponse]]:
-        """Installs a stream (not served yet: UNIMPLEMENTED)."""
+        """Installs a stream: stores it, starts it on the generator of its node (which registers it with
+        the scheduler under its policy), and keeps it running across restarts of either.
+        """
 
     @_abc_1.abstractmethod
     def UninstallStream(
@@ -126,7 +181,9 @@ class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backend_pb2.UninstallStreamRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backend_pb2.UninstallStreamResponse, _abc.Awaitable[_backend_pb2.UninstallStreamResponse]]:
-        """Uninstalls a stream installed by InstallStream."""
+        """Uninstalls a stream installed by InstallStream: its generator stops capturing, the tasks it made
+        are delivered or recorded dropped, the scheduler forgets it.
+        """
 
     @_abc_1.abstractmethod
     def GetSystemStatus(
@@ -134,6 +191,78 @@ class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backend_pb2.GetSystemStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backend_pb2.GetSystemStatusResponse, _abc.Awaitable[_backend_pb2.GetSystemStatusResponse]]:
-        """Latest resources of every node (not served yet: UNIMPLEMENTED)."""
+        """Every node's latest resources, which components answer, every stream's decisions with reasons."""
+
+    @_abc_1.abstractmethod
+    def SetStreamPolicy(
+        self,
+        request: _backend_pb2.SetStreamPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backend_pb2.SetStreamPolicyResponse, _abc.Awaitable[_backend_pb2.SetStreamPolicyResponse]]:
+        """Switches a stream's policy (through the scheduler) and keeps it for the stream's next start."""
+
+    @_abc_1.abstractmethod
+    def DescribeMesh(
+        self,
+        request: _backend_pb2.DescribeMeshRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backend_pb2.DescribeMeshResponse, _abc.Awaitable[_backend_pb2.DescribeMeshResponse]]:
+        """What the mesh offers: nodes, the processors on each, sources, policies."""
+
+    @_abc_1.abstractmethod
+    def ValidatePipeline(
+        self,
+        request: _backend_pb2.ValidatePipelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backend_pb2.ValidatePipelineResponse, _abc.Awaitable[_backend_pb2.ValidatePipelineResponse]]:
+        """Checks a pipeline without storing it: every problem, each naming its field."""
+
+    @_abc_1.abstractmethod
+    def WatchSystemStatus(
+        self,
+        request: _backend_pb2.WatchSystemStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_backend_pb2.WatchSystemStatusResponse], _abc.AsyncIterator[_backend_pb2.WatchSystemStatusResponse]]:
+        """The system status now, then again every interval."""
+
+    @_abc_1.abstractmethod
+    def ListResults(
+        self,
+        request: _backend_pb2.ListResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backend_pb2.ListResultsResponse, _abc.Awaitable[_backend_pb2.ListResultsResponse]]:
+        """A stream's latest task records, newest first (the frames' bytes left out)."""
+
+    @_abc_1.abstractmethod
+    def WatchResults(
+        self,
+        request: _backend_pb2.WatchResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_backend_pb2.WatchResultsResponse], _abc.AsyncIterator[_backend_pb2.WatchResultsResponse]]:
+        """A stream's task records as they are stored, from after a cursor."""
+
+    @_abc_1.abstractmethod
+    def GetLatestFrame(
+        self,
+        request: _backend_pb2.GetLatestFrameRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backend_pb2.GetLatestFrameResponse, _abc.Awaitable[_backend_pb2.GetLatestFrameResponse]]:
+        """The last frame delivered for a stream, as JPEG, with what the pipeline found on it."""
+
+    @_abc_1.abstractmethod
+    def GetTaskTimeline(
+        self,
+        request: _backend_pb2.GetTaskTimelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backend_pb2.GetTaskTimelineResponse, _abc.Awaitable[_backend_pb2.GetTaskTimelineResponse]]:
+        """One task's timeline from its trace: a span per hop and stage, on each node."""
+
+    @_abc_1.abstractmethod
+    def ExportResults(
+        self,
+        request: _backend_pb2.ExportResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_backend_pb2.ExportResultsResponse], _abc.AsyncIterator[_backend_pb2.ExportResultsResponse]]:
+        """Task records as JSON lines or CSV, in chunks."""
 
 def add_BackendServiceServicer_to_server(servicer: BackendServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

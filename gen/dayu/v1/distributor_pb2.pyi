@@ -377,3 +377,51 @@ class WatchRecordsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRecordsResponse: _TypeAlias = WatchRecordsResponse  # noqa: Y015
+
+@_typing.final
+class GetLatestTaskRequest(_message.Message):
+    """Request of GetLatestTask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """Stream id."""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLatestTaskRequest: _TypeAlias = GetLatestTaskRequest  # noqa: Y015
+
+@_typing.final
+class GetLatestTaskResponse(_message.Message):
+    """Reply of GetLatestTask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def record(self) -> _task_pb2.TaskRecord:
+        """Its record, with the segment's frames; NOT_FOUND when none was delivered since the distributor
+        started.
+        """
+
+    def __init__(
+        self,
+        *,
+        record: _task_pb2.TaskRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLatestTaskResponse: _TypeAlias = GetLatestTaskResponse  # noqa: Y015

@@ -65,6 +65,11 @@ class DistributorServiceStub:
                 request_serializer=dayu_dot_v1_dot_distributor__pb2.SettleStreamsRequest.SerializeToString,
                 response_deserializer=dayu_dot_v1_dot_distributor__pb2.SettleStreamsResponse.FromString,
                 _registered_method=True)
+        self.GetLatestTask = channel.unary_unary(
+                '/dayu.v1.DistributorService/GetLatestTask',
+                request_serializer=dayu_dot_v1_dot_distributor__pb2.GetLatestTaskRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_distributor__pb2.GetLatestTaskResponse.FromString,
+                _registered_method=True)
 
 
 class DistributorServiceServicer:
@@ -115,6 +120,13 @@ class DistributorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLatestTask(self, request, context):
+        """The last task delivered for a stream, frames and all (kept in memory for the latest streams).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DistributorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +159,11 @@ def add_DistributorServiceServicer_to_server(servicer, server):
                     servicer.SettleStreams,
                     request_deserializer=dayu_dot_v1_dot_distributor__pb2.SettleStreamsRequest.FromString,
                     response_serializer=dayu_dot_v1_dot_distributor__pb2.SettleStreamsResponse.SerializeToString,
+            ),
+            'GetLatestTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLatestTask,
+                    request_deserializer=dayu_dot_v1_dot_distributor__pb2.GetLatestTaskRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_distributor__pb2.GetLatestTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +329,33 @@ class DistributorService:
             '/dayu.v1.DistributorService/SettleStreams',
             dayu_dot_v1_dot_distributor__pb2.SettleStreamsRequest.SerializeToString,
             dayu_dot_v1_dot_distributor__pb2.SettleStreamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLatestTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.DistributorService/GetLatestTask',
+            dayu_dot_v1_dot_distributor__pb2.GetLatestTaskRequest.SerializeToString,
+            dayu_dot_v1_dot_distributor__pb2.GetLatestTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

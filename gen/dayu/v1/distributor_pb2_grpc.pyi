@@ -48,6 +48,8 @@ class DistributorServiceStub:
     is not stored: for the end of a run, once the mesh drained. (While streams run, a sequence
     missing for the distributor's gap timeout after a later one arrived is recorded the same way.)
     """
+    GetLatestTask: _grpc.UnaryUnaryMultiCallable[_distributor_pb2.GetLatestTaskRequest, _distributor_pb2.GetLatestTaskResponse]
+    """The last task delivered for a stream, frames and all (kept in memory for the latest streams)."""
 
 @_typing.type_check_only
 class DistributorServiceAsyncStub(DistributorServiceStub):
@@ -69,6 +71,8 @@ class DistributorServiceAsyncStub(DistributorServiceStub):
     is not stored: for the end of a run, once the mesh drained. (While streams run, a sequence
     missing for the distributor's gap timeout after a later one arrived is recorded the same way.)
     """
+    GetLatestTask: _aio.UnaryUnaryMultiCallable[_distributor_pb2.GetLatestTaskRequest, _distributor_pb2.GetLatestTaskResponse]  # type: ignore[assignment]
+    """The last task delivered for a stream, frames and all (kept in memory for the latest streams)."""
 
 class DistributorServiceServicer(metaclass=_abc_1.ABCMeta):
     """One distributor, on the cloud node."""
@@ -123,5 +127,13 @@ class DistributorServiceServicer(metaclass=_abc_1.ABCMeta):
         is not stored: for the end of a run, once the mesh drained. (While streams run, a sequence
         missing for the distributor's gap timeout after a later one arrived is recorded the same way.)
         """
+
+    @_abc_1.abstractmethod
+    def GetLatestTask(
+        self,
+        request: _distributor_pb2.GetLatestTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_distributor_pb2.GetLatestTaskResponse, _abc.Awaitable[_distributor_pb2.GetLatestTaskResponse]]:
+        """The last task delivered for a stream, frames and all (kept in memory for the latest streams)."""
 
 def add_DistributorServiceServicer_to_server(servicer: DistributorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

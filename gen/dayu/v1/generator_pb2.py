@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dayu.v1 import decision_pb2 as dayu_dot_v1_dot_decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61yu/v1/generator.proto\x12\x07\x64\x61yu.v1\x1a\x16\x64\x61yu/v1/decision.proto\"\xba\x01\n\x0cStreamStatus\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\x12#\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x11.dayu.v1.Decision\x12\x17\n\x0f\x66rames_captured\x18\x03 \x01(\x04\x12\x13\n\x0b\x66rames_kept\x18\x04 \x01(\x04\x12\x17\n\x0ftasks_generated\x18\x05 \x01(\x04\x12\x1b\n\x13scheduler_reachable\x18\x06 \x01(\x08\";\n\x12ListStreamsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x13ListStreamsResponse\x12&\n\x07streams\x18\x01 \x03(\x0b\x32\x15.dayu.v1.StreamStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x14\x41pplyDecisionRequest\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"A\n\x15\x41pplyDecisionResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x04\x32\xac\x01\n\x10GeneratorService\x12H\n\x0bListStreams\x12\x1b.dayu.v1.ListStreamsRequest\x1a\x1c.dayu.v1.ListStreamsResponse\x12N\n\rApplyDecision\x12\x1d.dayu.v1.ApplyDecisionRequest\x1a\x1e.dayu.v1.ApplyDecisionResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61yu/v1/generator.proto\x12\x07\x64\x61yu.v1\x1a\x16\x64\x61yu/v1/decision.proto\"\xe1\x01\n\x0cStreamStatus\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\x12#\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x11.dayu.v1.Decision\x12\x17\n\x0f\x66rames_captured\x18\x03 \x01(\x04\x12\x13\n\x0b\x66rames_kept\x18\x04 \x01(\x04\x12\x17\n\x0ftasks_generated\x18\x05 \x01(\x04\x12\x1b\n\x13scheduler_reachable\x18\x06 \x01(\x08\x12%\n\x06origin\x18\x07 \x01(\x0e\x32\x15.dayu.v1.StreamOrigin\";\n\x12ListStreamsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x13ListStreamsResponse\x12&\n\x07streams\x18\x01 \x03(\x0b\x32\x15.dayu.v1.StreamStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x14\x41pplyDecisionRequest\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"A\n\x15\x41pplyDecisionResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x04\"9\n\x12StartStreamRequest\x12#\n\x06stream\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\"&\n\x13StartStreamResponse\x12\x0f\n\x07started\x18\x01 \x01(\x08\"&\n\x11StopStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"-\n\x12StopStreamResponse\x12\x17\n\x0ftasks_generated\x18\x01 \x01(\x04*d\n\x0cStreamOrigin\x12\x1d\n\x19STREAM_ORIGIN_UNSPECIFIED\x10\x00\x12\x1a\n\x16STREAM_ORIGIN_SETTINGS\x10\x01\x12\x19\n\x15STREAM_ORIGIN_STARTED\x10\x02\x32\xbd\x02\n\x10GeneratorService\x12H\n\x0bListStreams\x12\x1b.dayu.v1.ListStreamsRequest\x1a\x1c.dayu.v1.ListStreamsResponse\x12N\n\rApplyDecision\x12\x1d.dayu.v1.ApplyDecisionRequest\x1a\x1e.dayu.v1.ApplyDecisionResponse\x12H\n\x0bStartStream\x12\x1b.dayu.v1.StartStreamRequest\x1a\x1c.dayu.v1.StartStreamResponse\x12\x45\n\nStopStream\x12\x1a.dayu.v1.StopStreamRequest\x1a\x1b.dayu.v1.StopStreamResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +33,26 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dayu.v1.generator_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\nio.dayu.v1P\001Z\032dayu/gen/go/dayu/v1;dayuv1'
+  _globals['_STREAMORIGIN']._serialized_start=751
+  _globals['_STREAMORIGIN']._serialized_end=851
   _globals['_STREAMSTATUS']._serialized_start=61
-  _globals['_STREAMSTATUS']._serialized_end=247
-  _globals['_LISTSTREAMSREQUEST']._serialized_start=249
-  _globals['_LISTSTREAMSREQUEST']._serialized_end=308
-  _globals['_LISTSTREAMSRESPONSE']._serialized_start=310
-  _globals['_LISTSTREAMSRESPONSE']._serialized_end=396
-  _globals['_APPLYDECISIONREQUEST']._serialized_start=398
-  _globals['_APPLYDECISIONREQUEST']._serialized_end=457
-  _globals['_APPLYDECISIONRESPONSE']._serialized_start=459
-  _globals['_APPLYDECISIONRESPONSE']._serialized_end=524
-  _globals['_GENERATORSERVICE']._serialized_start=527
-  _globals['_GENERATORSERVICE']._serialized_end=699
+  _globals['_STREAMSTATUS']._serialized_end=286
+  _globals['_LISTSTREAMSREQUEST']._serialized_start=288
+  _globals['_LISTSTREAMSREQUEST']._serialized_end=347
+  _globals['_LISTSTREAMSRESPONSE']._serialized_start=349
+  _globals['_LISTSTREAMSRESPONSE']._serialized_end=435
+  _globals['_APPLYDECISIONREQUEST']._serialized_start=437
+  _globals['_APPLYDECISIONREQUEST']._serialized_end=496
+  _globals['_APPLYDECISIONRESPONSE']._serialized_start=498
+  _globals['_APPLYDECISIONRESPONSE']._serialized_end=563
+  _globals['_STARTSTREAMREQUEST']._serialized_start=565
+  _globals['_STARTSTREAMREQUEST']._serialized_end=622
+  _globals['_STARTSTREAMRESPONSE']._serialized_start=624
+  _globals['_STARTSTREAMRESPONSE']._serialized_end=662
+  _globals['_STOPSTREAMREQUEST']._serialized_start=664
+  _globals['_STOPSTREAMREQUEST']._serialized_end=702
+  _globals['_STOPSTREAMRESPONSE']._serialized_start=704
+  _globals['_STOPSTREAMRESPONSE']._serialized_end=749
+  _globals['_GENERATORSERVICE']._serialized_start=854
+  _globals['_GENERATORSERVICE']._serialized_end=1171
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from dayu.v1 import decision_pb2 as _decision_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _StreamOrigin:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StreamOriginEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StreamOrigin.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STREAM_ORIGIN_UNSPECIFIED: _StreamOrigin.ValueType  # 0
+    """Not set."""
+    STREAM_ORIGIN_SETTINGS: _StreamOrigin.ValueType  # 1
+    """The generator's settings (the mesh file): it runs from start to stop."""
+    STREAM_ORIGIN_STARTED: _StreamOrigin.ValueType  # 2
+    """Started at run time by StartStream (the backend)."""
+
+class StreamOrigin(_StreamOrigin, metaclass=_StreamOriginEnumTypeWrapper):
+    """Where a generator's stream comes from."""
+
+STREAM_ORIGIN_UNSPECIFIED: StreamOrigin.ValueType  # 0
+"""Not set."""
+STREAM_ORIGIN_SETTINGS: StreamOrigin.ValueType  # 1
+"""The generator's settings (the mesh file): it runs from start to stop."""
+STREAM_ORIGIN_STARTED: StreamOrigin.ValueType  # 2
+"""Started at run time by StartStream (the backend)."""
+Global___StreamOrigin: _TypeAlias = StreamOrigin  # noqa: Y015
 
 @_typing.final
 class StreamStatus(_message.Message):
@@ -31,6 +56,7 @@ class StreamStatus(_message.Message):
     FRAMES_KEPT_FIELD_NUMBER: _builtins.int
     TASKS_GENERATED_FIELD_NUMBER: _builtins.int
     SCHEDULER_REACHABLE_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
     frames_captured: _builtins.int
     """Frames received from the source."""
     frames_kept: _builtins.int
@@ -39,6 +65,8 @@ class StreamStatus(_message.Message):
     """Tasks made and submitted."""
     scheduler_reachable: _builtins.bool
     """Whether the scheduler answered the last request for decisions."""
+    origin: Global___StreamOrigin.ValueType
+    """Where the stream comes from."""
     @_builtins.property
     def spec(self) -> _decision_pb2.StreamSpec:
         """The stream as installed."""
@@ -56,10 +84,11 @@ class StreamStatus(_message.Message):
         frames_kept: _builtins.int = ...,
         tasks_generated: _builtins.int = ...,
         scheduler_reachable: _builtins.bool = ...,
+        origin: Global___StreamOrigin.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "frames_captured", b"frames_captured", "frames_kept", b"frames_kept", "scheduler_reachable", b"scheduler_reachable", "spec", b"spec", "tasks_generated", b"tasks_generated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "frames_captured", b"frames_captured", "frames_kept", b"frames_kept", "origin", b"origin", "scheduler_reachable", b"scheduler_reachable", "spec", b"spec", "tasks_generated", b"tasks_generated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -168,3 +197,93 @@ class ApplyDecisionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApplyDecisionResponse: _TypeAlias = ApplyDecisionResponse  # noqa: Y015
+
+@_typing.final
+class StartStreamRequest(_message.Message):
+    """Request of StartStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stream(self) -> _decision_pb2.StreamSpec:
+        """The stream; its node must be the generator's."""
+
+    def __init__(
+        self,
+        *,
+        stream: _decision_pb2.StreamSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stream", b"stream"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartStreamRequest: _TypeAlias = StartStreamRequest  # noqa: Y015
+
+@_typing.final
+class StartStreamResponse(_message.Message):
+    """Reply of StartStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_FIELD_NUMBER: _builtins.int
+    started: _builtins.bool
+    """False when the same stream already ran (nothing changed)."""
+    def __init__(
+        self,
+        *,
+        started: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartStreamResponse: _TypeAlias = StartStreamResponse  # noqa: Y015
+
+@_typing.final
+class StopStreamRequest(_message.Message):
+    """Request of StopStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """Stream id."""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopStreamRequest: _TypeAlias = StopStreamRequest  # noqa: Y015
+
+@_typing.final
+class StopStreamResponse(_message.Message):
+    """Reply of StopStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_GENERATED_FIELD_NUMBER: _builtins.int
+    tasks_generated: _builtins.int
+    """Tasks it made in all."""
+    def __init__(
+        self,
+        *,
+        tasks_generated: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks_generated", b"tasks_generated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopStreamResponse: _TypeAlias = StopStreamResponse  # noqa: Y015

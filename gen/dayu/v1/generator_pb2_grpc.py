@@ -45,6 +45,16 @@ class GeneratorServiceStub:
                 request_serializer=dayu_dot_v1_dot_generator__pb2.ApplyDecisionRequest.SerializeToString,
                 response_deserializer=dayu_dot_v1_dot_generator__pb2.ApplyDecisionResponse.FromString,
                 _registered_method=True)
+        self.StartStream = channel.unary_unary(
+                '/dayu.v1.GeneratorService/StartStream',
+                request_serializer=dayu_dot_v1_dot_generator__pb2.StartStreamRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_generator__pb2.StartStreamResponse.FromString,
+                _registered_method=True)
+        self.StopStream = channel.unary_unary(
+                '/dayu.v1.GeneratorService/StopStream',
+                request_serializer=dayu_dot_v1_dot_generator__pb2.StopStreamRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_generator__pb2.StopStreamResponse.FromString,
+                _registered_method=True)
 
 
 class GeneratorServiceServicer:
@@ -67,6 +77,21 @@ class GeneratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartStream(self, request, context):
+        """Starts a stream at run time (the backend's InstallStream); the same spec again is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopStream(self, request, context):
+        """Stops a stream started by StartStream: capture stops, the tasks made reach the controller or are
+        recorded dropped before it answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +104,16 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
                     servicer.ApplyDecision,
                     request_deserializer=dayu_dot_v1_dot_generator__pb2.ApplyDecisionRequest.FromString,
                     response_serializer=dayu_dot_v1_dot_generator__pb2.ApplyDecisionResponse.SerializeToString,
+            ),
+            'StartStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartStream,
+                    request_deserializer=dayu_dot_v1_dot_generator__pb2.StartStreamRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_generator__pb2.StartStreamResponse.SerializeToString,
+            ),
+            'StopStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopStream,
+                    request_deserializer=dayu_dot_v1_dot_generator__pb2.StopStreamRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_generator__pb2.StopStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +171,60 @@ class GeneratorService:
             '/dayu.v1.GeneratorService/ApplyDecision',
             dayu_dot_v1_dot_generator__pb2.ApplyDecisionRequest.SerializeToString,
             dayu_dot_v1_dot_generator__pb2.ApplyDecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.GeneratorService/StartStream',
+            dayu_dot_v1_dot_generator__pb2.StartStreamRequest.SerializeToString,
+            dayu_dot_v1_dot_generator__pb2.StartStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.GeneratorService/StopStream',
+            dayu_dot_v1_dot_generator__pb2.StopStreamRequest.SerializeToString,
+            dayu_dot_v1_dot_generator__pb2.StopStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,12 @@ class GeneratorServiceStub:
     the direct way, for operators).
     Decisions older than the current one are ignored.
     """
+    StartStream: _grpc.UnaryUnaryMultiCallable[_generator_pb2.StartStreamRequest, _generator_pb2.StartStreamResponse]
+    """Starts a stream at run time (the backend's InstallStream); the same spec again is a no-op."""
+    StopStream: _grpc.UnaryUnaryMultiCallable[_generator_pb2.StopStreamRequest, _generator_pb2.StopStreamResponse]
+    """Stops a stream started by StartStream: capture stops, the tasks made reach the controller or are
+    recorded dropped before it answers.
+    """
 
 @_typing.type_check_only
 class GeneratorServiceAsyncStub(GeneratorServiceStub):
@@ -52,6 +58,12 @@ class GeneratorServiceAsyncStub(GeneratorServiceStub):
     """Applies a decision now (generators follow their streams' decisions with WatchDecisions; this is
     the direct way, for operators).
     Decisions older than the current one are ignored.
+    """
+    StartStream: _aio.UnaryUnaryMultiCallable[_generator_pb2.StartStreamRequest, _generator_pb2.StartStreamResponse]  # type: ignore[assignment]
+    """Starts a stream at run time (the backend's InstallStream); the same spec again is a no-op."""
+    StopStream: _aio.UnaryUnaryMultiCallable[_generator_pb2.StopStreamRequest, _generator_pb2.StopStreamResponse]  # type: ignore[assignment]
+    """Stops a stream started by StartStream: capture stops, the tasks made reach the controller or are
+    recorded dropped before it answers.
     """
 
 class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -74,6 +86,24 @@ class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Applies a decision now (generators follow their streams' decisions with WatchDecisions; this is
         the direct way, for operators).
         Decisions older than the current one are ignored.
+        """
+
+    @_abc_1.abstractmethod
+    def StartStream(
+        self,
+        request: _generator_pb2.StartStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generator_pb2.StartStreamResponse, _abc.Awaitable[_generator_pb2.StartStreamResponse]]:
+        """Starts a stream at run time (the backend's InstallStream); the same spec again is a no-op."""
+
+    @_abc_1.abstractmethod
+    def StopStream(
+        self,
+        request: _generator_pb2.StopStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generator_pb2.StopStreamResponse, _abc.Awaitable[_generator_pb2.StopStreamResponse]]:
+        """Stops a stream started by StartStream: capture stops, the tasks made reach the controller or are
+        recorded dropped before it answers.
         """
 
 def add_GeneratorServiceServicer_to_server(servicer: GeneratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -496,3 +496,145 @@ class GetSchedulerStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSchedulerStatsResponse: _TypeAlias = GetSchedulerStatsResponse  # noqa: Y015
+
+@_typing.final
+class UnregisterStreamRequest(_message.Message):
+    """Request of UnregisterStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """Stream id."""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnregisterStreamRequest: _TypeAlias = UnregisterStreamRequest  # noqa: Y015
+
+@_typing.final
+class UnregisterStreamResponse(_message.Message):
+    """Reply of UnregisterStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNREGISTERED_FIELD_NUMBER: _builtins.int
+    unregistered: _builtins.bool
+    """False when the scheduler did not know the stream."""
+    def __init__(
+        self,
+        *,
+        unregistered: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["unregistered", b"unregistered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnregisterStreamResponse: _TypeAlias = UnregisterStreamResponse  # noqa: Y015
+
+@_typing.final
+class GetTaskTraceRequest(_message.Message):
+    """Request of GetTaskTrace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOT_ID_FIELD_NUMBER: _builtins.int
+    root_id: _builtins.str
+    """The task's root id."""
+    def __init__(
+        self,
+        *,
+        root_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["root_id", b"root_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTaskTraceRequest: _TypeAlias = GetTaskTraceRequest  # noqa: Y015
+
+@_typing.final
+class TaskSpan(_message.Message):
+    """One span of a task's trace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COMPONENT_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    TO_NODE_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Span name: generator.encode, controller.transfer, processor.infer, ..."""
+    component: _builtins.str
+    """Component that made it."""
+    node: _builtins.str
+    """Node it ran on."""
+    stage: _builtins.str
+    """Stage it belongs to, if any."""
+    to_node: _builtins.str
+    """For a transfer: the node it went to."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """When it started."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """When it ended."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        component: _builtins.str = ...,
+        node: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        to_node: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component", b"component", "end", b"end", "name", b"name", "node", b"node", "stage", b"stage", "start", b"start", "to_node", b"to_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskSpan: _TypeAlias = TaskSpan  # noqa: Y015
+
+@_typing.final
+class GetTaskTraceResponse(_message.Message):
+    """Reply of GetTaskTrace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPANS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spans(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskSpan]:
+        """The spans received for the task, by start time; NOT_FOUND when none is kept (the scheduler keeps
+        the spans of the latest tasks only).
+        """
+
+    def __init__(
+        self,
+        *,
+        spans: _abc.Iterable[Global___TaskSpan] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spans", b"spans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTaskTraceResponse: _TypeAlias = GetTaskTraceResponse  # noqa: Y015

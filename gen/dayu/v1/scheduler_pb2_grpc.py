@@ -71,6 +71,16 @@ class SchedulerServiceStub:
                 request_serializer=dayu_dot_v1_dot_scheduler__pb2.GetSchedulerStatsRequest.SerializeToString,
                 response_deserializer=dayu_dot_v1_dot_scheduler__pb2.GetSchedulerStatsResponse.FromString,
                 _registered_method=True)
+        self.UnregisterStream = channel.unary_unary(
+                '/dayu.v1.SchedulerService/UnregisterStream',
+                request_serializer=dayu_dot_v1_dot_scheduler__pb2.UnregisterStreamRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_scheduler__pb2.UnregisterStreamResponse.FromString,
+                _registered_method=True)
+        self.GetTaskTrace = channel.unary_unary(
+                '/dayu.v1.SchedulerService/GetTaskTrace',
+                request_serializer=dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -127,6 +137,20 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UnregisterStream(self, request, context):
+        """Forgets a stream (its generator stopped it): its decisions end, its watchers' streams close.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTaskTrace(self, request, context):
+        """The spans of one recent task's trace, for its timeline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +188,16 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.GetSchedulerStats,
                     request_deserializer=dayu_dot_v1_dot_scheduler__pb2.GetSchedulerStatsRequest.FromString,
                     response_serializer=dayu_dot_v1_dot_scheduler__pb2.GetSchedulerStatsResponse.SerializeToString,
+            ),
+            'UnregisterStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterStream,
+                    request_deserializer=dayu_dot_v1_dot_scheduler__pb2.UnregisterStreamRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_scheduler__pb2.UnregisterStreamResponse.SerializeToString,
+            ),
+            'GetTaskTrace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskTrace,
+                    request_deserializer=dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +391,60 @@ class SchedulerService:
             '/dayu.v1.SchedulerService/GetSchedulerStats',
             dayu_dot_v1_dot_scheduler__pb2.GetSchedulerStatsRequest.SerializeToString,
             dayu_dot_v1_dot_scheduler__pb2.GetSchedulerStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.SchedulerService/UnregisterStream',
+            dayu_dot_v1_dot_scheduler__pb2.UnregisterStreamRequest.SerializeToString,
+            dayu_dot_v1_dot_scheduler__pb2.UnregisterStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskTrace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.SchedulerService/GetTaskTrace',
+            dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceRequest.SerializeToString,
+            dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class SchedulerServiceStub:
     """Switches a stream's policy at run time."""
     GetSchedulerStats: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetSchedulerStatsRequest, _scheduler_pb2.GetSchedulerStatsResponse]
     """Per-stream scheduling statistics, decision time included."""
+    UnregisterStream: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UnregisterStreamRequest, _scheduler_pb2.UnregisterStreamResponse]
+    """Forgets a stream (its generator stopped it): its decisions end, its watchers' streams close."""
+    GetTaskTrace: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetTaskTraceRequest, _scheduler_pb2.GetTaskTraceResponse]
+    """The spans of one recent task's trace, for its timeline."""
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -71,6 +75,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Switches a stream's policy at run time."""
     GetSchedulerStats: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetSchedulerStatsRequest, _scheduler_pb2.GetSchedulerStatsResponse]  # type: ignore[assignment]
     """Per-stream scheduling statistics, decision time included."""
+    UnregisterStream: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.UnregisterStreamRequest, _scheduler_pb2.UnregisterStreamResponse]  # type: ignore[assignment]
+    """Forgets a stream (its generator stopped it): its decisions end, its watchers' streams close."""
+    GetTaskTrace: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetTaskTraceRequest, _scheduler_pb2.GetTaskTraceResponse]  # type: ignore[assignment]
+    """The spans of one recent task's trace, for its timeline."""
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """One scheduler, on the cloud node. The same server also receives OpenTelemetry spans over OTLP
@@ -132,5 +140,21 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.GetSchedulerStatsResponse, _abc.Awaitable[_scheduler_pb2.GetSchedulerStatsResponse]]:
         """Per-stream scheduling statistics, decision time included."""
+
+    @_abc_1.abstractmethod
+    def UnregisterStream(
+        self,
+        request: _scheduler_pb2.UnregisterStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.UnregisterStreamResponse, _abc.Awaitable[_scheduler_pb2.UnregisterStreamResponse]]:
+        """Forgets a stream (its generator stopped it): its decisions end, its watchers' streams close."""
+
+    @_abc_1.abstractmethod
+    def GetTaskTrace(
+        self,
+        request: _scheduler_pb2.GetTaskTraceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.GetTaskTraceResponse, _abc.Awaitable[_scheduler_pb2.GetTaskTraceResponse]]:
+        """The spans of one recent task's trace, for its timeline."""
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,12 +25,32 @@ type BackendServiceClient interface {
 	DeletePipeline(ctx context.Context, in *DeletePipelineRequest, opts ...grpc.CallOption) (*DeletePipelineResponse, error)
 	// Lists the installed streams.
 	ListInstalledStreams(ctx context.Context, in *ListInstalledStreamsRequest, opts ...grpc.CallOption) (*ListInstalledStreamsResponse, error)
-	// Installs a stream (not served yet: UNIMPLEMENTED).
+	// Installs a stream: stores it, starts it on the generator of its node (which registers it with
+	// the scheduler under its policy), and keeps it running across restarts of either.
 	InstallStream(ctx context.Context, in *InstallStreamRequest, opts ...grpc.CallOption) (*InstallStreamResponse, error)
-	// Uninstalls a stream installed by InstallStream.
+	// Uninstalls a stream installed by InstallStream: its generator stops capturing, the tasks it made
+	// are delivered or recorded dropped, the scheduler forgets it.
 	UninstallStream(ctx context.Context, in *UninstallStreamRequest, opts ...grpc.CallOption) (*UninstallStreamResponse, error)
-	// Latest resources of every node (not served yet: UNIMPLEMENTED).
+	// Every node's latest resources, which components answer, every stream's decisions with reasons.
 	GetSystemStatus(ctx context.Context, in *GetSystemStatusRequest, opts ...grpc.CallOption) (*GetSystemStatusResponse, error)
+	// Switches a stream's policy (through the scheduler) and keeps it for the stream's next start.
+	SetStreamPolicy(ctx context.Context, in *SetStreamPolicyRequest, opts ...grpc.CallOption) (*SetStreamPolicyResponse, error)
+	// What the mesh offers: nodes, the processors on each, sources, policies.
+	DescribeMesh(ctx context.Context, in *DescribeMeshRequest, opts ...grpc.CallOption) (*DescribeMeshResponse, error)
+	// Checks a pipeline without storing it: every problem, each naming its field.
+	ValidatePipeline(ctx context.Context, in *ValidatePipelineRequest, opts ...grpc.CallOption) (*ValidatePipelineResponse, error)
+	// The system status now, then again every interval.
+	WatchSystemStatus(ctx context.Context, in *WatchSystemStatusRequest, opts ...grpc.CallOption) (BackendService_WatchSystemStatusClient, error)
+	// A stream's latest task records, newest first (the frames' bytes left out).
+	ListResults(ctx context.Context, in *ListResultsRequest, opts ...grpc.CallOption) (*ListResultsResponse, error)
+	// A stream's task records as they are stored, from after a cursor.
+	WatchResults(ctx context.Context, in *WatchResultsRequest, opts ...grpc.CallOption) (BackendService_WatchResultsClient, error)
+	// The last frame delivered for a stream, as JPEG, with what the pipeline found on it.
+	GetLatestFrame(ctx context.Context, in *GetLatestFrameRequest, opts ...grpc.CallOption) (*GetLatestFrameResponse, error)
+	// One task's timeline from its trace: a span per hop and stage, on each node.
+	GetTaskTimeline(ctx context.Context, in *GetTaskTimelineRequest, opts ...grpc.CallOption) (*GetTaskTimelineResponse, error)
+	// Task records as JSON lines or CSV, in chunks.
+	ExportResults(ctx context.Context, in *ExportResultsRequest, opts ...grpc.CallOption) (BackendService_ExportResultsClient, error)
 }
 
 type backendServiceClient struct {
@@ -104,6 +124,156 @@ func (c *backendServiceClient) GetSystemStatus(ctx context.Context, in *GetSyste
 	return out, nil
 }
 
+func (c *backendServiceClient) SetStreamPolicy(ctx context.Context, in *SetStreamPolicyRequest, opts ...grpc.CallOption) (*SetStreamPolicyResponse, error) {
+	out := new(SetStreamPolicyResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.BackendService/SetStreamPolicy", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backendServiceClient) DescribeMesh(ctx context.Context, in *DescribeMeshRequest, opts ...grpc.CallOption) (*DescribeMeshResponse, error) {
+	out := new(DescribeMeshResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.BackendService/DescribeMesh", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backendServiceClient) ValidatePipeline(ctx context.Context, in *ValidatePipelineRequest, opts ...grpc.CallOption) (*ValidatePipelineResponse, error) {
+	out := new(ValidatePipelineResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.BackendService/ValidatePipeline", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backendServiceClient) WatchSystemStatus(ctx context.Context, in *WatchSystemStatusRequest, opts ...grpc.CallOption) (BackendService_WatchSystemStatusClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_BackendService_serviceDesc.Streams[0], "/dayu.v1.BackendService/WatchSystemStatus", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &backendServiceWatchSystemStatusClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type BackendService_WatchSystemStatusClient interface {
+	Recv() (*WatchSystemStatusResponse, error)
+	grpc.ClientStream
+}
+
+type backendServiceWatchSystemStatusClient struct {
+	grpc.ClientStream
+}
+
+func (x *backendServiceWatchSystemStatusClient) Recv() (*WatchSystemStatusResponse, error) {
+	m := new(WatchSystemStatusResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *backendServiceClient) ListResults(ctx context.Context, in *ListResultsRequest, opts ...grpc.CallOption) (*ListResultsResponse, error) {
+	out := new(ListResultsResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.BackendService/ListResults", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backendServiceClient) WatchResults(ctx context.Context, in *WatchResultsRequest, opts ...grpc.CallOption) (BackendService_WatchResultsClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_BackendService_serviceDesc.Streams[1], "/dayu.v1.BackendService/WatchResults", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &backendServiceWatchResultsClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type BackendService_WatchResultsClient interface {
+	Recv() (*WatchResultsResponse, error)
+	grpc.ClientStream
+}
+
+type backendServiceWatchResultsClient struct {
+	grpc.ClientStream
+}
+
+func (x *backendServiceWatchResultsClient) Recv() (*WatchResultsResponse, error) {
+	m := new(WatchResultsResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *backendServiceClient) GetLatestFrame(ctx context.Context, in *GetLatestFrameRequest, opts ...grpc.CallOption) (*GetLatestFrameResponse, error) {
+	out := new(GetLatestFrameResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.BackendService/GetLatestFrame", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backendServiceClient) GetTaskTimeline(ctx context.Context, in *GetTaskTimelineRequest, opts ...grpc.CallOption) (*GetTaskTimelineResponse, error) {
+	out := new(GetTaskTimelineResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.BackendService/GetTaskTimeline", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backendServiceClient) ExportResults(ctx context.Context, in *ExportResultsRequest, opts ...grpc.CallOption) (BackendService_ExportResultsClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_BackendService_serviceDesc.Streams[2], "/dayu.v1.BackendService/ExportResults", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &backendServiceExportResultsClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type BackendService_ExportResultsClient interface {
+	Recv() (*ExportResultsResponse, error)
+	grpc.ClientStream
+}
+
+type backendServiceExportResultsClient struct {
+	grpc.ClientStream
+}
+
+func (x *backendServiceExportResultsClient) Recv() (*ExportResultsResponse, error) {
+	m := new(ExportResultsResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // BackendServiceServer is the server API for BackendService service.
 // All implementations must embed UnimplementedBackendServiceServer
 // for forward compatibility
@@ -116,12 +286,32 @@ type BackendServiceServer interface {
 	DeletePipeline(context.Context, *DeletePipelineRequest) (*DeletePipelineResponse, error)
 	// Lists the installed streams.
 	ListInstalledStreams(context.Context, *ListInstalledStreamsRequest) (*ListInstalledStreamsResponse, error)
-	// Installs a stream (not served yet: UNIMPLEMENTED).
+	// Installs a stream: stores it, starts it on the generator of its node (which registers it with
+	// the scheduler under its policy), and keeps it running across restarts of either.
 	InstallStream(context.Context, *InstallStreamRequest) (*InstallStreamResponse, error)
-	// Uninstalls a stream installed by InstallStream.
+	// Uninstalls a stream installed by InstallStream: its generator stops capturing, the tasks it made
+	// are delivered or recorded dropped, the scheduler forgets it.
 	UninstallStream(context.Context, *UninstallStreamRequest) (*UninstallStreamResponse, error)
-	// Latest resources of every node (not served yet: UNIMPLEMENTED).
+	// Every node's latest resources, which components answer, every stream's decisions with reasons.
 	GetSystemStatus(context.Context, *GetSystemStatusRequest) (*GetSystemStatusResponse, error)
+	// Switches a stream's policy (through the scheduler) and keeps it for the stream's next start.
+	SetStreamPolicy(context.Context, *SetStreamPolicyRequest) (*SetStreamPolicyResponse, error)
+	// What the mesh offers: nodes, the processors on each, sources, policies.
+	DescribeMesh(context.Context, *DescribeMeshRequest) (*DescribeMeshResponse, error)
+	// Checks a pipeline without storing it: every problem, each naming its field.
+	ValidatePipeline(context.Context, *ValidatePipelineRequest) (*ValidatePipelineResponse, error)
+	// The system status now, then again every interval.
+	WatchSystemStatus(*WatchSystemStatusRequest, BackendService_WatchSystemStatusServer) error
+	// A stream's latest task records, newest first (the frames' bytes left out).
+	ListResults(context.Context, *ListResultsRequest) (*ListResultsResponse, error)
+	// A stream's task records as they are stored, from after a cursor.
+	WatchResults(*WatchResultsRequest, BackendService_WatchResultsServer) error
+	// The last frame delivered for a stream, as JPEG, with what the pipeline found on it.
+	GetLatestFrame(context.Context, *GetLatestFrameRequest) (*GetLatestFrameResponse, error)
+	// One task's timeline from its trace: a span per hop and stage, on each node.
+	GetTaskTimeline(context.Context, *GetTaskTimelineRequest) (*GetTaskTimelineResponse, error)
+	// Task records as JSON lines or CSV, in chunks.
+	ExportResults(*ExportResultsRequest, BackendService_ExportResultsServer) error
 	mustEmbedUnimplementedBackendServiceServer()
 }
 
@@ -149,6 +339,33 @@ func (UnimplementedBackendServiceServer) UninstallStream(context.Context, *Unins
 }
 func (UnimplementedBackendServiceServer) GetSystemStatus(context.Context, *GetSystemStatusRequest) (*GetSystemStatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetSystemStatus not implemented")
+}
+func (UnimplementedBackendServiceServer) SetStreamPolicy(context.Context, *SetStreamPolicyRequest) (*SetStreamPolicyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetStreamPolicy not implemented")
+}
+func (UnimplementedBackendServiceServer) DescribeMesh(context.Context, *DescribeMeshRequest) (*DescribeMeshResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DescribeMesh not implemented")
+}
+func (UnimplementedBackendServiceServer) ValidatePipeline(context.Context, *ValidatePipelineRequest) (*ValidatePipelineResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ValidatePipeline not implemented")
+}
+func (UnimplementedBackendServiceServer) WatchSystemStatus(*WatchSystemStatusRequest, BackendService_WatchSystemStatusServer) error {
+	return status.Errorf(codes.Unimplemented, "method WatchSystemStatus not implemented")
+}
+func (UnimplementedBackendServiceServer) ListResults(context.Context, *ListResultsRequest) (*ListResultsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListResults not implemented")
+}
+func (UnimplementedBackendServiceServer) WatchResults(*WatchResultsRequest, BackendService_WatchResultsServer) error {
+	return status.Errorf(codes.Unimplemented, "method WatchResults not implemented")
+}
+func (UnimplementedBackendServiceServer) GetLatestFrame(context.Context, *GetLatestFrameRequest) (*GetLatestFrameResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetLatestFrame not implemented")
+}
+func (UnimplementedBackendServiceServer) GetTaskTimeline(context.Context, *GetTaskTimelineRequest) (*GetTaskTimelineResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetTaskTimeline not implemented")
+}
+func (UnimplementedBackendServiceServer) ExportResults(*ExportResultsRequest, BackendService_ExportResultsServer) error {
+	return status.Errorf(codes.Unimplemented, "method ExportResults not implemented")
 }
 func (UnimplementedBackendServiceServer) mustEmbedUnimplementedBackendServiceServer() {}
 
@@ -289,6 +506,177 @@ func _BackendService_GetSystemStatus_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BackendService_SetStreamPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetStreamPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackendServiceServer).SetStreamPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.BackendService/SetStreamPolicy",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackendServiceServer).SetStreamPolicy(ctx, req.(*SetStreamPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackendService_DescribeMesh_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DescribeMeshRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackendServiceServer).DescribeMesh(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.BackendService/DescribeMesh",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackendServiceServer).DescribeMesh(ctx, req.(*DescribeMeshRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackendService_ValidatePipeline_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ValidatePipelineRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackendServiceServer).ValidatePipeline(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.BackendService/ValidatePipeline",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackendServiceServer).ValidatePipeline(ctx, req.(*ValidatePipelineRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackendService_WatchSystemStatus_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchSystemStatusRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BackendServiceServer).WatchSystemStatus(m, &backendServiceWatchSystemStatusServer{stream})
+}
+
+type BackendService_WatchSystemStatusServer interface {
+	Send(*WatchSystemStatusResponse) error
+	grpc.ServerStream
+}
+
+type backendServiceWatchSystemStatusServer struct {
+	grpc.ServerStream
+}
+
+func (x *backendServiceWatchSystemStatusServer) Send(m *WatchSystemStatusResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func _BackendService_ListResults_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListResultsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackendServiceServer).ListResults(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.BackendService/ListResults",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackendServiceServer).ListResults(ctx, req.(*ListResultsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackendService_WatchResults_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchResultsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BackendServiceServer).WatchResults(m, &backendServiceWatchResultsServer{stream})
+}
+
+type BackendService_WatchResultsServer interface {
+	Send(*WatchResultsResponse) error
+	grpc.ServerStream
+}
+
+type backendServiceWatchResultsServer struct {
+	grpc.ServerStream
+}
+
+func (x *backendServiceWatchResultsServer) Send(m *WatchResultsResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func _BackendService_GetLatestFrame_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetLatestFrameRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackendServiceServer).GetLatestFrame(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.BackendService/GetLatestFrame",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackendServiceServer).GetLatestFrame(ctx, req.(*GetLatestFrameRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackendService_GetTaskTimeline_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTaskTimelineRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackendServiceServer).GetTaskTimeline(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.BackendService/GetTaskTimeline",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackendServiceServer).GetTaskTimeline(ctx, req.(*GetTaskTimelineRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackendService_ExportResults_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportResultsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BackendServiceServer).ExportResults(m, &backendServiceExportResultsServer{stream})
+}
+
+type BackendService_ExportResultsServer interface {
+	Send(*ExportResultsResponse) error
+	grpc.ServerStream
+}
+
+type backendServiceExportResultsServer struct {
+	grpc.ServerStream
+}
+
+func (x *backendServiceExportResultsServer) Send(m *ExportResultsResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
 var _BackendService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "dayu.v1.BackendService",
 	HandlerType: (*BackendServiceServer)(nil),
@@ -321,7 +709,47 @@ var _BackendService_serviceDesc = grpc.ServiceDesc{
 			MethodName: "GetSystemStatus",
 			Handler:    _BackendService_GetSystemStatus_Handler,
 		},
+		{
+			MethodName: "SetStreamPolicy",
+			Handler:    _BackendService_SetStreamPolicy_Handler,
+		},
+		{
+			MethodName: "DescribeMesh",
+			Handler:    _BackendService_DescribeMesh_Handler,
+		},
+		{
+			MethodName: "ValidatePipeline",
+			Handler:    _BackendService_ValidatePipeline_Handler,
+		},
+		{
+			MethodName: "ListResults",
+			Handler:    _BackendService_ListResults_Handler,
+		},
+		{
+			MethodName: "GetLatestFrame",
+			Handler:    _BackendService_GetLatestFrame_Handler,
+		},
+		{
+			MethodName: "GetTaskTimeline",
+			Handler:    _BackendService_GetTaskTimeline_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchSystemStatus",
+			Handler:       _BackendService_WatchSystemStatus_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchResults",
+			Handler:       _BackendService_WatchResults_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ExportResults",
+			Handler:       _BackendService_ExportResults_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "dayu/v1/backend.proto",
 }

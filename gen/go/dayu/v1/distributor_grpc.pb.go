@@ -31,6 +31,8 @@ type DistributorServiceClient interface {
 	// is not stored: for the end of a run, once the mesh drained. (While streams run, a sequence
 	// missing for the distributor's gap timeout after a later one arrived is recorded the same way.)
 	SettleStreams(ctx context.Context, in *SettleStreamsRequest, opts ...grpc.CallOption) (*SettleStreamsResponse, error)
+	// The last task delivered for a stream, frames and all (kept in memory for the latest streams).
+	GetLatestTask(ctx context.Context, in *GetLatestTaskRequest, opts ...grpc.CallOption) (*GetLatestTaskResponse, error)
 }
 
 type distributorServiceClient struct {
@@ -141,6 +143,15 @@ func (c *distributorServiceClient) SettleStreams(ctx context.Context, in *Settle
 	return out, nil
 }
 
+func (c *distributorServiceClient) GetLatestTask(ctx context.Context, in *GetLatestTaskRequest, opts ...grpc.CallOption) (*GetLatestTaskResponse, error) {
+	out := new(GetLatestTaskResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.DistributorService/GetLatestTask", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DistributorServiceServer is the server API for DistributorService service.
 // All implementations must embed UnimplementedDistributorServiceServer
 // for forward compatibility
@@ -159,6 +170,8 @@ type DistributorServiceServer interface {
 	// is not stored: for the end of a run, once the mesh drained. (While streams run, a sequence
 	// missing for the distributor's gap timeout after a later one arrived is recorded the same way.)
 	SettleStreams(context.Context, *SettleStreamsRequest) (*SettleStreamsResponse, error)
+	// The last task delivered for a stream, frames and all (kept in memory for the latest streams).
+	GetLatestTask(context.Context, *GetLatestTaskRequest) (*GetLatestTaskResponse, error)
 	mustEmbedUnimplementedDistributorServiceServer()
 }
 
@@ -183,6 +196,9 @@ func (UnimplementedDistributorServiceServer) WatchRecords(*WatchRecordsRequest, 
 }
 func (UnimplementedDistributorServiceServer) SettleStreams(context.Context, *SettleStreamsRequest) (*SettleStreamsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SettleStreams not implemented")
+}
+func (UnimplementedDistributorServiceServer) GetLatestTask(context.Context, *GetLatestTaskRequest) (*GetLatestTaskResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetLatestTask not implemented")
 }
 func (UnimplementedDistributorServiceServer) mustEmbedUnimplementedDistributorServiceServer() {}
 
@@ -311,6 +327,24 @@ func _DistributorService_SettleStreams_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DistributorService_GetLatestTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetLatestTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DistributorServiceServer).GetLatestTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.DistributorService/GetLatestTask",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DistributorServiceServer).GetLatestTask(ctx, req.(*GetLatestTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _DistributorService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "dayu.v1.DistributorService",
 	HandlerType: (*DistributorServiceServer)(nil),
@@ -330,6 +364,10 @@ var _DistributorService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SettleStreams",
 			Handler:    _DistributorService_SettleStreams_Handler,
+		},
+		{
+			MethodName: "GetLatestTask",
+			Handler:    _DistributorService_GetLatestTask_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

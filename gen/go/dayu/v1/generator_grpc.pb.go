@@ -23,6 +23,11 @@ type GeneratorServiceClient interface {
 	// the direct way, for operators).
 	// Decisions older than the current one are ignored.
 	ApplyDecision(ctx context.Context, in *ApplyDecisionRequest, opts ...grpc.CallOption) (*ApplyDecisionResponse, error)
+	// Starts a stream at run time (the backend's InstallStream); the same spec again is a no-op.
+	StartStream(ctx context.Context, in *StartStreamRequest, opts ...grpc.CallOption) (*StartStreamResponse, error)
+	// Stops a stream started by StartStream: capture stops, the tasks made reach the controller or are
+	// recorded dropped before it answers.
+	StopStream(ctx context.Context, in *StopStreamRequest, opts ...grpc.CallOption) (*StopStreamResponse, error)
 }
 
 type generatorServiceClient struct {
@@ -51,6 +56,24 @@ func (c *generatorServiceClient) ApplyDecision(ctx context.Context, in *ApplyDec
 	return out, nil
 }
 
+func (c *generatorServiceClient) StartStream(ctx context.Context, in *StartStreamRequest, opts ...grpc.CallOption) (*StartStreamResponse, error) {
+	out := new(StartStreamResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.GeneratorService/StartStream", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *generatorServiceClient) StopStream(ctx context.Context, in *StopStreamRequest, opts ...grpc.CallOption) (*StopStreamResponse, error) {
+	out := new(StopStreamResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.GeneratorService/StopStream", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GeneratorServiceServer is the server API for GeneratorService service.
 // All implementations must embed UnimplementedGeneratorServiceServer
 // for forward compatibility
@@ -61,6 +84,11 @@ type GeneratorServiceServer interface {
 	// the direct way, for operators).
 	// Decisions older than the current one are ignored.
 	ApplyDecision(context.Context, *ApplyDecisionRequest) (*ApplyDecisionResponse, error)
+	// Starts a stream at run time (the backend's InstallStream); the same spec again is a no-op.
+	StartStream(context.Context, *StartStreamRequest) (*StartStreamResponse, error)
+	// Stops a stream started by StartStream: capture stops, the tasks made reach the controller or are
+	// recorded dropped before it answers.
+	StopStream(context.Context, *StopStreamRequest) (*StopStreamResponse, error)
 	mustEmbedUnimplementedGeneratorServiceServer()
 }
 
@@ -73,6 +101,12 @@ func (UnimplementedGeneratorServiceServer) ListStreams(context.Context, *ListStr
 }
 func (UnimplementedGeneratorServiceServer) ApplyDecision(context.Context, *ApplyDecisionRequest) (*ApplyDecisionResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ApplyDecision not implemented")
+}
+func (UnimplementedGeneratorServiceServer) StartStream(context.Context, *StartStreamRequest) (*StartStreamResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StartStream not implemented")
+}
+func (UnimplementedGeneratorServiceServer) StopStream(context.Context, *StopStreamRequest) (*StopStreamResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StopStream not implemented")
 }
 func (UnimplementedGeneratorServiceServer) mustEmbedUnimplementedGeneratorServiceServer() {}
 
@@ -123,6 +157,42 @@ func _GeneratorService_ApplyDecision_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GeneratorService_StartStream_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartStreamRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GeneratorServiceServer).StartStream(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.GeneratorService/StartStream",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GeneratorServiceServer).StartStream(ctx, req.(*StartStreamRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GeneratorService_StopStream_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StopStreamRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GeneratorServiceServer).StopStream(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.GeneratorService/StopStream",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GeneratorServiceServer).StopStream(ctx, req.(*StopStreamRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _GeneratorService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "dayu.v1.GeneratorService",
 	HandlerType: (*GeneratorServiceServer)(nil),
@@ -134,6 +204,14 @@ var _GeneratorService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ApplyDecision",
 			Handler:    _GeneratorService_ApplyDecision_Handler,
+		},
+		{
+			MethodName: "StartStream",
+			Handler:    _GeneratorService_StartStream_Handler,
+		},
+		{
+			MethodName: "StopStream",
+			Handler:    _GeneratorService_StopStream_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -31,6 +31,10 @@ type SchedulerServiceClient interface {
 	SetPolicy(ctx context.Context, in *SetPolicyRequest, opts ...grpc.CallOption) (*SetPolicyResponse, error)
 	// Per-stream scheduling statistics, decision time included.
 	GetSchedulerStats(ctx context.Context, in *GetSchedulerStatsRequest, opts ...grpc.CallOption) (*GetSchedulerStatsResponse, error)
+	// Forgets a stream (its generator stopped it): its decisions end, its watchers' streams close.
+	UnregisterStream(ctx context.Context, in *UnregisterStreamRequest, opts ...grpc.CallOption) (*UnregisterStreamResponse, error)
+	// The spans of one recent task's trace, for its timeline.
+	GetTaskTrace(ctx context.Context, in *GetTaskTraceRequest, opts ...grpc.CallOption) (*GetTaskTraceResponse, error)
 }
 
 type schedulerServiceClient struct {
@@ -152,6 +156,24 @@ func (c *schedulerServiceClient) GetSchedulerStats(ctx context.Context, in *GetS
 	return out, nil
 }
 
+func (c *schedulerServiceClient) UnregisterStream(ctx context.Context, in *UnregisterStreamRequest, opts ...grpc.CallOption) (*UnregisterStreamResponse, error) {
+	out := new(UnregisterStreamResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.SchedulerService/UnregisterStream", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) GetTaskTrace(ctx context.Context, in *GetTaskTraceRequest, opts ...grpc.CallOption) (*GetTaskTraceResponse, error) {
+	out := new(GetTaskTraceResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.SchedulerService/GetTaskTrace", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServiceServer is the server API for SchedulerService service.
 // All implementations must embed UnimplementedSchedulerServiceServer
 // for forward compatibility
@@ -170,6 +192,10 @@ type SchedulerServiceServer interface {
 	SetPolicy(context.Context, *SetPolicyRequest) (*SetPolicyResponse, error)
 	// Per-stream scheduling statistics, decision time included.
 	GetSchedulerStats(context.Context, *GetSchedulerStatsRequest) (*GetSchedulerStatsResponse, error)
+	// Forgets a stream (its generator stopped it): its decisions end, its watchers' streams close.
+	UnregisterStream(context.Context, *UnregisterStreamRequest) (*UnregisterStreamResponse, error)
+	// The spans of one recent task's trace, for its timeline.
+	GetTaskTrace(context.Context, *GetTaskTraceRequest) (*GetTaskTraceResponse, error)
 	mustEmbedUnimplementedSchedulerServiceServer()
 }
 
@@ -197,6 +223,12 @@ func (UnimplementedSchedulerServiceServer) SetPolicy(context.Context, *SetPolicy
 }
 func (UnimplementedSchedulerServiceServer) GetSchedulerStats(context.Context, *GetSchedulerStatsRequest) (*GetSchedulerStatsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetSchedulerStats not implemented")
+}
+func (UnimplementedSchedulerServiceServer) UnregisterStream(context.Context, *UnregisterStreamRequest) (*UnregisterStreamResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UnregisterStream not implemented")
+}
+func (UnimplementedSchedulerServiceServer) GetTaskTrace(context.Context, *GetTaskTraceRequest) (*GetTaskTraceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetTaskTrace not implemented")
 }
 func (UnimplementedSchedulerServiceServer) mustEmbedUnimplementedSchedulerServiceServer() {}
 
@@ -348,6 +380,42 @@ func _SchedulerService_GetSchedulerStats_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_UnregisterStream_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnregisterStreamRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).UnregisterStream(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.SchedulerService/UnregisterStream",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).UnregisterStream(ctx, req.(*UnregisterStreamRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_GetTaskTrace_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTaskTraceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).GetTaskTrace(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.SchedulerService/GetTaskTrace",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).GetTaskTrace(ctx, req.(*GetTaskTraceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "dayu.v1.SchedulerService",
 	HandlerType: (*SchedulerServiceServer)(nil),
@@ -371,6 +439,14 @@ var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetSchedulerStats",
 			Handler:    _SchedulerService_GetSchedulerStats_Handler,
+		},
+		{
+			MethodName: "UnregisterStream",
+			Handler:    _SchedulerService_UnregisterStream_Handler,
+		},
+		{
+			MethodName: "GetTaskTrace",
+			Handler:    _SchedulerService_GetTaskTrace_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -4,21 +4,29 @@
 
 // The backend is the operator's entry point: pipelines, streams, live results, system state.
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { StreamSpec } from "./decision_pb.js";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Decision, PolicySpec, StreamSpec } from "./decision_pb.js";
 import { file_dayu_v1_decision } from "./decision_pb.js";
-import type { NodeResources } from "./resources_pb.js";
+import type { StreamStatus } from "./generator_pb.js";
+import { file_dayu_v1_generator } from "./generator_pb.js";
+import type { LinkBandwidth, NodeResources } from "./resources_pb.js";
 import { file_dayu_v1_resources } from "./resources_pb.js";
-import type { Pipeline } from "./types_pb.js";
+import type { StreamSchedulingStats, TaskSpan } from "./scheduler_pb.js";
+import { file_dayu_v1_scheduler } from "./scheduler_pb.js";
+import type { TaskRecord } from "./task_pb.js";
+import { file_dayu_v1_task } from "./task_pb.js";
+import type { DataType, Detection, Pipeline, Resolution } from "./types_pb.js";
 import { file_dayu_v1_types } from "./types_pb.js";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file dayu/v1/backend.proto.
  */
 export const file_dayu_v1_backend: GenFile = /*@__PURE__*/
-  fileDesc("ChVkYXl1L3YxL2JhY2tlbmQucHJvdG8SB2RheXUudjEiPQoUTGlzdFBpcGVsaW5lc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiVgoVTGlzdFBpcGVsaW5lc1Jlc3BvbnNlEiQKCXBpcGVsaW5lcxgBIAMoCzIRLmRheXUudjEuUGlwZWxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjkKElB1dFBpcGVsaW5lUmVxdWVzdBIjCghwaXBlbGluZRgBIAEoCzIRLmRheXUudjEuUGlwZWxpbmUiJwoTUHV0UGlwZWxpbmVSZXNwb25zZRIQCghyZXBsYWNlZBgBIAEoCCIlChVEZWxldGVQaXBlbGluZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIYChZEZWxldGVQaXBlbGluZVJlc3BvbnNlIkQKG0xpc3RJbnN0YWxsZWRTdHJlYW1zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJdChxMaXN0SW5zdGFsbGVkU3RyZWFtc1Jlc3BvbnNlEiQKB3N0cmVhbXMYASADKAsyEy5kYXl1LnYxLlN0cmVhbVNwZWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjsKFEluc3RhbGxTdHJlYW1SZXF1ZXN0EiMKBnN0cmVhbRgBIAEoCzITLmRheXUudjEuU3RyZWFtU3BlYyIXChVJbnN0YWxsU3RyZWFtUmVzcG9uc2UiKwoWVW5pbnN0YWxsU3RyZWFtUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkiGQoXVW5pbnN0YWxsU3RyZWFtUmVzcG9uc2UiGAoWR2V0U3lzdGVtU3RhdHVzUmVxdWVzdCJAChdHZXRTeXN0ZW1TdGF0dXNSZXNwb25zZRIlCgVub2RlcxgBIAMoCzIWLmRheXUudjEuTm9kZVJlc291cmNlczLeBAoOQmFja2VuZFNlcnZpY2USTgoNTGlzdFBpcGVsaW5lcxIdLmRheXUudjEuTGlzdFBpcGVsaW5lc1JlcXVlc3QaHi5kYXl1LnYxLkxpc3RQaXBlbGluZXNSZXNwb25zZRJICgtQdXRQaXBlbGluZRIbLmRheXUudjEuUHV0UGlwZWxpbmVSZXF1ZXN0GhwuZGF5dS52MS5QdXRQaXBlbGluZVJlc3BvbnNlElEKDkRlbGV0ZVBpcGVsaW5lEh4uZGF5dS52MS5EZWxldGVQaXBlbGluZVJlcXVlc3QaHy5kYXl1LnYxLkRlbGV0ZVBpcGVsaW5lUmVzcG9uc2USYwoUTGlzdEluc3RhbGxlZFN0cmVhbXMSJC5kYXl1LnYxLkxpc3RJbnN0YWxsZWRTdHJlYW1zUmVxdWVzdBolLmRheXUudjEuTGlzdEluc3RhbGxlZFN0cmVhbXNSZXNwb25zZRJOCg1JbnN0YWxsU3RyZWFtEh0uZGF5dS52MS5JbnN0YWxsU3RyZWFtUmVxdWVzdBoeLmRheXUudjEuSW5zdGFsbFN0cmVhbVJlc3BvbnNlElQKD1VuaW5zdGFsbFN0cmVhbRIfLmRheXUudjEuVW5pbnN0YWxsU3RyZWFtUmVxdWVzdBogLmRheXUudjEuVW5pbnN0YWxsU3RyZWFtUmVzcG9uc2USVAoPR2V0U3lzdGVtU3RhdHVzEh8uZGF5dS52MS5HZXRTeXN0ZW1TdGF0dXNSZXF1ZXN0GiAuZGF5dS52MS5HZXRTeXN0ZW1TdGF0dXNSZXNwb25zZUIqCgppby5kYXl1LnYxUAFaGmRheXUvZ2VuL2dvL2RheXUvdjE7ZGF5dXYxYgZwcm90bzM", [file_dayu_v1_decision, file_dayu_v1_resources, file_dayu_v1_types]);
+  fileDesc("ChVkYXl1L3YxL2JhY2tlbmQucHJvdG8SB2RheXUudjEiPQoUTGlzdFBpcGVsaW5lc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiVgoVTGlzdFBpcGVsaW5lc1Jlc3BvbnNlEiQKCXBpcGVsaW5lcxgBIAMoCzIRLmRheXUudjEuUGlwZWxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjkKElB1dFBpcGVsaW5lUmVxdWVzdBIjCghwaXBlbGluZRgBIAEoCzIRLmRheXUudjEuUGlwZWxpbmUiJwoTUHV0UGlwZWxpbmVSZXNwb25zZRIQCghyZXBsYWNlZBgBIAEoCCIlChVEZWxldGVQaXBlbGluZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIYChZEZWxldGVQaXBlbGluZVJlc3BvbnNlIkQKG0xpc3RJbnN0YWxsZWRTdHJlYW1zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJdChxMaXN0SW5zdGFsbGVkU3RyZWFtc1Jlc3BvbnNlEiQKB3N0cmVhbXMYASADKAsyEy5kYXl1LnYxLlN0cmVhbVNwZWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjsKFEluc3RhbGxTdHJlYW1SZXF1ZXN0EiMKBnN0cmVhbRgBIAEoCzITLmRheXUudjEuU3RyZWFtU3BlYyIyChVJbnN0YWxsU3RyZWFtUmVzcG9uc2USGQoRYWxyZWFkeV9pbnN0YWxsZWQYASABKAgiKwoWVW5pbnN0YWxsU3RyZWFtUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkiKgoXVW5pbnN0YWxsU3RyZWFtUmVzcG9uc2USDwoHc3RvcHBlZBgBIAEoCCIYChZHZXRTeXN0ZW1TdGF0dXNSZXF1ZXN0IqUCChdHZXRTeXN0ZW1TdGF0dXNSZXNwb25zZRIlCgVub2RlcxgBIAMoCzIWLmRheXUudjEuTm9kZVJlc291cmNlcxIsCgpjb21wb25lbnRzGAIgAygLMhguZGF5dS52MS5Db21wb25lbnRIZWFsdGgSMgoKc2NoZWR1bGluZxgDIAMoCzIeLmRheXUudjEuU3RyZWFtU2NoZWR1bGluZ1N0YXRzEiYKB3N0cmVhbXMYBCADKAsyFS5kYXl1LnYxLlN0cmVhbVN0YXR1cxIsCgx0cmFjZWRfbGlua3MYBSADKAsyFi5kYXl1LnYxLkxpbmtCYW5kd2lkdGgSKwoHcmVhZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibQoPQ29tcG9uZW50SGVhbHRoEhEKCWNvbXBvbmVudBgBIAEoCRIMCgRub2RlGAIgASgJEgwKBHJvbGUYAyABKAkSDwoHYWRkcmVzcxgEIAEoCRIKCgJ1cBgFIAEoCBIOCgZkZXRhaWwYBiABKAkiUAoWU2V0U3RyZWFtUG9saWN5UmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSIwoGcG9saWN5GAIgASgLMhMuZGF5dS52MS5Qb2xpY3lTcGVjIj4KF1NldFN0cmVhbVBvbGljeVJlc3BvbnNlEiMKCGRlY2lzaW9uGAEgASgLMhEuZGF5dS52MS5EZWNpc2lvbiIVChNEZXNjcmliZU1lc2hSZXF1ZXN0Ik4KCE1lc2hOb2RlEgwKBG5hbWUYASABKAkSDQoFY2xvdWQYAiABKAgSEQoJZ2VuZXJhdG9yGAMgASgIEhIKCnByb2Nlc3NvcnMYBCADKAkifwoNTWVzaFByb2Nlc3NvchIMCgRuYW1lGAEgASgJEgwKBGtpbmQYAiABKAkSIAoFaW5wdXQYAyABKA4yES5kYXl1LnYxLkRhdGFUeXBlEiEKBm91dHB1dBgEIAEoDjIRLmRheXUudjEuRGF0YVR5cGUSDQoFbm9kZXMYBSADKAkiVQoKTWVzaFNvdXJjZRIRCglzb3VyY2VfaWQYASABKAkSJwoKcmVzb2x1dGlvbhgCIAEoCzITLmRheXUudjEuUmVzb2x1dGlvbhILCgNmcHMYAyABKAEinAEKFERlc2NyaWJlTWVzaFJlc3BvbnNlEiAKBW5vZGVzGAEgAygLMhEuZGF5dS52MS5NZXNoTm9kZRIqCgpwcm9jZXNzb3JzGAIgAygLMhYuZGF5dS52MS5NZXNoUHJvY2Vzc29yEiQKB3NvdXJjZXMYAyADKAsyEy5kYXl1LnYxLk1lc2hTb3VyY2USEAoIcG9saWNpZXMYBCADKAkiPgoXVmFsaWRhdGVQaXBlbGluZVJlcXVlc3QSIwoIcGlwZWxpbmUYASABKAsyES5kYXl1LnYxLlBpcGVsaW5lIjQKDkZpZWxkVmlvbGF0aW9uEg0KBWZpZWxkGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJIkcKGFZhbGlkYXRlUGlwZWxpbmVSZXNwb25zZRIrCgp2aW9sYXRpb25zGAEgAygLMhcuZGF5dS52MS5GaWVsZFZpb2xhdGlvbiIuChhXYXRjaFN5c3RlbVN0YXR1c1JlcXVlc3QSEgoKaW50ZXJ2YWxfcxgBIAEoASJNChlXYXRjaFN5c3RlbVN0YXR1c1Jlc3BvbnNlEjAKBnN0YXR1cxgBIAEoCzIgLmRheXUudjEuR2V0U3lzdGVtU3RhdHVzUmVzcG9uc2UiNgoSTGlzdFJlc3VsdHNSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCRINCgVsaW1pdBgCIAEoDSI7ChNMaXN0UmVzdWx0c1Jlc3BvbnNlEiQKB3JlY29yZHMYASADKAsyEy5kYXl1LnYxLlRhc2tSZWNvcmQiPgoTV2F0Y2hSZXN1bHRzUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSFAoMYWZ0ZXJfY3Vyc29yGAIgASgEIjsKFFdhdGNoUmVzdWx0c1Jlc3BvbnNlEiMKBnJlY29yZBgBIAEoCzITLmRheXUudjEuVGFza1JlY29yZCIqChVHZXRMYXRlc3RGcmFtZVJlcXVlc3QSEQoJc3RyZWFtX2lkGAEgASgJIrMBChZHZXRMYXRlc3RGcmFtZVJlc3BvbnNlEgwKBGpwZWcYASABKAwSJwoKcmVzb2x1dGlvbhgCIAEoCzITLmRheXUudjEuUmVzb2x1dGlvbhITCgtmcmFtZV9pbmRleBgDIAEoBBIoCgZzdGFnZXMYBCADKAsyGC5kYXl1LnYxLlN0YWdlRGV0ZWN0aW9ucxIjCgZyZWNvcmQYBSABKAsyEy5kYXl1LnYxLlRhc2tSZWNvcmQiSAoPU3RhZ2VEZXRlY3Rpb25zEg0KBXN0YWdlGAEgASgJEiYKCmRldGVjdGlvbnMYAiADKAsyEi5kYXl1LnYxLkRldGVjdGlvbiIpChZHZXRUYXNrVGltZWxpbmVSZXF1ZXN0Eg8KB3Jvb3RfaWQYASABKAkiOwoXR2V0VGFza1RpbWVsaW5lUmVzcG9uc2USIAoFc3BhbnMYASADKAsyES5kYXl1LnYxLlRhc2tTcGFuIqYBChRFeHBvcnRSZXN1bHRzUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBXVudGlsGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgZmb3JtYXQYBCABKA4yFS5kYXl1LnYxLkV4cG9ydEZvcm1hdCImChVFeHBvcnRSZXN1bHRzUmVzcG9uc2USDQoFY2h1bmsYASABKAwqYgoMRXhwb3J0Rm9ybWF0Eh0KGUVYUE9SVF9GT1JNQVRfVU5TUEVDSUZJRUQQABIcChhFWFBPUlRfRk9STUFUX0pTT05fTElORVMQARIVChFFWFBPUlRfRk9STUFUX0NTVhACMswKCg5CYWNrZW5kU2VydmljZRJOCg1MaXN0UGlwZWxpbmVzEh0uZGF5dS52MS5MaXN0UGlwZWxpbmVzUmVxdWVzdBoeLmRheXUudjEuTGlzdFBpcGVsaW5lc1Jlc3BvbnNlEkgKC1B1dFBpcGVsaW5lEhsuZGF5dS52MS5QdXRQaXBlbGluZVJlcXVlc3QaHC5kYXl1LnYxLlB1dFBpcGVsaW5lUmVzcG9uc2USUQoORGVsZXRlUGlwZWxpbmUSHi5kYXl1LnYxLkRlbGV0ZVBpcGVsaW5lUmVxdWVzdBofLmRheXUudjEuRGVsZXRlUGlwZWxpbmVSZXNwb25zZRJjChRMaXN0SW5zdGFsbGVkU3RyZWFtcxIkLmRheXUudjEuTGlzdEluc3RhbGxlZFN0cmVhbXNSZXF1ZXN0GiUuZGF5dS52MS5MaXN0SW5zdGFsbGVkU3RyZWFtc1Jlc3BvbnNlEk4KDUluc3RhbGxTdHJlYW0SHS5kYXl1LnYxLkluc3RhbGxTdHJlYW1SZXF1ZXN0Gh4uZGF5dS52MS5JbnN0YWxsU3RyZWFtUmVzcG9uc2USVAoPVW5pbnN0YWxsU3RyZWFtEh8uZGF5dS52MS5Vbmluc3RhbGxTdHJlYW1SZXF1ZXN0GiAuZGF5dS52MS5Vbmluc3RhbGxTdHJlYW1SZXNwb25zZRJUCg9HZXRTeXN0ZW1TdGF0dXMSHy5kYXl1LnYxLkdldFN5c3RlbVN0YXR1c1JlcXVlc3QaIC5kYXl1LnYxLkdldFN5c3RlbVN0YXR1c1Jlc3BvbnNlElQKD1NldFN0cmVhbVBvbGljeRIfLmRheXUudjEuU2V0U3RyZWFtUG9saWN5UmVxdWVzdBogLmRheXUudjEuU2V0U3RyZWFtUG9saWN5UmVzcG9uc2USSwoMRGVzY3JpYmVNZXNoEhwuZGF5dS52MS5EZXNjcmliZU1lc2hSZXF1ZXN0Gh0uZGF5dS52MS5EZXNjcmliZU1lc2hSZXNwb25zZRJXChBWYWxpZGF0ZVBpcGVsaW5lEiAuZGF5dS52MS5WYWxpZGF0ZVBpcGVsaW5lUmVxdWVzdBohLmRheXUudjEuVmFsaWRhdGVQaXBlbGluZVJlc3BvbnNlElwKEVdhdGNoU3lzdGVtU3RhdHVzEiEuZGF5dS52MS5XYXRjaFN5c3RlbVN0YXR1c1JlcXVlc3QaIi5kYXl1LnYxLldhdGNoU3lzdGVtU3RhdHVzUmVzcG9uc2UwARJICgtMaXN0UmVzdWx0cxIbLmRheXUudjEuTGlzdFJlc3VsdHNSZXF1ZXN0GhwuZGF5dS52MS5MaXN0UmVzdWx0c1Jlc3BvbnNlEk0KDFdhdGNoUmVzdWx0cxIcLmRheXUudjEuV2F0Y2hSZXN1bHRzUmVxdWVzdBodLmRheXUudjEuV2F0Y2hSZXN1bHRzUmVzcG9uc2UwARJRCg5HZXRMYXRlc3RGcmFtZRIeLmRheXUudjEuR2V0TGF0ZXN0RnJhbWVSZXF1ZXN0Gh8uZGF5dS52MS5HZXRMYXRlc3RGcmFtZVJlc3BvbnNlElQKD0dldFRhc2tUaW1lbGluZRIfLmRheXUudjEuR2V0VGFza1RpbWVsaW5lUmVxdWVzdBogLmRheXUudjEuR2V0VGFza1RpbWVsaW5lUmVzcG9uc2USUAoNRXhwb3J0UmVzdWx0cxIdLmRheXUudjEuRXhwb3J0UmVzdWx0c1JlcXVlc3QaHi5kYXl1LnYxLkV4cG9ydFJlc3VsdHNSZXNwb25zZTABQioKCmlvLmRheXUudjFQAVoaZGF5dS9nZW4vZ28vZGF5dS92MTtkYXl1djFiBnByb3RvMw", [file_dayu_v1_decision, file_dayu_v1_generator, file_dayu_v1_resources, file_dayu_v1_scheduler, file_dayu_v1_task, file_dayu_v1_types, file_google_protobuf_timestamp]);
 
 /**
  * Request of ListPipelines.
@@ -237,6 +245,12 @@ export const InstallStreamRequestSchema: GenMessage<InstallStreamRequest> = /*@_
  * @generated from message dayu.v1.InstallStreamResponse
  */
 export type InstallStreamResponse = Message<"dayu.v1.InstallStreamResponse"> & {
+  /**
+   * True when it replaced an installed stream of the same id that was identical (a retry).
+   *
+   * @generated from field: bool already_installed = 1;
+   */
+  alreadyInstalled: boolean;
 };
 
 /**
@@ -273,6 +287,13 @@ export const UninstallStreamRequestSchema: GenMessage<UninstallStreamRequest> = 
  * @generated from message dayu.v1.UninstallStreamResponse
  */
 export type UninstallStreamResponse = Message<"dayu.v1.UninstallStreamResponse"> & {
+  /**
+   * False when its generator could not be reached: the stream is forgotten, and its generator is
+   * stopped when it answers again.
+   *
+   * @generated from field: bool stopped = 1;
+   */
+  stopped: boolean;
 };
 
 /**
@@ -304,11 +325,47 @@ export const GetSystemStatusRequestSchema: GenMessage<GetSystemStatusRequest> = 
  */
 export type GetSystemStatusResponse = Message<"dayu.v1.GetSystemStatusResponse"> & {
   /**
-   * Latest report of every node.
+   * Latest report of every node, read from its monitor (stale when the monitor did not answer).
    *
    * @generated from field: repeated dayu.v1.NodeResources nodes = 1;
    */
   nodes: NodeResources[];
+
+  /**
+   * Every component of the mesh and whether it answers.
+   *
+   * @generated from field: repeated dayu.v1.ComponentHealth components = 2;
+   */
+  components: ComponentHealth[];
+
+  /**
+   * Every stream the scheduler knows: its current decision (where each stage runs now) and its
+   * recent decisions with their reasons.
+   *
+   * @generated from field: repeated dayu.v1.StreamSchedulingStats scheduling = 3;
+   */
+  scheduling: StreamSchedulingStats[];
+
+  /**
+   * Every stream its generator runs: frames, tasks, the decision it follows.
+   *
+   * @generated from field: repeated dayu.v1.StreamStatus streams = 4;
+   */
+  streams: StreamStatus[];
+
+  /**
+   * Links' bandwidth as the scheduler measures it from the traces.
+   *
+   * @generated from field: repeated dayu.v1.LinkBandwidth traced_links = 5;
+   */
+  tracedLinks: LinkBandwidth[];
+
+  /**
+   * When it was read.
+   *
+   * @generated from field: google.protobuf.Timestamp read_at = 6;
+   */
+  readAt?: Timestamp | undefined;
 };
 
 /**
@@ -319,9 +376,747 @@ export const GetSystemStatusResponseSchema: GenMessage<GetSystemStatusResponse> 
   messageDesc(file_dayu_v1_backend, 13);
 
 /**
- * One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
- * installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
- * installed by the mesh file.
+ * Whether one component answers.
+ *
+ * @generated from message dayu.v1.ComponentHealth
+ */
+export type ComponentHealth = Message<"dayu.v1.ComponentHealth"> & {
+  /**
+   * Component: scheduler, generator, processor, ...
+   *
+   * @generated from field: string component = 1;
+   */
+  component: string;
+
+  /**
+   * Node it runs on.
+   *
+   * @generated from field: string node = 2;
+   */
+  node: string;
+
+  /**
+   * Processor name, for a processor; empty otherwise.
+   *
+   * @generated from field: string role = 3;
+   */
+  role: string;
+
+  /**
+   * Its gRPC address.
+   *
+   * @generated from field: string address = 4;
+   */
+  address: string;
+
+  /**
+   * True when it answered its health check.
+   *
+   * @generated from field: bool up = 5;
+   */
+  up: boolean;
+
+  /**
+   * Why it is not up (the error), or empty.
+   *
+   * @generated from field: string detail = 6;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message dayu.v1.ComponentHealth.
+ * Use `create(ComponentHealthSchema)` to create a new message.
+ */
+export const ComponentHealthSchema: GenMessage<ComponentHealth> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 14);
+
+/**
+ * Request of SetStreamPolicy.
+ *
+ * @generated from message dayu.v1.SetStreamPolicyRequest
+ */
+export type SetStreamPolicyRequest = Message<"dayu.v1.SetStreamPolicyRequest"> & {
+  /**
+   * Stream id.
+   *
+   * @generated from field: string stream_id = 1;
+   */
+  streamId: string;
+
+  /**
+   * The policy; validated by the scheduler.
+   *
+   * @generated from field: dayu.v1.PolicySpec policy = 2;
+   */
+  policy?: PolicySpec | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.SetStreamPolicyRequest.
+ * Use `create(SetStreamPolicyRequestSchema)` to create a new message.
+ */
+export const SetStreamPolicyRequestSchema: GenMessage<SetStreamPolicyRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 15);
+
+/**
+ * Reply of SetStreamPolicy.
+ *
+ * @generated from message dayu.v1.SetStreamPolicyResponse
+ */
+export type SetStreamPolicyResponse = Message<"dayu.v1.SetStreamPolicyResponse"> & {
+  /**
+   * The decision the new policy made.
+   *
+   * @generated from field: dayu.v1.Decision decision = 1;
+   */
+  decision?: Decision | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.SetStreamPolicyResponse.
+ * Use `create(SetStreamPolicyResponseSchema)` to create a new message.
+ */
+export const SetStreamPolicyResponseSchema: GenMessage<SetStreamPolicyResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 16);
+
+/**
+ * Request of DescribeMesh.
+ *
+ * @generated from message dayu.v1.DescribeMeshRequest
+ */
+export type DescribeMeshRequest = Message<"dayu.v1.DescribeMeshRequest"> & {
+};
+
+/**
+ * Describes the message dayu.v1.DescribeMeshRequest.
+ * Use `create(DescribeMeshRequestSchema)` to create a new message.
+ */
+export const DescribeMeshRequestSchema: GenMessage<DescribeMeshRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 17);
+
+/**
+ * A node of the mesh.
+ *
+ * @generated from message dayu.v1.MeshNode
+ */
+export type MeshNode = Message<"dayu.v1.MeshNode"> & {
+  /**
+   * Node name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * True for the cloud node.
+   *
+   * @generated from field: bool cloud = 2;
+   */
+  cloud: boolean;
+
+  /**
+   * True when a generator runs there (streams can be installed on it).
+   *
+   * @generated from field: bool generator = 3;
+   */
+  generator: boolean;
+
+  /**
+   * Processors it runs (the names a stage's processor may take).
+   *
+   * @generated from field: repeated string processors = 4;
+   */
+  processors: string[];
+};
+
+/**
+ * Describes the message dayu.v1.MeshNode.
+ * Use `create(MeshNodeSchema)` to create a new message.
+ */
+export const MeshNodeSchema: GenMessage<MeshNode> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 18);
+
+/**
+ * A processor a stage may name.
+ *
+ * @generated from message dayu.v1.MeshProcessor
+ */
+export type MeshProcessor = Message<"dayu.v1.MeshProcessor"> & {
+  /**
+   * Its name (a stage's processor).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The processor kind it runs (model, text_detector, ...).
+   *
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * What it takes and gives, for the editor: frames, boxes or labels.
+   *
+   * @generated from field: dayu.v1.DataType input = 3;
+   */
+  input: DataType;
+
+  /**
+   * What it gives.
+   *
+   * @generated from field: dayu.v1.DataType output = 4;
+   */
+  output: DataType;
+
+  /**
+   * Nodes that run it.
+   *
+   * @generated from field: repeated string nodes = 5;
+   */
+  nodes: string[];
+};
+
+/**
+ * Describes the message dayu.v1.MeshProcessor.
+ * Use `create(MeshProcessorSchema)` to create a new message.
+ */
+export const MeshProcessorSchema: GenMessage<MeshProcessor> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 19);
+
+/**
+ * A source the datasource plays.
+ *
+ * @generated from message dayu.v1.MeshSource
+ */
+export type MeshSource = Message<"dayu.v1.MeshSource"> & {
+  /**
+   * Source id.
+   *
+   * @generated from field: string source_id = 1;
+   */
+  sourceId: string;
+
+  /**
+   * Its resolution.
+   *
+   * @generated from field: dayu.v1.Resolution resolution = 2;
+   */
+  resolution?: Resolution | undefined;
+
+  /**
+   * Its frame rate.
+   *
+   * @generated from field: double fps = 3;
+   */
+  fps: number;
+};
+
+/**
+ * Describes the message dayu.v1.MeshSource.
+ * Use `create(MeshSourceSchema)` to create a new message.
+ */
+export const MeshSourceSchema: GenMessage<MeshSource> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 20);
+
+/**
+ * Reply of DescribeMesh.
+ *
+ * @generated from message dayu.v1.DescribeMeshResponse
+ */
+export type DescribeMeshResponse = Message<"dayu.v1.DescribeMeshResponse"> & {
+  /**
+   * The nodes, cloud first.
+   *
+   * @generated from field: repeated dayu.v1.MeshNode nodes = 1;
+   */
+  nodes: MeshNode[];
+
+  /**
+   * The processors, by name.
+   *
+   * @generated from field: repeated dayu.v1.MeshProcessor processors = 2;
+   */
+  processors: MeshProcessor[];
+
+  /**
+   * The sources.
+   *
+   * @generated from field: repeated dayu.v1.MeshSource sources = 3;
+   */
+  sources: MeshSource[];
+
+  /**
+   * Names of the scheduling policies.
+   *
+   * @generated from field: repeated string policies = 4;
+   */
+  policies: string[];
+};
+
+/**
+ * Describes the message dayu.v1.DescribeMeshResponse.
+ * Use `create(DescribeMeshResponseSchema)` to create a new message.
+ */
+export const DescribeMeshResponseSchema: GenMessage<DescribeMeshResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 21);
+
+/**
+ * Request of ValidatePipeline.
+ *
+ * @generated from message dayu.v1.ValidatePipelineRequest
+ */
+export type ValidatePipelineRequest = Message<"dayu.v1.ValidatePipelineRequest"> & {
+  /**
+   * The pipeline to check.
+   *
+   * @generated from field: dayu.v1.Pipeline pipeline = 1;
+   */
+  pipeline?: Pipeline | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.ValidatePipelineRequest.
+ * Use `create(ValidatePipelineRequestSchema)` to create a new message.
+ */
+export const ValidatePipelineRequestSchema: GenMessage<ValidatePipelineRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 22);
+
+/**
+ * One problem of a pipeline.
+ *
+ * @generated from message dayu.v1.FieldViolation
+ */
+export type FieldViolation = Message<"dayu.v1.FieldViolation"> & {
+  /**
+   * The field, e.g. pipeline.stages[1].parents[0].
+   *
+   * @generated from field: string field = 1;
+   */
+  field: string;
+
+  /**
+   * What was expected.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message dayu.v1.FieldViolation.
+ * Use `create(FieldViolationSchema)` to create a new message.
+ */
+export const FieldViolationSchema: GenMessage<FieldViolation> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 23);
+
+/**
+ * Reply of ValidatePipeline.
+ *
+ * @generated from message dayu.v1.ValidatePipelineResponse
+ */
+export type ValidatePipelineResponse = Message<"dayu.v1.ValidatePipelineResponse"> & {
+  /**
+   * Empty when the pipeline is valid.
+   *
+   * @generated from field: repeated dayu.v1.FieldViolation violations = 1;
+   */
+  violations: FieldViolation[];
+};
+
+/**
+ * Describes the message dayu.v1.ValidatePipelineResponse.
+ * Use `create(ValidatePipelineResponseSchema)` to create a new message.
+ */
+export const ValidatePipelineResponseSchema: GenMessage<ValidatePipelineResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 24);
+
+/**
+ * Request of WatchSystemStatus.
+ *
+ * @generated from message dayu.v1.WatchSystemStatusRequest
+ */
+export type WatchSystemStatusRequest = Message<"dayu.v1.WatchSystemStatusRequest"> & {
+  /**
+   * Seconds between two statuses; 0: 2 s; at least 0.5.
+   *
+   * @generated from field: double interval_s = 1;
+   */
+  intervalS: number;
+};
+
+/**
+ * Describes the message dayu.v1.WatchSystemStatusRequest.
+ * Use `create(WatchSystemStatusRequestSchema)` to create a new message.
+ */
+export const WatchSystemStatusRequestSchema: GenMessage<WatchSystemStatusRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 25);
+
+/**
+ * One status of WatchSystemStatus.
+ *
+ * @generated from message dayu.v1.WatchSystemStatusResponse
+ */
+export type WatchSystemStatusResponse = Message<"dayu.v1.WatchSystemStatusResponse"> & {
+  /**
+   * The status.
+   *
+   * @generated from field: dayu.v1.GetSystemStatusResponse status = 1;
+   */
+  status?: GetSystemStatusResponse | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.WatchSystemStatusResponse.
+ * Use `create(WatchSystemStatusResponseSchema)` to create a new message.
+ */
+export const WatchSystemStatusResponseSchema: GenMessage<WatchSystemStatusResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 26);
+
+/**
+ * Request of ListResults.
+ *
+ * @generated from message dayu.v1.ListResultsRequest
+ */
+export type ListResultsRequest = Message<"dayu.v1.ListResultsRequest"> & {
+  /**
+   * Stream id.
+   *
+   * @generated from field: string stream_id = 1;
+   */
+  streamId: string;
+
+  /**
+   * At most this many records (0: 100; at most 1000).
+   *
+   * @generated from field: uint32 limit = 2;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message dayu.v1.ListResultsRequest.
+ * Use `create(ListResultsRequestSchema)` to create a new message.
+ */
+export const ListResultsRequestSchema: GenMessage<ListResultsRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 27);
+
+/**
+ * Reply of ListResults.
+ *
+ * @generated from message dayu.v1.ListResultsResponse
+ */
+export type ListResultsResponse = Message<"dayu.v1.ListResultsResponse"> & {
+  /**
+   * The records, newest first, without the frames' bytes.
+   *
+   * @generated from field: repeated dayu.v1.TaskRecord records = 1;
+   */
+  records: TaskRecord[];
+};
+
+/**
+ * Describes the message dayu.v1.ListResultsResponse.
+ * Use `create(ListResultsResponseSchema)` to create a new message.
+ */
+export const ListResultsResponseSchema: GenMessage<ListResultsResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 28);
+
+/**
+ * Request of WatchResults.
+ *
+ * @generated from message dayu.v1.WatchResultsRequest
+ */
+export type WatchResultsRequest = Message<"dayu.v1.WatchResultsRequest"> & {
+  /**
+   * Stream id; empty: every stream.
+   *
+   * @generated from field: string stream_id = 1;
+   */
+  streamId: string;
+
+  /**
+   * Only records stored after this cursor (a record's cursor); 0: from the next one stored.
+   *
+   * @generated from field: uint64 after_cursor = 2;
+   */
+  afterCursor: bigint;
+};
+
+/**
+ * Describes the message dayu.v1.WatchResultsRequest.
+ * Use `create(WatchResultsRequestSchema)` to create a new message.
+ */
+export const WatchResultsRequestSchema: GenMessage<WatchResultsRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 29);
+
+/**
+ * One record of WatchResults.
+ *
+ * @generated from message dayu.v1.WatchResultsResponse
+ */
+export type WatchResultsResponse = Message<"dayu.v1.WatchResultsResponse"> & {
+  /**
+   * The record, without the frames' bytes.
+   *
+   * @generated from field: dayu.v1.TaskRecord record = 1;
+   */
+  record?: TaskRecord | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.WatchResultsResponse.
+ * Use `create(WatchResultsResponseSchema)` to create a new message.
+ */
+export const WatchResultsResponseSchema: GenMessage<WatchResultsResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 30);
+
+/**
+ * Request of GetLatestFrame.
+ *
+ * @generated from message dayu.v1.GetLatestFrameRequest
+ */
+export type GetLatestFrameRequest = Message<"dayu.v1.GetLatestFrameRequest"> & {
+  /**
+   * Stream id.
+   *
+   * @generated from field: string stream_id = 1;
+   */
+  streamId: string;
+};
+
+/**
+ * Describes the message dayu.v1.GetLatestFrameRequest.
+ * Use `create(GetLatestFrameRequestSchema)` to create a new message.
+ */
+export const GetLatestFrameRequestSchema: GenMessage<GetLatestFrameRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 31);
+
+/**
+ * Reply of GetLatestFrame.
+ *
+ * @generated from message dayu.v1.GetLatestFrameResponse
+ */
+export type GetLatestFrameResponse = Message<"dayu.v1.GetLatestFrameResponse"> & {
+  /**
+   * The last frame of the stream's last delivered task, as JPEG, at the task's resolution.
+   *
+   * @generated from field: bytes jpeg = 1;
+   */
+  jpeg: Uint8Array;
+
+  /**
+   * Its resolution (the boxes are in its pixels).
+   *
+   * @generated from field: dayu.v1.Resolution resolution = 2;
+   */
+  resolution?: Resolution | undefined;
+
+  /**
+   * Index of the frame in its source.
+   *
+   * @generated from field: uint64 frame_index = 3;
+   */
+  frameIndex: bigint;
+
+  /**
+   * What each stage found on it, by stage name.
+   *
+   * @generated from field: repeated dayu.v1.StageDetections stages = 4;
+   */
+  stages: StageDetections[];
+
+  /**
+   * The task's record, without the frames' bytes.
+   *
+   * @generated from field: dayu.v1.TaskRecord record = 5;
+   */
+  record?: TaskRecord | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.GetLatestFrameResponse.
+ * Use `create(GetLatestFrameResponseSchema)` to create a new message.
+ */
+export const GetLatestFrameResponseSchema: GenMessage<GetLatestFrameResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 32);
+
+/**
+ * What one stage found on a frame.
+ *
+ * @generated from message dayu.v1.StageDetections
+ */
+export type StageDetections = Message<"dayu.v1.StageDetections"> & {
+  /**
+   * Stage name.
+   *
+   * @generated from field: string stage = 1;
+   */
+  stage: string;
+
+  /**
+   * Its detections.
+   *
+   * @generated from field: repeated dayu.v1.Detection detections = 2;
+   */
+  detections: Detection[];
+};
+
+/**
+ * Describes the message dayu.v1.StageDetections.
+ * Use `create(StageDetectionsSchema)` to create a new message.
+ */
+export const StageDetectionsSchema: GenMessage<StageDetections> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 33);
+
+/**
+ * Request of GetTaskTimeline.
+ *
+ * @generated from message dayu.v1.GetTaskTimelineRequest
+ */
+export type GetTaskTimelineRequest = Message<"dayu.v1.GetTaskTimelineRequest"> & {
+  /**
+   * The task's root id (a record's task.root_id).
+   *
+   * @generated from field: string root_id = 1;
+   */
+  rootId: string;
+};
+
+/**
+ * Describes the message dayu.v1.GetTaskTimelineRequest.
+ * Use `create(GetTaskTimelineRequestSchema)` to create a new message.
+ */
+export const GetTaskTimelineRequestSchema: GenMessage<GetTaskTimelineRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 34);
+
+/**
+ * Reply of GetTaskTimeline.
+ *
+ * @generated from message dayu.v1.GetTaskTimelineResponse
+ */
+export type GetTaskTimelineResponse = Message<"dayu.v1.GetTaskTimelineResponse"> & {
+  /**
+   * The spans, by start time.
+   *
+   * @generated from field: repeated dayu.v1.TaskSpan spans = 1;
+   */
+  spans: TaskSpan[];
+};
+
+/**
+ * Describes the message dayu.v1.GetTaskTimelineResponse.
+ * Use `create(GetTaskTimelineResponseSchema)` to create a new message.
+ */
+export const GetTaskTimelineResponseSchema: GenMessage<GetTaskTimelineResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 35);
+
+/**
+ * Request of ExportResults.
+ *
+ * @generated from message dayu.v1.ExportResultsRequest
+ */
+export type ExportResultsRequest = Message<"dayu.v1.ExportResultsRequest"> & {
+  /**
+   * Stream id; empty: every stream.
+   *
+   * @generated from field: string stream_id = 1;
+   */
+  streamId: string;
+
+  /**
+   * Records stored from then on; unset: from the first.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 2;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * Records stored before then; unset: until now.
+   *
+   * @generated from field: google.protobuf.Timestamp until = 3;
+   */
+  until?: Timestamp | undefined;
+
+  /**
+   * JSON lines or CSV.
+   *
+   * @generated from field: dayu.v1.ExportFormat format = 4;
+   */
+  format: ExportFormat;
+};
+
+/**
+ * Describes the message dayu.v1.ExportResultsRequest.
+ * Use `create(ExportResultsRequestSchema)` to create a new message.
+ */
+export const ExportResultsRequestSchema: GenMessage<ExportResultsRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 36);
+
+/**
+ * One chunk of ExportResults.
+ *
+ * @generated from message dayu.v1.ExportResultsResponse
+ */
+export type ExportResultsResponse = Message<"dayu.v1.ExportResultsResponse"> & {
+  /**
+   * The next bytes of the file (UTF-8 text).
+   *
+   * @generated from field: bytes chunk = 1;
+   */
+  chunk: Uint8Array;
+};
+
+/**
+ * Describes the message dayu.v1.ExportResultsResponse.
+ * Use `create(ExportResultsResponseSchema)` to create a new message.
+ */
+export const ExportResultsResponseSchema: GenMessage<ExportResultsResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 37);
+
+/**
+ * Format of ExportResults.
+ *
+ * @generated from enum dayu.v1.ExportFormat
+ */
+export enum ExportFormat {
+  /**
+   * Not set: JSON lines.
+   *
+   * @generated from enum value: EXPORT_FORMAT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * One record per line, protobuf's JSON mapping, frames' bytes left out.
+   *
+   * @generated from enum value: EXPORT_FORMAT_JSON_LINES = 1;
+   */
+  JSON_LINES = 1,
+
+  /**
+   * One row per record: ids, outcome, reason, latency, accuracy, configuration, detections.
+   *
+   * @generated from enum value: EXPORT_FORMAT_CSV = 2;
+   */
+  CSV = 2,
+}
+
+/**
+ * Describes the enum dayu.v1.ExportFormat.
+ */
+export const ExportFormatSchema: GenEnum<ExportFormat> = /*@__PURE__*/
+  enumDesc(file_dayu_v1_backend, 0);
+
+/**
+ * One backend, on the cloud node: the operator's entry point, over gRPC and (for browsers and curl)
+ * Connect's HTTP/JSON protocol on the console's port. Pipelines and the streams installed through it
+ * are kept in SQLite; the backend starts them on their generators and keeps them running
+ * (docs/console.md). Every call needs a bearer token (`authorization: Bearer TOKEN`): a read-only
+ * token for the calls that change nothing, an admin token for the others; without one the answer is
+ * UNAUTHENTICATED (PERMISSION_DENIED for a read-only token on an admin call).
  *
  * @generated from service dayu.v1.BackendService
  */
@@ -367,7 +1162,8 @@ export const BackendService: GenService<{
     output: typeof ListInstalledStreamsResponseSchema;
   },
   /**
-   * Installs a stream (not served yet: UNIMPLEMENTED).
+   * Installs a stream: stores it, starts it on the generator of its node (which registers it with
+   * the scheduler under its policy), and keeps it running across restarts of either.
    *
    * @generated from rpc dayu.v1.BackendService.InstallStream
    */
@@ -377,7 +1173,8 @@ export const BackendService: GenService<{
     output: typeof InstallStreamResponseSchema;
   },
   /**
-   * Uninstalls a stream installed by InstallStream.
+   * Uninstalls a stream installed by InstallStream: its generator stops capturing, the tasks it made
+   * are delivered or recorded dropped, the scheduler forgets it.
    *
    * @generated from rpc dayu.v1.BackendService.UninstallStream
    */
@@ -387,7 +1184,7 @@ export const BackendService: GenService<{
     output: typeof UninstallStreamResponseSchema;
   },
   /**
-   * Latest resources of every node (not served yet: UNIMPLEMENTED).
+   * Every node's latest resources, which components answer, every stream's decisions with reasons.
    *
    * @generated from rpc dayu.v1.BackendService.GetSystemStatus
    */
@@ -395,6 +1192,96 @@ export const BackendService: GenService<{
     methodKind: "unary";
     input: typeof GetSystemStatusRequestSchema;
     output: typeof GetSystemStatusResponseSchema;
+  },
+  /**
+   * Switches a stream's policy (through the scheduler) and keeps it for the stream's next start.
+   *
+   * @generated from rpc dayu.v1.BackendService.SetStreamPolicy
+   */
+  setStreamPolicy: {
+    methodKind: "unary";
+    input: typeof SetStreamPolicyRequestSchema;
+    output: typeof SetStreamPolicyResponseSchema;
+  },
+  /**
+   * What the mesh offers: nodes, the processors on each, sources, policies.
+   *
+   * @generated from rpc dayu.v1.BackendService.DescribeMesh
+   */
+  describeMesh: {
+    methodKind: "unary";
+    input: typeof DescribeMeshRequestSchema;
+    output: typeof DescribeMeshResponseSchema;
+  },
+  /**
+   * Checks a pipeline without storing it: every problem, each naming its field.
+   *
+   * @generated from rpc dayu.v1.BackendService.ValidatePipeline
+   */
+  validatePipeline: {
+    methodKind: "unary";
+    input: typeof ValidatePipelineRequestSchema;
+    output: typeof ValidatePipelineResponseSchema;
+  },
+  /**
+   * The system status now, then again every interval.
+   *
+   * @generated from rpc dayu.v1.BackendService.WatchSystemStatus
+   */
+  watchSystemStatus: {
+    methodKind: "server_streaming";
+    input: typeof WatchSystemStatusRequestSchema;
+    output: typeof WatchSystemStatusResponseSchema;
+  },
+  /**
+   * A stream's latest task records, newest first (the frames' bytes left out).
+   *
+   * @generated from rpc dayu.v1.BackendService.ListResults
+   */
+  listResults: {
+    methodKind: "unary";
+    input: typeof ListResultsRequestSchema;
+    output: typeof ListResultsResponseSchema;
+  },
+  /**
+   * A stream's task records as they are stored, from after a cursor.
+   *
+   * @generated from rpc dayu.v1.BackendService.WatchResults
+   */
+  watchResults: {
+    methodKind: "server_streaming";
+    input: typeof WatchResultsRequestSchema;
+    output: typeof WatchResultsResponseSchema;
+  },
+  /**
+   * The last frame delivered for a stream, as JPEG, with what the pipeline found on it.
+   *
+   * @generated from rpc dayu.v1.BackendService.GetLatestFrame
+   */
+  getLatestFrame: {
+    methodKind: "unary";
+    input: typeof GetLatestFrameRequestSchema;
+    output: typeof GetLatestFrameResponseSchema;
+  },
+  /**
+   * One task's timeline from its trace: a span per hop and stage, on each node.
+   *
+   * @generated from rpc dayu.v1.BackendService.GetTaskTimeline
+   */
+  getTaskTimeline: {
+    methodKind: "unary";
+    input: typeof GetTaskTimelineRequestSchema;
+    output: typeof GetTaskTimelineResponseSchema;
+  },
+  /**
+   * Task records as JSON lines or CSV, in chunks.
+   *
+   * @generated from rpc dayu.v1.BackendService.ExportResults
+   */
+  exportResults: {
+    methodKind: "server_streaming";
+    input: typeof ExportResultsRequestSchema;
+    output: typeof ExportResultsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dayu_v1_backend, 0);

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dayu/v1/distributor.proto.
  */
 export const file_dayu_v1_distributor: GenFile = /*@__PURE__*/
-  fileDesc("ChlkYXl1L3YxL2Rpc3RyaWJ1dG9yLnByb3RvEgdkYXl1LnYxIokBChRTZXR0bGVTdHJlYW1zUmVxdWVzdBI/CglnZW5lcmF0ZWQYASADKAsyLC5kYXl1LnYxLlNldHRsZVN0cmVhbXNSZXF1ZXN0LkdlbmVyYXRlZEVudHJ5GjAKDkdlbmVyYXRlZEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEiKQoVU2V0dGxlU3RyZWFtc1Jlc3BvbnNlEhAKCHJlY29yZGVkGAEgASgEIo0BCgxSZWNvcmRGaWx0ZXISEQoJc3RyZWFtX2lkGAEgASgJEhQKDGFmdGVyX2N1cnNvchgCIAEoBBIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIi0KDkRlbGl2ZXJSZXF1ZXN0EhsKBHRhc2sYASABKAsyDS5kYXl1LnYxLlRhc2siNAoPRGVsaXZlclJlc3BvbnNlEhEKCWR1cGxpY2F0ZRgBIAEoCBIOCgZjdXJzb3IYAiABKAQiQAoRUmVjb3JkRHJvcFJlcXVlc3QSGwoEdGFzaxgBIAEoCzINLmRheXUudjEuVGFzaxIOCgZyZWFzb24YAiABKAkiNwoSUmVjb3JkRHJvcFJlc3BvbnNlEhEKCWR1cGxpY2F0ZRgBIAEoCBIOCgZjdXJzb3IYAiABKAQiSwoTUXVlcnlSZWNvcmRzUmVxdWVzdBIlCgZmaWx0ZXIYASABKAsyFS5kYXl1LnYxLlJlY29yZEZpbHRlchINCgVsaW1pdBgCIAEoDSJRChRRdWVyeVJlY29yZHNSZXNwb25zZRIkCgdyZWNvcmRzGAEgAygLMhMuZGF5dS52MS5UYXNrUmVjb3JkEhMKC25leHRfY3Vyc29yGAIgASgEIj0KFEV4cG9ydFJlY29yZHNSZXF1ZXN0EiUKBmZpbHRlchgBIAEoCzIVLmRheXUudjEuUmVjb3JkRmlsdGVyIiYKFUV4cG9ydFJlY29yZHNSZXNwb25zZRINCgVjaHVuaxgBIAEoDCI8ChNXYXRjaFJlY29yZHNSZXF1ZXN0EiUKBmZpbHRlchgBIAEoCzIVLmRheXUudjEuUmVjb3JkRmlsdGVyIjsKFFdhdGNoUmVjb3Jkc1Jlc3BvbnNlEiMKBnJlY29yZBgBIAEoCzITLmRheXUudjEuVGFza1JlY29yZDLXAwoSRGlzdHJpYnV0b3JTZXJ2aWNlEjwKB0RlbGl2ZXISFy5kYXl1LnYxLkRlbGl2ZXJSZXF1ZXN0GhguZGF5dS52MS5EZWxpdmVyUmVzcG9uc2USRQoKUmVjb3JkRHJvcBIaLmRheXUudjEuUmVjb3JkRHJvcFJlcXVlc3QaGy5kYXl1LnYxLlJlY29yZERyb3BSZXNwb25zZRJLCgxRdWVyeVJlY29yZHMSHC5kYXl1LnYxLlF1ZXJ5UmVjb3Jkc1JlcXVlc3QaHS5kYXl1LnYxLlF1ZXJ5UmVjb3Jkc1Jlc3BvbnNlElAKDUV4cG9ydFJlY29yZHMSHS5kYXl1LnYxLkV4cG9ydFJlY29yZHNSZXF1ZXN0Gh4uZGF5dS52MS5FeHBvcnRSZWNvcmRzUmVzcG9uc2UwARJNCgxXYXRjaFJlY29yZHMSHC5kYXl1LnYxLldhdGNoUmVjb3Jkc1JlcXVlc3QaHS5kYXl1LnYxLldhdGNoUmVjb3Jkc1Jlc3BvbnNlMAESTgoNU2V0dGxlU3RyZWFtcxIdLmRheXUudjEuU2V0dGxlU3RyZWFtc1JlcXVlc3QaHi5kYXl1LnYxLlNldHRsZVN0cmVhbXNSZXNwb25zZUIqCgppby5kYXl1LnYxUAFaGmRheXUvZ2VuL2dvL2RheXUvdjE7ZGF5dXYxYgZwcm90bzM", [file_dayu_v1_task, file_google_protobuf_timestamp]);
+  fileDesc("ChlkYXl1L3YxL2Rpc3RyaWJ1dG9yLnByb3RvEgdkYXl1LnYxIokBChRTZXR0bGVTdHJlYW1zUmVxdWVzdBI/CglnZW5lcmF0ZWQYASADKAsyLC5kYXl1LnYxLlNldHRsZVN0cmVhbXNSZXF1ZXN0LkdlbmVyYXRlZEVudHJ5GjAKDkdlbmVyYXRlZEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEiKQoVU2V0dGxlU3RyZWFtc1Jlc3BvbnNlEhAKCHJlY29yZGVkGAEgASgEIo0BCgxSZWNvcmRGaWx0ZXISEQoJc3RyZWFtX2lkGAEgASgJEhQKDGFmdGVyX2N1cnNvchgCIAEoBBIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIi0KDkRlbGl2ZXJSZXF1ZXN0EhsKBHRhc2sYASABKAsyDS5kYXl1LnYxLlRhc2siNAoPRGVsaXZlclJlc3BvbnNlEhEKCWR1cGxpY2F0ZRgBIAEoCBIOCgZjdXJzb3IYAiABKAQiQAoRUmVjb3JkRHJvcFJlcXVlc3QSGwoEdGFzaxgBIAEoCzINLmRheXUudjEuVGFzaxIOCgZyZWFzb24YAiABKAkiNwoSUmVjb3JkRHJvcFJlc3BvbnNlEhEKCWR1cGxpY2F0ZRgBIAEoCBIOCgZjdXJzb3IYAiABKAQiSwoTUXVlcnlSZWNvcmRzUmVxdWVzdBIlCgZmaWx0ZXIYASABKAsyFS5kYXl1LnYxLlJlY29yZEZpbHRlchINCgVsaW1pdBgCIAEoDSJRChRRdWVyeVJlY29yZHNSZXNwb25zZRIkCgdyZWNvcmRzGAEgAygLMhMuZGF5dS52MS5UYXNrUmVjb3JkEhMKC25leHRfY3Vyc29yGAIgASgEIj0KFEV4cG9ydFJlY29yZHNSZXF1ZXN0EiUKBmZpbHRlchgBIAEoCzIVLmRheXUudjEuUmVjb3JkRmlsdGVyIiYKFUV4cG9ydFJlY29yZHNSZXNwb25zZRINCgVjaHVuaxgBIAEoDCI8ChNXYXRjaFJlY29yZHNSZXF1ZXN0EiUKBmZpbHRlchgBIAEoCzIVLmRheXUudjEuUmVjb3JkRmlsdGVyIjsKFFdhdGNoUmVjb3Jkc1Jlc3BvbnNlEiMKBnJlY29yZBgBIAEoCzITLmRheXUudjEuVGFza1JlY29yZCIpChRHZXRMYXRlc3RUYXNrUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkiPAoVR2V0TGF0ZXN0VGFza1Jlc3BvbnNlEiMKBnJlY29yZBgBIAEoCzITLmRheXUudjEuVGFza1JlY29yZDKnBAoSRGlzdHJpYnV0b3JTZXJ2aWNlEjwKB0RlbGl2ZXISFy5kYXl1LnYxLkRlbGl2ZXJSZXF1ZXN0GhguZGF5dS52MS5EZWxpdmVyUmVzcG9uc2USRQoKUmVjb3JkRHJvcBIaLmRheXUudjEuUmVjb3JkRHJvcFJlcXVlc3QaGy5kYXl1LnYxLlJlY29yZERyb3BSZXNwb25zZRJLCgxRdWVyeVJlY29yZHMSHC5kYXl1LnYxLlF1ZXJ5UmVjb3Jkc1JlcXVlc3QaHS5kYXl1LnYxLlF1ZXJ5UmVjb3Jkc1Jlc3BvbnNlElAKDUV4cG9ydFJlY29yZHMSHS5kYXl1LnYxLkV4cG9ydFJlY29yZHNSZXF1ZXN0Gh4uZGF5dS52MS5FeHBvcnRSZWNvcmRzUmVzcG9uc2UwARJNCgxXYXRjaFJlY29yZHMSHC5kYXl1LnYxLldhdGNoUmVjb3Jkc1JlcXVlc3QaHS5kYXl1LnYxLldhdGNoUmVjb3Jkc1Jlc3BvbnNlMAESTgoNU2V0dGxlU3RyZWFtcxIdLmRheXUudjEuU2V0dGxlU3RyZWFtc1JlcXVlc3QaHi5kYXl1LnYxLlNldHRsZVN0cmVhbXNSZXNwb25zZRJOCg1HZXRMYXRlc3RUYXNrEh0uZGF5dS52MS5HZXRMYXRlc3RUYXNrUmVxdWVzdBoeLmRheXUudjEuR2V0TGF0ZXN0VGFza1Jlc3BvbnNlQioKCmlvLmRheXUudjFQAVoaZGF5dS9nZW4vZ28vZGF5dS92MTtkYXl1djFiBnByb3RvMw", [file_dayu_v1_task, file_google_protobuf_timestamp]);
 
 /**
  * Request of SettleStreams.
@@ -348,6 +348,49 @@ export const WatchRecordsResponseSchema: GenMessage<WatchRecordsResponse> = /*@_
   messageDesc(file_dayu_v1_distributor, 12);
 
 /**
+ * Request of GetLatestTask.
+ *
+ * @generated from message dayu.v1.GetLatestTaskRequest
+ */
+export type GetLatestTaskRequest = Message<"dayu.v1.GetLatestTaskRequest"> & {
+  /**
+   * Stream id.
+   *
+   * @generated from field: string stream_id = 1;
+   */
+  streamId: string;
+};
+
+/**
+ * Describes the message dayu.v1.GetLatestTaskRequest.
+ * Use `create(GetLatestTaskRequestSchema)` to create a new message.
+ */
+export const GetLatestTaskRequestSchema: GenMessage<GetLatestTaskRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_distributor, 13);
+
+/**
+ * Reply of GetLatestTask.
+ *
+ * @generated from message dayu.v1.GetLatestTaskResponse
+ */
+export type GetLatestTaskResponse = Message<"dayu.v1.GetLatestTaskResponse"> & {
+  /**
+   * Its record, with the segment's frames; NOT_FOUND when none was delivered since the distributor
+   * started.
+   *
+   * @generated from field: dayu.v1.TaskRecord record = 1;
+   */
+  record?: TaskRecord | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.GetLatestTaskResponse.
+ * Use `create(GetLatestTaskResponseSchema)` to create a new message.
+ */
+export const GetLatestTaskResponseSchema: GenMessage<GetLatestTaskResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_distributor, 14);
+
+/**
  * One distributor, on the cloud node.
  *
  * @generated from service dayu.v1.DistributorService
@@ -414,6 +457,16 @@ export const DistributorService: GenService<{
     methodKind: "unary";
     input: typeof SettleStreamsRequestSchema;
     output: typeof SettleStreamsResponseSchema;
+  },
+  /**
+   * The last task delivered for a stream, frames and all (kept in memory for the latest streams).
+   *
+   * @generated from rpc dayu.v1.DistributorService.GetLatestTask
+   */
+  getLatestTask: {
+    methodKind: "unary";
+    input: typeof GetLatestTaskRequestSchema;
+    output: typeof GetLatestTaskResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dayu_v1_distributor, 0);

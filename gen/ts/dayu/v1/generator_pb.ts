@@ -4,8 +4,8 @@
 
 // The generator turns one stream's frames into tasks under the current decision.
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Decision, StreamSpec } from "./decision_pb.js";
 import { file_dayu_v1_decision } from "./decision_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dayu/v1/generator.proto.
  */
 export const file_dayu_v1_generator: GenFile = /*@__PURE__*/
-  fileDesc("ChdkYXl1L3YxL2dlbmVyYXRvci5wcm90bxIHZGF5dS52MSK6AQoMU3RyZWFtU3RhdHVzEiEKBHNwZWMYASABKAsyEy5kYXl1LnYxLlN0cmVhbVNwZWMSIwoIZGVjaXNpb24YAiABKAsyES5kYXl1LnYxLkRlY2lzaW9uEhcKD2ZyYW1lc19jYXB0dXJlZBgDIAEoBBITCgtmcmFtZXNfa2VwdBgEIAEoBBIXCg90YXNrc19nZW5lcmF0ZWQYBSABKAQSGwoTc2NoZWR1bGVyX3JlYWNoYWJsZRgGIAEoCCI7ChJMaXN0U3RyZWFtc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiVgoTTGlzdFN0cmVhbXNSZXNwb25zZRImCgdzdHJlYW1zGAEgAygLMhUuZGF5dS52MS5TdHJlYW1TdGF0dXMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjsKFEFwcGx5RGVjaXNpb25SZXF1ZXN0EiMKCGRlY2lzaW9uGAEgASgLMhEuZGF5dS52MS5EZWNpc2lvbiJBChVBcHBseURlY2lzaW9uUmVzcG9uc2USDwoHYXBwbGllZBgBIAEoCBIXCg9jdXJyZW50X3ZlcnNpb24YAiABKAQyrAEKEEdlbmVyYXRvclNlcnZpY2USSAoLTGlzdFN0cmVhbXMSGy5kYXl1LnYxLkxpc3RTdHJlYW1zUmVxdWVzdBocLmRheXUudjEuTGlzdFN0cmVhbXNSZXNwb25zZRJOCg1BcHBseURlY2lzaW9uEh0uZGF5dS52MS5BcHBseURlY2lzaW9uUmVxdWVzdBoeLmRheXUudjEuQXBwbHlEZWNpc2lvblJlc3BvbnNlQioKCmlvLmRheXUudjFQAVoaZGF5dS9nZW4vZ28vZGF5dS92MTtkYXl1djFiBnByb3RvMw", [file_dayu_v1_decision]);
+  fileDesc("ChdkYXl1L3YxL2dlbmVyYXRvci5wcm90bxIHZGF5dS52MSLhAQoMU3RyZWFtU3RhdHVzEiEKBHNwZWMYASABKAsyEy5kYXl1LnYxLlN0cmVhbVNwZWMSIwoIZGVjaXNpb24YAiABKAsyES5kYXl1LnYxLkRlY2lzaW9uEhcKD2ZyYW1lc19jYXB0dXJlZBgDIAEoBBITCgtmcmFtZXNfa2VwdBgEIAEoBBIXCg90YXNrc19nZW5lcmF0ZWQYBSABKAQSGwoTc2NoZWR1bGVyX3JlYWNoYWJsZRgGIAEoCBIlCgZvcmlnaW4YByABKA4yFS5kYXl1LnYxLlN0cmVhbU9yaWdpbiI7ChJMaXN0U3RyZWFtc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiVgoTTGlzdFN0cmVhbXNSZXNwb25zZRImCgdzdHJlYW1zGAEgAygLMhUuZGF5dS52MS5TdHJlYW1TdGF0dXMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjsKFEFwcGx5RGVjaXNpb25SZXF1ZXN0EiMKCGRlY2lzaW9uGAEgASgLMhEuZGF5dS52MS5EZWNpc2lvbiJBChVBcHBseURlY2lzaW9uUmVzcG9uc2USDwoHYXBwbGllZBgBIAEoCBIXCg9jdXJyZW50X3ZlcnNpb24YAiABKAQiOQoSU3RhcnRTdHJlYW1SZXF1ZXN0EiMKBnN0cmVhbRgBIAEoCzITLmRheXUudjEuU3RyZWFtU3BlYyImChNTdGFydFN0cmVhbVJlc3BvbnNlEg8KB3N0YXJ0ZWQYASABKAgiJgoRU3RvcFN0cmVhbVJlcXVlc3QSEQoJc3RyZWFtX2lkGAEgASgJIi0KElN0b3BTdHJlYW1SZXNwb25zZRIXCg90YXNrc19nZW5lcmF0ZWQYASABKAQqZAoMU3RyZWFtT3JpZ2luEh0KGVNUUkVBTV9PUklHSU5fVU5TUEVDSUZJRUQQABIaChZTVFJFQU1fT1JJR0lOX1NFVFRJTkdTEAESGQoVU1RSRUFNX09SSUdJTl9TVEFSVEVEEAIyvQIKEEdlbmVyYXRvclNlcnZpY2USSAoLTGlzdFN0cmVhbXMSGy5kYXl1LnYxLkxpc3RTdHJlYW1zUmVxdWVzdBocLmRheXUudjEuTGlzdFN0cmVhbXNSZXNwb25zZRJOCg1BcHBseURlY2lzaW9uEh0uZGF5dS52MS5BcHBseURlY2lzaW9uUmVxdWVzdBoeLmRheXUudjEuQXBwbHlEZWNpc2lvblJlc3BvbnNlEkgKC1N0YXJ0U3RyZWFtEhsuZGF5dS52MS5TdGFydFN0cmVhbVJlcXVlc3QaHC5kYXl1LnYxLlN0YXJ0U3RyZWFtUmVzcG9uc2USRQoKU3RvcFN0cmVhbRIaLmRheXUudjEuU3RvcFN0cmVhbVJlcXVlc3QaGy5kYXl1LnYxLlN0b3BTdHJlYW1SZXNwb25zZUIqCgppby5kYXl1LnYxUAFaGmRheXUvZ2VuL2dvL2RheXUvdjE7ZGF5dXYxYgZwcm90bzM", [file_dayu_v1_decision]);
 
 /**
  * State of one stream in its generator.
@@ -63,6 +63,13 @@ export type StreamStatus = Message<"dayu.v1.StreamStatus"> & {
    * @generated from field: bool scheduler_reachable = 6;
    */
   schedulerReachable: boolean;
+
+  /**
+   * Where the stream comes from.
+   *
+   * @generated from field: dayu.v1.StreamOrigin origin = 7;
+   */
+  origin: StreamOrigin;
 };
 
 /**
@@ -178,6 +185,124 @@ export const ApplyDecisionResponseSchema: GenMessage<ApplyDecisionResponse> = /*
   messageDesc(file_dayu_v1_generator, 4);
 
 /**
+ * Request of StartStream.
+ *
+ * @generated from message dayu.v1.StartStreamRequest
+ */
+export type StartStreamRequest = Message<"dayu.v1.StartStreamRequest"> & {
+  /**
+   * The stream; its node must be the generator's.
+   *
+   * @generated from field: dayu.v1.StreamSpec stream = 1;
+   */
+  stream?: StreamSpec | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.StartStreamRequest.
+ * Use `create(StartStreamRequestSchema)` to create a new message.
+ */
+export const StartStreamRequestSchema: GenMessage<StartStreamRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_generator, 5);
+
+/**
+ * Reply of StartStream.
+ *
+ * @generated from message dayu.v1.StartStreamResponse
+ */
+export type StartStreamResponse = Message<"dayu.v1.StartStreamResponse"> & {
+  /**
+   * False when the same stream already ran (nothing changed).
+   *
+   * @generated from field: bool started = 1;
+   */
+  started: boolean;
+};
+
+/**
+ * Describes the message dayu.v1.StartStreamResponse.
+ * Use `create(StartStreamResponseSchema)` to create a new message.
+ */
+export const StartStreamResponseSchema: GenMessage<StartStreamResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_generator, 6);
+
+/**
+ * Request of StopStream.
+ *
+ * @generated from message dayu.v1.StopStreamRequest
+ */
+export type StopStreamRequest = Message<"dayu.v1.StopStreamRequest"> & {
+  /**
+   * Stream id.
+   *
+   * @generated from field: string stream_id = 1;
+   */
+  streamId: string;
+};
+
+/**
+ * Describes the message dayu.v1.StopStreamRequest.
+ * Use `create(StopStreamRequestSchema)` to create a new message.
+ */
+export const StopStreamRequestSchema: GenMessage<StopStreamRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_generator, 7);
+
+/**
+ * Reply of StopStream.
+ *
+ * @generated from message dayu.v1.StopStreamResponse
+ */
+export type StopStreamResponse = Message<"dayu.v1.StopStreamResponse"> & {
+  /**
+   * Tasks it made in all.
+   *
+   * @generated from field: uint64 tasks_generated = 1;
+   */
+  tasksGenerated: bigint;
+};
+
+/**
+ * Describes the message dayu.v1.StopStreamResponse.
+ * Use `create(StopStreamResponseSchema)` to create a new message.
+ */
+export const StopStreamResponseSchema: GenMessage<StopStreamResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_generator, 8);
+
+/**
+ * Where a generator's stream comes from.
+ *
+ * @generated from enum dayu.v1.StreamOrigin
+ */
+export enum StreamOrigin {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: STREAM_ORIGIN_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The generator's settings (the mesh file): it runs from start to stop.
+   *
+   * @generated from enum value: STREAM_ORIGIN_SETTINGS = 1;
+   */
+  SETTINGS = 1,
+
+  /**
+   * Started at run time by StartStream (the backend).
+   *
+   * @generated from enum value: STREAM_ORIGIN_STARTED = 2;
+   */
+  STARTED = 2,
+}
+
+/**
+ * Describes the enum dayu.v1.StreamOrigin.
+ */
+export const StreamOriginSchema: GenEnum<StreamOrigin> = /*@__PURE__*/
+  enumDesc(file_dayu_v1_generator, 0);
+
+/**
  * One generator per stream on the stream's edge node.
  *
  * @generated from service dayu.v1.GeneratorService
@@ -204,6 +329,27 @@ export const GeneratorService: GenService<{
     methodKind: "unary";
     input: typeof ApplyDecisionRequestSchema;
     output: typeof ApplyDecisionResponseSchema;
+  },
+  /**
+   * Starts a stream at run time (the backend's InstallStream); the same spec again is a no-op.
+   *
+   * @generated from rpc dayu.v1.GeneratorService.StartStream
+   */
+  startStream: {
+    methodKind: "unary";
+    input: typeof StartStreamRequestSchema;
+    output: typeof StartStreamResponseSchema;
+  },
+  /**
+   * Stops a stream started by StartStream: capture stops, the tasks made reach the controller or are
+   * recorded dropped before it answers.
+   *
+   * @generated from rpc dayu.v1.GeneratorService.StopStream
+   */
+  stopStream: {
+    methodKind: "unary";
+    input: typeof StopStreamRequestSchema;
+    output: typeof StopStreamResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dayu_v1_generator, 0);

@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dayu/v1/scheduler.proto.
  */
 export const file_dayu_v1_scheduler: GenFile = /*@__PURE__*/
-  fileDesc("ChdkYXl1L3YxL3NjaGVkdWxlci5wcm90bxIHZGF5dS52MSI8ChVSZWdpc3RlclN0cmVhbVJlcXVlc3QSIwoGc3RyZWFtGAEgASgLMhMuZGF5dS52MS5TdHJlYW1TcGVjIj0KFlJlZ2lzdGVyU3RyZWFtUmVzcG9uc2USIwoIZGVjaXNpb24YASABKAsyES5kYXl1LnYxLkRlY2lzaW9uIicKEkdldERlY2lzaW9uUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkiOgoTR2V0RGVjaXNpb25SZXNwb25zZRIjCghkZWNpc2lvbhgBIAEoCzIRLmRheXUudjEuRGVjaXNpb24iPwoVV2F0Y2hEZWNpc2lvbnNSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCUoECAIQA1INYWZ0ZXJfdmVyc2lvbiI9ChZXYXRjaERlY2lzaW9uc1Jlc3BvbnNlEiMKCGRlY2lzaW9uGAEgASgLMhEuZGF5dS52MS5EZWNpc2lvbiI8ChVSZXBvcnRGZWVkYmFja1JlcXVlc3QSIwoGcmVjb3JkGAEgASgLMhMuZGF5dS52MS5UYXNrUmVjb3JkIhgKFlJlcG9ydEZlZWRiYWNrUmVzcG9uc2UiQwoWUmVwb3J0UmVzb3VyY2VzUmVxdWVzdBIpCglyZXNvdXJjZXMYASABKAsyFi5kYXl1LnYxLk5vZGVSZXNvdXJjZXMiKwoXUmVwb3J0UmVzb3VyY2VzUmVzcG9uc2USEAoIcmVjZWl2ZWQYASABKAQiSgoQU2V0UG9saWN5UmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSIwoGcG9saWN5GAIgASgLMhMuZGF5dS52MS5Qb2xpY3lTcGVjIjgKEVNldFBvbGljeVJlc3BvbnNlEiMKCGRlY2lzaW9uGAEgASgLMhEuZGF5dS52MS5EZWNpc2lvbiLJAgoVU3RyZWFtU2NoZWR1bGluZ1N0YXRzEhEKCXN0cmVhbV9pZBgBIAEoCRIOCgZwb2xpY3kYAiABKAkSEQoJZGVjaXNpb25zGAMgASgEEhsKE2RlY2lzaW9uX3RpbWVfcDUwX3MYBCABKAESGwoTZGVjaXNpb25fdGltZV9wOTVfcxgFIAEoARIZChFmZWVkYmFja19yZWNlaXZlZBgGIAEoBBIiCgdjdXJyZW50GAcgASgLMhEuZGF5dS52MS5EZWNpc2lvbhIqCg1ob3BfbGF0ZW5jaWVzGAggAygLMhMuZGF5dS52MS5Ib3BMYXRlbmN5EiIKB2hpc3RvcnkYCSADKAsyES5kYXl1LnYxLkRlY2lzaW9uEjEKDXJlZ2lzdGVyZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInMKCkhvcExhdGVuY3kSCwoDaG9wGAEgASgJEg0KBXN0YWdlGAIgASgJEgwKBG5vZGUYAyABKAkSDQoFc3BhbnMYBCABKAQSDQoFcDUwX3MYBSABKAESDQoFcDk1X3MYBiABKAESDgoGbGFzdF9zGAcgASgBIlQKGEdldFNjaGVkdWxlclN0YXRzUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAki2gEKGUdldFNjaGVkdWxlclN0YXRzUmVzcG9uc2USLwoHc3RyZWFtcxgBIAMoCzIeLmRheXUudjEuU3RyZWFtU2NoZWR1bGluZ1N0YXRzEhYKDnNwYW5zX3JlY2VpdmVkGAIgASgEEhUKDXNwYW5zX2lnbm9yZWQYAyABKAQSLAoMdHJhY2VkX2xpbmtzGAQgAygLMhYuZGF5dS52MS5MaW5rQmFuZHdpZHRoEhcKD25leHRfcGFnZV90b2tlbhgGIAEoCUoECAUQBlIQc3RyZWFtc19sZWZ0X291dDLPBAoQU2NoZWR1bGVyU2VydmljZRJRCg5SZWdpc3RlclN0cmVhbRIeLmRheXUudjEuUmVnaXN0ZXJTdHJlYW1SZXF1ZXN0Gh8uZGF5dS52MS5SZWdpc3RlclN0cmVhbVJlc3BvbnNlEkgKC0dldERlY2lzaW9uEhsuZGF5dS52MS5HZXREZWNpc2lvblJlcXVlc3QaHC5kYXl1LnYxLkdldERlY2lzaW9uUmVzcG9uc2USUwoOV2F0Y2hEZWNpc2lvbnMSHi5kYXl1LnYxLldhdGNoRGVjaXNpb25zUmVxdWVzdBofLmRheXUudjEuV2F0Y2hEZWNpc2lvbnNSZXNwb25zZTABElEKDlJlcG9ydEZlZWRiYWNrEh4uZGF5dS52MS5SZXBvcnRGZWVkYmFja1JlcXVlc3QaHy5kYXl1LnYxLlJlcG9ydEZlZWRiYWNrUmVzcG9uc2USVgoPUmVwb3J0UmVzb3VyY2VzEh8uZGF5dS52MS5SZXBvcnRSZXNvdXJjZXNSZXF1ZXN0GiAuZGF5dS52MS5SZXBvcnRSZXNvdXJjZXNSZXNwb25zZSgBEkIKCVNldFBvbGljeRIZLmRheXUudjEuU2V0UG9saWN5UmVxdWVzdBoaLmRheXUudjEuU2V0UG9saWN5UmVzcG9uc2USWgoRR2V0U2NoZWR1bGVyU3RhdHMSIS5kYXl1LnYxLkdldFNjaGVkdWxlclN0YXRzUmVxdWVzdBoiLmRheXUudjEuR2V0U2NoZWR1bGVyU3RhdHNSZXNwb25zZUIqCgppby5kYXl1LnYxUAFaGmRheXUvZ2VuL2dvL2RheXUvdjE7ZGF5dXYxYgZwcm90bzM", [file_dayu_v1_decision, file_dayu_v1_resources, file_dayu_v1_task, file_google_protobuf_timestamp]);
+  fileDesc("ChdkYXl1L3YxL3NjaGVkdWxlci5wcm90bxIHZGF5dS52MSI8ChVSZWdpc3RlclN0cmVhbVJlcXVlc3QSIwoGc3RyZWFtGAEgASgLMhMuZGF5dS52MS5TdHJlYW1TcGVjIj0KFlJlZ2lzdGVyU3RyZWFtUmVzcG9uc2USIwoIZGVjaXNpb24YASABKAsyES5kYXl1LnYxLkRlY2lzaW9uIicKEkdldERlY2lzaW9uUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkiOgoTR2V0RGVjaXNpb25SZXNwb25zZRIjCghkZWNpc2lvbhgBIAEoCzIRLmRheXUudjEuRGVjaXNpb24iPwoVV2F0Y2hEZWNpc2lvbnNSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCUoECAIQA1INYWZ0ZXJfdmVyc2lvbiI9ChZXYXRjaERlY2lzaW9uc1Jlc3BvbnNlEiMKCGRlY2lzaW9uGAEgASgLMhEuZGF5dS52MS5EZWNpc2lvbiI8ChVSZXBvcnRGZWVkYmFja1JlcXVlc3QSIwoGcmVjb3JkGAEgASgLMhMuZGF5dS52MS5UYXNrUmVjb3JkIhgKFlJlcG9ydEZlZWRiYWNrUmVzcG9uc2UiQwoWUmVwb3J0UmVzb3VyY2VzUmVxdWVzdBIpCglyZXNvdXJjZXMYASABKAsyFi5kYXl1LnYxLk5vZGVSZXNvdXJjZXMiKwoXUmVwb3J0UmVzb3VyY2VzUmVzcG9uc2USEAoIcmVjZWl2ZWQYASABKAQiSgoQU2V0UG9saWN5UmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSIwoGcG9saWN5GAIgASgLMhMuZGF5dS52MS5Qb2xpY3lTcGVjIjgKEVNldFBvbGljeVJlc3BvbnNlEiMKCGRlY2lzaW9uGAEgASgLMhEuZGF5dS52MS5EZWNpc2lvbiLJAgoVU3RyZWFtU2NoZWR1bGluZ1N0YXRzEhEKCXN0cmVhbV9pZBgBIAEoCRIOCgZwb2xpY3kYAiABKAkSEQoJZGVjaXNpb25zGAMgASgEEhsKE2RlY2lzaW9uX3RpbWVfcDUwX3MYBCABKAESGwoTZGVjaXNpb25fdGltZV9wOTVfcxgFIAEoARIZChFmZWVkYmFja19yZWNlaXZlZBgGIAEoBBIiCgdjdXJyZW50GAcgASgLMhEuZGF5dS52MS5EZWNpc2lvbhIqCg1ob3BfbGF0ZW5jaWVzGAggAygLMhMuZGF5dS52MS5Ib3BMYXRlbmN5EiIKB2hpc3RvcnkYCSADKAsyES5kYXl1LnYxLkRlY2lzaW9uEjEKDXJlZ2lzdGVyZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInMKCkhvcExhdGVuY3kSCwoDaG9wGAEgASgJEg0KBXN0YWdlGAIgASgJEgwKBG5vZGUYAyABKAkSDQoFc3BhbnMYBCABKAQSDQoFcDUwX3MYBSABKAESDQoFcDk1X3MYBiABKAESDgoGbGFzdF9zGAcgASgBIlQKGEdldFNjaGVkdWxlclN0YXRzUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAki2gEKGUdldFNjaGVkdWxlclN0YXRzUmVzcG9uc2USLwoHc3RyZWFtcxgBIAMoCzIeLmRheXUudjEuU3RyZWFtU2NoZWR1bGluZ1N0YXRzEhYKDnNwYW5zX3JlY2VpdmVkGAIgASgEEhUKDXNwYW5zX2lnbm9yZWQYAyABKAQSLAoMdHJhY2VkX2xpbmtzGAQgAygLMhYuZGF5dS52MS5MaW5rQmFuZHdpZHRoEhcKD25leHRfcGFnZV90b2tlbhgGIAEoCUoECAUQBlIQc3RyZWFtc19sZWZ0X291dCIsChdVbnJlZ2lzdGVyU3RyZWFtUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkiMAoYVW5yZWdpc3RlclN0cmVhbVJlc3BvbnNlEhQKDHVucmVnaXN0ZXJlZBgBIAEoCCImChNHZXRUYXNrVHJhY2VSZXF1ZXN0Eg8KB3Jvb3RfaWQYASABKAkirQEKCFRhc2tTcGFuEgwKBG5hbWUYASABKAkSEQoJY29tcG9uZW50GAIgASgJEgwKBG5vZGUYAyABKAkSDQoFc3RhZ2UYBCABKAkSDwoHdG9fbm9kZRgFIAEoCRIpCgVzdGFydBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoDZW5kGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI4ChRHZXRUYXNrVHJhY2VSZXNwb25zZRIgCgVzcGFucxgBIAMoCzIRLmRheXUudjEuVGFza1NwYW4y9QUKEFNjaGVkdWxlclNlcnZpY2USUQoOUmVnaXN0ZXJTdHJlYW0SHi5kYXl1LnYxLlJlZ2lzdGVyU3RyZWFtUmVxdWVzdBofLmRheXUudjEuUmVnaXN0ZXJTdHJlYW1SZXNwb25zZRJICgtHZXREZWNpc2lvbhIbLmRheXUudjEuR2V0RGVjaXNpb25SZXF1ZXN0GhwuZGF5dS52MS5HZXREZWNpc2lvblJlc3BvbnNlElMKDldhdGNoRGVjaXNpb25zEh4uZGF5dS52MS5XYXRjaERlY2lzaW9uc1JlcXVlc3QaHy5kYXl1LnYxLldhdGNoRGVjaXNpb25zUmVzcG9uc2UwARJRCg5SZXBvcnRGZWVkYmFjaxIeLmRheXUudjEuUmVwb3J0RmVlZGJhY2tSZXF1ZXN0Gh8uZGF5dS52MS5SZXBvcnRGZWVkYmFja1Jlc3BvbnNlElYKD1JlcG9ydFJlc291cmNlcxIfLmRheXUudjEuUmVwb3J0UmVzb3VyY2VzUmVxdWVzdBogLmRheXUudjEuUmVwb3J0UmVzb3VyY2VzUmVzcG9uc2UoARJCCglTZXRQb2xpY3kSGS5kYXl1LnYxLlNldFBvbGljeVJlcXVlc3QaGi5kYXl1LnYxLlNldFBvbGljeVJlc3BvbnNlEloKEUdldFNjaGVkdWxlclN0YXRzEiEuZGF5dS52MS5HZXRTY2hlZHVsZXJTdGF0c1JlcXVlc3QaIi5kYXl1LnYxLkdldFNjaGVkdWxlclN0YXRzUmVzcG9uc2USVwoQVW5yZWdpc3RlclN0cmVhbRIgLmRheXUudjEuVW5yZWdpc3RlclN0cmVhbVJlcXVlc3QaIS5kYXl1LnYxLlVucmVnaXN0ZXJTdHJlYW1SZXNwb25zZRJLCgxHZXRUYXNrVHJhY2USHC5kYXl1LnYxLkdldFRhc2tUcmFjZVJlcXVlc3QaHS5kYXl1LnYxLkdldFRhc2tUcmFjZVJlc3BvbnNlQioKCmlvLmRheXUudjFQAVoaZGF5dS9nZW4vZ28vZGF5dS92MTtkYXl1djFiBnByb3RvMw", [file_dayu_v1_decision, file_dayu_v1_resources, file_dayu_v1_task, file_google_protobuf_timestamp]);
 
 /**
  * Request of RegisterStream.
@@ -513,6 +513,154 @@ export const GetSchedulerStatsResponseSchema: GenMessage<GetSchedulerStatsRespon
   messageDesc(file_dayu_v1_scheduler, 15);
 
 /**
+ * Request of UnregisterStream.
+ *
+ * @generated from message dayu.v1.UnregisterStreamRequest
+ */
+export type UnregisterStreamRequest = Message<"dayu.v1.UnregisterStreamRequest"> & {
+  /**
+   * Stream id.
+   *
+   * @generated from field: string stream_id = 1;
+   */
+  streamId: string;
+};
+
+/**
+ * Describes the message dayu.v1.UnregisterStreamRequest.
+ * Use `create(UnregisterStreamRequestSchema)` to create a new message.
+ */
+export const UnregisterStreamRequestSchema: GenMessage<UnregisterStreamRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_scheduler, 16);
+
+/**
+ * Reply of UnregisterStream.
+ *
+ * @generated from message dayu.v1.UnregisterStreamResponse
+ */
+export type UnregisterStreamResponse = Message<"dayu.v1.UnregisterStreamResponse"> & {
+  /**
+   * False when the scheduler did not know the stream.
+   *
+   * @generated from field: bool unregistered = 1;
+   */
+  unregistered: boolean;
+};
+
+/**
+ * Describes the message dayu.v1.UnregisterStreamResponse.
+ * Use `create(UnregisterStreamResponseSchema)` to create a new message.
+ */
+export const UnregisterStreamResponseSchema: GenMessage<UnregisterStreamResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_scheduler, 17);
+
+/**
+ * Request of GetTaskTrace.
+ *
+ * @generated from message dayu.v1.GetTaskTraceRequest
+ */
+export type GetTaskTraceRequest = Message<"dayu.v1.GetTaskTraceRequest"> & {
+  /**
+   * The task's root id.
+   *
+   * @generated from field: string root_id = 1;
+   */
+  rootId: string;
+};
+
+/**
+ * Describes the message dayu.v1.GetTaskTraceRequest.
+ * Use `create(GetTaskTraceRequestSchema)` to create a new message.
+ */
+export const GetTaskTraceRequestSchema: GenMessage<GetTaskTraceRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_scheduler, 18);
+
+/**
+ * One span of a task's trace.
+ *
+ * @generated from message dayu.v1.TaskSpan
+ */
+export type TaskSpan = Message<"dayu.v1.TaskSpan"> & {
+  /**
+   * Span name: generator.encode, controller.transfer, processor.infer, ...
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Component that made it.
+   *
+   * @generated from field: string component = 2;
+   */
+  component: string;
+
+  /**
+   * Node it ran on.
+   *
+   * @generated from field: string node = 3;
+   */
+  node: string;
+
+  /**
+   * Stage it belongs to, if any.
+   *
+   * @generated from field: string stage = 4;
+   */
+  stage: string;
+
+  /**
+   * For a transfer: the node it went to.
+   *
+   * @generated from field: string to_node = 5;
+   */
+  toNode: string;
+
+  /**
+   * When it started.
+   *
+   * @generated from field: google.protobuf.Timestamp start = 6;
+   */
+  start?: Timestamp | undefined;
+
+  /**
+   * When it ended.
+   *
+   * @generated from field: google.protobuf.Timestamp end = 7;
+   */
+  end?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.TaskSpan.
+ * Use `create(TaskSpanSchema)` to create a new message.
+ */
+export const TaskSpanSchema: GenMessage<TaskSpan> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_scheduler, 19);
+
+/**
+ * Reply of GetTaskTrace.
+ *
+ * @generated from message dayu.v1.GetTaskTraceResponse
+ */
+export type GetTaskTraceResponse = Message<"dayu.v1.GetTaskTraceResponse"> & {
+  /**
+   * The spans received for the task, by start time; NOT_FOUND when none is kept (the scheduler keeps
+   * the spans of the latest tasks only).
+   *
+   * @generated from field: repeated dayu.v1.TaskSpan spans = 1;
+   */
+  spans: TaskSpan[];
+};
+
+/**
+ * Describes the message dayu.v1.GetTaskTraceResponse.
+ * Use `create(GetTaskTraceResponseSchema)` to create a new message.
+ */
+export const GetTaskTraceResponseSchema: GenMessage<GetTaskTraceResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_scheduler, 20);
+
+/**
  * One scheduler, on the cloud node. The same server also receives OpenTelemetry spans over OTLP
  * (opentelemetry.proto.collector.trace.v1.TraceService/Export) and turns them into hop latency.
  *
@@ -588,6 +736,26 @@ export const SchedulerService: GenService<{
     methodKind: "unary";
     input: typeof GetSchedulerStatsRequestSchema;
     output: typeof GetSchedulerStatsResponseSchema;
+  },
+  /**
+   * Forgets a stream (its generator stopped it): its decisions end, its watchers' streams close.
+   *
+   * @generated from rpc dayu.v1.SchedulerService.UnregisterStream
+   */
+  unregisterStream: {
+    methodKind: "unary";
+    input: typeof UnregisterStreamRequestSchema;
+    output: typeof UnregisterStreamResponseSchema;
+  },
+  /**
+   * The spans of one recent task's trace, for its timeline.
+   *
+   * @generated from rpc dayu.v1.SchedulerService.GetTaskTrace
+   */
+  getTaskTrace: {
+    methodKind: "unary";
+    input: typeof GetTaskTraceRequestSchema;
+    output: typeof GetTaskTraceResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dayu_v1_scheduler, 0);

@@ -9,6 +9,7 @@ __all__ = (
     "BackendServiceStub",
     "Box",
     "Codec",
+    "ComponentHealth",
     "Configuration",
     "ControllerServiceStub",
     "Dag",
@@ -19,15 +20,25 @@ __all__ = (
     "DeletePipelineResponse",
     "DeliverRequest",
     "DeliverResponse",
+    "DescribeMeshRequest",
+    "DescribeMeshResponse",
     "Detection",
     "DistributorServiceStub",
+    "ExportFormat",
     "ExportRecordsRequest",
     "ExportRecordsResponse",
+    "ExportResultsRequest",
+    "ExportResultsResponse",
+    "FieldViolation",
     "Frame",
     "FrameDetections",
     "GeneratorServiceStub",
     "GetDecisionRequest",
     "GetDecisionResponse",
+    "GetLatestFrameRequest",
+    "GetLatestFrameResponse",
+    "GetLatestTaskRequest",
+    "GetLatestTaskResponse",
     "GetLinkStatsRequest",
     "GetLinkStatsResponse",
     "GetProcessorStatusRequest",
@@ -38,6 +49,10 @@ __all__ = (
     "GetSchedulerStatsResponse",
     "GetSystemStatusRequest",
     "GetSystemStatusResponse",
+    "GetTaskTimelineRequest",
+    "GetTaskTimelineResponse",
+    "GetTaskTraceRequest",
+    "GetTaskTraceResponse",
     "GpuStats",
     "Hop",
     "HopLatency",
@@ -49,12 +64,17 @@ __all__ = (
     "ListInstalledStreamsResponse",
     "ListPipelinesRequest",
     "ListPipelinesResponse",
+    "ListResultsRequest",
+    "ListResultsResponse",
     "ListSourcesRequest",
     "ListSourcesResponse",
     "ListStreamsRequest",
     "ListStreamsResponse",
     "MeasureLinkRequest",
     "MeasureLinkResponse",
+    "MeshNode",
+    "MeshProcessor",
+    "MeshSource",
     "MonitorServiceStub",
     "NodeList",
     "NodeResources",
@@ -84,14 +104,22 @@ __all__ = (
     "Segment",
     "SetPolicyRequest",
     "SetPolicyResponse",
+    "SetStreamPolicyRequest",
+    "SetStreamPolicyResponse",
     "SettleStreamsRequest",
     "SettleStreamsResponse",
     "SourceInfo",
+    "StageDetections",
     "StageSpec",
     "StageState",
     "StageTimings",
+    "StartStreamRequest",
+    "StartStreamResponse",
+    "StopStreamRequest",
+    "StopStreamResponse",
     "StreamFramesRequest",
     "StreamFramesResponse",
+    "StreamOrigin",
     "StreamSchedulingStats",
     "StreamSpec",
     "StreamStatus",
@@ -100,16 +128,25 @@ __all__ = (
     "Task",
     "TaskOutcome",
     "TaskRecord",
+    "TaskSpan",
     "TaskStage",
     "TraceContext",
     "UninstallStreamRequest",
     "UninstallStreamResponse",
+    "UnregisterStreamRequest",
+    "UnregisterStreamResponse",
+    "ValidatePipelineRequest",
+    "ValidatePipelineResponse",
     "WatchDecisionsRequest",
     "WatchDecisionsResponse",
     "WatchRecordsRequest",
     "WatchRecordsResponse",
     "WatchResourcesRequest",
     "WatchResourcesResponse",
+    "WatchResultsRequest",
+    "WatchResultsResponse",
+    "WatchSystemStatusRequest",
+    "WatchSystemStatusResponse",
 )
 
 import datetime
@@ -218,6 +255,43 @@ class DataType(betterproto2.Enum):
         }
 
 
+class ExportFormat(betterproto2.Enum):
+    """
+    Format of ExportResults.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set: JSON lines.
+    """
+
+    JSON_LINES = 1
+    """
+    One record per line, protobuf's JSON mapping, frames' bytes left out.
+    """
+
+    CSV = 2
+    """
+    One row per record: ids, outcome, reason, latency, accuracy, configuration, detections.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "EXPORT_FORMAT_UNSPECIFIED",
+            1: "EXPORT_FORMAT_JSON_LINES",
+            2: "EXPORT_FORMAT_CSV",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "EXPORT_FORMAT_UNSPECIFIED": 0,
+            "EXPORT_FORMAT_JSON_LINES": 1,
+            "EXPORT_FORMAT_CSV": 2,
+        }
+
+
 class StageState(betterproto2.Enum):
     """
     Lifecycle of one stage of one task.
@@ -252,6 +326,43 @@ class StageState(betterproto2.Enum):
             "STAGE_STATE_UNSPECIFIED": 0,
             "STAGE_STATE_DONE": 1,
             "STAGE_STATE_FAILED": 2,
+        }
+
+
+class StreamOrigin(betterproto2.Enum):
+    """
+    Where a generator's stream comes from.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set.
+    """
+
+    SETTINGS = 1
+    """
+    The generator's settings (the mesh file): it runs from start to stop.
+    """
+
+    STARTED = 2
+    """
+    Started at run time by StartStream (the backend).
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "STREAM_ORIGIN_UNSPECIFIED",
+            1: "STREAM_ORIGIN_SETTINGS",
+            2: "STREAM_ORIGIN_STARTED",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "STREAM_ORIGIN_UNSPECIFIED": 0,
+            "STREAM_ORIGIN_SETTINGS": 1,
+            "STREAM_ORIGIN_STARTED": 2,
         }
 
 
@@ -355,6 +466,46 @@ class Box(betterproto2.Message):
 
 
 default_message_pool.register_message("dayu.v1", "Box", Box)
+
+
+@dataclass(eq=False, repr=False)
+class ComponentHealth(betterproto2.Message):
+    """
+    Whether one component answers.
+    """
+
+    component: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Component: scheduler, generator, processor, ...
+    """
+
+    node: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Node it runs on.
+    """
+
+    role: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Processor name, for a processor; empty otherwise.
+    """
+
+    address: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Its gRPC address.
+    """
+
+    up: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+    """
+    True when it answered its health check.
+    """
+
+    detail: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    Why it is not up (the error), or empty.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "ComponentHealth", ComponentHealth)
 
 
 @dataclass(eq=False, repr=False)
@@ -552,6 +703,48 @@ default_message_pool.register_message("dayu.v1", "DeliverResponse", DeliverRespo
 
 
 @dataclass(eq=False, repr=False)
+class DescribeMeshRequest(betterproto2.Message):
+    """
+    Request of DescribeMesh.
+    """
+
+    pass
+
+
+default_message_pool.register_message("dayu.v1", "DescribeMeshRequest", DescribeMeshRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeMeshResponse(betterproto2.Message):
+    """
+    Reply of DescribeMesh.
+    """
+
+    nodes: "list[MeshNode]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The nodes, cloud first.
+    """
+
+    processors: "list[MeshProcessor]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The processors, by name.
+    """
+
+    sources: "list[MeshSource]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The sources.
+    """
+
+    policies: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Names of the scheduling policies.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "DescribeMeshResponse", DescribeMeshResponse)
+
+
+@dataclass(eq=False, repr=False)
 class Detection(betterproto2.Message):
     """
     One thing found on a frame, or one label given to a box found by a parent stage.
@@ -615,6 +808,75 @@ class ExportRecordsResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("dayu.v1", "ExportRecordsResponse", ExportRecordsResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ExportResultsRequest(betterproto2.Message):
+    """
+    Request of ExportResults.
+    """
+
+    stream_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Stream id; empty: every stream.
+    """
+
+    since: "datetime.datetime | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    Records stored from then on; unset: from the first.
+    """
+
+    until: "datetime.datetime | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    Records stored before then; unset: until now.
+    """
+
+    format: "ExportFormat" = betterproto2.field(4, betterproto2.TYPE_ENUM, default_factory=lambda: ExportFormat(0))
+    """
+    JSON lines or CSV.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "ExportResultsRequest", ExportResultsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ExportResultsResponse(betterproto2.Message):
+    """
+    One chunk of ExportResults.
+    """
+
+    chunk: "bytes" = betterproto2.field(1, betterproto2.TYPE_BYTES)
+    """
+    The next bytes of the file (UTF-8 text).
+    """
+
+
+default_message_pool.register_message("dayu.v1", "ExportResultsResponse", ExportResultsResponse)
+
+
+@dataclass(eq=False, repr=False)
+class FieldViolation(betterproto2.Message):
+    """
+    One problem of a pipeline.
+    """
+
+    field: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The field, e.g. pipeline.stages[1].parents[0].
+    """
+
+    description: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    What was expected.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "FieldViolation", FieldViolation)
 
 
 @dataclass(eq=False, repr=False)
@@ -712,6 +974,87 @@ class GetDecisionResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("dayu.v1", "GetDecisionResponse", GetDecisionResponse)
+
+
+@dataclass(eq=False, repr=False)
+class GetLatestFrameRequest(betterproto2.Message):
+    """
+    Request of GetLatestFrame.
+    """
+
+    stream_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Stream id.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "GetLatestFrameRequest", GetLatestFrameRequest)
+
+
+@dataclass(eq=False, repr=False)
+class GetLatestFrameResponse(betterproto2.Message):
+    """
+    Reply of GetLatestFrame.
+    """
+
+    jpeg: "bytes" = betterproto2.field(1, betterproto2.TYPE_BYTES)
+    """
+    The last frame of the stream's last delivered task, as JPEG, at the task's resolution.
+    """
+
+    resolution: "Resolution | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    Its resolution (the boxes are in its pixels).
+    """
+
+    frame_index: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    Index of the frame in its source.
+    """
+
+    stages: "list[StageDetections]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    What each stage found on it, by stage name.
+    """
+
+    record: "TaskRecord | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The task's record, without the frames' bytes.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "GetLatestFrameResponse", GetLatestFrameResponse)
+
+
+@dataclass(eq=False, repr=False)
+class GetLatestTaskRequest(betterproto2.Message):
+    """
+    Request of GetLatestTask.
+    """
+
+    stream_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Stream id.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "GetLatestTaskRequest", GetLatestTaskRequest)
+
+
+@dataclass(eq=False, repr=False)
+class GetLatestTaskResponse(betterproto2.Message):
+    """
+    Reply of GetLatestTask.
+    """
+
+    record: "TaskRecord | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    Its record, with the segment's frames; NOT_FOUND when none was delivered since the distributor
+    started.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "GetLatestTaskResponse", GetLatestTaskResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -908,11 +1251,100 @@ class GetSystemStatusResponse(betterproto2.Message):
 
     nodes: "list[NodeResources]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
     """
-    Latest report of every node.
+    Latest report of every node, read from its monitor (stale when the monitor did not answer).
+    """
+
+    components: "list[ComponentHealth]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Every component of the mesh and whether it answers.
+    """
+
+    scheduling: "list[StreamSchedulingStats]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Every stream the scheduler knows: its current decision (where each stage runs now) and its
+    recent decisions with their reasons.
+    """
+
+    streams: "list[StreamStatus]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Every stream its generator runs: frames, tasks, the decision it follows.
+    """
+
+    traced_links: "list[LinkBandwidth]" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Links' bandwidth as the scheduler measures it from the traces.
+    """
+
+    read_at: "datetime.datetime | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When it was read.
     """
 
 
 default_message_pool.register_message("dayu.v1", "GetSystemStatusResponse", GetSystemStatusResponse)
+
+
+@dataclass(eq=False, repr=False)
+class GetTaskTimelineRequest(betterproto2.Message):
+    """
+    Request of GetTaskTimeline.
+    """
+
+    root_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The task's root id (a record's task.root_id).
+    """
+
+
+default_message_pool.register_message("dayu.v1", "GetTaskTimelineRequest", GetTaskTimelineRequest)
+
+
+@dataclass(eq=False, repr=False)
+class GetTaskTimelineResponse(betterproto2.Message):
+    """
+    Reply of GetTaskTimeline.
+    """
+
+    spans: "list[TaskSpan]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The spans, by start time.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "GetTaskTimelineResponse", GetTaskTimelineResponse)
+
+
+@dataclass(eq=False, repr=False)
+class GetTaskTraceRequest(betterproto2.Message):
+    """
+    Request of GetTaskTrace.
+    """
+
+    root_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The task's root id.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "GetTaskTraceRequest", GetTaskTraceRequest)
+
+
+@dataclass(eq=False, repr=False)
+class GetTaskTraceResponse(betterproto2.Message):
+    """
+    Reply of GetTaskTrace.
+    """
+
+    spans: "list[TaskSpan]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The spans received for the task, by start time; NOT_FOUND when none is kept (the scheduler keeps
+    the spans of the latest tasks only).
+    """
+
+
+default_message_pool.register_message("dayu.v1", "GetTaskTraceResponse", GetTaskTraceResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -1063,7 +1495,10 @@ class InstallStreamResponse(betterproto2.Message):
     Reply of InstallStream.
     """
 
-    pass
+    already_installed: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    True when it replaced an installed stream of the same id that was identical (a retry).
+    """
 
 
 default_message_pool.register_message("dayu.v1", "InstallStreamResponse", InstallStreamResponse)
@@ -1232,6 +1667,41 @@ default_message_pool.register_message("dayu.v1", "ListPipelinesResponse", ListPi
 
 
 @dataclass(eq=False, repr=False)
+class ListResultsRequest(betterproto2.Message):
+    """
+    Request of ListResults.
+    """
+
+    stream_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Stream id.
+    """
+
+    limit: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    At most this many records (0: 100; at most 1000).
+    """
+
+
+default_message_pool.register_message("dayu.v1", "ListResultsRequest", ListResultsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListResultsResponse(betterproto2.Message):
+    """
+    Reply of ListResults.
+    """
+
+    records: "list[TaskRecord]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The records, newest first, without the frames' bytes.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "ListResultsResponse", ListResultsResponse)
+
+
+@dataclass(eq=False, repr=False)
 class ListSourcesRequest(betterproto2.Message):
     """
     Request of ListSources.
@@ -1344,6 +1814,96 @@ class MeasureLinkResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("dayu.v1", "MeasureLinkResponse", MeasureLinkResponse)
+
+
+@dataclass(eq=False, repr=False)
+class MeshNode(betterproto2.Message):
+    """
+    A node of the mesh.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Node name.
+    """
+
+    cloud: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    True for the cloud node.
+    """
+
+    generator: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    True when a generator runs there (streams can be installed on it).
+    """
+
+    processors: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Processors it runs (the names a stage's processor may take).
+    """
+
+
+default_message_pool.register_message("dayu.v1", "MeshNode", MeshNode)
+
+
+@dataclass(eq=False, repr=False)
+class MeshProcessor(betterproto2.Message):
+    """
+    A processor a stage may name.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Its name (a stage's processor).
+    """
+
+    kind: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The processor kind it runs (model, text_detector, ...).
+    """
+
+    input: "DataType" = betterproto2.field(3, betterproto2.TYPE_ENUM, default_factory=lambda: DataType(0))
+    """
+    What it takes and gives, for the editor: frames, boxes or labels.
+    """
+
+    output: "DataType" = betterproto2.field(4, betterproto2.TYPE_ENUM, default_factory=lambda: DataType(0))
+    """
+    What it gives.
+    """
+
+    nodes: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Nodes that run it.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "MeshProcessor", MeshProcessor)
+
+
+@dataclass(eq=False, repr=False)
+class MeshSource(betterproto2.Message):
+    """
+    A source the datasource plays.
+    """
+
+    source_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Source id.
+    """
+
+    resolution: "Resolution | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    Its resolution.
+    """
+
+    fps: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+    """
+    Its frame rate.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "MeshSource", MeshSource)
 
 
 @dataclass(eq=False, repr=False)
@@ -1907,6 +2467,41 @@ default_message_pool.register_message("dayu.v1", "SetPolicyResponse", SetPolicyR
 
 
 @dataclass(eq=False, repr=False)
+class SetStreamPolicyRequest(betterproto2.Message):
+    """
+    Request of SetStreamPolicy.
+    """
+
+    stream_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Stream id.
+    """
+
+    policy: "PolicySpec | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The policy; validated by the scheduler.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "SetStreamPolicyRequest", SetStreamPolicyRequest)
+
+
+@dataclass(eq=False, repr=False)
+class SetStreamPolicyResponse(betterproto2.Message):
+    """
+    Reply of SetStreamPolicy.
+    """
+
+    decision: "Decision | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The decision the new policy made.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "SetStreamPolicyResponse", SetStreamPolicyResponse)
+
+
+@dataclass(eq=False, repr=False)
 class SettleStreamsRequest(betterproto2.Message):
     """
     Request of SettleStreams.
@@ -1981,6 +2576,26 @@ class SourceInfo(betterproto2.Message):
 
 
 default_message_pool.register_message("dayu.v1", "SourceInfo", SourceInfo)
+
+
+@dataclass(eq=False, repr=False)
+class StageDetections(betterproto2.Message):
+    """
+    What one stage found on a frame.
+    """
+
+    stage: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Stage name.
+    """
+
+    detections: "list[Detection]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Its detections.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "StageDetections", StageDetections)
 
 
 @dataclass(eq=False, repr=False)
@@ -2075,6 +2690,66 @@ class StageTimings(betterproto2.Message):
 
 
 default_message_pool.register_message("dayu.v1", "StageTimings", StageTimings)
+
+
+@dataclass(eq=False, repr=False)
+class StartStreamRequest(betterproto2.Message):
+    """
+    Request of StartStream.
+    """
+
+    stream: "StreamSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The stream; its node must be the generator's.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "StartStreamRequest", StartStreamRequest)
+
+
+@dataclass(eq=False, repr=False)
+class StartStreamResponse(betterproto2.Message):
+    """
+    Reply of StartStream.
+    """
+
+    started: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    False when the same stream already ran (nothing changed).
+    """
+
+
+default_message_pool.register_message("dayu.v1", "StartStreamResponse", StartStreamResponse)
+
+
+@dataclass(eq=False, repr=False)
+class StopStreamRequest(betterproto2.Message):
+    """
+    Request of StopStream.
+    """
+
+    stream_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Stream id.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "StopStreamRequest", StopStreamRequest)
+
+
+@dataclass(eq=False, repr=False)
+class StopStreamResponse(betterproto2.Message):
+    """
+    Reply of StopStream.
+    """
+
+    tasks_generated: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    Tasks it made in all.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "StopStreamResponse", StopStreamResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -2258,6 +2933,11 @@ class StreamStatus(betterproto2.Message):
     Whether the scheduler answered the last request for decisions.
     """
 
+    origin: "StreamOrigin" = betterproto2.field(7, betterproto2.TYPE_ENUM, default_factory=lambda: StreamOrigin(0))
+    """
+    Where the stream comes from.
+    """
+
 
 default_message_pool.register_message("dayu.v1", "StreamStatus", StreamStatus)
 
@@ -2435,6 +3115,55 @@ default_message_pool.register_message("dayu.v1", "TaskRecord", TaskRecord)
 
 
 @dataclass(eq=False, repr=False)
+class TaskSpan(betterproto2.Message):
+    """
+    One span of a task's trace.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Span name: generator.encode, controller.transfer, processor.infer, ...
+    """
+
+    component: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Component that made it.
+    """
+
+    node: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Node it ran on.
+    """
+
+    stage: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Stage it belongs to, if any.
+    """
+
+    to_node: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    For a transfer: the node it went to.
+    """
+
+    start: "datetime.datetime | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When it started.
+    """
+
+    end: "datetime.datetime | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When it ended.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "TaskSpan", TaskSpan)
+
+
+@dataclass(eq=False, repr=False)
 class TaskStage(betterproto2.Message):
     """
     One stage of the task's DAG: the declared stage, where it runs and what it produced.
@@ -2525,10 +3254,74 @@ class UninstallStreamResponse(betterproto2.Message):
     Reply of UninstallStream.
     """
 
-    pass
+    stopped: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    False when its generator could not be reached: the stream is forgotten, and its generator is
+    stopped when it answers again.
+    """
 
 
 default_message_pool.register_message("dayu.v1", "UninstallStreamResponse", UninstallStreamResponse)
+
+
+@dataclass(eq=False, repr=False)
+class UnregisterStreamRequest(betterproto2.Message):
+    """
+    Request of UnregisterStream.
+    """
+
+    stream_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Stream id.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "UnregisterStreamRequest", UnregisterStreamRequest)
+
+
+@dataclass(eq=False, repr=False)
+class UnregisterStreamResponse(betterproto2.Message):
+    """
+    Reply of UnregisterStream.
+    """
+
+    unregistered: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    False when the scheduler did not know the stream.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "UnregisterStreamResponse", UnregisterStreamResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ValidatePipelineRequest(betterproto2.Message):
+    """
+    Request of ValidatePipeline.
+    """
+
+    pipeline: "Pipeline | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The pipeline to check.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "ValidatePipelineRequest", ValidatePipelineRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ValidatePipelineResponse(betterproto2.Message):
+    """
+    Reply of ValidatePipeline.
+    """
+
+    violations: "list[FieldViolation]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Empty when the pipeline is valid.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "ValidatePipelineResponse", ValidatePipelineResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -2622,11 +3415,79 @@ class WatchResourcesResponse(betterproto2.Message):
 default_message_pool.register_message("dayu.v1", "WatchResourcesResponse", WatchResourcesResponse)
 
 
+@dataclass(eq=False, repr=False)
+class WatchResultsRequest(betterproto2.Message):
+    """
+    Request of WatchResults.
+    """
+
+    stream_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Stream id; empty: every stream.
+    """
+
+    after_cursor: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    Only records stored after this cursor (a record's cursor); 0: from the next one stored.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "WatchResultsRequest", WatchResultsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class WatchResultsResponse(betterproto2.Message):
+    """
+    One record of WatchResults.
+    """
+
+    record: "TaskRecord | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The record, without the frames' bytes.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "WatchResultsResponse", WatchResultsResponse)
+
+
+@dataclass(eq=False, repr=False)
+class WatchSystemStatusRequest(betterproto2.Message):
+    """
+    Request of WatchSystemStatus.
+    """
+
+    interval_s: "float" = betterproto2.field(1, betterproto2.TYPE_DOUBLE)
+    """
+    Seconds between two statuses; 0: 2 s; at least 0.5.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "WatchSystemStatusRequest", WatchSystemStatusRequest)
+
+
+@dataclass(eq=False, repr=False)
+class WatchSystemStatusResponse(betterproto2.Message):
+    """
+    One status of WatchSystemStatus.
+    """
+
+    status: "GetSystemStatusResponse | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The status.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "WatchSystemStatusResponse", WatchSystemStatusResponse)
+
+
 class BackendServiceStub(betterproto2_grpclib.ServiceStub):
     """
-    One backend, on the cloud node: the operator's entry point. Pipelines are kept in memory;
-    installing streams and the system status are not served yet (UNIMPLEMENTED): today streams are
-    installed by the mesh file.
+    One backend, on the cloud node: the operator's entry point, over gRPC and (for browsers and curl)
+    Connect's HTTP/JSON protocol on the console's port. Pipelines and the streams installed through it
+    are kept in SQLite; the backend starts them on their generators and keeps them running
+    (docs/console.md). Every call needs a bearer token (`authorization: Bearer TOKEN`): a read-only
+    token for the calls that change nothing, an admin token for the others; without one the answer is
+    UNAUTHENTICATED (PERMISSION_DENIED for a read-only token on an admin call).
     """
 
     async def list_pipelines(
@@ -2722,7 +3583,8 @@ class BackendServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "InstallStreamResponse":
         """
-        Installs a stream (not served yet: UNIMPLEMENTED).
+        Installs a stream: stores it, starts it on the generator of its node (which registers it with
+        the scheduler under its policy), and keeps it running across restarts of either.
         """
 
         return await self._unary_unary(
@@ -2743,7 +3605,8 @@ class BackendServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "UninstallStreamResponse":
         """
-        Uninstalls a stream installed by InstallStream.
+        Uninstalls a stream installed by InstallStream: its generator stops capturing, the tasks it made
+        are delivered or recorded dropped, the scheduler forgets it.
         """
 
         return await self._unary_unary(
@@ -2764,7 +3627,7 @@ class BackendServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "GetSystemStatusResponse":
         """
-        Latest resources of every node (not served yet: UNIMPLEMENTED).
+        Every node's latest resources, which components answer, every stream's decisions with reasons.
         """
 
         if message is None:
@@ -2778,6 +3641,201 @@ class BackendServiceStub(betterproto2_grpclib.ServiceStub):
             deadline=deadline,
             metadata=metadata,
         )
+
+    async def set_stream_policy(
+        self,
+        message: "SetStreamPolicyRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SetStreamPolicyResponse":
+        """
+        Switches a stream's policy (through the scheduler) and keeps it for the stream's next start.
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.BackendService/SetStreamPolicy",
+            message,
+            SetStreamPolicyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def describe_mesh(
+        self,
+        message: "DescribeMeshRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DescribeMeshResponse":
+        """
+        What the mesh offers: nodes, the processors on each, sources, policies.
+        """
+
+        if message is None:
+            message = DescribeMeshRequest()
+
+        return await self._unary_unary(
+            "/dayu.v1.BackendService/DescribeMesh",
+            message,
+            DescribeMeshResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def validate_pipeline(
+        self,
+        message: "ValidatePipelineRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ValidatePipelineResponse":
+        """
+        Checks a pipeline without storing it: every problem, each naming its field.
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.BackendService/ValidatePipeline",
+            message,
+            ValidatePipelineResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_system_status(
+        self,
+        message: "WatchSystemStatusRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[WatchSystemStatusResponse]":
+        """
+        The system status now, then again every interval.
+        """
+
+        async for response in self._unary_stream(
+            "/dayu.v1.BackendService/WatchSystemStatus",
+            message,
+            WatchSystemStatusResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def list_results(
+        self,
+        message: "ListResultsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListResultsResponse":
+        """
+        A stream's latest task records, newest first (the frames' bytes left out).
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.BackendService/ListResults",
+            message,
+            ListResultsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_results(
+        self,
+        message: "WatchResultsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[WatchResultsResponse]":
+        """
+        A stream's task records as they are stored, from after a cursor.
+        """
+
+        async for response in self._unary_stream(
+            "/dayu.v1.BackendService/WatchResults",
+            message,
+            WatchResultsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def get_latest_frame(
+        self,
+        message: "GetLatestFrameRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetLatestFrameResponse":
+        """
+        The last frame delivered for a stream, as JPEG, with what the pipeline found on it.
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.BackendService/GetLatestFrame",
+            message,
+            GetLatestFrameResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_task_timeline(
+        self,
+        message: "GetTaskTimelineRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetTaskTimelineResponse":
+        """
+        One task's timeline from its trace: a span per hop and stage, on each node.
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.BackendService/GetTaskTimeline",
+            message,
+            GetTaskTimelineResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def export_results(
+        self,
+        message: "ExportResultsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[ExportResultsResponse]":
+        """
+        Task records as JSON lines or CSV, in chunks.
+        """
+
+        async for response in self._unary_stream(
+            "/dayu.v1.BackendService/ExportResults",
+            message,
+            ExportResultsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
 
 
 class ControllerServiceStub(betterproto2_grpclib.ServiceStub):
@@ -3061,6 +4119,27 @@ class DistributorServiceStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def get_latest_task(
+        self,
+        message: "GetLatestTaskRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetLatestTaskResponse":
+        """
+        The last task delivered for a stream, frames and all (kept in memory for the latest streams).
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.DistributorService/GetLatestTask",
+            message,
+            GetLatestTaskResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class GeneratorServiceStub(betterproto2_grpclib.ServiceStub):
     """
@@ -3106,6 +4185,49 @@ class GeneratorServiceStub(betterproto2_grpclib.ServiceStub):
             "/dayu.v1.GeneratorService/ApplyDecision",
             message,
             ApplyDecisionResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def start_stream(
+        self,
+        message: "StartStreamRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "StartStreamResponse":
+        """
+        Starts a stream at run time (the backend's InstallStream); the same spec again is a no-op.
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.GeneratorService/StartStream",
+            message,
+            StartStreamResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def stop_stream(
+        self,
+        message: "StopStreamRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "StopStreamResponse":
+        """
+        Stops a stream started by StartStream: capture stops, the tasks made reach the controller or are
+        recorded dropped before it answers.
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.GeneratorService/StopStream",
+            message,
+            StopStreamResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -3366,6 +4488,48 @@ class SchedulerServiceStub(betterproto2_grpclib.ServiceStub):
             "/dayu.v1.SchedulerService/GetSchedulerStats",
             message,
             GetSchedulerStatsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def unregister_stream(
+        self,
+        message: "UnregisterStreamRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UnregisterStreamResponse":
+        """
+        Forgets a stream (its generator stopped it): its decisions end, its watchers' streams close.
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.SchedulerService/UnregisterStream",
+            message,
+            UnregisterStreamResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_task_trace(
+        self,
+        message: "GetTaskTraceRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetTaskTraceResponse":
+        """
+        The spans of one recent task's trace, for its timeline.
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.SchedulerService/GetTaskTrace",
+            message,
+            GetTaskTraceResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
