@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: Ctrl-C)")
     up.add_argument("--summary-json", type=Path, metavar="PATH", help="also write the summary as JSON here")
     up.add_argument("--workdir", type=Path, default=Path(".dayu"), metavar="DIR", help="where the records go")
+    up.add_argument(
+        "--console-port",
+        type=int,
+        default=8080,
+        metavar="PORT",
+        help="the console's port on 127.0.0.1 (0: a free one); its URL, with an admin token, is printed",
+    )
 
     cluster = commands.add_parser(
         "cluster",
@@ -223,8 +230,10 @@ def _run(mesh: RunningMesh, args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from dayu.mesh.embedded import Mesh
+
     args.workdir.mkdir(parents=True, exist_ok=True)
-    return _run(_mesh_maker("embedded")(load_mesh_config(args.config), args.workdir), args)
+    return _run(Mesh(load_mesh_config(args.config), args.workdir, console_port=args.console_port), args)
 
 
 def _cluster(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from dayu.v1 import task_pb2 as dayu_dot_v1_dot_task__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x61yu/v1/distributor.proto\x12\x07\x64\x61yu.v1\x1a\x12\x64\x61yu/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x01\n\x14SettleStreamsRequest\x12?\n\tgenerated\x18\x01 \x03(\x0b\x32,.dayu.v1.SettleStreamsRequest.GeneratedEntry\x1a\x30\n\x0eGeneratedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\")\n\x15SettleStreamsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x04\"\x8d\x01\n\x0cRecordFilter\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\x04\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x0e\x44\x65liverRequest\x12\x1b\n\x04task\x18\x01 \x01(\x0b\x32\r.dayu.v1.Task\"4\n\x0f\x44\x65liverResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\"@\n\x11RecordDropRequest\x12\x1b\n\x04task\x18\x01 \x01(\x0b\x32\r.dayu.v1.Task\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x12RecordDropResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\"K\n\x13QueryRecordsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.dayu.v1.RecordFilter\x12\r\n\x05limit\x18\x02 \x01(\r\"Q\n\x14QueryRecordsResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.dayu.v1.TaskRecord\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\x04\"=\n\x14\x45xportRecordsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.dayu.v1.RecordFilter\"&\n\x15\x45xportRecordsResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"<\n\x13WatchRecordsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.dayu.v1.RecordFilter\";\n\x14WatchRecordsResponse\x12#\n\x06record\x18\x01 \x01(\x0b\x32\x13.dayu.v1.TaskRecord\")\n\x14GetLatestTaskRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"<\n\x15GetLatestTaskResponse\x12#\n\x06record\x18\x01 \x01(\x0b\x32\x13.dayu.v1.TaskRecord2\xa7\x04\n\x12\x44istributorService\x12<\n\x07\x44\x65liver\x12\x17.dayu.v1.DeliverRequest\x1a\x18.dayu.v1.DeliverResponse\x12\x45\n\nRecordDrop\x12\x1a.dayu.v1.RecordDropRequest\x1a\x1b.dayu.v1.RecordDropResponse\x12K\n\x0cQueryRecords\x12\x1c.dayu.v1.QueryRecordsRequest\x1a\x1d.dayu.v1.QueryRecordsResponse\x12P\n\rExportRecords\x12\x1d.dayu.v1.ExportRecordsRequest\x1a\x1e.dayu.v1.ExportRecordsResponse0\x01\x12M\n\x0cWatchRecords\x12\x1c.dayu.v1.WatchRecordsRequest\x1a\x1d.dayu.v1.WatchRecordsResponse0\x01\x12N\n\rSettleStreams\x12\x1d.dayu.v1.SettleStreamsRequest\x1a\x1e.dayu.v1.SettleStreamsResponse\x12N\n\rGetLatestTask\x12\x1d.dayu.v1.GetLatestTaskRequest\x1a\x1e.dayu.v1.GetLatestTaskResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x61yu/v1/distributor.proto\x12\x07\x64\x61yu.v1\x1a\x12\x64\x61yu/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x01\n\x14SettleStreamsRequest\x12?\n\tgenerated\x18\x01 \x03(\x0b\x32,.dayu.v1.SettleStreamsRequest.GeneratedEntry\x1a\x30\n\x0eGeneratedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\")\n\x15SettleStreamsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x04\"\x8d\x01\n\x0cRecordFilter\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\x04\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x0e\x44\x65liverRequest\x12\x1b\n\x04task\x18\x01 \x01(\x0b\x32\r.dayu.v1.Task\"4\n\x0f\x44\x65liverResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\"@\n\x11RecordDropRequest\x12\x1b\n\x04task\x18\x01 \x01(\x0b\x32\r.dayu.v1.Task\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x12RecordDropResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\"a\n\x13QueryRecordsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.dayu.v1.RecordFilter\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x14\n\x0cnewest_first\x18\x03 \x01(\x08\"Q\n\x14QueryRecordsResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.dayu.v1.TaskRecord\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\x04\"=\n\x14\x45xportRecordsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.dayu.v1.RecordFilter\"&\n\x15\x45xportRecordsResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"<\n\x13WatchRecordsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.dayu.v1.RecordFilter\";\n\x14WatchRecordsResponse\x12#\n\x06record\x18\x01 \x01(\x0b\x32\x13.dayu.v1.TaskRecord\")\n\x14GetLatestTaskRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"<\n\x15GetLatestTaskResponse\x12#\n\x06record\x18\x01 \x01(\x0b\x32\x13.dayu.v1.TaskRecord2\xa7\x04\n\x12\x44istributorService\x12<\n\x07\x44\x65liver\x12\x17.dayu.v1.DeliverRequest\x1a\x18.dayu.v1.DeliverResponse\x12\x45\n\nRecordDrop\x12\x1a.dayu.v1.RecordDropRequest\x1a\x1b.dayu.v1.RecordDropResponse\x12K\n\x0cQueryRecords\x12\x1c.dayu.v1.QueryRecordsRequest\x1a\x1d.dayu.v1.QueryRecordsResponse\x12P\n\rExportRecords\x12\x1d.dayu.v1.ExportRecordsRequest\x1a\x1e.dayu.v1.ExportRecordsResponse0\x01\x12M\n\x0cWatchRecords\x12\x1c.dayu.v1.WatchRecordsRequest\x1a\x1d.dayu.v1.WatchRecordsResponse0\x01\x12N\n\rSettleStreams\x12\x1d.dayu.v1.SettleStreamsRequest\x1a\x1e.dayu.v1.SettleStreamsResponse\x12N\n\rGetLatestTask\x12\x1d.dayu.v1.GetLatestTaskRequest\x1a\x1e.dayu.v1.GetLatestTaskResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,21 +53,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORDDROPRESPONSE']._serialized_start=585
   _globals['_RECORDDROPRESPONSE']._serialized_end=640
   _globals['_QUERYRECORDSREQUEST']._serialized_start=642
-  _globals['_QUERYRECORDSREQUEST']._serialized_end=717
-  _globals['_QUERYRECORDSRESPONSE']._serialized_start=719
-  _globals['_QUERYRECORDSRESPONSE']._serialized_end=800
-  _globals['_EXPORTRECORDSREQUEST']._serialized_start=802
-  _globals['_EXPORTRECORDSREQUEST']._serialized_end=863
-  _globals['_EXPORTRECORDSRESPONSE']._serialized_start=865
-  _globals['_EXPORTRECORDSRESPONSE']._serialized_end=903
-  _globals['_WATCHRECORDSREQUEST']._serialized_start=905
-  _globals['_WATCHRECORDSREQUEST']._serialized_end=965
-  _globals['_WATCHRECORDSRESPONSE']._serialized_start=967
-  _globals['_WATCHRECORDSRESPONSE']._serialized_end=1026
-  _globals['_GETLATESTTASKREQUEST']._serialized_start=1028
-  _globals['_GETLATESTTASKREQUEST']._serialized_end=1069
-  _globals['_GETLATESTTASKRESPONSE']._serialized_start=1071
-  _globals['_GETLATESTTASKRESPONSE']._serialized_end=1131
-  _globals['_DISTRIBUTORSERVICE']._serialized_start=1134
-  _globals['_DISTRIBUTORSERVICE']._serialized_end=1685
+  _globals['_QUERYRECORDSREQUEST']._serialized_end=739
+  _globals['_QUERYRECORDSRESPONSE']._serialized_start=741
+  _globals['_QUERYRECORDSRESPONSE']._serialized_end=822
+  _globals['_EXPORTRECORDSREQUEST']._serialized_start=824
+  _globals['_EXPORTRECORDSREQUEST']._serialized_end=885
+  _globals['_EXPORTRECORDSRESPONSE']._serialized_start=887
+  _globals['_EXPORTRECORDSRESPONSE']._serialized_end=925
+  _globals['_WATCHRECORDSREQUEST']._serialized_start=927
+  _globals['_WATCHRECORDSREQUEST']._serialized_end=987
+  _globals['_WATCHRECORDSRESPONSE']._serialized_start=989
+  _globals['_WATCHRECORDSRESPONSE']._serialized_end=1048
+  _globals['_GETLATESTTASKREQUEST']._serialized_start=1050
+  _globals['_GETLATESTTASKREQUEST']._serialized_end=1091
+  _globals['_GETLATESTTASKRESPONSE']._serialized_start=1093
+  _globals['_GETLATESTTASKRESPONSE']._serialized_end=1153
+  _globals['_DISTRIBUTORSERVICE']._serialized_start=1156
+  _globals['_DISTRIBUTORSERVICE']._serialized_end=1707
 # @@protoc_insertion_point(module_scope)

@@ -236,8 +236,11 @@ class QueryRecordsRequest(_message.Message):
 
     FILTER_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    NEWEST_FIRST_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """At most this many (1..1000; 0 means 100)."""
+    newest_first: _builtins.bool
+    """The newest first (from the end of what matches); next_cursor is then 0."""
     @_builtins.property
     def filter(self) -> Global___RecordFilter:
         """Which records."""
@@ -247,10 +250,11 @@ class QueryRecordsRequest(_message.Message):
         *,
         filter: Global___RecordFilter | None = ...,
         limit: _builtins.int = ...,
+        newest_first: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "limit", b"limit", "newest_first", b"newest_first"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

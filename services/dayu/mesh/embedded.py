@@ -10,6 +10,7 @@ from pathlib import Path
 from dayu.components import COMPONENTS
 from dayu.mesh.model import MeshConfig
 from dayu.mesh.plan import STOP_ORDER, Instance, Wiring, instances, settings, triton_nodes
+from dayu.runtime.auth import new_tokens_file
 from dayu.runtime.server import ComponentServer, free_ports
 from dayu.runtime.tls import TlsSettings
 
@@ -20,10 +21,14 @@ class LoopbackWiring(Wiring):
 
     emulated_links = True
 
-    def __init__(self, config: MeshConfig, workdir: Path, tritons: dict[str, str]) -> None:
+    def __init__(self, config: MeshConfig, workdir: Path, tritons: dict[str, str], console_port: int | None) -> None:
         self.pipelines_file = str(config.pipelines_file)
         self.workdir = workdir
         self.database = str(workdir / "dayu-records.sqlite")
+        # What the operator installed stays across runs (records and sequence numbers do not: reset()).
+        self.backend_database = str(workdir / "backend.sqlite")
+        self.tokens_file = str(workdir / "tokens.yaml")  # Mesh made it
+        self.console_listen = "" if console_port is None else f"127.0.0.1:{console_port}"
         self.models_dir = str(config.models_dir) if config.models_dir is not None else None
         keys = [instance.key for instance in instances(config)]
         self.ports = dict(zip(keys, free_ports(len(keys)), strict=True))
@@ -42,9 +47,14 @@ class LoopbackWiring(Wiring):
 class Mesh:
     """Starts and stops the instances of a MeshConfig in this process, and the mesh's tritonserver."""
 
-    def __init__(self, config: MeshConfig, workdir: Path) -> None:
+    def __init__(self, config: MeshConfig, workdir: Path, console_port: int | None = 0) -> None:
+        """`console_port`: where the backend serves the console on 127.0.0.1 (0: a free port; None: no
+        console)."""
         self.config = config
         self.workdir = workdir
+        self.console_port = console_port
+        self.tokens_path = workdir / "tokens.yaml"
+        self.tokens = new_tokens_file(self.tokens_path)  # made once, then kept: the operator's tokens
         self.servers: dict[str, ComponentServer] = {}  # instance key -> server
         self.addresses: dict[str, str] = {}
         self.instances = instances(config)
@@ -63,7 +73,7 @@ class Mesh:
         shutil.rmtree(self.workdir / "state", ignore_errors=True)  # LoopbackWiring.state_dir
 
     async def start(self) -> None:
-        wiring = LoopbackWiring(self.config, self.workdir, await self._start_triton())
+        wiring = LoopbackWiring(self.config, self.workdir, await self._start_triton(), self.console_port)
         for instance in self.instances:
             component_class = COMPONENTS.entry(instance.component).factory
             data = settings(self.config, instance, wiring)
@@ -107,6 +117,12 @@ class Mesh:
         if self.triton is not None:
             await self.triton.stop()
             self.triton = None
+
+    @property
+    def console_url(self) -> str:
+        """The console's URL once the mesh runs (empty without a console)."""
+        server = self.servers.get("backend")
+        return getattr(server.component, "console_url", "") if server else ""
 
     def keys(self, component: str) -> list[str]:
         return [instance.key for instance in self.instances if instance.component == component]

@@ -64,6 +64,9 @@ class Wiring:
     database: str
     models_dir: str | None  # where processors in process find the mesh's own models
     emulated_links: bool  # links emulated by the controllers (bandwidth, delay, traces); else real ones
+    tokens_file: str  # the operator API's bearer tokens (dayu.runtime.auth), read by the backend and scheduler
+    console_listen: str  # HOST:PORT of the backend's console; empty: none
+    backend_database: str  # the backend's SQLite file (pipelines, installed streams): kept across runs
 
     def address(self, target: Instance, seen_from: Instance) -> str:
         """HOST:PORT at which the instance `seen_from` reaches `target`."""
@@ -120,8 +123,14 @@ def instances(config: MeshConfig) -> list[Instance]:
         found += [Instance("processor", node, kind) for kind in section.processors]
     found += [Instance("controller", node) for node in config.nodes]
     found += [Instance("monitor", node) for node in config.nodes]
-    found += [Instance("generator", node) for node in config.nodes if config.streams_on(node)]
+    found += [Instance("generator", node) for node in generator_nodes(config)]
     return found
+
+
+def generator_nodes(config: MeshConfig) -> list[str]:
+    """Every edge node has a generator, for the streams of the mesh file and those installed at run time
+    (the backend's InstallStream); the cloud node one only when the mesh file puts a stream there."""
+    return [node for node in config.nodes if node != config.cloud_node or config.streams_on(node)]
 
 
 def certificate_holders(config: MeshConfig) -> list[tuple[str, str]]:
@@ -182,7 +191,7 @@ def settings(config: MeshConfig, instance: Instance, wiring: Wiring) -> dict[str
         case "datasource":
             section = {"sources": config.sources}
         case "backend":
-            section = {"pipelines_file": wiring.pipelines_file}
+            section = _backend_section(config, instance, wiring)
         case "processor":
             processor = _processor_section(config, instance).model_dump(exclude={"kind"})
             name = instance.role.removeprefix(GOLDEN)
@@ -223,12 +232,36 @@ def settings(config: MeshConfig, instance: Instance, wiring: Wiring) -> dict[str
         case other:
             raise ValueError(f"no settings for component {other!r}")
     data: dict[str, Any] = {"node": node, instance.component: section}
+    if instance.component in ("backend", "scheduler"):  # the operator API's tokens (dayu.runtime.auth)
+        data["auth"] = {"tokens_file": wiring.tokens_file}
     if instance.component != "scheduler":  # every other component sends its spans to the scheduler
         data["tracing"] = {
             "export_to": [at("scheduler"), *config.otlp_collectors],
             "sample_ratio": config.trace_sample_ratio,
         }
     return data
+
+
+def _backend_section(config: MeshConfig, backend: Instance, wiring: Wiring) -> dict[str, Any]:
+    """The backend knows the mesh: every component's address, the processors of each node, the policies."""
+    from dayu.scheduler.policies import POLICIES  # names only; the backend does not run them
+
+    members = [
+        {"component": i.component, "node": i.node, "role": i.role, "address": wiring.address(i, backend)}
+        for i in instances(config)
+        if i != backend
+    ]
+    names = {name for node in config.nodes.values() for name in node.processors}
+    return {
+        "pipelines_file": wiring.pipelines_file,
+        "database": wiring.backend_database,
+        "console_listen": wiring.console_listen,
+        "cloud_node": config.cloud_node,
+        "nodes": {node: list(section.processors) for node, section in config.nodes.items()},
+        "processor_kinds": {name: config.processor_kind(name) for name in sorted(names)},
+        "members": members,
+        "policies": POLICIES.names(),
+    }
 
 
 def _emulated_links(config: MeshConfig, node: str) -> Iterator[tuple[str, dict[str, Any]]]:

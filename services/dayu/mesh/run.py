@@ -15,6 +15,7 @@ from dayu.mesh.plan import Instance
 from dayu.mesh.summary import ResultTally, format_summary, percentiles
 from dayu.runtime.client import Channels
 from dayu.runtime.paging import every_page
+from dayu.runtime.auth import TokensFile
 from dayu.runtime.tls import TlsSettings
 from dayu.v1 import (
     controller_pb2,
@@ -38,6 +39,12 @@ class RunningMesh(Protocol):
     kernel_link_bytes: dict[str, int]  # "a->b" -> bytes the kernel counted, once stopped; {} if not real links
     records: Path  # the distributor's SQLite file, as this machine sees it
     tls: TlsSettings  # the certificate this machine's clients show the mesh (the operator's); empty: plaintext
+    tokens: TokensFile  # the operator API's bearer tokens (the backend's console, the scheduler's SetPolicy)
+    tokens_path: Path  # where they are, for the operator
+
+    @property
+    def console_url(self) -> str:
+        """The console's URL once started; empty without one."""
 
     def reset(self) -> None:
         """Forgets what an earlier run left in the working folder (records, task journals, sequence
@@ -78,6 +85,9 @@ async def run_mesh(
             f"dayu: mesh up with nodes {sorted(config.nodes)}, {len(config.streams)} streams; "
             f"scheduler {_cloud(mesh, 'scheduler')}, backend {_cloud(mesh, 'backend')}"
         )
+        if mesh.console_url and mesh.tokens.admin:
+            # The token rides in the fragment, which the browser never sends: the console reads it, once.
+            progress(f"dayu: console {mesh.console_url}#token={mesh.tokens.admin[0]}  (tokens: {mesh.tokens_path})")
         distributor = distributor_pb2_grpc.DistributorServiceStub(channels.get(_cloud(mesh, "distributor")))
         watcher = asyncio.create_task(_watch(distributor, tally))
 

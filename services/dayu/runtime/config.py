@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from dayu.runtime.errors import InvalidArgument, from_validation_error
+from dayu.runtime.auth import AuthSettings
 from dayu.runtime.tls import TlsSettings
 from dayu.runtime.tracing import TracingSettings
 
@@ -57,6 +58,7 @@ class ComponentSettings(BaseSettings):
     log: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
     tls: TlsSettings = TlsSettings()
+    auth: AuthSettings = AuthSettings()
 
     @classmethod
     def settings_customise_sources(

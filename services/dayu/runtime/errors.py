@@ -60,6 +60,12 @@ class FailedPrecondition(DayuError):
     status = "FAILED_PRECONDITION"
 
 
+class Unauthenticated(DayuError):
+    """The call carries no valid bearer token (dayu.runtime.auth)."""
+
+    status = "UNAUTHENTICATED"
+
+
 class PermissionDenied(DayuError):
     """The caller's certificate does not allow the call (dayu.runtime.tls): the message names the
     field, what it claims and who the certificate says the caller is."""

@@ -37,6 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import context as otel_context
 
+from dayu.runtime.auth import Guard
 from dayu.runtime.config import ComponentSettings
 from dayu.runtime.errors import DayuError, InvalidArgument, ResourceExhausted, cut
 from dayu.runtime.limits import request_bytes
@@ -69,10 +70,12 @@ class Binding:
     """A servicer object serving one dayu.v1 service, named in full (e.g. "dayu.v1.MonitorService").
 
     The servicer has one coroutine method per RPC that it implements (async generators for
-    server streams); RPCs it leaves out answer UNIMPLEMENTED."""
+    server streams); RPCs it leaves out answer UNIMPLEMENTED. `guard`, when given, sees each call's
+    method and authorization metadata before anything else, and refuses it by raising (dayu.runtime.auth)."""
 
     service: str
     servicer: object
+    guard: Guard | None = None
 
 
 class Component:
@@ -241,8 +244,19 @@ class ShuttingDown(DayuError):
         super().__init__("server is shutting down; reconnect")
 
 
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return str(value)
+    return None
+
+
 def _handler(
-    method: MethodDescriptor, behavior: Callable[..., Any] | None, draining: asyncio.Event, server_limit: int
+    method: MethodDescriptor,
+    behavior: Callable[..., Any] | None,
+    draining: asyncio.Event,
+    server_limit: int,
+    guard: Guard | None = None,
 ) -> grpc.RpcMethodHandler:
     """Wraps a servicer method: parses raw request bytes itself (so garbage is INVALID_ARGUMENT),
     maps core errors to statuses, and ends server streams when the server drains."""
@@ -269,13 +283,15 @@ def _handler(
         async for raw in raw_requests:
             yield await parse(raw)
 
-    async def parsed(raw: Any) -> Any:
+    async def parsed(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+        if guard is not None:  # before the request is even parsed: a stranger's call costs nothing
+            guard(name, _authorization(context))
         return parsed_stream(raw) if method.client_streaming else await parse(raw)
 
     async def unary_response(raw: Any, context: grpc.aio.ServicerContext) -> Any:
         token = otel_context.attach(extract(context.invocation_metadata()))
         try:
-            return await _serialized(await behavior(await parsed(raw), context))
+            return await _serialized(await behavior(await parsed(raw, context), context))
         except grpc.aio.AbortError:
             raise
         except Exception as error:
@@ -285,7 +301,7 @@ def _handler(
 
     async def streamed_response(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for response in _until_draining(behavior(await parsed(raw), context), draining):
+            async for response in _until_draining(behavior(await parsed(raw, context), context), draining):
                 yield await _serialized(response)
         except grpc.aio.AbortError:
             raise
@@ -303,7 +319,8 @@ def _service_handler(
     except KeyError:
         raise ValueError(f"unknown service {binding.service!r}: import its dayu.v1 module first") from None
     handlers = {
-        m.name: _handler(m, _implementation(binding.servicer, m.name), draining, server_limit) for m in service.methods
+        m.name: _handler(m, _implementation(binding.servicer, m.name), draining, server_limit, binding.guard)
+        for m in service.methods
     }
     return service, grpc.method_handlers_generic_handler(service.full_name, handlers)
 

@@ -2145,6 +2145,11 @@ class QueryRecordsRequest(betterproto2.Message):
     At most this many (1..1000; 0 means 100).
     """
 
+    newest_first: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    The newest first (from the end of what matches); next_cursor is then 0.
+    """
+
 
 default_message_pool.register_message("dayu.v1", "QueryRecordsRequest", QueryRecordsRequest)
 

@@ -1,0 +1,89 @@
+"""The backend's SQLite file: the catalogue of pipelines and the streams installed through it.
+
+What should run lives here, so that a restarted backend knows it and reconciles the generators with
+it. Rows hold the serialized protobuf messages (the contracts' own encoding: no second model of the
+messages). One connection, used from worker threads one call at a time; WAL, so a crash mid-write
+leaves the last committed state."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from dayu.v1 import decision_pb2, types_pb2
+
+SCHEMA_VERSION = 1
+INSTALLED, REMOVING = "installed", "removing"  # a stream's state: runs, or its generator must stop it
+
+SCHEMA = """
+CREATE TABLE pipelines (name TEXT PRIMARY KEY, pipeline BLOB NOT NULL);
+CREATE TABLE streams (
+    stream_id TEXT PRIMARY KEY,
+    spec BLOB NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('installed', 'removing'))
+);
+"""
+
+
+class BackendStore:
+    def __init__(self, path: Path | None, seed: Iterable[types_pb2.Pipeline] = ()) -> None:
+        """Opens (or creates) the file; a new file starts with the `seed` pipelines. None: in memory."""
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                self._db.executescript("BEGIN;" + SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+            elif version != SCHEMA_VERSION:
+                raise RuntimeError(f"{path}: backend store of schema {version}; this backend reads {SCHEMA_VERSION}")
+        if version == 0:
+            for pipeline in seed:
+                self.put_pipeline(pipeline)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- pipelines
+
+    def pipelines(self) -> dict[str, types_pb2.Pipeline]:
+        with self._lock:
+            rows = self._db.execute("SELECT pipeline FROM pipelines ORDER BY name").fetchall()
+        found = (types_pb2.Pipeline.FromString(row[0]) for row in rows)
+        return {p.name: p for p in found}
+
+    def put_pipeline(self, pipeline: types_pb2.Pipeline) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO pipelines (name, pipeline) VALUES (?, ?)",
+                (pipeline.name, pipeline.SerializeToString(deterministic=True)),
+            )
+
+    def delete_pipeline(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM pipelines WHERE name = ?", (name,))
+
+    # -- streams
+
+    def streams(self) -> dict[str, tuple[decision_pb2.StreamSpec, str]]:
+        """stream id -> (spec, state), in id order."""
+        with self._lock:
+            rows = self._db.execute("SELECT stream_id, spec, state FROM streams ORDER BY stream_id").fetchall()
+        return {row[0]: (decision_pb2.StreamSpec.FromString(row[1]), row[2]) for row in rows}
+
+    def put_stream(self, spec: decision_pb2.StreamSpec, state: str = INSTALLED) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO streams (stream_id, spec, state) VALUES (?, ?, ?)",
+                (spec.stream_id, spec.SerializeToString(deterministic=True), state),
+            )
+
+    def delete_stream(self, stream_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM streams WHERE stream_id = ?", (stream_id,))
