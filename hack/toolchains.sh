@@ -2,8 +2,9 @@
 # Installs what the tests need beyond Python, from Debian (as root; apt runs only when something is
 # missing): Go with Debian's gRPC and protobuf sources and the protoc plugins (the Go client builds
 # against them: there is no Go module download), Node.js with npm for the TypeScript client when the
-# machine has none (Node 20 or newer: Debian 12's is 18), and iproute2 and util-linux for the cluster
-# of real nodes. .ci/run and the README's test command run it.
+# machine has none (Node 20 or newer: Debian 12's is 18), iproute2 and util-linux for the cluster
+# of real nodes, and Chromium for the console's browser tests (Playwright drives Debian's; it
+# downloads no browser). .ci/run and the README's test command run it.
 set -euo pipefail
 packages=()
 for tool in tc:iproute2 nsenter:util-linux unshare:util-linux go:golang-go protoc-gen-go:protoc-gen-go \
@@ -17,6 +18,8 @@ done
 # first reply).
 grep -qs 'google.golang.org/protobuf' /usr/share/gocode/src/github.com/golang/protobuf/go.mod ||
   packages+=(golang-github-golang-protobuf-1-5-dev)
+# Screenshots need a font: without recommends, Debian's chromium brings none.
+command -v chromium >/dev/null || packages+=(chromium fonts-dejavu-core)
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   packages+=(nodejs npm)
 fi

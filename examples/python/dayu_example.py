@@ -4,7 +4,11 @@ follows the stream's decisions for a few seconds. Its last line is one JSON obje
 
     pip install betterproto2==0.10.0 grpclib==0.4.9
     PYTHONPATH=gen/betterproto python examples/python/dayu_example.py \\
-        --backend 127.0.0.1:PORT --scheduler 127.0.0.1:PORT --stream cam-1
+        --backend 127.0.0.1:PORT --scheduler 127.0.0.1:PORT --stream cam-1 --token TOKEN
+
+Every call carries `authorization: Bearer TOKEN` (--token, by default $DAYU_TOKEN): the backend's
+calls need a token, the scheduler's SetPolicy an admin one (`dayu up` writes the mesh's tokens to
+.dayu/tokens.yaml).
 
 Mutual TLS (the mesh's CA, a certificate of it and its key; the servers are verified as `dayu-mesh`
 whatever address is dialled): add --ca ca.crt --cert tls.crt --key tls.key [--server-name dayu-mesh].
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -44,6 +49,18 @@ except ImportError:  # run from a checkout without PYTHONPATH: use the repositor
 
 MESH_NAME = "dayu-mesh"  # the DNS name in every certificate of a mesh
 CALL_TIMEOUT_S = 10.0
+TOKEN_ENV = "DAYU_TOKEN"  # where --token comes from when it is not given
+TOKENS_HINT = "dayu up writes the mesh's tokens to .dayu/tokens.yaml"
+
+
+def token_joined(argv: list[str]) -> list[str]:
+    """`--token VALUE` as `--token=VALUE`: a token may begin with "-" (a random one does, now and then),
+    which argparse would take for an option."""
+    joined, rest = [], iter(argv)
+    for arg in rest:
+        value = next(rest, None) if arg == "--token" else None
+        joined.append(arg if value is None else f"--token={value}")
+    return joined
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", required=True, metavar="HOST:PORT", help="the backend's gRPC address")
     parser.add_argument("--scheduler", required=True, metavar="HOST:PORT", help="the scheduler's gRPC address")
     parser.add_argument("--stream", required=True, metavar="STREAM_ID", help="a registered stream")
+    parser.add_argument(
+        "--token",
+        help=f"the operator API's bearer token, an admin one for SetPolicy (default ${TOKEN_ENV}; {TOKENS_HINT})",
+    )
     parser.add_argument("--watch-seconds", type=float, default=3.0, help="how long to follow decisions (default 3)")
     parser.add_argument("--policy", default="fixed", help="the policy to set (default fixed)")
     parser.add_argument("--ca", help="the mesh's CA certificate (PEM): mutual TLS")
@@ -61,10 +82,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=MESH_NAME,
         help=f"the name the servers' certificates are verified for, and the TLS SNI (default {MESH_NAME})",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(token_joined(sys.argv[1:] if argv is None else argv))
     tls = [args.ca, args.cert, args.key]
     if any(tls) and not all(tls):
         parser.error("mutual TLS needs all of --ca, --cert and --key")
+    args.token = args.token or os.environ.get(TOKEN_ENV, "")
+    if not args.token:
+        parser.error(
+            f"no token: the backend's calls and SetPolicy need one; give --token or set {TOKEN_ENV} "
+            f"(an admin token of the mesh: {TOKENS_HINT})"
+        )
     return args
 
 
@@ -157,8 +184,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     backend_channel = open_channel(args.backend, args)
     scheduler_channel = open_channel(args.scheduler, args)
     try:
-        backend = v1.BackendServiceStub(backend_channel, timeout=CALL_TIMEOUT_S)
-        scheduler = v1.SchedulerServiceStub(scheduler_channel, timeout=CALL_TIMEOUT_S)
+        # The token rides as metadata on every call of both stubs. It travels in clear on a plaintext
+        # connection: use TLS anywhere but loopback.
+        auth = {"authorization": f"Bearer {args.token}"}
+        backend = v1.BackendServiceStub(backend_channel, timeout=CALL_TIMEOUT_S, metadata=auth)
+        scheduler = v1.SchedulerServiceStub(scheduler_channel, timeout=CALL_TIMEOUT_S, metadata=auth)
 
         Step.now = f"BackendService/ListPipelines on {args.backend}"
         pipelines = await list_pipelines(backend)
@@ -194,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = asyncio.run(run(args))
     except grpclib.GRPCError as error:
-        print(f"error: {Step.now}: {error.status.name}: {error.message}", file=sys.stderr)
+        hint = {
+            grpclib.Status.UNAUTHENTICATED: f" (is --token or ${TOKEN_ENV} one of the mesh's tokens? {TOKENS_HINT})",
+            grpclib.Status.PERMISSION_DENIED: " (SetPolicy needs an admin token)",
+        }.get(error.status, "")
+        print(f"error: {Step.now}: {error.status.name}: {error.message}{hint}", file=sys.stderr)
         return 1
     except ssl.SSLError as error:
         print(f"error: {Step.now}: TLS handshake failed: {error}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Fixtures of the generated clients' tests (Go, TypeScript, Python dataclasses): a live mesh (`dayu up`
-in a process of its own, on a light mesh: noop stages, a synthetic camera) for the whole session; each
-language's example, built once; stand-in servers with mutual TLS. What they share is in support.py."""
+in a process of its own, on a light mesh: noop stages, a synthetic camera) for the whole session, with
+the operator tokens it wrote; each language's example, built once; stand-in servers with mutual TLS
+and tokens. What they share is in support.py."""
 
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ from clients.support import (
     LiveMesh,
     StandIns,
     light_mesh,
+    mesh_tokens,
     require_tool,
     stand_ins,
 )
 
 __all__ = ["require_tool"]
+# `dayu: mesh up with nodes [...], N streams; scheduler HOST:PORT, backend HOST:PORT`; a line follows
+# (`dayu: console http://...#token=ADMIN  (tokens: PATH)`).
 UP_LINE = re.compile(r"scheduler (?P<scheduler>\S+), backend (?P<backend>\S+)\n")
 
 
@@ -47,7 +51,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveMesh]:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"dayu up is not up:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield LiveMesh(found["backend"], found["scheduler"], STREAM)
+        # `dayu up` ran in `folder` with the default workdir, .dayu: its tokens are there.
+        yield LiveMesh(found["backend"], found["scheduler"], STREAM, mesh_tokens(folder / ".dayu" / "tokens.yaml"))
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -1,8 +1,10 @@
 """What the generated clients' tests share: the light mesh, each language's example (built once, run
-the same way), and stand-in servers with mutual TLS that record what a client sent.
+the same way), and stand-in servers with mutual TLS that check the bearer token as the mesh does and
+record what a client sent.
 
 Every example (examples/go, gen/ts/examples, examples/python) takes the same flags, `--backend
---scheduler --stream [--watch-seconds] [--policy] [--ca --cert --key [--server-name]]`, and prints one
+--scheduler --stream [--token] [--watch-seconds] [--policy] [--ca --cert --key [--server-name]]`
+(--token by default $DAYU_TOKEN, sent on every call as `authorization: Bearer TOKEN`), and prints one
 JSON object last: {"pipelines", "stats_streams", "policy", "decisions", "last_version"}."""
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -26,13 +29,16 @@ import grpc
 import pytest
 import yaml
 
+from dayu.runtime.auth import Role, Tokens, TokensFile, read_tokens_file
 from dayu.runtime.certs import issue, make_ca
+from dayu.runtime.errors import DayuError
 from dayu.runtime.tls import TlsSettings, server_credentials
 from dayu.v1 import backend_pb2, backend_pb2_grpc, decision_pb2, scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 STREAM = "cam-1"
 LANGUAGES = ("go", "ts", "python")
+TOKEN_ENV = "DAYU_TOKEN"  # where an example takes its token from without --token
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,22 @@ class LiveMesh:
     backend: str
     scheduler: str
     stream: str
+    tokens: TokensFile  # the mesh's operator tokens (its workdir's tokens.yaml)
     tls: Tls | None = None
+
+    @property
+    def admin_token(self) -> str:
+        return self.tokens.admin[0]
+
+
+def mesh_tokens(path: Path) -> TokensFile:
+    """The operator tokens a mesh wrote (`dayu up`: WORKDIR/tokens.yaml), with at least an admin one."""
+    if not path.is_file():
+        pytest.fail(f"the mesh wrote no tokens file at {path}")
+    tokens = read_tokens_file(path)
+    if not tokens.admin:
+        pytest.fail(f"no admin token in {path}")
+    return tokens
 
 
 def light_mesh(folder: Path) -> Path:
@@ -238,9 +259,15 @@ class Examples:
         return built
 
 
-async def run_example(example: Example, *args: str, timeout_s: float = 60) -> tuple[int, str, str]:
-    """Runs the example with `args`: (exit status, stdout, stderr)."""
-    env = {**os.environ, **example.env}
+async def run_example(
+    example: Example, *args: str, token_env: str | None = None, timeout_s: float = 60
+) -> tuple[int, str, str]:
+    """Runs the example with `args`, and with $DAYU_TOKEN set to `token_env` (unset without it, whatever
+    ours is): (exit status, stdout, stderr)."""
+    env = {name: value for name, value in os.environ.items() if name != TOKEN_ENV}
+    env.update(example.env)
+    if token_env is not None:
+        env[TOKEN_ENV] = token_env
     process = await asyncio.create_subprocess_exec(
         *example.argv, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -264,7 +291,10 @@ def last_json(out: str, err: str) -> dict[str, Any]:
 
 # -- stand-in servers with mutual TLS --------------------------------------------------------------
 # The four RPCs the examples call, served with a mesh certificate each and requiring client
-# certificates: what a client sends arrives as the Python protobuf classes read it.
+# certificates: what a client sends arrives as the Python protobuf classes read it. They check the
+# bearer token as the mesh does (dayu.runtime.auth): the backend's ListPipelines needs a token, the
+# scheduler's SetPolicy an admin one, its GetSchedulerStats and WatchDecisions none (what they were
+# sent is recorded all the same).
 
 PIPELINES = ["faces", "plates", "traffic"]
 STREAMS = ["cam-1", "cam-2", "cam-3"]
@@ -278,19 +308,33 @@ class Seen:
     stats_pages: list[scheduler_pb2.GetSchedulerStatsRequest] = field(default_factory=list)
     policies: list[scheduler_pb2.SetPolicyRequest] = field(default_factory=list)
     peers: set[str] = field(default_factory=set)
+    authorization: dict[str, list[str | None]] = field(default_factory=dict)  # method -> each call's
     watch_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def note(self, context: grpc.aio.ServicerContext) -> None:
+    def note(self, context: grpc.aio.ServicerContext, method: str) -> None:
         self.peers.add((context.auth_context().get("x509_common_name") or [b""])[0].decode())
+        sent = [str(value) for key, value in context.invocation_metadata() or () if key == "authorization"]
+        self.authorization.setdefault(method, []).append(sent[0] if sent else None)
+
+
+async def check_token(tokens: Tokens, context: grpc.aio.ServicerContext, needed: Role, method: str) -> None:
+    """Refuses the call as the mesh does (UNAUTHENTICATED, PERMISSION_DENIED) unless its token will do."""
+    sent = next((str(value) for key, value in context.invocation_metadata() or () if key == "authorization"), None)
+    try:
+        tokens.require(sent, needed, method)
+    except DayuError as error:
+        await context.abort(grpc.StatusCode[error.status], str(error))
 
 
 class Backend(backend_pb2_grpc.BackendServiceServicer):
-    def __init__(self, seen: Seen) -> None:
+    def __init__(self, seen: Seen, tokens: Tokens) -> None:
         self.seen = seen
+        self.tokens = tokens
 
     async def ListPipelines(self, request, context):  # type: ignore[no-untyped-def]
+        self.seen.note(context, "ListPipelines")
+        await check_token(self.tokens, context, Role.READ, "dayu.v1.BackendService.ListPipelines")
         self.seen.pipeline_pages.append(request)
-        self.seen.note(context)
         start = int(request.page_token or 0)
         end = start + request.page_size
         return backend_pb2.ListPipelinesResponse(
@@ -300,12 +344,13 @@ class Backend(backend_pb2_grpc.BackendServiceServicer):
 
 
 class Scheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, seen: Seen) -> None:
+    def __init__(self, seen: Seen, tokens: Tokens) -> None:
         self.seen = seen
+        self.tokens = tokens
 
     async def GetSchedulerStats(self, request, context):  # type: ignore[no-untyped-def]
+        self.seen.note(context, "GetSchedulerStats")
         self.seen.stats_pages.append(request)
-        self.seen.note(context)
         start = int(request.page_token or 0)
         end = start + 2  # pages of two, whatever page_size says, so the client must follow the token
         return scheduler_pb2.GetSchedulerStatsResponse(
@@ -315,14 +360,15 @@ class Scheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
 
     async def SetPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        self.seen.note(context, "SetPolicy")
+        await check_token(self.tokens, context, Role.ADMIN, "dayu.v1.SchedulerService.SetPolicy")
         self.seen.policies.append(request)
-        self.seen.note(context)
         return scheduler_pb2.SetPolicyResponse(
             decision=decision_pb2.Decision(stream_id=request.stream_id, version=2, policy=request.policy.name)
         )
 
     async def WatchDecisions(self, request, context):  # type: ignore[no-untyped-def]
-        self.seen.note(context)
+        self.seen.note(context, "WatchDecisions")
         try:
             for version in (2, 3):
                 yield scheduler_pb2.WatchDecisionsResponse(
@@ -336,30 +382,40 @@ class Scheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
 
 @dataclass(frozen=True)
 class StandIns:
-    """The stand-ins' addresses; an operator's certificate of their CA; one of a stranger CA."""
+    """The stand-ins' addresses; an operator's certificate of their CA; one of a stranger CA; their
+    admin and read-only tokens."""
 
     backend: str
     scheduler: str
     operator: Tls
     stranger: Tls
     seen: Seen
+    admin_token: str
+    read_token: str
 
-    def args(self, *more: str) -> list[str]:
-        return ["--backend", self.backend, "--scheduler", self.scheduler, "--stream", STREAMS[0], *more]
+    def args(self, *more: str, role: str | None = "admin") -> list[str]:
+        """The flags to call them with: `--token` with their admin token (role "admin"), their
+        read-only one ("read") or none (None)."""
+        token = {"admin": ["--token", self.admin_token], "read": ["--token", self.read_token], None: []}[role]
+        return ["--backend", self.backend, "--scheduler", self.scheduler, "--stream", STREAMS[0], *token, *more]
 
 
 @asynccontextmanager
 async def stand_ins(folder: Path) -> AsyncIterator[StandIns]:
     """Backend and scheduler stand-ins, each with a mesh certificate (CN backend.cloud, DNS name
-    dayu-mesh), requiring client certificates of the same CA."""
+    dayu-mesh), requiring client certificates of the same CA, and an admin or read-only token where
+    the mesh does."""
     ca = make_ca()
     seen = Seen()
+    # The admin token begins with "-", as a random one may: the examples must not take it for an option.
+    admin_token, read_token = f"-{secrets.token_urlsafe(24)}", secrets.token_urlsafe(24)
+    tokens = Tokens(admin=[admin_token], read=[read_token])
     servers: list[grpc.aio.Server] = []
     addresses = []
     try:
         for component, add, servicer in (
-            ("backend", backend_pb2_grpc.add_BackendServiceServicer_to_server, Backend(seen)),
-            ("scheduler", scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server, Scheduler(seen)),
+            ("backend", backend_pb2_grpc.add_BackendServiceServicer_to_server, Backend(seen, tokens)),
+            ("scheduler", scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server, Scheduler(seen, tokens)),
         ):
             server = grpc.aio.server()
             servers.append(server)
@@ -370,7 +426,7 @@ async def stand_ins(folder: Path) -> AsyncIterator[StandIns]:
             addresses.append(f"127.0.0.1:{port}")
         operator = tls_files(issue(ca, "operator", "example").write(folder / "operator"))
         stranger = tls_files(issue(make_ca(), "operator", "example").write(folder / "stranger"))
-        yield StandIns(addresses[0], addresses[1], operator, stranger, seen)
+        yield StandIns(addresses[0], addresses[1], operator, stranger, seen, admin_token, read_token)
     finally:
         for server in servers:
             await server.stop(grace=0)

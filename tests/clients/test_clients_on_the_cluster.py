@@ -2,7 +2,8 @@
 cgroups, one process per pod of the manifests (dayu.cluster), on the light mesh (noop stages, a
 synthetic camera: no models, so it starts fast). Each example dials the cluster's backend and
 scheduler across the bridge with the operator's certificate, verifying them as dayu-mesh (the
-default --server-name). Needs root (CI runs as root), as the other cluster tests."""
+default --server-name), and the cluster's admin token (its workdir's tokens.yaml). Needs root (CI runs
+as root), as the other cluster tests."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from clients.support import (
     assert_live_result,
     last_json,
     light_mesh,
+    mesh_tokens,
     run_example,
     tls_args,
     tls_files,
@@ -93,7 +95,9 @@ async def test_examples_on_a_cluster_with_mutual_tls(tmp_path: Path, examples: E
         backend = cluster.address(Instance("backend", config.cloud_node))
         scheduler = cluster.address(Instance("scheduler", config.cloud_node))
         await _scheduler_knows(cluster, scheduler, STREAM)
+        token = mesh_tokens(cluster.workdir / "tokens.yaml").admin[0]  # the cluster wrote its tokens there
         args = ["--backend", backend, "--scheduler", scheduler, "--stream", STREAM, "--watch-seconds", "2"]
+        args += ["--token", token]
         runs = [run_example(example, *args, *tls_args(tls_files(cluster.tls))) for example in built]
         for example, result in zip(built, await asyncio.gather(*runs), strict=True):
             results[example.language] = result

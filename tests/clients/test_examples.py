@@ -1,8 +1,9 @@
 """The three generated clients' examples, checked alike: examples/go (protoc-gen-go and grpc-go, built
 with Debian's Go), gen/ts/examples (protoc-gen-es and Connect for Node.js) and examples/python
-(betterproto2 and grpclib). Each runs against the live mesh, and with mutual TLS against stand-in
-servers that record what it sent; and fails as it should: a refused certificate, a wrong server name,
-a usage error, nothing listening."""
+(betterproto2 and grpclib). Each runs against the live mesh (its token from $DAYU_TOKEN), and with
+mutual TLS against stand-in servers that check the token and record what it sent (--token); and fails
+as it should: no token, a token the mesh does not know, a read-only token for SetPolicy, a refused
+certificate, a wrong server name, a usage error, nothing listening."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from google.protobuf import json_format
 from clients.support import (
     PIPELINES,
     STREAMS,
+    TOKEN_ENV,
     Example,
     LiveMesh,
     StandIns,
@@ -28,6 +30,16 @@ from clients.support import (
 pytestmark = pytest.mark.timeout(300)
 
 # What each example says on stderr when it fails (each exits 1; none prints its JSON line).
+UNAUTHENTICATED = {  # the mesh's backend does not know the token
+    "go": ["BackendService/ListPipelines at", "code = Unauthenticated", "ListPipelines needs a valid token"],
+    "ts": ["dayu-example: error: Unauthenticated:", "ListPipelines needs a valid token"],
+    "python": ["BackendService/ListPipelines on", "UNAUTHENTICATED", "ListPipelines needs a valid token"],
+}
+READ_ONLY = {  # SetPolicy with a read-only token
+    "go": ["SchedulerService/SetPolicy(cam-1, fixed) at", "code = PermissionDenied", "SetPolicy needs an admin token"],
+    "ts": ["dayu-example: error: PermissionDenied:", "SetPolicy needs an admin token"],
+    "python": ["SchedulerService/SetPolicy on", "PERMISSION_DENIED", "SetPolicy needs an admin token"],
+}
 UNREACHABLE = {
     "go": ["BackendService/ListPipelines at 127.0.0.1:1", "Unavailable", "connection refused"],
     "ts": ["dayu-example: error: Unavailable", "ECONNREFUSED 127.0.0.1:1"],
@@ -61,9 +73,39 @@ async def test_against_the_mesh(example: Example, mesh: LiveMesh) -> None:
     code, out, err = await run_example(
         example, "--backend", mesh.backend, "--scheduler", mesh.scheduler, "--stream", mesh.stream,
         "--watch-seconds", "2", *tls_args(mesh.tls),
+        token_env=mesh.admin_token,  # $DAYU_TOKEN, the default of --token
     )  # fmt: skip
     assert code == 0, f"the {example.language} example failed ({code}):\n{out}\n{err}"
     assert_live_result(last_json(out, err), mesh.stream)
+
+
+async def test_unauthenticated_with_a_token_the_mesh_does_not_know(example: Example, mesh: LiveMesh) -> None:
+    code, out, err = await run_example(
+        example, "--backend", mesh.backend, "--scheduler", mesh.scheduler, "--stream", mesh.stream,
+        "--token", "not-a-token-of-this-mesh", *tls_args(mesh.tls),
+        token_env=mesh.admin_token,  # --token wins over $DAYU_TOKEN
+    )  # fmt: skip
+    assert_failed(example, code, out, err, UNAUTHENTICATED)
+    assert f"--token or ${TOKEN_ENV}" in err, err  # the hint where tokens are
+
+
+async def test_without_a_token(example: Example, tls_stand_ins: StandIns) -> None:
+    """No --token and no $DAYU_TOKEN: a usage error up front, before any call."""
+    served = tls_stand_ins
+    code, out, err = await run_example(example, *served.args(*tls_args(served.operator), role=None))
+    assert code == 2, f"{example.language} example exited {code}:\n{out}\n{err}"
+    assert not out.rstrip().endswith("}"), out
+    for part in ("no token", "--token", TOKEN_ENV, "tokens.yaml"):
+        assert part in err, f"{part!r} not in the {example.language} example's stderr:\n{err}"
+    assert not served.seen.authorization  # nothing was called
+
+
+async def test_read_only_token_refused_for_set_policy(example: Example, tls_stand_ins: StandIns) -> None:
+    served = tls_stand_ins
+    code, out, err = await run_example(example, *served.args(*tls_args(served.operator), role="read"))
+    assert_failed(example, code, out, err, READ_ONLY)
+    assert served.seen.pipeline_pages and served.seen.stats_pages  # a read-only token reads
+    assert not served.seen.policies
 
 
 async def test_with_mutual_tls(example: Example, tls_stand_ins: StandIns) -> None:
@@ -84,6 +126,13 @@ async def test_with_mutual_tls(example: Example, tls_stand_ins: StandIns) -> Non
     assert [(page.page_size, page.page_token) for page in seen.pipeline_pages] == [(2, ""), (2, "2")]
     assert [page.page_token for page in seen.stats_pages] == ["", "2"]
     assert seen.peers == {"operator.example"}  # the client certificate was shown, on every call
+    bearer = f"Bearer {served.admin_token}"  # and the token was sent on every call
+    assert seen.authorization == {
+        "ListPipelines": [bearer, bearer],
+        "GetSchedulerStats": [bearer, bearer],
+        "SetPolicy": [bearer],
+        "WatchDecisions": [bearer],
+    }
     [policy] = seen.policies
     assert policy.stream_id == STREAMS[0]
     assert policy.policy.name == "feedback_control"
@@ -123,6 +172,7 @@ async def test_usage_error(example: Example) -> None:
 
 async def test_unreachable_server(example: Example) -> None:
     code, out, err = await run_example(
-        example, "--backend", "127.0.0.1:1", "--scheduler", "127.0.0.1:1", "--stream", "cam-1", "--watch-seconds", "1"
-    )
+        example, "--backend", "127.0.0.1:1", "--scheduler", "127.0.0.1:1", "--stream", "cam-1", "--watch-seconds", "1",
+        "--token", "a-token-never-sent-anywhere",
+    )  # fmt: skip
     assert_failed(example, code, out, err, UNREACHABLE)

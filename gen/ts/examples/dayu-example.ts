@@ -3,8 +3,12 @@
 //
 //   npm ci && npm run build
 //   node dist/examples/dayu-example.js --backend HOST:PORT --scheduler HOST:PORT --stream cam-1 \
-//     [--watch-seconds 3] [--policy fixed] [--ca ca.pem --cert client.pem --key client.key \
-//     [--server-name dayu-mesh]]
+//     [--token TOKEN] [--watch-seconds 3] [--policy fixed] [--ca ca.pem --cert client.pem \
+//     --key client.key [--server-name dayu-mesh]]
+//
+// Every call carries `authorization: Bearer TOKEN` (--token, by default $DAYU_TOKEN): the backend's
+// calls need a token, the scheduler's SetPolicy an admin one (`dayu up` writes the mesh's tokens to
+// .dayu/tokens.yaml).
 import { parseArgs } from "node:util";
 import {
   BackendService,
@@ -14,17 +18,23 @@ import {
   createDayuTransport,
   DAYU_MESH_SERVER_NAME,
   SchedulerService,
+  type CallOptions,
   type DayuTls,
 } from "@dayu/client";
 
+/** Where --token comes from when it is not given. */
+const TOKEN_ENV = "DAYU_TOKEN";
+
 const USAGE =
   "usage: dayu-example --backend HOST:PORT --scheduler HOST:PORT --stream STREAM_ID " +
-  "[--watch-seconds N] [--policy NAME] [--ca FILE --cert FILE --key FILE [--server-name NAME]]";
+  `[--token TOKEN (default $${TOKEN_ENV})] [--watch-seconds N] [--policy NAME] ` +
+  "[--ca FILE --cert FILE --key FILE [--server-name NAME]]";
 
 interface Options {
   backend: string;
   scheduler: string;
   stream: string;
+  token: string;
   watchSeconds: number;
   policy: string;
   tls?: DayuTls;
@@ -32,17 +42,30 @@ interface Options {
 
 class UsageError extends Error {}
 
+/**
+ * `--token VALUE` as `--token=VALUE`: a token may begin with "-" (a random one does, now and then),
+ * which parseArgs would take for an option.
+ */
+function tokenJoined(argv: string[]): string[] {
+  const joined: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    joined.push(argv[i] === "--token" && i + 1 < argv.length ? `--token=${argv[++i]}` : argv[i]);
+  }
+  return joined;
+}
+
 function parseOptions(argv: string[]): Options {
   let values;
   try {
     ({ values } = parseArgs({
-      args: argv,
+      args: tokenJoined(argv),
       strict: true,
       allowPositionals: false,
       options: {
         backend: { type: "string" },
         scheduler: { type: "string" },
         stream: { type: "string" },
+        token: { type: "string" },
         "watch-seconds": { type: "string", default: "3" },
         policy: { type: "string", default: "fixed" },
         ca: { type: "string" },
@@ -63,6 +86,13 @@ function parseOptions(argv: string[]): Options {
   if (!backend || !scheduler || !stream) {
     throw new UsageError("--backend, --scheduler and --stream are required");
   }
+  const token = values.token || process.env[TOKEN_ENV] || "";
+  if (!token) {
+    throw new UsageError(
+      `no token: the backend's calls and SetPolicy need one; give --token or set ${TOKEN_ENV} ` +
+        "(an admin token of the mesh: dayu up writes them to .dayu/tokens.yaml)",
+    );
+  }
   const watchSeconds = Number(values["watch-seconds"]);
   if (!Number.isFinite(watchSeconds) || watchSeconds <= 0) {
     throw new UsageError(`--watch-seconds must be a positive number, not ${values["watch-seconds"]}`);
@@ -74,7 +104,7 @@ function parseOptions(argv: string[]): Options {
     }
     tls = { ca, cert, key, serverName: values["server-name"] };
   }
-  return { backend, scheduler, stream, watchSeconds, policy: values.policy!, tls };
+  return { backend, scheduler, stream, token, watchSeconds, policy: values.policy!, tls };
 }
 
 async function run(opts: Options): Promise<void> {
@@ -82,13 +112,16 @@ async function run(opts: Options): Promise<void> {
   console.log(`backend ${opts.backend}, scheduler ${opts.scheduler}, ${mode}`);
   const backend = createClient(BackendService, createDayuTransport(opts.backend, opts.tls));
   const scheduler = createClient(SchedulerService, createDayuTransport(opts.scheduler, opts.tls));
+  // The token, as a request header (gRPC metadata) of every call. It travels in clear on a
+  // plaintext connection: use TLS anywhere but loopback.
+  const auth: CallOptions = { headers: { authorization: `Bearer ${opts.token}` } };
 
   // 1) Every pipeline, two per page to show the paging.
   const pipelines: string[] = [];
   let pageToken = "";
   let page = 0;
   do {
-    const reply = await backend.listPipelines({ pageSize: 2, pageToken });
+    const reply = await backend.listPipelines({ pageSize: 2, pageToken }, auth);
     page += 1;
     for (const p of reply.pipelines) {
       console.log(`pipeline ${p.name} (page ${page}, ${p.stages.length} stages)`);
@@ -101,7 +134,7 @@ async function run(opts: Options): Promise<void> {
   const statsStreams: string[] = [];
   pageToken = "";
   do {
-    const reply = await scheduler.getSchedulerStats({ pageToken });
+    const reply = await scheduler.getSchedulerStats({ pageToken }, auth);
     for (const s of reply.streams) {
       console.log(
         `stream ${s.streamId}: policy ${s.policy}, ${s.decisions} decisions, ` +
@@ -113,10 +146,10 @@ async function run(opts: Options): Promise<void> {
   } while (pageToken !== "");
 
   // 3) The stream's policy, with no parameters (an empty google.protobuf.Struct).
-  const set = await scheduler.setPolicy({
-    streamId: opts.stream,
-    policy: { name: opts.policy, params: {} },
-  });
+  const set = await scheduler.setPolicy(
+    { streamId: opts.stream, policy: { name: opts.policy, params: {} } },
+    auth,
+  );
   console.log(`policy of ${opts.stream} set to ${opts.policy}: decision version ${set.decision?.version ?? 0n}`);
 
   // 4) Its decisions, for --watch-seconds: the first is the current one; the deadline ends the call.
@@ -125,7 +158,7 @@ async function run(opts: Options): Promise<void> {
   try {
     const stream = scheduler.watchDecisions(
       { streamId: opts.stream },
-      { timeoutMs: Math.round(opts.watchSeconds * 1000) },
+      { ...auth, timeoutMs: Math.round(opts.watchSeconds * 1000) },
     );
     for await (const reply of stream) {
       const d = reply.decision;
@@ -164,7 +197,13 @@ async function main(): Promise<number> {
     return 0;
   } catch (err) {
     const e = ConnectError.from(err);
-    console.error(`dayu-example: error: ${Code[e.code]}: ${e.rawMessage}`);
+    const hint =
+      e.code === Code.Unauthenticated
+        ? ` (is --token or $${TOKEN_ENV} one of the mesh's tokens? dayu up writes them to .dayu/tokens.yaml)`
+        : e.code === Code.PermissionDenied
+          ? " (SetPolicy needs an admin token)"
+          : "";
+    console.error(`dayu-example: error: ${Code[e.code]}: ${e.rawMessage}${hint}`);
     return 1;
   }
 }

@@ -58,6 +58,7 @@ T = TypeVar("T")
 
 PENDING, DONE, FAILED = task_pb2.STAGE_STATE_UNSPECIFIED, task_pb2.STAGE_STATE_DONE, task_pb2.STAGE_STATE_FAILED
 END_OF_DAG = ""  # join key of the final merge of a forked task
+PREVIEW_EVERY_S = 2.0  # a stream's delivered frames, for the console, at most this often
 DEFAULT_PROBE_BYTES, MIN_PROBE_BYTES, MAX_PROBE_BYTES = 64 * 1024, 1024, 4 * 1024 * 1024
 PATIENCE_S = 30.0  # longest a task without a budget waits for a peer or the distributor to come back
 FALLBACK = "controller (fallback)"  # the component of a hop that left a node because the stage could not run there
@@ -194,6 +195,7 @@ class ControllerCore:
         self._given_up: OrderedDict[str, None] = OrderedDict()
         self._born: OrderedDict[str, float] = OrderedDict()
         self._work: set[asyncio.Task[None]] = set()
+        self._previewed: OrderedDict[str, float] = OrderedDict()  # stream -> when frames last went on
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -655,10 +657,23 @@ class ControllerCore:
         join.span.end()
         self._spawn(self._drop(join.merged, reason, held=join.copies))
 
+    def _keeps_frames(self, task: task_pb2.Task) -> bool:
+        """Results are what the distributor keeps. Frames go on for a segment without ground truth (the
+        distributor may score it against the golden configuration: it samples), and for one task of
+        each stream every PREVIEW_EVERY_S, the frame the console shows with its boxes."""
+        if not task.segment.ground_truth:
+            return True
+        now = time.monotonic()
+        if now - self._previewed.get(task.stream_id, -PREVIEW_EVERY_S) < PREVIEW_EVERY_S:
+            return False
+        self._previewed[task.stream_id] = now
+        self._previewed.move_to_end(task.stream_id)
+        if len(self._previewed) > MAX_STREAMS:
+            self._previewed.popitem(last=False)
+        return True
+
     async def _deliver(self, task: task_pb2.Task) -> None:
-        # Results are what the distributor keeps. Frames go on only for a segment without ground
-        # truth: the distributor may score it against the golden configuration (it samples).
-        if task.segment.ground_truth:
+        if not self._keeps_frames(task):
             del task.segment.frames[:]
             task.segment.stream = b""
         held = task_key(task)

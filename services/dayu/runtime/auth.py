@@ -82,7 +82,11 @@ class Tokens:
     def load(cls, settings: AuthSettings, environ: Mapping[str, str] = os.environ) -> Tokens:
         listed = read_tokens_file(settings.tokens_file) if settings.tokens_file else TokensFile()
         from_env = {role: [environ[name]] if environ.get(name) else [] for role, name in ENVIRONMENT.items()}
-        extra = TokensFile.model_validate(from_env)  # the same rules for tokens from the environment
+        try:
+            extra = TokensFile.model_validate(from_env)  # the same rules for tokens from the environment
+        except pydantic.ValidationError as error:
+            names = " or ".join(ENVIRONMENT.values())
+            raise InvalidArgument(names, f"tokens of at least {MIN_TOKEN_CHARS} printable characters: {error}") from None
         return cls(listed.admin + extra.admin, listed.read + extra.read)
 
     def __bool__(self) -> bool:
