@@ -244,9 +244,10 @@ function InstallForm(props: { mesh: PageProps["mesh"]; pipelines: Pipeline[]; on
   const [ok, setOk] = useState("");
   const [busy, setBusy] = useState(false);
 
-  // The first pipeline once they are loaded.
+  // The first pipeline once they are loaded, unless one was chosen meanwhile (effects run after paint).
   useEffect(() => {
-    if (!pipeline && props.pipelines[0]) setPipeline(props.pipelines[0].name);
+    const first = props.pipelines[0]?.name;
+    if (first) setPipeline((chosen) => chosen || first);
   }, [props.pipelines]);
 
   function chooseSource(id: string) {
