@@ -9,9 +9,11 @@ names, writes the kustomize Component that dayu.mesh.kustomize renders (default 
   - the pipelines file, copied as it is;
   - one workload and one Service per per-node component and node (controller, monitor: every node
     of the mesh; Triton: the nodes with processors on it; each processor role: the nodes that host
-    it; generator: the nodes with streams), from the templates in kustomize/base/node/: named
-    dayu-COMPONENT[-ROLE]-NODE, pinned to the node by name, mounting that node's TLS Secret
-    (dayu-tls-COMPONENT-NODE); the cloud-only Deployments pinned to the cloud node, with theirs;
+    it; generator: every edge node, and the cloud node where the mesh file puts a stream), from the
+    templates in kustomize/base/node/: named dayu-COMPONENT[-ROLE]-NODE, pinned to the node by name,
+    mounting that node's TLS Secret (dayu-tls-COMPONENT-NODE); the cloud-only Deployments pinned to
+    the cloud node, with theirs (the backend and the scheduler also mount the operator's tokens,
+    the Secret dayu-tokens, which kustomize/base/cloud names);
   - the GPU Triton per node for components/gpu (gpu/), and a cert-manager Certificate per Secret
     for components/cert-manager (cert-manager/).
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -18,6 +21,7 @@ from typing import Any
 import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from dayu.backend.http import STATIC
 from dayu.cluster.cluster import Cluster, cleanup, running, status, subnet_of
 from dayu.mesh.model import CONFIGS, load_mesh_config, read_mesh_file
 from dayu.mesh.plan import Instance
@@ -44,6 +48,17 @@ def _bytes_per_link(spans: list[trace_pb2.Span]) -> dict[str, int]:
             values = {a.key: a.value for a in span.attributes}
             sent[f"{values[NODE].string_value}->{values[TO_NODE].string_value}"] += values[BYTES].int_value
     return sent
+
+
+def _http(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
+    """(status, content type, body) of a GET, or of a POST with a body; straight to the address (no proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method="GET" if body is None else "POST")
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status, response.headers.get("content-type", ""), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("content-type", ""), error.read()
 
 
 def _namespaces(name: str) -> list[str]:
@@ -99,16 +114,52 @@ async def test_three_nodes_carry_tasks_over_kernel_links_within_their_cpu_limits
                 assert monitor.process is not None
                 monitor.process.kill()
 
+    console: dict[str, tuple[int, str, bytes]] = {}
+
+    async def call_console() -> None:
+        """Once the cluster runs: the console from this machine, at the cloud node's address."""
+        for _ in range(600):  # until the cluster runs
+            if cluster.console_url:
+                break
+            await asyncio.sleep(0.5)
+        url = cluster.console_url
+        console["url"] = (0, url, b"")
+        if (STATIC / "index.html").exists():  # the UI's files, where they are built
+            console["index"] = await asyncio.to_thread(_http, url)
+        method = f"{url}dayu.v1.BackendService/ListPipelines"
+        json_body = {"Content-Type": "application/json"}
+        admin = {**json_body, "Authorization": f"Bearer {cluster.tokens.admin[0]}"}
+        console["admin"] = await asyncio.to_thread(_http, method, b"{}", admin)
+        console["anonymous"] = await asyncio.to_thread(_http, method, b"{}", json_body)
+
     watcher = asyncio.create_task(watch_monitor())
+    console_caller = asyncio.create_task(call_console())
+    printed: list[str] = []
     try:
-        summary = await run_mesh(cluster, 30, progress=lambda _line: None)
+        summary = await run_mesh(cluster, 30, progress=printed.append)
     finally:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        for task in (watcher, console_caller):
+            task.cancel()
+        await asyncio.gather(watcher, console_caller, return_exceptions=True)
         await cluster.abort()
 
     assert summary["delivered"] > 0, summary
     assert summary["unaccounted"] == 0, summary
+    # The console, served by the backend on the cloud node (the manifests' console port), answers this
+    # machine; run_mesh said where, with the admin token of the cluster's tokens file.
+    console_caller.result()  # raises what the calls raised
+    url = f"http://{cluster.node_address(config.cloud_node)}:8080/"
+    assert console["url"][1] == url, console
+    assert f"dayu: console {url}#token={cluster.tokens.admin[0]}  (tokens: {cluster.tokens_path})" in printed
+    if "index" in console:
+        status_code, content_type, body = console["index"]
+        assert status_code == 200 and content_type.startswith("text/html"), console["index"][:2]
+        assert body == (STATIC / "index.html").read_bytes()
+    status_code, content_type, body = console["admin"]
+    assert status_code == 200 and content_type.startswith("application/json"), console["admin"]
+    names = {pipeline["name"] for pipeline in json.loads(body)["pipelines"]}
+    assert {stream.pipeline for stream in config.streams} <= names, names
+    assert console["anonymous"][0] == 401, console["anonymous"]  # no token, no answer
     kernel, traced = cluster.kernel_link_bytes, _bytes_per_link(collector.spans)
     for link in ("edge-1->cloud", "edge-2->cloud"):
         spans = traced[link]

@@ -3,11 +3,12 @@
 kubernetes-validate --strict, and pass checkov's Kubernetes checks but for the skips listed in
 kustomize/checkov-skips.yaml. Then, from the rendered YAML, what a cluster needs of them: probes on
 the plaintext health ports, resources, pinned images, non-root read-only containers, drains that fit
-the grace period, mutual TLS (each pod its own node's Secret), a NetworkPolicy, every address in the
-settings reaching the Service of a server on the right node, a Service per per-node workload that
-selects exactly its pod, and every per-node component scheduled on exactly the nodes that the mesh
-file names (evaluated against model clusters: plain, KubeEdge, GPU, arm64). The settings ConfigMaps
-must be what hack/gen_kustomize.py makes of configs/ today."""
+the grace period, mutual TLS (each pod its own node's Secret), a NetworkPolicy, the backend's console
+behind the operator's tokens, one writer per claim, every address in the settings reaching the
+Service of a server on the right node, a Service per per-node workload that selects exactly its
+pod, and every per-node component scheduled on exactly the nodes that the mesh file names (evaluated
+against model clusters: plain, KubeEdge, GPU, arm64). The settings ConfigMaps must be what
+hack/gen_kustomize.py makes of configs/ today."""
 
 from __future__ import annotations
 
@@ -29,9 +30,18 @@ import pytest
 import yaml
 
 from dayu.components import COMPONENTS
-from dayu.mesh.kustomize import NODE_LABEL, check_names, per_node_instances, workload_name
+from dayu.mesh.kustomize import (
+    BACKEND_DATABASE,
+    CONSOLE_PORT,
+    NODE_LABEL,
+    TOKENS_DIR,
+    TOKENS_SECRET,
+    check_names,
+    per_node_instances,
+    workload_name,
+)
 from dayu.mesh.model import MeshConfig, load_mesh_config
-from dayu.mesh.plan import Instance, certificate_holders, health_port
+from dayu.mesh.plan import Instance, certificate_holders, health_port, instances
 from dayu.runtime.tls import CA_NAME, MESH_NAME, ORGANIZATION, common_name, secret_name
 from dayu.runtime.tls import KUBERNETES_DIR as TLS_DIR
 
@@ -448,8 +458,9 @@ def test_every_service_selects_one_pod_on_one_node(rendered: dict[str, Rendered]
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_address_and_path_in_the_settings_exists(rendered: dict[str, Rendered], target: str) -> None:
     """Each address in a settings file names a Service with that port, whose pod runs on the node the
-    address is for: the file's own node (its processors, Triton, controller), or a peer's; each path
-    is a mounted settings file or lies in a volume of the container."""
+    address is for: the file's own node (its processors, Triton, controller), a peer's, or, in the
+    backend's directory of members, the member's; each path is a mounted settings file or lies in a
+    volume of the container. The backend's console listens on the container's `console` port."""
     docs = rendered[target]
     services = {s["metadata"]["name"]: s for s in docs.of_kind("Service")}
 
@@ -466,17 +477,30 @@ def test_every_address_and_path_in_the_settings_exists(rendered: dict[str, Rende
     for workload in docs.workloads():
         pod = workload["spec"]["template"]["spec"]
         for container in pod["containers"]:
-            if not _dayu_component(container):
+            component = _dayu_component(container)
+            if not component:
                 continue
-            # The server listens where its Service points, and on its health port for the probes.
-            assert _named_ports(container) == {"grpc": _port_of(container), "health": health_port(_port_of(container))}
             mounted = {f"/etc/dayu/{name}" for name in docs.mounted_files(pod)}
             volumes = [m["mountPath"] for m in container["volumeMounts"] if m["mountPath"] != "/etc/dayu"]
             file, text = _settings_file(docs, workload, container)
             settings = yaml.safe_load(text)
             assert settings.get("node", MESH.cloud_node) == _node_of(workload), file
+            # The server listens where its Service points, and on its health port for the probes; the
+            # backend also serves the console (plain HTTP) where backend.console_listen says.
+            expected = {"grpc": _port_of(container), "health": health_port(_port_of(container))}
+            listen = f"{file}.backend.console_listen"
+            if component == "backend":
+                expected["console"] = CONSOLE_PORT
+                assert settings["backend"]["console_listen"] == f"0.0.0.0:{CONSOLE_PORT}", file
+            assert _named_ports(container) == expected, workload["metadata"]["name"]
+            members = settings.get("backend", {}).get("members", [])
             for where, value in _strings(settings, file):
-                if ADDRESS.fullmatch(value):
+                member = re.fullmatch(rf"{re.escape(file)}\.backend\.members\[(\d+)\]\.address", where)
+                if where == listen:
+                    continue  # where it listens, checked above; no address to reach
+                if member:  # the backend's directory: each member where it runs
+                    check_address(value, members[int(member[1])]["node"], where)
+                elif ADDRESS.fullmatch(value):
                     check_address(value, _node_of(workload), where)
                 elif value.startswith("/etc/dayu/"):
                     assert value in mounted, f"{where}: {value} is in none of the pod's ConfigMaps"
@@ -520,13 +544,83 @@ def test_only_the_mesh_reaches_its_servers(rendered: dict[str, Rendered], target
     selector = spec["podSelector"]["matchLabels"]
     assert spec["policyTypes"] == ["Ingress"]
     assert all(_selects(selector, w) for w in docs.workloads())
-    (mesh, anyone) = spec["ingress"]
+    (mesh, anyone, console) = spec["ingress"]
     assert mesh["from"] == [{"podSelector": {"matchLabels": selector}}]
     assert [p["port"] for p in mesh["ports"]] == ["grpc"]
     assert "from" not in anyone and {p["port"] for p in anyone["ports"]} == {"health", "metrics"}
+    # The backend's console from anywhere (an Ingress controller, a browser): its tokens guard it.
+    assert console == {"ports": [{"protocol": "TCP", "port": "console"}]}
     for workload in docs.workloads():
+        component = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        allowed = {"grpc", "health", "metrics"} | ({"console"} if component == "backend" else set())
         for container in workload["spec"]["template"]["spec"]["containers"]:  # every port is one of those
-            assert set(_named_ports(container)) <= {"grpc", "health", "metrics"}, workload["metadata"]["name"]
+            assert set(_named_ports(container)) <= allowed, workload["metadata"]["name"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_backend_serves_the_console_with_the_operator_s_tokens(rendered: dict[str, Rendered], target: str) -> None:
+    """The backend's Service exposes the console (8080, plain HTTP, for an Ingress or a port-forward);
+    the backend and the scheduler, and no other pod, mount the operator's Secret dayu-tokens read-only
+    where their auth.tokens_file points; the backend keeps its database on a claim of its own."""
+    docs = rendered[target]
+    backend = docs.workload("dayu-backend")
+    (service,) = [s for s in docs.of_kind("Service") if s["metadata"]["name"] == "dayu-backend"]
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["console"] == {"name": "console", "port": CONSOLE_PORT, "targetPort": "console"}
+    (container,) = backend["spec"]["template"]["spec"]["containers"]
+    assert _named_ports(container)["console"] == CONSOLE_PORT
+
+    holders = set()
+    for workload in docs.workloads():
+        pod = workload["spec"]["template"]["spec"]
+        tokens = [v for v in pod.get("volumes", []) if v.get("secret", {}).get("secretName") == TOKENS_SECRET]
+        if not tokens:
+            continue
+        name = workload["metadata"]["name"]
+        holders.add(name)
+        (volume,) = tokens
+        assert volume["secret"] == {"secretName": TOKENS_SECRET, "defaultMode": 0o440}, name
+        (container,) = pod["containers"]
+        assert {"name": volume["name"], "mountPath": TOKENS_DIR, "readOnly": True} in container["volumeMounts"], name
+        settings = yaml.safe_load(_settings_file(docs, workload, container)[1])
+        assert settings["auth"] == {"tokens_file": f"{TOKENS_DIR}/tokens.yaml"}, name
+    assert holders == {"dayu-backend", "dayu-scheduler"}
+
+    # The backend's database lies on its claim, which no other pod mounts; one writer at a time.
+    pod = backend["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    settings = yaml.safe_load(_settings_file(docs, backend, container)[1])
+    database = Path(settings["backend"]["database"])
+    assert str(database) == BACKEND_DATABASE
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(database.parent)]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert not mount.get("readOnly")
+    assert volume["persistentVolumeClaim"]["claimName"] == "dayu-backend-data"
+    assert backend["spec"]["strategy"] == {"type": "Recreate"} and backend["spec"]["replicas"] == 1
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_claim_has_one_writer(rendered: dict[str, Rendered], target: str) -> None:
+    """Each PersistentVolumeClaim (the distributor's records, the backend's database) is mounted by one
+    Deployment of one replica that lets go of it before its next pod starts (SQLite: one writer), and
+    each claim a pod mounts is in the manifests."""
+    docs = rendered[target]
+    claims = {c["metadata"]["name"]: c for c in docs.of_kind("PersistentVolumeClaim")}
+    assert {"dayu-records", "dayu-backend-data"} <= set(claims)
+    users: dict[str, list[str]] = {}
+    for workload in docs.workloads():
+        for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                name = workload["metadata"]["name"]
+                users.setdefault(volume["persistentVolumeClaim"]["claimName"], []).append(name)
+                assert workload["kind"] == "Deployment" and workload["spec"]["replicas"] == 1, name
+                assert workload["spec"]["strategy"] == {"type": "Recreate"}, name
+    assert set(users) == set(claims)
+    assert all(len(names) == 1 for names in users.values()), users
+    assert users["dayu-backend-data"] == ["dayu-backend"] and users["dayu-records"] == ["dayu-distributor"]
+    for name, claim in claims.items():
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"], name
+        assert claim["spec"]["resources"]["requests"]["storage"], name
 
 
 def test_cert_manager_issues_every_secret_the_pods_mount(rendered: dict[str, Rendered]) -> None:
@@ -587,6 +681,15 @@ def test_config_maps_hold_what_configs_say(rendered: dict[str, Rendered]) -> Non
         assert set(controller["peers"]) == set(MESH.nodes) - {node}
     scheduler = yaml.safe_load(docs.config_map("dayu-scheduler")["scheduler.yaml"])["scheduler"]
     assert scheduler == {"cloud_node": MESH.cloud_node, **MESH.scheduler}
+    # A generator on every edge node, streams or not (the backend installs streams at run time), and
+    # the backend's directory names every other instance, each at its Service.
+    assert set(generators) == {f"generator.{n}.yaml" for n in MESH.nodes if n != MESH.cloud_node or MESH.streams_on(n)}
+    backend = yaml.safe_load(docs.config_map("dayu-backend")["backend.yaml"])["backend"]
+    others = [i for i in instances(MESH) if i.component != "backend"]
+    assert [(m["component"], m["node"], m["role"]) for m in backend["members"]] == [
+        (i.component, i.node, i.role) for i in others
+    ]
+    assert [m["address"].split(":")[0] for m in backend["members"]] == [workload_name(i) for i in others]
 
 
 def test_images_are_pinned_at_their_source() -> None:

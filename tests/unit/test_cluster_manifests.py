@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from dayu.cluster.manifests import _on_this_machine, build, image_paths, pods, service_nodes
+from dayu.mesh.kustomize import TOKENS_SECRET
 from dayu.mesh.model import CONFIGS, load_mesh_config
 from dayu.mesh.plan import certificate_holders, instances
 from dayu.runtime.tls import secret_name
@@ -17,11 +18,14 @@ def test_every_instance_of_the_plan_is_a_pod_with_its_container_s_command_and_fi
         secret_name(component, node): {"ca.crt": "CA", "tls.crt": f"{component}.{node}", "tls.key": "KEY"}
         for component, node in certificate_holders(config)
     }
+    secrets[TOKENS_SECRET] = {"tokens.yaml": "admin: [TOKEN]\n"}  # the operator's (kubectl create secret)
     documents = build(config)
     paths = image_paths(Path("/r"), Path("/b"))
     found = {pod.name: pod for pod in pods(documents, list(config.nodes), paths, secrets)}
     expected = {(i.component, i.node) for i in instances(config)}
     assert {(p.component, p.node) for p in found.values()} == expected  # no Triton: nothing on it here
+    # A generator on every edge node, whether the mesh file puts streams there or not; none on the cloud.
+    assert {p.node for p in found.values() if p.component == "generator"} == set(config.nodes) - {"cloud"}
     controller = found["dayu-controller@edge-1"]
     assert controller.argv == [
         str(Path(sys.prefix) / "bin" / "dayu"),  # the image's entrypoint, from this environment
@@ -52,6 +56,18 @@ def test_every_instance_of_the_plan_is_a_pod_with_its_container_s_command_and_fi
     assert len(nodes) == len(found)  # a Service per pod: every per-node one, and the cloud singletons'
     distributor = found["dayu-distributor@cloud"]
     assert distributor.volumes["records"].persistent
+    # The backend: the console on its named port, the operator's tokens as its Secret (mode 0440, as
+    # the kubelet writes it), its database on a claim of its own; the scheduler takes the same tokens.
+    backend = found["dayu-backend@cloud"]
+    assert backend.port == 50057 and backend.ports == {"grpc": 50057, "health": 51057, "console": 8080}
+    for pod in (backend, found["dayu-scheduler@cloud"]):
+        assert ("tokens", "/etc/dayu-tokens") in pod.mounts, pod.name
+        assert pod.volumes["tokens"].files == secrets[TOKENS_SECRET] and pod.volumes["tokens"].mode == 0o440
+    assert ("backend-data", "/var/lib/dayu-backend") in backend.mounts and backend.volumes["backend-data"].persistent
+    settings = backend.volumes["config"].files["backend.yaml"]
+    assert "console_listen: 0.0.0.0:8080" in settings and "tokens_file: /etc/dayu-tokens/tokens.yaml" in settings
+    assert "database: /var/lib/dayu-backend/backend.sqlite" in settings
+    assert not [p.name for p in found.values() if "tokens" in p.volumes and p.component not in ("backend", "scheduler")]
     generator = found["dayu-generator@edge-2"]
     assert {"generator.edge-2.yaml", "pipelines.yaml"} <= set(generator.volumes["config"].files)  # projected
 

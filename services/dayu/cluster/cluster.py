@@ -11,7 +11,11 @@ Mutual TLS: at start the cluster makes a CA and a certificate per component and 
 (dayu.runtime.certs) in WORKDIR/tls, and gives them as the Secrets the manifests mount
 (`dayu-tls-COMPONENT-NODE`). When the manifests turn TLS on (DAYU_TLS__* in a container's
 environment), this machine's own clients (the run loop, the faults harness, tests) show the
-operator's certificate (`tls`)."""
+operator's certificate (`tls`).
+
+The operator's bearer tokens (dayu.runtime.auth): WORKDIR/tokens.yaml, made once and kept across runs,
+given as the Secret the backend and the scheduler mount (`dayu-tokens`). The backend serves the
+console on the cloud node's address (`console_url`), which this machine reaches over the bridge."""
 
 from __future__ import annotations
 
@@ -36,9 +40,10 @@ from dayu.cluster.manifests import Pod, build, image_paths, pods, service_nodes
 from dayu.cluster.netproc import NetworkProcess
 from dayu.cluster.network import UNLIMITED_BYTES_S
 from dayu.controller.links import BandwidthTrace
-from dayu.mesh.kustomize import KubernetesWiring
+from dayu.mesh.kustomize import TOKENS_SECRET, KubernetesWiring
 from dayu.mesh.model import MeshConfig
 from dayu.mesh.plan import CLOUD_SERVICES, PORTS, STOP_ORDER, Instance, certificate_holders, instances
+from dayu.runtime.auth import TokensFile, new_tokens_file
 from dayu.runtime.certs import issue, make_ca
 from dayu.runtime.logs import get_logger
 from dayu.runtime.tls import OPERATOR, TlsSettings, secret_name
@@ -107,6 +112,9 @@ class Cluster:
         # The certificate this machine's clients show the mesh: the operator's, once the manifests
         # turn TLS on (see _prepare); plaintext until then.
         self.tls = TlsSettings()
+        # The operator's tokens, made once, then kept (the Secret dayu-tokens; read again at each start).
+        self.tokens_path = self.workdir / "tokens.yaml"
+        self.tokens: TokensFile = new_tokens_file(self.tokens_path)
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -116,6 +124,18 @@ class Cluster:
     def address(self, instance: Instance) -> str:
         node = self.config.cloud_node if instance.component in CLOUD_SERVICES else instance.node
         return f"{self.node_address(node)}:{self.wiring.port(instance)}"
+
+    @property
+    def console_url(self) -> str:
+        """http://ADDRESS:PORT/ of the backend's console (its pod's `console` port, on its node's
+        address, which this machine reaches over the bridge) once the cluster runs; else empty."""
+        if "start_s" not in self.timings or self._torn_down:
+            return ""
+        for running in self.pods.values():
+            pod = running.pod
+            if pod.component == "backend" and "console" in pod.ports:
+                return f"http://{self.node_address(pod.node)}:{pod.ports['console']}/"
+        return ""
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -157,6 +177,8 @@ class Cluster:
         self._write_hosts(documents)
         self._shape_links()
         secrets, operator = self._certificates()
+        self.tokens = new_tokens_file(self.tokens_path)  # as the operator left it (or made anew)
+        secrets[TOKENS_SECRET] = {"tokens.yaml": self.tokens_path.read_text()}
         for pod in pods(documents, list(self.config.nodes), self._image(), secrets):
             if pod.component == "monitor":  # what the node is: its cgroup, not the whole machine
                 pod.env["DAYU_MONITOR__NODE_CGROUP"] = self.cgroups[pod.node].spec
@@ -280,6 +302,8 @@ class Cluster:
         folder.mkdir(parents=True, exist_ok=True)
         for file, text in volume.files.items():
             (folder / file).write_text(text)
+            if volume.mode is not None:  # as the kubelet sets them (the Secrets' 0440)
+                (folder / file).chmod(volume.mode)
         return folder
 
     async def _ready(self, running: Running) -> None:

@@ -1,10 +1,11 @@
 """The cluster runs what Kubernetes would: the manifests that `kustomize build` makes for the mesh
 file, read as a kubelet reads them. Each workload's container becomes one process per node the
 workload is placed on, with the container's command, arguments and environment, and its volumes
-(ConfigMaps, Secrets, projected ConfigMaps and Secrets, emptyDirs, the records' claim) as directories
-mounted where the container mounts them. So a mistake in the manifests is a failing cluster, not a
-surprise on a real one. Secrets are not in the manifests (an operator creates them): the cluster
-gives them, by name (its certificates: `dayu-tls-COMPONENT-NODE`), and Secrets the manifests do hold.
+(ConfigMaps, Secrets, projected ConfigMaps and Secrets, emptyDirs, the claims of the records and the
+backend's database) as directories mounted where the container mounts them. So a mistake in the
+manifests is a failing cluster, not a surprise on a real one. Secrets are not in the manifests (an
+operator creates them): the cluster gives them, by name (its certificates, `dayu-tls-COMPONENT-NODE`,
+and the operator's tokens, `dayu-tokens`), and Secrets the manifests do hold.
 
 What a container image would hold comes from this machine's installation instead (IMAGE_PATHS)."""
 
@@ -47,7 +48,8 @@ class Volume:
     """A pod volume as a directory on this machine: files to write into it, or an empty one."""
 
     name: str
-    files: dict[str, str] = field(default_factory=dict)  # file name -> text (ConfigMaps)
+    files: dict[str, str] = field(default_factory=dict)  # file name -> text (ConfigMaps, Secrets)
+    mode: int | None = None  # the files' permissions where the volume says (defaultMode: 0440 for Secrets)
     memory_mb: int | None = None  # emptyDir {medium: Memory}: a tmpfs of this size
     persistent: bool = False  # a claim: the cluster's workdir keeps it across restarts
     host_path: str = ""  # a hostPath: the node's own folder in the cluster's workdir, kept across restarts
@@ -65,6 +67,7 @@ class Pod:
     mounts: list[tuple[str, str]]  # (volume name, mount path)
     volumes: dict[str, Volume]
     port: int  # the container's gRPC port (health checks)
+    ports: dict[str, int] = field(default_factory=dict)  # its named ports: grpc, health, console, ...
 
     @property
     def name(self) -> str:
@@ -165,17 +168,19 @@ def _volumes(
     for volume in spec.get("volumes", []):
         name = volume["name"]
         if "configMap" in volume:
-            volumes[name] = Volume(name, files=_selected(volume["configMap"], config_maps, "ConfigMap", "name", name))
+            files = _selected(volume["configMap"], config_maps, "ConfigMap", "name", name)
+            volumes[name] = Volume(name, files=files, mode=volume["configMap"].get("defaultMode"))
         elif "secret" in volume:
-            volumes[name] = Volume(name, files=_selected(volume["secret"], secrets, "Secret", "secretName", name))
+            files = _selected(volume["secret"], secrets, "Secret", "secretName", name)
+            volumes[name] = Volume(name, files=files, mode=volume["secret"].get("defaultMode"))
         elif "projected" in volume:
-            files: dict[str, str] = {}
+            files = {}
             for source in volume["projected"]["sources"]:
                 if "secret" in source:
                     files.update(_selected(source["secret"], secrets, "Secret", "name", name))
                 else:
                     files.update(_selected(source["configMap"], config_maps, "ConfigMap", "name", name))
-            volumes[name] = Volume(name, files=files)
+            volumes[name] = Volume(name, files=files, mode=volume["projected"].get("defaultMode"))
         elif "emptyDir" in volume:
             size = str(volume["emptyDir"].get("sizeLimit", "64Mi"))
             memory = volume["emptyDir"].get("medium") == "Memory"
@@ -274,6 +279,7 @@ def pods(
                         mounts=[(m["name"], m["mountPath"]) for m in container.get("volumeMounts", [])],
                         volumes=_volumes(spec, config_maps, secrets),
                         port=int(ports[0]["containerPort"]) if ports else 0,
+                        ports={p["name"]: int(p["containerPort"]) for p in ports if "name" in p},
                     )
                 )
     return found

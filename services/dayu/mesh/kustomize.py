@@ -8,8 +8,10 @@ through a Service of its own, at the plan's fixed ports: the cloud's singletons 
 (`dayu-controller-edge-1:50051`, `dayu-processor-text-detector-edge-1:50063`,
 `dayu-triton-edge-1:50101`), which selects that one pod. The per-node workloads are made from the
 templates in kustomize/base/node (one kustomization per component and node, see kustomize/README.md),
-and the files are where those manifests mount them. hack/gen_kustomize.py writes the result into
-kustomize/base/mesh; the cluster of namespaces renders it for its own mesh file."""
+and the files are where those manifests mount them: the backend's console listens on CONSOLE_PORT
+(its Service's `console` port), the backend and the scheduler read the operator's tokens from the
+Secret TOKENS_SECRET, the backend keeps its database on its claim. hack/gen_kustomize.py writes the
+result into kustomize/base/mesh; the cluster of namespaces renders it for its own mesh file."""
 
 from __future__ import annotations
 
@@ -38,6 +40,14 @@ ROOT = Path(__file__).resolve().parents[3]
 KUSTOMIZE = ROOT / "kustomize"
 CONFIG_DIR = "/etc/dayu"  # where the containers find their settings (the mounts in kustomize/base)
 DATABASE = "/var/lib/dayu/dayu-records.sqlite"
+# The operator API's bearer tokens (dayu.runtime.auth): the Secret TOKENS_SECRET, which the operator
+# creates (`kubectl create secret generic dayu-tokens --from-file=tokens.yaml`), mounted by the backend
+# and the scheduler at TOKENS_DIR (kustomize/base/cloud).
+TOKENS_SECRET = "dayu-tokens"
+TOKENS_DIR = "/etc/dayu-tokens"
+TOKENS_FILE = f"{TOKENS_DIR}/tokens.yaml"
+CONSOLE_PORT = 8080  # the backend's console (UI and Connect HTTP/JSON): plain HTTP, behind an Ingress
+BACKEND_DATABASE = "/var/lib/dayu-backend/backend.sqlite"  # on the backend's claim (kustomize/base/cloud)
 NODE_STATE_DIR = "/var/lib/dayu-node"  # a hostPath on each node (kustomize/base/node): kept across pod restarts
 NODE_LABEL = "dayu.io/node"  # the node a per-node workload, its pods and its Service are for
 TEMPLATES = "../../../node"  # kustomize/base/node, from base/mesh/nodes/NAME
@@ -54,15 +64,23 @@ class KubernetesWiring(Wiring):
 
     pipelines_file = f"{CONFIG_DIR}/pipelines.yaml"
     database = DATABASE
+    tokens_file = TOKENS_FILE
+    console_listen = f"0.0.0.0:{CONSOLE_PORT}"
+    backend_database = BACKEND_DATABASE
     emulated_links = False
 
     def __init__(self, config: MeshConfig) -> None:
         self.config = config
         # The image's assembled repository holds the mesh's own models too, as <name>/<version>/model.onnx.
         self.models_dir = MODEL_REPOSITORY if config.models_dir is not None else None
-        self.ports = {**PORTS, **{f"processor/{role}": port for role, port in processor_ports(config).items()}}
+        self.ports = {
+            **PORTS,
+            "console": CONSOLE_PORT,
+            **{f"processor/{role}": port for role, port in processor_ports(config).items()},
+        }
 
     def port(self, instance: Instance) -> int:
+        """An instance's gRPC port (the backend's console is at ports["console"])."""
         return self.ports[f"processor/{instance.role}" if instance.component == "processor" else instance.component]
 
     def address(self, target: Instance, seen_from: Instance) -> str:
