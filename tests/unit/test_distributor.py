@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dayu.distributor.core import DistributorCore, GoldenSampler
+from dayu.distributor.core import DistributorCore, GoldenSampler, LatestTasks
 from dayu.distributor.store import RecordStore
-from dayu.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from dayu.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from dayu.v1 import distributor_pb2, task_pb2, types_pb2
 
 from conftest import make_task
@@ -359,3 +359,52 @@ async def test_the_last_second_of_year_9999_is_stored_and_exported(core: Distrib
     chunks = [chunk async for chunk in core.export(distributor_pb2.RecordFilter())]
     (line,) = gzip.decompress(b"".join(chunks)).splitlines()
     assert json.loads(line)["task"]["task_id"] == good.task_id
+
+
+async def test_the_last_delivered_task_of_a_stream_is_kept_with_its_frames(core: DistributorCore) -> None:
+    with pytest.raises(NotFound, match="no task of stream 'cam' was delivered"):
+        core.latest_task("cam")
+    first, last = finished_task("cam"), finished_task("cam")
+    last.segment.frames[:] = [b"frame 0", b"frame 1"]
+    await core.deliver(first)
+    await core.deliver(last)
+    await core.record_drop(finished_task("cam"), "late")  # a drop is no delivered task
+    kept = core.latest_task("cam")
+    assert kept.task.task_id == last.task_id and kept.outcome == task_pb2.TASK_OUTCOME_DELIVERED
+    assert list(kept.task.segment.frames) == [b"frame 0", b"frame 1"]  # as Deliver received them
+    (stored,), _ = await core.query(distributor_pb2.RecordFilter(after_cursor=1), 1)
+    assert kept.cursor == stored.cursor and not stored.task.segment.frames  # the record keeps none
+    await core.deliver(last)  # a duplicate is not delivered again
+    assert core.latest_task("cam").task.task_id == last.task_id
+    ground_truth = finished_task("cam")
+    ground_truth.segment.ClearField("frames")  # controllers send no frames with ground truth: none are made up
+    await core.deliver(ground_truth)
+    assert core.latest_task("cam").task.task_id == ground_truth.task_id
+    assert not core.latest_task("cam").task.segment.frames
+    with pytest.raises(InvalidArgument, match=r"^stream_id:"):
+        core.latest_task("not an id")
+
+
+def test_latest_tasks_are_bounded_in_streams_and_bytes_least_recently_delivered_forgotten_first() -> None:
+    latest = LatestTasks(max_streams=2, max_bytes=10_000)
+
+    def deliver(stream: str, frame_bytes: int = 10) -> None:
+        task = finished_task(stream)
+        del task.segment.frames[:]  # as stored
+        latest.keep(task_pb2.TaskRecord(task=task), [b"f" * frame_bytes], b"")
+
+    deliver("a")
+    deliver("b")
+    deliver("a")  # a again: b is the least recently delivered
+    deliver("c")
+    assert latest.get("a") and latest.get("c")
+    with pytest.raises(NotFound):
+        latest.get("b")
+    deliver("d", frame_bytes=9_500)  # past the bytes: the others go, the one just delivered stays
+    for gone in ("a", "c"):
+        with pytest.raises(NotFound):
+            latest.get(gone)
+    deliver("e", frame_bytes=20_000)  # alone past the bytes: kept all the same
+    assert [len(frame) for frame in latest.get("e").task.segment.frames] == [20_000]
+    with pytest.raises(NotFound):
+        latest.get("d")

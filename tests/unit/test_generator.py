@@ -1,5 +1,6 @@
 """The generator's core with in-memory ports: decisions shape the tasks; an unreachable scheduler
-does not stop the stream."""
+does not stop the stream; streams started at run time run beside the settings' and stop with every
+task they made accounted for."""
 
 from __future__ import annotations
 
@@ -10,11 +11,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dayu.generator.core import CapturedFrame, StreamRunner, build_task, check_decision, startup_decision
+from dayu.generator.core import (
+    CapturedFrame,
+    GeneratorStreams,
+    StreamRunner,
+    build_task,
+    check_decision,
+    check_startable,
+    startup_decision,
+)
 from dayu.generator.sequences import SequenceStore
 from dayu.media.codecs import decode_segment, encode_image
-from dayu.runtime.errors import InvalidArgument, RemoteError
-from dayu.v1 import datasource_pb2, decision_pb2, task_pb2, types_pb2
+from dayu.runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    RemoteError,
+    ResourceExhausted,
+)
+from dayu.runtime.errors import Unavailable as UnavailableError
+from dayu.runtime.tracing import Tracing
+from dayu.v1 import datasource_pb2, decision_pb2, generator_pb2, task_pb2, types_pb2
 
 from conftest import fork_join_pipeline, make_stream_spec
 
@@ -192,6 +210,10 @@ async def test_sequence_numbers_go_on_after_a_restart_and_an_unencodable_segment
     await run_until(runner, lambda: len(ports.submitted) >= 2)
     made = runner.status.tasks_generated
     assert made >= 2 and [t.sequence for t in ports.submitted] == list(range(len(ports.submitted)))
+    # A segment being numbered or encoded when it stopped is recorded as dropped under its number.
+    assert sorted(t.sequence for t in ports.submitted + [t for t, _ in ports.dropped]) == list(range(made))
+    assert all(reason == "segment not encoded: generator stopped" for _, reason in ports.dropped)
+    stopped = len(ports.dropped)
     runner.sequences.close()
 
     restarted = StreamRunner(spec, ports, sequences=SequenceStore(tmp_path / "sequences.sqlite"))
@@ -200,7 +222,7 @@ async def test_sequence_numbers_go_on_after_a_restart_and_an_unencodable_segment
     bad.data = b"not a jpeg"
     await restarted._make_task([CapturedFrame(bad, 0.0)])
     await restarted.drain(5)
-    ((task, reason),) = ports.dropped
+    ((task, reason),) = ports.dropped[stopped:]
     assert task.sequence == made and task.stream_id == spec.stream_id
     assert reason.startswith("segment not encoded")
     assert restarted.status.tasks_generated == made + 1
@@ -229,3 +251,237 @@ def test_an_applied_decision_must_be_one_the_stream_can_follow(
     change(decision.configuration)
     with pytest.raises(InvalidArgument, match=rf"^{field}:"):
         check_decision(spec, decision)
+
+
+class Mesh(FlakyController):
+    """The mesh as the streams of one generator see it: endless sources of those the datasource plays,
+    a controller that takes each task after a while, drops recorded."""
+
+    def __init__(self, sources: tuple[str, ...] = ("camera-1", "camera-2")) -> None:
+        super().__init__(away=0)
+        self.sources = sources
+        self.datasource: RemoteError | None = None  # how the datasource fails, when it does
+
+    async def source_fps(self, source_id: str) -> float:
+        if self.datasource is not None:
+            raise self.datasource
+        if source_id not in self.sources:
+            raise NotFound(f"source {source_id!r} is not played by the datasource")
+        return 30.0
+
+    async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:
+        index = 0
+        while True:
+            yield frame(index, 160, 120)
+            index += 1
+            await asyncio.sleep(0.002)
+
+    async def submit(self, task: task_pb2.Task) -> None:
+        await asyncio.sleep(0.05)  # tasks are still on their way when a stream stops
+        await super().submit(task)
+
+    def sequences_of(self, stream_id: str) -> list[int]:
+        """The sequences of the stream's tasks the controller took or that were recorded dropped."""
+        made = [t.sequence for t in self.submitted if t.stream_id == stream_id]
+        made += [t.sequence for t, _ in self.dropped if t.stream_id == stream_id]
+        return sorted(made)
+
+
+def small_spec(stream_id: str, source_id: str = "camera-2") -> decision_pb2.StreamSpec:
+    spec = make_stream_spec()
+    spec.stream_id, spec.source_id = stream_id, source_id
+    config = spec.max_configuration
+    config.resolution.width, config.resolution.height, config.frames_per_segment = 160, 120, 2
+    return spec
+
+
+@pytest.fixture
+async def streams(tmp_path: Path) -> AsyncIterator[tuple[GeneratorStreams, Mesh]]:
+    mesh = Mesh()
+    launched: list[asyncio.Task[None]] = []
+
+    def launch(runner: StreamRunner) -> asyncio.Task[None]:
+        launched.append(asyncio.create_task(runner.run()))
+        return launched[-1]
+
+    sequences = SequenceStore(tmp_path / "sequences.sqlite")
+    generator = GeneratorStreams("edge-1", mesh, launch, sequences=sequences, grace_s=5)
+    generator.add_settings(small_spec("stream-1", "camera-1"))
+    generator.launch_settings()
+    yield generator, mesh
+    for task in launched:
+        task.cancel()
+    await asyncio.gather(*launched, return_exceptions=True)
+    await generator.drain_all(5)
+    sequences.close()
+
+
+async def wait_for(done: Callable[[], bool], seconds: float = 5) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not in time")
+
+
+async def test_a_stream_started_at_run_time_runs_beside_the_settings_and_stops_with_every_task_accounted_for(
+    streams: tuple[GeneratorStreams, Mesh],
+) -> None:
+    generator, mesh = streams
+    spec = small_spec("started")
+    assert await generator.start(spec)
+    assert not await generator.start(small_spec("started"))  # the same spec again: nothing changes
+    statuses = generator.statuses()
+    assert [(s.spec.stream_id, s.origin) for s in statuses] == [
+        ("started", generator_pb2.STREAM_ORIGIN_STARTED),
+        ("stream-1", generator_pb2.STREAM_ORIGIN_SETTINGS),
+    ]
+    await wait_for(lambda: len(mesh.sequences_of("started")) >= 3)
+
+    made = await generator.stop("started")
+    # Capture stopped, and every task it numbered reached the controller or was recorded dropped.
+    assert made >= 3 and mesh.sequences_of("started") == list(range(made))
+    assert all(reason == "segment not encoded: generator stopped" for t, reason in mesh.dropped)
+    assert [s.spec.stream_id for s in generator.statuses()] == ["stream-1"]
+    await asyncio.sleep(0.1)
+    assert mesh.sequences_of("started") == list(range(made))  # nothing more once stopped
+    with pytest.raises(NotFound, match="'started' does not run"):
+        await generator.stop("started")
+    with pytest.raises(FailedPrecondition, match="comes from the generator's settings"):
+        await generator.stop("stream-1")
+    with pytest.raises(InvalidArgument, match=r"^stream_id:"):
+        await generator.stop("no such id!")
+
+    # Started again: its numbering goes on where it stopped (the same sequences).
+    assert await generator.start(spec)
+    assert generator.runner("started").status.tasks_generated == made
+    await wait_for(lambda: len(mesh.sequences_of("started")) > made)
+    again = await generator.stop("started")
+    assert again > made and mesh.sequences_of("started") == list(range(again))
+    assert len(mesh.sequences_of("stream-1")) > 0  # the settings' stream ran all along
+
+
+async def test_a_start_that_conflicts_or_cannot_run_is_refused_by_name(
+    streams: tuple[GeneratorStreams, Mesh],
+) -> None:
+    generator, mesh = streams
+    assert await generator.start(small_spec("started"))
+    other = small_spec("started")
+    other.latency_budget_s = 9
+    with pytest.raises(AlreadyExists, match="'started' runs already with another spec"):
+        await generator.start(other)
+    with pytest.raises(AlreadyExists, match="'stream-1' is a stream of the generator's settings"):
+        await generator.start(small_spec("stream-1", "camera-1"))  # even with its very spec
+    elsewhere = small_spec("elsewhere")
+    elsewhere.node = "edge-2"
+    with pytest.raises(InvalidArgument, match=r"^stream\.node: this generator's node 'edge-1'"):
+        await generator.start(elsewhere)
+    with pytest.raises(NotFound, match=r"^stream\.source_id: source 'camera-9'"):
+        await generator.start(small_spec("unknown-source", "camera-9"))
+    mesh.datasource = RemoteError("UNAVAILABLE", "connection refused")
+    with pytest.raises(UnavailableError, match=r"^stream\.source_id: the datasource could not say"):
+        await generator.start(small_spec("no-datasource"))
+    mesh.datasource = RemoteError("PERMISSION_DENIED", "not you")
+    with pytest.raises(FailedPrecondition, match="PERMISSION_DENIED: not you"):
+        await generator.start(small_spec("no-datasource"))
+    mesh.datasource = None
+    generator.max_streams = 3
+    assert await generator.start(small_spec("third"))
+    with pytest.raises(ResourceExhausted, match="'fourth' is new and this generator runs 3 streams"):
+        await generator.start(small_spec("fourth"))
+    assert not await generator.start(small_spec("third"))  # a retry is no new stream
+    assert [s.spec.stream_id for s in generator.statuses()] == ["started", "stream-1", "third"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda c: setattr(c.resolution, "width", 65535), "stream.max_configuration.resolution"),
+        (lambda c: setattr(c.resolution, "height", 4321), "stream.max_configuration.resolution"),
+        (lambda c: setattr(c, "fps", float("inf")), "stream.max_configuration.fps"),
+        (lambda c: setattr(c, "fps", 241), "stream.max_configuration.fps"),
+        (lambda c: setattr(c, "frames_per_segment", 2**32 - 1), "stream.max_configuration.frames_per_segment"),
+        (lambda c: setattr(c, "quality", 0), "stream.max_configuration.quality"),
+    ],
+)
+async def test_a_started_stream_is_held_to_what_a_datasource_plays(
+    streams: tuple[GeneratorStreams, Mesh], change: Callable[[types_pb2.Configuration], None], field: str
+) -> None:
+    generator, _ = streams
+    spec = small_spec("started")
+    change(spec.max_configuration)
+    with pytest.raises(InvalidArgument, match=rf"^{field}:"):
+        await generator.start(spec)
+    check_startable(small_spec("fine"))
+    largest = small_spec("largest")
+    largest.max_configuration.resolution.width, largest.max_configuration.resolution.height = 7680, 4320
+    largest.max_configuration.frames_per_segment = 8
+    check_startable(largest)  # 8 frames of 8K
+    largest.max_configuration.frames_per_segment = 9
+    with pytest.raises(InvalidArgument, match=r"frames_per_segment: at most 8 at 7680x4320"):
+        check_startable(largest)
+
+
+class SlowSequences(SequenceStore):
+    """Numbers that take a while to be taken (a slow disk): a stream may stop meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def take(self, stream_id: str) -> int:
+        self.waiting.set()
+        await self.release.wait()
+        return await super().take(stream_id)
+
+
+async def test_a_number_being_taken_when_the_stream_stops_is_recorded_dropped() -> None:
+    ports = Mesh()
+    sequences = SlowSequences()
+    runner = StreamRunner(small_spec("started"), ports, sequences=sequences, origin=generator_pb2.STREAM_ORIGIN_STARTED)
+    run = asyncio.create_task(runner.run())
+    await asyncio.wait_for(sequences.waiting.wait(), 5)
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+    sequences.release.set()  # the number is taken after all
+    await runner.drain(5)
+    ((task, reason),) = ports.dropped
+    assert (task.sequence, reason) == (0, "segment not encoded: generator stopped")
+    assert runner.status.tasks_generated == 1 and runner.in_flight == 0
+    assert sequences.next("started") == 1
+    sequences.close()
+
+
+async def test_every_span_of_a_task_names_it() -> None:
+    """The scheduler keeps a task's spans by its root id: the generator's own spans carry it too."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from dayu.runtime.tracing import TASK, TracingSettings
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing("generator", "edge-1", TracingSettings())
+    tracing.tracer = provider.get_tracer("test")
+    ports = Mesh()
+    runner = StreamRunner(small_spec("started"), ports, tracing)
+    await run_until(runner, lambda: len(ports.submitted) >= 1)
+    task = ports.submitted[0]
+    names = {span.name for span in exporter.get_finished_spans() if span.attributes[TASK] == task.root_id}
+    assert names == {"generator.task", "generator.encode", "generator.submit"}
+
+
+async def test_the_tasks_of_a_stream_stopped_past_its_grace_are_awaited_when_the_generator_stops(
+    streams: tuple[GeneratorStreams, Mesh],
+) -> None:
+    generator, mesh = streams
+    generator.grace_s = 0  # StopStream answers at once: its tasks are still on their way
+    assert await generator.start(small_spec("started"))
+    await wait_for(lambda: len(mesh.sequences_of("started")) >= 2)
+    made = await generator.stop("started")
+    assert len(mesh.sequences_of("started")) < made
+    await generator.drain_all(5)  # the component's stop()
+    assert mesh.sequences_of("started") == list(range(made))

@@ -54,6 +54,10 @@ async def test_set_policy_pushes_a_new_version_to_watchers() -> None:
 async def test_bad_policy_and_unknown_stream_are_named() -> None:
     core = SchedulerCore(FIXED)
     await core.register(make_stream_spec())
+    not_json = policy("fixed", fps=5)
+    not_json.params.fields["fps"].number_value = float("nan")  # found by the fuzz: INTERNAL from json_format
+    with pytest.raises(InvalidArgument, match=r"^policy\.params: numbers JSON can hold, got NaN or an infinity"):
+        await core.set_policy("stream-1", not_json)
     with pytest.raises(InvalidArgument) as unknown:
         await core.set_policy("stream-1", decision_pb2.PolicySpec(name="nope"))
     assert unknown.value.field == "policy.name"
@@ -345,3 +349,132 @@ async def test_stats_of_one_stream_or_of_all_in_pages_that_fit_in_the_budget() -
         core.stats(page_size=1001)
     with pytest.raises(NotFound):
         core.stats("nobody")
+
+
+async def test_an_unregistered_stream_is_forgotten_and_its_watchers_end() -> None:
+    core = SchedulerCore(FIXED)
+    await core.register(make_stream_spec())
+    await core.set_policy("stream-1", FIXED)
+    await core.receive_spans(_inference_spans("stream-1"))
+    assert core.hops.of("stream-1")
+    watcher = core.watch("stream-1")
+    assert (await asyncio.wait_for(anext(watcher), 5)).version == 2
+    pending = asyncio.create_task(anext(watcher))
+    await asyncio.sleep(0.01)
+    assert not pending.done()
+
+    assert await core.unregister("stream-1")
+    with pytest.raises(StopAsyncIteration):  # its watcher's stream ends, cleanly
+        await asyncio.wait_for(pending, 5)
+    assert not await core.unregister("stream-1")  # not registered: no error
+    with pytest.raises(NotFound):
+        core.decision("stream-1")
+    with pytest.raises(NotFound):
+        await core.feedback(task_pb2.TaskRecord(task=task_pb2.Task(stream_id="stream-1")))
+    with pytest.raises(NotFound):
+        await anext(core.watch("stream-1"))
+    assert core.stats() == ([], "") and core.hops.of("stream-1") == {}
+    with pytest.raises(InvalidArgument, match=r"^stream_id:"):
+        await core.unregister("")
+
+    # Registered again, it starts over, but its versions go on: its generator keeps only newer ones.
+    again = await core.register(make_stream_spec())
+    assert again.version == 3 and again.reason.startswith("startup plan")
+    (stats,), _ = core.stats()
+    assert [d.version for d in stats.history] == [3] and stats.feedback_received == 0
+
+
+async def test_a_watcher_of_a_stream_registered_again_goes_on_until_it_is_unregistered() -> None:
+    core = SchedulerCore(FIXED)
+    await core.register(make_stream_spec())
+    watcher = core.watch("stream-1")
+    assert (await anext(watcher)).version == 1
+    await core.register(make_stream_spec())  # re-registration: the same watchers
+    assert (await asyncio.wait_for(anext(watcher), 5)).version == 2
+    pending = asyncio.create_task(anext(watcher))
+    await asyncio.sleep(0.01)
+    await core.unregister("stream-1")
+    await core.register(make_stream_spec())  # before the watcher woke: a new registration, not its own
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(pending, 5)
+    assert (await asyncio.wait_for(anext(core.watch("stream-1")), 5)).version == 3
+
+
+async def test_a_stream_unregistered_while_a_loop_over_every_stream_waits_is_skipped() -> None:
+    clock = Clock()
+    core = SchedulerCore(FIXED, fallback_after_s=1, clock=clock)
+    for name in ("a", "b"):
+        spec = make_stream_spec()
+        spec.stream_id = name
+        await core.register(spec)
+    clock.now += 60  # neither has had feedback: both are due for the fallback plan
+    held = core._streams["a"].changed
+    await held.acquire()  # a's watchers hold its decision: the check waits there, in the middle of its loop
+    check = asyncio.create_task(core.check_feedback())
+    await asyncio.sleep(0.01)
+    assert not check.done()
+    assert await core.unregister("b")
+    held.release()
+    await asyncio.wait_for(check, 5)  # no "dictionary changed size during iteration"
+    assert "fallback" in core.decision("a").reason
+    assert not core.resources and [s.stream_id for s in core.stats()[0]] == ["a"]
+
+    # Admission too: the paused stream goes, the other one is decided on as before.
+    from dayu.scheduler.core import Admission
+
+    core = SchedulerCore(FIXED, admission=Admission(max_queue=10, resume_queue=2))
+    for name in ("a", "b"):
+        spec = make_stream_spec()
+        spec.stream_id = name
+        await core.register(spec)
+    await core.report_resources(resources_pb2.NodeResources(node="edge-1", queue_lengths={"noop": 11}))
+    assert core.decision("b").paused and not core.decision("a").paused
+    await core.unregister("b")
+    await core.report_resources(resources_pb2.NodeResources(node="edge-1", queue_lengths={"noop": 1}))
+    assert not core.decision("a").paused
+
+
+async def test_a_tasks_spans_are_kept_by_root_id_and_answered_by_start_time() -> None:
+    from dayu.runtime.tracing import NODE, TASK
+
+    core = SchedulerCore(FIXED)
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.add(key="service.name").value.string_value = "dayu-processor"
+    resource_spans.resource.attributes.add(key=NODE).value.string_value = "cloud"
+    spans = resource_spans.scope_spans.add().spans
+    for name, start in (("processor.inference", 20), ("processor.queue", 10)):
+        span = spans.add(name=name, start_time_unix_nano=start * 10**9, end_time_unix_nano=(start + 1) * 10**9)
+        span.attributes.add(key=TASK).value.string_value = "4f0b7e56-0f6c-4b36-9d3b-1f4f0a0f0c01"
+    await core.receive_spans(request)
+    queue, inference = core.task_trace("4f0b7e56-0f6c-4b36-9d3b-1f4f0a0f0c01")
+    assert (queue.name, queue.component, queue.node, queue.start.seconds, queue.end.seconds) == (
+        "processor.queue",
+        "dayu-processor",
+        "cloud",
+        10,
+        11,
+    )
+    assert inference.name == "processor.inference"
+    with pytest.raises(NotFound, match="latest 2048 tasks"):
+        core.task_trace("4f0b7e56-0f6c-4b36-9d3b-1f4f0a0f0c02")
+    with pytest.raises(InvalidArgument, match=r"^root_id:"):
+        core.task_trace("")
+
+
+async def test_unregistering_and_task_traces_are_for_admins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dayu.runtime.errors import PermissionDenied
+    from dayu.runtime.tls import Identity
+
+    core = SchedulerCore(FIXED)
+    await core.register(make_stream_spec())
+    servicer = SchedulerServicer(core)
+    caller = Identity("generator", "edge-1")
+    monkeypatch.setattr("dayu.runtime.tls.peer_identity", lambda context: caller)
+    with pytest.raises(PermissionDenied, match="UnregisterStream: only backend, operator may call it"):
+        await servicer.UnregisterStream(scheduler_pb2.UnregisterStreamRequest(stream_id="stream-1"), None)
+    with pytest.raises(PermissionDenied, match="GetTaskTrace: only backend, operator"):
+        await servicer.GetTaskTrace(scheduler_pb2.GetTaskTraceRequest(root_id="x"), None)
+    caller = Identity("backend", "cloud")
+    reply = await servicer.UnregisterStream(scheduler_pb2.UnregisterStreamRequest(stream_id="stream-1"), None)
+    assert reply.unregistered

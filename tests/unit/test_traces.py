@@ -1,4 +1,5 @@
-"""Hop latency from real OpenTelemetry spans, encoded as the OTLP exporter sends them."""
+"""Hop latency, and the spans of the latest tasks, from real OpenTelemetry spans, encoded as the OTLP
+exporter sends them."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import time
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from dayu.runtime.tracing import NODE, STAGE, STREAM, TO_NODE
-from dayu.scheduler.traces import HopKey, HopLatencies
+from dayu.runtime.tracing import NODE, STAGE, STREAM, TASK, TO_NODE
+from dayu.scheduler.traces import HopKey, HopLatencies, TaskTraces, spans_of
 
 from conftest import transfer_spans
 
@@ -59,3 +61,56 @@ def test_transfer_spans_give_each_links_bandwidth() -> None:
     assert latencies.link_bandwidth()[("edge-1", "cloud")] == pytest.approx(0.5)
     latencies.add(transfer_spans("edge-1", "cloud", [(250_000, 0.11)]))  # a rise once it holds
     assert latencies.link_bandwidth()[("edge-1", "cloud")] == pytest.approx(2.0)
+
+
+def _task_spans(task_ids: list[str], spans_each: int = 1) -> trace_service_pb2.ExportTraceServiceRequest:
+    """The spans of tasks as two components export them, encoded as the exporter sends them."""
+    exporters = []
+    for service, node in (("dayu-controller", "edge-1"), ("dayu-processor", "cloud")):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(resource=Resource.create({"service.name": service, NODE: node}))
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("test")
+        for task_id in task_ids:
+            for i in range(spans_each):
+                start = time.time_ns() + i
+                attributes = {STREAM: "cam", TASK: task_id, STAGE: "detect"}
+                if service == "dayu-controller":
+                    attributes[TO_NODE] = "cloud"
+                name = "link.transfer" if service == "dayu-controller" else "processor.inference"
+                tracer.start_span(name, attributes=attributes, start_time=start).end(end_time=start + 1000)
+        exporters.append(exporter)
+    processor, controller = (encode_spans(e.get_finished_spans()) for e in reversed(exporters))
+    processor.resource_spans.extend(controller.resource_spans)  # the processor's came first
+    return processor
+
+
+def test_a_tasks_spans_are_kept_with_their_component_node_stage_and_times() -> None:
+    traces = TaskTraces()
+    traces.add_spans(spans_of(_task_spans(["task-1", "task-2"])))
+    transfer, inference = traces.spans("task-1")  # by start time, whatever the order they came in
+    assert (transfer.name, transfer.component, transfer.node, transfer.stage, transfer.to_node) == (
+        "link.transfer",
+        "dayu-controller",
+        "edge-1",
+        "detect",
+        "cloud",
+    )
+    assert (inference.component, inference.node, inference.to_node) == ("dayu-processor", "cloud", "")
+    assert transfer.start.ToNanoseconds() <= inference.start.ToNanoseconds()
+    assert inference.end.ToNanoseconds() - inference.start.ToNanoseconds() == 1000
+    assert traces.spans("task-3") == []
+    traces.add_spans(spans_of(encode_spans(_spans("edge-1").get_finished_spans())))  # spans without a task id
+    assert len(traces) == 2
+
+
+def test_kept_traces_are_bounded_in_tasks_spans_a_task_and_spans_in_all() -> None:
+    traces = TaskTraces(max_tasks=2, max_spans=3, max_kept=5)
+    traces.add_spans(spans_of(_task_spans(["a", "b"])))
+    traces.add_spans(spans_of(_task_spans(["a"])))  # a traced again: b is the least recent
+    traces.add_spans(spans_of(_task_spans(["c"])))
+    assert (len(traces.spans("a")), traces.spans("b"), len(traces.spans("c"))) == (3, [], 2)  # a: 3 spans at most
+    traces.add_spans(spans_of(_task_spans(["d"], spans_each=2)))  # 3 spans of d, 5 in all at most: a goes
+    assert (traces.spans("a"), len(traces.spans("c")), len(traces.spans("d"))) == ([], 2, 3)
+    traces.add_spans(spans_of(_task_spans(["x" * 129])))  # no task id (a UUID): not kept, nor a key of megabytes
+    assert len(traces) == 2

@@ -15,6 +15,11 @@ segment's ground truth when the source knows it (synthetic scenes), else, for a 
 the golden configuration's detections (full resolution), as Chameleon profiles configurations. The
 golden detections come from a golden processor after the task has arrived, so they cost the
 measured latency nothing: latency ends when the task reaches the distributor.
+
+The last task delivered of each recent stream is kept in memory as Deliver received it, frames and
+all (LatestTasks), for a stream's latest frame; records keep no frames. Controllers send the frames
+on only for a segment without ground truth (for golden scoring): one with ground truth arrives, and is
+kept, without them.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Protocol, TypeVar
 from dayu.distributor.store import RecordStore
 from dayu.media.accuracy import segment_f1
 from dayu.runtime.clock import timestamp
-from dayu.runtime.errors import InvalidArgument, ResourceExhausted, shown
+from dayu.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, shown
 from dayu.runtime.logs import get_logger
 from dayu.runtime.tracing import NO_TRACING, Tracing, task_attributes
 from dayu.runtime.validation import require_id, validate_task
@@ -58,6 +63,8 @@ SETTLE_AT_ONCE = 10 * 1000  # lost records SettleStreams writes before answering
 LOST_PER_CHECK = 1000  # lost records written per check, in one transaction
 CHECK_EVERY_S = 1.0
 LOST = "lost: "  # how the reason of a task found missing begins
+LATEST_STREAMS = 256  # streams whose last delivered task is kept, frames and all
+LATEST_BYTES = 256 * 1024 * 1024  # what those tasks may take in all (frames: up to a message each)
 T = TypeVar("T")
 
 
@@ -299,6 +306,44 @@ class GapTracker:
         return [run for run in runs if run]
 
 
+class LatestTasks:
+    """The last task delivered of each stream with its segment's frames, for at most `max_streams`
+    streams and `max_bytes` of tasks (the least recently delivered forgotten first; the one just
+    delivered is always kept)."""
+
+    def __init__(self, max_streams: int = LATEST_STREAMS, max_bytes: int = LATEST_BYTES) -> None:
+        self.max_streams, self.max_bytes = max_streams, max_bytes
+        self._records: OrderedDict[str, tuple[task_pb2.TaskRecord, int]] = OrderedDict()  # (record, bytes)
+        self._bytes = 0
+
+    def keep(self, record: task_pb2.TaskRecord, frames: Sequence[bytes], stream: bytes) -> None:
+        """Keeps the stored record with the frames its task carried when it was delivered."""
+        kept = task_pb2.TaskRecord()
+        kept.CopyFrom(record)
+        kept.task.segment.frames.extend(frames)
+        kept.task.segment.stream = stream
+        size = record.task.ByteSize() + sum(map(len, frames)) + len(stream)
+        stream_id = record.task.stream_id
+        if stream_id in self._records:
+            self._bytes -= self._records.pop(stream_id)[1]
+        self._records[stream_id] = (kept, size)
+        self._bytes += size
+        while len(self._records) > 1 and (len(self._records) > self.max_streams or self._bytes > self.max_bytes):
+            _, (_, forgotten) = self._records.popitem(last=False)
+            self._bytes -= forgotten
+
+    def get(self, stream_id: str) -> task_pb2.TaskRecord:
+        """The record kept (itself, not a copy: a reply copies it)."""
+        require_id(stream_id, "stream_id")
+        try:
+            return self._records[stream_id][0]
+        except KeyError:
+            raise NotFound(
+                f"no task of stream {stream_id!r} was delivered since the distributor started (it keeps the "
+                f"last task of the {self.max_streams} streams delivered most recently)"
+            ) from None
+
+
 class DistributorCore:
     def __init__(
         self,
@@ -313,6 +358,7 @@ class DistributorCore:
         self.on_stored = on_stored
         self.golden = golden
         self.gaps = GapTracker(gap_timeout_s)
+        self.latest = LatestTasks()
         self.duplicates = 0  # tasks refused because they were stored already
         self.last_cursor = 0
         self._stored = asyncio.Condition()
@@ -353,7 +399,9 @@ class DistributorCore:
         reason: str,
         golden: Sequence[types_pb2.FrameDetections] | None = None,
     ) -> tuple[int, bool]:
-        # The frames served the golden configuration, if any; a record keeps results, not data.
+        # The frames served the golden configuration, if any; a record keeps results, not data (the
+        # last delivered task of the stream keeps them, in memory).
+        frames, stream = list(task.segment.frames), task.segment.stream
         del task.segment.frames[:]
         task.segment.stream = b""
         if task.ByteSize() > RECORD_BYTES:
@@ -378,6 +426,8 @@ class DistributorCore:
             )
             return cursor, True
         self.gaps.stored(task.stream_id, task.sequence, time.monotonic())
+        if outcome == task_pb2.TASK_OUTCOME_DELIVERED:
+            self.latest.keep(record, frames, stream)
         await self._announce([record])
         return cursor, False
 
@@ -473,6 +523,10 @@ class DistributorCore:
                 self.gaps.overdue(stream, count, now)
             self._wake.set()
         return recorded
+
+    def latest_task(self, stream_id: str) -> task_pb2.TaskRecord:
+        """The stream's last delivered task as stored, with the frames it arrived with."""
+        return self.latest.get(stream_id)
 
     async def query(self, where: distributor_pb2.RecordFilter, limit: int) -> tuple[list[task_pb2.TaskRecord], int]:
         """A page of records and the cursor of the next page (0 when this is the last)."""

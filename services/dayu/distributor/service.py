@@ -155,6 +155,13 @@ class DistributorServicer(distributor_pb2_grpc.DistributorServiceServicer):
         require_component(context, (OPERATOR,), "SettleStreams")
         return distributor_pb2.SettleStreamsResponse(recorded=await self.core.settle(dict(request.generated)))
 
+    async def GetLatestTask(
+        self, request: distributor_pb2.GetLatestTaskRequest, context: object
+    ) -> distributor_pb2.GetLatestTaskResponse:
+        # Frames are the cameras' pictures: for the backend's latest frame and the operator, not every member.
+        require_component(context, ("backend", OPERATOR), "GetLatestTask")
+        return distributor_pb2.GetLatestTaskResponse(record=self.core.latest_task(request.stream_id))
+
 
 class DistributorComponent(Component):
     name = "distributor"

@@ -20,6 +20,10 @@ class SequenceStore:
         """The number the stream's next task will get (blocking: at start)."""
         return self._sqlite.call(self._read, stream_id)
 
+    async def taken(self, stream_id: str) -> int:
+        """The number the stream's next task will get, as next() without blocking the event loop."""
+        return await self._sqlite.run(self._read, stream_id)
+
     async def take(self, stream_id: str) -> int:
         """Takes the stream's next number for good and returns it."""
         return await self._sqlite.run(self._take, stream_id)

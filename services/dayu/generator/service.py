@@ -9,7 +9,7 @@ from typing import Literal
 
 import pydantic
 
-from dayu.generator.core import StreamRunner, check_decision
+from dayu.generator.core import GeneratorStreams, StreamRunner, check_decision
 from dayu.generator.sequences import SequenceStore
 from dayu.runtime.client import Channels, remote, remote_stream
 from dayu.runtime.config import ComponentSettings, StrictModel
@@ -144,14 +144,13 @@ class GrpcStreamPorts:
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
-    def __init__(self, runners: dict[str, StreamRunner]) -> None:
-        self.runners = runners
+    def __init__(self, streams: GeneratorStreams) -> None:
+        self.streams = streams
 
     async def ListStreams(
         self, request: generator_pb2.ListStreamsRequest, context: object
     ) -> generator_pb2.ListStreamsResponse:
-        streams = [r.status for _, r in sorted(self.runners.items())]
-        found, token = page(streams, lambda s: s.spec.stream_id, request.page_size, request.page_token)
+        found, token = page(self.streams.statuses(), lambda s: s.spec.stream_id, request.page_size, request.page_token)
         return generator_pb2.ListStreamsResponse(streams=found, next_page_token=token)
 
     async def ApplyDecision(
@@ -160,12 +159,25 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         require_component(context, ("scheduler", OPERATOR), "ApplyDecision")
         decision = request.decision
         require_id(decision.stream_id, "decision.stream_id")
-        runner = self.runners.get(decision.stream_id)
-        if runner is None:
-            raise NotFound(f"stream {decision.stream_id!r} does not run on this generator")
+        runner = self.streams.runner(decision.stream_id)
         check_decision(runner.spec, decision)
         applied = runner.apply(decision)
         return generator_pb2.ApplyDecisionResponse(applied=applied, current_version=runner.decision.version)
+
+    async def StartStream(
+        self, request: generator_pb2.StartStreamRequest, context: object
+    ) -> generator_pb2.StartStreamResponse:
+        # The backend installs streams (InstallStream); the operator's tools may too.
+        require_component(context, ("backend", OPERATOR), "StartStream")
+        return generator_pb2.StartStreamResponse(started=await self.streams.start(request.stream))
+
+    async def StopStream(
+        self, request: generator_pb2.StopStreamRequest, context: object
+    ) -> generator_pb2.StopStreamResponse:
+        # Answers once the stream's tasks reached the controller or were recorded dropped, so the caller
+        # may settle or unregister the stream right after.
+        require_component(context, ("backend", OPERATOR), "StopStream")
+        return generator_pb2.StopStreamResponse(tasks_generated=await self.streams.stop(request.stream_id))
 
 
 class GeneratorComponent(Component):
@@ -179,23 +191,28 @@ class GeneratorComponent(Component):
         pipelines = load_pipelines(section.pipelines_file) if section.pipelines_file else {}
         ports = GrpcStreamPorts(section, self.channels)
         self.tracing = Tracing(self.name, settings.node, settings.tracing, settings.tls)
-        self.runners: dict[str, StreamRunner] = {}
         self.sequences = SequenceStore(section.sequences)
+        self.streams = GeneratorStreams(settings.node, ports, self._launch, self.tracing, self.sequences, self.grace_s)
+        seen: set[str] = set()
         for i, stream in enumerate(section.streams):
             spec = stream.spec(settings.node, pipelines, f"generator.streams[{i}]")
-            if spec.stream_id in self.runners:
+            if spec.stream_id in seen:
                 raise InvalidArgument(f"generator.streams[{i}].stream_id", f"a unique id, {spec.stream_id!r} is twice")
-            self.runners[spec.stream_id] = StreamRunner(spec, ports, self.tracing, self.sequences)
+            seen.add(spec.stream_id)
+            self.streams.add_settings(spec)
+
+    def _launch(self, runner: StreamRunner) -> asyncio.Task[None]:
+        return self.background(runner.run, name=f"stream {runner.spec.stream_id}")
 
     def bindings(self) -> Sequence[Binding]:
-        return [Binding("dayu.v1.GeneratorService", GeneratorServicer(self.runners))]
+        return [Binding("dayu.v1.GeneratorService", GeneratorServicer(self.streams))]
 
     async def start(self) -> None:
-        for runner in self.runners.values():
-            self.background(runner.run, name=f"stream {runner.spec.stream_id}")
+        self.streams.launch_settings()
 
     async def stop(self) -> None:
-        """Capturing has stopped (the server cancelled it): let the tasks already made reach the controller."""
-        await asyncio.gather(*(r.drain(self.grace_s) for r in self.runners.values()))
+        """Capturing has stopped (the server cancelled it): let the tasks already made reach the
+        controller, those of streams stopped at run time whose drain ran out of time too."""
+        await self.streams.drain_all(self.grace_s)
         await self.channels.close()
         self.sequences.close()

@@ -3,14 +3,19 @@
 Every decision carries the core's epoch (its start time in ns): versions count from 1 again after a
 restart, and (epoch, version) orders decisions across restarts. Nodes whose monitor stopped
 reporting for stale_after_s (on the core's own clock) are stale: policies do not see their figures,
-and no published placement puts a stage on them. What the core keeps per stream and node is bounded."""
+and no published placement puts a stage on them. What the core keeps per stream and node is bounded.
+
+A stream unregistered (its generator stopped it) is forgotten, its watchers' streams end, and the
+loops over every stream (plans, feedback checks, admission) skip it from then on, even when it goes
+in the middle of one; only its last version is remembered, so that a stream registered again under
+its id goes on with newer versions (generators keep a decision only when it is newer than theirs)."""
 
 from __future__ import annotations
 
 import asyncio
 import statistics
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -19,14 +24,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from dayu.runtime.clock import timestamp
-from dayu.runtime.errors import NotFound, ResourceExhausted
+from dayu.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
 from dayu.runtime.logs import get_logger
 from dayu.runtime.paging import next_token, page
 from dayu.runtime.registry import Registry
 from dayu.runtime.validation import require_id, validate_stream_spec
 from dayu.scheduler.knobs import configuration, resolutions
 from dayu.scheduler.policies import POLICIES, Policy, StreamView
-from dayu.scheduler.traces import HopLatencies
+from dayu.scheduler.traces import HopLatencies, TaskTraces, spans_of
 from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, task_pb2
 
 RECENT_RECORDS = 64
@@ -44,7 +49,10 @@ log = get_logger(__name__)
 def build_policy(spec: decision_pb2.PolicySpec, field: str, registry: Registry[type[Policy]] = POLICIES) -> Policy:
     """A policy from its name and its parameters (a Struct: JSON's values, numbers as floats, which the
     policy's parameter model takes as the integers they stand for)."""
-    params = json_format.MessageToDict(spec.params) if spec.HasField("params") else {}
+    try:
+        params = json_format.MessageToDict(spec.params) if spec.HasField("params") else {}
+    except ValueError:  # a Struct holds any double; JSON, and so parameters, no NaN or infinity
+        raise InvalidArgument(f"{field}.params", "numbers JSON can hold, got NaN or an infinity") from None
     return registry.create(spec.name, params, name_field=f"{field}.name", params_field=f"{field}.params")  # type: ignore[no-any-return]
 
 
@@ -110,11 +118,15 @@ class SchedulerCore:
         self._most_cores: dict[str, float] = {}  # node -> the most CPU it reported (bounded like resources)
         self._registrations = 0
         self._streams: dict[str, _Stream] = {}
+        # The last version of each stream unregistered (bounded like the streams): a registration
+        # under its id again goes on from there.
+        self._forgotten: OrderedDict[str, int] = OrderedDict()
         # Each node's latest report, `stale` set by the core, and when it arrived on the core's clock
         # (never the monitor's measured_at: another machine's clock).
         self.resources: dict[str, resources_pb2.NodeResources] = {}
         self._reported_at: dict[str, float] = {}
         self.hops = HopLatencies()  # from the spans received over OTLP
+        self.traces = TaskTraces()  # the spans of the latest tasks, for their timelines
 
     def _stream(self, stream_id: str, field: str = "stream_id") -> _Stream:
         require_id(stream_id, field)
@@ -123,16 +135,23 @@ class SchedulerCore:
         except KeyError:
             raise NotFound(f"stream {stream_id!r} is not registered") from None
 
+    def _registered(self, stream: _Stream) -> bool:
+        """Whether the stream is still registered (a loop that waited meanwhile may hold one forgotten)."""
+        return self._streams.get(stream.view.spec.stream_id) is stream
+
+    def _check_room(self, stream_id: str) -> None:
+        if stream_id not in self._streams and len(self._streams) >= MAX_STREAMS:
+            raise ResourceExhausted(f"stream.stream_id: {stream_id!r} is new and {MAX_STREAMS} streams are registered")
+
     async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
         """Registers (or re-registers) a stream and returns its startup decision."""
         validate_stream_spec(spec)
-        previous = self._streams.get(spec.stream_id)
-        if previous is None and len(self._streams) >= MAX_STREAMS:
-            raise ResourceExhausted(
-                f"stream.stream_id: {spec.stream_id!r} is new and {MAX_STREAMS} streams are registered"
-            )
+        self._check_room(spec.stream_id)
         policy_spec = spec.policy if spec.policy.name else self.default_policy
         policy = await asyncio.to_thread(build_policy, policy_spec, "stream.policy")  # a large Struct: off the loop
+        # What is registered now: other calls may have registered or unregistered it meanwhile.
+        self._check_room(spec.stream_id)
+        previous = self._streams.get(spec.stream_id)
         view = StreamView(spec, None, self.cloud_node)
         self._registrations += 1
         stream = _Stream(view, policy_spec.name, policy, self._clock(), registered=self._registrations)
@@ -141,8 +160,26 @@ class SchedulerCore:
             stream.changed = previous.changed
             stream.history = previous.history
             stream.registered_at = previous.registered_at
+        else:  # versions go on after an unregistration too, the rest starts over
+            stream.last_version = self._forgotten.pop(spec.stream_id, 0)
         self._streams[spec.stream_id] = stream
         return await self._decide(stream, "startup plan")
+
+    async def unregister(self, stream_id: str) -> bool:
+        """Forgets a stream: its policy, decisions, history, feedback, hop latencies and admission
+        state; its watchers' streams end. False when it was not registered."""
+        require_id(stream_id, "stream_id")
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return False
+        self._forgotten[stream_id] = stream.last_version
+        while len(self._forgotten) > MAX_STREAMS:
+            self._forgotten.popitem(last=False)
+        self.hops.forget(stream_id)
+        async with stream.changed:
+            stream.changed.notify_all()  # its watchers find it gone and end
+        log.info("stream unregistered", stream_id=stream_id, decisions=stream.decisions)
+        return True
 
     def decision(self, stream_id: str) -> decision_pb2.Decision:
         current = self._stream(stream_id).view.current
@@ -152,25 +189,40 @@ class SchedulerCore:
     async def watch(self, stream_id: str) -> AsyncIterator[decision_pb2.Decision]:
         """Yields the stream's current decision, then each newer one as it is made. The current one
         comes first whatever version the caller knows: versions count from 1 again in every epoch, so
-        a version of an older epoch says nothing here. Callers keep the greater (epoch, version)."""
-        stream = self._stream(stream_id)
+        a version of an older epoch says nothing here. Callers keep the greater (epoch, version). Ends
+        when the stream is unregistered (a re-registration goes on with the same watchers)."""
+        changed = self._stream(stream_id).changed
         last_sent = -1
 
-        def newer() -> bool:
-            current = self._streams[stream_id].view.current
+        def live() -> _Stream | None:
+            """The registration watched: gone once unregistered, even if registered anew since."""
+            stream = self._streams.get(stream_id)
+            return stream if stream is not None and stream.changed is changed else None
+
+        def newer_or_gone() -> bool:
+            stream = live()
+            if stream is None:
+                return True
+            current = stream.view.current
             return current is not None and current.version > last_sent
 
         while True:
-            async with stream.changed:
-                await stream.changed.wait_for(newer)
-                current = self._streams[stream_id].view.current
+            async with changed:
+                await changed.wait_for(newer_or_gone)
+                stream = live()
+                if stream is None:
+                    return
+                current = stream.view.current
             assert current is not None
             last_sent = current.version
             yield current
 
     async def set_policy(self, stream_id: str, spec: decision_pb2.PolicySpec) -> decision_pb2.Decision:
         stream = self._stream(stream_id)
-        stream.policy = await asyncio.to_thread(build_policy, spec, "policy")  # a large Struct: off the loop
+        policy = await asyncio.to_thread(build_policy, spec, "policy")  # a large Struct: off the loop
+        if not self._registered(stream):
+            raise NotFound(f"stream {stream_id!r} was unregistered meanwhile")
+        stream.policy = policy
         stream.policy_name = spec.name
         stream.view.current = None  # the new policy starts from its own startup plan
         return await self._decide(stream, f"policy switched to {spec.name}")
@@ -197,8 +249,21 @@ class SchedulerCore:
         its nodes are decided again (at most every decision_interval_s) before the tasks that crossed
         the link come back."""
         before = self.hops.link_bandwidth()
-        self.hops.add(request)
+        spans = list(spans_of(request))
+        self.hops.add_spans(spans)
+        self.traces.add_spans(spans)
         await self._after_link_rates(before, "traces")
+
+    def task_trace(self, root_id: str) -> list[scheduler_pb2.TaskSpan]:
+        """The spans kept of a task, by start time."""
+        require_id(root_id, "root_id")
+        spans = self.traces.spans(root_id)
+        if not spans:
+            raise NotFound(
+                f"no span of task {root_id!r} is kept (the scheduler keeps the spans of its latest "
+                f"{self.traces.max_tasks} tasks only)"
+            )
+        return spans
 
     async def _after_link_rates(self, before: Mapping[tuple[str, str], float], why: str) -> None:
         """Decides again for the streams on the nodes of each link whose bandwidth moved since `before`."""
@@ -209,6 +274,8 @@ class SchedulerCore:
             for node in link
         }
         for stream in list(self._streams.values()):
+            if not self._registered(stream):
+                continue
             stream.link_changed |= stream.view.spec.node in changed
             due = self._clock() - stream.decided_at >= self.decision_interval_s
             if stream.link_changed and due and not stream.paused_because and not stream.in_fallback:
@@ -269,7 +336,7 @@ class SchedulerCore:
         for stream in list(self._streams.values()):
             current = stream.view.current
             placed = set(current.placement.values()) if current else {stream.view.spec.node}
-            if node in placed and not stream.paused_because and not stream.in_fallback:
+            if self._registered(stream) and node in placed and not stream.paused_because and not stream.in_fallback:
                 await self._decide(stream, f"{node} CPU {before:g} -> {now:g} cores")
 
     async def check_nodes(self) -> None:
@@ -315,7 +382,7 @@ class SchedulerCore:
         """Publishes again each plan whose placement changes with the nodes that are stale now."""
         for stream in list(self._streams.values()):
             current, plan = stream.view.current, stream.plan
-            if current is None or plan is None:
+            if current is None or plan is None or not self._registered(stream):
                 continue
             if self._off_stale(plan.placement, stream.view.spec.node)[0] != dict(current.placement):
                 await self._publish(stream, plan, why)
@@ -323,6 +390,8 @@ class SchedulerCore:
     async def _admit(self) -> None:
         """Pauses the newest stream on an overloaded node; resumes paused streams whose nodes recovered."""
         for stream in sorted(self._streams.values(), key=lambda s: s.registered):
+            if not self._registered(stream):
+                continue
             nodes = set(stream.view.current.placement.values()) if stream.view.current else set()
             if stream.paused_because and all(self._queued(n) < self.admission.resume_queue for n in nodes):
                 stream.paused_because = ""
@@ -348,9 +417,11 @@ class SchedulerCore:
         with its CPU cut: its tasks are slow there, the policy moves work off it, and a fallback
         onto it would undo that."""
         now = self._clock()
-        for stream in self._streams.values():
+        for stream in list(self._streams.values()):  # a copy: streams come and go while it publishes
             silent_s = now - stream.last_feedback
-            if stream.paused_because or stream.in_fallback or silent_s < self._feedback_patience(stream):
+            if not self._registered(stream) or stream.paused_because or stream.in_fallback:
+                continue
+            if silent_s < self._feedback_patience(stream):
                 continue
             if self._cpu_cut(stream.view.spec.node, now - silent_s / 2):
                 continue

@@ -2,8 +2,8 @@
 
 With mutual TLS (dayu.runtime.tls) it checks who calls (docs/security.md): resources only from the
 monitor of the node they describe, a stream registered by its own node's generator (or the backend, or
-the operator, for any node), feedback only from the distributor, policies set by the backend or the
-operator, spans only about the exporter's own node."""
+the operator, for any node), feedback only from the distributor, policies set, streams unregistered
+and task traces read by the backend or the operator, spans only about the exporter's own node."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class SchedulerSettings(ComponentSettings):
     scheduler: SchedulerSection = SchedulerSection()
 
 
-ADMINS = ("backend", OPERATOR)  # act for any node: install streams, switch policies
+ADMINS = ("backend", OPERATOR)  # act for any node: install and uninstall streams, switch policies
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -114,6 +114,20 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             traced_links=links,
             next_page_token=token,
         )
+
+    async def UnregisterStream(
+        self, request: scheduler_pb2.UnregisterStreamRequest, context: object
+    ) -> scheduler_pb2.UnregisterStreamResponse:
+        # The backend unregisters a stream it uninstalled, once its generator stopped it.
+        require_component(context, ADMINS, "UnregisterStream")
+        return scheduler_pb2.UnregisterStreamResponse(unregistered=await self.core.unregister(request.stream_id))
+
+    async def GetTaskTrace(
+        self, request: scheduler_pb2.GetTaskTraceRequest, context: object
+    ) -> scheduler_pb2.GetTaskTraceResponse:
+        # For the backend's task timelines; spans name nodes and stages, not for every member to read.
+        require_component(context, ADMINS, "GetTaskTrace")
+        return scheduler_pb2.GetTaskTraceResponse(spans=self.core.task_trace(request.root_id))
 
 
 class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):

@@ -5,20 +5,26 @@ stream, the recent durations of each kind of hop on each stage and node, so poli
 task's time goes: encoding, queueing, inference, link transfers, joins. Transfer spans also give
 each link's current bandwidth: bytes over the time they took to go, the link's queue and its own
 delay left out. Spans are folded in as they come (none is held per task), and the streams, hops and
-links kept are bounded: past a limit, the one that has gone longest without a span is forgotten."""
+links kept are bounded: past a limit, the one that has gone longest without a span is forgotten.
+
+TaskTraces keeps, besides, the spans of the latest tasks themselves, by root id (dayu.task_id), for a
+task's timeline (GetTaskTrace): a few of each, bounded in tasks and in spans a task."""
 
 from __future__ import annotations
 
 import statistics
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
 
-from dayu.runtime.tracing import BYTES, DELAY, NODE, STAGE, STREAM, TO_NODE
+from dayu.runtime.tracing import BYTES, DELAY, NODE, STAGE, STREAM, TASK, TO_NODE
+from dayu.runtime.validation import MAX_ID_CHARS
 from dayu.v1 import scheduler_pb2
 
 RECENT_SPANS = 128  # durations kept per hop, stage and node
@@ -27,6 +33,10 @@ MIN_TRANSFER_BYTES = 4096  # smaller transfers say more about per-message costs 
 MAX_STREAMS = 1024  # streams whose hops are kept (spans name any stream, registered or not)
 MAX_HOPS = 256  # (hop, stage, node) kept per stream
 MAX_LINKS = 1024  # links whose rates are kept
+MAX_TRACED_TASKS = 2048  # tasks whose spans are kept, the least recently traced forgotten first
+MAX_TASK_SPANS = 256  # spans kept of one task (a task makes about ten; those past this are not kept)
+MAX_KEPT_SPANS = 64 * 1024  # spans kept in all: past it, the least recently traced tasks are forgotten too
+SERVICE_NAME = "service.name"  # the resource attribute naming the component (dayu-generator, ...)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -76,6 +86,18 @@ def _recent(entries: dict[K, V], key: K, make: Callable[[], V], limit: int) -> V
     return value
 
 
+Span = tuple[trace_pb2.Span, dict[str, str], dict[str, str]]  # a span, its resource's attributes, all its attributes
+
+
+def spans_of(request: trace_service_pb2.ExportTraceServiceRequest) -> Iterator[Span]:
+    """Each span of an export request, with its resource's attributes and its own over them."""
+    for resource_spans in request.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                yield span, resource, {**resource, **_attributes(span.attributes)}
+
+
 class HopLatencies:
     """Per-stream hop latency, fed with OTLP export requests."""
 
@@ -87,30 +109,34 @@ class HopLatencies:
 
     def add(self, request: trace_service_pb2.ExportTraceServiceRequest) -> int:
         """Takes the spans of an export request; returns how many were ignored (no stream attribute)."""
+        return self.add_spans(spans_of(request))
+
+    def add_spans(self, spans: Iterable[Span]) -> int:
+        """Takes spans (spans_of); returns how many were ignored (no stream attribute)."""
         ignored = 0
-        for resource_spans in request.resource_spans:
-            resource = _attributes(resource_spans.resource.attributes)
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    attributes = {**resource, **_attributes(span.attributes)}
-                    stream = attributes.get(STREAM)
-                    if not stream or span.end_time_unix_nano < span.start_time_unix_nano:
-                        ignored += 1
-                        continue
-                    node = attributes.get(NODE, "")
-                    if TO_NODE in attributes:
-                        node = f"{node}->{attributes[TO_NODE]}"
-                    key = HopKey(span.name, attributes.get(STAGE, ""), node)
-                    hops = _recent(self._streams, stream, dict, MAX_STREAMS)
-                    samples = _recent(hops, key, HopSamples, MAX_HOPS)
-                    duration_s = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
-                    samples.add(duration_s)
-                    if span.name == "link.transfer":
-                        self._add_rate(attributes, duration_s)
-                    self.received += 1
+        for span, _, attributes in spans:
+            stream = attributes.get(STREAM)
+            if not stream or span.end_time_unix_nano < span.start_time_unix_nano:
+                ignored += 1
+                continue
+            node = attributes.get(NODE, "")
+            if TO_NODE in attributes:
+                node = f"{node}->{attributes[TO_NODE]}"
+            key = HopKey(span.name, attributes.get(STAGE, ""), node)
+            hops = _recent(self._streams, stream, dict, MAX_STREAMS)
+            samples = _recent(hops, key, HopSamples, MAX_HOPS)
+            duration_s = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
+            samples.add(duration_s)
+            if span.name == "link.transfer":
+                self._add_rate(attributes, duration_s)
+            self.received += 1
         self.received += ignored
         self.ignored += ignored
         return ignored
+
+    def forget(self, stream_id: str) -> None:
+        """Drops the stream's hops (it was unregistered; spans of its tasks still on their way start them again)."""
+        self._streams.pop(stream_id, None)
 
     def _add_rate(self, attributes: dict[str, str], duration_s: float) -> None:
         try:
@@ -148,3 +174,76 @@ class HopLatencies:
             )
             for key, samples in sorted(self.of(stream_id).items())
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class TracedSpan:
+    """What is kept of one span of a task: its texts cut to MAX_ID_CHARS (they are names and ids)."""
+
+    name: str
+    component: str
+    node: str
+    stage: str
+    to_node: str
+    start_ns: int
+    end_ns: int
+
+    def message(self) -> scheduler_pb2.TaskSpan:
+        start, end = Timestamp(), Timestamp()
+        start.FromNanoseconds(self.start_ns)
+        end.FromNanoseconds(self.end_ns)
+        return scheduler_pb2.TaskSpan(
+            name=self.name,
+            component=self.component,
+            node=self.node,
+            stage=self.stage,
+            to_node=self.to_node,
+            start=start,
+            end=end,
+        )
+
+
+class TaskTraces:
+    """The spans of the latest tasks, by root id (the dayu.task_id attribute), as they come: at most
+    `max_tasks` tasks, the least recently traced forgotten first, at most `max_spans` spans a task (the
+    first ones), and at most `max_kept` spans in all. Spans without a task id, with one that is no id,
+    or that end before they start are not kept."""
+
+    def __init__(
+        self, max_tasks: int = MAX_TRACED_TASKS, max_spans: int = MAX_TASK_SPANS, max_kept: int = MAX_KEPT_SPANS
+    ) -> None:
+        self.max_tasks, self.max_spans, self.max_kept = max_tasks, max_spans, max_kept
+        self._tasks: dict[str, list[TracedSpan]] = {}  # least recently traced first
+        self._kept = 0
+
+    def add_spans(self, spans: Iterable[Span]) -> None:
+        for span, resource, attributes in spans:
+            root = attributes.get(TASK, "")
+            if not root or len(root) > MAX_ID_CHARS or span.end_time_unix_nano < span.start_time_unix_nano:
+                continue
+            kept = self._tasks.pop(root, [])
+            self._tasks[root] = kept  # to the end: the most recently traced
+            if len(kept) >= self.max_spans:
+                continue
+            kept.append(
+                TracedSpan(
+                    span.name[:MAX_ID_CHARS],
+                    resource.get(SERVICE_NAME, "")[:MAX_ID_CHARS],
+                    attributes.get(NODE, "")[:MAX_ID_CHARS],
+                    attributes.get(STAGE, "")[:MAX_ID_CHARS],
+                    attributes.get(TO_NODE, "")[:MAX_ID_CHARS],
+                    span.start_time_unix_nano,
+                    span.end_time_unix_nano,
+                )
+            )
+            self._kept += 1
+            while len(self._tasks) > self.max_tasks or self._kept > self.max_kept:
+                self._kept -= len(self._tasks.pop(next(iter(self._tasks))))
+
+    def spans(self, root_id: str) -> list[scheduler_pb2.TaskSpan]:
+        """The task's spans kept, by start time (empty when none is)."""
+        kept = sorted(self._tasks.get(root_id, ()), key=lambda s: (s.start_ns, s.end_ns))
+        return [span.message() for span in kept]
+
+    def __len__(self) -> int:
+        return len(self._tasks)

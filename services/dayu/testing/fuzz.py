@@ -45,6 +45,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -415,6 +416,7 @@ def _mutated(draw: st.DrawFn, strategies: Strategies, seeds: tuple[Callable[[], 
 STREAM, SOURCE, PIPELINE, STAGE, PROCESSOR = "cam", "street", "one", "detect", "noop"
 CLOUD, EDGE = "cloud", "edge-1"
 FUZZ_STREAM = "fuzz"  # the stream of the tasks the fuzz makes (the camera's is STREAM)
+STARTED_STREAM = "fuzz-started"  # the stream the fuzz starts and stops on the generator (StartStream)
 PIPELINES_YAML = f"""
 pipelines:
   - name: {PIPELINE}
@@ -622,8 +624,11 @@ def _seeds() -> dict[str, list[Callable[[], Message]]]:
         "dayu.v1.SettleStreamsRequest": [
             lambda: distributor_pb2.SettleStreamsRequest(generated={FUZZ_STREAM: 2, "fuzz-settled": 3})
         ],
+        "dayu.v1.GetLatestTaskRequest": [lambda: distributor_pb2.GetLatestTaskRequest(stream_id=STREAM)],
         "dayu.v1.ListStreamsRequest": [generator_pb2.ListStreamsRequest],
         "dayu.v1.ApplyDecisionRequest": [lambda: generator_pb2.ApplyDecisionRequest(decision=decision())],
+        "dayu.v1.StartStreamRequest": [lambda: generator_pb2.StartStreamRequest(stream=_stream_spec(STARTED_STREAM))],
+        "dayu.v1.StopStreamRequest": [lambda: generator_pb2.StopStreamRequest(stream_id=STARTED_STREAM)],
         "dayu.v1.GetResourcesRequest": [monitor_pb2.GetResourcesRequest],
         "dayu.v1.WatchResourcesRequest": [lambda: monitor_pb2.WatchResourcesRequest(interval_s=0.5)],
         "dayu.v1.ProcessRequest": [lambda: processor_pb2.ProcessRequest(task=_task(), stage=STAGE)],
@@ -640,6 +645,8 @@ def _seeds() -> dict[str, list[Callable[[], Message]]]:
             lambda: scheduler_pb2.SetPolicyRequest(stream_id=FUZZ_STREAM, policy=decision_pb2.PolicySpec(name="fixed"))
         ],
         "dayu.v1.GetSchedulerStatsRequest": [scheduler_pb2.GetSchedulerStatsRequest],
+        "dayu.v1.UnregisterStreamRequest": [lambda: scheduler_pb2.UnregisterStreamRequest(stream_id="fuzz-2")],
+        "dayu.v1.GetTaskTraceRequest": [lambda: scheduler_pb2.GetTaskTraceRequest(root_id=_uuid())],
         "opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest": [_spans],
     }
 
@@ -957,11 +964,62 @@ def _valid_pipeline(pipeline: types_pb2.Pipeline) -> bool:
     return True
 
 
+# Read-only RPCs that look one item up by its id: their seeds name items the mesh may not hold (a task
+# whose spans the scheduler never got: NOT_FOUND is the right answer there), so after the fuzz they
+# are asked about a task that check_mesh itself sends through the mesh (_checked_task), and must
+# answer OK about it. No NOT_FOUND is let through.
+LOOKUPS_BY_ID = (("dayu.v1.SchedulerService", "GetTaskTrace"), ("dayu.v1.DistributorService", "GetLatestTask"))
+TRACED_BY = {"dayu-controller", "dayu-processor", "dayu-distributor"}  # the checked task's spans come from these
+
+
+def _checked_task(mesh: FuzzMesh, by_name: dict[tuple[str, str], Rpc]) -> tuple[task_pb2.Task | None, str]:
+    """Submits a task without ground truth (its frames reach the distributor) to the cloud's
+    controller and waits until the distributor has it as its stream's latest task and the scheduler
+    its spans from TRACED_BY; returns it, or None and what did not happen. The first task of a stream
+    of its own: the fuzz's stream has sequences recorded as lost (gaps) that it could collide with."""
+    from dayu.v1 import controller_pb2, distributor_pb2, scheduler_pb2
+
+    task = _task()
+    task.stream_id, task.sequence = f"{FUZZ_STREAM}-checked-{uuid.uuid4().hex[:8]}", 0
+    del task.segment.ground_truth[:]
+    submit = by_name[("dayu.v1.ControllerService", "SubmitTask")]
+    outcome = mesh.call(submit, _request_of(controller_pb2.SubmitTaskRequest(task=task)), timeout_s=10.0)
+    if outcome.code != OK:
+        return None, f"SubmitTask answered {outcome.code}: {outcome.details[:300]!r}"
+    latest, trace = by_name[LOOKUPS_BY_ID[1]], by_name[LOOKUPS_BY_ID[0]]
+    delivered = traced = False
+    deadline = time.monotonic() + 20.0
+    while time.monotonic() < deadline and not (delivered and traced):
+        if not delivered:
+            request = distributor_pb2.GetLatestTaskRequest(stream_id=task.stream_id)
+            outcome = mesh.call(latest, _request_of(request))
+            delivered = outcome.code == OK and (
+                distributor_pb2.GetLatestTaskResponse.FromString(outcome.replies[0]).record.task.task_id == task.task_id
+            )
+        if not traced:
+            outcome = mesh.call(trace, _request_of(scheduler_pb2.GetTaskTraceRequest(root_id=task.root_id)))
+            traced = outcome.code == OK and TRACED_BY <= {
+                span.component for span in scheduler_pb2.GetTaskTraceResponse.FromString(outcome.replies[0]).spans
+            }
+        time.sleep(0.2)
+    if not (delivered and traced):
+        return None, f"within 20 s: delivered as its stream's latest {delivered}, traced by {TRACED_BY} {traced}"
+    return task, ""
+
+
 def check_mesh(mesh: FuzzMesh, fuzzed: Sequence[Rpc]) -> list[Finding]:
     """After fuzzing: the mesh is alive and every server SERVING; every read-only RPC still answers
-    OK (with its valid request, else an empty one) within its deadline; known answers are right; and
-    the mesh logged no exception."""
-    from dayu.v1 import backend_pb2, datasource_pb2, generator_pb2, monitor_pb2, processor_pb2, scheduler_pb2
+    OK (with its valid request, else an empty one; those of LOOKUPS_BY_ID about a task sent through
+    the mesh now) within its deadline; known answers are right; and the mesh logged no exception."""
+    from dayu.v1 import (
+        backend_pb2,
+        datasource_pb2,
+        distributor_pb2,
+        generator_pb2,
+        monitor_pb2,
+        processor_pb2,
+        scheduler_pb2,
+    )
 
     found: list[Finding] = []
     if not mesh.alive():
@@ -975,11 +1033,20 @@ def check_mesh(mesh: FuzzMesh, fuzzed: Sequence[Rpc]) -> list[Finding]:
                 found.append(Finding(key, f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)}"))
         except grpc.RpcError as error:
             found.append(Finding(key, f"health check failed: {error.code().name}"))  # type: ignore[attr-defined]
+    by_name = {(rpc.service, rpc.method): rpc for rpc in fuzzed}
+    task, missing = _checked_task(mesh, by_name)
+    if task is None:
+        found.append(Finding("mesh", f"after the fuzz, a task sent through the mesh was not: {missing}"))
+        task = _task()  # the lookups below then answer NOT_FOUND, each a finding too
+    lookups: dict[tuple[str, str], Message] = {
+        LOOKUPS_BY_ID[0]: scheduler_pb2.GetTaskTraceRequest(root_id=task.root_id),
+        LOOKUPS_BY_ID[1]: distributor_pb2.GetLatestTaskRequest(stream_id=task.stream_id),
+    }
     for rpc in fuzzed:
         if not rpc.read_only or rpc.client_streaming:
             continue
         valid = seeds(rpc)
-        message = valid[0]() if valid else rpc.request()
+        message = lookups.get((rpc.service, rpc.method)) or (valid[0]() if valid else rpc.request())
         outcome = mesh.call(rpc, _request_of(message), timeout_s=10.0, whole=True)
         if outcome.code not in (OK, "UNIMPLEMENTED") or (outcome.code == "UNIMPLEMENTED" and valid):
             found.append(
@@ -989,7 +1056,8 @@ def check_mesh(mesh: FuzzMesh, fuzzed: Sequence[Rpc]) -> list[Finding]:
         ("dayu.v1.DatasourceService", "ListSources", datasource_pb2.ListSourcesRequest(),
          lambda r: SOURCE in [s.source_id for s in r.sources], f"source {SOURCE} listed"),
         ("dayu.v1.GeneratorService", "ListStreams", generator_pb2.ListStreamsRequest(),
-         lambda r: [s.spec.stream_id for s in r.streams] == [STREAM], f"stream {STREAM} listed"),
+         lambda r: [s.spec.stream_id for s in r.streams if s.origin == generator_pb2.STREAM_ORIGIN_SETTINGS]
+         == [STREAM], f"stream {STREAM} listed, the only one of the settings (the fuzz starts others)"),
         ("dayu.v1.BackendService", "ListPipelines", backend_pb2.ListPipelinesRequest(),
          lambda r: all(_valid_pipeline(p) for p in r.pipelines), "only valid pipelines (the fuzz may delete some)"),
         ("dayu.v1.SchedulerService", "GetDecision", scheduler_pb2.GetDecisionRequest(stream_id=STREAM),
@@ -1000,8 +1068,14 @@ def check_mesh(mesh: FuzzMesh, fuzzed: Sequence[Rpc]) -> list[Finding]:
          lambda r: r.resources.node == CLOUD and r.resources.cpu_count > 0, "the cloud's resources"),
         ("dayu.v1.ProcessorService", "GetProcessorStatus", processor_pb2.GetProcessorStatusRequest(),
          lambda r: r.kind == PROCESSOR, f"a {PROCESSOR} processor"),
+        ("dayu.v1.SchedulerService", "GetTaskTrace", lookups[LOOKUPS_BY_ID[0]],
+         lambda r: TRACED_BY <= {s.component for s in r.spans}
+         and [s.start.ToNanoseconds() for s in r.spans] == sorted(s.start.ToNanoseconds() for s in r.spans),
+         f"the spans of the task sent, from {sorted(TRACED_BY)}, by start time"),
+        ("dayu.v1.DistributorService", "GetLatestTask", lookups[LOOKUPS_BY_ID[1]],
+         lambda r: (r.record.task.task_id, r.record.task.segment.frames) == (task.task_id, task.segment.frames),
+         "the task sent, with the frames it was sent with"),
     ]  # fmt: skip
-    by_name = {(rpc.service, rpc.method): rpc for rpc in fuzzed}
     for service, method, message, right, what in expectations:
         rpc = by_name[(service, method)]
         outcome = mesh.call(rpc, _request_of(message), timeout_s=10.0)
