@@ -145,7 +145,7 @@ async def test_a_stream_started_at_run_time_is_delivered_traced_stopped_and_forg
                 assert error.code() == grpc.StatusCode.NOT_FOUND  # its spans are on their way (every 0.5 s)
                 return []
             components = {s.component for s in spans}
-            wanted = {"dayu-generator", "dayu-controller", "dayu-processor", "dayu-distributor"}
+            wanted = {"generator", "controller", "processor", "distributor"}
             return list(spans) if wanted <= components else []
 
         spans = await until("the task's spans from every component", traced)
@@ -186,12 +186,13 @@ async def test_a_stream_started_at_run_time_is_delivered_traced_stopped_and_forg
             await generator.StopStream(generator_pb2.StopStreamRequest(stream_id="lobby"), timeout=5)
         assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
+        admin = (("authorization", f"Bearer {mesh.tokens.admin[0]}"),)
         unregister = scheduler_pb2.UnregisterStreamRequest(stream_id="lobby")
-        assert (await scheduler.UnregisterStream(unregister, timeout=5)).unregistered
+        assert (await scheduler.UnregisterStream(unregister, timeout=5, metadata=admin)).unregistered
         while await watch.read() != grpc.aio.EOF:  # a fallback decision, its feedback having stopped
             pass
         assert await watch.code() == grpc.StatusCode.OK
-        assert not (await scheduler.UnregisterStream(unregister, timeout=5)).unregistered
+        assert not (await scheduler.UnregisterStream(unregister, timeout=5, metadata=admin)).unregistered
         with pytest.raises(grpc.aio.AioRpcError) as forgotten:
             await scheduler.GetDecision(scheduler_pb2.GetDecisionRequest(stream_id="lobby"), timeout=5)
         assert forgotten.value.code() == grpc.StatusCode.NOT_FOUND

@@ -57,8 +57,8 @@ def test_tokens_come_from_the_file_and_the_environment(tmp_path: Path) -> None:
 def test_a_bad_tokens_file_names_the_setting(tmp_path: Path) -> None:
     path = tmp_path / "tokens.yaml"
     path.write_text("admin: [short]\n")
-    with pytest.raises(InvalidArgument, match="auth.tokens_file"):
+    with pytest.raises(InvalidArgument, match=r"auth\.tokens_file"):
         read_tokens_file(path)
     path.write_text("admins: []\n")
-    with pytest.raises(InvalidArgument, match="auth.tokens_file"):
+    with pytest.raises(InvalidArgument, match=r"auth\.tokens_file"):
         read_tokens_file(path)

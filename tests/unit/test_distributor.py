@@ -408,3 +408,16 @@ def test_latest_tasks_are_bounded_in_streams_and_bytes_least_recently_delivered_
     assert [len(frame) for frame in latest.get("e").task.segment.frames] == [20_000]
     with pytest.raises(NotFound):
         latest.get("d")
+
+
+def test_a_query_gives_the_newest_records_first_when_asked(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "records.sqlite")
+    for sequence in range(5):
+        task = make_task()
+        task.stream_id, task.sequence = "cam", sequence
+        store.put(task_pb2.TaskRecord(task=task, outcome=task_pb2.TASK_OUTCOME_DELIVERED))
+    where = distributor_pb2.RecordFilter(stream_id="cam")
+    newest, more = store.query(where, 2, newest_first=True)
+    assert [r.task.sequence for r in newest] == [4, 3] and more
+    oldest, _ = store.query(where, 2)
+    assert [r.task.sequence for r in oldest] == [0, 1]

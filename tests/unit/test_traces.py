@@ -91,12 +91,12 @@ def test_a_tasks_spans_are_kept_with_their_component_node_stage_and_times() -> N
     transfer, inference = traces.spans("task-1")  # by start time, whatever the order they came in
     assert (transfer.name, transfer.component, transfer.node, transfer.stage, transfer.to_node) == (
         "link.transfer",
-        "dayu-controller",
+        "controller",
         "edge-1",
         "detect",
         "cloud",
     )
-    assert (inference.component, inference.node, inference.to_node) == ("dayu-processor", "cloud", "")
+    assert (inference.component, inference.node, inference.to_node) == ("processor", "cloud", "")
     assert transfer.start.ToNanoseconds() <= inference.start.ToNanoseconds()
     assert inference.end.ToNanoseconds() - inference.start.ToNanoseconds() == 1000
     assert traces.spans("task-3") == []

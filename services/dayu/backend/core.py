@@ -191,7 +191,9 @@ class BackendCore:
             if name not in await asyncio.to_thread(self.store.pipelines):
                 raise NotFound(f"pipeline {name!r} does not exist")
             streams = await asyncio.to_thread(self.store.streams)
-            users = sorted(i for i, (spec, state) in streams.items() if spec.pipeline.name == name and state == INSTALLED)
+            users = sorted(
+                i for i, (spec, state) in streams.items() if spec.pipeline.name == name and state == INSTALLED
+            )
             if users:
                 raise FailedPrecondition(f"pipeline {name!r} is used by streams {users}; uninstall them first")
             await asyncio.to_thread(self.store.delete_pipeline, name)
@@ -221,7 +223,9 @@ class BackendCore:
             raise InvalidArgument("stream.node", f"a node with a generator {generators}, got {shown(spec.node)}")
         self.check_pipeline(spec.pipeline, "stream.pipeline")
         if spec.policy.name and self.mesh.policies and spec.policy.name not in self.mesh.policies:
-            raise InvalidArgument("stream.policy.name", f"one of the policies {self.mesh.policies}, got {shown(spec.policy.name)}")
+            raise InvalidArgument(
+                "stream.policy.name", f"one of the policies {self.mesh.policies}, got {shown(spec.policy.name)}"
+            )
 
     async def install(self, spec: decision_pb2.StreamSpec) -> bool:
         """Installs the stream; True when the same stream was installed already (nothing changed)."""
@@ -271,7 +275,9 @@ class BackendCore:
             await self.ports.stop_stream(spec.node, spec.stream_id)
         except RemoteError as error:
             if error.code != "NOT_FOUND":
-                log.warning("generator away; the stream stops on a later pass", stream_id=spec.stream_id, code=error.code)
+                log.warning(
+                    "generator away; the stream stops on a later pass", stream_id=spec.stream_id, code=error.code
+                )
                 return False
         await self._forget_at_scheduler(spec.stream_id)
         await asyncio.to_thread(self.store.delete_stream, spec.stream_id)
@@ -414,7 +420,11 @@ class BackendCore:
 
     async def _resources(self, node: str) -> resources_pb2.NodeResources:
         found = await _within(self.ports.resources(node))
-        return found if isinstance(found, resources_pb2.NodeResources) else resources_pb2.NodeResources(node=node, stale=True)
+        return (
+            found
+            if isinstance(found, resources_pb2.NodeResources)
+            else resources_pb2.NodeResources(node=node, stale=True)
+        )
 
     async def _health(self, member: Member) -> backend_pb2.ComponentHealth:
         health = backend_pb2.ComponentHealth(
@@ -474,9 +484,7 @@ class BackendCore:
         except RemoteError as error:
             raise Relayed(error, "the scheduler's traces") from None
 
-    async def export(
-        self, request: backend_pb2.ExportResultsRequest
-    ) -> AsyncIterator[bytes]:
+    async def export(self, request: backend_pb2.ExportResultsRequest) -> AsyncIterator[bytes]:
         if request.stream_id:
             require_id(request.stream_id, "stream_id")
         where = distributor_pb2.RecordFilter(stream_id=request.stream_id)

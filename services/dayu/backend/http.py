@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from connectrpc import _codec as connect_codecs
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
-from google.protobuf import descriptor_pool
-from google.protobuf.message import Message
+from google.protobuf import descriptor_pool, json_format
+from google.protobuf.message import DecodeError, Message
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
@@ -39,6 +40,28 @@ log = get_logger(__name__)
 STATIC = Path(__file__).with_name("static")  # the UI, built by hack/build-console.sh
 SERVICE = "dayu.v1.BackendService"
 MAX_MESSAGE_CHARS = 1024  # as gRPC's status details (runtime/server.py)
+
+
+class _Refusing:
+    """A codec whose undecodable request is INVALID_ARGUMENT, naming the message, as at gRPC's door
+    (connect-python 0.9 answers UNKNOWN, HTTP 500, and has no per-handler codecs yet)."""
+
+    def __init__(self, codec: Any) -> None:
+        self._codec = codec
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._codec, name)
+
+    def decode(self, data: bytes | bytearray, message: Message) -> Message:
+        try:
+            return self._codec.decode(data, message)  # type: ignore[no-any-return]
+        except (json_format.ParseError, DecodeError, ValueError) as error:
+            expected = f"a {message.DESCRIPTOR.full_name} in {self._codec.name()} ({error})"
+            raise ConnectError(Code.INVALID_ARGUMENT, cut(f"request: {expected}", MAX_MESSAGE_CHARS)) from None
+
+
+for _name, _codec in list(connect_codecs._codecs.items()):
+    connect_codecs._codecs[_name] = _Refusing(_codec)
 
 
 def _snake(name: str) -> str:

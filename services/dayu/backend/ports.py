@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dayu.backend.core import CALL_TIMEOUT_S, MeshDirectory, Member
+from dayu.backend.core import CALL_TIMEOUT_S, Member, MeshDirectory
 from dayu.runtime.client import Channels, remote, remote_stream
 from dayu.runtime.errors import RemoteError
 from dayu.runtime.paging import MAX_PAGE_SIZE, every_page
@@ -27,6 +27,9 @@ from dayu.v1 import (
 )
 
 TIMEOUT_S = 10.0  # calls that change something: a generator stopping a stream drains its tasks first
+# Calls that change something wait, within their deadline, for a component that is still starting
+# (or whose channel is backing off after a failed connection) rather than failing at once.
+WAIT = {"wait_for_ready": True}
 
 
 class GrpcMeshPorts:
@@ -46,16 +49,20 @@ class GrpcMeshPorts:
 
     async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
         request = scheduler_pb2.RegisterStreamRequest(stream=spec)
-        return (await remote(self._scheduler().RegisterStream(request, timeout=TIMEOUT_S))).decision
+        return (await remote(self._scheduler().RegisterStream(request, timeout=TIMEOUT_S, **WAIT))).decision
 
     async def unregister(self, stream_id: str) -> bool:
         request = scheduler_pb2.UnregisterStreamRequest(stream_id=stream_id)
-        reply = await remote(self._scheduler().UnregisterStream(request, timeout=TIMEOUT_S, metadata=self._admin))
+        reply = await remote(
+            self._scheduler().UnregisterStream(request, timeout=TIMEOUT_S, metadata=self._admin, **WAIT)
+        )
         return reply.unregistered
 
     async def set_policy(self, stream_id: str, policy: decision_pb2.PolicySpec) -> decision_pb2.Decision:
         request = scheduler_pb2.SetPolicyRequest(stream_id=stream_id, policy=policy)
-        return (await remote(self._scheduler().SetPolicy(request, timeout=TIMEOUT_S, metadata=self._admin))).decision
+        return (
+            await remote(self._scheduler().SetPolicy(request, timeout=TIMEOUT_S, metadata=self._admin, **WAIT))
+        ).decision
 
     async def scheduler_stats(self) -> scheduler_pb2.GetSchedulerStatsResponse:
         stub = self._scheduler()
@@ -75,12 +82,12 @@ class GrpcMeshPorts:
 
     async def start_stream(self, spec: decision_pb2.StreamSpec) -> bool:
         request = generator_pb2.StartStreamRequest(stream=spec)
-        return (await remote(self._generator(spec.node).StartStream(request, timeout=TIMEOUT_S))).started
+        return (await remote(self._generator(spec.node).StartStream(request, timeout=TIMEOUT_S, **WAIT))).started
 
     async def stop_stream(self, node: str, stream_id: str) -> int:
         request = generator_pb2.StopStreamRequest(stream_id=stream_id)
         # Its tasks in flight reach their controller first: up to the generator's shutdown grace.
-        reply = await remote(self._generator(node).StopStream(request, timeout=3 * TIMEOUT_S))
+        reply = await remote(self._generator(node).StopStream(request, timeout=3 * TIMEOUT_S, **WAIT))
         return reply.tasks_generated
 
     async def generator_streams(self, node: str) -> list[generator_pb2.StreamStatus]:
@@ -117,7 +124,9 @@ class GrpcMeshPorts:
 
     async def watch_records(self, stream_id: str, after_cursor: int) -> AsyncIterator[task_pb2.TaskRecord]:
         where = distributor_pb2.RecordFilter(stream_id=stream_id, after_cursor=after_cursor)
-        async for reply in remote_stream(self._distributor().WatchRecords(distributor_pb2.WatchRecordsRequest(filter=where))):
+        async for reply in remote_stream(
+            self._distributor().WatchRecords(distributor_pb2.WatchRecordsRequest(filter=where))
+        ):
             yield reply.record
 
     async def latest_task(self, stream_id: str) -> task_pb2.TaskRecord:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydantic
 
-from dayu.backend.core import BackendCore, MeshDirectory, Member
+from dayu.backend.core import BackendCore, Member, MeshDirectory
 from dayu.backend.ports import GrpcMeshPorts
 from dayu.backend.store import BackendStore
 from dayu.runtime.auth import Role, Tokens, guard
@@ -118,7 +118,9 @@ class BackendServicer(backend_pb2_grpc.BackendServiceServicer):
     async def SetStreamPolicy(
         self, request: backend_pb2.SetStreamPolicyRequest, context: object
     ) -> backend_pb2.SetStreamPolicyResponse:
-        return backend_pb2.SetStreamPolicyResponse(decision=await self.core.set_policy(request.stream_id, request.policy))
+        return backend_pb2.SetStreamPolicyResponse(
+            decision=await self.core.set_policy(request.stream_id, request.policy)
+        )
 
     async def GetSystemStatus(
         self, request: backend_pb2.GetSystemStatusRequest, context: object

@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
-from dayu.distributor.store import RecordStore
+from dayu.distributor.store import PAGE_BYTES, RecordStore
 from dayu.media.accuracy import segment_f1
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, shown
@@ -528,14 +528,16 @@ class DistributorCore:
         """The stream's last delivered task as stored, with the frames it arrived with."""
         return self.latest.get(stream_id)
 
-    async def query(self, where: distributor_pb2.RecordFilter, limit: int) -> tuple[list[task_pb2.TaskRecord], int]:
-        """A page of records and the cursor of the next page (0 when this is the last)."""
+    async def query(
+        self, where: distributor_pb2.RecordFilter, limit: int, newest_first: bool = False
+    ) -> tuple[list[task_pb2.TaskRecord], int]:
+        """A page of records and the cursor of the next page (0 when this is the last, or newest first)."""
         _check_filter(where, "filter")
         if limit > MAX_LIMIT:
             raise InvalidArgument("limit", f"at most {MAX_LIMIT}, got {limit}")
         limit = limit or DEFAULT_LIMIT
-        records, more = await self._in_worker(self.store.query, where, limit)
-        return records, records[-1].cursor if more else 0
+        records, more = await self._in_worker(self.store.query, where, limit, PAGE_BYTES, newest_first)
+        return records, records[-1].cursor if more and not newest_first else 0
 
     async def export(self, where: distributor_pb2.RecordFilter) -> AsyncIterator[bytes]:
         """The matching records as gzipped JSON lines, each chunk read and compressed on the worker."""

@@ -134,7 +134,7 @@ class DistributorServicer(distributor_pb2_grpc.DistributorServiceServicer):
     async def QueryRecords(
         self, request: distributor_pb2.QueryRecordsRequest, context: object
     ) -> distributor_pb2.QueryRecordsResponse:
-        records, next_cursor = await self.core.query(request.filter, request.limit)
+        records, next_cursor = await self.core.query(request.filter, request.limit, request.newest_first)
         return distributor_pb2.QueryRecordsResponse(records=records, next_cursor=next_cursor)
 
     async def ExportRecords(

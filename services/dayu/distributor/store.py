@@ -169,10 +169,11 @@ class RecordStore:
         return highest, missing
 
     def query(
-        self, where: distributor_pb2.RecordFilter, limit: int, page_bytes: int = PAGE_BYTES
+        self, where: distributor_pb2.RecordFilter, limit: int, page_bytes: int = PAGE_BYTES, newest_first: bool = False
     ) -> tuple[list[task_pb2.TaskRecord], bool]:
-        """At most `limit` records in cursor order, and whether more match. A page also ends once it
-        holds page_bytes (it always holds one record): a page of large records fits in a reply."""
+        """At most `limit` records in cursor order (or the newest first), and whether more match. A page
+        also ends once it holds page_bytes (it always holds one record): a page of large records fits
+        in a reply."""
         clauses, args = ["cursor > ?"], [where.after_cursor]
         if where.stream_id:
             clauses.append("stream_id = ?")
@@ -184,7 +185,8 @@ class RecordStore:
             clauses.append("stored_at < ?")
             args.append(where.until.ToNanoseconds() / 1e9)
         rows = self._db.execute(
-            f"SELECT cursor, record FROM records WHERE {' AND '.join(clauses)} ORDER BY cursor LIMIT ?",
+            f"SELECT cursor, record FROM records WHERE {' AND '.join(clauses)} "
+            f"ORDER BY cursor {'DESC' if newest_first else 'ASC'} LIMIT ?",
             (*args, limit + 1),
         )
         records: list[task_pb2.TaskRecord] = []

@@ -13,9 +13,9 @@ from typing import Any, Protocol
 from dayu.mesh.model import MeshConfig
 from dayu.mesh.plan import Instance
 from dayu.mesh.summary import ResultTally, format_summary, percentiles
+from dayu.runtime.auth import TokensFile
 from dayu.runtime.client import Channels
 from dayu.runtime.paging import every_page
-from dayu.runtime.auth import TokensFile
 from dayu.runtime.tls import TlsSettings
 from dayu.v1 import (
     controller_pb2,

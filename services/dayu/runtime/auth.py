@@ -35,7 +35,8 @@ class AuthSettings(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
     tokens_file: Path | None = pydantic.Field(
-        None, description="YAML file with `admin:` and `read:` lists of bearer tokens (also: DAYU_ADMIN_TOKEN, DAYU_READ_TOKEN)"
+        None,
+        description="YAML file of `admin:` and `read:` lists of bearer tokens (and DAYU_ADMIN_TOKEN, DAYU_READ_TOKEN)",
     )
 
 
@@ -86,7 +87,9 @@ class Tokens:
             extra = TokensFile.model_validate(from_env)  # the same rules for tokens from the environment
         except pydantic.ValidationError as error:
             names = " or ".join(ENVIRONMENT.values())
-            raise InvalidArgument(names, f"tokens of at least {MIN_TOKEN_CHARS} printable characters: {error}") from None
+            raise InvalidArgument(
+                names, f"tokens of at least {MIN_TOKEN_CHARS} printable characters: {error}"
+            ) from None
         return cls(listed.admin + extra.admin, listed.read + extra.read)
 
     def __bool__(self) -> bool:

@@ -18,8 +18,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from dayu.runtime.errors import InvalidArgument, from_validation_error
 from dayu.runtime.auth import AuthSettings
+from dayu.runtime.errors import InvalidArgument, from_validation_error
 from dayu.runtime.tls import TlsSettings
 from dayu.runtime.tracing import TracingSettings
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 import pydantic
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from dayu.runtime.auth import Role, Tokens, guard
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.sections import PolicySection
 from dayu.runtime.server import Binding, Component
@@ -45,6 +46,10 @@ class SchedulerSettings(ComponentSettings):
 
 
 ADMINS = ("backend", OPERATOR)  # act for any node: install and uninstall streams, switch policies
+ADMIN_CALLS: dict[str, Role | None] = {  # need the operator's admin token (dayu.runtime.auth)
+    "dayu.v1.SchedulerService.SetPolicy": Role.ADMIN,
+    "dayu.v1.SchedulerService.UnregisterStream": Role.ADMIN,
+}
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -178,10 +183,13 @@ class SchedulerComponent(Component):
             section.fallback_after_s,
             section.stale_after_s,
         )
+        # The operator's admin token for what changes a stream from outside (the backend's calls, an
+        # operator's grpcurl); the mesh's own calls (registering, feedback, spans) need none.
+        self.guard = guard(Tokens.load(settings.auth), ADMIN_CALLS, default=None)
 
     def bindings(self) -> Sequence[Binding]:
         return [
-            Binding("dayu.v1.SchedulerService", SchedulerServicer(self.core)),
+            Binding("dayu.v1.SchedulerService", SchedulerServicer(self.core), self.guard),
             Binding("opentelemetry.proto.collector.trace.v1.TraceService", TraceReceiver(self.core)),
         ]
 

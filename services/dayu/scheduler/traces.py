@@ -228,7 +228,8 @@ class TaskTraces:
             kept.append(
                 TracedSpan(
                     span.name[:MAX_ID_CHARS],
-                    resource.get(SERVICE_NAME, "")[:MAX_ID_CHARS],
+                    # Dayu's components name themselves dayu-COMPONENT; a collector's other services keep theirs.
+                    resource.get(SERVICE_NAME, "").removeprefix("dayu-")[:MAX_ID_CHARS],
                     attributes.get(NODE, "")[:MAX_ID_CHARS],
                     attributes.get(STAGE, "")[:MAX_ID_CHARS],
                     attributes.get(TO_NODE, "")[:MAX_ID_CHARS],
