@@ -16,7 +16,7 @@ import io
 import json
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -475,7 +475,10 @@ class BackendCore:
             if error.code == "NOT_FOUND":
                 raise NotFound(f"no task of stream {stream_id!r} with its frames was delivered yet") from None
             raise Relayed(error, "the distributor") from None
-        return await asyncio.to_thread(_frame_of, record)
+        try:
+            return await asyncio.to_thread(_frame_of, record)
+        except InvalidArgument as error:  # the stored frames, not the caller's request, are at fault
+            raise FailedPrecondition(f"the latest frames of stream {stream_id!r} do not decode: {error}") from None
 
     async def timeline(self, root_id: str) -> list[scheduler_pb2.TaskSpan]:
         require_uuid(root_id, "root_id")
@@ -615,7 +618,3 @@ def _csv_rows(lines: bytes) -> bytes:
             ]
         )
     return out.getvalue().encode()
-
-
-def records_newest_first(records: Sequence[task_pb2.TaskRecord]) -> list[task_pb2.TaskRecord]:
-    return sorted(records, key=lambda r: r.cursor, reverse=True)

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -524,6 +525,14 @@ def _stream_spec(stream_id: str = FUZZ_STREAM) -> decision_pb2.StreamSpec:
     )
 
 
+def _installed_spec() -> decision_pb2.StreamSpec:
+    """A stream the fuzz installs through the backend: its generator starts it for real, so a slow one
+    (a frame every 4 s): the fuzz may install a few dozen."""
+    spec = _stream_spec()
+    spec.max_configuration.fps, spec.max_configuration.frames_per_segment = 0.25, 1
+    return spec
+
+
 def _resources(node: str = EDGE) -> resources_pb2.NodeResources:
     report = resources_pb2.NodeResources(
         node=node, cpu_percent=12.5, cpu_count=2, memory_used_bytes=1 << 30, memory_total_bytes=1 << 33
@@ -600,8 +609,27 @@ def _seeds() -> dict[str, list[Callable[[], Message]]]:
             lambda: backend_pb2.PutPipelineRequest(pipeline=types_pb2.Pipeline(name="fuzz", stages=[_stage_spec()]))
         ],
         "dayu.v1.DeletePipelineRequest": [lambda: backend_pb2.DeletePipelineRequest(name="fuzz")],
-        "dayu.v1.InstallStreamRequest": [lambda: backend_pb2.InstallStreamRequest(stream=_stream_spec())],
+        "dayu.v1.InstallStreamRequest": [lambda: backend_pb2.InstallStreamRequest(stream=_installed_spec())],
         "dayu.v1.UninstallStreamRequest": [lambda: backend_pb2.UninstallStreamRequest(stream_id=FUZZ_STREAM)],
+        "dayu.v1.SetStreamPolicyRequest": [
+            lambda: backend_pb2.SetStreamPolicyRequest(stream_id=STREAM, policy=decision_pb2.PolicySpec(name="fixed"))
+        ],
+        "dayu.v1.GetSystemStatusRequest": [backend_pb2.GetSystemStatusRequest],
+        "dayu.v1.DescribeMeshRequest": [backend_pb2.DescribeMeshRequest],
+        "dayu.v1.ValidatePipelineRequest": [
+            lambda: backend_pb2.ValidatePipelineRequest(
+                pipeline=types_pb2.Pipeline(name="fuzz", stages=[_stage_spec()])
+            )
+        ],
+        "dayu.v1.WatchSystemStatusRequest": [lambda: backend_pb2.WatchSystemStatusRequest(interval_s=0.5)],
+        "dayu.v1.ListResultsRequest": [lambda: backend_pb2.ListResultsRequest(stream_id=STREAM, limit=5)],
+        "dayu.v1.WatchResultsRequest": [lambda: backend_pb2.WatchResultsRequest(stream_id=STREAM)],
+        "dayu.v1.GetLatestFrameRequest": [lambda: backend_pb2.GetLatestFrameRequest(stream_id=STREAM)],
+        "dayu.v1.GetTaskTimelineRequest": [lambda: backend_pb2.GetTaskTimelineRequest(root_id=_uuid())],
+        "dayu.v1.ExportResultsRequest": [
+            lambda: backend_pb2.ExportResultsRequest(stream_id=STREAM, format=backend_pb2.EXPORT_FORMAT_CSV),
+            lambda: backend_pb2.ExportResultsRequest(stream_id=STREAM),
+        ],
         "dayu.v1.SubmitTaskRequest": [
             lambda: controller_pb2.SubmitTaskRequest(task=_task()),
             lambda: controller_pb2.SubmitTaskRequest(task=_task(), from_node=EDGE),
@@ -788,6 +816,9 @@ class Caller:
     def __init__(self, alive: Callable[[], bool] = lambda: True) -> None:
         self._channels: dict[str, grpc.Channel] = {}
         self.alive = alive
+        # The operator's admin token on every call, so that the fuzz reaches past the token check
+        # (tests/integration/test_backend.py checks the refusals without one).
+        self.metadata: tuple[tuple[str, str], ...] = ()
 
     def channel(self, address: str) -> grpc.Channel:
         if address not in self._channels:
@@ -810,15 +841,15 @@ class Caller:
         try:
             if not rpc.server_streaming:
                 if rpc.client_streaming:
-                    reply = channel.stream_unary(rpc.path)(iter(request.raw), timeout=timeout_s)
+                    reply = channel.stream_unary(rpc.path)(iter(request.raw), timeout=timeout_s, metadata=self.metadata)
                 else:
-                    reply = channel.unary_unary(rpc.path)(request.raw[0], timeout=timeout_s)
+                    reply = channel.unary_unary(rpc.path)(request.raw[0], timeout=timeout_s, metadata=self.metadata)
                 replies.append(reply)
             else:
                 if rpc.client_streaming:
-                    call = channel.stream_stream(rpc.path)(iter(request.raw), timeout=timeout_s)
+                    call = channel.stream_stream(rpc.path)(iter(request.raw), timeout=timeout_s, metadata=self.metadata)
                 else:
-                    call = channel.unary_stream(rpc.path)(request.raw[0], timeout=timeout_s)
+                    call = channel.unary_stream(rpc.path)(request.raw[0], timeout=timeout_s, metadata=self.metadata)
                 most, seconds = (10**6, timeout_s) if whole else (STREAM_MESSAGES, STREAM_READ_S)
                 code = _read_some(call, replies, most, seconds)
         except grpc.RpcError as error:
@@ -887,6 +918,8 @@ class FuzzMesh:
             raise RuntimeError(f"the fuzz mesh did not start; its log:\n{self.log.read_text()[-4000:]}")
         started = json.loads(line)
         self.addresses, self.services = started["addresses"], started["services"]
+        admin = yaml.safe_load((self.workdir / "tokens.yaml").read_text())["admin"][0]  # the mesh made it
+        self.caller.metadata = (("authorization", f"Bearer {admin}"),)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -968,8 +1001,12 @@ def _valid_pipeline(pipeline: types_pb2.Pipeline) -> bool:
 # whose spans the scheduler never got: NOT_FOUND is the right answer there), so after the fuzz they
 # are asked about a task that check_mesh itself sends through the mesh (_checked_task), and must
 # answer OK about it. No NOT_FOUND is let through.
-LOOKUPS_BY_ID = (("dayu.v1.SchedulerService", "GetTaskTrace"), ("dayu.v1.DistributorService", "GetLatestTask"))
-TRACED_BY = {"dayu-controller", "dayu-processor", "dayu-distributor"}  # the checked task's spans come from these
+LOOKUPS_BY_ID = (
+    ("dayu.v1.SchedulerService", "GetTaskTrace"),
+    ("dayu.v1.DistributorService", "GetLatestTask"),
+    ("dayu.v1.BackendService", "GetTaskTimeline"),
+)
+TRACED_BY = {"controller", "processor", "distributor"}  # the checked task's spans come from these
 
 
 def _checked_task(mesh: FuzzMesh, by_name: dict[tuple[str, str], Rpc]) -> tuple[task_pb2.Task | None, str]:
@@ -1041,6 +1078,7 @@ def check_mesh(mesh: FuzzMesh, fuzzed: Sequence[Rpc]) -> list[Finding]:
     lookups: dict[tuple[str, str], Message] = {
         LOOKUPS_BY_ID[0]: scheduler_pb2.GetTaskTraceRequest(root_id=task.root_id),
         LOOKUPS_BY_ID[1]: distributor_pb2.GetLatestTaskRequest(stream_id=task.stream_id),
+        LOOKUPS_BY_ID[2]: backend_pb2.GetTaskTimelineRequest(root_id=task.root_id),
     }
     for rpc in fuzzed:
         if not rpc.read_only or rpc.client_streaming:
