@@ -65,6 +65,15 @@ class BackendService(Protocol):
     def export_results(self, request: dayu_dot_v1_dot_backend__pb2.ExportResultsRequest, ctx: RequestContext) -> AsyncIterator[dayu_dot_v1_dot_backend__pb2.ExportResultsResponse]:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    async def put_source(self, request: dayu_dot_v1_dot_backend__pb2.PutSourceRequest, ctx: RequestContext) -> dayu_dot_v1_dot_backend__pb2.PutSourceResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
+    async def delete_source(self, request: dayu_dot_v1_dot_backend__pb2.DeleteSourceRequest, ctx: RequestContext) -> dayu_dot_v1_dot_backend__pb2.DeleteSourceResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
+    async def list_stored_sources(self, request: dayu_dot_v1_dot_backend__pb2.ListStoredSourcesRequest, ctx: RequestContext) -> dayu_dot_v1_dot_backend__pb2.ListStoredSourcesResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
 
 class BackendServiceASGIApplication(ConnectASGIApplication[BackendService]):
     def __init__(self, service: BackendService | AsyncGenerator[BackendService], *, interceptors: Iterable[Interceptor]=(), read_max_bytes: int | None = None, compressions: Iterable[Compression] | None = None) -> None:
@@ -230,6 +239,36 @@ class BackendServiceASGIApplication(ConnectASGIApplication[BackendService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.export_results,
+                ),
+                "/dayu.v1.BackendService/PutSource": Endpoint.unary(
+                    method=MethodInfo(
+                        name="PutSource",
+                        service_name="dayu.v1.BackendService",
+                        input=dayu_dot_v1_dot_backend__pb2.PutSourceRequest,
+                        output=dayu_dot_v1_dot_backend__pb2.PutSourceResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.put_source,
+                ),
+                "/dayu.v1.BackendService/DeleteSource": Endpoint.unary(
+                    method=MethodInfo(
+                        name="DeleteSource",
+                        service_name="dayu.v1.BackendService",
+                        input=dayu_dot_v1_dot_backend__pb2.DeleteSourceRequest,
+                        output=dayu_dot_v1_dot_backend__pb2.DeleteSourceResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.delete_source,
+                ),
+                "/dayu.v1.BackendService/ListStoredSources": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ListStoredSources",
+                        service_name="dayu.v1.BackendService",
+                        input=dayu_dot_v1_dot_backend__pb2.ListStoredSourcesRequest,
+                        output=dayu_dot_v1_dot_backend__pb2.ListStoredSourcesResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.list_stored_sources,
                 ),
             },
             interceptors=interceptors,
@@ -564,6 +603,66 @@ class BackendServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    async def put_source(
+        self,
+        request: dayu_dot_v1_dot_backend__pb2.PutSourceRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dayu_dot_v1_dot_backend__pb2.PutSourceResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="PutSource",
+                service_name="dayu.v1.BackendService",
+                input=dayu_dot_v1_dot_backend__pb2.PutSourceRequest,
+                output=dayu_dot_v1_dot_backend__pb2.PutSourceResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def delete_source(
+        self,
+        request: dayu_dot_v1_dot_backend__pb2.DeleteSourceRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dayu_dot_v1_dot_backend__pb2.DeleteSourceResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="DeleteSource",
+                service_name="dayu.v1.BackendService",
+                input=dayu_dot_v1_dot_backend__pb2.DeleteSourceRequest,
+                output=dayu_dot_v1_dot_backend__pb2.DeleteSourceResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def list_stored_sources(
+        self,
+        request: dayu_dot_v1_dot_backend__pb2.ListStoredSourcesRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dayu_dot_v1_dot_backend__pb2.ListStoredSourcesResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListStoredSources",
+                service_name="dayu.v1.BackendService",
+                input=dayu_dot_v1_dot_backend__pb2.ListStoredSourcesRequest,
+                output=dayu_dot_v1_dot_backend__pb2.ListStoredSourcesResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
 
 class BackendServiceSync(Protocol):
     def list_pipelines(self, request: dayu_dot_v1_dot_backend__pb2.ListPipelinesRequest, ctx: RequestContext) -> dayu_dot_v1_dot_backend__pb2.ListPipelinesResponse:
@@ -597,6 +696,12 @@ class BackendServiceSync(Protocol):
     def get_task_timeline(self, request: dayu_dot_v1_dot_backend__pb2.GetTaskTimelineRequest, ctx: RequestContext) -> dayu_dot_v1_dot_backend__pb2.GetTaskTimelineResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def export_results(self, request: dayu_dot_v1_dot_backend__pb2.ExportResultsRequest, ctx: RequestContext) -> Iterator[dayu_dot_v1_dot_backend__pb2.ExportResultsResponse]:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def put_source(self, request: dayu_dot_v1_dot_backend__pb2.PutSourceRequest, ctx: RequestContext) -> dayu_dot_v1_dot_backend__pb2.PutSourceResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def delete_source(self, request: dayu_dot_v1_dot_backend__pb2.DeleteSourceRequest, ctx: RequestContext) -> dayu_dot_v1_dot_backend__pb2.DeleteSourceResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def list_stored_sources(self, request: dayu_dot_v1_dot_backend__pb2.ListStoredSourcesRequest, ctx: RequestContext) -> dayu_dot_v1_dot_backend__pb2.ListStoredSourcesResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
 
@@ -763,6 +868,36 @@ class BackendServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.export_results,
+                ),
+                "/dayu.v1.BackendService/PutSource": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="PutSource",
+                        service_name="dayu.v1.BackendService",
+                        input=dayu_dot_v1_dot_backend__pb2.PutSourceRequest,
+                        output=dayu_dot_v1_dot_backend__pb2.PutSourceResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.put_source,
+                ),
+                "/dayu.v1.BackendService/DeleteSource": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="DeleteSource",
+                        service_name="dayu.v1.BackendService",
+                        input=dayu_dot_v1_dot_backend__pb2.DeleteSourceRequest,
+                        output=dayu_dot_v1_dot_backend__pb2.DeleteSourceResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.delete_source,
+                ),
+                "/dayu.v1.BackendService/ListStoredSources": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ListStoredSources",
+                        service_name="dayu.v1.BackendService",
+                        input=dayu_dot_v1_dot_backend__pb2.ListStoredSourcesRequest,
+                        output=dayu_dot_v1_dot_backend__pb2.ListStoredSourcesResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.list_stored_sources,
                 ),
             },
             interceptors=interceptors,
@@ -1091,6 +1226,66 @@ class BackendServiceClientSync(ConnectClientSync):
                 service_name="dayu.v1.BackendService",
                 input=dayu_dot_v1_dot_backend__pb2.ExportResultsRequest,
                 output=dayu_dot_v1_dot_backend__pb2.ExportResultsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def put_source(
+        self,
+        request: dayu_dot_v1_dot_backend__pb2.PutSourceRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dayu_dot_v1_dot_backend__pb2.PutSourceResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="PutSource",
+                service_name="dayu.v1.BackendService",
+                input=dayu_dot_v1_dot_backend__pb2.PutSourceRequest,
+                output=dayu_dot_v1_dot_backend__pb2.PutSourceResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def delete_source(
+        self,
+        request: dayu_dot_v1_dot_backend__pb2.DeleteSourceRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dayu_dot_v1_dot_backend__pb2.DeleteSourceResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="DeleteSource",
+                service_name="dayu.v1.BackendService",
+                input=dayu_dot_v1_dot_backend__pb2.DeleteSourceRequest,
+                output=dayu_dot_v1_dot_backend__pb2.DeleteSourceResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def list_stored_sources(
+        self,
+        request: dayu_dot_v1_dot_backend__pb2.ListStoredSourcesRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dayu_dot_v1_dot_backend__pb2.ListStoredSourcesResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListStoredSources",
+                service_name="dayu.v1.BackendService",
+                input=dayu_dot_v1_dot_backend__pb2.ListStoredSourcesRequest,
+                output=dayu_dot_v1_dot_backend__pb2.ListStoredSourcesResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

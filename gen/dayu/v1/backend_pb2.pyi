@@ -4,6 +4,7 @@ isort:skip_file
 The backend is the operator's entry point: pipelines, streams, live results, system state."""
 
 from collections import abc as _abc
+from dayu.v1 import datasource_pb2 as _datasource_pb2
 from dayu.v1 import decision_pb2 as _decision_pb2
 from dayu.v1 import generator_pb2 as _generator_pb2
 from dayu.v1 import resources_pb2 as _resources_pb2
@@ -1088,3 +1089,148 @@ class ExportResultsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportResultsResponse: _TypeAlias = ExportResultsResponse  # noqa: Y015
+
+@_typing.final
+class PutSourceRequest(_message.Message):
+    """Request of PutSource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def source(self) -> _datasource_pb2.SourceSpec:
+        """The source; its kind checks its parameters."""
+
+    def __init__(
+        self,
+        *,
+        source: _datasource_pb2.SourceSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutSourceRequest: _TypeAlias = PutSourceRequest  # noqa: Y015
+
+@_typing.final
+class PutSourceResponse(_message.Message):
+    """Reply of PutSource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLACED_FIELD_NUMBER: _builtins.int
+    INFO_FIELD_NUMBER: _builtins.int
+    replaced: _builtins.bool
+    """True when it replaced a stored source of the same id."""
+    @_builtins.property
+    def info(self) -> _datasource_pb2.SourceInfo:
+        """The source as the datasource plays it."""
+
+    def __init__(
+        self,
+        *,
+        replaced: _builtins.bool = ...,
+        info: _datasource_pb2.SourceInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "replaced", b"replaced"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutSourceResponse: _TypeAlias = PutSourceResponse  # noqa: Y015
+
+@_typing.final
+class DeleteSourceRequest(_message.Message):
+    """Request of DeleteSource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """Source id."""
+    def __init__(
+        self,
+        *,
+        source_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source_id", b"source_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSourceRequest: _TypeAlias = DeleteSourceRequest  # noqa: Y015
+
+@_typing.final
+class DeleteSourceResponse(_message.Message):
+    """Reply of DeleteSource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSourceResponse: _TypeAlias = DeleteSourceResponse  # noqa: Y015
+
+@_typing.final
+class ListStoredSourcesRequest(_message.Message):
+    """Request of ListStoredSources."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many sources (0: up to 100; at most 1000)."""
+    page_token: _builtins.str
+    """next_page_token of the previous reply; empty: from the first source."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStoredSourcesRequest: _TypeAlias = ListStoredSourcesRequest  # noqa: Y015
+
+@_typing.final
+class ListStoredSourcesResponse(_message.Message):
+    """Reply of ListStoredSources."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the sources after these; empty when there are none."""
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[_datasource_pb2.SourceSpec]:
+        """The sources, in id order."""
+
+    def __init__(
+        self,
+        *,
+        sources: _abc.Iterable[_datasource_pb2.SourceSpec] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "sources", b"sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStoredSourcesResponse: _TypeAlias = ListStoredSourcesResponse  # noqa: Y015

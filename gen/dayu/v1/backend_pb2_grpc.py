@@ -120,6 +120,21 @@ class BackendServiceStub:
                 request_serializer=dayu_dot_v1_dot_backend__pb2.ExportResultsRequest.SerializeToString,
                 response_deserializer=dayu_dot_v1_dot_backend__pb2.ExportResultsResponse.FromString,
                 _registered_method=True)
+        self.PutSource = channel.unary_unary(
+                '/dayu.v1.BackendService/PutSource',
+                request_serializer=dayu_dot_v1_dot_backend__pb2.PutSourceRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_backend__pb2.PutSourceResponse.FromString,
+                _registered_method=True)
+        self.DeleteSource = channel.unary_unary(
+                '/dayu.v1.BackendService/DeleteSource',
+                request_serializer=dayu_dot_v1_dot_backend__pb2.DeleteSourceRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_backend__pb2.DeleteSourceResponse.FromString,
+                _registered_method=True)
+        self.ListStoredSources = channel.unary_unary(
+                '/dayu.v1.BackendService/ListStoredSources',
+                request_serializer=dayu_dot_v1_dot_backend__pb2.ListStoredSourcesRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_backend__pb2.ListStoredSourcesResponse.FromString,
+                _registered_method=True)
 
 
 class BackendServiceServicer:
@@ -245,6 +260,28 @@ class BackendServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutSource(self, request, context):
+        """Adds (or replaces, when no stream uses it) a source, kept with the catalogue and given to the
+        datasource, which plays it from then on (and again after a restart).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSource(self, request, context):
+        """Removes a source added by PutSource; refused while an installed stream uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStoredSources(self, request, context):
+        """The sources added by PutSource, as stored, in id order (DescribeMesh lists every source played).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BackendServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -327,6 +364,21 @@ def add_BackendServiceServicer_to_server(servicer, server):
                     servicer.ExportResults,
                     request_deserializer=dayu_dot_v1_dot_backend__pb2.ExportResultsRequest.FromString,
                     response_serializer=dayu_dot_v1_dot_backend__pb2.ExportResultsResponse.SerializeToString,
+            ),
+            'PutSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutSource,
+                    request_deserializer=dayu_dot_v1_dot_backend__pb2.PutSourceRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_backend__pb2.PutSourceResponse.SerializeToString,
+            ),
+            'DeleteSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSource,
+                    request_deserializer=dayu_dot_v1_dot_backend__pb2.DeleteSourceRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_backend__pb2.DeleteSourceResponse.SerializeToString,
+            ),
+            'ListStoredSources': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStoredSources,
+                    request_deserializer=dayu_dot_v1_dot_backend__pb2.ListStoredSourcesRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_backend__pb2.ListStoredSourcesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -767,6 +819,87 @@ class BackendService:
             '/dayu.v1.BackendService/ExportResults',
             dayu_dot_v1_dot_backend__pb2.ExportResultsRequest.SerializeToString,
             dayu_dot_v1_dot_backend__pb2.ExportResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.BackendService/PutSource',
+            dayu_dot_v1_dot_backend__pb2.PutSourceRequest.SerializeToString,
+            dayu_dot_v1_dot_backend__pb2.PutSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.BackendService/DeleteSource',
+            dayu_dot_v1_dot_backend__pb2.DeleteSourceRequest.SerializeToString,
+            dayu_dot_v1_dot_backend__pb2.DeleteSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStoredSources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.BackendService/ListStoredSources',
+            dayu_dot_v1_dot_backend__pb2.ListStoredSourcesRequest.SerializeToString,
+            dayu_dot_v1_dot_backend__pb2.ListStoredSourcesResponse.FromString,
             options,
             channel_credentials,
             insecure,

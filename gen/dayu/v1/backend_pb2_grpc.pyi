@@ -75,6 +75,14 @@ class BackendServiceStub:
     """One task's timeline from its trace: a span per hop and stage, on each node."""
     ExportResults: _grpc.UnaryStreamMultiCallable[_backend_pb2.ExportResultsRequest, _backend_pb2.ExportResultsResponse]
     """Task records as JSON lines or CSV, in chunks."""
+    PutSource: _grpc.UnaryUnaryMultiCallable[_backend_pb2.PutSourceRequest, _backend_pb2.PutSourceResponse]
+    """Adds (or replaces, when no stream uses it) a source, kept with the catalogue and given to the
+    datasource, which plays it from then on (and again after a restart).
+    """
+    DeleteSource: _grpc.UnaryUnaryMultiCallable[_backend_pb2.DeleteSourceRequest, _backend_pb2.DeleteSourceResponse]
+    """Removes a source added by PutSource; refused while an installed stream uses it."""
+    ListStoredSources: _grpc.UnaryUnaryMultiCallable[_backend_pb2.ListStoredSourcesRequest, _backend_pb2.ListStoredSourcesResponse]
+    """The sources added by PutSource, as stored, in id order (DescribeMesh lists every source played)."""
 
 @_typing.type_check_only
 class BackendServiceAsyncStub(BackendServiceStub):
@@ -123,6 +131,14 @@ class BackendServiceAsyncStub(BackendServiceStub):
     """One task's timeline from its trace: a span per hop and stage, on each node."""
     ExportResults: _aio.UnaryStreamMultiCallable[_backend_pb2.ExportResultsRequest, _backend_pb2.ExportResultsResponse]  # type: ignore[assignment]
     """Task records as JSON lines or CSV, in chunks."""
+    PutSource: _aio.UnaryUnaryMultiCallable[_backend_pb2.PutSourceRequest, _backend_pb2.PutSourceResponse]  # type: ignore[assignment]
+    """Adds (or replaces, when no stream uses it) a source, kept with the catalogue and given to the
+    datasource, which plays it from then on (and again after a restart).
+    """
+    DeleteSource: _aio.UnaryUnaryMultiCallable[_backend_pb2.DeleteSourceRequest, _backend_pb2.DeleteSourceResponse]  # type: ignore[assignment]
+    """Removes a source added by PutSource; refused while an installed stream uses it."""
+    ListStoredSources: _aio.UnaryUnaryMultiCallable[_backend_pb2.ListStoredSourcesRequest, _backend_pb2.ListStoredSourcesResponse]  # type: ignore[assignment]
+    """The sources added by PutSource, as stored, in id order (DescribeMesh lists every source played)."""
 
 class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
     """One backend, on the cloud node: the operator's entry point, over gRPC and (for browsers and curl)
@@ -264,5 +280,31 @@ class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_backend_pb2.ExportResultsResponse], _abc.AsyncIterator[_backend_pb2.ExportResultsResponse]]:
         """Task records as JSON lines or CSV, in chunks."""
+
+    @_abc_1.abstractmethod
+    def PutSource(
+        self,
+        request: _backend_pb2.PutSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backend_pb2.PutSourceResponse, _abc.Awaitable[_backend_pb2.PutSourceResponse]]:
+        """Adds (or replaces, when no stream uses it) a source, kept with the catalogue and given to the
+        datasource, which plays it from then on (and again after a restart).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteSource(
+        self,
+        request: _backend_pb2.DeleteSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backend_pb2.DeleteSourceResponse, _abc.Awaitable[_backend_pb2.DeleteSourceResponse]]:
+        """Removes a source added by PutSource; refused while an installed stream uses it."""
+
+    @_abc_1.abstractmethod
+    def ListStoredSources(
+        self,
+        request: _backend_pb2.ListStoredSourcesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backend_pb2.ListStoredSourcesResponse, _abc.Awaitable[_backend_pb2.ListStoredSourcesResponse]]:
+        """The sources added by PutSource, as stored, in id order (DescribeMesh lists every source played)."""
 
 def add_BackendServiceServicer_to_server(servicer: BackendServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,6 +23,12 @@ class DatasourceService(Protocol):
     def stream_frames(self, request: dayu_dot_v1_dot_datasource__pb2.StreamFramesRequest, ctx: RequestContext) -> AsyncIterator[dayu_dot_v1_dot_datasource__pb2.StreamFramesResponse]:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    async def add_source(self, request: dayu_dot_v1_dot_datasource__pb2.AddSourceRequest, ctx: RequestContext) -> dayu_dot_v1_dot_datasource__pb2.AddSourceResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
+    async def remove_source(self, request: dayu_dot_v1_dot_datasource__pb2.RemoveSourceRequest, ctx: RequestContext) -> dayu_dot_v1_dot_datasource__pb2.RemoveSourceResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
 
 class DatasourceServiceASGIApplication(ConnectASGIApplication[DatasourceService]):
     def __init__(self, service: DatasourceService | AsyncGenerator[DatasourceService], *, interceptors: Iterable[Interceptor]=(), read_max_bytes: int | None = None, compressions: Iterable[Compression] | None = None) -> None:
@@ -48,6 +54,26 @@ class DatasourceServiceASGIApplication(ConnectASGIApplication[DatasourceService]
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.stream_frames,
+                ),
+                "/dayu.v1.DatasourceService/AddSource": Endpoint.unary(
+                    method=MethodInfo(
+                        name="AddSource",
+                        service_name="dayu.v1.DatasourceService",
+                        input=dayu_dot_v1_dot_datasource__pb2.AddSourceRequest,
+                        output=dayu_dot_v1_dot_datasource__pb2.AddSourceResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.add_source,
+                ),
+                "/dayu.v1.DatasourceService/RemoveSource": Endpoint.unary(
+                    method=MethodInfo(
+                        name="RemoveSource",
+                        service_name="dayu.v1.DatasourceService",
+                        input=dayu_dot_v1_dot_datasource__pb2.RemoveSourceRequest,
+                        output=dayu_dot_v1_dot_datasource__pb2.RemoveSourceResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.remove_source,
                 ),
             },
             interceptors=interceptors,
@@ -102,11 +128,55 @@ class DatasourceServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    async def add_source(
+        self,
+        request: dayu_dot_v1_dot_datasource__pb2.AddSourceRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dayu_dot_v1_dot_datasource__pb2.AddSourceResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="AddSource",
+                service_name="dayu.v1.DatasourceService",
+                input=dayu_dot_v1_dot_datasource__pb2.AddSourceRequest,
+                output=dayu_dot_v1_dot_datasource__pb2.AddSourceResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def remove_source(
+        self,
+        request: dayu_dot_v1_dot_datasource__pb2.RemoveSourceRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dayu_dot_v1_dot_datasource__pb2.RemoveSourceResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="RemoveSource",
+                service_name="dayu.v1.DatasourceService",
+                input=dayu_dot_v1_dot_datasource__pb2.RemoveSourceRequest,
+                output=dayu_dot_v1_dot_datasource__pb2.RemoveSourceResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
 
 class DatasourceServiceSync(Protocol):
     def list_sources(self, request: dayu_dot_v1_dot_datasource__pb2.ListSourcesRequest, ctx: RequestContext) -> dayu_dot_v1_dot_datasource__pb2.ListSourcesResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def stream_frames(self, request: dayu_dot_v1_dot_datasource__pb2.StreamFramesRequest, ctx: RequestContext) -> Iterator[dayu_dot_v1_dot_datasource__pb2.StreamFramesResponse]:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def add_source(self, request: dayu_dot_v1_dot_datasource__pb2.AddSourceRequest, ctx: RequestContext) -> dayu_dot_v1_dot_datasource__pb2.AddSourceResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def remove_source(self, request: dayu_dot_v1_dot_datasource__pb2.RemoveSourceRequest, ctx: RequestContext) -> dayu_dot_v1_dot_datasource__pb2.RemoveSourceResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
 
@@ -133,6 +203,26 @@ class DatasourceServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.stream_frames,
+                ),
+                "/dayu.v1.DatasourceService/AddSource": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="AddSource",
+                        service_name="dayu.v1.DatasourceService",
+                        input=dayu_dot_v1_dot_datasource__pb2.AddSourceRequest,
+                        output=dayu_dot_v1_dot_datasource__pb2.AddSourceResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.add_source,
+                ),
+                "/dayu.v1.DatasourceService/RemoveSource": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="RemoveSource",
+                        service_name="dayu.v1.DatasourceService",
+                        input=dayu_dot_v1_dot_datasource__pb2.RemoveSourceRequest,
+                        output=dayu_dot_v1_dot_datasource__pb2.RemoveSourceResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.remove_source,
                 ),
             },
             interceptors=interceptors,
@@ -181,6 +271,46 @@ class DatasourceServiceClientSync(ConnectClientSync):
                 service_name="dayu.v1.DatasourceService",
                 input=dayu_dot_v1_dot_datasource__pb2.StreamFramesRequest,
                 output=dayu_dot_v1_dot_datasource__pb2.StreamFramesResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def add_source(
+        self,
+        request: dayu_dot_v1_dot_datasource__pb2.AddSourceRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dayu_dot_v1_dot_datasource__pb2.AddSourceResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="AddSource",
+                service_name="dayu.v1.DatasourceService",
+                input=dayu_dot_v1_dot_datasource__pb2.AddSourceRequest,
+                output=dayu_dot_v1_dot_datasource__pb2.AddSourceResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def remove_source(
+        self,
+        request: dayu_dot_v1_dot_datasource__pb2.RemoveSourceRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dayu_dot_v1_dot_datasource__pb2.RemoveSourceResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="RemoveSource",
+                service_name="dayu.v1.DatasourceService",
+                input=dayu_dot_v1_dot_datasource__pb2.RemoveSourceRequest,
+                output=dayu_dot_v1_dot_datasource__pb2.RemoveSourceResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

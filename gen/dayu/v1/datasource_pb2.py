@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from dayu.v1 import types_pb2 as dayu_dot_v1_dot_types__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x61yu/v1/datasource.proto\x12\x07\x64\x61yu.v1\x1a\x13\x64\x61yu/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x01\n\nSourceInfo\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\x12\'\n\nresolution\x18\x05 \x01(\x0b\x32\x13.dayu.v1.Resolution\x12\r\n\x05\x63ycle\x18\x06 \x01(\x08\x12\x18\n\x10has_ground_truth\x18\x07 \x01(\x08\";\n\x12ListSourcesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"T\n\x13ListSourcesResponse\x12$\n\x07sources\x18\x01 \x03(\x0b\x32\x13.dayu.v1.SourceInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13StreamFramesRequest\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x12\n\nmax_frames\x18\x02 \x01(\x04\"5\n\x14StreamFramesResponse\x12\x1d\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x0e.dayu.v1.Frame\"\xda\x01\n\x05\x46rame\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12/\n\x0b\x63\x61ptured_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x05\x63odec\x18\x04 \x01(\x0e\x32\x0e.dayu.v1.Codec\x12\'\n\nresolution\x18\x05 \x01(\x0b\x32\x13.dayu.v1.Resolution\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12(\n\x0cground_truth\x18\x07 \x03(\x0b\x32\x12.dayu.v1.Detection2\xac\x01\n\x11\x44\x61tasourceService\x12H\n\x0bListSources\x12\x1b.dayu.v1.ListSourcesRequest\x1a\x1c.dayu.v1.ListSourcesResponse\x12M\n\x0cStreamFrames\x12\x1c.dayu.v1.StreamFramesRequest\x1a\x1d.dayu.v1.StreamFramesResponse0\x01\x42*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x61yu/v1/datasource.proto\x12\x07\x64\x61yu.v1\x1a\x13\x64\x61yu/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\nSourceSpec\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\'\n\x06params\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1d\n\x05\x63odec\x18\x04 \x01(\x0e\x32\x0e.dayu.v1.Codec\x12\x0f\n\x07quality\x18\x05 \x01(\r\"\xa8\x01\n\nSourceInfo\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\x12\'\n\nresolution\x18\x05 \x01(\x0b\x32\x13.dayu.v1.Resolution\x12\r\n\x05\x63ycle\x18\x06 \x01(\x08\x12\x18\n\x10has_ground_truth\x18\x07 \x01(\x08\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x08 \x01(\x08\";\n\x12ListSourcesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"T\n\x13ListSourcesResponse\x12$\n\x07sources\x18\x01 \x03(\x0b\x32\x13.dayu.v1.SourceInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13StreamFramesRequest\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x12\n\nmax_frames\x18\x02 \x01(\x04\"5\n\x14StreamFramesResponse\x12\x1d\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x0e.dayu.v1.Frame\"\xda\x01\n\x05\x46rame\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12/\n\x0b\x63\x61ptured_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x05\x63odec\x18\x04 \x01(\x0e\x32\x0e.dayu.v1.Codec\x12\'\n\nresolution\x18\x05 \x01(\x0b\x32\x13.dayu.v1.Resolution\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12(\n\x0cground_truth\x18\x07 \x03(\x0b\x32\x12.dayu.v1.Detection\"7\n\x10\x41\x64\x64SourceRequest\x12#\n\x06source\x18\x01 \x01(\x0b\x32\x13.dayu.v1.SourceSpec\"E\n\x11\x41\x64\x64SourceResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x08\x12!\n\x04info\x18\x02 \x01(\x0b\x32\x13.dayu.v1.SourceInfo\"(\n\x13RemoveSourceRequest\x12\x11\n\tsource_id\x18\x01 \x01(\t\"\x16\n\x14RemoveSourceResponse2\xbd\x02\n\x11\x44\x61tasourceService\x12H\n\x0bListSources\x12\x1b.dayu.v1.ListSourcesRequest\x1a\x1c.dayu.v1.ListSourcesResponse\x12M\n\x0cStreamFrames\x12\x1c.dayu.v1.StreamFramesRequest\x1a\x1d.dayu.v1.StreamFramesResponse0\x01\x12\x42\n\tAddSource\x12\x19.dayu.v1.AddSourceRequest\x1a\x1a.dayu.v1.AddSourceResponse\x12K\n\x0cRemoveSource\x12\x1c.dayu.v1.RemoveSourceRequest\x1a\x1d.dayu.v1.RemoveSourceResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +35,28 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dayu.v1.datasource_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\nio.dayu.v1P\001Z\032dayu/gen/go/dayu/v1;dayuv1'
-  _globals['_SOURCEINFO']._serialized_start=92
-  _globals['_SOURCEINFO']._serialized_end=245
-  _globals['_LISTSOURCESREQUEST']._serialized_start=247
-  _globals['_LISTSOURCESREQUEST']._serialized_end=306
-  _globals['_LISTSOURCESRESPONSE']._serialized_start=308
-  _globals['_LISTSOURCESRESPONSE']._serialized_end=392
-  _globals['_STREAMFRAMESREQUEST']._serialized_start=394
-  _globals['_STREAMFRAMESREQUEST']._serialized_end=454
-  _globals['_STREAMFRAMESRESPONSE']._serialized_start=456
-  _globals['_STREAMFRAMESRESPONSE']._serialized_end=509
-  _globals['_FRAME']._serialized_start=512
-  _globals['_FRAME']._serialized_end=730
-  _globals['_DATASOURCESERVICE']._serialized_start=733
-  _globals['_DATASOURCESERVICE']._serialized_end=905
+  _globals['_SOURCESPEC']._serialized_start=122
+  _globals['_SOURCESPEC']._serialized_end=256
+  _globals['_SOURCEINFO']._serialized_start=259
+  _globals['_SOURCEINFO']._serialized_end=427
+  _globals['_LISTSOURCESREQUEST']._serialized_start=429
+  _globals['_LISTSOURCESREQUEST']._serialized_end=488
+  _globals['_LISTSOURCESRESPONSE']._serialized_start=490
+  _globals['_LISTSOURCESRESPONSE']._serialized_end=574
+  _globals['_STREAMFRAMESREQUEST']._serialized_start=576
+  _globals['_STREAMFRAMESREQUEST']._serialized_end=636
+  _globals['_STREAMFRAMESRESPONSE']._serialized_start=638
+  _globals['_STREAMFRAMESRESPONSE']._serialized_end=691
+  _globals['_FRAME']._serialized_start=694
+  _globals['_FRAME']._serialized_end=912
+  _globals['_ADDSOURCEREQUEST']._serialized_start=914
+  _globals['_ADDSOURCEREQUEST']._serialized_end=969
+  _globals['_ADDSOURCERESPONSE']._serialized_start=971
+  _globals['_ADDSOURCERESPONSE']._serialized_end=1040
+  _globals['_REMOVESOURCEREQUEST']._serialized_start=1042
+  _globals['_REMOVESOURCEREQUEST']._serialized_end=1082
+  _globals['_REMOVESOURCERESPONSE']._serialized_start=1084
+  _globals['_REMOVESOURCERESPONSE']._serialized_end=1106
+  _globals['_DATASOURCESERVICE']._serialized_start=1109
+  _globals['_DATASOURCESERVICE']._serialized_end=1426
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from dayu.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
@@ -21,6 +22,46 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class SourceSpec(_message.Message):
+    """A source to play: an id, a kind of the source registry and the kind's parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    CODEC_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """Unique source id; [A-Za-z0-9_.-]+."""
+    kind: _builtins.str
+    """Kind in the source registry ("synthetic", "file", "photos", "camera")."""
+    codec: _types_pb2.Codec.ValueType
+    """How frames travel: CODEC_JPEG (unset: JPEG) or CODEC_RAW_BGR."""
+    quality: _builtins.int
+    """JPEG quality in 1..100; 0: 90."""
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct:
+        """The kind's parameters (as in the mesh file's sources), checked by the kind."""
+
+    def __init__(
+        self,
+        *,
+        source_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        params: _struct_pb2.Struct | None = ...,
+        codec: _types_pb2.Codec.ValueType = ...,
+        quality: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["codec", b"codec", "kind", b"kind", "params", b"params", "quality", b"quality", "source_id", b"source_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceSpec: _TypeAlias = SourceSpec  # noqa: Y015
+
+@_typing.final
 class SourceInfo(_message.Message):
     """A source (camera) and what it produces."""
 
@@ -33,6 +74,7 @@ class SourceInfo(_message.Message):
     RESOLUTION_FIELD_NUMBER: _builtins.int
     CYCLE_FIELD_NUMBER: _builtins.int
     HAS_GROUND_TRUTH_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
     source_id: _builtins.str
     """Unique source id."""
     kind: _builtins.str
@@ -45,6 +87,8 @@ class SourceInfo(_message.Message):
     """Whether the source starts over at its end."""
     has_ground_truth: _builtins.bool
     """Whether frames carry true boxes."""
+    added: _builtins.bool
+    """True for a source added at run time (AddSource); false for one of the datasource's settings."""
     @_builtins.property
     def resolution(self) -> _types_pb2.Resolution:
         """Native resolution."""
@@ -59,10 +103,11 @@ class SourceInfo(_message.Message):
         resolution: _types_pb2.Resolution | None = ...,
         cycle: _builtins.bool = ...,
         has_ground_truth: _builtins.bool = ...,
+        added: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resolution", b"resolution"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "fps", b"fps", "has_ground_truth", b"has_ground_truth", "kind", b"kind", "resolution", b"resolution", "source_id", b"source_id", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "cycle", b"cycle", "fps", b"fps", "has_ground_truth", b"has_ground_truth", "kind", b"kind", "resolution", b"resolution", "source_id", b"source_id", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,3 +268,94 @@ class Frame(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Frame: _TypeAlias = Frame  # noqa: Y015
+
+@_typing.final
+class AddSourceRequest(_message.Message):
+    """Request of AddSource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def source(self) -> Global___SourceSpec:
+        """The source."""
+
+    def __init__(
+        self,
+        *,
+        source: Global___SourceSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddSourceRequest: _TypeAlias = AddSourceRequest  # noqa: Y015
+
+@_typing.final
+class AddSourceResponse(_message.Message):
+    """Reply of AddSource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDED_FIELD_NUMBER: _builtins.int
+    INFO_FIELD_NUMBER: _builtins.int
+    added: _builtins.bool
+    """False when the same source was there already (nothing changed)."""
+    @_builtins.property
+    def info(self) -> Global___SourceInfo:
+        """The source as it plays."""
+
+    def __init__(
+        self,
+        *,
+        added: _builtins.bool = ...,
+        info: Global___SourceInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddSourceResponse: _TypeAlias = AddSourceResponse  # noqa: Y015
+
+@_typing.final
+class RemoveSourceRequest(_message.Message):
+    """Request of RemoveSource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """Source id."""
+    def __init__(
+        self,
+        *,
+        source_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source_id", b"source_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveSourceRequest: _TypeAlias = RemoveSourceRequest  # noqa: Y015
+
+@_typing.final
+class RemoveSourceResponse(_message.Message):
+    """Reply of RemoveSource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveSourceResponse: _TypeAlias = RemoveSourceResponse  # noqa: Y015

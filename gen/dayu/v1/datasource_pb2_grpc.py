@@ -45,6 +45,16 @@ class DatasourceServiceStub:
                 request_serializer=dayu_dot_v1_dot_datasource__pb2.StreamFramesRequest.SerializeToString,
                 response_deserializer=dayu_dot_v1_dot_datasource__pb2.StreamFramesResponse.FromString,
                 _registered_method=True)
+        self.AddSource = channel.unary_unary(
+                '/dayu.v1.DatasourceService/AddSource',
+                request_serializer=dayu_dot_v1_dot_datasource__pb2.AddSourceRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_datasource__pb2.AddSourceResponse.FromString,
+                _registered_method=True)
+        self.RemoveSource = channel.unary_unary(
+                '/dayu.v1.DatasourceService/RemoveSource',
+                request_serializer=dayu_dot_v1_dot_datasource__pb2.RemoveSourceRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_datasource__pb2.RemoveSourceResponse.FromString,
+                _registered_method=True)
 
 
 class DatasourceServiceServicer:
@@ -66,6 +76,20 @@ class DatasourceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddSource(self, request, context):
+        """Adds a source at run time (the backend's PutSource); the same spec again is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSource(self, request, context):
+        """Removes a source added at run time; its frame streams end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatasourceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +102,16 @@ def add_DatasourceServiceServicer_to_server(servicer, server):
                     servicer.StreamFrames,
                     request_deserializer=dayu_dot_v1_dot_datasource__pb2.StreamFramesRequest.FromString,
                     response_serializer=dayu_dot_v1_dot_datasource__pb2.StreamFramesResponse.SerializeToString,
+            ),
+            'AddSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddSource,
+                    request_deserializer=dayu_dot_v1_dot_datasource__pb2.AddSourceRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_datasource__pb2.AddSourceResponse.SerializeToString,
+            ),
+            'RemoveSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSource,
+                    request_deserializer=dayu_dot_v1_dot_datasource__pb2.RemoveSourceRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_datasource__pb2.RemoveSourceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +169,60 @@ class DatasourceService:
             '/dayu.v1.DatasourceService/StreamFrames',
             dayu_dot_v1_dot_datasource__pb2.StreamFramesRequest.SerializeToString,
             dayu_dot_v1_dot_datasource__pb2.StreamFramesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.DatasourceService/AddSource',
+            dayu_dot_v1_dot_datasource__pb2.AddSourceRequest.SerializeToString,
+            dayu_dot_v1_dot_datasource__pb2.AddSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.DatasourceService/RemoveSource',
+            dayu_dot_v1_dot_datasource__pb2.RemoveSourceRequest.SerializeToString,
+            dayu_dot_v1_dot_datasource__pb2.RemoveSourceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,10 @@ class DatasourceServiceStub:
     """Streams the frames of one source at its pace until the source ends (or forever when it
     cycles) or the caller cancels.
     """
+    AddSource: _grpc.UnaryUnaryMultiCallable[_datasource_pb2.AddSourceRequest, _datasource_pb2.AddSourceResponse]
+    """Adds a source at run time (the backend's PutSource); the same spec again is a no-op."""
+    RemoveSource: _grpc.UnaryUnaryMultiCallable[_datasource_pb2.RemoveSourceRequest, _datasource_pb2.RemoveSourceResponse]
+    """Removes a source added at run time; its frame streams end."""
 
 @_typing.type_check_only
 class DatasourceServiceAsyncStub(DatasourceServiceStub):
@@ -51,6 +55,10 @@ class DatasourceServiceAsyncStub(DatasourceServiceStub):
     """Streams the frames of one source at its pace until the source ends (or forever when it
     cycles) or the caller cancels.
     """
+    AddSource: _aio.UnaryUnaryMultiCallable[_datasource_pb2.AddSourceRequest, _datasource_pb2.AddSourceResponse]  # type: ignore[assignment]
+    """Adds a source at run time (the backend's PutSource); the same spec again is a no-op."""
+    RemoveSource: _aio.UnaryUnaryMultiCallable[_datasource_pb2.RemoveSourceRequest, _datasource_pb2.RemoveSourceResponse]  # type: ignore[assignment]
+    """Removes a source added at run time; its frame streams end."""
 
 class DatasourceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Serves frames of simulated or real cameras at real-time pace."""
@@ -72,5 +80,21 @@ class DatasourceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the frames of one source at its pace until the source ends (or forever when it
         cycles) or the caller cancels.
         """
+
+    @_abc_1.abstractmethod
+    def AddSource(
+        self,
+        request: _datasource_pb2.AddSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_datasource_pb2.AddSourceResponse, _abc.Awaitable[_datasource_pb2.AddSourceResponse]]:
+        """Adds a source at run time (the backend's PutSource); the same spec again is a no-op."""
+
+    @_abc_1.abstractmethod
+    def RemoveSource(
+        self,
+        request: _datasource_pb2.RemoveSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_datasource_pb2.RemoveSourceResponse, _abc.Awaitable[_datasource_pb2.RemoveSourceResponse]]:
+        """Removes a source added at run time; its frame streams end."""
 
 def add_DatasourceServiceServicer_to_server(servicer: DatasourceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -51,6 +51,13 @@ type BackendServiceClient interface {
 	GetTaskTimeline(ctx context.Context, in *GetTaskTimelineRequest, opts ...grpc.CallOption) (*GetTaskTimelineResponse, error)
 	// Task records as JSON lines or CSV, in chunks.
 	ExportResults(ctx context.Context, in *ExportResultsRequest, opts ...grpc.CallOption) (BackendService_ExportResultsClient, error)
+	// Adds (or replaces, when no stream uses it) a source, kept with the catalogue and given to the
+	// datasource, which plays it from then on (and again after a restart).
+	PutSource(ctx context.Context, in *PutSourceRequest, opts ...grpc.CallOption) (*PutSourceResponse, error)
+	// Removes a source added by PutSource; refused while an installed stream uses it.
+	DeleteSource(ctx context.Context, in *DeleteSourceRequest, opts ...grpc.CallOption) (*DeleteSourceResponse, error)
+	// The sources added by PutSource, as stored, in id order (DescribeMesh lists every source played).
+	ListStoredSources(ctx context.Context, in *ListStoredSourcesRequest, opts ...grpc.CallOption) (*ListStoredSourcesResponse, error)
 }
 
 type backendServiceClient struct {
@@ -274,6 +281,33 @@ func (x *backendServiceExportResultsClient) Recv() (*ExportResultsResponse, erro
 	return m, nil
 }
 
+func (c *backendServiceClient) PutSource(ctx context.Context, in *PutSourceRequest, opts ...grpc.CallOption) (*PutSourceResponse, error) {
+	out := new(PutSourceResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.BackendService/PutSource", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backendServiceClient) DeleteSource(ctx context.Context, in *DeleteSourceRequest, opts ...grpc.CallOption) (*DeleteSourceResponse, error) {
+	out := new(DeleteSourceResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.BackendService/DeleteSource", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backendServiceClient) ListStoredSources(ctx context.Context, in *ListStoredSourcesRequest, opts ...grpc.CallOption) (*ListStoredSourcesResponse, error) {
+	out := new(ListStoredSourcesResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.BackendService/ListStoredSources", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BackendServiceServer is the server API for BackendService service.
 // All implementations must embed UnimplementedBackendServiceServer
 // for forward compatibility
@@ -312,6 +346,13 @@ type BackendServiceServer interface {
 	GetTaskTimeline(context.Context, *GetTaskTimelineRequest) (*GetTaskTimelineResponse, error)
 	// Task records as JSON lines or CSV, in chunks.
 	ExportResults(*ExportResultsRequest, BackendService_ExportResultsServer) error
+	// Adds (or replaces, when no stream uses it) a source, kept with the catalogue and given to the
+	// datasource, which plays it from then on (and again after a restart).
+	PutSource(context.Context, *PutSourceRequest) (*PutSourceResponse, error)
+	// Removes a source added by PutSource; refused while an installed stream uses it.
+	DeleteSource(context.Context, *DeleteSourceRequest) (*DeleteSourceResponse, error)
+	// The sources added by PutSource, as stored, in id order (DescribeMesh lists every source played).
+	ListStoredSources(context.Context, *ListStoredSourcesRequest) (*ListStoredSourcesResponse, error)
 	mustEmbedUnimplementedBackendServiceServer()
 }
 
@@ -366,6 +407,15 @@ func (UnimplementedBackendServiceServer) GetTaskTimeline(context.Context, *GetTa
 }
 func (UnimplementedBackendServiceServer) ExportResults(*ExportResultsRequest, BackendService_ExportResultsServer) error {
 	return status.Errorf(codes.Unimplemented, "method ExportResults not implemented")
+}
+func (UnimplementedBackendServiceServer) PutSource(context.Context, *PutSourceRequest) (*PutSourceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PutSource not implemented")
+}
+func (UnimplementedBackendServiceServer) DeleteSource(context.Context, *DeleteSourceRequest) (*DeleteSourceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteSource not implemented")
+}
+func (UnimplementedBackendServiceServer) ListStoredSources(context.Context, *ListStoredSourcesRequest) (*ListStoredSourcesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListStoredSources not implemented")
 }
 func (UnimplementedBackendServiceServer) mustEmbedUnimplementedBackendServiceServer() {}
 
@@ -677,6 +727,60 @@ func (x *backendServiceExportResultsServer) Send(m *ExportResultsResponse) error
 	return x.ServerStream.SendMsg(m)
 }
 
+func _BackendService_PutSource_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutSourceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackendServiceServer).PutSource(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.BackendService/PutSource",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackendServiceServer).PutSource(ctx, req.(*PutSourceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackendService_DeleteSource_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteSourceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackendServiceServer).DeleteSource(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.BackendService/DeleteSource",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackendServiceServer).DeleteSource(ctx, req.(*DeleteSourceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackendService_ListStoredSources_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListStoredSourcesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackendServiceServer).ListStoredSources(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.BackendService/ListStoredSources",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackendServiceServer).ListStoredSources(ctx, req.(*ListStoredSourcesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _BackendService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "dayu.v1.BackendService",
 	HandlerType: (*BackendServiceServer)(nil),
@@ -732,6 +836,18 @@ var _BackendService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetTaskTimeline",
 			Handler:    _BackendService_GetTaskTimeline_Handler,
+		},
+		{
+			MethodName: "PutSource",
+			Handler:    _BackendService_PutSource_Handler,
+		},
+		{
+			MethodName: "DeleteSource",
+			Handler:    _BackendService_DeleteSource_Handler,
+		},
+		{
+			MethodName: "ListStoredSources",
+			Handler:    _BackendService_ListStoredSources_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -22,6 +22,10 @@ type DatasourceServiceClient interface {
 	// Streams the frames of one source at its pace until the source ends (or forever when it
 	// cycles) or the caller cancels.
 	StreamFrames(ctx context.Context, in *StreamFramesRequest, opts ...grpc.CallOption) (DatasourceService_StreamFramesClient, error)
+	// Adds a source at run time (the backend's PutSource); the same spec again is a no-op.
+	AddSource(ctx context.Context, in *AddSourceRequest, opts ...grpc.CallOption) (*AddSourceResponse, error)
+	// Removes a source added at run time; its frame streams end.
+	RemoveSource(ctx context.Context, in *RemoveSourceRequest, opts ...grpc.CallOption) (*RemoveSourceResponse, error)
 }
 
 type datasourceServiceClient struct {
@@ -73,6 +77,24 @@ func (x *datasourceServiceStreamFramesClient) Recv() (*StreamFramesResponse, err
 	return m, nil
 }
 
+func (c *datasourceServiceClient) AddSource(ctx context.Context, in *AddSourceRequest, opts ...grpc.CallOption) (*AddSourceResponse, error) {
+	out := new(AddSourceResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.DatasourceService/AddSource", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *datasourceServiceClient) RemoveSource(ctx context.Context, in *RemoveSourceRequest, opts ...grpc.CallOption) (*RemoveSourceResponse, error) {
+	out := new(RemoveSourceResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.DatasourceService/RemoveSource", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DatasourceServiceServer is the server API for DatasourceService service.
 // All implementations must embed UnimplementedDatasourceServiceServer
 // for forward compatibility
@@ -82,6 +104,10 @@ type DatasourceServiceServer interface {
 	// Streams the frames of one source at its pace until the source ends (or forever when it
 	// cycles) or the caller cancels.
 	StreamFrames(*StreamFramesRequest, DatasourceService_StreamFramesServer) error
+	// Adds a source at run time (the backend's PutSource); the same spec again is a no-op.
+	AddSource(context.Context, *AddSourceRequest) (*AddSourceResponse, error)
+	// Removes a source added at run time; its frame streams end.
+	RemoveSource(context.Context, *RemoveSourceRequest) (*RemoveSourceResponse, error)
 	mustEmbedUnimplementedDatasourceServiceServer()
 }
 
@@ -94,6 +120,12 @@ func (UnimplementedDatasourceServiceServer) ListSources(context.Context, *ListSo
 }
 func (UnimplementedDatasourceServiceServer) StreamFrames(*StreamFramesRequest, DatasourceService_StreamFramesServer) error {
 	return status.Errorf(codes.Unimplemented, "method StreamFrames not implemented")
+}
+func (UnimplementedDatasourceServiceServer) AddSource(context.Context, *AddSourceRequest) (*AddSourceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method AddSource not implemented")
+}
+func (UnimplementedDatasourceServiceServer) RemoveSource(context.Context, *RemoveSourceRequest) (*RemoveSourceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RemoveSource not implemented")
 }
 func (UnimplementedDatasourceServiceServer) mustEmbedUnimplementedDatasourceServiceServer() {}
 
@@ -147,6 +179,42 @@ func (x *datasourceServiceStreamFramesServer) Send(m *StreamFramesResponse) erro
 	return x.ServerStream.SendMsg(m)
 }
 
+func _DatasourceService_AddSource_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddSourceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DatasourceServiceServer).AddSource(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.DatasourceService/AddSource",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DatasourceServiceServer).AddSource(ctx, req.(*AddSourceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DatasourceService_RemoveSource_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveSourceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DatasourceServiceServer).RemoveSource(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.DatasourceService/RemoveSource",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DatasourceServiceServer).RemoveSource(ctx, req.(*RemoveSourceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _DatasourceService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "dayu.v1.DatasourceService",
 	HandlerType: (*DatasourceServiceServer)(nil),
@@ -154,6 +222,14 @@ var _DatasourceService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListSources",
 			Handler:    _DatasourceService_ListSources_Handler,
+		},
+		{
+			MethodName: "AddSource",
+			Handler:    _DatasourceService_AddSource_Handler,
+		},
+		{
+			MethodName: "RemoveSource",
+			Handler:    _DatasourceService_RemoveSource_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

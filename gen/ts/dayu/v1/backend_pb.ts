@@ -6,6 +6,8 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { SourceInfo, SourceSpec } from "./datasource_pb.js";
+import { file_dayu_v1_datasource } from "./datasource_pb.js";
 import type { Decision, PolicySpec, StreamSpec } from "./decision_pb.js";
 import { file_dayu_v1_decision } from "./decision_pb.js";
 import type { StreamStatus } from "./generator_pb.js";
@@ -26,7 +28,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dayu/v1/backend.proto.
  */
 export const file_dayu_v1_backend: GenFile = /*@__PURE__*/
-  fileDesc("ChVkYXl1L3YxL2JhY2tlbmQucHJvdG8SB2RheXUudjEiPQoUTGlzdFBpcGVsaW5lc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiVgoVTGlzdFBpcGVsaW5lc1Jlc3BvbnNlEiQKCXBpcGVsaW5lcxgBIAMoCzIRLmRheXUudjEuUGlwZWxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjkKElB1dFBpcGVsaW5lUmVxdWVzdBIjCghwaXBlbGluZRgBIAEoCzIRLmRheXUudjEuUGlwZWxpbmUiJwoTUHV0UGlwZWxpbmVSZXNwb25zZRIQCghyZXBsYWNlZBgBIAEoCCIlChVEZWxldGVQaXBlbGluZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIYChZEZWxldGVQaXBlbGluZVJlc3BvbnNlIkQKG0xpc3RJbnN0YWxsZWRTdHJlYW1zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJdChxMaXN0SW5zdGFsbGVkU3RyZWFtc1Jlc3BvbnNlEiQKB3N0cmVhbXMYASADKAsyEy5kYXl1LnYxLlN0cmVhbVNwZWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjsKFEluc3RhbGxTdHJlYW1SZXF1ZXN0EiMKBnN0cmVhbRgBIAEoCzITLmRheXUudjEuU3RyZWFtU3BlYyIyChVJbnN0YWxsU3RyZWFtUmVzcG9uc2USGQoRYWxyZWFkeV9pbnN0YWxsZWQYASABKAgiKwoWVW5pbnN0YWxsU3RyZWFtUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkiKgoXVW5pbnN0YWxsU3RyZWFtUmVzcG9uc2USDwoHc3RvcHBlZBgBIAEoCCIYChZHZXRTeXN0ZW1TdGF0dXNSZXF1ZXN0IqUCChdHZXRTeXN0ZW1TdGF0dXNSZXNwb25zZRIlCgVub2RlcxgBIAMoCzIWLmRheXUudjEuTm9kZVJlc291cmNlcxIsCgpjb21wb25lbnRzGAIgAygLMhguZGF5dS52MS5Db21wb25lbnRIZWFsdGgSMgoKc2NoZWR1bGluZxgDIAMoCzIeLmRheXUudjEuU3RyZWFtU2NoZWR1bGluZ1N0YXRzEiYKB3N0cmVhbXMYBCADKAsyFS5kYXl1LnYxLlN0cmVhbVN0YXR1cxIsCgx0cmFjZWRfbGlua3MYBSADKAsyFi5kYXl1LnYxLkxpbmtCYW5kd2lkdGgSKwoHcmVhZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibQoPQ29tcG9uZW50SGVhbHRoEhEKCWNvbXBvbmVudBgBIAEoCRIMCgRub2RlGAIgASgJEgwKBHJvbGUYAyABKAkSDwoHYWRkcmVzcxgEIAEoCRIKCgJ1cBgFIAEoCBIOCgZkZXRhaWwYBiABKAkiUAoWU2V0U3RyZWFtUG9saWN5UmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSIwoGcG9saWN5GAIgASgLMhMuZGF5dS52MS5Qb2xpY3lTcGVjIj4KF1NldFN0cmVhbVBvbGljeVJlc3BvbnNlEiMKCGRlY2lzaW9uGAEgASgLMhEuZGF5dS52MS5EZWNpc2lvbiIVChNEZXNjcmliZU1lc2hSZXF1ZXN0Ik4KCE1lc2hOb2RlEgwKBG5hbWUYASABKAkSDQoFY2xvdWQYAiABKAgSEQoJZ2VuZXJhdG9yGAMgASgIEhIKCnByb2Nlc3NvcnMYBCADKAkifwoNTWVzaFByb2Nlc3NvchIMCgRuYW1lGAEgASgJEgwKBGtpbmQYAiABKAkSIAoFaW5wdXQYAyABKA4yES5kYXl1LnYxLkRhdGFUeXBlEiEKBm91dHB1dBgEIAEoDjIRLmRheXUudjEuRGF0YVR5cGUSDQoFbm9kZXMYBSADKAkiVQoKTWVzaFNvdXJjZRIRCglzb3VyY2VfaWQYASABKAkSJwoKcmVzb2x1dGlvbhgCIAEoCzITLmRheXUudjEuUmVzb2x1dGlvbhILCgNmcHMYAyABKAEinAEKFERlc2NyaWJlTWVzaFJlc3BvbnNlEiAKBW5vZGVzGAEgAygLMhEuZGF5dS52MS5NZXNoTm9kZRIqCgpwcm9jZXNzb3JzGAIgAygLMhYuZGF5dS52MS5NZXNoUHJvY2Vzc29yEiQKB3NvdXJjZXMYAyADKAsyEy5kYXl1LnYxLk1lc2hTb3VyY2USEAoIcG9saWNpZXMYBCADKAkiPgoXVmFsaWRhdGVQaXBlbGluZVJlcXVlc3QSIwoIcGlwZWxpbmUYASABKAsyES5kYXl1LnYxLlBpcGVsaW5lIjQKDkZpZWxkVmlvbGF0aW9uEg0KBWZpZWxkGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJIkcKGFZhbGlkYXRlUGlwZWxpbmVSZXNwb25zZRIrCgp2aW9sYXRpb25zGAEgAygLMhcuZGF5dS52MS5GaWVsZFZpb2xhdGlvbiIuChhXYXRjaFN5c3RlbVN0YXR1c1JlcXVlc3QSEgoKaW50ZXJ2YWxfcxgBIAEoASJNChlXYXRjaFN5c3RlbVN0YXR1c1Jlc3BvbnNlEjAKBnN0YXR1cxgBIAEoCzIgLmRheXUudjEuR2V0U3lzdGVtU3RhdHVzUmVzcG9uc2UiNgoSTGlzdFJlc3VsdHNSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCRINCgVsaW1pdBgCIAEoDSI7ChNMaXN0UmVzdWx0c1Jlc3BvbnNlEiQKB3JlY29yZHMYASADKAsyEy5kYXl1LnYxLlRhc2tSZWNvcmQiPgoTV2F0Y2hSZXN1bHRzUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSFAoMYWZ0ZXJfY3Vyc29yGAIgASgEIjsKFFdhdGNoUmVzdWx0c1Jlc3BvbnNlEiMKBnJlY29yZBgBIAEoCzITLmRheXUudjEuVGFza1JlY29yZCIqChVHZXRMYXRlc3RGcmFtZVJlcXVlc3QSEQoJc3RyZWFtX2lkGAEgASgJIrMBChZHZXRMYXRlc3RGcmFtZVJlc3BvbnNlEgwKBGpwZWcYASABKAwSJwoKcmVzb2x1dGlvbhgCIAEoCzITLmRheXUudjEuUmVzb2x1dGlvbhITCgtmcmFtZV9pbmRleBgDIAEoBBIoCgZzdGFnZXMYBCADKAsyGC5kYXl1LnYxLlN0YWdlRGV0ZWN0aW9ucxIjCgZyZWNvcmQYBSABKAsyEy5kYXl1LnYxLlRhc2tSZWNvcmQiSAoPU3RhZ2VEZXRlY3Rpb25zEg0KBXN0YWdlGAEgASgJEiYKCmRldGVjdGlvbnMYAiADKAsyEi5kYXl1LnYxLkRldGVjdGlvbiIpChZHZXRUYXNrVGltZWxpbmVSZXF1ZXN0Eg8KB3Jvb3RfaWQYASABKAkiOwoXR2V0VGFza1RpbWVsaW5lUmVzcG9uc2USIAoFc3BhbnMYASADKAsyES5kYXl1LnYxLlRhc2tTcGFuIqYBChRFeHBvcnRSZXN1bHRzUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBXVudGlsGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgZmb3JtYXQYBCABKA4yFS5kYXl1LnYxLkV4cG9ydEZvcm1hdCImChVFeHBvcnRSZXN1bHRzUmVzcG9uc2USDQoFY2h1bmsYASABKAwqYgoMRXhwb3J0Rm9ybWF0Eh0KGUVYUE9SVF9GT1JNQVRfVU5TUEVDSUZJRUQQABIcChhFWFBPUlRfRk9STUFUX0pTT05fTElORVMQARIVChFFWFBPUlRfRk9STUFUX0NTVhACMswKCg5CYWNrZW5kU2VydmljZRJOCg1MaXN0UGlwZWxpbmVzEh0uZGF5dS52MS5MaXN0UGlwZWxpbmVzUmVxdWVzdBoeLmRheXUudjEuTGlzdFBpcGVsaW5lc1Jlc3BvbnNlEkgKC1B1dFBpcGVsaW5lEhsuZGF5dS52MS5QdXRQaXBlbGluZVJlcXVlc3QaHC5kYXl1LnYxLlB1dFBpcGVsaW5lUmVzcG9uc2USUQoORGVsZXRlUGlwZWxpbmUSHi5kYXl1LnYxLkRlbGV0ZVBpcGVsaW5lUmVxdWVzdBofLmRheXUudjEuRGVsZXRlUGlwZWxpbmVSZXNwb25zZRJjChRMaXN0SW5zdGFsbGVkU3RyZWFtcxIkLmRheXUudjEuTGlzdEluc3RhbGxlZFN0cmVhbXNSZXF1ZXN0GiUuZGF5dS52MS5MaXN0SW5zdGFsbGVkU3RyZWFtc1Jlc3BvbnNlEk4KDUluc3RhbGxTdHJlYW0SHS5kYXl1LnYxLkluc3RhbGxTdHJlYW1SZXF1ZXN0Gh4uZGF5dS52MS5JbnN0YWxsU3RyZWFtUmVzcG9uc2USVAoPVW5pbnN0YWxsU3RyZWFtEh8uZGF5dS52MS5Vbmluc3RhbGxTdHJlYW1SZXF1ZXN0GiAuZGF5dS52MS5Vbmluc3RhbGxTdHJlYW1SZXNwb25zZRJUCg9HZXRTeXN0ZW1TdGF0dXMSHy5kYXl1LnYxLkdldFN5c3RlbVN0YXR1c1JlcXVlc3QaIC5kYXl1LnYxLkdldFN5c3RlbVN0YXR1c1Jlc3BvbnNlElQKD1NldFN0cmVhbVBvbGljeRIfLmRheXUudjEuU2V0U3RyZWFtUG9saWN5UmVxdWVzdBogLmRheXUudjEuU2V0U3RyZWFtUG9saWN5UmVzcG9uc2USSwoMRGVzY3JpYmVNZXNoEhwuZGF5dS52MS5EZXNjcmliZU1lc2hSZXF1ZXN0Gh0uZGF5dS52MS5EZXNjcmliZU1lc2hSZXNwb25zZRJXChBWYWxpZGF0ZVBpcGVsaW5lEiAuZGF5dS52MS5WYWxpZGF0ZVBpcGVsaW5lUmVxdWVzdBohLmRheXUudjEuVmFsaWRhdGVQaXBlbGluZVJlc3BvbnNlElwKEVdhdGNoU3lzdGVtU3RhdHVzEiEuZGF5dS52MS5XYXRjaFN5c3RlbVN0YXR1c1JlcXVlc3QaIi5kYXl1LnYxLldhdGNoU3lzdGVtU3RhdHVzUmVzcG9uc2UwARJICgtMaXN0UmVzdWx0cxIbLmRheXUudjEuTGlzdFJlc3VsdHNSZXF1ZXN0GhwuZGF5dS52MS5MaXN0UmVzdWx0c1Jlc3BvbnNlEk0KDFdhdGNoUmVzdWx0cxIcLmRheXUudjEuV2F0Y2hSZXN1bHRzUmVxdWVzdBodLmRheXUudjEuV2F0Y2hSZXN1bHRzUmVzcG9uc2UwARJRCg5HZXRMYXRlc3RGcmFtZRIeLmRheXUudjEuR2V0TGF0ZXN0RnJhbWVSZXF1ZXN0Gh8uZGF5dS52MS5HZXRMYXRlc3RGcmFtZVJlc3BvbnNlElQKD0dldFRhc2tUaW1lbGluZRIfLmRheXUudjEuR2V0VGFza1RpbWVsaW5lUmVxdWVzdBogLmRheXUudjEuR2V0VGFza1RpbWVsaW5lUmVzcG9uc2USUAoNRXhwb3J0UmVzdWx0cxIdLmRheXUudjEuRXhwb3J0UmVzdWx0c1JlcXVlc3QaHi5kYXl1LnYxLkV4cG9ydFJlc3VsdHNSZXNwb25zZTABQioKCmlvLmRheXUudjFQAVoaZGF5dS9nZW4vZ28vZGF5dS92MTtkYXl1djFiBnByb3RvMw", [file_dayu_v1_decision, file_dayu_v1_generator, file_dayu_v1_resources, file_dayu_v1_scheduler, file_dayu_v1_task, file_dayu_v1_types, file_google_protobuf_timestamp]);
+  fileDesc("ChVkYXl1L3YxL2JhY2tlbmQucHJvdG8SB2RheXUudjEiPQoUTGlzdFBpcGVsaW5lc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiVgoVTGlzdFBpcGVsaW5lc1Jlc3BvbnNlEiQKCXBpcGVsaW5lcxgBIAMoCzIRLmRheXUudjEuUGlwZWxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjkKElB1dFBpcGVsaW5lUmVxdWVzdBIjCghwaXBlbGluZRgBIAEoCzIRLmRheXUudjEuUGlwZWxpbmUiJwoTUHV0UGlwZWxpbmVSZXNwb25zZRIQCghyZXBsYWNlZBgBIAEoCCIlChVEZWxldGVQaXBlbGluZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIYChZEZWxldGVQaXBlbGluZVJlc3BvbnNlIkQKG0xpc3RJbnN0YWxsZWRTdHJlYW1zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJdChxMaXN0SW5zdGFsbGVkU3RyZWFtc1Jlc3BvbnNlEiQKB3N0cmVhbXMYASADKAsyEy5kYXl1LnYxLlN0cmVhbVNwZWMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjsKFEluc3RhbGxTdHJlYW1SZXF1ZXN0EiMKBnN0cmVhbRgBIAEoCzITLmRheXUudjEuU3RyZWFtU3BlYyIyChVJbnN0YWxsU3RyZWFtUmVzcG9uc2USGQoRYWxyZWFkeV9pbnN0YWxsZWQYASABKAgiKwoWVW5pbnN0YWxsU3RyZWFtUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkiKgoXVW5pbnN0YWxsU3RyZWFtUmVzcG9uc2USDwoHc3RvcHBlZBgBIAEoCCIYChZHZXRTeXN0ZW1TdGF0dXNSZXF1ZXN0IqUCChdHZXRTeXN0ZW1TdGF0dXNSZXNwb25zZRIlCgVub2RlcxgBIAMoCzIWLmRheXUudjEuTm9kZVJlc291cmNlcxIsCgpjb21wb25lbnRzGAIgAygLMhguZGF5dS52MS5Db21wb25lbnRIZWFsdGgSMgoKc2NoZWR1bGluZxgDIAMoCzIeLmRheXUudjEuU3RyZWFtU2NoZWR1bGluZ1N0YXRzEiYKB3N0cmVhbXMYBCADKAsyFS5kYXl1LnYxLlN0cmVhbVN0YXR1cxIsCgx0cmFjZWRfbGlua3MYBSADKAsyFi5kYXl1LnYxLkxpbmtCYW5kd2lkdGgSKwoHcmVhZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibQoPQ29tcG9uZW50SGVhbHRoEhEKCWNvbXBvbmVudBgBIAEoCRIMCgRub2RlGAIgASgJEgwKBHJvbGUYAyABKAkSDwoHYWRkcmVzcxgEIAEoCRIKCgJ1cBgFIAEoCBIOCgZkZXRhaWwYBiABKAkiUAoWU2V0U3RyZWFtUG9saWN5UmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSIwoGcG9saWN5GAIgASgLMhMuZGF5dS52MS5Qb2xpY3lTcGVjIj4KF1NldFN0cmVhbVBvbGljeVJlc3BvbnNlEiMKCGRlY2lzaW9uGAEgASgLMhEuZGF5dS52MS5EZWNpc2lvbiIVChNEZXNjcmliZU1lc2hSZXF1ZXN0Ik4KCE1lc2hOb2RlEgwKBG5hbWUYASABKAkSDQoFY2xvdWQYAiABKAgSEQoJZ2VuZXJhdG9yGAMgASgIEhIKCnByb2Nlc3NvcnMYBCADKAkifwoNTWVzaFByb2Nlc3NvchIMCgRuYW1lGAEgASgJEgwKBGtpbmQYAiABKAkSIAoFaW5wdXQYAyABKA4yES5kYXl1LnYxLkRhdGFUeXBlEiEKBm91dHB1dBgEIAEoDjIRLmRheXUudjEuRGF0YVR5cGUSDQoFbm9kZXMYBSADKAkiVQoKTWVzaFNvdXJjZRIRCglzb3VyY2VfaWQYASABKAkSJwoKcmVzb2x1dGlvbhgCIAEoCzITLmRheXUudjEuUmVzb2x1dGlvbhILCgNmcHMYAyABKAEinAEKFERlc2NyaWJlTWVzaFJlc3BvbnNlEiAKBW5vZGVzGAEgAygLMhEuZGF5dS52MS5NZXNoTm9kZRIqCgpwcm9jZXNzb3JzGAIgAygLMhYuZGF5dS52MS5NZXNoUHJvY2Vzc29yEiQKB3NvdXJjZXMYAyADKAsyEy5kYXl1LnYxLk1lc2hTb3VyY2USEAoIcG9saWNpZXMYBCADKAkiPgoXVmFsaWRhdGVQaXBlbGluZVJlcXVlc3QSIwoIcGlwZWxpbmUYASABKAsyES5kYXl1LnYxLlBpcGVsaW5lIjQKDkZpZWxkVmlvbGF0aW9uEg0KBWZpZWxkGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJIkcKGFZhbGlkYXRlUGlwZWxpbmVSZXNwb25zZRIrCgp2aW9sYXRpb25zGAEgAygLMhcuZGF5dS52MS5GaWVsZFZpb2xhdGlvbiIuChhXYXRjaFN5c3RlbVN0YXR1c1JlcXVlc3QSEgoKaW50ZXJ2YWxfcxgBIAEoASJNChlXYXRjaFN5c3RlbVN0YXR1c1Jlc3BvbnNlEjAKBnN0YXR1cxgBIAEoCzIgLmRheXUudjEuR2V0U3lzdGVtU3RhdHVzUmVzcG9uc2UiNgoSTGlzdFJlc3VsdHNSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCRINCgVsaW1pdBgCIAEoDSI7ChNMaXN0UmVzdWx0c1Jlc3BvbnNlEiQKB3JlY29yZHMYASADKAsyEy5kYXl1LnYxLlRhc2tSZWNvcmQiPgoTV2F0Y2hSZXN1bHRzUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSFAoMYWZ0ZXJfY3Vyc29yGAIgASgEIjsKFFdhdGNoUmVzdWx0c1Jlc3BvbnNlEiMKBnJlY29yZBgBIAEoCzITLmRheXUudjEuVGFza1JlY29yZCIqChVHZXRMYXRlc3RGcmFtZVJlcXVlc3QSEQoJc3RyZWFtX2lkGAEgASgJIrMBChZHZXRMYXRlc3RGcmFtZVJlc3BvbnNlEgwKBGpwZWcYASABKAwSJwoKcmVzb2x1dGlvbhgCIAEoCzITLmRheXUudjEuUmVzb2x1dGlvbhITCgtmcmFtZV9pbmRleBgDIAEoBBIoCgZzdGFnZXMYBCADKAsyGC5kYXl1LnYxLlN0YWdlRGV0ZWN0aW9ucxIjCgZyZWNvcmQYBSABKAsyEy5kYXl1LnYxLlRhc2tSZWNvcmQiSAoPU3RhZ2VEZXRlY3Rpb25zEg0KBXN0YWdlGAEgASgJEiYKCmRldGVjdGlvbnMYAiADKAsyEi5kYXl1LnYxLkRldGVjdGlvbiIpChZHZXRUYXNrVGltZWxpbmVSZXF1ZXN0Eg8KB3Jvb3RfaWQYASABKAkiOwoXR2V0VGFza1RpbWVsaW5lUmVzcG9uc2USIAoFc3BhbnMYASADKAsyES5kYXl1LnYxLlRhc2tTcGFuIqYBChRFeHBvcnRSZXN1bHRzUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBXVudGlsGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgZmb3JtYXQYBCABKA4yFS5kYXl1LnYxLkV4cG9ydEZvcm1hdCImChVFeHBvcnRSZXN1bHRzUmVzcG9uc2USDQoFY2h1bmsYASABKAwiNwoQUHV0U291cmNlUmVxdWVzdBIjCgZzb3VyY2UYASABKAsyEy5kYXl1LnYxLlNvdXJjZVNwZWMiSAoRUHV0U291cmNlUmVzcG9uc2USEAoIcmVwbGFjZWQYASABKAgSIQoEaW5mbxgCIAEoCzITLmRheXUudjEuU291cmNlSW5mbyIoChNEZWxldGVTb3VyY2VSZXF1ZXN0EhEKCXNvdXJjZV9pZBgBIAEoCSIWChREZWxldGVTb3VyY2VSZXNwb25zZSJBChhMaXN0U3RvcmVkU291cmNlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiWgoZTGlzdFN0b3JlZFNvdXJjZXNSZXNwb25zZRIkCgdzb3VyY2VzGAEgAygLMhMuZGF5dS52MS5Tb3VyY2VTcGVjEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSpiCgxFeHBvcnRGb3JtYXQSHQoZRVhQT1JUX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhwKGEVYUE9SVF9GT1JNQVRfSlNPTl9MSU5FUxABEhUKEUVYUE9SVF9GT1JNQVRfQ1NWEAIyuQwKDkJhY2tlbmRTZXJ2aWNlEk4KDUxpc3RQaXBlbGluZXMSHS5kYXl1LnYxLkxpc3RQaXBlbGluZXNSZXF1ZXN0Gh4uZGF5dS52MS5MaXN0UGlwZWxpbmVzUmVzcG9uc2USSAoLUHV0UGlwZWxpbmUSGy5kYXl1LnYxLlB1dFBpcGVsaW5lUmVxdWVzdBocLmRheXUudjEuUHV0UGlwZWxpbmVSZXNwb25zZRJRCg5EZWxldGVQaXBlbGluZRIeLmRheXUudjEuRGVsZXRlUGlwZWxpbmVSZXF1ZXN0Gh8uZGF5dS52MS5EZWxldGVQaXBlbGluZVJlc3BvbnNlEmMKFExpc3RJbnN0YWxsZWRTdHJlYW1zEiQuZGF5dS52MS5MaXN0SW5zdGFsbGVkU3RyZWFtc1JlcXVlc3QaJS5kYXl1LnYxLkxpc3RJbnN0YWxsZWRTdHJlYW1zUmVzcG9uc2USTgoNSW5zdGFsbFN0cmVhbRIdLmRheXUudjEuSW5zdGFsbFN0cmVhbVJlcXVlc3QaHi5kYXl1LnYxLkluc3RhbGxTdHJlYW1SZXNwb25zZRJUCg9Vbmluc3RhbGxTdHJlYW0SHy5kYXl1LnYxLlVuaW5zdGFsbFN0cmVhbVJlcXVlc3QaIC5kYXl1LnYxLlVuaW5zdGFsbFN0cmVhbVJlc3BvbnNlElQKD0dldFN5c3RlbVN0YXR1cxIfLmRheXUudjEuR2V0U3lzdGVtU3RhdHVzUmVxdWVzdBogLmRheXUudjEuR2V0U3lzdGVtU3RhdHVzUmVzcG9uc2USVAoPU2V0U3RyZWFtUG9saWN5Eh8uZGF5dS52MS5TZXRTdHJlYW1Qb2xpY3lSZXF1ZXN0GiAuZGF5dS52MS5TZXRTdHJlYW1Qb2xpY3lSZXNwb25zZRJLCgxEZXNjcmliZU1lc2gSHC5kYXl1LnYxLkRlc2NyaWJlTWVzaFJlcXVlc3QaHS5kYXl1LnYxLkRlc2NyaWJlTWVzaFJlc3BvbnNlElcKEFZhbGlkYXRlUGlwZWxpbmUSIC5kYXl1LnYxLlZhbGlkYXRlUGlwZWxpbmVSZXF1ZXN0GiEuZGF5dS52MS5WYWxpZGF0ZVBpcGVsaW5lUmVzcG9uc2USXAoRV2F0Y2hTeXN0ZW1TdGF0dXMSIS5kYXl1LnYxLldhdGNoU3lzdGVtU3RhdHVzUmVxdWVzdBoiLmRheXUudjEuV2F0Y2hTeXN0ZW1TdGF0dXNSZXNwb25zZTABEkgKC0xpc3RSZXN1bHRzEhsuZGF5dS52MS5MaXN0UmVzdWx0c1JlcXVlc3QaHC5kYXl1LnYxLkxpc3RSZXN1bHRzUmVzcG9uc2USTQoMV2F0Y2hSZXN1bHRzEhwuZGF5dS52MS5XYXRjaFJlc3VsdHNSZXF1ZXN0Gh0uZGF5dS52MS5XYXRjaFJlc3VsdHNSZXNwb25zZTABElEKDkdldExhdGVzdEZyYW1lEh4uZGF5dS52MS5HZXRMYXRlc3RGcmFtZVJlcXVlc3QaHy5kYXl1LnYxLkdldExhdGVzdEZyYW1lUmVzcG9uc2USVAoPR2V0VGFza1RpbWVsaW5lEh8uZGF5dS52MS5HZXRUYXNrVGltZWxpbmVSZXF1ZXN0GiAuZGF5dS52MS5HZXRUYXNrVGltZWxpbmVSZXNwb25zZRJQCg1FeHBvcnRSZXN1bHRzEh0uZGF5dS52MS5FeHBvcnRSZXN1bHRzUmVxdWVzdBoeLmRheXUudjEuRXhwb3J0UmVzdWx0c1Jlc3BvbnNlMAESQgoJUHV0U291cmNlEhkuZGF5dS52MS5QdXRTb3VyY2VSZXF1ZXN0GhouZGF5dS52MS5QdXRTb3VyY2VSZXNwb25zZRJLCgxEZWxldGVTb3VyY2USHC5kYXl1LnYxLkRlbGV0ZVNvdXJjZVJlcXVlc3QaHS5kYXl1LnYxLkRlbGV0ZVNvdXJjZVJlc3BvbnNlEloKEUxpc3RTdG9yZWRTb3VyY2VzEiEuZGF5dS52MS5MaXN0U3RvcmVkU291cmNlc1JlcXVlc3QaIi5kYXl1LnYxLkxpc3RTdG9yZWRTb3VyY2VzUmVzcG9uc2VCKgoKaW8uZGF5dS52MVABWhpkYXl1L2dlbi9nby9kYXl1L3YxO2RheXV2MWIGcHJvdG8z", [file_dayu_v1_datasource, file_dayu_v1_decision, file_dayu_v1_generator, file_dayu_v1_resources, file_dayu_v1_scheduler, file_dayu_v1_task, file_dayu_v1_types, file_google_protobuf_timestamp]);
 
 /**
  * Request of ListPipelines.
@@ -1077,6 +1079,147 @@ export const ExportResultsResponseSchema: GenMessage<ExportResultsResponse> = /*
   messageDesc(file_dayu_v1_backend, 37);
 
 /**
+ * Request of PutSource.
+ *
+ * @generated from message dayu.v1.PutSourceRequest
+ */
+export type PutSourceRequest = Message<"dayu.v1.PutSourceRequest"> & {
+  /**
+   * The source; its kind checks its parameters.
+   *
+   * @generated from field: dayu.v1.SourceSpec source = 1;
+   */
+  source?: SourceSpec | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.PutSourceRequest.
+ * Use `create(PutSourceRequestSchema)` to create a new message.
+ */
+export const PutSourceRequestSchema: GenMessage<PutSourceRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 38);
+
+/**
+ * Reply of PutSource.
+ *
+ * @generated from message dayu.v1.PutSourceResponse
+ */
+export type PutSourceResponse = Message<"dayu.v1.PutSourceResponse"> & {
+  /**
+   * True when it replaced a stored source of the same id.
+   *
+   * @generated from field: bool replaced = 1;
+   */
+  replaced: boolean;
+
+  /**
+   * The source as the datasource plays it.
+   *
+   * @generated from field: dayu.v1.SourceInfo info = 2;
+   */
+  info?: SourceInfo | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.PutSourceResponse.
+ * Use `create(PutSourceResponseSchema)` to create a new message.
+ */
+export const PutSourceResponseSchema: GenMessage<PutSourceResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 39);
+
+/**
+ * Request of DeleteSource.
+ *
+ * @generated from message dayu.v1.DeleteSourceRequest
+ */
+export type DeleteSourceRequest = Message<"dayu.v1.DeleteSourceRequest"> & {
+  /**
+   * Source id.
+   *
+   * @generated from field: string source_id = 1;
+   */
+  sourceId: string;
+};
+
+/**
+ * Describes the message dayu.v1.DeleteSourceRequest.
+ * Use `create(DeleteSourceRequestSchema)` to create a new message.
+ */
+export const DeleteSourceRequestSchema: GenMessage<DeleteSourceRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 40);
+
+/**
+ * Reply of DeleteSource.
+ *
+ * @generated from message dayu.v1.DeleteSourceResponse
+ */
+export type DeleteSourceResponse = Message<"dayu.v1.DeleteSourceResponse"> & {
+};
+
+/**
+ * Describes the message dayu.v1.DeleteSourceResponse.
+ * Use `create(DeleteSourceResponseSchema)` to create a new message.
+ */
+export const DeleteSourceResponseSchema: GenMessage<DeleteSourceResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 41);
+
+/**
+ * Request of ListStoredSources.
+ *
+ * @generated from message dayu.v1.ListStoredSourcesRequest
+ */
+export type ListStoredSourcesRequest = Message<"dayu.v1.ListStoredSourcesRequest"> & {
+  /**
+   * At most this many sources (0: up to 100; at most 1000).
+   *
+   * @generated from field: uint32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous reply; empty: from the first source.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message dayu.v1.ListStoredSourcesRequest.
+ * Use `create(ListStoredSourcesRequestSchema)` to create a new message.
+ */
+export const ListStoredSourcesRequestSchema: GenMessage<ListStoredSourcesRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 42);
+
+/**
+ * Reply of ListStoredSources.
+ *
+ * @generated from message dayu.v1.ListStoredSourcesResponse
+ */
+export type ListStoredSourcesResponse = Message<"dayu.v1.ListStoredSourcesResponse"> & {
+  /**
+   * The sources, in id order.
+   *
+   * @generated from field: repeated dayu.v1.SourceSpec sources = 1;
+   */
+  sources: SourceSpec[];
+
+  /**
+   * Pass as page_token for the sources after these; empty when there are none.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message dayu.v1.ListStoredSourcesResponse.
+ * Use `create(ListStoredSourcesResponseSchema)` to create a new message.
+ */
+export const ListStoredSourcesResponseSchema: GenMessage<ListStoredSourcesResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_backend, 43);
+
+/**
  * Format of ExportResults.
  *
  * @generated from enum dayu.v1.ExportFormat
@@ -1282,6 +1425,37 @@ export const BackendService: GenService<{
     methodKind: "server_streaming";
     input: typeof ExportResultsRequestSchema;
     output: typeof ExportResultsResponseSchema;
+  },
+  /**
+   * Adds (or replaces, when no stream uses it) a source, kept with the catalogue and given to the
+   * datasource, which plays it from then on (and again after a restart).
+   *
+   * @generated from rpc dayu.v1.BackendService.PutSource
+   */
+  putSource: {
+    methodKind: "unary";
+    input: typeof PutSourceRequestSchema;
+    output: typeof PutSourceResponseSchema;
+  },
+  /**
+   * Removes a source added by PutSource; refused while an installed stream uses it.
+   *
+   * @generated from rpc dayu.v1.BackendService.DeleteSource
+   */
+  deleteSource: {
+    methodKind: "unary";
+    input: typeof DeleteSourceRequestSchema;
+    output: typeof DeleteSourceResponseSchema;
+  },
+  /**
+   * The sources added by PutSource, as stored, in id order (DescribeMesh lists every source played).
+   *
+   * @generated from rpc dayu.v1.BackendService.ListStoredSources
+   */
+  listStoredSources: {
+    methodKind: "unary";
+    input: typeof ListStoredSourcesRequestSchema;
+    output: typeof ListStoredSourcesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dayu_v1_backend, 0);

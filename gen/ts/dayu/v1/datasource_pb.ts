@@ -9,14 +9,63 @@ import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2
 import type { Codec, Detection, Resolution } from "./types_pb.js";
 import { file_dayu_v1_types } from "./types_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Message } from "@bufbuild/protobuf";
+import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file dayu/v1/datasource.proto.
  */
 export const file_dayu_v1_datasource: GenFile = /*@__PURE__*/
-  fileDesc("ChhkYXl1L3YxL2RhdGFzb3VyY2UucHJvdG8SB2RheXUudjEimQEKClNvdXJjZUluZm8SEQoJc291cmNlX2lkGAEgASgJEgwKBGtpbmQYAiABKAkSCwoDdXJpGAMgASgJEgsKA2ZwcxgEIAEoARInCgpyZXNvbHV0aW9uGAUgASgLMhMuZGF5dS52MS5SZXNvbHV0aW9uEg0KBWN5Y2xlGAYgASgIEhgKEGhhc19ncm91bmRfdHJ1dGgYByABKAgiOwoSTGlzdFNvdXJjZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJIlQKE0xpc3RTb3VyY2VzUmVzcG9uc2USJAoHc291cmNlcxgBIAMoCzITLmRheXUudjEuU291cmNlSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPAoTU3RyZWFtRnJhbWVzUmVxdWVzdBIRCglzb3VyY2VfaWQYASABKAkSEgoKbWF4X2ZyYW1lcxgCIAEoBCI1ChRTdHJlYW1GcmFtZXNSZXNwb25zZRIdCgVmcmFtZRgBIAEoCzIOLmRheXUudjEuRnJhbWUi2gEKBUZyYW1lEhEKCXNvdXJjZV9pZBgBIAEoCRINCgVpbmRleBgCIAEoBBIvCgtjYXB0dXJlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASHQoFY29kZWMYBCABKA4yDi5kYXl1LnYxLkNvZGVjEicKCnJlc29sdXRpb24YBSABKAsyEy5kYXl1LnYxLlJlc29sdXRpb24SDAoEZGF0YRgGIAEoDBIoCgxncm91bmRfdHJ1dGgYByADKAsyEi5kYXl1LnYxLkRldGVjdGlvbjKsAQoRRGF0YXNvdXJjZVNlcnZpY2USSAoLTGlzdFNvdXJjZXMSGy5kYXl1LnYxLkxpc3RTb3VyY2VzUmVxdWVzdBocLmRheXUudjEuTGlzdFNvdXJjZXNSZXNwb25zZRJNCgxTdHJlYW1GcmFtZXMSHC5kYXl1LnYxLlN0cmVhbUZyYW1lc1JlcXVlc3QaHS5kYXl1LnYxLlN0cmVhbUZyYW1lc1Jlc3BvbnNlMAFCKgoKaW8uZGF5dS52MVABWhpkYXl1L2dlbi9nby9kYXl1L3YxO2RheXV2MWIGcHJvdG8z", [file_dayu_v1_types, file_google_protobuf_timestamp]);
+  fileDesc("ChhkYXl1L3YxL2RhdGFzb3VyY2UucHJvdG8SB2RheXUudjEihgEKClNvdXJjZVNwZWMSEQoJc291cmNlX2lkGAEgASgJEgwKBGtpbmQYAiABKAkSJwoGcGFyYW1zGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIdCgVjb2RlYxgEIAEoDjIOLmRheXUudjEuQ29kZWMSDwoHcXVhbGl0eRgFIAEoDSKoAQoKU291cmNlSW5mbxIRCglzb3VyY2VfaWQYASABKAkSDAoEa2luZBgCIAEoCRILCgN1cmkYAyABKAkSCwoDZnBzGAQgASgBEicKCnJlc29sdXRpb24YBSABKAsyEy5kYXl1LnYxLlJlc29sdXRpb24SDQoFY3ljbGUYBiABKAgSGAoQaGFzX2dyb3VuZF90cnV0aBgHIAEoCBINCgVhZGRlZBgIIAEoCCI7ChJMaXN0U291cmNlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiVAoTTGlzdFNvdXJjZXNSZXNwb25zZRIkCgdzb3VyY2VzGAEgAygLMhMuZGF5dS52MS5Tb3VyY2VJbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI8ChNTdHJlYW1GcmFtZXNSZXF1ZXN0EhEKCXNvdXJjZV9pZBgBIAEoCRISCgptYXhfZnJhbWVzGAIgASgEIjUKFFN0cmVhbUZyYW1lc1Jlc3BvbnNlEh0KBWZyYW1lGAEgASgLMg4uZGF5dS52MS5GcmFtZSLaAQoFRnJhbWUSEQoJc291cmNlX2lkGAEgASgJEg0KBWluZGV4GAIgASgEEi8KC2NhcHR1cmVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIdCgVjb2RlYxgEIAEoDjIOLmRheXUudjEuQ29kZWMSJwoKcmVzb2x1dGlvbhgFIAEoCzITLmRheXUudjEuUmVzb2x1dGlvbhIMCgRkYXRhGAYgASgMEigKDGdyb3VuZF90cnV0aBgHIAMoCzISLmRheXUudjEuRGV0ZWN0aW9uIjcKEEFkZFNvdXJjZVJlcXVlc3QSIwoGc291cmNlGAEgASgLMhMuZGF5dS52MS5Tb3VyY2VTcGVjIkUKEUFkZFNvdXJjZVJlc3BvbnNlEg0KBWFkZGVkGAEgASgIEiEKBGluZm8YAiABKAsyEy5kYXl1LnYxLlNvdXJjZUluZm8iKAoTUmVtb3ZlU291cmNlUmVxdWVzdBIRCglzb3VyY2VfaWQYASABKAkiFgoUUmVtb3ZlU291cmNlUmVzcG9uc2UyvQIKEURhdGFzb3VyY2VTZXJ2aWNlEkgKC0xpc3RTb3VyY2VzEhsuZGF5dS52MS5MaXN0U291cmNlc1JlcXVlc3QaHC5kYXl1LnYxLkxpc3RTb3VyY2VzUmVzcG9uc2USTQoMU3RyZWFtRnJhbWVzEhwuZGF5dS52MS5TdHJlYW1GcmFtZXNSZXF1ZXN0Gh0uZGF5dS52MS5TdHJlYW1GcmFtZXNSZXNwb25zZTABEkIKCUFkZFNvdXJjZRIZLmRheXUudjEuQWRkU291cmNlUmVxdWVzdBoaLmRheXUudjEuQWRkU291cmNlUmVzcG9uc2USSwoMUmVtb3ZlU291cmNlEhwuZGF5dS52MS5SZW1vdmVTb3VyY2VSZXF1ZXN0Gh0uZGF5dS52MS5SZW1vdmVTb3VyY2VSZXNwb25zZUIqCgppby5kYXl1LnYxUAFaGmRheXUvZ2VuL2dvL2RheXUvdjE7ZGF5dXYxYgZwcm90bzM", [file_dayu_v1_types, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+
+/**
+ * A source to play: an id, a kind of the source registry and the kind's parameters.
+ *
+ * @generated from message dayu.v1.SourceSpec
+ */
+export type SourceSpec = Message<"dayu.v1.SourceSpec"> & {
+  /**
+   * Unique source id; [A-Za-z0-9_.-]+.
+   *
+   * @generated from field: string source_id = 1;
+   */
+  sourceId: string;
+
+  /**
+   * Kind in the source registry ("synthetic", "file", "photos", "camera").
+   *
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * The kind's parameters (as in the mesh file's sources), checked by the kind.
+   *
+   * @generated from field: google.protobuf.Struct params = 3;
+   */
+  params?: JsonObject | undefined;
+
+  /**
+   * How frames travel: CODEC_JPEG (unset: JPEG) or CODEC_RAW_BGR.
+   *
+   * @generated from field: dayu.v1.Codec codec = 4;
+   */
+  codec: Codec;
+
+  /**
+   * JPEG quality in 1..100; 0: 90.
+   *
+   * @generated from field: uint32 quality = 5;
+   */
+  quality: number;
+};
+
+/**
+ * Describes the message dayu.v1.SourceSpec.
+ * Use `create(SourceSpecSchema)` to create a new message.
+ */
+export const SourceSpecSchema: GenMessage<SourceSpec> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_datasource, 0);
 
 /**
  * A source (camera) and what it produces.
@@ -72,6 +121,13 @@ export type SourceInfo = Message<"dayu.v1.SourceInfo"> & {
    * @generated from field: bool has_ground_truth = 7;
    */
   hasGroundTruth: boolean;
+
+  /**
+   * True for a source added at run time (AddSource); false for one of the datasource's settings.
+   *
+   * @generated from field: bool added = 8;
+   */
+  added: boolean;
 };
 
 /**
@@ -79,7 +135,7 @@ export type SourceInfo = Message<"dayu.v1.SourceInfo"> & {
  * Use `create(SourceInfoSchema)` to create a new message.
  */
 export const SourceInfoSchema: GenMessage<SourceInfo> = /*@__PURE__*/
-  messageDesc(file_dayu_v1_datasource, 0);
+  messageDesc(file_dayu_v1_datasource, 1);
 
 /**
  * Request of ListSources.
@@ -107,7 +163,7 @@ export type ListSourcesRequest = Message<"dayu.v1.ListSourcesRequest"> & {
  * Use `create(ListSourcesRequestSchema)` to create a new message.
  */
 export const ListSourcesRequestSchema: GenMessage<ListSourcesRequest> = /*@__PURE__*/
-  messageDesc(file_dayu_v1_datasource, 1);
+  messageDesc(file_dayu_v1_datasource, 2);
 
 /**
  * Reply of ListSources.
@@ -135,7 +191,7 @@ export type ListSourcesResponse = Message<"dayu.v1.ListSourcesResponse"> & {
  * Use `create(ListSourcesResponseSchema)` to create a new message.
  */
 export const ListSourcesResponseSchema: GenMessage<ListSourcesResponse> = /*@__PURE__*/
-  messageDesc(file_dayu_v1_datasource, 2);
+  messageDesc(file_dayu_v1_datasource, 3);
 
 /**
  * Request of StreamFrames.
@@ -163,7 +219,7 @@ export type StreamFramesRequest = Message<"dayu.v1.StreamFramesRequest"> & {
  * Use `create(StreamFramesRequestSchema)` to create a new message.
  */
 export const StreamFramesRequestSchema: GenMessage<StreamFramesRequest> = /*@__PURE__*/
-  messageDesc(file_dayu_v1_datasource, 3);
+  messageDesc(file_dayu_v1_datasource, 4);
 
 /**
  * One frame of StreamFrames.
@@ -184,7 +240,7 @@ export type StreamFramesResponse = Message<"dayu.v1.StreamFramesResponse"> & {
  * Use `create(StreamFramesResponseSchema)` to create a new message.
  */
 export const StreamFramesResponseSchema: GenMessage<StreamFramesResponse> = /*@__PURE__*/
-  messageDesc(file_dayu_v1_datasource, 4);
+  messageDesc(file_dayu_v1_datasource, 5);
 
 /**
  * One frame of a source.
@@ -247,7 +303,92 @@ export type Frame = Message<"dayu.v1.Frame"> & {
  * Use `create(FrameSchema)` to create a new message.
  */
 export const FrameSchema: GenMessage<Frame> = /*@__PURE__*/
-  messageDesc(file_dayu_v1_datasource, 5);
+  messageDesc(file_dayu_v1_datasource, 6);
+
+/**
+ * Request of AddSource.
+ *
+ * @generated from message dayu.v1.AddSourceRequest
+ */
+export type AddSourceRequest = Message<"dayu.v1.AddSourceRequest"> & {
+  /**
+   * The source.
+   *
+   * @generated from field: dayu.v1.SourceSpec source = 1;
+   */
+  source?: SourceSpec | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.AddSourceRequest.
+ * Use `create(AddSourceRequestSchema)` to create a new message.
+ */
+export const AddSourceRequestSchema: GenMessage<AddSourceRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_datasource, 7);
+
+/**
+ * Reply of AddSource.
+ *
+ * @generated from message dayu.v1.AddSourceResponse
+ */
+export type AddSourceResponse = Message<"dayu.v1.AddSourceResponse"> & {
+  /**
+   * False when the same source was there already (nothing changed).
+   *
+   * @generated from field: bool added = 1;
+   */
+  added: boolean;
+
+  /**
+   * The source as it plays.
+   *
+   * @generated from field: dayu.v1.SourceInfo info = 2;
+   */
+  info?: SourceInfo | undefined;
+};
+
+/**
+ * Describes the message dayu.v1.AddSourceResponse.
+ * Use `create(AddSourceResponseSchema)` to create a new message.
+ */
+export const AddSourceResponseSchema: GenMessage<AddSourceResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_datasource, 8);
+
+/**
+ * Request of RemoveSource.
+ *
+ * @generated from message dayu.v1.RemoveSourceRequest
+ */
+export type RemoveSourceRequest = Message<"dayu.v1.RemoveSourceRequest"> & {
+  /**
+   * Source id.
+   *
+   * @generated from field: string source_id = 1;
+   */
+  sourceId: string;
+};
+
+/**
+ * Describes the message dayu.v1.RemoveSourceRequest.
+ * Use `create(RemoveSourceRequestSchema)` to create a new message.
+ */
+export const RemoveSourceRequestSchema: GenMessage<RemoveSourceRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_datasource, 9);
+
+/**
+ * Reply of RemoveSource.
+ *
+ * @generated from message dayu.v1.RemoveSourceResponse
+ */
+export type RemoveSourceResponse = Message<"dayu.v1.RemoveSourceResponse"> & {
+};
+
+/**
+ * Describes the message dayu.v1.RemoveSourceResponse.
+ * Use `create(RemoveSourceResponseSchema)` to create a new message.
+ */
+export const RemoveSourceResponseSchema: GenMessage<RemoveSourceResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_datasource, 10);
 
 /**
  * Serves frames of simulated or real cameras at real-time pace.
@@ -275,6 +416,26 @@ export const DatasourceService: GenService<{
     methodKind: "server_streaming";
     input: typeof StreamFramesRequestSchema;
     output: typeof StreamFramesResponseSchema;
+  },
+  /**
+   * Adds a source at run time (the backend's PutSource); the same spec again is a no-op.
+   *
+   * @generated from rpc dayu.v1.DatasourceService.AddSource
+   */
+  addSource: {
+    methodKind: "unary";
+    input: typeof AddSourceRequestSchema;
+    output: typeof AddSourceResponseSchema;
+  },
+  /**
+   * Removes a source added at run time; its frame streams end.
+   *
+   * @generated from rpc dayu.v1.DatasourceService.RemoveSource
+   */
+  removeSource: {
+    methodKind: "unary";
+    input: typeof RemoveSourceRequestSchema;
+    output: typeof RemoveSourceResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dayu_v1_datasource, 0);

@@ -4,6 +4,8 @@
 # This file has been @generated
 
 __all__ = (
+    "AddSourceRequest",
+    "AddSourceResponse",
     "ApplyDecisionRequest",
     "ApplyDecisionResponse",
     "BackendServiceStub",
@@ -18,6 +20,8 @@ __all__ = (
     "Decision",
     "DeletePipelineRequest",
     "DeletePipelineResponse",
+    "DeleteSourceRequest",
+    "DeleteSourceResponse",
     "DeliverRequest",
     "DeliverResponse",
     "DescribeMeshRequest",
@@ -68,6 +72,8 @@ __all__ = (
     "ListResultsResponse",
     "ListSourcesRequest",
     "ListSourcesResponse",
+    "ListStoredSourcesRequest",
+    "ListStoredSourcesResponse",
     "ListStreamsRequest",
     "ListStreamsResponse",
     "MeasureLinkRequest",
@@ -87,6 +93,8 @@ __all__ = (
     "ProcessorServiceStub",
     "PutPipelineRequest",
     "PutPipelineResponse",
+    "PutSourceRequest",
+    "PutSourceResponse",
     "QueryRecordsRequest",
     "QueryRecordsResponse",
     "RecordDropRequest",
@@ -94,6 +102,8 @@ __all__ = (
     "RecordFilter",
     "RegisterStreamRequest",
     "RegisterStreamResponse",
+    "RemoveSourceRequest",
+    "RemoveSourceResponse",
     "ReportFeedbackRequest",
     "ReportFeedbackResponse",
     "ReportResourcesRequest",
@@ -109,6 +119,7 @@ __all__ = (
     "SettleStreamsRequest",
     "SettleStreamsResponse",
     "SourceInfo",
+    "SourceSpec",
     "StageDetections",
     "StageSpec",
     "StageState",
@@ -404,6 +415,41 @@ class TaskOutcome(betterproto2.Enum):
 
 
 @dataclass(eq=False, repr=False)
+class AddSourceRequest(betterproto2.Message):
+    """
+    Request of AddSource.
+    """
+
+    source: "SourceSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The source.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "AddSourceRequest", AddSourceRequest)
+
+
+@dataclass(eq=False, repr=False)
+class AddSourceResponse(betterproto2.Message):
+    """
+    Reply of AddSource.
+    """
+
+    added: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    False when the same source was there already (nothing changed).
+    """
+
+    info: "SourceInfo | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The source as it plays.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "AddSourceResponse", AddSourceResponse)
+
+
+@dataclass(eq=False, repr=False)
 class ApplyDecisionRequest(betterproto2.Message):
     """
     Request of ApplyDecision.
@@ -665,6 +711,33 @@ class DeletePipelineResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("dayu.v1", "DeletePipelineResponse", DeletePipelineResponse)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteSourceRequest(betterproto2.Message):
+    """
+    Request of DeleteSource.
+    """
+
+    source_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Source id.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "DeleteSourceRequest", DeleteSourceRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteSourceResponse(betterproto2.Message):
+    """
+    Reply of DeleteSource.
+    """
+
+    pass
+
+
+default_message_pool.register_message("dayu.v1", "DeleteSourceResponse", DeleteSourceResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -1742,6 +1815,46 @@ default_message_pool.register_message("dayu.v1", "ListSourcesResponse", ListSour
 
 
 @dataclass(eq=False, repr=False)
+class ListStoredSourcesRequest(betterproto2.Message):
+    """
+    Request of ListStoredSources.
+    """
+
+    page_size: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    At most this many sources (0: up to 100; at most 1000).
+    """
+
+    page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    next_page_token of the previous reply; empty: from the first source.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "ListStoredSourcesRequest", ListStoredSourcesRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListStoredSourcesResponse(betterproto2.Message):
+    """
+    Reply of ListStoredSources.
+    """
+
+    sources: "list[SourceSpec]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The sources, in id order.
+    """
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Pass as page_token for the sources after these; empty when there are none.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "ListStoredSourcesResponse", ListStoredSourcesResponse)
+
+
+@dataclass(eq=False, repr=False)
 class ListStreamsRequest(betterproto2.Message):
     """
     Request of ListStreams.
@@ -2130,6 +2243,41 @@ default_message_pool.register_message("dayu.v1", "PutPipelineResponse", PutPipel
 
 
 @dataclass(eq=False, repr=False)
+class PutSourceRequest(betterproto2.Message):
+    """
+    Request of PutSource.
+    """
+
+    source: "SourceSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The source; its kind checks its parameters.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "PutSourceRequest", PutSourceRequest)
+
+
+@dataclass(eq=False, repr=False)
+class PutSourceResponse(betterproto2.Message):
+    """
+    Reply of PutSource.
+    """
+
+    replaced: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    True when it replaced a stored source of the same id.
+    """
+
+    info: "SourceInfo | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The source as the datasource plays it.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "PutSourceResponse", PutSourceResponse)
+
+
+@dataclass(eq=False, repr=False)
 class QueryRecordsRequest(betterproto2.Message):
     """
     Request of QueryRecords.
@@ -2276,6 +2424,33 @@ class RegisterStreamResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("dayu.v1", "RegisterStreamResponse", RegisterStreamResponse)
+
+
+@dataclass(eq=False, repr=False)
+class RemoveSourceRequest(betterproto2.Message):
+    """
+    Request of RemoveSource.
+    """
+
+    source_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Source id.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "RemoveSourceRequest", RemoveSourceRequest)
+
+
+@dataclass(eq=False, repr=False)
+class RemoveSourceResponse(betterproto2.Message):
+    """
+    Reply of RemoveSource.
+    """
+
+    pass
+
+
+default_message_pool.register_message("dayu.v1", "RemoveSourceResponse", RemoveSourceResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -2579,8 +2754,48 @@ class SourceInfo(betterproto2.Message):
     Whether frames carry true boxes.
     """
 
+    added: "bool" = betterproto2.field(8, betterproto2.TYPE_BOOL)
+    """
+    True for a source added at run time (AddSource); false for one of the datasource's settings.
+    """
+
 
 default_message_pool.register_message("dayu.v1", "SourceInfo", SourceInfo)
+
+
+@dataclass(eq=False, repr=False)
+class SourceSpec(betterproto2.Message):
+    """
+    A source to play: an id, a kind of the source registry and the kind's parameters.
+    """
+
+    source_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Unique source id; [A-Za-z0-9_.-]+.
+    """
+
+    kind: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Kind in the source registry ("synthetic", "file", "photos", "camera").
+    """
+
+    params: "__google__protobuf__.Struct | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The kind's parameters (as in the mesh file's sources), checked by the kind.
+    """
+
+    codec: "Codec" = betterproto2.field(4, betterproto2.TYPE_ENUM, default_factory=lambda: Codec(0))
+    """
+    How frames travel: CODEC_JPEG (unset: JPEG) or CODEC_RAW_BGR.
+    """
+
+    quality: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+    """
+    JPEG quality in 1..100; 0: 90.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "SourceSpec", SourceSpec)
 
 
 @dataclass(eq=False, repr=False)
@@ -3842,6 +4057,70 @@ class BackendServiceStub(betterproto2_grpclib.ServiceStub):
         ):
             yield response
 
+    async def put_source(
+        self,
+        message: "PutSourceRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "PutSourceResponse":
+        """
+        Adds (or replaces, when no stream uses it) a source, kept with the catalogue and given to the
+        datasource, which plays it from then on (and again after a restart).
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.BackendService/PutSource",
+            message,
+            PutSourceResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_source(
+        self,
+        message: "DeleteSourceRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeleteSourceResponse":
+        """
+        Removes a source added by PutSource; refused while an installed stream uses it.
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.BackendService/DeleteSource",
+            message,
+            DeleteSourceResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_stored_sources(
+        self,
+        message: "ListStoredSourcesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListStoredSourcesResponse":
+        """
+        The sources added by PutSource, as stored, in id order (DescribeMesh lists every source played).
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.BackendService/ListStoredSources",
+            message,
+            ListStoredSourcesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class ControllerServiceStub(betterproto2_grpclib.ServiceStub):
     """
@@ -3987,6 +4266,48 @@ class DatasourceServiceStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         ):
             yield response
+
+    async def add_source(
+        self,
+        message: "AddSourceRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AddSourceResponse":
+        """
+        Adds a source at run time (the backend's PutSource); the same spec again is a no-op.
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.DatasourceService/AddSource",
+            message,
+            AddSourceResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def remove_source(
+        self,
+        message: "RemoveSourceRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "RemoveSourceResponse":
+        """
+        Removes a source added at run time; its frame streams end.
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.DatasourceService/RemoveSource",
+            message,
+            RemoveSourceResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
 
 
 class DistributorServiceStub(betterproto2_grpclib.ServiceStub):
