@@ -33,6 +33,23 @@ from dayu.runtime.tracing import BYTES, DELAY, NODE, STREAM, TO_NODE
 from dayu.v1 import decision_pb2, task_pb2, types_pb2
 
 FRAMES, BOXES, LABELS = types_pb2.DATA_TYPE_FRAMES, types_pb2.DATA_TYPE_BOXES, types_pb2.DATA_TYPE_LABELS
+# The operator's tokens of components served by `serve` and `serve_process` (dayu.runtime.auth).
+ADMIN_TOKEN, READ_TOKEN = "test-admin-token-0123456789", "test-read-token-0123456789"
+ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)  # metadata of an operator's admin call
+
+
+class _WithAdminToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    async def _with_token(self, continuation: Any, details: Any, request: Any) -> Any:
+        details = details._replace(metadata=[*(details.metadata or ()), *ADMIN])
+        return await continuation(details, request)
+
+    intercept_unary_unary = _with_token
+    intercept_unary_stream = _with_token
+
+
+def operator_channel(address: str, **options: Any) -> grpc.aio.Channel:
+    """A plaintext channel whose every call carries the admin token, as an operator's tools do."""
+    return grpc.aio.insecure_channel(address, interceptors=[_WithAdminToken()], **options)
 
 
 def stage(
@@ -143,6 +160,12 @@ async def collect_spans() -> AsyncIterator[Callable[..., Awaitable[SpanCollector
         await server.stop(0)
 
 
+def tokens_file(folder: Path) -> Path:
+    path = folder / "tokens.yaml"
+    path.write_text(f"admin: [{ADMIN_TOKEN}]\nread: [{READ_TOKEN}]\n")
+    return path
+
+
 @pytest.fixture
 async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Starts components in this process on loopback: `address = await serve("scheduler", **settings)`."""
@@ -151,6 +174,8 @@ async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     async def start(name: str, **settings: Any) -> str:
         component_class = COMPONENTS.entry(name).factory
         settings.setdefault("server", {}).setdefault("listen", "127.0.0.1:0")
+        if name in ("backend", "scheduler"):
+            settings.setdefault("auth", {"tokens_file": str(tokens_file(tmp_path))})
         if name == "distributor":
             settings.setdefault("distributor", {"database": str(tmp_path / "records.sqlite")})
         loaded = load_settings(component_class.settings_class, None, **settings)  # type: ignore[attr-defined]
@@ -187,6 +212,7 @@ def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServedProcess]]:
             path.write_text(config)
             args += ["--config", str(path)]
         env = {**os.environ, "DAYU_DISTRIBUTOR__DATABASE": str(tmp_path / "records.sqlite")}
+        env |= {"DAYU_ADMIN_TOKEN": ADMIN_TOKEN, "DAYU_READ_TOKEN": READ_TOKEN}
         process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
         started.append(process)
         assert process.stderr is not None

@@ -25,6 +25,11 @@ export interface PageProps {
   mesh: DescribeMeshResponse;
   /** What follows the page in the hash: #/results/cam-1 gives "cam-1". */
   param: string;
+  /**
+   * Reads DescribeMesh again and hands the new mesh to every page (after a source is added or
+   * deleted); rejects with the call's error, the mesh shown staying as it was.
+   */
+  refreshMesh: () => Promise<void>;
 }
 
 const PAGES: { id: string; title: string; view: ComponentType<PageProps> }[] = [
@@ -61,6 +66,11 @@ export function App() {
       const refused = err instanceof ConnectError && err.code === Code.Unauthenticated;
       setAuth({ state: "login", error: refused ? "token refused" : err, token });
     }
+  }
+
+  async function refreshMesh() {
+    const mesh = await backend.describeMesh({});
+    setAuth((now) => (now.state === "in" ? { state: "in", mesh } : now));
   }
 
   function logOut() {
@@ -111,7 +121,12 @@ export function App() {
         </button>
       </header>
       <main data-testid={`page-${page.id}`}>
-        <View key={page.id} mesh={auth.mesh} param={page.id === where.page ? where.param : ""} />
+        <View
+          key={page.id}
+          mesh={auth.mesh}
+          param={page.id === where.page ? where.param : ""}
+          refreshMesh={refreshMesh}
+        />
       </main>
     </div>
   );

@@ -38,9 +38,11 @@ UP_LINE = re.compile(r"scheduler (?P<scheduler>\S+), backend (?P<backend>\S+)\n"
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveMesh]:
     folder = tmp_path_factory.mktemp("client-mesh")
     log = folder / "up.log"
+    command = [sys.executable, "-u", "-m", "dayu.cli", "up", "--config", str(light_mesh(folder)), "--duration", "1800"]
+    command += ["--console-port", "0"]  # any free port: another mesh of the suite may hold the default
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "dayu.cli", "up", "--config", str(light_mesh(folder)), "--duration", "1800"],
+            command,
             cwd=folder,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -26,6 +26,8 @@ def dayu_up(config: Path, cwd: Path, duration: float = 10) -> tuple[subprocess.C
             "-m",
             "dayu.cli",
             "up",
+            "--console-port",
+            "0",  # any free port: another mesh of the suite may hold the default
             "--config",
             str(config),
             "--duration",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from dayu.runtime.config import ComponentSettings
+from dayu.runtime.server import Binding, Component, ComponentServer
 from dayu.v1 import (
     controller_pb2,
     controller_pb2_grpc,
@@ -19,7 +21,7 @@ from dayu.v1 import (
     types_pb2,
 )
 
-from conftest import BOXES, FRAMES, LABELS, fork_join_pipeline, make_stream_spec, make_task, stage
+from conftest import BOXES, FRAMES, LABELS, fork_join_pipeline, make_stream_spec, make_task, operator_channel, stage
 
 
 async def expect_invalid(call, request) -> str:  # type: ignore[no-untyped-def]
@@ -109,16 +111,26 @@ async def test_malformed_bytes_are_invalid_argument_and_server_keeps_serving(ser
         assert list(stats.streams) == []
 
 
-async def test_unimplemented_rpc_says_so(serve) -> None:  # type: ignore[no-untyped-def]
-    address = await serve("backend")
-    async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_unary(
-            "/dayu.v1.BackendService/GetSystemStatus", request_serializer=None, response_deserializer=None
-        )
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call(b"", timeout=10)
+async def test_unimplemented_rpc_says_so() -> None:
+    class Bare(Component):  # serves the monitor's service, implementing none of it
+        name = "bare"
+
+        def bindings(self) -> list[Binding]:
+            return [Binding("dayu.v1.MonitorService", object())]
+
+    server = ComponentServer(Bare(), ComponentSettings(server={"listen": "127.0.0.1:0"}))
+    address = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = channel.unary_unary(
+                "/dayu.v1.MonitorService/GetResources", request_serializer=None, response_deserializer=None
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call(b"", timeout=10)
+    finally:
+        await server.stop(grace=0)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "dayu.v1.BackendService.GetSystemStatus" in (caught.value.details() or "")
+    assert "dayu.v1.MonitorService.GetResources is not implemented" in (caught.value.details() or "")
 
 
 def test_fork_join_pipeline_is_valid() -> None:
@@ -198,8 +210,8 @@ async def test_oversized_pipelines_and_policies_are_refused_and_lists_keep_worki
     scheduler = await serve("scheduler")
     options = [("grpc.max_send_message_length", 64 << 20)]
     async with (
-        grpc.aio.insecure_channel(backend, options=options) as to_backend,
-        grpc.aio.insecure_channel(scheduler, options=options) as to_scheduler,
+        operator_channel(backend, options=options) as to_backend,
+        operator_channel(scheduler, options=options) as to_scheduler,
     ):
         pipelines = backend_pb2_grpc.BackendServiceStub(to_backend)
         huge = fork_join_pipeline()
@@ -239,7 +251,7 @@ async def test_fuzz_findings_get_short_actionable_answers(serve) -> None:  # typ
     async with (
         grpc.aio.insecure_channel(controller) as to_controller,
         grpc.aio.insecure_channel(processor) as to_processor,
-        grpc.aio.insecure_channel(scheduler) as to_scheduler,
+        operator_channel(scheduler) as to_scheduler,
         grpc.aio.insecure_channel(distributor) as to_distributor,
     ):
         measure = controller_pb2_grpc.ControllerServiceStub(to_controller).MeasureLink

@@ -1,5 +1,5 @@
-"""A real datasource on loopback: sources listed and streamed at their pace, with an HTTP MJPEG camera
-served from this test."""
+"""A real datasource on loopback: sources listed and streamed at their pace, added and removed at run
+time, with an HTTP MJPEG camera served from this test."""
 
 from __future__ import annotations
 
@@ -134,6 +134,95 @@ async def test_lagging_consumer_misses_frames_instead_of_a_burst() -> None:
     assert all(gap >= 3 for gap in gaps), f"frames whose time passed are skipped: {indices}"
     pauses = [b - a for (_, a), (_, b) in itertools.pairwise(received)]
     assert min(pauses) > 0.3, "no burst to catch up"
+
+
+# --- sources added at run time ---------------------------------------------------------------------
+
+
+def source_spec(source_id: str = "added", kind: str = "synthetic", **params: Any) -> datasource_pb2.SourceSpec:
+    made = datasource_pb2.SourceSpec(source_id=source_id, kind=kind)
+    made.params.update(params or {"width": 160, "height": 120, "fps": 10, "seed": 3})
+    return made
+
+
+async def add_source(address: str, spec: datasource_pb2.SourceSpec) -> datasource_pb2.AddSourceResponse:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = datasource_pb2_grpc.DatasourceServiceStub(channel)
+        return await stub.AddSource(datasource_pb2.AddSourceRequest(source=spec), timeout=30)
+
+
+async def remove_source(address: str, source_id: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = datasource_pb2_grpc.DatasourceServiceStub(channel)
+        await stub.RemoveSource(datasource_pb2.RemoveSourceRequest(source_id=source_id), timeout=10)
+
+
+async def refused(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value.code(), caught.value.details() or ""
+
+
+async def test_added_source_streams_until_removed(serve) -> None:  # type: ignore[no-untyped-def]
+    address = await serve("datasource", datasource={"sources": [ALLEY]})
+    reply = await add_source(address, source_spec())
+    assert reply.added and reply.info.added and reply.info.fps == 10
+    assert (reply.info.resolution.width, reply.info.resolution.height) == (160, 120)
+    assert not (await add_source(address, source_spec())).added, "the same source again changes nothing"
+    sources = await list_sources(address)
+    assert list(sources) == ["added", "alley"] and sources["added"].added and not sources["alley"].added
+
+    received: list[datasource_pb2.Frame] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = datasource_pb2_grpc.DatasourceServiceStub(channel).StreamFrames(
+            datasource_pb2.StreamFramesRequest(source_id="added"), timeout=30
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for reply in call:
+                received.append(reply.frame)
+                if len(received) == 3:
+                    await remove_source(address, "added")
+    assert 3 <= len(received) <= 5, "the stream ends once the source is removed"
+    assert decoded(received[0]).shape == (120, 160, 3)
+    code, details = caught.value.code(), caught.value.details() or ""
+    assert code == grpc.StatusCode.NOT_FOUND and "removed" in details, (code, details)
+    assert list(await list_sources(address)) == ["alley"]
+    code, details = await refused(stream(address, "added", 1))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_added_sources_are_checked(serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    media = tmp_path / "media"
+    media.mkdir()
+    photo = media / "street.png"
+    cv2.imwrite(str(photo), np.full((90, 120, 3), 128, np.uint8))
+    outside = tmp_path / "outside.png"
+    cv2.imwrite(str(outside), np.full((90, 120, 3), 128, np.uint8))
+    address = await serve("datasource", datasource={"sources": [ALLEY], "media_dirs": [str(media)]})
+    for bad, field in [
+        (source_spec(kind="hologram"), "source.kind"),
+        (source_spec(width=16), "source.params.width"),
+        (source_spec(fps=1, shade="dark"), "source.params.shade"),
+        (source_spec("not an id"), "source.source_id"),
+        (datasource_pb2.SourceSpec(kind="synthetic"), "source.source_id"),
+        (datasource_pb2.SourceSpec(source_id="x", kind="synthetic", codec=types_pb2.CODEC_H264), "source.codec"),
+    ]:
+        code, details = await refused(add_source(address, bad))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(f"{field}:"), (field, details)
+    code, details = await refused(add_source(address, source_spec("photo", "photos", images=[str(outside)])))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("source.params.images[0]:")
+    assert "datasource.media_dirs" in details
+    reply = await add_source(address, source_spec("photo", "photos", images=[str(photo)], width=128, height=96))
+    assert reply.added and reply.info.uri == str(photo)
+    assert len(await stream(address, "photo", 2)) == 2
+    code, _ = await refused(add_source(address, source_spec("alley")))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    code, details = await refused(remove_source(address, "alley"))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "settings (the mesh file)" in details
+    code, _ = await refused(remove_source(address, "nowhere"))
+    assert code == grpc.StatusCode.NOT_FOUND
+    await remove_source(address, "photo")
+    assert list(await list_sources(address)) == ["alley"]
 
 
 # --- an HTTP MJPEG camera ----------------------------------------------------------------------------

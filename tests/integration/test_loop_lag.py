@@ -57,6 +57,7 @@ async def careless_client(addresses: dict[str, str], run_s: float) -> dict[str, 
             name: await stack.enter_async_context(grpc.aio.insecure_channel(addresses[name], options=OPTIONS))
             for name in ("distributor", "scheduler", "backend", "controller@cloud")
         }
+        admin = (("authorization", f"Bearer {addresses['token']}"),)  # the operator's (dayu.runtime.auth)
         records = distributor_pb2_grpc.DistributorServiceStub(channel["distributor"])
         scheduler = scheduler_pb2_grpc.SchedulerServiceStub(channel["scheduler"])
         backend = backend_pb2_grpc.BackendServiceStub(channel["backend"])
@@ -78,16 +79,17 @@ async def careless_client(addresses: dict[str, str], run_s: float) -> dict[str, 
             done["watch"] += 1
             request = scheduler_pb2.SetPolicyRequest(stream_id="careless", policy=policy)
             with contextlib.suppress(grpc.aio.AioRpcError):  # "fixed" may refuse the made-up keys
-                await scheduler.SetPolicy(request, timeout=10)
+                await scheduler.SetPolicy(request, timeout=10, metadata=admin)
             done["policy"] += 1
-            await backend.PutPipeline(backend_pb2.PutPipelineRequest(pipeline=pipeline), timeout=10)
-            await backend.ListPipelines(backend_pb2.ListPipelinesRequest(), timeout=10)
+            await backend.PutPipeline(backend_pb2.PutPipelineRequest(pipeline=pipeline), timeout=10, metadata=admin)
+            await backend.ListPipelines(backend_pb2.ListPipelinesRequest(), timeout=10, metadata=admin)
             done["pipeline"] += 1
             # The largest probe there may be: parsed, checked, counted.
             await controller.Probe(probe, timeout=30)
             done["probe"] += 1
             try:
-                await backend.PutPipeline(backend_pb2.PutPipelineRequest(pipeline=pipeline_of(200 << 10)), timeout=10)
+                request = backend_pb2.PutPipelineRequest(pipeline=pipeline_of(200 << 10))
+                await backend.PutPipeline(request, timeout=10, metadata=admin)
             except grpc.aio.AioRpcError as error:
                 assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
                 done["refused"] += 1
@@ -115,7 +117,11 @@ async def test_no_event_loop_blocks_for_50_ms_under_streams_and_a_careless_clien
         await asyncio.sleep(3)  # past the start: the first decisions, models warmed up
         async with LoopLag() as lag:
             client = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, json.dumps(mesh.addresses), str(RUN_S), stdout=asyncio.subprocess.PIPE
+                sys.executable,
+                __file__,
+                json.dumps({**mesh.addresses, "token": mesh.tokens.admin[0]}),
+                str(RUN_S),
+                stdout=asyncio.subprocess.PIPE,
             )
             out, _ = await client.communicate()
             assert client.returncode == 0, out

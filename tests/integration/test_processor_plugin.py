@@ -78,7 +78,7 @@ def test_a_processor_made_from_the_template_runs_as_a_stage_of_the_mesh(tmp_path
     # on the path) and runs it: every task the camera made is delivered with the stage's labels.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     summary_path = tmp_path / "summary.json"
-    command = [*dayu, "up", "--config", str(mesh_file(tmp_path)), "--duration", "8"]
+    command = [*dayu, "up", "--config", str(mesh_file(tmp_path)), "--duration", "8", "--console-port", "0"]
     run([*command, "--summary-json", str(summary_path)], tmp_path, env, timeout=90)
 
     summary = json.loads(summary_path.read_text())

@@ -149,7 +149,9 @@ async def set_policy(mesh: Mesh, stream_id: str, name: str, **params: object) ->
     request = scheduler_pb2.SetPolicyRequest(stream_id=stream_id, policy=decision_pb2.PolicySpec(name=name))
     request.policy.params.update(params)
     async with grpc.aio.insecure_channel(mesh.addresses["scheduler"]) as channel:
-        decision = (await scheduler_pb2_grpc.SchedulerServiceStub(channel).SetPolicy(request, timeout=5)).decision
+        admin = (("authorization", f"Bearer {mesh.tokens.admin[0]}"),)  # the operator's token
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        decision = (await stub.SetPolicy(request, timeout=5, metadata=admin)).decision
     controller = mesh.servers["controller@edge-1"].component.core  # type: ignore[attr-defined]
     for _ in range(50):
         if controller.decisions[stream_id].version == decision.version:

@@ -450,7 +450,7 @@ async def test_a_tasks_spans_are_kept_by_root_id_and_answered_by_start_time() ->
     queue, inference = core.task_trace("4f0b7e56-0f6c-4b36-9d3b-1f4f0a0f0c01")
     assert (queue.name, queue.component, queue.node, queue.start.seconds, queue.end.seconds) == (
         "processor.queue",
-        "dayu-processor",
+        "processor",
         "cloud",
         10,
         11,

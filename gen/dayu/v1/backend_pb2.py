@@ -32,7 +32,7 @@ from dayu.v1 import types_pb2 as dayu_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64\x61yu/v1/backend.proto\x12\x07\x64\x61yu.v1\x1a\x18\x64\x61yu/v1/datasource.proto\x1a\x16\x64\x61yu/v1/decision.proto\x1a\x17\x64\x61yu/v1/generator.proto\x1a\x17\x64\x61yu/v1/resources.proto\x1a\x17\x64\x61yu/v1/scheduler.proto\x1a\x12\x64\x61yu/v1/task.proto\x1a\x13\x64\x61yu/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x14ListPipelinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x15ListPipelinesResponse\x12$\n\tpipelines\x18\x01 \x03(\x0b\x32\x11.dayu.v1.Pipeline\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x12PutPipelineRequest\x12#\n\x08pipeline\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Pipeline\"\'\n\x13PutPipelineResponse\x12\x10\n\x08replaced\x18\x01 \x01(\x08\"%\n\x15\x44\x65letePipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65letePipelineResponse\"D\n\x1bListInstalledStreamsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x1cListInstalledStreamsResponse\x12$\n\x07streams\x18\x01 \x03(\x0b\x32\x13.dayu.v1.StreamSpec\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x14InstallStreamRequest\x12#\n\x06stream\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\"2\n\x15InstallStreamResponse\x12\x19\n\x11\x61lready_installed\x18\x01 \x01(\x08\"+\n\x16UninstallStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"*\n\x17UninstallStreamResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x08\"\x18\n\x16GetSystemStatusRequest\"\xa5\x02\n\x17GetSystemStatusResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.dayu.v1.NodeResources\x12,\n\ncomponents\x18\x02 \x03(\x0b\x32\x18.dayu.v1.ComponentHealth\x12\x32\n\nscheduling\x18\x03 \x03(\x0b\x32\x1e.dayu.v1.StreamSchedulingStats\x12&\n\x07streams\x18\x04 \x03(\x0b\x32\x15.dayu.v1.StreamStatus\x12,\n\x0ctraced_links\x18\x05 \x03(\x0b\x32\x16.dayu.v1.LinkBandwidth\x12+\n\x07read_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x0f\x43omponentHealth\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\n\n\x02up\x18\x05 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"P\n\x16SetStreamPolicyRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12#\n\x06policy\x18\x02 \x01(\x0b\x32\x13.dayu.v1.PolicySpec\">\n\x17SetStreamPolicyResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"\x15\n\x13\x44\x65scribeMeshRequest\"N\n\x08MeshNode\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63loud\x18\x02 \x01(\x08\x12\x11\n\tgenerator\x18\x03 \x01(\x08\x12\x12\n\nprocessors\x18\x04 \x03(\t\"\x7f\n\rMeshProcessor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0e\x32\x11.dayu.v1.DataType\x12!\n\x06output\x18\x04 \x01(\x0e\x32\x11.dayu.v1.DataType\x12\r\n\x05nodes\x18\x05 \x03(\t\"U\n\nMeshSource\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\'\n\nresolution\x18\x02 \x01(\x0b\x32\x13.dayu.v1.Resolution\x12\x0b\n\x03\x66ps\x18\x03 \x01(\x01\"\x9c\x01\n\x14\x44\x65scribeMeshResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dayu.v1.MeshNode\x12*\n\nprocessors\x18\x02 \x03(\x0b\x32\x16.dayu.v1.MeshProcessor\x12$\n\x07sources\x18\x03 \x03(\x0b\x32\x13.dayu.v1.MeshSource\x12\x10\n\x08policies\x18\x04 \x03(\t\">\n\x17ValidatePipelineRequest\x12#\n\x08pipeline\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Pipeline\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"G\n\x18ValidatePipelineResponse\x12+\n\nviolations\x18\x01 \x03(\x0b\x32\x17.dayu.v1.FieldViolation\".\n\x18WatchSystemStatusRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"M\n\x19WatchSystemStatusResponse\x12\x30\n\x06status\x18\x01 \x01(\x0b\x32 .dayu.v1.GetSystemStatusResponse\"6\n\x12ListResultsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\";\n\x13ListResultsResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.dayu.v1.TaskRecord\">\n\x13WatchResultsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\x04\";\n\x14WatchResultsResponse\x12#\n\x06record\x18\x01 \x01(\x0b\x32\x13.dayu.v1.TaskRecord\"*\n\x15GetLatestFrameRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"\xb3\x01\n\x16GetLatestFrameResponse\x12\x0c\n\x04jpeg\x18\x01 \x01(\x0c\x12\'\n\nresolution\x18\x02 \x01(\x0b\x32\x13.dayu.v1.Resolution\x12\x13\n\x0b\x66rame_index\x18\x03 \x01(\x04\x12(\n\x06stages\x18\x04 \x03(\x0b\x32\x18.dayu.v1.StageDetections\x12#\n\x06record\x18\x05 \x01(\x0b\x32\x13.dayu.v1.TaskRecord\"H\n\x0fStageDetections\x12\r\n\x05stage\x18\x01 \x01(\t\x12&\n\ndetections\x18\x02 \x03(\x0b\x32\x12.dayu.v1.Detection\")\n\x16GetTaskTimelineRequest\x12\x0f\n\x07root_id\x18\x01 \x01(\t\";\n\x17GetTaskTimelineResponse\x12 \n\x05spans\x18\x01 \x03(\x0b\x32\x11.dayu.v1.TaskSpan\"\xa6\x01\n\x14\x45xportResultsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x15.dayu.v1.ExportFormat\"&\n\x15\x45xportResultsResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"7\n\x10PutSourceRequest\x12#\n\x06source\x18\x01 \x01(\x0b\x32\x13.dayu.v1.SourceSpec\"H\n\x11PutSourceResponse\x12\x10\n\x08replaced\x18\x01 \x01(\x08\x12!\n\x04info\x18\x02 \x01(\x0b\x32\x13.dayu.v1.SourceInfo\"(\n\x13\x44\x65leteSourceRequest\x12\x11\n\tsource_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteSourceResponse\"A\n\x18ListStoredSourcesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x19ListStoredSourcesResponse\x12$\n\x07sources\x18\x01 \x03(\x0b\x32\x13.dayu.v1.SourceSpec\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*b\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XPORT_FORMAT_JSON_LINES\x10\x01\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x02\x32\xb9\x0c\n\x0e\x42\x61\x63kendService\x12N\n\rListPipelines\x12\x1d.dayu.v1.ListPipelinesRequest\x1a\x1e.dayu.v1.ListPipelinesResponse\x12H\n\x0bPutPipeline\x12\x1b.dayu.v1.PutPipelineRequest\x1a\x1c.dayu.v1.PutPipelineResponse\x12Q\n\x0e\x44\x65letePipeline\x12\x1e.dayu.v1.DeletePipelineRequest\x1a\x1f.dayu.v1.DeletePipelineResponse\x12\x63\n\x14ListInstalledStreams\x12$.dayu.v1.ListInstalledStreamsRequest\x1a%.dayu.v1.ListInstalledStreamsResponse\x12N\n\rInstallStream\x12\x1d.dayu.v1.InstallStreamRequest\x1a\x1e.dayu.v1.InstallStreamResponse\x12T\n\x0fUninstallStream\x12\x1f.dayu.v1.UninstallStreamRequest\x1a .dayu.v1.UninstallStreamResponse\x12T\n\x0fGetSystemStatus\x12\x1f.dayu.v1.GetSystemStatusRequest\x1a .dayu.v1.GetSystemStatusResponse\x12T\n\x0fSetStreamPolicy\x12\x1f.dayu.v1.SetStreamPolicyRequest\x1a .dayu.v1.SetStreamPolicyResponse\x12K\n\x0c\x44\x65scribeMesh\x12\x1c.dayu.v1.DescribeMeshRequest\x1a\x1d.dayu.v1.DescribeMeshResponse\x12W\n\x10ValidatePipeline\x12 .dayu.v1.ValidatePipelineRequest\x1a!.dayu.v1.ValidatePipelineResponse\x12\\\n\x11WatchSystemStatus\x12!.dayu.v1.WatchSystemStatusRequest\x1a\".dayu.v1.WatchSystemStatusResponse0\x01\x12H\n\x0bListResults\x12\x1b.dayu.v1.ListResultsRequest\x1a\x1c.dayu.v1.ListResultsResponse\x12M\n\x0cWatchResults\x12\x1c.dayu.v1.WatchResultsRequest\x1a\x1d.dayu.v1.WatchResultsResponse0\x01\x12Q\n\x0eGetLatestFrame\x12\x1e.dayu.v1.GetLatestFrameRequest\x1a\x1f.dayu.v1.GetLatestFrameResponse\x12T\n\x0fGetTaskTimeline\x12\x1f.dayu.v1.GetTaskTimelineRequest\x1a .dayu.v1.GetTaskTimelineResponse\x12P\n\rExportResults\x12\x1d.dayu.v1.ExportResultsRequest\x1a\x1e.dayu.v1.ExportResultsResponse0\x01\x12\x42\n\tPutSource\x12\x19.dayu.v1.PutSourceRequest\x1a\x1a.dayu.v1.PutSourceResponse\x12K\n\x0c\x44\x65leteSource\x12\x1c.dayu.v1.DeleteSourceRequest\x1a\x1d.dayu.v1.DeleteSourceResponse\x12Z\n\x11ListStoredSources\x12!.dayu.v1.ListStoredSourcesRequest\x1a\".dayu.v1.ListStoredSourcesResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64\x61yu/v1/backend.proto\x12\x07\x64\x61yu.v1\x1a\x18\x64\x61yu/v1/datasource.proto\x1a\x16\x64\x61yu/v1/decision.proto\x1a\x17\x64\x61yu/v1/generator.proto\x1a\x17\x64\x61yu/v1/resources.proto\x1a\x17\x64\x61yu/v1/scheduler.proto\x1a\x12\x64\x61yu/v1/task.proto\x1a\x13\x64\x61yu/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x14ListPipelinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x15ListPipelinesResponse\x12$\n\tpipelines\x18\x01 \x03(\x0b\x32\x11.dayu.v1.Pipeline\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x12PutPipelineRequest\x12#\n\x08pipeline\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Pipeline\"\'\n\x13PutPipelineResponse\x12\x10\n\x08replaced\x18\x01 \x01(\x08\"%\n\x15\x44\x65letePipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65letePipelineResponse\"D\n\x1bListInstalledStreamsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x1cListInstalledStreamsResponse\x12$\n\x07streams\x18\x01 \x03(\x0b\x32\x13.dayu.v1.StreamSpec\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x14InstallStreamRequest\x12#\n\x06stream\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\"2\n\x15InstallStreamResponse\x12\x19\n\x11\x61lready_installed\x18\x01 \x01(\x08\"+\n\x16UninstallStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"*\n\x17UninstallStreamResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x08\"\x18\n\x16GetSystemStatusRequest\"\xa5\x02\n\x17GetSystemStatusResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.dayu.v1.NodeResources\x12,\n\ncomponents\x18\x02 \x03(\x0b\x32\x18.dayu.v1.ComponentHealth\x12\x32\n\nscheduling\x18\x03 \x03(\x0b\x32\x1e.dayu.v1.StreamSchedulingStats\x12&\n\x07streams\x18\x04 \x03(\x0b\x32\x15.dayu.v1.StreamStatus\x12,\n\x0ctraced_links\x18\x05 \x03(\x0b\x32\x16.dayu.v1.LinkBandwidth\x12+\n\x07read_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x0f\x43omponentHealth\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\n\n\x02up\x18\x05 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"P\n\x16SetStreamPolicyRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12#\n\x06policy\x18\x02 \x01(\x0b\x32\x13.dayu.v1.PolicySpec\">\n\x17SetStreamPolicyResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"\x15\n\x13\x44\x65scribeMeshRequest\"N\n\x08MeshNode\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63loud\x18\x02 \x01(\x08\x12\x11\n\tgenerator\x18\x03 \x01(\x08\x12\x12\n\nprocessors\x18\x04 \x03(\t\"\x7f\n\rMeshProcessor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0e\x32\x11.dayu.v1.DataType\x12!\n\x06output\x18\x04 \x01(\x0e\x32\x11.dayu.v1.DataType\x12\r\n\x05nodes\x18\x05 \x03(\t\"r\n\nMeshSource\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\'\n\nresolution\x18\x02 \x01(\x0b\x32\x13.dayu.v1.Resolution\x12\x0b\n\x03\x66ps\x18\x03 \x01(\x01\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x05 \x01(\x08\"\x9c\x01\n\x14\x44\x65scribeMeshResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dayu.v1.MeshNode\x12*\n\nprocessors\x18\x02 \x03(\x0b\x32\x16.dayu.v1.MeshProcessor\x12$\n\x07sources\x18\x03 \x03(\x0b\x32\x13.dayu.v1.MeshSource\x12\x10\n\x08policies\x18\x04 \x03(\t\">\n\x17ValidatePipelineRequest\x12#\n\x08pipeline\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Pipeline\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"G\n\x18ValidatePipelineResponse\x12+\n\nviolations\x18\x01 \x03(\x0b\x32\x17.dayu.v1.FieldViolation\".\n\x18WatchSystemStatusRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"M\n\x19WatchSystemStatusResponse\x12\x30\n\x06status\x18\x01 \x01(\x0b\x32 .dayu.v1.GetSystemStatusResponse\"6\n\x12ListResultsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\";\n\x13ListResultsResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.dayu.v1.TaskRecord\">\n\x13WatchResultsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\x04\";\n\x14WatchResultsResponse\x12#\n\x06record\x18\x01 \x01(\x0b\x32\x13.dayu.v1.TaskRecord\"*\n\x15GetLatestFrameRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"\xb3\x01\n\x16GetLatestFrameResponse\x12\x0c\n\x04jpeg\x18\x01 \x01(\x0c\x12\'\n\nresolution\x18\x02 \x01(\x0b\x32\x13.dayu.v1.Resolution\x12\x13\n\x0b\x66rame_index\x18\x03 \x01(\x04\x12(\n\x06stages\x18\x04 \x03(\x0b\x32\x18.dayu.v1.StageDetections\x12#\n\x06record\x18\x05 \x01(\x0b\x32\x13.dayu.v1.TaskRecord\"H\n\x0fStageDetections\x12\r\n\x05stage\x18\x01 \x01(\t\x12&\n\ndetections\x18\x02 \x03(\x0b\x32\x12.dayu.v1.Detection\")\n\x16GetTaskTimelineRequest\x12\x0f\n\x07root_id\x18\x01 \x01(\t\";\n\x17GetTaskTimelineResponse\x12 \n\x05spans\x18\x01 \x03(\x0b\x32\x11.dayu.v1.TaskSpan\"\xa6\x01\n\x14\x45xportResultsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x15.dayu.v1.ExportFormat\"&\n\x15\x45xportResultsResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"7\n\x10PutSourceRequest\x12#\n\x06source\x18\x01 \x01(\x0b\x32\x13.dayu.v1.SourceSpec\"H\n\x11PutSourceResponse\x12\x10\n\x08replaced\x18\x01 \x01(\x08\x12!\n\x04info\x18\x02 \x01(\x0b\x32\x13.dayu.v1.SourceInfo\"(\n\x13\x44\x65leteSourceRequest\x12\x11\n\tsource_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteSourceResponse\"A\n\x18ListStoredSourcesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x19ListStoredSourcesResponse\x12$\n\x07sources\x18\x01 \x03(\x0b\x32\x13.dayu.v1.SourceSpec\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*b\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XPORT_FORMAT_JSON_LINES\x10\x01\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x02\x32\xb9\x0c\n\x0e\x42\x61\x63kendService\x12N\n\rListPipelines\x12\x1d.dayu.v1.ListPipelinesRequest\x1a\x1e.dayu.v1.ListPipelinesResponse\x12H\n\x0bPutPipeline\x12\x1b.dayu.v1.PutPipelineRequest\x1a\x1c.dayu.v1.PutPipelineResponse\x12Q\n\x0e\x44\x65letePipeline\x12\x1e.dayu.v1.DeletePipelineRequest\x1a\x1f.dayu.v1.DeletePipelineResponse\x12\x63\n\x14ListInstalledStreams\x12$.dayu.v1.ListInstalledStreamsRequest\x1a%.dayu.v1.ListInstalledStreamsResponse\x12N\n\rInstallStream\x12\x1d.dayu.v1.InstallStreamRequest\x1a\x1e.dayu.v1.InstallStreamResponse\x12T\n\x0fUninstallStream\x12\x1f.dayu.v1.UninstallStreamRequest\x1a .dayu.v1.UninstallStreamResponse\x12T\n\x0fGetSystemStatus\x12\x1f.dayu.v1.GetSystemStatusRequest\x1a .dayu.v1.GetSystemStatusResponse\x12T\n\x0fSetStreamPolicy\x12\x1f.dayu.v1.SetStreamPolicyRequest\x1a .dayu.v1.SetStreamPolicyResponse\x12K\n\x0c\x44\x65scribeMesh\x12\x1c.dayu.v1.DescribeMeshRequest\x1a\x1d.dayu.v1.DescribeMeshResponse\x12W\n\x10ValidatePipeline\x12 .dayu.v1.ValidatePipelineRequest\x1a!.dayu.v1.ValidatePipelineResponse\x12\\\n\x11WatchSystemStatus\x12!.dayu.v1.WatchSystemStatusRequest\x1a\".dayu.v1.WatchSystemStatusResponse0\x01\x12H\n\x0bListResults\x12\x1b.dayu.v1.ListResultsRequest\x1a\x1c.dayu.v1.ListResultsResponse\x12M\n\x0cWatchResults\x12\x1c.dayu.v1.WatchResultsRequest\x1a\x1d.dayu.v1.WatchResultsResponse0\x01\x12Q\n\x0eGetLatestFrame\x12\x1e.dayu.v1.GetLatestFrameRequest\x1a\x1f.dayu.v1.GetLatestFrameResponse\x12T\n\x0fGetTaskTimeline\x12\x1f.dayu.v1.GetTaskTimelineRequest\x1a .dayu.v1.GetTaskTimelineResponse\x12P\n\rExportResults\x12\x1d.dayu.v1.ExportResultsRequest\x1a\x1e.dayu.v1.ExportResultsResponse0\x01\x12\x42\n\tPutSource\x12\x19.dayu.v1.PutSourceRequest\x1a\x1a.dayu.v1.PutSourceResponse\x12K\n\x0c\x44\x65leteSource\x12\x1c.dayu.v1.DeleteSourceRequest\x1a\x1d.dayu.v1.DeleteSourceResponse\x12Z\n\x11ListStoredSources\x12!.dayu.v1.ListStoredSourcesRequest\x1a\".dayu.v1.ListStoredSourcesResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,8 +40,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dayu.v1.backend_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\nio.dayu.v1P\001Z\032dayu/gen/go/dayu/v1;dayuv1'
-  _globals['_EXPORTFORMAT']._serialized_start=3502
-  _globals['_EXPORTFORMAT']._serialized_end=3600
+  _globals['_EXPORTFORMAT']._serialized_start=3531
+  _globals['_EXPORTFORMAT']._serialized_end=3629
   _globals['_LISTPIPELINESREQUEST']._serialized_start=233
   _globals['_LISTPIPELINESREQUEST']._serialized_end=294
   _globals['_LISTPIPELINESRESPONSE']._serialized_start=296
@@ -83,53 +83,53 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESHPROCESSOR']._serialized_start=1598
   _globals['_MESHPROCESSOR']._serialized_end=1725
   _globals['_MESHSOURCE']._serialized_start=1727
-  _globals['_MESHSOURCE']._serialized_end=1812
-  _globals['_DESCRIBEMESHRESPONSE']._serialized_start=1815
-  _globals['_DESCRIBEMESHRESPONSE']._serialized_end=1971
-  _globals['_VALIDATEPIPELINEREQUEST']._serialized_start=1973
-  _globals['_VALIDATEPIPELINEREQUEST']._serialized_end=2035
-  _globals['_FIELDVIOLATION']._serialized_start=2037
-  _globals['_FIELDVIOLATION']._serialized_end=2089
-  _globals['_VALIDATEPIPELINERESPONSE']._serialized_start=2091
-  _globals['_VALIDATEPIPELINERESPONSE']._serialized_end=2162
-  _globals['_WATCHSYSTEMSTATUSREQUEST']._serialized_start=2164
-  _globals['_WATCHSYSTEMSTATUSREQUEST']._serialized_end=2210
-  _globals['_WATCHSYSTEMSTATUSRESPONSE']._serialized_start=2212
-  _globals['_WATCHSYSTEMSTATUSRESPONSE']._serialized_end=2289
-  _globals['_LISTRESULTSREQUEST']._serialized_start=2291
-  _globals['_LISTRESULTSREQUEST']._serialized_end=2345
-  _globals['_LISTRESULTSRESPONSE']._serialized_start=2347
-  _globals['_LISTRESULTSRESPONSE']._serialized_end=2406
-  _globals['_WATCHRESULTSREQUEST']._serialized_start=2408
-  _globals['_WATCHRESULTSREQUEST']._serialized_end=2470
-  _globals['_WATCHRESULTSRESPONSE']._serialized_start=2472
-  _globals['_WATCHRESULTSRESPONSE']._serialized_end=2531
-  _globals['_GETLATESTFRAMEREQUEST']._serialized_start=2533
-  _globals['_GETLATESTFRAMEREQUEST']._serialized_end=2575
-  _globals['_GETLATESTFRAMERESPONSE']._serialized_start=2578
-  _globals['_GETLATESTFRAMERESPONSE']._serialized_end=2757
-  _globals['_STAGEDETECTIONS']._serialized_start=2759
-  _globals['_STAGEDETECTIONS']._serialized_end=2831
-  _globals['_GETTASKTIMELINEREQUEST']._serialized_start=2833
-  _globals['_GETTASKTIMELINEREQUEST']._serialized_end=2874
-  _globals['_GETTASKTIMELINERESPONSE']._serialized_start=2876
-  _globals['_GETTASKTIMELINERESPONSE']._serialized_end=2935
-  _globals['_EXPORTRESULTSREQUEST']._serialized_start=2938
-  _globals['_EXPORTRESULTSREQUEST']._serialized_end=3104
-  _globals['_EXPORTRESULTSRESPONSE']._serialized_start=3106
-  _globals['_EXPORTRESULTSRESPONSE']._serialized_end=3144
-  _globals['_PUTSOURCEREQUEST']._serialized_start=3146
-  _globals['_PUTSOURCEREQUEST']._serialized_end=3201
-  _globals['_PUTSOURCERESPONSE']._serialized_start=3203
-  _globals['_PUTSOURCERESPONSE']._serialized_end=3275
-  _globals['_DELETESOURCEREQUEST']._serialized_start=3277
-  _globals['_DELETESOURCEREQUEST']._serialized_end=3317
-  _globals['_DELETESOURCERESPONSE']._serialized_start=3319
-  _globals['_DELETESOURCERESPONSE']._serialized_end=3341
-  _globals['_LISTSTOREDSOURCESREQUEST']._serialized_start=3343
-  _globals['_LISTSTOREDSOURCESREQUEST']._serialized_end=3408
-  _globals['_LISTSTOREDSOURCESRESPONSE']._serialized_start=3410
-  _globals['_LISTSTOREDSOURCESRESPONSE']._serialized_end=3500
-  _globals['_BACKENDSERVICE']._serialized_start=3603
-  _globals['_BACKENDSERVICE']._serialized_end=5196
+  _globals['_MESHSOURCE']._serialized_end=1841
+  _globals['_DESCRIBEMESHRESPONSE']._serialized_start=1844
+  _globals['_DESCRIBEMESHRESPONSE']._serialized_end=2000
+  _globals['_VALIDATEPIPELINEREQUEST']._serialized_start=2002
+  _globals['_VALIDATEPIPELINEREQUEST']._serialized_end=2064
+  _globals['_FIELDVIOLATION']._serialized_start=2066
+  _globals['_FIELDVIOLATION']._serialized_end=2118
+  _globals['_VALIDATEPIPELINERESPONSE']._serialized_start=2120
+  _globals['_VALIDATEPIPELINERESPONSE']._serialized_end=2191
+  _globals['_WATCHSYSTEMSTATUSREQUEST']._serialized_start=2193
+  _globals['_WATCHSYSTEMSTATUSREQUEST']._serialized_end=2239
+  _globals['_WATCHSYSTEMSTATUSRESPONSE']._serialized_start=2241
+  _globals['_WATCHSYSTEMSTATUSRESPONSE']._serialized_end=2318
+  _globals['_LISTRESULTSREQUEST']._serialized_start=2320
+  _globals['_LISTRESULTSREQUEST']._serialized_end=2374
+  _globals['_LISTRESULTSRESPONSE']._serialized_start=2376
+  _globals['_LISTRESULTSRESPONSE']._serialized_end=2435
+  _globals['_WATCHRESULTSREQUEST']._serialized_start=2437
+  _globals['_WATCHRESULTSREQUEST']._serialized_end=2499
+  _globals['_WATCHRESULTSRESPONSE']._serialized_start=2501
+  _globals['_WATCHRESULTSRESPONSE']._serialized_end=2560
+  _globals['_GETLATESTFRAMEREQUEST']._serialized_start=2562
+  _globals['_GETLATESTFRAMEREQUEST']._serialized_end=2604
+  _globals['_GETLATESTFRAMERESPONSE']._serialized_start=2607
+  _globals['_GETLATESTFRAMERESPONSE']._serialized_end=2786
+  _globals['_STAGEDETECTIONS']._serialized_start=2788
+  _globals['_STAGEDETECTIONS']._serialized_end=2860
+  _globals['_GETTASKTIMELINEREQUEST']._serialized_start=2862
+  _globals['_GETTASKTIMELINEREQUEST']._serialized_end=2903
+  _globals['_GETTASKTIMELINERESPONSE']._serialized_start=2905
+  _globals['_GETTASKTIMELINERESPONSE']._serialized_end=2964
+  _globals['_EXPORTRESULTSREQUEST']._serialized_start=2967
+  _globals['_EXPORTRESULTSREQUEST']._serialized_end=3133
+  _globals['_EXPORTRESULTSRESPONSE']._serialized_start=3135
+  _globals['_EXPORTRESULTSRESPONSE']._serialized_end=3173
+  _globals['_PUTSOURCEREQUEST']._serialized_start=3175
+  _globals['_PUTSOURCEREQUEST']._serialized_end=3230
+  _globals['_PUTSOURCERESPONSE']._serialized_start=3232
+  _globals['_PUTSOURCERESPONSE']._serialized_end=3304
+  _globals['_DELETESOURCEREQUEST']._serialized_start=3306
+  _globals['_DELETESOURCEREQUEST']._serialized_end=3346
+  _globals['_DELETESOURCERESPONSE']._serialized_start=3348
+  _globals['_DELETESOURCERESPONSE']._serialized_end=3370
+  _globals['_LISTSTOREDSOURCESREQUEST']._serialized_start=3372
+  _globals['_LISTSTOREDSOURCESREQUEST']._serialized_end=3437
+  _globals['_LISTSTOREDSOURCESRESPONSE']._serialized_start=3439
+  _globals['_LISTSTOREDSOURCESRESPONSE']._serialized_end=3529
+  _globals['_BACKENDSERVICE']._serialized_start=3632
+  _globals['_BACKENDSERVICE']._serialized_end=5225
 # @@protoc_insertion_point(module_scope)

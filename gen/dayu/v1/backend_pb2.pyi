@@ -605,10 +605,16 @@ class MeshSource(_message.Message):
     SOURCE_ID_FIELD_NUMBER: _builtins.int
     RESOLUTION_FIELD_NUMBER: _builtins.int
     FPS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
     source_id: _builtins.str
     """Source id."""
     fps: _builtins.float
     """Its frame rate."""
+    kind: _builtins.str
+    """Its kind (synthetic, file, photos, camera)."""
+    added: _builtins.bool
+    """True for a source added through the backend (PutSource); false for the mesh file's."""
     @_builtins.property
     def resolution(self) -> _types_pb2.Resolution:
         """Its resolution."""
@@ -619,10 +625,12 @@ class MeshSource(_message.Message):
         source_id: _builtins.str = ...,
         resolution: _types_pb2.Resolution | None = ...,
         fps: _builtins.float = ...,
+        kind: _builtins.str = ...,
+        added: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resolution", b"resolution"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fps", b"fps", "resolution", b"resolution", "source_id", b"source_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "fps", b"fps", "kind", b"kind", "resolution", b"resolution", "source_id", b"source_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,4 +1,4 @@
-"""The backend without gRPC: the operator's catalogue of pipelines, the streams installed through it,
+"""The backend without gRPC: the operator's catalogue of pipelines, the sources and streams added through it,
 and the views of the mesh the console shows (system status, results, frames, timelines, exports).
 
 What should run is in the store (SQLite); what runs is what the generators report. Installing a
@@ -54,6 +54,7 @@ log = get_logger(__name__)
 # (ListPipelines) stays at 16 MiB, inside a reply.
 MAX_PIPELINES = 256
 MAX_STREAMS = 256  # streams installed through the backend (the scheduler takes 1024 in all)
+MAX_SOURCES = 256  # sources added through the backend (as many as a datasource plays)
 MAX_RESULTS = 1000  # records in one ListResults
 DEFAULT_RESULTS = 100
 STATUS_FRESH_S = 1.0  # a status this young is answered again: watchers share one read of the mesh
@@ -109,6 +110,8 @@ class MeshPorts(Protocol):
     async def stop_stream(self, node: str, stream_id: str) -> int: ...
     async def generator_streams(self, node: str) -> list[generator_pb2.StreamStatus]: ...
     async def sources(self) -> list[datasource_pb2.SourceInfo]: ...
+    async def add_source(self, spec: datasource_pb2.SourceSpec) -> datasource_pb2.SourceInfo: ...
+    async def remove_source(self, source_id: str) -> None: ...
     async def resources(self, node: str) -> resources_pb2.NodeResources: ...
     async def healthy(self, member: Member) -> None:
         """Returns when the member answers SERVING; raises RemoteError otherwise."""
@@ -197,6 +200,72 @@ class BackendCore:
             if users:
                 raise FailedPrecondition(f"pipeline {name!r} is used by streams {users}; uninstall them first")
             await asyncio.to_thread(self.store.delete_pipeline, name)
+
+    # -- sources ----------------------------------------------------------------------------------
+
+    async def stored_sources(self) -> list[datasource_pb2.SourceSpec]:
+        return list((await asyncio.to_thread(self.store.sources)).values())
+
+    async def _users(self, source_id: str) -> list[str]:
+        streams = await asyncio.to_thread(self.store.streams)
+        return sorted(i for i, (spec, state) in streams.items() if spec.source_id == source_id and state == INSTALLED)
+
+    async def put_source(self, spec: datasource_pb2.SourceSpec) -> tuple[bool, datasource_pb2.SourceInfo]:
+        """Adds or replaces a source; the datasource checks its kind, parameters and files."""
+        require_id(spec.source_id, "source.source_id")
+        if not spec.kind:
+            raise InvalidArgument("source.kind", "a source kind (synthetic, file, photos, camera)")
+        async with self._lock:
+            stored = await asyncio.to_thread(self.store.sources)
+            replaced = spec.source_id in stored
+            if replaced and stored[spec.source_id] != spec and (users := await self._users(spec.source_id)):
+                raise FailedPrecondition(f"source {spec.source_id!r} is used by streams {users}; uninstall them first")
+            if not replaced and len(stored) >= MAX_SOURCES:
+                raise ResourceExhausted(f"{MAX_SOURCES} sources are stored already; delete one first")
+            try:
+                info = await self.ports.add_source(spec)
+            except RemoteError as error:
+                raise Relayed(error, "the datasource refused the source") from None
+            await asyncio.to_thread(self.store.put_source, spec)
+        return replaced, info
+
+    async def delete_source(self, source_id: str) -> None:
+        require_id(source_id, "source_id")
+        async with self._lock:
+            if source_id not in await asyncio.to_thread(self.store.sources):
+                raise NotFound(f"source {source_id!r} was not added through the backend")
+            if users := await self._users(source_id):
+                raise FailedPrecondition(f"source {source_id!r} is used by streams {users}; uninstall them first")
+            try:
+                await self.ports.remove_source(source_id)
+            except RemoteError as error:
+                if error.code != "NOT_FOUND":
+                    raise Relayed(error, "the datasource did not remove the source") from None
+            await asyncio.to_thread(self.store.delete_source, source_id)
+
+    async def _reconcile_sources(self) -> None:
+        """The datasource plays the stored sources (it forgets those added at run time when it
+        restarts), and no other source added at run time."""
+        try:
+            played = {s.source_id: s for s in await self.ports.sources()}
+        except RemoteError as error:
+            log.debug("datasource away", code=error.code)
+            return
+        stored = await asyncio.to_thread(self.store.sources)
+        for source_id, spec in stored.items():
+            if source_id not in played:
+                try:
+                    await self.ports.add_source(spec)
+                    log.info("source given back to the datasource", source_id=source_id)
+                except RemoteError as error:
+                    log.warning("source not given back", source_id=source_id, code=error.code, error=error.details)
+        for source_id, info in played.items():
+            if info.added and source_id not in stored:
+                try:
+                    await self.ports.remove_source(source_id)
+                    log.warning("removed a source nobody added", source_id=source_id)
+                except RemoteError as error:
+                    log.warning("source not removed", source_id=source_id, code=error.code)
 
     # -- streams ----------------------------------------------------------------------------------
 
@@ -313,6 +382,7 @@ class BackendCore:
     async def reconcile(self) -> None:
         """One pass: generators run what the store says, and the scheduler has each stream's policy."""
         async with self._lock:
+            await self._reconcile_sources()  # before the streams, which read them
             running: dict[str, list[generator_pb2.StreamStatus]] = {}
             for node in self.mesh.generator_nodes():
                 try:
@@ -384,7 +454,13 @@ class BackendCore:
             )
         try:
             for source in await self.ports.sources():
-                reply.sources.add(source_id=source.source_id, resolution=source.resolution, fps=source.fps)
+                reply.sources.add(
+                    source_id=source.source_id,
+                    resolution=source.resolution,
+                    fps=source.fps,
+                    kind=source.kind,
+                    added=source.added,
+                )
         except RemoteError as error:
             raise Relayed(error, "the datasource did not list its sources") from None
         return reply

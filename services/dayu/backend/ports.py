@@ -99,12 +99,23 @@ class GrpcMeshPorts:
         return list(streams)
 
     async def sources(self) -> list[datasource_pb2.SourceInfo]:
-        stub = datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.mesh.address("datasource")))
+        stub = self._datasource()
         request = datasource_pb2.ListSourcesRequest(page_size=MAX_PAGE_SIZE)
         sources, _ = await every_page(
             lambda r, timeout: remote(stub.ListSources(r, timeout=timeout)), request, "sources", CALL_TIMEOUT_S
         )
         return list(sources)
+
+    def _datasource(self) -> datasource_pb2_grpc.DatasourceServiceStub:
+        return datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.mesh.address("datasource")))
+
+    async def add_source(self, spec: datasource_pb2.SourceSpec) -> datasource_pb2.SourceInfo:
+        request = datasource_pb2.AddSourceRequest(source=spec)
+        return (await remote(self._datasource().AddSource(request, timeout=TIMEOUT_S, **WAIT))).info
+
+    async def remove_source(self, source_id: str) -> None:
+        request = datasource_pb2.RemoveSourceRequest(source_id=source_id)
+        await remote(self._datasource().RemoveSource(request, timeout=TIMEOUT_S, **WAIT))
 
     async def resources(self, node: str) -> resources_pb2.NodeResources:
         stub = monitor_pb2_grpc.MonitorServiceStub(self.channels.get(self.mesh.address("monitor", node)))

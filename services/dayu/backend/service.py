@@ -39,6 +39,7 @@ ROLES: dict[str, Role | None] = {
         "GetLatestFrame",
         "GetTaskTimeline",
         "ExportResults",
+        "ListStoredSources",
     )
 }
 
@@ -164,6 +165,23 @@ class BackendServicer(backend_pb2_grpc.BackendServiceServicer):
     ) -> AsyncIterator[backend_pb2.ExportResultsResponse]:
         async for chunk in self.core.export(request):
             yield backend_pb2.ExportResultsResponse(chunk=chunk)
+
+    async def PutSource(self, request: backend_pb2.PutSourceRequest, context: object) -> backend_pb2.PutSourceResponse:
+        replaced, info = await self.core.put_source(request.source)
+        return backend_pb2.PutSourceResponse(replaced=replaced, info=info)
+
+    async def DeleteSource(
+        self, request: backend_pb2.DeleteSourceRequest, context: object
+    ) -> backend_pb2.DeleteSourceResponse:
+        await self.core.delete_source(request.source_id)
+        return backend_pb2.DeleteSourceResponse()
+
+    async def ListStoredSources(
+        self, request: backend_pb2.ListStoredSourcesRequest, context: object
+    ) -> backend_pb2.ListStoredSourcesResponse:
+        sources = await self.core.stored_sources()
+        found, token = page(sources, lambda s: s.source_id, request.page_size, request.page_token)
+        return backend_pb2.ListStoredSourcesResponse(sources=found, next_page_token=token)
 
 
 def mesh_directory(section: BackendSection) -> MeshDirectory:

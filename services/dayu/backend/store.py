@@ -1,4 +1,4 @@
-"""The backend's SQLite file: the catalogue of pipelines and the streams installed through it.
+"""The backend's SQLite file: the catalogue of pipelines, and the sources and streams added through it.
 
 What should run lives here, so that a restarted backend knows it and reconciles the generators with
 it. Rows hold the serialized protobuf messages (the contracts' own encoding: no second model of the
@@ -12,9 +12,9 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from dayu.v1 import decision_pb2, types_pb2
+from dayu.v1 import datasource_pb2, decision_pb2, types_pb2
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INSTALLED, REMOVING = "installed", "removing"  # a stream's state: runs, or its generator must stop it
 
 SCHEMA = """
@@ -25,6 +25,7 @@ CREATE TABLE streams (
     state TEXT NOT NULL CHECK (state IN ('installed', 'removing'))
 );
 """
+SOURCES = "CREATE TABLE sources (source_id TEXT PRIMARY KEY, spec BLOB NOT NULL);"  # schema 2
 
 
 class BackendStore:
@@ -39,7 +40,9 @@ class BackendStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
-                self._db.executescript("BEGIN;" + SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+                self._db.executescript(f"BEGIN;{SCHEMA}{SOURCES}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+            elif version == 1:  # a file of the first schema: sources came with the second
+                self._db.executescript(f"BEGIN;{SOURCES}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
             elif version != SCHEMA_VERSION:
                 raise RuntimeError(f"{path}: backend store of schema {version}; this backend reads {SCHEMA_VERSION}")
         if version == 0:
@@ -87,3 +90,23 @@ class BackendStore:
     def delete_stream(self, stream_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM streams WHERE stream_id = ?", (stream_id,))
+
+    # -- sources
+
+    def sources(self) -> dict[str, datasource_pb2.SourceSpec]:
+        """source id -> spec, in id order."""
+        with self._lock:
+            rows = self._db.execute("SELECT spec FROM sources ORDER BY source_id").fetchall()
+        found = (datasource_pb2.SourceSpec.FromString(row[0]) for row in rows)
+        return {s.source_id: s for s in found}
+
+    def put_source(self, spec: datasource_pb2.SourceSpec) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO sources (source_id, spec) VALUES (?, ?)",
+                (spec.source_id, spec.SerializeToString(deterministic=True)),
+            )
+
+    def delete_source(self, source_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM sources WHERE source_id = ?", (source_id,))

@@ -1,8 +1,10 @@
-"""gRPC adapter of the datasource: its sources from the configuration, listed and streamed."""
+"""gRPC adapter of the datasource: its sources from the configuration and those added at run time,
+listed and streamed."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
@@ -13,6 +15,7 @@ from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.errors import InvalidArgument
 from dayu.runtime.paging import page
 from dayu.runtime.server import Binding, Component
+from dayu.runtime.tls import OPERATOR, require_component
 from dayu.v1 import datasource_pb2, datasource_pb2_grpc, types_pb2
 
 CODECS = {"jpeg": types_pb2.CODEC_JPEG, "raw": types_pb2.CODEC_RAW_BGR}
@@ -28,6 +31,11 @@ class SourceSection(StrictModel):
 
 class DatasourceSection(StrictModel):
     sources: list[SourceSection] = pydantic.Field(default_factory=list)
+    media_dirs: list[Path] = pydantic.Field(
+        default_factory=list,
+        description="folders whose files sources added at run time (AddSource) may read (video files, "
+        "photos); none: such sources read no files. The sources above are not held to them",
+    )
 
 
 class DatasourceSettings(ComponentSettings):
@@ -64,6 +72,21 @@ class DatasourceServicer(datasource_pb2_grpc.DatasourceServiceServicer):
         found, token = page(self.core.infos(), lambda s: s.source_id, request.page_size, request.page_token)
         return datasource_pb2.ListSourcesResponse(sources=found, next_page_token=token)
 
+    async def AddSource(
+        self, request: datasource_pb2.AddSourceRequest, context: object
+    ) -> datasource_pb2.AddSourceResponse:
+        # The backend adds the sources of its catalogue (PutSource); the operator's tools may too.
+        require_component(context, ("backend", OPERATOR), "AddSource")
+        added, info = await self.core.add(request.source)
+        return datasource_pb2.AddSourceResponse(added=added, info=info)
+
+    async def RemoveSource(
+        self, request: datasource_pb2.RemoveSourceRequest, context: object
+    ) -> datasource_pb2.RemoveSourceResponse:
+        require_component(context, ("backend", OPERATOR), "RemoveSource")
+        self.core.remove(request.source_id)
+        return datasource_pb2.RemoveSourceResponse()
+
     async def StreamFrames(
         self, request: datasource_pb2.StreamFramesRequest, context: object
     ) -> AsyncIterator[datasource_pb2.StreamFramesResponse]:
@@ -76,7 +99,7 @@ class DatasourceComponent(Component):
     settings_class = DatasourceSettings
 
     def __init__(self, settings: DatasourceSettings) -> None:
-        self.core = DatasourceCore(played_sources(settings.datasource))
+        self.core = DatasourceCore(played_sources(settings.datasource), settings.datasource.media_dirs)
 
     def bindings(self) -> Sequence[Binding]:
         return [Binding("dayu.v1.DatasourceService", DatasourceServicer(self.core))]

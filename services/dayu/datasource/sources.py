@@ -16,10 +16,10 @@ import abc
 import importlib.metadata
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 import cv2
@@ -87,6 +87,14 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def open(self) -> FrameReader:
         """Starts a playback from the beginning; raises OSError when the media cannot be opened."""
+
+    @classmethod
+    def files(cls, params: Mapping[str, Any], field: str = "params") -> list[tuple[str, Path]]:
+        """The local files a source of this kind would read, as its parameters name them before they
+        are validated: (the field naming each, its path). A source added at run time may read only
+        files inside the datasource's media folders, so a kind that reads files must list them all
+        here; cameras and synthetic scenes read none."""
+        return []
 
 
 SOURCES: Registry[type[Source]] = Registry("source")
@@ -312,6 +320,11 @@ class FileSource(Source):
     def open(self) -> FrameReader:
         return _FileReader(self)
 
+    @classmethod
+    def files(cls, params: Mapping[str, Any], field: str = "params") -> list[tuple[str, Path]]:
+        path = params.get("path")
+        return [(f"{field}.path", Path(path))] if isinstance(path, str) else []  # else not a path: refused
+
 
 class _FileReader(FrameReader):
     """Decodes the file in order; close() may come from another thread while a read decodes, so the
@@ -373,13 +386,18 @@ def packaged_file(reference: str) -> Path:
         found = importlib.metadata.distribution(distribution).locate_file(inside)
     except importlib.metadata.PackageNotFoundError:
         raise OSError(f"{reference}: no installed package {distribution!r}") from None
+    except ValueError as error:  # no name before the colon
+        raise OSError(f"{reference}: {error}") from None
     return Path(str(found))
+
+
+MAX_PHOTOS = 256
 
 
 class PhotosParams(StrictModel):
     images: list[str] = pydantic.Field(
         min_length=1,
-        max_length=256,
+        max_length=MAX_PHOTOS,
         description="photos, as files or DISTRIBUTION:PATH of a file an installed package ships",
     )
     width: int = pydantic.Field(960, ge=64, le=7680)
@@ -440,6 +458,22 @@ class PhotosSource(Source):
 
     def open(self) -> FrameReader:
         return _PhotosReader(self)
+
+    @classmethod
+    def files(cls, params: Mapping[str, Any], field: str = "params") -> list[tuple[str, Path]]:
+        """Each photo's file, a DISTRIBUTION:PATH found where its package lies. Past MAX_PHOTOS (or not a
+        list, or not text) the parameters are refused anyway."""
+        images = params.get("images")
+        found = []
+        for index, reference in enumerate(images[:MAX_PHOTOS] if isinstance(images, list) else []):
+            if isinstance(reference, str):
+                try:
+                    found.append((f"{field}.images[{index}]", packaged_file(reference)))
+                except OSError as error:
+                    raise InvalidArgument(
+                        f"{field}.images[{index}]", f"a photo file or DISTRIBUTION:PATH ({error})"
+                    ) from None
+        return found
 
 
 class _PhotosReader(FrameReader):

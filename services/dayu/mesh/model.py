@@ -86,6 +86,11 @@ class MeshConfig(StrictModel):
         None, description="a folder of your own models (<name>/<version>/model.onnx), served next to Dayu's"
     )
     sources: list[dict[str, Any]] = pydantic.Field(default_factory=list)
+    media_dirs: list[Path] = pydantic.Field(
+        default_factory=list,
+        description="folders whose videos and photos sources added at run time (the console) may read; in "
+        "Kubernetes, mounted at the same paths in the datasource's pod",
+    )
     streams: list[StreamSection] = pydantic.Field(default_factory=list)
     scheduler: dict[str, Any] = pydantic.Field(default_factory=dict)
     join_timeout_s: float = pydantic.Field(10.0, gt=0)
@@ -207,6 +212,7 @@ def load_mesh_config(path: Path, data: dict[str, Any] | None = None) -> MeshConf
         config.processors_file = base / config.processors_file
     if config.models_dir is not None:
         config.models_dir = base / config.models_dir
+    config.media_dirs = [base / folder for folder in config.media_dirs]
     for link in config.links:
         if link.trace is not None:
             link.trace = base / link.trace

@@ -189,7 +189,7 @@ def settings(config: MeshConfig, instance: Instance, wiring: Wiring) -> dict[str
                 "gap_timeout_s": config.gap_timeout_s,
             }
         case "datasource":
-            section = {"sources": config.sources}
+            section = {"sources": config.sources, "media_dirs": [str(folder) for folder in config.media_dirs]}
         case "backend":
             section = _backend_section(config, instance, wiring)
         case "processor":

@@ -418,6 +418,7 @@ STREAM, SOURCE, PIPELINE, STAGE, PROCESSOR = "cam", "street", "one", "detect", "
 CLOUD, EDGE = "cloud", "edge-1"
 FUZZ_STREAM = "fuzz"  # the stream of the tasks the fuzz makes (the camera's is STREAM)
 STARTED_STREAM = "fuzz-started"  # the stream the fuzz starts and stops on the generator (StartStream)
+ADDED_SOURCE = "fuzz-added"  # the source the fuzz adds to and removes from the datasource (AddSource)
 PIPELINES_YAML = f"""
 pipelines:
   - name: {PIPELINE}
@@ -598,6 +599,11 @@ def _seeds() -> dict[str, list[Callable[[], Message]]]:
         made.deployment[CLOUD].nodes.append(CLOUD)
         return made
 
+    def added_source() -> datasource_pb2.SourceSpec:
+        spec = datasource_pb2.SourceSpec(source_id=ADDED_SOURCE, kind="synthetic")
+        spec.params.update({"width": 160, "height": 120, "fps": 1})
+        return spec
+
     def record() -> task_pb2.TaskRecord:
         return task_pb2.TaskRecord(
             task=_task(done=True), outcome=task_pb2.TASK_OUTCOME_DELIVERED, latency_s=0.2, accuracy=0.9
@@ -641,6 +647,8 @@ def _seeds() -> dict[str, list[Callable[[], Message]]]:
             lambda: datasource_pb2.StreamFramesRequest(source_id=SOURCE, max_frames=2),
             lambda: datasource_pb2.StreamFramesRequest(source_id=SOURCE),
         ],
+        "dayu.v1.AddSourceRequest": [lambda: datasource_pb2.AddSourceRequest(source=added_source())],
+        "dayu.v1.RemoveSourceRequest": [lambda: datasource_pb2.RemoveSourceRequest(source_id=ADDED_SOURCE)],
         "dayu.v1.DeliverRequest": [lambda: distributor_pb2.DeliverRequest(task=_task(done=True))],
         "dayu.v1.RecordDropRequest": [lambda: distributor_pb2.RecordDropRequest(task=_task(), reason="fuzz")],
         "dayu.v1.QueryRecordsRequest": [

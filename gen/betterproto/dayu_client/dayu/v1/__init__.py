@@ -2015,6 +2015,16 @@ class MeshSource(betterproto2.Message):
     Its frame rate.
     """
 
+    kind: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Its kind (synthetic, file, photos, camera).
+    """
+
+    added: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+    """
+    True for a source added through the backend (PutSource); false for the mesh file's.
+    """
+
 
 default_message_pool.register_message("dayu.v1", "MeshSource", MeshSource)
 
