@@ -99,12 +99,13 @@ async def careless_client(addresses: dict[str, str], run_s: float) -> dict[str, 
 
 
 def pipeline_of(size: int) -> types_pb2.Pipeline:
-    """A chain of noop stages whose model names add up to about `size` bytes (each within its field's
-    limit: a pipeline this size is valid when it is small enough for PutPipeline)."""
+    """A chain of text detector stages (a processor the mesh runs: the backend checks) whose model names
+    add up to about `size` bytes (each within its field's limit: a pipeline this size is valid when it
+    is small enough for PutPipeline)."""
     pipeline = types_pb2.Pipeline(name="careless")
     frames, boxes = types_pb2.DATA_TYPE_FRAMES, types_pb2.DATA_TYPE_BOXES
     for i in range(-(-size // 1000)):
-        stage = pipeline.stages.add(name=f"s{i}", processor="noop", model="m" * 1000, output_type=boxes)
+        stage = pipeline.stages.add(name=f"s{i}", processor="text_detector", model="m" * 1000, output_type=boxes)
         stage.input_type = boxes if i else frames
         stage.parents.extend([f"s{i - 1}"] if i else [])
     return pipeline

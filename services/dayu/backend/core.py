@@ -89,6 +89,9 @@ class MeshDirectory:
                 return member.address
         raise NotFound(f"no {component} on node {node!r} in this mesh")
 
+    def has(self, component: str) -> bool:
+        return any(m.component == component for m in self.members)
+
     def generator_nodes(self) -> list[str]:
         return sorted(m.node for m in self.members if m.component == "generator")
 
@@ -169,7 +172,7 @@ class BackendCore:
 
     def check_pipeline(self, pipeline: types_pb2.Pipeline, where: str = "pipeline") -> None:
         """The DAG's first problem, then stages on processors the mesh does not run."""
-        validate_pipeline(pipeline, where, processors=self.mesh.processor_names())
+        validate_pipeline(pipeline, where, processors=self.mesh.processor_names() or None)  # None: no mesh known
 
     def violations(self, pipeline: types_pb2.Pipeline) -> list[backend_pb2.FieldViolation]:
         try:
@@ -246,6 +249,8 @@ class BackendCore:
     async def _reconcile_sources(self) -> None:
         """The datasource plays the stored sources (it forgets those added at run time when it
         restarts), and no other source added at run time."""
+        if not self.mesh.has("datasource"):
+            return
         try:
             played = {s.source_id: s for s in await self.ports.sources()}
         except RemoteError as error:
