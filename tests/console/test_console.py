@@ -1,9 +1,10 @@
 """The console in a real browser: Playwright drives Debian's Chromium (no browser is downloaded) against
 `dayu up` in a process of its own, on a mesh with a real text detector and a synthetic street camera
-and no stream in its file. The operator logs in with a token, builds a pipeline in the DAG editor (and
-sees the backend refuse a cycle), installs a stream, watches its results and latency update, changes
-its policy, reads the system page, exports the records and uninstalls the stream. A screenshot of
-each page goes to $DAYU_SCREENSHOTS (default out/console-screenshots in the repository)."""
+and no stream in its file. The operator logs in with a token, builds a pipeline in the DAG editor
+(and sees the backend refuse a cycle), adds a camera, installs a stream on it, watches its results
+and latency update, changes its policy, reads the system page, exports the records, uninstalls the
+stream and deletes the camera. A screenshot of each page goes to $DAYU_SCREENSHOTS (default
+out/console-screenshots in the repository)."""
 
 from __future__ import annotations
 
@@ -163,15 +164,27 @@ def test_an_operator_builds_installs_watches_changes_exports_and_uninstalls(page
     expect(page.locator("[data-testid=pipeline-row][data-name=street-text]")).to_be_visible()
     shot(page, "03-pipelines")
 
+    # Sources: the mesh file's camera, and one the operator adds (stored by the backend, played by
+    # the datasource from now on).
     page.get_by_test_id("nav-sources").click()
     expect(page.locator("[data-testid=source-row][data-id=street]")).to_be_visible()
+    page.get_by_test_id("source-add-id").fill("avenue")
+    page.get_by_test_id("source-add-kind").select_option("synthetic")
+    page.get_by_test_id("source-add-params").fill('{"width": 64000, "height": 360, "fps": 4}')
+    page.get_by_test_id("source-add-submit").click()
+    expect(page.get_by_test_id("source-add-error")).to_contain_text("source.params.width")
+    page.get_by_test_id("source-add-params").fill('{"width": 640, "height": 360, "fps": 4, "seed": 7}')
+    page.get_by_test_id("source-add-submit").click()
+    expect(page.get_by_test_id("source-add-ok")).to_be_visible()
+    added = page.locator("[data-testid=source-row][data-id=avenue]")
+    expect(added.get_by_test_id("source-origin")).to_have_attribute("data-added", "true")
     shot(page, "04-sources")
 
     # Streams: install one on the edge node.
     page.get_by_test_id("nav-streams").click()
     page.get_by_test_id("install-stream-id").fill("cam-ui")
     page.get_by_test_id("install-pipeline").select_option("street-text")
-    page.get_by_test_id("install-source").select_option("street")
+    page.get_by_test_id("install-source").select_option("avenue")
     page.get_by_test_id("install-node").select_option("edge-1")
     page.get_by_test_id("install-policy").select_option("fixed")
     page.get_by_test_id("install-budget").fill("2")
@@ -230,3 +243,10 @@ def test_an_operator_builds_installs_watches_changes_exports_and_uninstalls(page
     row.get_by_test_id("stream-uninstall-confirm").click()
     expect(row).to_have_count(0)
     shot(page, "09-streams-uninstalled")
+
+    # Its source can go once no stream uses it.
+    page.get_by_test_id("nav-sources").click()
+    added = page.locator("[data-testid=source-row][data-id=avenue]")
+    added.get_by_test_id("source-delete").click()
+    added.get_by_test_id("source-delete-confirm").click()
+    expect(added).to_have_count(0)

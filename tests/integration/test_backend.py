@@ -20,13 +20,13 @@ import pytest
 import yaml
 from google.protobuf.message import Message
 
-from dayu.backend.service import BackendComponent
 from dayu.mesh.embedded import Mesh
 from dayu.mesh.model import CONFIGS, MeshConfig
 from dayu.runtime.server import ComponentServer
 from dayu.v1 import (
     backend_pb2,
     backend_pb2_grpc,
+    datasource_pb2,
     decision_pb2,
     distributor_pb2,
     distributor_pb2_grpc,
@@ -335,14 +335,20 @@ async def test_a_stream_installed_at_run_time_runs_shows_its_results_and_uninsta
     assert "cam-9" not in getattr(generator, "runners", {})
 
 
-async def restart_backend(mesh: Mesh) -> None:
-    server = mesh.servers["backend"]
+async def restart(mesh: Mesh, key: str) -> None:
+    """Stops an instance of the mesh and starts a new one with the same settings and address: what it
+    held in memory is gone, what it keeps on disk is not."""
+    server = mesh.servers[key]
     await server.stop()
     settings = server.settings
-    settings.server.listen = mesh.addresses["backend"]
-    restarted = ComponentServer(BackendComponent(settings), settings)  # type: ignore[arg-type]
-    mesh.servers["backend"] = restarted
+    settings.server.listen = mesh.addresses[key]
+    restarted = ComponentServer(type(server.component)(settings), settings)  # type: ignore[call-arg]
+    mesh.servers[key] = restarted
     await restarted.start()
+
+
+async def restart_backend(mesh: Mesh) -> None:
+    await restart(mesh, "backend")
 
 
 async def test_a_restarted_backend_loses_nothing_and_restarts_streams_a_generator_lost(mesh: Mesh) -> None:
@@ -354,6 +360,10 @@ async def test_a_restarted_backend_loses_nothing_and_restarts_streams_a_generato
         policy = decision_pb2.PolicySpec(name="edge_only")
         await stub.SetStreamPolicy(backend_pb2.SetStreamPolicyRequest(stream_id="cam-9", policy=policy), metadata=admin)
         pipelines = await stub.ListPipelines(backend_pb2.ListPipelinesRequest(page_size=1000), metadata=admin)
+        avenue = datasource_pb2.SourceSpec(source_id="avenue", kind="synthetic")
+        avenue.params.update({"width": 320, "height": 180, "fps": 2})
+        added = await stub.PutSource(backend_pb2.PutSourceRequest(source=avenue), metadata=admin, timeout=20)
+        assert not added.replaced and added.info.added and added.info.resolution.width == 320
     await restart_backend(mesh)
     async with grpc.aio.insecure_channel(mesh.addresses["backend"]) as channel:
         stub = backend(mesh, channel)
@@ -361,17 +371,21 @@ async def test_a_restarted_backend_loses_nothing_and_restarts_streams_a_generato
         assert again == pipelines
         streams = (await stub.ListInstalledStreams(backend_pb2.ListInstalledStreamsRequest(), metadata=admin)).streams
         assert [(s.stream_id, s.policy.name) for s in streams] == [("cam-9", "edge_only")]
+        stored = await stub.ListStoredSources(backend_pb2.ListStoredSourcesRequest(), metadata=admin)
+        assert list(stored.sources) == [avenue]
+
+        # A restarted datasource plays the sources of its settings: the backend gives it the others back.
+        await restart(mesh, "datasource")
+
+        async def played() -> bool:
+            described = await stub.DescribeMesh(backend_pb2.DescribeMeshRequest(), metadata=admin, timeout=20)
+            return [(s.source_id, s.added) for s in described.sources] == [("avenue", True), ("street", False)]
+
+        await wait_for(played, 20, every_s=1.0)
 
         # A generator that restarts has forgotten the streams started at run time: the backend starts
         # them again, with the policy set since.
-        key = "generator@edge-1"
-        old = mesh.servers[key]
-        await old.stop()
-        settings = old.settings
-        settings.server.listen = mesh.addresses[key]
-        fresh = ComponentServer(type(old.component)(settings), settings)  # type: ignore[call-arg]
-        mesh.servers[key] = fresh
-        await fresh.start()
+        await restart(mesh, "generator@edge-1")
 
         async def running() -> bool:
             status = await stub.GetSystemStatus(backend_pb2.GetSystemStatusRequest(), metadata=admin, timeout=20)
