@@ -196,11 +196,7 @@ class BackendCore:
         async with self._lock:
             if name not in await asyncio.to_thread(self.store.pipelines):
                 raise NotFound(f"pipeline {name!r} does not exist")
-            streams = await asyncio.to_thread(self.store.streams)
-            users = sorted(
-                i for i, (spec, state) in streams.items() if spec.pipeline.name == name and state == INSTALLED
-            )
-            if users:
+            if users := sorted(i for i, spec in (await self._installed()).items() if spec.pipeline.name == name):
                 raise FailedPrecondition(f"pipeline {name!r} is used by streams {users}; uninstall them first")
             await asyncio.to_thread(self.store.delete_pipeline, name)
 
@@ -210,8 +206,7 @@ class BackendCore:
         return list((await asyncio.to_thread(self.store.sources)).values())
 
     async def _users(self, source_id: str) -> list[str]:
-        streams = await asyncio.to_thread(self.store.streams)
-        return sorted(i for i, (spec, state) in streams.items() if spec.source_id == source_id and state == INSTALLED)
+        return sorted(i for i, spec in (await self._installed()).items() if spec.source_id == source_id)
 
     async def put_source(self, spec: datasource_pb2.SourceSpec) -> tuple[bool, datasource_pb2.SourceInfo]:
         """Adds or replaces a source; the datasource checks its kind, parameters and files."""
@@ -283,10 +278,14 @@ class BackendCore:
             if s.origin == generator_pb2.STREAM_ORIGIN_SETTINGS
         }
 
+    async def _installed(self) -> dict[str, decision_pb2.StreamSpec]:
+        """The streams installed through the backend (not those being removed), by id."""
+        stored = await asyncio.to_thread(self.store.streams)
+        return {i: spec for i, (spec, state) in stored.items() if state == INSTALLED}
+
     async def streams(self) -> list[decision_pb2.StreamSpec]:
         """Installed streams and the mesh file's, in id order."""
-        stored = await asyncio.to_thread(self.store.streams)
-        found = {i: spec for i, (spec, state) in stored.items() if state == INSTALLED}
+        found = await self._installed()
         found.update(self._settings_streams())
         return [found[i] for i in sorted(found)]
 
