@@ -4,7 +4,8 @@
 # against them: there is no Go module download), Node.js with npm for the TypeScript client when the
 # machine has none (Node 20 or newer: Debian 12's is 18), iproute2 and util-linux for the cluster
 # of real nodes, and Chromium for the console's browser tests (Playwright drives Debian's; it
-# downloads no browser). .ci/run and the README's test command run it.
+# downloads no browser), and Prometheus for the metrics tests. .ci/run and the README's test command
+# run it.
 set -euo pipefail
 packages=()
 for tool in tc:iproute2 nsenter:util-linux unshare:util-linux go:golang-go protoc-gen-go:protoc-gen-go \
@@ -20,6 +21,8 @@ grep -qs 'google.golang.org/protobuf' /usr/share/gocode/src/github.com/golang/pr
   packages+=(golang-github-golang-protobuf-1-5-dev)
 # Screenshots need a font: without recommends, Debian's chromium brings none.
 command -v chromium >/dev/null || packages+=(chromium fonts-dejavu-core)
+# A real Prometheus scrapes the mesh in the metrics tests (docs/metrics.md).
+command -v prometheus >/dev/null || packages+=(prometheus)
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   packages+=(nodejs npm)
 fi

@@ -17,6 +17,7 @@ from dayu.runtime.config import LogSettings, load_settings
 from dayu.runtime.errors import DayuError, InvalidArgument
 from dayu.runtime.logs import configure_logging
 from dayu.runtime.memory import keep_malloc_from_hoarding
+from dayu.runtime.metrics import DEFAULT_PORT as DEFAULT_METRICS_PORT
 
 if TYPE_CHECKING:
     from dayu.mesh.run import RunningMesh
@@ -48,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (port 0 picks a free one)")
     serve.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
     serve.add_argument("--node", help="logical node the component runs on")
+    serve.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (setting metrics.listen; default: none)",
+    )
 
     up = commands.add_parser(
         "up",
@@ -69,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
         default=8080,
         metavar="PORT",
         help="the console's port on 127.0.0.1 (0: a free one); its URL, with an admin token, is printed",
+    )
+    up.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        metavar="PORT",
+        help=f"where every component's Prometheus metrics are served on 127.0.0.1, at /metrics (default "
+        f"{DEFAULT_METRICS_PORT}; 0, or a port taken: a free one); the URL is printed",
     )
 
     cluster = commands.add_parser(
@@ -233,7 +247,10 @@ def _up(args: argparse.Namespace) -> int:
     from dayu.mesh.embedded import Mesh
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    return _run(Mesh(load_mesh_config(args.config), args.workdir, console_port=args.console_port), args)
+    mesh = Mesh(
+        load_mesh_config(args.config), args.workdir, console_port=args.console_port, metrics_port=args.metrics_port
+    )
+    return _run(mesh, args)
 
 
 def _cluster(args: argparse.Namespace) -> int:
@@ -265,6 +282,8 @@ def _serve(args: argparse.Namespace) -> int:
         flags["server"] = {"listen": args.listen}
     if args.node:
         flags["node"] = args.node
+    if args.metrics_listen:
+        flags["metrics"] = {"listen": args.metrics_listen}
     settings = load_settings(component_class.settings_class, args.config, **flags)  # type: ignore[attr-defined]
     configure_logging(settings.log, component=args.component, node=settings.node)
 

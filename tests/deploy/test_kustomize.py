@@ -2,13 +2,13 @@
 (kustomize built in) and validate offline against the schemas of a current Kubernetes with the real
 kubernetes-validate --strict, and pass checkov's Kubernetes checks but for the skips listed in
 kustomize/checkov-skips.yaml. Then, from the rendered YAML, what a cluster needs of them: probes on
-the plaintext health ports, resources, pinned images, non-root read-only containers, drains that fit
-the grace period, mutual TLS (each pod its own node's Secret), a NetworkPolicy, the backend's console
-behind the operator's tokens, one writer per claim, every address in the settings reaching the
-Service of a server on the right node, a Service per per-node workload that selects exactly its
-pod, and every per-node component scheduled on exactly the nodes that the mesh file names (evaluated
-against model clusters: plain, KubeEdge, GPU, arm64). The settings ConfigMaps must be what
-hack/gen_kustomize.py makes of configs/ today."""
+the plaintext health ports, Prometheus' annotations on the metrics ports, resources, pinned images,
+non-root read-only containers, drains that fit the grace period, mutual TLS (each pod its own node's
+Secret), a NetworkPolicy, the backend's console behind the operator's tokens, one writer per claim,
+every address in the settings reaching the Service of a server on the right node, a Service per
+per-node workload that selects exactly its pod, and every per-node component scheduled on exactly
+the nodes that the mesh file names (evaluated against model clusters: plain, KubeEdge, GPU, arm64).
+The settings ConfigMaps must be what hack/gen_kustomize.py makes of configs/ today."""
 
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ from dayu.mesh.kustomize import (
 )
 from dayu.mesh.model import MeshConfig, load_mesh_config
 from dayu.mesh.plan import Instance, certificate_holders, health_port, instances
+from dayu.runtime.metrics import CATALOGUE as METRICS
+from dayu.runtime.metrics import DEFAULT_PORT as METRICS_PORT
+from dayu.runtime.metrics import PATH as METRICS_PATH
 from dayu.runtime.tls import CA_NAME, MESH_NAME, ORGANIZATION, common_name, secret_name
 from dayu.runtime.tls import KUBERNETES_DIR as TLS_DIR
 
@@ -485,9 +488,14 @@ def test_every_address_and_path_in_the_settings_exists(rendered: dict[str, Rende
             file, text = _settings_file(docs, workload, container)
             settings = yaml.safe_load(text)
             assert settings.get("node", MESH.cloud_node) == _node_of(workload), file
-            # The server listens where its Service points, and on its health port for the probes; the
-            # backend also serves the console (plain HTTP) where backend.console_listen says.
-            expected = {"grpc": _port_of(container), "health": health_port(_port_of(container))}
+            # The server listens where its Service points, on its health port for the probes and on the
+            # metrics port for Prometheus; the backend also serves the console (plain HTTP) where
+            # backend.console_listen says.
+            expected = {
+                "grpc": _port_of(container),
+                "health": health_port(_port_of(container)),
+                "metrics": METRICS_PORT,
+            }
             listen = f"{file}.backend.console_listen"
             if component == "backend":
                 expected["console"] = CONSOLE_PORT
@@ -532,6 +540,55 @@ def test_mesh_containers_use_mutual_tls(rendered: dict[str, Rendered], target: s
             else:
                 assert component == "triton" and all(arg in container["args"] for arg in TRITON_TLS_ARGS), where
     assert mounted == {secret_name(c, n) for c, n in certificate_holders(MESH)}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_pod_is_scraped_where_it_serves_its_metrics(rendered: dict[str, Rendered], target: str) -> None:
+    """Every pod says to Prometheus where its metrics are (prometheus.io/scrape, port, path): a Dayu
+    container's metrics.listen (DAYU_METRICS__LISTEN) on its named port `metrics`, Triton's own
+    metrics port for Triton."""
+    for workload in rendered[target].workloads():
+        template = workload["spec"]["template"]
+        name = workload["metadata"]["name"]
+        annotations = template["metadata"].get("annotations", {})
+        (container,) = template["spec"]["containers"]
+        port = _named_ports(container)["metrics"]
+        assert annotations.get("prometheus.io/scrape") == "true", name
+        assert annotations.get("prometheus.io/port") == str(port), name
+        assert annotations.get("prometheus.io/path") == METRICS_PATH, name
+        env = {v["name"]: v.get("value") for v in container.get("env", [])}
+        if _dayu_component(container):
+            assert port == METRICS_PORT and env["DAYU_METRICS__LISTEN"] == f"0.0.0.0:{METRICS_PORT}", name
+        else:
+            assert f"--metrics-port={port}" in container["args"], name
+
+
+def test_the_monitoring_component_adds_grafana_s_dashboard_of_the_metrics(tmp_path: Path) -> None:
+    """components/monitoring, added to an overlay, is one ConfigMap for Grafana's dashboard sidecar
+    holding the dashboard, whose every panel queries Dayu's metrics through the datasource variable
+    (tests/integration/test_mesh_metrics.py runs each query against a real Prometheus)."""
+    tree = tmp_path / "kustomize"
+    shutil.copytree(KUSTOMIZE, tree)
+    overlay = {"resources": ["../../base"], "components": ["../../components/monitoring"]}
+    (tree / "overlays" / "monitoring").mkdir()
+    (tree / "overlays" / "monitoring" / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    run = subprocess.run(
+        [_kubectl(), "kustomize", str(tree / "overlays" / "monitoring")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    (config_map,) = [
+        d
+        for d in yaml.safe_load_all(run.stdout)
+        if d and d["kind"] == "ConfigMap" and d["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
+    assert config_map["metadata"]["namespace"] == "dayu"
+    dashboard = json.loads(config_map["data"]["dayu-dashboard.json"])
+    known = {name.removesuffix("_total") for name in METRICS}
+    for panel in dashboard["panels"]:
+        assert panel["targets"] and panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            used = set(re.findall(r"\b(dayu_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\b", target["expr"]))
+            assert used and used <= known, (panel["title"], used - known)
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -112,6 +112,8 @@ async def test_malformed_bytes_are_invalid_argument_and_server_keeps_serving(ser
 
 
 async def test_unimplemented_rpc_says_so() -> None:
+    from dayu.v1 import monitor_pb2  # noqa: F401  (the service's descriptor, which the server looks up)
+
     class Bare(Component):  # serves the monitor's service, implementing none of it
         name = "bare"
 

@@ -41,7 +41,10 @@ def test_every_instance_of_the_plan_is_a_pod_with_its_container_s_command_and_fi
         "DAYU_TLS__CA_FILE": "/etc/dayu-tls/ca.crt",
         "DAYU_TLS__CERT_FILE": "/etc/dayu-tls/tls.crt",
         "DAYU_TLS__KEY_FILE": "/etc/dayu-tls/tls.key",
+        # /metrics: 9464 in its own pod in Kubernetes; here the node's pods share a namespace.
+        "DAYU_METRICS__LISTEN": "0.0.0.0:52051",
     }
+    assert controller.ports["metrics"] == 52051
     assert ("config", "/etc/dayu") in controller.mounts and ("tls", "/etc/dayu-tls") in controller.mounts
     assert controller.volumes["tls"].files["tls.crt"] == "controller.edge-1"  # its own node's Secret
     settings = controller.volumes["config"].files["controller.edge-1.yaml"]
@@ -59,7 +62,12 @@ def test_every_instance_of_the_plan_is_a_pod_with_its_container_s_command_and_fi
     # The backend: the console on its named port, the operator's tokens as its Secret (mode 0440, as
     # the kubelet writes it), its database on a claim of its own; the scheduler takes the same tokens.
     backend = found["dayu-backend@cloud"]
-    assert backend.port == 50057 and backend.ports == {"grpc": 50057, "health": 51057, "console": 8080}
+    assert backend.port == 50057 and backend.ports == {
+        "grpc": 50057,
+        "health": 51057,
+        "console": 8080,
+        "metrics": 52057,
+    }
     for pod in (backend, found["dayu-scheduler@cloud"]):
         assert ("tokens", "/etc/dayu-tokens") in pod.mounts, pod.name
         assert pod.volumes["tokens"].files == secrets[TOKENS_SECRET] and pod.volumes["tokens"].mode == 0o440

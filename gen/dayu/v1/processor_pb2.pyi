@@ -15,6 +15,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -54,18 +59,32 @@ class ProcessResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def task(self) -> _task_pb2.Task:
-        """The task with the stage's result."""
+        """Deprecated: not filled in by processors since `stage` was added (the reply carried the whole
+        task, frames included, back to its caller, which holds it already). Callers that still read it
+        take the stage from it when `stage` is absent (a processor of an older release).
+        """
+
+    @_builtins.property
+    def stage(self) -> _task_pb2.TaskStage:
+        """The stage that ran, as the processor finished it: its spec and node as requested, its state
+        (DONE or FAILED), results, scenario, timings, error and executed_on. The caller puts it in
+        place of the stage of the same name in the task it sent. The processor changes nothing else
+        of the task.
+        """
 
     def __init__(
         self,
         *,
         task: _task_pb2.Task | None = ...,
+        stage: _task_pb2.TaskStage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stage", b"stage", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stage", b"stage", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

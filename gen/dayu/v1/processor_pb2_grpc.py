@@ -52,8 +52,9 @@ class ProcessorServiceServicer:
     """
 
     def Process(self, request, context):
-        """Runs one stage of the task and returns the task with that stage's result, timings and
-        state filled in. Waits in the processor's bounded queue; RESOURCE_EXHAUSTED when full.
+        """Runs one stage of the task and returns that stage with its result, timings and state filled
+        in (not the task: its frames stay with the caller). Waits in the processor's bounded queue;
+        RESOURCE_EXHAUSTED when full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

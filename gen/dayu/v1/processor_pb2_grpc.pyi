@@ -34,8 +34,9 @@ class ProcessorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ProcessorServiceAsyncStub: ...
     Process: _grpc.UnaryUnaryMultiCallable[_processor_pb2.ProcessRequest, _processor_pb2.ProcessResponse]
-    """Runs one stage of the task and returns the task with that stage's result, timings and
-    state filled in. Waits in the processor's bounded queue; RESOURCE_EXHAUSTED when full.
+    """Runs one stage of the task and returns that stage with its result, timings and state filled
+    in (not the task: its frames stay with the caller). Waits in the processor's bounded queue;
+    RESOURCE_EXHAUSTED when full.
     """
     GetProcessorStatus: _grpc.UnaryUnaryMultiCallable[_processor_pb2.GetProcessorStatusRequest, _processor_pb2.GetProcessorStatusResponse]
     """Queue and counters."""
@@ -46,8 +47,9 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Process: _aio.UnaryUnaryMultiCallable[_processor_pb2.ProcessRequest, _processor_pb2.ProcessResponse]  # type: ignore[assignment]
-    """Runs one stage of the task and returns the task with that stage's result, timings and
-    state filled in. Waits in the processor's bounded queue; RESOURCE_EXHAUSTED when full.
+    """Runs one stage of the task and returns that stage with its result, timings and state filled
+    in (not the task: its frames stay with the caller). Waits in the processor's bounded queue;
+    RESOURCE_EXHAUSTED when full.
     """
     GetProcessorStatus: _aio.UnaryUnaryMultiCallable[_processor_pb2.GetProcessorStatusRequest, _processor_pb2.GetProcessorStatusResponse]  # type: ignore[assignment]
     """Queue and counters."""
@@ -61,8 +63,9 @@ class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _processor_pb2.ProcessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_processor_pb2.ProcessResponse, _abc.Awaitable[_processor_pb2.ProcessResponse]]:
-        """Runs one stage of the task and returns the task with that stage's result, timings and
-        state filled in. Waits in the processor's bounded queue; RESOURCE_EXHAUSTED when full.
+        """Runs one stage of the task and returns that stage with its result, timings and state filled
+        in (not the task: its frames stay with the caller). Waits in the processor's bounded queue;
+        RESOURCE_EXHAUSTED when full.
         """
 
     @_abc_1.abstractmethod

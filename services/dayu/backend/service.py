@@ -203,9 +203,11 @@ class BackendComponent(Component):
             )
         seed = load_pipelines(section.pipelines_file).values() if section.pipelines_file else ()
         self.store = BackendStore(section.database, seed)
-        self.channels = Channels(settings.server.max_message_bytes, settings.tls)
-        ports = GrpcMeshPorts(mesh_directory(section), self.channels, self.tokens.admin_token())
-        self.core = BackendCore(self.store, mesh_directory(section), ports)
+        self.channels = Channels(
+            settings.server.max_message_bytes, settings.tls, component=self.name, node=settings.node
+        )
+        mesh = mesh_directory(section)
+        self.core = BackendCore(self.store, mesh, GrpcMeshPorts(mesh, self.channels, self.tokens.admin_token()))
         self.servicer = BackendServicer(self.core)
         self.guard = guard(self.tokens, ROLES)
         self.console_url = ""  # http://HOST:PORT/ once the console listens

@@ -218,6 +218,21 @@ def _environment(container: dict[str, Any], node: str, pod_name: str, paths: dic
     return env
 
 
+METRICS_PORT_OFFSET = 2000  # a pod's /metrics in the cluster: its gRPC port + 2000 (health is + 1000)
+
+
+def _named_ports(env: dict[str, str], ports: list[dict[str, Any]]) -> dict[str, int]:
+    """The container's named ports. In Kubernetes every pod has a network namespace of its own and
+    serves /metrics on 9464; here the pods of a node share their node's, so each takes its gRPC port
+    + METRICS_PORT_OFFSET instead (as the health ports take + 1000): its env and `metrics` port say so."""
+    named = {p["name"]: int(p["containerPort"]) for p in ports if "name" in p}
+    if "DAYU_METRICS__LISTEN" in env and ports:
+        port = int(ports[0]["containerPort"]) + METRICS_PORT_OFFSET
+        env["DAYU_METRICS__LISTEN"] = f"{env['DAYU_METRICS__LISTEN'].rsplit(':', 1)[0]}:{port}"
+        named["metrics"] = port
+    return named
+
+
 def _expand(value: str, env: dict[str, str], paths: dict[str, str]) -> str:
     """A container's argument or variable as its process gets it: `$(VAR)` from the environment (as
     the kubelet expands it), an image path as this machine's."""
@@ -279,7 +294,7 @@ def pods(
                         mounts=[(m["name"], m["mountPath"]) for m in container.get("volumeMounts", [])],
                         volumes=_volumes(spec, config_maps, secrets),
                         port=int(ports[0]["containerPort"]) if ports else 0,
-                        ports={p["name"]: int(p["containerPort"]) for p in ports if "name" in p},
+                        ports=_named_ports(env, ports),
                     )
                 )
     return found

@@ -15,7 +15,7 @@ from dayu.controller.journal import TaskJournal
 from dayu.controller.links import BandwidthTrace, Link
 from dayu.runtime.client import Channels, remote, with_retries
 from dayu.runtime.config import ComponentSettings, StrictModel
-from dayu.runtime.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from dayu.runtime.errors import FailedPrecondition, InvalidArgument, PermissionDenied, RemoteError
 from dayu.runtime.logs import get_logger
 from dayu.runtime.server import Binding, Component
 from dayu.runtime.tls import OPERATOR, require_component, require_node
@@ -86,7 +86,7 @@ class GrpcTransport:
             raise FailedPrecondition(f"no address configured for {what} {key!r}")
         return table[key]
 
-    async def process(self, kind: str, task: task_pb2.Task, stage: str) -> task_pb2.Task:
+    async def process(self, kind: str, task: task_pb2.Task, stage: str) -> task_pb2.TaskStage:
         stub = processor_pb2_grpc.ProcessorServiceStub(
             self.channels.get(self._address(self.section.processors, kind, "processor"))
         )
@@ -95,7 +95,13 @@ class GrpcTransport:
         reply = await remote(
             with_retries(lambda: stub.Process(request, timeout=timeout), attempts=self.section.attempts, what="process")
         )
-        return reply.task
+        if reply.HasField("stage"):
+            return reply.stage
+        # A processor of an older release answers with the whole task: its stage of that name.
+        done = [s for s in reply.task.dag.stages if s.spec.name == stage]
+        if not done:
+            raise RemoteError("INTERNAL", f"processor {kind!r} answered without stage {stage!r}")
+        return done[0]
 
     # One attempt each: the core tries again, for as long as the task can wait, with the same task id.
     async def forward(self, node: str, task: task_pb2.Task, timeout_s: float) -> None:
@@ -182,7 +188,9 @@ class ControllerComponent(Component):
 
     def __init__(self, settings: ControllerSettings) -> None:
         section = self.section = settings.controller
-        self.channels = Channels(settings.server.max_message_bytes, settings.tls)
+        self.channels = Channels(
+            settings.server.max_message_bytes, settings.tls, component=self.name, node=settings.node
+        )
         self.grace_s = settings.server.shutdown_grace_s
         self.tracing = Tracing(self.name, settings.node, settings.tracing, settings.tls)
         unknown = sorted(set(section.links) - set(section.peers))

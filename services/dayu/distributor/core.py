@@ -40,6 +40,7 @@ from dayu.media.accuracy import segment_f1
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, shown
 from dayu.runtime.logs import get_logger
+from dayu.runtime.metrics import Meter
 from dayu.runtime.tracing import NO_TRACING, Tracing, task_attributes
 from dayu.runtime.validation import require_id, validate_task
 from dayu.v1 import distributor_pb2, task_pb2, types_pb2
@@ -53,6 +54,7 @@ MAX_SEQUENCE = 2**63 - 1  # SQLite's largest integer
 MAX_GAPS = 10_000  # runs of missing sequences tracked per stream
 # Streams tracked (as many as the scheduler registers): callers name them, so past this many the
 # least recently stored is forgotten; what it misses is still recorded when its streams are settled.
+# (The `stream` label of its metrics holds as many: dayu.runtime.metrics.MAX_STREAM_LABELS.)
 MAX_STREAMS = 4096
 # Sequences a stream may skip at once and still have them recorded as lost: a larger jump (a
 # generator's sequences file kept, the records file not; a caller's made-up number) is stored, but the
@@ -355,6 +357,7 @@ class DistributorCore:
     ) -> None:
         self.store = store
         self.tracing = tracing
+        self.meter = Meter("distributor", tracing.node)
         self.on_stored = on_stored
         self.golden = golden
         self.gaps = GapTracker(gap_timeout_s)
@@ -387,6 +390,8 @@ class DistributorCore:
         async with self._stored:
             self.last_cursor = max(self.last_cursor, records[-1].cursor)
             self._stored.notify_all()
+        for record in records:
+            self.meter.task_recorded(record)
         if self.on_stored:
             for record in records:
                 self.on_stored(record)

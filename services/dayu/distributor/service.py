@@ -59,7 +59,8 @@ class ProcessorGolden:
             task=await asyncio.to_thread(golden_task, task, stage), stage=stage.spec.name
         )
         reply = await processor_pb2_grpc.ProcessorServiceStub(self.channels.get(address)).Process(request)
-        (done,) = reply.task.dag.stages
+        # The stage that ran (a processor of an older release sends the whole task instead).
+        (done,) = [reply.stage] if reply.HasField("stage") else reply.task.dag.stages
         if done.state != task_pb2.STAGE_STATE_DONE:
             raise RuntimeError(f"golden {stage.spec.processor} failed: {done.error}")
         return list(done.results)
@@ -169,7 +170,9 @@ class DistributorComponent(Component):
 
     def __init__(self, settings: DistributorSettings) -> None:
         section = settings.distributor
-        self.channels = Channels(settings.server.max_message_bytes, settings.tls)
+        self.channels = Channels(
+            settings.server.max_message_bytes, settings.tls, component=self.name, node=settings.node
+        )
         self.feedback = (
             FeedbackSender(section.scheduler, self.channels, section.feedback_queue) if section.scheduler else None
         )

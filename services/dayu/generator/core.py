@@ -45,6 +45,7 @@ from dayu.runtime.errors import (
     shown,
 )
 from dayu.runtime.logs import get_logger
+from dayu.runtime.metrics import Meter
 from dayu.runtime.retry import TRANSIENT, Backoff
 from dayu.runtime.tracing import NO_TRACING, Tracing, task_attributes, traceparent
 from dayu.runtime.validation import require_id, validate_configuration, validate_stream_spec
@@ -56,6 +57,7 @@ MAX_IN_FLIGHT = 8  # submissions waiting on the controller before capture waits 
 SUBMIT_PATIENCE_S = 30.0  # longest a task waits for its controller to come back (a restart takes seconds)
 RECONNECT_S = (0.2, 5.0)  # first and longest wait before reconnecting to the scheduler or source
 MAX_STREAMS = 64  # streams one generator runs: each takes a source's frames and encodes its segments
+# (and so bounds the `stream` label of its metrics)
 # A stream started at run time is held to what a datasource can play (its sources' own limits), and
 # a segment to what build_task decodes at once: frames are resized to the stream's decisions, and its
 # max_configuration bounds them (7680x4320 at 240 fps; 8 frames of 8K, 128 of 1080p, ~800 MB as BGR).
@@ -215,6 +217,8 @@ class StreamRunner:
         self.status.tasks_generated = self.sequences.next(spec.stream_id) if taken is None else taken
         self.submitted = 0
         self.dropped = 0
+        self.meter = Meter("generator", spec.node)
+        self.meter.latency_budget(spec.stream_id, spec.latency_budget_s)
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._submissions: set[asyncio.Task[None]] = set()
         self._taking: asyncio.Future[int] | None = None  # the last number asked of the sequences
@@ -257,6 +261,7 @@ class StreamRunner:
     def _taken(self, taking: asyncio.Future[int]) -> None:
         if not taking.cancelled() and taking.exception() is None:
             self.status.tasks_generated = max(self.status.tasks_generated, taking.result() + 1)
+            self.meter.task_generated(self.spec.stream_id)
 
     async def _follow_decisions(self) -> None:
         wait = RECONNECT_S[0]

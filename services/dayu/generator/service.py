@@ -187,7 +187,9 @@ class GeneratorComponent(Component):
     def __init__(self, settings: GeneratorSettings) -> None:
         section = settings.generator
         self.grace_s = settings.server.shutdown_grace_s
-        self.channels = Channels(settings.server.max_message_bytes, settings.tls)
+        self.channels = Channels(
+            settings.server.max_message_bytes, settings.tls, component=self.name, node=settings.node
+        )
         pipelines = load_pipelines(section.pipelines_file) if section.pipelines_file else {}
         ports = GrpcStreamPorts(section, self.channels)
         self.tracing = Tracing(self.name, settings.node, settings.tracing, settings.tls)

@@ -1,6 +1,7 @@
 """The embedded mesh: every instance of a mesh file in one process on loopback, each with its own
 gRPC server and port, talking to the others only through the contracts, exactly as they would across
-machines. Links between logical nodes go through the controllers' link emulators. `dayu up` runs it."""
+machines. Links between logical nodes go through the controllers' link emulators. Their Prometheus
+metrics share the process's registry, served once (metrics_port). `dayu up` runs it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from dayu.components import COMPONENTS
 from dayu.mesh.model import MeshConfig
 from dayu.mesh.plan import STOP_ORDER, Instance, Wiring, instances, settings, triton_nodes
 from dayu.runtime.auth import new_tokens_file
+from dayu.runtime.logs import get_logger
+from dayu.runtime.metrics import MetricsServer
 from dayu.runtime.server import ComponentServer, free_ports
 from dayu.runtime.tls import TlsSettings
+
+log = get_logger(__name__)
 
 
 class LoopbackWiring(Wiring):
@@ -47,12 +52,17 @@ class LoopbackWiring(Wiring):
 class Mesh:
     """Starts and stops the instances of a MeshConfig in this process, and the mesh's tritonserver."""
 
-    def __init__(self, config: MeshConfig, workdir: Path, console_port: int | None = 0) -> None:
+    def __init__(
+        self, config: MeshConfig, workdir: Path, console_port: int | None = 0, metrics_port: int | None = 0
+    ) -> None:
         """`console_port`: where the backend serves the console on 127.0.0.1 (0: a free port; None: no
-        console)."""
+        console). `metrics_port`: where every component's Prometheus metrics are served on 127.0.0.1,
+        at /metrics (0: a free port, as is one that is taken; None: none)."""
         self.config = config
         self.workdir = workdir
         self.console_port = console_port
+        self.metrics_port = metrics_port
+        self.metrics: MetricsServer | None = None
         self.tokens_path = workdir / "tokens.yaml"
         self.tokens = new_tokens_file(self.tokens_path)  # made once, then kept: the operator's tokens
         self.servers: dict[str, ComponentServer] = {}  # instance key -> server
@@ -73,6 +83,7 @@ class Mesh:
         shutil.rmtree(self.workdir / "state", ignore_errors=True)  # LoopbackWiring.state_dir
 
     async def start(self) -> None:
+        self._serve_metrics()
         wiring = LoopbackWiring(self.config, self.workdir, await self._start_triton(), self.console_port)
         for instance in self.instances:
             component_class = COMPONENTS.entry(instance.component).factory
@@ -84,6 +95,34 @@ class Mesh:
             server = ComponentServer(component_class(loaded), loaded)  # type: ignore[call-arg]
             self.servers[instance.key] = server
             self.addresses[instance.key] = await server.start()
+
+    def _serve_metrics(self) -> None:
+        """/metrics of the process (every component's series, told apart by their component and node
+        labels) on 127.0.0.1:metrics_port; a free port when that one is taken (`dayu up` prints where)."""
+        if self.metrics_port is None or self.metrics is not None:
+            return
+        self.metrics = MetricsServer(f"127.0.0.1:{self.metrics_port}")
+        try:
+            self.metrics.start()
+        except OSError as error:
+            log.warning("metrics port taken: serving on a free one", port=self.metrics_port, error=str(error))
+            self.metrics = MetricsServer("127.0.0.1:0")
+            self.metrics.start()
+
+    @property
+    def metrics_url(self) -> str:
+        """Where the mesh's metrics are served (empty without)."""
+        return self.metrics.url if self.metrics is not None else ""
+
+    @property
+    def triton_metrics_url(self) -> str:
+        """Where the mesh's own tritonserver serves its metrics (empty without one)."""
+        return self.triton.metrics_url if self.triton is not None else ""
+
+    def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
 
     async def _start_triton(self) -> dict[str, str]:
         """The Triton address of each node with a processor on Triton: its own when it names one, else
@@ -102,6 +141,7 @@ class Mesh:
                 grpc_port=settings_.grpc_port,
                 model_config_name=settings_.model_config_name,
                 startup_timeout_s=settings_.startup_timeout_s,
+                metrics_port=0,  # its own metrics, on a free port of loopback (`dayu up` prints where)
             )
             local = await self.triton.start()
             addresses.update(dict.fromkeys(needing, local))
@@ -139,6 +179,7 @@ class Mesh:
                 if key in self.servers:
                     await self.servers[key].stop()
         await self._stop_triton()
+        self._stop_metrics()
 
     async def abort(self) -> None:
         """Stops whatever still runs, without waiting for in-flight calls (in the same order)."""
@@ -149,3 +190,4 @@ class Mesh:
         if self.triton is not None:
             await self.triton.stop()
             self.triton = None
+        self._stop_metrics()

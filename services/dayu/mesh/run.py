@@ -88,6 +88,10 @@ async def run_mesh(
         if mesh.console_url and mesh.tokens.admin:
             # The token rides in the fragment, which the browser never sends: the console reads it, once.
             progress(f"dayu: console {mesh.console_url}#token={mesh.tokens.admin[0]}  (tokens: {mesh.tokens_path})")
+        # The embedded mesh serves every component's metrics once (the cluster's pods each their own).
+        if metrics_url := getattr(mesh, "metrics_url", ""):
+            triton = getattr(mesh, "triton_metrics_url", "")
+            progress(f"dayu: metrics {metrics_url}" + (f"  (Triton's: {triton})" if triton else ""))
         distributor = distributor_pb2_grpc.DistributorServiceStub(channels.get(_cloud(mesh, "distributor")))
         watcher = asyncio.create_task(_watch(distributor, tally))
 

@@ -20,6 +20,7 @@ from dayu.monitor.core import ResourceSampler, check_interval
 from dayu.runtime.client import Channels
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.logs import get_logger
+from dayu.runtime.metrics import Meter
 from dayu.runtime.server import Binding, Component
 from dayu.v1 import (
     controller_pb2,
@@ -65,6 +66,7 @@ class NodeMonitor:
 
     def __init__(self, sampler: ResourceSampler, section: MonitorSection, channels: Channels) -> None:
         self.sampler, self.section, self.channels = sampler, section, channels
+        self.meter = Meter("monitor", sampler.node)
         self.latest = sampler.sample()
         self.links: dict[str, resources_pb2.LinkBandwidth] = {}  # peer -> its link's last measure
         self._measured = asyncio.Condition()  # notified when `latest` is replaced
@@ -106,8 +108,10 @@ class NodeMonitor:
             link = await self._link(node)
             if link is None:
                 self.links.pop(node, None)
+                self.meter.link_unmeasured(node)
             else:
                 self.links[node] = link
+                self.meter.link_measured(link)
 
     async def _queue_length(self, kind: str, address: str) -> int | None:
         stub = processor_pb2_grpc.ProcessorServiceStub(self.channels.get(address))
@@ -165,7 +169,9 @@ class MonitorComponent(Component):
 
     def __init__(self, settings: MonitorSettings) -> None:
         self.section = settings.monitor
-        self.channels = Channels(settings.server.max_message_bytes, settings.tls)
+        self.channels = Channels(
+            settings.server.max_message_bytes, settings.tls, component=self.name, node=settings.node
+        )
         sampler = ResourceSampler(settings.node, cgroup=self.section.node_cgroup)
         self.monitor = NodeMonitor(sampler, self.section, self.channels)
 

@@ -18,6 +18,7 @@ from dayu.processor.kinds import ClosableRunner, StageRunner
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable, shown
 from dayu.runtime.logs import get_logger
+from dayu.runtime.metrics import Meter, working_for
 from dayu.runtime.tracing import NO_TRACING, Tracing, task_attributes
 from dayu.runtime.validation import validate_task
 from dayu.v1 import task_pb2
@@ -76,6 +77,7 @@ class ProcessorCore:
         self.processed = 0
         self.failed = 0
         self.deduplicated = 0
+        self.meter = Meter("processor", node)
 
     @property
     def queue_length(self) -> int:
@@ -142,11 +144,14 @@ class ProcessorCore:
             job.waiting.set_status(trace.StatusCode.ERROR, "queue full")
             job.waiting.end()
             raise ResourceExhausted(f"{self.name} queue on {self.node} is full ({self.queue_capacity} tasks)") from None
+        self.meter.queue_length(self.name, self._queue.qsize())
         return job
 
     async def _work(self) -> None:
+        working_for(self.node, self.name)  # the model calls of this worker's stages count as this processor's
         while True:
             job = await self._queue.get()
+            self.meter.queue_length(self.name, self._queue.qsize())
             try:
                 await self._run(job)
             finally:

@@ -30,6 +30,7 @@ from dayu.processor.triton_server import client_arguments, wait_until_ready
 from dayu.runtime.client import RETRYABLE
 from dayu.runtime.errors import Unavailable
 from dayu.runtime.logs import get_logger
+from dayu.runtime.metrics import model_called
 from dayu.v1 import types_pb2
 
 log = get_logger(__name__)
@@ -245,6 +246,7 @@ class TritonBackend(_Backend):
     async def _infer(
         self, model: ModelRef, input_tensor: Tensor, output_names: list[str], batch: np.ndarray
     ) -> dict[str, np.ndarray]:
+        model_called(model.name, len(batch))
         tensor = await asyncio.to_thread(_input_tensor, input_tensor, batch)  # megabytes copied: off the loop
         outputs = [triton_grpc.InferRequestedOutput(name) for name in output_names]
         result = await self._with_retries(
@@ -324,6 +326,7 @@ class OnnxRuntimeBackend(_Backend):
     ) -> dict[str, np.ndarray]:
         signature = await self.signature(model)
         feed = {signature.only_input(model).name: np.ascontiguousarray(batch)}
+        model_called(model.name, len(batch))
         names = list(names or signature.output_names)
         outputs = await asyncio.to_thread(self.session(model).run, names, feed)
         return dict(zip(names, outputs, strict=True))

@@ -36,7 +36,10 @@ class ProcessorServicer(processor_pb2_grpc.ProcessorServiceServicer):
         self.core = core
 
     async def Process(self, request: processor_pb2.ProcessRequest, context: object) -> processor_pb2.ProcessResponse:
-        return processor_pb2.ProcessResponse(task=await self.core.process(request.task, request.stage))
+        task = await self.core.process(request.task, request.stage)
+        # Only the stage that ran goes back: the caller holds the task (and its frames) already.
+        stage = next(s for s in task.dag.stages if s.spec.name == request.stage)
+        return processor_pb2.ProcessResponse(stage=stage)
 
     async def GetProcessorStatus(
         self, request: processor_pb2.GetProcessorStatusRequest, context: object

@@ -29,7 +29,7 @@ from tritonclient.utils import InferenceServerException
 
 from dayu.runtime.errors import Unavailable
 from dayu.runtime.logs import get_logger
-from dayu.runtime.server import free_port
+from dayu.runtime.server import free_port, free_ports
 from dayu.runtime.tls import TARGET_NAME_OPTION, TlsSettings
 
 log = get_logger(__name__)
@@ -193,7 +193,9 @@ async def wait_until_ready(
 class TritonServer:
     """One tritonserver process on loopback, gRPC only, serving `repository`; its log goes to
     `workdir/tritonserver.log`. Start it before the processors that use it, stop it after them. With
-    `tls`, its gRPC endpoint is mutual TLS with that certificate (the processors' clients show theirs)."""
+    `tls`, its gRPC endpoint is mutual TLS with that certificate (the processors' clients show theirs).
+    With `metrics_port` (0: a free one), it also serves its own Prometheus metrics (inference counts
+    and durations per model, CPU and memory) over HTTP on loopback, at metrics_url."""
 
     def __init__(
         self,
@@ -204,10 +206,12 @@ class TritonServer:
         model_config_name: str = "",
         startup_timeout_s: float = 120.0,
         tls: TlsSettings | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.repository, self.workdir = repository, workdir
         self.tls = tls
         self.grpc_port = grpc_port
+        self.metrics_port = metrics_port
         self.model_config_name = model_config_name
         self.startup_timeout_s = startup_timeout_s
         self.log_path = workdir / "tritonserver.log"
@@ -219,6 +223,21 @@ class TritonServer:
         return f"127.0.0.1:{self.grpc_port}"
 
     @property
+    def metrics_url(self) -> str:
+        """Its Prometheus metrics (empty without: metrics_port None, or not started yet)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else ""
+
+    def _metrics_arguments(self) -> list[str]:
+        if self.metrics_port is None:
+            return ["--allow-metrics=false"]
+        return [
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",  # the wheel's build is CPU only
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+        ]
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
@@ -228,7 +247,7 @@ class TritonServer:
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
             "--allow-http=false",
-            "--allow-metrics=false",
+            *self._metrics_arguments(),
             "--grpc-address=127.0.0.1",
             f"--grpc-port={self.grpc_port}",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
@@ -244,6 +263,8 @@ class TritonServer:
             return self.address
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.grpc_port = self.grpc_port or free_port()
+        if self.metrics_port == 0:
+            self.metrics_port = next(port for port in free_ports(2) if port != self.grpc_port)
         command = self._command(backend_directory(self.workdir))
         self._log = self.log_path.open("ab")
         # A session of its own: Ctrl-C on the mesh reaches the mesh, which stops Triton last, in order.

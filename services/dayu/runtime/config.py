@@ -41,6 +41,15 @@ class ServerSettings(StrictModel):
     )
 
 
+class MetricsSettings(StrictModel):
+    listen: str = pydantic.Field(
+        "",
+        pattern=r"^$|^\S+:\d+$",
+        description="HOST:PORT of a plaintext HTTP server of Prometheus metrics at /metrics "
+        "(dayu.runtime.metrics); port 0 picks a free one; empty: none",
+    )
+
+
 class LogSettings(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -56,6 +65,7 @@ class ComponentSettings(BaseSettings):
     node: str = pydantic.Field("cloud", min_length=1, description="logical node this component runs on")
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
     tls: TlsSettings = TlsSettings()
     auth: AuthSettings = AuthSettings()

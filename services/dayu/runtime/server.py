@@ -9,6 +9,8 @@ Every component gets the same things here, so no service writes them again:
 - mutual TLS when the settings name certificates (dayu.runtime.tls);
 - message size limits;
 - the caller's W3C trace context (gRPC metadata) made current while a request is handled;
+- Prometheus metrics of every call (started, handled per status code, handling time, with the
+  caller's trace id as exemplar), and, with metrics.listen, /metrics served (dayu.runtime.metrics);
 - graceful shutdown: health turns NOT_SERVING, new calls are refused, in-flight calls finish
   (within server.shutdown_grace_s), then the component's own background work is stopped and its
   spans flushed;
@@ -23,6 +25,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +45,7 @@ from dayu.runtime.config import ComponentSettings
 from dayu.runtime.errors import DayuError, InvalidArgument, ResourceExhausted, cut
 from dayu.runtime.limits import request_bytes
 from dayu.runtime.logs import get_logger
+from dayu.runtime.metrics import MetricsServer, RpcMeter, current_exemplar, rpc_method
 from dayu.runtime.tls import server_credentials
 from dayu.runtime.tracing import Tracing, extract
 from dayu.runtime.validation import check_request
@@ -251,15 +255,29 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
+def _code(context: grpc.aio.ServicerContext) -> str:
+    """The status a call was aborted with (context.abort), by name."""
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN.name
+
+
+def _failed(error: Exception) -> str:
+    """The status _abort answers an error with, by name."""
+    return error.status if isinstance(error, DayuError) else grpc.StatusCode.INTERNAL.name
+
+
 def _handler(
     method: MethodDescriptor,
     behavior: Callable[..., Any] | None,
     draining: asyncio.Event,
     server_limit: int,
     guard: Guard | None = None,
+    meter: RpcMeter | None = None,
 ) -> grpc.RpcMethodHandler:
     """Wraps a servicer method: parses raw request bytes itself (so garbage is INVALID_ARGUMENT),
-    maps core errors to statuses, and ends server streams when the server drains."""
+    maps core errors to statuses, ends server streams when the server drains, and counts each call
+    and its status in `meter`."""
+    meter = meter or RpcMeter("server", "", "", rpc_method(method))
     request_class = message_factory.GetMessageClass(method.input_type)
     name = method.full_name
     max_bytes = request_bytes(name, server_limit)
@@ -270,6 +288,8 @@ def _handler(
     if behavior is None:
 
         async def unimplemented(request: Any, context: grpc.aio.ServicerContext) -> None:
+            meter.started()
+            meter.handled(grpc.StatusCode.UNIMPLEMENTED.name, 0.0)
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by this component")
 
         return kind(unimplemented, response_serializer=_serialize)
@@ -290,36 +310,60 @@ def _handler(
 
     async def unary_response(raw: Any, context: grpc.aio.ServicerContext) -> Any:
         token = otel_context.attach(extract(context.invocation_metadata()))
+        meter.started()
+        started, code = time.perf_counter(), "OK"
         try:
             return await _serialized(await behavior(await parsed(raw, context), context))
         except grpc.aio.AbortError:
+            code = _code(context)
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED.name
             raise
         except Exception as error:
+            code = _failed(error)
             await _abort(context, name, error)
         finally:
+            meter.handled(code, time.perf_counter() - started, current_exemplar())
             otel_context.detach(token)
 
     async def streamed_response(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        meter.started()
+        started, code = time.perf_counter(), "OK"
         try:
             async for response in _until_draining(behavior(await parsed(raw, context), context), draining):
                 yield await _serialized(response)
         except grpc.aio.AbortError:
+            code = _code(context)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED.name
             raise
         except Exception as error:
+            code = _failed(error)
             await _abort(context, name, error)
+        finally:
+            meter.handled(code, time.perf_counter() - started)
 
     return kind(streamed_response if method.server_streaming else unary_response, response_serializer=_serialize)
 
 
 def _service_handler(
-    binding: Binding, draining: asyncio.Event, server_limit: int
+    binding: Binding, draining: asyncio.Event, server_limit: int, component: str = "", node: str = ""
 ) -> tuple[ServiceDescriptor, grpc.GenericRpcHandler]:
     try:
         service = descriptor_pool.Default().FindServiceByName(binding.service)
     except KeyError:
         raise ValueError(f"unknown service {binding.service!r}: import its dayu.v1 module first") from None
     handlers = {
-        m.name: _handler(m, _implementation(binding.servicer, m.name), draining, server_limit, binding.guard)
+        m.name: _handler(
+            m,
+            _implementation(binding.servicer, m.name),
+            draining,
+            server_limit,
+            binding.guard,
+            RpcMeter("server", component, node, rpc_method(m)),
+        )
         for m in service.methods
     }
     return service, grpc.method_handlers_generic_handler(service.full_name, handlers)
@@ -378,6 +422,7 @@ class ComponentServer:
         self.settings = settings
         self.port = 0
         self.health_port = 0  # of the plaintext health server (server.health_listen), when there is one
+        self.metrics: MetricsServer | None = None  # /metrics (metrics.listen), when served
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -395,7 +440,13 @@ class ComponentServer:
         options = [*channel_options(self.settings.server.max_message_bytes), ("grpc.so_reuseport", 0)]
         server = grpc.aio.server(options=options)
         for binding in self.component.bindings():
-            service, handler = _service_handler(binding, self._draining, self.settings.server.max_message_bytes)
+            service, handler = _service_handler(
+                binding,
+                self._draining,
+                self.settings.server.max_message_bytes,
+                self.component.name,
+                self.settings.node,
+            )
             server.add_generic_rpc_handlers((handler,))
             self._services.append(service.full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -416,6 +467,7 @@ class ComponentServer:
             self._health_server = health_server
         for name in ("", *self._services):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serve_metrics()
         log.info(
             "serving",
             component=self.component.name,
@@ -423,8 +475,23 @@ class ComponentServer:
             services=self._services,
             tls=tls.enabled,
             **({"health_address": self.health_address} if self.health_port else {}),
+            **({"metrics": self.metrics.url} if self.metrics else {}),
         )
         return self.address
+
+    def _serve_metrics(self) -> None:
+        """/metrics where metrics.listen says. One that cannot listen is logged, not fatal: the
+        component serves the mesh all the same (metrics are for watching it, not running it)."""
+        listen = self.settings.metrics.listen
+        if not listen:
+            return
+        metrics = MetricsServer(listen)
+        try:
+            metrics.start()
+        except OSError as error:
+            log.error("metrics not served: cannot listen", listen=listen, error=str(error))
+            return
+        self.metrics = metrics
 
     @property
     def health_address(self) -> str:
@@ -459,6 +526,9 @@ class ComponentServer:
             self._health_server = None
         await self.component.cancel_background()
         await self.component.stop()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+            self.metrics = None
         if self.component.tracing is not None:
             await asyncio.to_thread(self.component.tracing.shutdown)
         log.info("stopped", component=self.component.name)

@@ -26,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
 from dayu.runtime.logs import get_logger
+from dayu.runtime.metrics import Meter
 from dayu.runtime.paging import next_token, page
 from dayu.runtime.registry import Registry
 from dayu.runtime.validation import require_id, validate_stream_spec
@@ -39,7 +40,7 @@ LINK_CHANGE = 0.1  # a link's traced bandwidth moving by more than this share is
 PROBE_CHANGE = 0.5  # a monitor's probes are noisier than transfers: a move by half is news
 DECISION_TIMES = 1000
 DECISION_HISTORY = 32  # decisions kept per stream for GetSchedulerStats (what was decided, and why)
-MAX_STREAMS = 4096  # registered streams; a new one past this is refused
+MAX_STREAMS = 4096  # registered streams; a new one past this is refused (which bounds its metrics' `stream` label)
 STATS_BYTES = 32 * 1024 * 1024  # GetSchedulerStats: streams past this many bytes of figures are left out
 MAX_NODES = 1024  # nodes reporting resources; a new one past this is refused (forgetting a stale one would trust it)
 
@@ -109,6 +110,7 @@ class SchedulerCore:
     ) -> None:
         self.default_policy = default_policy
         self.cloud_node = cloud_node
+        self.meter = Meter("scheduler", cloud_node)  # the scheduler runs on the cloud node
         self.decision_interval_s = decision_interval_s
         self.admission = admission
         self.fallback_after_s = fallback_after_s
@@ -250,7 +252,8 @@ class SchedulerCore:
         the link come back."""
         before = self.hops.link_bandwidth()
         spans = list(spans_of(request))
-        self.hops.add_spans(spans)
+        ignored = self.hops.add_spans(spans)
+        self.meter.spans_received(len(spans) - ignored, ignored)
         self.traces.add_spans(spans)
         await self._after_link_rates(before, "traces")
 
@@ -463,6 +466,7 @@ class SchedulerCore:
             paused=bool(stream.paused_because),
         )
         stream.decisions += 1
+        self.meter.decision(decision)
         stream.history.append(decision)
         stream.view.arrived_since_decision = 0
         async with stream.changed:
@@ -484,6 +488,7 @@ class SchedulerCore:
         proposal = stream.policy.decide(stream.view)
         elapsed = time.perf_counter() - started
         stream.decision_times.append(elapsed)
+        self.meter.decision_time(stream.policy_name, elapsed)
         stream.decided_at = self._clock()
         if proposal is None:
             assert stream.view.current is not None, "a policy must propose a startup plan"

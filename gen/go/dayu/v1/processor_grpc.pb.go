@@ -17,8 +17,9 @@ const _ = grpc.SupportPackageIsVersion7
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type ProcessorServiceClient interface {
-	// Runs one stage of the task and returns the task with that stage's result, timings and
-	// state filled in. Waits in the processor's bounded queue; RESOURCE_EXHAUSTED when full.
+	// Runs one stage of the task and returns that stage with its result, timings and state filled
+	// in (not the task: its frames stay with the caller). Waits in the processor's bounded queue;
+	// RESOURCE_EXHAUSTED when full.
 	Process(ctx context.Context, in *ProcessRequest, opts ...grpc.CallOption) (*ProcessResponse, error)
 	// Queue and counters.
 	GetProcessorStatus(ctx context.Context, in *GetProcessorStatusRequest, opts ...grpc.CallOption) (*GetProcessorStatusResponse, error)
@@ -54,8 +55,9 @@ func (c *processorServiceClient) GetProcessorStatus(ctx context.Context, in *Get
 // All implementations must embed UnimplementedProcessorServiceServer
 // for forward compatibility
 type ProcessorServiceServer interface {
-	// Runs one stage of the task and returns the task with that stage's result, timings and
-	// state filled in. Waits in the processor's bounded queue; RESOURCE_EXHAUSTED when full.
+	// Runs one stage of the task and returns that stage with its result, timings and state filled
+	// in (not the task: its frames stay with the caller). Waits in the processor's bounded queue;
+	// RESOURCE_EXHAUSTED when full.
 	Process(context.Context, *ProcessRequest) (*ProcessResponse, error)
 	// Queue and counters.
 	GetProcessorStatus(context.Context, *GetProcessorStatusRequest) (*GetProcessorStatusResponse, error)

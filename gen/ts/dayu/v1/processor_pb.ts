@@ -6,7 +6,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Task } from "./task_pb.js";
+import type { Task, TaskStage } from "./task_pb.js";
 import { file_dayu_v1_task } from "./task_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dayu/v1/processor.proto.
  */
 export const file_dayu_v1_processor: GenFile = /*@__PURE__*/
-  fileDesc("ChdkYXl1L3YxL3Byb2Nlc3Nvci5wcm90bxIHZGF5dS52MSI8Cg5Qcm9jZXNzUmVxdWVzdBIbCgR0YXNrGAEgASgLMg0uZGF5dS52MS5UYXNrEg0KBXN0YWdlGAIgASgJIi4KD1Byb2Nlc3NSZXNwb25zZRIbCgR0YXNrGAEgASgLMg0uZGF5dS52MS5UYXNrIhsKGUdldFByb2Nlc3NvclN0YXR1c1JlcXVlc3QimgEKGkdldFByb2Nlc3NvclN0YXR1c1Jlc3BvbnNlEgwKBG5vZGUYASABKAkSDAoEa2luZBgCIAEoCRIUCgxxdWV1ZV9sZW5ndGgYAyABKA0SFgoOcXVldWVfY2FwYWNpdHkYBCABKA0SDwoHd29ya2VycxgFIAEoDRIRCglwcm9jZXNzZWQYBiABKAQSDgoGZmFpbGVkGAcgASgEMq8BChBQcm9jZXNzb3JTZXJ2aWNlEjwKB1Byb2Nlc3MSFy5kYXl1LnYxLlByb2Nlc3NSZXF1ZXN0GhguZGF5dS52MS5Qcm9jZXNzUmVzcG9uc2USXQoSR2V0UHJvY2Vzc29yU3RhdHVzEiIuZGF5dS52MS5HZXRQcm9jZXNzb3JTdGF0dXNSZXF1ZXN0GiMuZGF5dS52MS5HZXRQcm9jZXNzb3JTdGF0dXNSZXNwb25zZUIqCgppby5kYXl1LnYxUAFaGmRheXUvZ2VuL2dvL2RheXUvdjE7ZGF5dXYxYgZwcm90bzM", [file_dayu_v1_task]);
+  fileDesc("ChdkYXl1L3YxL3Byb2Nlc3Nvci5wcm90bxIHZGF5dS52MSI8Cg5Qcm9jZXNzUmVxdWVzdBIbCgR0YXNrGAEgASgLMg0uZGF5dS52MS5UYXNrEg0KBXN0YWdlGAIgASgJIlUKD1Byb2Nlc3NSZXNwb25zZRIfCgR0YXNrGAEgASgLMg0uZGF5dS52MS5UYXNrQgIYARIhCgVzdGFnZRgCIAEoCzISLmRheXUudjEuVGFza1N0YWdlIhsKGUdldFByb2Nlc3NvclN0YXR1c1JlcXVlc3QimgEKGkdldFByb2Nlc3NvclN0YXR1c1Jlc3BvbnNlEgwKBG5vZGUYASABKAkSDAoEa2luZBgCIAEoCRIUCgxxdWV1ZV9sZW5ndGgYAyABKA0SFgoOcXVldWVfY2FwYWNpdHkYBCABKA0SDwoHd29ya2VycxgFIAEoDRIRCglwcm9jZXNzZWQYBiABKAQSDgoGZmFpbGVkGAcgASgEMq8BChBQcm9jZXNzb3JTZXJ2aWNlEjwKB1Byb2Nlc3MSFy5kYXl1LnYxLlByb2Nlc3NSZXF1ZXN0GhguZGF5dS52MS5Qcm9jZXNzUmVzcG9uc2USXQoSR2V0UHJvY2Vzc29yU3RhdHVzEiIuZGF5dS52MS5HZXRQcm9jZXNzb3JTdGF0dXNSZXF1ZXN0GiMuZGF5dS52MS5HZXRQcm9jZXNzb3JTdGF0dXNSZXNwb25zZUIqCgppby5kYXl1LnYxUAFaGmRheXUvZ2VuL2dvL2RheXUvdjE7ZGF5dXYxYgZwcm90bzM", [file_dayu_v1_task]);
 
 /**
  * Request of Process.
@@ -52,11 +52,24 @@ export const ProcessRequestSchema: GenMessage<ProcessRequest> = /*@__PURE__*/
  */
 export type ProcessResponse = Message<"dayu.v1.ProcessResponse"> & {
   /**
-   * The task with the stage's result.
+   * Deprecated: not filled in by processors since `stage` was added (the reply carried the whole
+   * task, frames included, back to its caller, which holds it already). Callers that still read it
+   * take the stage from it when `stage` is absent (a processor of an older release).
    *
-   * @generated from field: dayu.v1.Task task = 1;
+   * @generated from field: dayu.v1.Task task = 1 [deprecated = true];
+   * @deprecated
    */
   task?: Task | undefined;
+
+  /**
+   * The stage that ran, as the processor finished it: its spec and node as requested, its state
+   * (DONE or FAILED), results, scenario, timings, error and executed_on. The caller puts it in
+   * place of the stage of the same name in the task it sent. The processor changes nothing else
+   * of the task.
+   *
+   * @generated from field: dayu.v1.TaskStage stage = 2;
+   */
+  stage?: TaskStage | undefined;
 };
 
 /**
@@ -153,8 +166,9 @@ export const GetProcessorStatusResponseSchema: GenMessage<GetProcessorStatusResp
  */
 export const ProcessorService: GenService<{
   /**
-   * Runs one stage of the task and returns the task with that stage's result, timings and
-   * state filled in. Waits in the processor's bounded queue; RESOURCE_EXHAUSTED when full.
+   * Runs one stage of the task and returns that stage with its result, timings and state filled
+   * in (not the task: its frames stay with the caller). Waits in the processor's bounded queue;
+   * RESOURCE_EXHAUSTED when full.
    *
    * @generated from rpc dayu.v1.ProcessorService.Process
    */

@@ -161,6 +161,7 @@ __all__ = (
 )
 
 import datetime
+import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -2215,8 +2216,23 @@ class ProcessResponse(betterproto2.Message):
 
     task: "Task | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
-    The task with the stage's result.
+    Deprecated: not filled in by processors since `stage` was added (the reply carried the whole
+    task, frames included, back to its caller, which holds it already). Callers that still read it
+    take the stage from it when `stage` is absent (a processor of an older release).
     """
+
+    stage: "TaskStage | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The stage that ran, as the processor finished it: its spec and node as requested, its state
+    (DONE or FAILED), results, scenario, timings, error and executed_on. The caller puts it in
+    place of the stage of the same name in the task it sent. The processor changes nothing else
+    of the task.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.is_set("task"):
+            warnings.warn("ProcessResponse.task is deprecated", DeprecationWarning)
 
 
 default_message_pool.register_message("dayu.v1", "ProcessResponse", ProcessResponse)
@@ -4636,8 +4652,9 @@ class ProcessorServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "ProcessResponse":
         """
-        Runs one stage of the task and returns the task with that stage's result, timings and
-        state filled in. Waits in the processor's bounded queue; RESOURCE_EXHAUSTED when full.
+        Runs one stage of the task and returns that stage with its result, timings and state filled
+        in (not the task: its frames stay with the caller). Waits in the processor's bounded queue;
+        RESOURCE_EXHAUSTED when full.
         """
 
         return await self._unary_unary(
