@@ -37,7 +37,7 @@ import asyncio
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -50,7 +50,7 @@ from dayu.runtime.errors import InvalidArgument, RemoteError, Unavailable, shown
 from dayu.runtime.logs import get_logger
 from dayu.runtime.retry import TRANSIENT, Backoff
 from dayu.runtime.tracing import BYTES, DELAY, NO_TRACING, TO_NODE, Tracing, task_attributes
-from dayu.runtime.validation import validate_task
+from dayu.runtime.validation import validate_segment, validate_task
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2
 
 log = get_logger(__name__)
@@ -73,8 +73,9 @@ class Dropped(Exception):
 class Transport(Protocol):
     """How the controller reaches the rest of the mesh. Failures raise RemoteError."""
 
-    async def process(self, kind: str, task: task_pb2.Task, stage: str) -> task_pb2.Task:
-        """Runs `stage` of `task` on this node's processor of `kind`."""
+    async def process(self, kind: str, task: task_pb2.Task, stage: str) -> task_pb2.TaskStage:
+        """Runs `stage` of `task` on this node's processor of `kind`; returns that stage as the
+        processor finished it (the task itself is not sent back)."""
 
     async def forward(self, node: str, task: task_pb2.Task, timeout_s: float) -> None:
         """Submits the task to the controller of `node`, in one attempt of at most timeout_s."""
@@ -150,6 +151,35 @@ def merge_into(merged: task_pb2.Task, copy: task_pb2.Task) -> None:
             stages[stage.spec.name].CopyFrom(stage)
     merged.branch.extend(b for b in copy.branch if b not in merged.branch)
     merged.hops.extend(copy.hops)
+    if not has_frames(merged) and has_frames(copy):  # the copy that brought the frames to the join
+        merged.segment.frames.extend(copy.segment.frames)
+        merged.segment.stream = copy.segment.stream
+
+
+def has_frames(task: task_pb2.Task) -> bool:
+    return bool(task.segment.frames or task.segment.stream)
+
+
+def first_waiting_on(task: task_pb2.Task, stages: Collection[str]) -> task_pb2.TaskStage | None:
+    """The first pending stage, other than `stages`, that waits on one of them: where a copy that runs
+    them meets its siblings, if they end its branch (None: at the end of the DAG)."""
+    for stage in task.dag.stages:
+        if stage.state == PENDING and stage.spec.name not in stages and any(p in stages for p in stage.spec.parents):
+            return stage
+    return None
+
+
+def take_outcome(stage: task_pb2.TaskStage, done: task_pb2.TaskStage) -> None:
+    """Puts what a processor made of `stage` (`done`, its reply) in the task's own stage: state,
+    results, scenario, error, the node it ran on and its timings. The spec and the placement stay
+    the task's, and so does the transfer time, which the controllers measure."""
+    stage.state, stage.error, stage.executed_on = done.state, done.error, done.executed_on
+    del stage.results[:]
+    stage.results.extend(done.results)
+    stage.scenario.CopyFrom(done.scenario)
+    transfer_s = stage.timings.transfer_s
+    stage.timings.CopyFrom(done.timings)
+    stage.timings.transfer_s = transfer_s
 
 
 class Unreachable(Dropped):
@@ -196,19 +226,32 @@ class ControllerCore:
         self._born: OrderedDict[str, float] = OrderedDict()
         self._work: set[asyncio.Task[None]] = set()
         self._previewed: OrderedDict[str, float] = OrderedDict()  # stream -> when frames last went on
+        # "root|join stage|node": a copy of the root took the frames to that node, where it meets its
+        # siblings at that join; the siblings that this node sends to the same join go without them.
+        self._frames_sent: OrderedDict[str, None] = OrderedDict()
+        self._frames_going: dict[str, asyncio.Event] = {}  # the same, while the copy is on its way
 
     # -- entry points ---------------------------------------------------------------------------
 
     async def submit(self, task: task_pb2.Task, from_node: str) -> bool:
-        """Validates and journals a task, then routes it in the background. False for a retry of a
-        task this node holds or passed on already: acknowledged again, not routed twice."""
-        validate_task(task, nodes=self.nodes)
+        """Validates and journals a task, and routes it in the background; returns once the journal
+        has it on the disk (routing starts as soon as it is written, while the disk syncs). False for a
+        retry of a task this node holds or passed on already: acknowledged again, not routed twice."""
+        validate_task(task, nodes=self.nodes, with_data=False)
+        if not task.branch or ready_stages(task):  # a copy on its way to a join may come without its frames
+            validate_segment(task.segment, "task.segment")
         task.hops.add(component="controller", node=self.node, entered_at=timestamp())
-        if not await self.journal.hold(task):
+        arrived_at = time.time()
+        written, durable = self.journal.admit(task)
+        if not await written:
+            await durable
             self.stats.duplicates += 1
             log.info("duplicate task acknowledged", task_id=task.task_id, from_node=from_node or "generator")
             return False
-        self._accept(task, time.time())
+        # Its later journal writes (progress, release) are committed after this one, in order; should
+        # this commit fail, the sender tries again and the receivers de-duplicate what this routed.
+        self._accept(task, arrived_at)
+        await durable
         return True
 
     async def resume(self) -> int:
@@ -299,6 +342,17 @@ class ControllerCore:
 
     # -- routing --------------------------------------------------------------------------------
 
+    @staticmethod
+    def _later(write: asyncio.Future[None]) -> None:
+        """A journal write not waited for: the journal commits writes in the order they are asked, so
+        whatever this node does next is journaled after it; a failure is logged."""
+
+        def failed(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                log.error("journal write failed", error=str(done.exception()))
+
+        write.add_done_callback(failed)
+
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._work.add(task)
@@ -337,13 +391,11 @@ class ControllerCore:
             if target != self.node:
                 await self._send(target, task, stage.spec.name, fallback=fell_back)
                 return
-            processed = await self._process(task, stage)
-            if processed is None:  # the stage went to another node
+            if not await self._process(task, stage):  # the stage went to another node
                 return
-            task = processed
             if task.branch and stage.spec.name not in task.branch:
                 task.branch.append(stage.spec.name)
-            await self.journal.replace([], [task])  # a restart goes on from here, not from before the stage
+            self._later(self.journal.progress(task, stage))  # a restart goes on from here, not from before the stage
 
     def _target(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> tuple[str, bool]:
         """The node that runs the stage, and whether it is a fallback: its placement, or, when the
@@ -372,27 +424,41 @@ class ControllerCore:
         return None
 
     async def _fork(self, task: task_pb2.Task, ready: list[task_pb2.TaskStage]) -> None:
-        self.stats.forks += 1
-        copies = []
+        """A copy per ready stage, each routed on its own; but the stages placed on one other node go
+        there together, as one copy whose branch names them all (the task itself when they are all the
+        ready stages), and that node forks it: the frames cross the link once."""
+        groups: dict[str, list[str]] = {}
         for stage in ready:
-            copy = task_pb2.Task()
-            copy.CopyFrom(task)
-            copy.task_id = str(uuid.uuid4())
-            del copy.branch[:]
-            copy.branch.append(stage.spec.name)
-            copies.append(copy)
-        await self.journal.replace([task_key(task)], copies)
+            elsewhere = stage.node != self.node and stage.node in self.nodes
+            groups.setdefault(stage.node if elsewhere else f"\0{stage.spec.name}", []).append(stage.spec.name)
+        if len(groups) == 1:  # every branch runs on one other node: the fork is made there
+            ((node, names),) = groups.items()
+            await self._send(node, task, names[0], branches=names)
+            return
+        self.stats.forks += 1
+        copies = [self._copy(task, names) for names in groups.values()]
+        self._later(self.journal.replace([task_key(task)], copies))
         for copy in copies:
             self._spawn(self._route(copy))
 
-    async def _process(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> task_pb2.Task | None:
-        """The task with the stage run here; None when the processor was full or gone and the stage
-        went to another node. With no other node for it, a gone processor (restarting) is waited for
-        as long as the task can wait."""
+    @staticmethod
+    def _copy(task: task_pb2.Task, branch: Sequence[str]) -> task_pb2.Task:
+        copy = task_pb2.Task()
+        copy.CopyFrom(task)
+        copy.task_id = str(uuid.uuid4())
+        del copy.branch[:]
+        copy.branch.extend(branch)
+        return copy
+
+    async def _process(self, task: task_pb2.Task, stage: task_pb2.TaskStage) -> bool:
+        """Runs the stage here and puts its outcome in the task: True; False when the processor was
+        full or gone and the stage went to another node. With no other node for it, a gone processor
+        (restarting) is waited for as long as the task can wait."""
         backoff = Backoff(self._patience(task))
         while True:
             try:
-                return await self.transport.process(stage.spec.processor, task, stage.spec.name)
+                take_outcome(stage, await self.transport.process(stage.spec.processor, task, stage.spec.name))
+                return True
             except RemoteError as error:
                 why = f"processor {stage.spec.processor!r} on {self.node} failed stage {stage.spec.name}: "
                 why += f"{error.code}: {error.details}"
@@ -409,7 +475,7 @@ class ControllerCore:
         self.stats.fallbacks += 1
         stage.node = node
         await self._send(node, task, stage.spec.name, fallback=True)
-        return None
+        return False
 
     # -- age and lateness -----------------------------------------------------------------------
 
@@ -437,37 +503,110 @@ class ControllerCore:
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def _send(self, node: str, task: task_pb2.Task, stage: str, fallback: bool = False) -> None:
-        """Forwards the task to `node`'s controller (`fallback`: because the stage could not run here);
-        one that stays unreachable makes the stage fall back to another node (the task then goes there)."""
+    async def _send(
+        self,
+        node: str,
+        task: task_pb2.Task,
+        stage: str,
+        fallback: bool = False,
+        branches: Sequence[str] = (),
+    ) -> None:
+        """Forwards the task to `node`'s controller, for `stage` (or for the ready stages `branches`,
+        all placed on `node`, which forks the task there), or for the join `stage` (END_OF_DAG: the
+        end) of a copy whose branch is done: without its frames when a sibling copy took them from
+        here to that join. `fallback`: because the stage could not run here. A node that stays
+        unreachable makes the stages fall back to other nodes (the task then goes there)."""
         held = task_key(task)
-        self._leave(task, stage, FALLBACK if fallback else "controller")
-        link = self._link(node)
+        names = list(branches) or [stage]
+        joining = bool(task.branch) and not ready_stages(task)
+        meets = self._meets_siblings(task, node, names, stage if joining else None)
+        taken: tuple[list[bytes], bytes] | None = None
+        going: asyncio.Event | None = None
+        if meets is not None:
+            while meets in self._frames_going:  # a sibling takes the frames there now: did it?
+                await self._frames_going[meets].wait()
+            if joining and meets in self._frames_sent:
+                taken = (list(task.segment.frames), task.segment.stream)
+                del task.segment.frames[:]
+                task.segment.stream = b""
+            else:
+                going = self._frames_going[meets] = asyncio.Event()
         try:
-            transfer_s = await self._over_link(
-                node,
-                task,
-                lambda: self.transport.forward(node, task, self._deadline(link, task)),
-                f"controller of {node}",
-                self._patience(task),
-            )
-        except Unreachable as error:
-            stages = _stage_map(task)
-            fallback = self._fallback(task, stages[stage], avoid=node) if stage in stages else None
-            if fallback is None or fallback == node:
-                raise
-            log.warning("node unreachable: falling back", stage=stage, unreachable=node, to=fallback, why=str(error))
-            self.stats.fallbacks += 1
-            stages[stage].node = fallback
-            if fallback == self.node:
+            self._leave(task, stage, FALLBACK if fallback else "controller")
+            link = self._link(node)
+            try:
+                transfer_s = await self._over_link(
+                    node,
+                    task,
+                    lambda: self.transport.forward(node, task, self._deadline(link, task)),
+                    f"controller of {node}",
+                    self._patience(task),
+                )
+            except Unreachable as error:
+                if taken is not None:  # its sibling went to `node` with the frames: it takes its own elsewhere
+                    task.segment.frames.extend(taken[0])
+                    task.segment.stream = taken[1]
+                await self._fall_back(task, held, node, names, error)
+                return
+            if going is not None and meets is not None:  # its siblings may follow it there without frames
+                self._bounded_add(self._frames_sent, meets, None)
+        finally:
+            if going is not None and meets is not None:
+                del self._frames_going[meets]
+                going.set()
+        self._later(self.journal.release(held))
+        stages = _stage_map(task)
+        for name in names:
+            if name in stages:
+                stages[name].timings.transfer_s += transfer_s
+
+    def _meets_siblings(self, task: task_pb2.Task, node: str, names: list[str], join: str | None) -> str | None:
+        """For a copy with its frames going to `node`, to run the stages `names` or to its `join` there:
+        the key of the join at `node` where it meets its sibling copies ("root|join stage|node"), which
+        the siblings this node sends there may then reach without frames; None when it meets them
+        elsewhere, or is no copy. After its stages it meets them at the first pending stage waiting on
+        its branch (the end of the DAG, on the cloud, when none)."""
+        if not task.branch or not (task.segment.frames or task.segment.stream):
+            return None
+        if join is None:
+            waiting = first_waiting_on(task, {*names, *task.branch})
+            join = END_OF_DAG if waiting is None else waiting.spec.name
+            if (waiting.node if waiting is not None else self.cloud_node) != node:
+                return None
+        return f"{task.root_id}|{join}|{node}"
+
+    async def _fall_back(
+        self, task: task_pb2.Task, held: str, unreachable: str, names: list[str], error: Unreachable
+    ) -> None:
+        """The stages `names` of a task that could not reach `unreachable` go to other nodes (raises
+        `error` when one has none): together when they all fall back to one node, else each in a copy."""
+        stages = _stage_map(task)
+        moving = [name for name in names if name in stages]
+        to = {name: self._fallback(task, stages[name], avoid=unreachable) for name in moving}
+        if not moving or any(node is None or node == unreachable for node in to.values()):
+            raise error
+        targets = sorted({node for node in to.values() if node is not None})
+        log.warning("node unreachable: falling back", stage=moving, unreachable=unreachable, to=targets, why=str(error))
+        self.stats.fallbacks += len(moving)
+        for name, node in to.items():
+            stages[name].node = node or ""
+        if len(targets) == 1:
+            if targets[0] == self.node:
                 self._spawn(self._route(task))  # hosted here after all: route it again on this node
             else:
-                await self._send(fallback, task, stage, fallback=True)
+                await self._send(targets[0], task, moving[0], fallback=True, branches=moving if len(moving) > 1 else ())
             return
-        await self.journal.release(held)
-        stages = _stage_map(task)
-        if stage in stages:
-            stages[stage].timings.transfer_s += transfer_s
+        # Branches that fall back to different nodes: the fork is made here after all.
+        copies = [self._copy(task, [name]) for name in moving]
+        await self.journal.replace([held], copies)
+        for copy, name in zip(copies, moving, strict=True):
+            self._spawn(self._route(copy) if to[name] == self.node else self._send_or_drop(to[name] or "", copy, name))
+
+    async def _send_or_drop(self, node: str, task: task_pb2.Task, stage: str) -> None:
+        try:
+            await self._send(node, task, stage, fallback=True)
+        except Dropped as reason:
+            await self._drop(task, str(reason))
 
     @staticmethod
     def _deadline(link: Link, task: task_pb2.Task) -> float:
@@ -584,6 +723,13 @@ class ControllerCore:
     # -- joins and the end ------------------------------------------------------------------------
 
     async def _finish_copy(self, task: task_pb2.Task) -> None:
+        if task.branch and all(s.state != PENDING for s in task.dag.stages):
+            # Every branch has joined this copy already: it is the original task again, delivered from
+            # here rather than through a join of one copy on the cloud.
+            held = task_key(task)
+            task.task_id = task.root_id
+            del task.branch[:]
+            self._later(self.journal.replace([held], [task]))
         if not task.branch:
             if any(s.state == PENDING for s in task.dag.stages):
                 raise Dropped("DAG cannot progress: pending stages have unfinished parents")
@@ -592,6 +738,10 @@ class ControllerCore:
         join = join_stage(task)
         key_stage, node = (join.spec.name, self._join_node(task, join)) if join else (END_OF_DAG, self.cloud_node)
         if node != self.node:
+            if key_stage == END_OF_DAG and has_frames(task) and not self._keeps_frames(task):
+                # Only the delivery follows, which would leave the frames behind: they stay here.
+                del task.segment.frames[:]
+                task.segment.stream = b""
             await self._send(node, task, key_stage)
             return
         await self._join(task, key_stage)
@@ -637,7 +787,7 @@ class ControllerCore:
         if stage == END_OF_DAG:  # all copies are back: this is the original task again
             join.merged.task_id = join.merged.root_id
             del join.merged.branch[:]
-        await self.journal.replace(join.copies, [join.merged])
+        self._later(self.journal.replace(join.copies, [join.merged]))
         await self._advance_or_drop(join.merged)
 
     async def _advance_or_drop(self, task: task_pb2.Task) -> None:
@@ -673,7 +823,7 @@ class ControllerCore:
         return True
 
     async def _deliver(self, task: task_pb2.Task) -> None:
-        if not self._keeps_frames(task):
+        if has_frames(task) and not self._keeps_frames(task):
             del task.segment.frames[:]
             task.segment.stream = b""
         held = task_key(task)
@@ -696,7 +846,7 @@ class ControllerCore:
 
             refused = f"distributor refused the task from {self.node}"
             await self._patiently(deliver_here, refused, self.patience_s)
-        await self.journal.release(held)
+        self._later(self.journal.release(held))
         self.stats.delivered += 1
 
     async def _drop(
