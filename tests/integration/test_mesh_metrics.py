@@ -342,6 +342,8 @@ async def test_a_real_prometheus_scrapes_the_mesh_and_every_dashboard_panel_show
         empty = []
         for title, expr in _panel_queries():
             result = (await asyncio.to_thread(_prometheus_api, prometheus, "query", query=expr))["result"]
+            shown = [(r["metric"], r["value"][1]) for r in result[:3]]
+            print(f"panel {title!r}: {len(result)} series, e.g. {shown}")  # what each panel shows (-s)
             if not result:
                 empty.append((title, expr))
         assert not empty, f"panels without series: {empty}"
