@@ -331,12 +331,11 @@ class BackendCore:
         """Uninstalls the stream; False when its generator could not be told yet (a later pass will)."""
         require_id(stream_id, "stream_id")
         async with self._lock:
-            stored = (await asyncio.to_thread(self.store.streams)).get(stream_id)
-            if stored is None or stored[1] == REMOVING:
+            spec = (await self._installed()).get(stream_id)
+            if spec is None:
                 if stream_id in self._settings_streams():
                     raise FailedPrecondition(f"stream {stream_id!r} comes from the mesh file; remove it there")
                 raise NotFound(f"stream {stream_id!r} is not installed")
-            spec = stored[0]
             await asyncio.to_thread(self.store.put_stream, spec, REMOVING)
             stopped = await self._stop(spec)
         log.info("stream uninstalled", stream_id=stream_id, stopped=stopped)
@@ -369,16 +368,16 @@ class BackendCore:
         if self.mesh.policies and policy.name not in self.mesh.policies:
             raise InvalidArgument("policy.name", f"one of the policies {self.mesh.policies}, got {shown(policy.name)}")
         async with self._lock:
-            stored = (await asyncio.to_thread(self.store.streams)).get(stream_id)
-            if (stored is None or stored[1] == REMOVING) and stream_id not in self._settings_streams():
+            spec = (await self._installed()).get(stream_id)
+            if spec is None and stream_id not in self._settings_streams():
                 raise NotFound(f"stream {stream_id!r} is not installed")
             try:
                 decision = await self.ports.set_policy(stream_id, policy)
             except RemoteError as error:
                 raise Relayed(error, "the scheduler refused the policy") from None
-            if stored is not None:  # kept for the stream's next start, and for a restarted scheduler
-                stored[0].policy.CopyFrom(policy)
-                await asyncio.to_thread(self.store.put_stream, stored[0])
+            if spec is not None:  # kept for the stream's next start, and for a restarted scheduler
+                spec.policy.CopyFrom(policy)
+                await asyncio.to_thread(self.store.put_stream, spec)
         return decision
 
     # -- reconciling ------------------------------------------------------------------------------
@@ -409,7 +408,7 @@ class BackendCore:
                     if status.origin == generator_pb2.STREAM_ORIGIN_STARTED and stream_id not in stored:
                         log.warning("stopping a stream nobody installed", stream_id=stream_id, node=node)
                         await self._stop(status.spec)
-            await self._restore_policies({i: spec for i, (spec, state) in stored.items() if state == INSTALLED})
+            await self._restore_policies(await self._installed())
 
     async def _restart(self, spec: decision_pb2.StreamSpec) -> None:
         try:
