@@ -28,7 +28,7 @@ from dayu.v1 import task_pb2 as dayu_dot_v1_dot_task__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61yu/v1/scheduler.proto\x12\x07\x64\x61yu.v1\x1a\x16\x64\x61yu/v1/decision.proto\x1a\x17\x64\x61yu/v1/resources.proto\x1a\x12\x64\x61yu/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x15RegisterStreamRequest\x12#\n\x06stream\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\"=\n\x16RegisterStreamResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"\'\n\x12GetDecisionRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\":\n\x13GetDecisionResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"?\n\x15WatchDecisionsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\tJ\x04\x08\x02\x10\x03R\rafter_version\"=\n\x16WatchDecisionsResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"<\n\x15ReportFeedbackRequest\x12#\n\x06record\x18\x01 \x01(\x0b\x32\x13.dayu.v1.TaskRecord\"\x18\n\x16ReportFeedbackResponse\"C\n\x16ReportResourcesRequest\x12)\n\tresources\x18\x01 \x01(\x0b\x32\x16.dayu.v1.NodeResources\"+\n\x17ReportResourcesResponse\x12\x10\n\x08received\x18\x01 \x01(\x04\"J\n\x10SetPolicyRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12#\n\x06policy\x18\x02 \x01(\x0b\x32\x13.dayu.v1.PolicySpec\"8\n\x11SetPolicyResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"\xc9\x02\n\x15StreamSchedulingStats\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x11\n\tdecisions\x18\x03 \x01(\x04\x12\x1b\n\x13\x64\x65\x63ision_time_p50_s\x18\x04 \x01(\x01\x12\x1b\n\x13\x64\x65\x63ision_time_p95_s\x18\x05 \x01(\x01\x12\x19\n\x11\x66\x65\x65\x64\x62\x61\x63k_received\x18\x06 \x01(\x04\x12\"\n\x07\x63urrent\x18\x07 \x01(\x0b\x32\x11.dayu.v1.Decision\x12*\n\rhop_latencies\x18\x08 \x03(\x0b\x32\x13.dayu.v1.HopLatency\x12\"\n\x07history\x18\t \x03(\x0b\x32\x11.dayu.v1.Decision\x12\x31\n\rregistered_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"s\n\nHopLatency\x12\x0b\n\x03hop\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05spans\x18\x04 \x01(\x04\x12\r\n\x05p50_s\x18\x05 \x01(\x01\x12\r\n\x05p95_s\x18\x06 \x01(\x01\x12\x0e\n\x06last_s\x18\x07 \x01(\x01\"T\n\x18GetSchedulerStatsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xda\x01\n\x19GetSchedulerStatsResponse\x12/\n\x07streams\x18\x01 \x03(\x0b\x32\x1e.dayu.v1.StreamSchedulingStats\x12\x16\n\x0espans_received\x18\x02 \x01(\x04\x12\x15\n\rspans_ignored\x18\x03 \x01(\x04\x12,\n\x0ctraced_links\x18\x04 \x03(\x0b\x32\x16.dayu.v1.LinkBandwidth\x12\x17\n\x0fnext_page_token\x18\x06 \x01(\tJ\x04\x08\x05\x10\x06R\x10streams_left_out\",\n\x17UnregisterStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"0\n\x18UnregisterStreamResponse\x12\x14\n\x0cunregistered\x18\x01 \x01(\x08\"&\n\x13GetTaskTraceRequest\x12\x0f\n\x07root_id\x18\x01 \x01(\t\"\xad\x01\n\x08TaskSpan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcomponent\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x0f\n\x07to_node\x18\x05 \x01(\t\x12)\n\x05start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x14GetTaskTraceResponse\x12 \n\x05spans\x18\x01 \x03(\x0b\x32\x11.dayu.v1.TaskSpan2\xf5\x05\n\x10SchedulerService\x12Q\n\x0eRegisterStream\x12\x1e.dayu.v1.RegisterStreamRequest\x1a\x1f.dayu.v1.RegisterStreamResponse\x12H\n\x0bGetDecision\x12\x1b.dayu.v1.GetDecisionRequest\x1a\x1c.dayu.v1.GetDecisionResponse\x12S\n\x0eWatchDecisions\x12\x1e.dayu.v1.WatchDecisionsRequest\x1a\x1f.dayu.v1.WatchDecisionsResponse0\x01\x12Q\n\x0eReportFeedback\x12\x1e.dayu.v1.ReportFeedbackRequest\x1a\x1f.dayu.v1.ReportFeedbackResponse\x12V\n\x0fReportResources\x12\x1f.dayu.v1.ReportResourcesRequest\x1a .dayu.v1.ReportResourcesResponse(\x01\x12\x42\n\tSetPolicy\x12\x19.dayu.v1.SetPolicyRequest\x1a\x1a.dayu.v1.SetPolicyResponse\x12Z\n\x11GetSchedulerStats\x12!.dayu.v1.GetSchedulerStatsRequest\x1a\".dayu.v1.GetSchedulerStatsResponse\x12W\n\x10UnregisterStream\x12 .dayu.v1.UnregisterStreamRequest\x1a!.dayu.v1.UnregisterStreamResponse\x12K\n\x0cGetTaskTrace\x12\x1c.dayu.v1.GetTaskTraceRequest\x1a\x1d.dayu.v1.GetTaskTraceResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61yu/v1/scheduler.proto\x12\x07\x64\x61yu.v1\x1a\x16\x64\x61yu/v1/decision.proto\x1a\x17\x64\x61yu/v1/resources.proto\x1a\x12\x64\x61yu/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x15RegisterStreamRequest\x12#\n\x06stream\x18\x01 \x01(\x0b\x32\x13.dayu.v1.StreamSpec\"=\n\x16RegisterStreamResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"\'\n\x12GetDecisionRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\":\n\x13GetDecisionResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"?\n\x15WatchDecisionsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\tJ\x04\x08\x02\x10\x03R\rafter_version\"=\n\x16WatchDecisionsResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"b\n\x15ReportFeedbackRequest\x12#\n\x06record\x18\x01 \x01(\x0b\x32\x13.dayu.v1.TaskRecord\x12$\n\x07records\x18\x02 \x03(\x0b\x32\x13.dayu.v1.TaskRecord\"B\n\x16ReportFeedbackResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x16\n\x0eunknown_stream\x18\x02 \x01(\r\"C\n\x16ReportResourcesRequest\x12)\n\tresources\x18\x01 \x01(\x0b\x32\x16.dayu.v1.NodeResources\"+\n\x17ReportResourcesResponse\x12\x10\n\x08received\x18\x01 \x01(\x04\"J\n\x10SetPolicyRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12#\n\x06policy\x18\x02 \x01(\x0b\x32\x13.dayu.v1.PolicySpec\"8\n\x11SetPolicyResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x11.dayu.v1.Decision\"\xc9\x02\n\x15StreamSchedulingStats\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x11\n\tdecisions\x18\x03 \x01(\x04\x12\x1b\n\x13\x64\x65\x63ision_time_p50_s\x18\x04 \x01(\x01\x12\x1b\n\x13\x64\x65\x63ision_time_p95_s\x18\x05 \x01(\x01\x12\x19\n\x11\x66\x65\x65\x64\x62\x61\x63k_received\x18\x06 \x01(\x04\x12\"\n\x07\x63urrent\x18\x07 \x01(\x0b\x32\x11.dayu.v1.Decision\x12*\n\rhop_latencies\x18\x08 \x03(\x0b\x32\x13.dayu.v1.HopLatency\x12\"\n\x07history\x18\t \x03(\x0b\x32\x11.dayu.v1.Decision\x12\x31\n\rregistered_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"s\n\nHopLatency\x12\x0b\n\x03hop\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05spans\x18\x04 \x01(\x04\x12\r\n\x05p50_s\x18\x05 \x01(\x01\x12\r\n\x05p95_s\x18\x06 \x01(\x01\x12\x0e\n\x06last_s\x18\x07 \x01(\x01\"T\n\x18GetSchedulerStatsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xda\x01\n\x19GetSchedulerStatsResponse\x12/\n\x07streams\x18\x01 \x03(\x0b\x32\x1e.dayu.v1.StreamSchedulingStats\x12\x16\n\x0espans_received\x18\x02 \x01(\x04\x12\x15\n\rspans_ignored\x18\x03 \x01(\x04\x12,\n\x0ctraced_links\x18\x04 \x03(\x0b\x32\x16.dayu.v1.LinkBandwidth\x12\x17\n\x0fnext_page_token\x18\x06 \x01(\tJ\x04\x08\x05\x10\x06R\x10streams_left_out\",\n\x17UnregisterStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"0\n\x18UnregisterStreamResponse\x12\x14\n\x0cunregistered\x18\x01 \x01(\x08\"&\n\x13GetTaskTraceRequest\x12\x0f\n\x07root_id\x18\x01 \x01(\t\"\xad\x01\n\x08TaskSpan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcomponent\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x0f\n\x07to_node\x18\x05 \x01(\t\x12)\n\x05start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x14GetTaskTraceResponse\x12 \n\x05spans\x18\x01 \x03(\x0b\x32\x11.dayu.v1.TaskSpan2\xf5\x05\n\x10SchedulerService\x12Q\n\x0eRegisterStream\x12\x1e.dayu.v1.RegisterStreamRequest\x1a\x1f.dayu.v1.RegisterStreamResponse\x12H\n\x0bGetDecision\x12\x1b.dayu.v1.GetDecisionRequest\x1a\x1c.dayu.v1.GetDecisionResponse\x12S\n\x0eWatchDecisions\x12\x1e.dayu.v1.WatchDecisionsRequest\x1a\x1f.dayu.v1.WatchDecisionsResponse0\x01\x12Q\n\x0eReportFeedback\x12\x1e.dayu.v1.ReportFeedbackRequest\x1a\x1f.dayu.v1.ReportFeedbackResponse\x12V\n\x0fReportResources\x12\x1f.dayu.v1.ReportResourcesRequest\x1a .dayu.v1.ReportResourcesResponse(\x01\x12\x42\n\tSetPolicy\x12\x19.dayu.v1.SetPolicyRequest\x1a\x1a.dayu.v1.SetPolicyResponse\x12Z\n\x11GetSchedulerStats\x12!.dayu.v1.GetSchedulerStatsRequest\x1a\".dayu.v1.GetSchedulerStatsResponse\x12W\n\x10UnregisterStream\x12 .dayu.v1.UnregisterStreamRequest\x1a!.dayu.v1.UnregisterStreamResponse\x12K\n\x0cGetTaskTrace\x12\x1c.dayu.v1.GetTaskTraceRequest\x1a\x1d.dayu.v1.GetTaskTraceResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,35 +49,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHDECISIONSRESPONSE']._serialized_start=429
   _globals['_WATCHDECISIONSRESPONSE']._serialized_end=490
   _globals['_REPORTFEEDBACKREQUEST']._serialized_start=492
-  _globals['_REPORTFEEDBACKREQUEST']._serialized_end=552
-  _globals['_REPORTFEEDBACKRESPONSE']._serialized_start=554
-  _globals['_REPORTFEEDBACKRESPONSE']._serialized_end=578
-  _globals['_REPORTRESOURCESREQUEST']._serialized_start=580
-  _globals['_REPORTRESOURCESREQUEST']._serialized_end=647
-  _globals['_REPORTRESOURCESRESPONSE']._serialized_start=649
-  _globals['_REPORTRESOURCESRESPONSE']._serialized_end=692
-  _globals['_SETPOLICYREQUEST']._serialized_start=694
-  _globals['_SETPOLICYREQUEST']._serialized_end=768
-  _globals['_SETPOLICYRESPONSE']._serialized_start=770
-  _globals['_SETPOLICYRESPONSE']._serialized_end=826
-  _globals['_STREAMSCHEDULINGSTATS']._serialized_start=829
-  _globals['_STREAMSCHEDULINGSTATS']._serialized_end=1158
-  _globals['_HOPLATENCY']._serialized_start=1160
-  _globals['_HOPLATENCY']._serialized_end=1275
-  _globals['_GETSCHEDULERSTATSREQUEST']._serialized_start=1277
-  _globals['_GETSCHEDULERSTATSREQUEST']._serialized_end=1361
-  _globals['_GETSCHEDULERSTATSRESPONSE']._serialized_start=1364
-  _globals['_GETSCHEDULERSTATSRESPONSE']._serialized_end=1582
-  _globals['_UNREGISTERSTREAMREQUEST']._serialized_start=1584
-  _globals['_UNREGISTERSTREAMREQUEST']._serialized_end=1628
-  _globals['_UNREGISTERSTREAMRESPONSE']._serialized_start=1630
-  _globals['_UNREGISTERSTREAMRESPONSE']._serialized_end=1678
-  _globals['_GETTASKTRACEREQUEST']._serialized_start=1680
-  _globals['_GETTASKTRACEREQUEST']._serialized_end=1718
-  _globals['_TASKSPAN']._serialized_start=1721
-  _globals['_TASKSPAN']._serialized_end=1894
-  _globals['_GETTASKTRACERESPONSE']._serialized_start=1896
-  _globals['_GETTASKTRACERESPONSE']._serialized_end=1952
-  _globals['_SCHEDULERSERVICE']._serialized_start=1955
-  _globals['_SCHEDULERSERVICE']._serialized_end=2712
+  _globals['_REPORTFEEDBACKREQUEST']._serialized_end=590
+  _globals['_REPORTFEEDBACKRESPONSE']._serialized_start=592
+  _globals['_REPORTFEEDBACKRESPONSE']._serialized_end=658
+  _globals['_REPORTRESOURCESREQUEST']._serialized_start=660
+  _globals['_REPORTRESOURCESREQUEST']._serialized_end=727
+  _globals['_REPORTRESOURCESRESPONSE']._serialized_start=729
+  _globals['_REPORTRESOURCESRESPONSE']._serialized_end=772
+  _globals['_SETPOLICYREQUEST']._serialized_start=774
+  _globals['_SETPOLICYREQUEST']._serialized_end=848
+  _globals['_SETPOLICYRESPONSE']._serialized_start=850
+  _globals['_SETPOLICYRESPONSE']._serialized_end=906
+  _globals['_STREAMSCHEDULINGSTATS']._serialized_start=909
+  _globals['_STREAMSCHEDULINGSTATS']._serialized_end=1238
+  _globals['_HOPLATENCY']._serialized_start=1240
+  _globals['_HOPLATENCY']._serialized_end=1355
+  _globals['_GETSCHEDULERSTATSREQUEST']._serialized_start=1357
+  _globals['_GETSCHEDULERSTATSREQUEST']._serialized_end=1441
+  _globals['_GETSCHEDULERSTATSRESPONSE']._serialized_start=1444
+  _globals['_GETSCHEDULERSTATSRESPONSE']._serialized_end=1662
+  _globals['_UNREGISTERSTREAMREQUEST']._serialized_start=1664
+  _globals['_UNREGISTERSTREAMREQUEST']._serialized_end=1708
+  _globals['_UNREGISTERSTREAMRESPONSE']._serialized_start=1710
+  _globals['_UNREGISTERSTREAMRESPONSE']._serialized_end=1758
+  _globals['_GETTASKTRACEREQUEST']._serialized_start=1760
+  _globals['_GETTASKTRACEREQUEST']._serialized_end=1798
+  _globals['_TASKSPAN']._serialized_start=1801
+  _globals['_TASKSPAN']._serialized_end=1974
+  _globals['_GETTASKTRACERESPONSE']._serialized_start=1976
+  _globals['_GETTASKTRACERESPONSE']._serialized_end=2032
+  _globals['_SCHEDULERSERVICE']._serialized_start=2035
+  _globals['_SCHEDULERSERVICE']._serialized_end=2792
 # @@protoc_insertion_point(module_scope)

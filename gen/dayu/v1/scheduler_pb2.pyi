@@ -171,18 +171,26 @@ class ReportFeedbackRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RECORD_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def record(self) -> _task_pb2.TaskRecord:
-        """What the distributor stored."""
+        """What the distributor stored: one record."""
+
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskRecord]:
+        """Or several, in the order stored (after `record`, when both are set): a distributor sends what
+        was stored while its previous call was under way in one call.
+        """
 
     def __init__(
         self,
         *,
         record: _task_pb2.TaskRecord | None = ...,
+        records: _abc.Iterable[_task_pb2.TaskRecord] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -194,12 +202,21 @@ class ReportFeedbackResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    UNKNOWN_STREAM_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.int
+    """Records taken."""
+    unknown_stream: _builtins.int
+    """Records of streams the scheduler does not know (stopped, or never registered), left out."""
     def __init__(
         self,
+        *,
+        accepted: _builtins.int = ...,
+        unknown_stream: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "unknown_stream", b"unknown_stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

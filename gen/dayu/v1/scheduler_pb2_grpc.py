@@ -110,7 +110,7 @@ class SchedulerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportFeedback(self, request, context):
-        """Feedback: a finished or dropped task's record.
+        """Feedback: finished or dropped tasks' records, one or several at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,7 +42,7 @@ class SchedulerServiceStub:
     WatchDecisions: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchDecisionsRequest, _scheduler_pb2.WatchDecisionsResponse]
     """Pushes a stream's decisions as they change, starting with the current one."""
     ReportFeedback: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ReportFeedbackRequest, _scheduler_pb2.ReportFeedbackResponse]
-    """Feedback: a finished or dropped task's record."""
+    """Feedback: finished or dropped tasks' records, one or several at once."""
     ReportResources: _grpc.StreamUnaryMultiCallable[_scheduler_pb2.ReportResourcesRequest, _scheduler_pb2.ReportResourcesResponse]
     """Resource reports of a node's monitor, as they are measured."""
     SetPolicy: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SetPolicyRequest, _scheduler_pb2.SetPolicyResponse]
@@ -68,7 +68,7 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     WatchDecisions: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchDecisionsRequest, _scheduler_pb2.WatchDecisionsResponse]  # type: ignore[assignment]
     """Pushes a stream's decisions as they change, starting with the current one."""
     ReportFeedback: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ReportFeedbackRequest, _scheduler_pb2.ReportFeedbackResponse]  # type: ignore[assignment]
-    """Feedback: a finished or dropped task's record."""
+    """Feedback: finished or dropped tasks' records, one or several at once."""
     ReportResources: _aio.StreamUnaryMultiCallable[_scheduler_pb2.ReportResourcesRequest, _scheduler_pb2.ReportResourcesResponse]  # type: ignore[assignment]
     """Resource reports of a node's monitor, as they are measured."""
     SetPolicy: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SetPolicyRequest, _scheduler_pb2.SetPolicyResponse]  # type: ignore[assignment]
@@ -115,7 +115,7 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.ReportFeedbackRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.ReportFeedbackResponse, _abc.Awaitable[_scheduler_pb2.ReportFeedbackResponse]]:
-        """Feedback: a finished or dropped task's record."""
+        """Feedback: finished or dropped tasks' records, one or several at once."""
 
     @_abc_1.abstractmethod
     def ReportResources(

@@ -39,13 +39,13 @@ class GrpcMeshPorts:
         self._admin = (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
 
     def _scheduler(self) -> scheduler_pb2_grpc.SchedulerServiceStub:
-        return scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.mesh.address("scheduler")))
+        return self.channels.stub(scheduler_pb2_grpc.SchedulerServiceStub, self.mesh.address("scheduler"))
 
     def _distributor(self) -> distributor_pb2_grpc.DistributorServiceStub:
-        return distributor_pb2_grpc.DistributorServiceStub(self.channels.get(self.mesh.address("distributor")))
+        return self.channels.stub(distributor_pb2_grpc.DistributorServiceStub, self.mesh.address("distributor"))
 
     def _generator(self, node: str) -> generator_pb2_grpc.GeneratorServiceStub:
-        return generator_pb2_grpc.GeneratorServiceStub(self.channels.get(self.mesh.address("generator", node)))
+        return self.channels.stub(generator_pb2_grpc.GeneratorServiceStub, self.mesh.address("generator", node))
 
     async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
         request = scheduler_pb2.RegisterStreamRequest(stream=spec)
@@ -107,7 +107,7 @@ class GrpcMeshPorts:
         return list(sources)
 
     def _datasource(self) -> datasource_pb2_grpc.DatasourceServiceStub:
-        return datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.mesh.address("datasource")))
+        return self.channels.stub(datasource_pb2_grpc.DatasourceServiceStub, self.mesh.address("datasource"))
 
     async def add_source(self, spec: datasource_pb2.SourceSpec) -> datasource_pb2.SourceInfo:
         request = datasource_pb2.AddSourceRequest(source=spec)
@@ -118,11 +118,11 @@ class GrpcMeshPorts:
         await remote(self._datasource().RemoveSource(request, timeout=TIMEOUT_S, **WAIT))
 
     async def resources(self, node: str) -> resources_pb2.NodeResources:
-        stub = monitor_pb2_grpc.MonitorServiceStub(self.channels.get(self.mesh.address("monitor", node)))
+        stub = self.channels.stub(monitor_pb2_grpc.MonitorServiceStub, self.mesh.address("monitor", node))
         return (await remote(stub.GetResources(monitor_pb2.GetResourcesRequest(), timeout=CALL_TIMEOUT_S))).resources
 
     async def healthy(self, member: Member) -> None:
-        stub = health_pb2_grpc.HealthStub(self.channels.get(member.address))
+        stub = self.channels.stub(health_pb2_grpc.HealthStub, member.address)
         reply = await remote(stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=CALL_TIMEOUT_S))
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             raise RemoteError("UNAVAILABLE", health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

@@ -87,9 +87,8 @@ class GrpcTransport:
         return table[key]
 
     async def process(self, kind: str, task: task_pb2.Task, stage: str) -> task_pb2.TaskStage:
-        stub = processor_pb2_grpc.ProcessorServiceStub(
-            self.channels.get(self._address(self.section.processors, kind, "processor"))
-        )
+        address = self._address(self.section.processors, kind, "processor")
+        stub = self.channels.stub(processor_pb2_grpc.ProcessorServiceStub, address)
         request = processor_pb2.ProcessRequest(task=task, stage=stage)
         timeout = self.section.process_timeout_s
         reply = await remote(
@@ -105,25 +104,23 @@ class GrpcTransport:
 
     # One attempt each: the core tries again, for as long as the task can wait, with the same task id.
     async def forward(self, node: str, task: task_pb2.Task, timeout_s: float) -> None:
-        stub = controller_pb2_grpc.ControllerServiceStub(
-            self.channels.get(self._address(self.section.peers, node, "controller of node"))
-        )
         request = controller_pb2.SubmitTaskRequest(task=task, from_node=self.node)  # checked against our certificate
-        await remote(stub.SubmitTask(request, timeout=timeout_s))
+        await remote(self._peer(node).SubmitTask(request, timeout=timeout_s))
+
+    def _peer(self, node: str) -> controller_pb2_grpc.ControllerServiceStub:
+        address = self._address(self.section.peers, node, "controller of node")
+        return self.channels.stub(controller_pb2_grpc.ControllerServiceStub, address)
 
     def _distributor(self) -> distributor_pb2_grpc.DistributorServiceStub:
         if not self.section.distributor:
             raise FailedPrecondition("no distributor address configured")
-        return distributor_pb2_grpc.DistributorServiceStub(self.channels.get(self.section.distributor))
+        return self.channels.stub(distributor_pb2_grpc.DistributorServiceStub, self.section.distributor)
 
     async def deliver(self, task: task_pb2.Task, timeout_s: float) -> None:
         await remote(self._distributor().Deliver(distributor_pb2.DeliverRequest(task=task), timeout=timeout_s))
 
     async def probe(self, node: str, nbytes: int) -> None:
-        stub = controller_pb2_grpc.ControllerServiceStub(
-            self.channels.get(self._address(self.section.peers, node, "controller of node"))
-        )
-        await remote(stub.Probe(controller_pb2.ProbeRequest(payload=bytes(nbytes)), timeout=30))
+        await remote(self._peer(node).Probe(controller_pb2.ProbeRequest(payload=bytes(nbytes)), timeout=30))
 
     async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
         request = distributor_pb2.RecordDropRequest(task=task, reason=reason)
@@ -232,7 +229,7 @@ class ControllerComponent(Component):
     async def _follow_decisions(self, stream_id: str) -> None:
         """Keeps the core's copy of the stream's decision current, reconnecting while the scheduler
         is down or does not know the stream yet."""
-        stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
+        stub = self.channels.stub(scheduler_pb2_grpc.SchedulerServiceStub, self.section.scheduler)
         wait = RECONNECT_S[0]
         while True:
             try:

@@ -29,6 +29,8 @@ from dayu.v1 import (
 )
 
 log = get_logger(__name__)
+FEEDBACK_BATCH = 256  # records in one ReportFeedback call at most
+FEEDBACK_BATCH_BYTES = 1 << 20  # and about this many bytes (the scheduler takes 4 MiB at most)
 FEEDBACK_LOG_EVERY = 1000  # while feedback keeps failing with one status, a warning every this many
 
 
@@ -58,7 +60,7 @@ class ProcessorGolden:
         request = processor_pb2.ProcessRequest(
             task=await asyncio.to_thread(golden_task, task, stage), stage=stage.spec.name
         )
-        reply = await processor_pb2_grpc.ProcessorServiceStub(self.channels.get(address)).Process(request)
+        reply = await self.channels.stub(processor_pb2_grpc.ProcessorServiceStub, address).Process(request)
         # The stage that ran (a processor of an older release sends the whole task instead).
         (done,) = [reply.stage] if reply.HasField("stage") else reply.task.dag.stages
         if done.state != task_pb2.STAGE_STATE_DONE:
@@ -84,7 +86,7 @@ class FeedbackSender:
     delivery: a bounded queue, dropping feedback (never records) when the scheduler falls behind."""
 
     def __init__(self, address: str, channels: Channels, capacity: int) -> None:
-        self.stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.get(address))
+        self.stub = channels.stub(scheduler_pb2_grpc.SchedulerServiceStub, address)
         self.queue: asyncio.Queue[task_pb2.TaskRecord] = asyncio.Queue(capacity)
         self.lost = 0
         self._failing = ""  # the status of the last failure while they go on: logged when it changes
@@ -96,18 +98,30 @@ class FeedbackSender:
             self.lost += 1
 
     async def send(self) -> None:
-        """Runs for as long as the distributor does."""
+        """Runs for as long as the distributor does. What was stored while a call was under way goes
+        in the next call, all together: a call per record costs the scheduler more than the record."""
         while True:
-            record = await self.queue.get()
+            batch = [await self.queue.get()]
+            size = batch[0].ByteSize()
+            while not self.queue.empty() and len(batch) < FEEDBACK_BATCH and size < FEEDBACK_BATCH_BYTES:
+                batch.append(self.queue.get_nowait())
+                size += batch[-1].ByteSize()
             try:
-                await self.stub.ReportFeedback(scheduler_pb2.ReportFeedbackRequest(record=record), timeout=10)
-                self._failing = ""
+                request = scheduler_pb2.ReportFeedbackRequest(records=batch)
+                reply = await self.stub.ReportFeedback(request, timeout=10)
+                if reply.unknown_stream:  # stopped streams' last records, or streams never registered
+                    self._lose(reply.unknown_stream, "unknown stream")
+                else:
+                    self._failing = ""
             except grpc.aio.AioRpcError as error:
-                self.lost += 1
-                # Not a line per record: a stream the scheduler does not know fails every one of its records.
-                if error.code().name != self._failing or self.lost % FEEDBACK_LOG_EVERY == 0:
-                    log.warning("feedback not delivered", code=error.code().name, lost=self.lost)
-                self._failing = error.code().name
+                self._lose(len(batch), error.code().name)
+
+    def _lose(self, records: int, why: str) -> None:
+        # Not a line per record: a stream the scheduler does not know fails every one of its records.
+        if why != self._failing or (self.lost + records) // FEEDBACK_LOG_EVERY > self.lost // FEEDBACK_LOG_EVERY:
+            log.warning("feedback not delivered", why=why, lost=self.lost + records)
+        self.lost += records
+        self._failing = why
 
 
 class DistributorSettings(ComponentSettings):

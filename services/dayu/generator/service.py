@@ -107,7 +107,7 @@ class GrpcStreamPorts:
         self.section, self.channels = section, channels
 
     async def source_fps(self, source_id: str) -> float:
-        stub = datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.section.datasource))
+        stub = self.channels.stub(datasource_pb2_grpc.DatasourceServiceStub, self.section.datasource)
         request = datasource_pb2.ListSourcesRequest(page_size=MAX_PAGE_SIZE)
         sources, _ = await every_page(  # every page: a datasource may play many sources
             lambda request, timeout: remote(stub.ListSources(request, timeout=timeout)), request, "sources", 10
@@ -118,28 +118,28 @@ class GrpcStreamPorts:
         raise NotFound(f"source {source_id!r} is not played by the datasource at {self.section.datasource}")
 
     async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:
-        stub = datasource_pb2_grpc.DatasourceServiceStub(self.channels.get(self.section.datasource))
+        stub = self.channels.stub(datasource_pb2_grpc.DatasourceServiceStub, self.section.datasource)
         async for reply in remote_stream(stub.StreamFrames(datasource_pb2.StreamFramesRequest(source_id=source_id))):
             yield reply.frame
 
     async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
-        stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
+        stub = self.channels.stub(scheduler_pb2_grpc.SchedulerServiceStub, self.section.scheduler)
         reply = await remote(stub.RegisterStream(scheduler_pb2.RegisterStreamRequest(stream=spec), timeout=10))
         return reply.decision
 
     async def decisions(self, stream_id: str) -> AsyncIterator[decision_pb2.Decision]:
-        stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
+        stub = self.channels.stub(scheduler_pb2_grpc.SchedulerServiceStub, self.section.scheduler)
         request = scheduler_pb2.WatchDecisionsRequest(stream_id=stream_id)
         async for reply in remote_stream(stub.WatchDecisions(request)):
             yield reply.decision
 
     async def submit(self, task: task_pb2.Task) -> None:
-        stub = controller_pb2_grpc.ControllerServiceStub(self.channels.get(self.section.controller))
+        stub = self.channels.stub(controller_pb2_grpc.ControllerServiceStub, self.section.controller)
         # One attempt: the stream tries again, with the same task id, for as long as the task can wait.
         await remote(stub.SubmitTask(controller_pb2.SubmitTaskRequest(task=task), timeout=10))
 
     async def record_drop(self, task: task_pb2.Task, reason: str) -> None:
-        stub = distributor_pb2_grpc.DistributorServiceStub(self.channels.get(self.section.distributor))
+        stub = self.channels.stub(distributor_pb2_grpc.DistributorServiceStub, self.section.distributor)
         await remote(stub.RecordDrop(distributor_pb2.RecordDropRequest(task=task, reason=reason), timeout=10))
 
 

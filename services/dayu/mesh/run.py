@@ -92,7 +92,7 @@ async def run_mesh(
         if metrics_url := getattr(mesh, "metrics_url", ""):
             triton = getattr(mesh, "triton_metrics_url", "")
             progress(f"dayu: metrics {metrics_url}" + (f"  (Triton's: {triton})" if triton else ""))
-        distributor = distributor_pb2_grpc.DistributorServiceStub(channels.get(_cloud(mesh, "distributor")))
+        distributor = channels.stub(distributor_pb2_grpc.DistributorServiceStub, _cloud(mesh, "distributor"))
         watcher = asyncio.create_task(_watch(distributor, tally))
 
         running = time.monotonic()  # the duration counts from when the mesh is up
@@ -159,7 +159,7 @@ def _of(mesh: RunningMesh, component: str) -> list[Instance]:
 async def generated_per_stream(mesh: RunningMesh, channels: Channels) -> dict[str, int]:
     counts: dict[str, int] = {}
     for instance in _of(mesh, "generator"):
-        stub = generator_pb2_grpc.GeneratorServiceStub(channels.get(mesh.address(instance)))
+        stub = channels.stub(generator_pb2_grpc.GeneratorServiceStub, mesh.address(instance))
         streams, _ = await every_page(stub.ListStreams, generator_pb2.ListStreamsRequest(), "streams", 5)
         counts.update({stream.spec.stream_id: stream.tasks_generated for stream in streams})
     return counts
@@ -169,7 +169,7 @@ async def scheduling_stats(mesh: RunningMesh, channels: Channels) -> dict[str, A
     """Per stream: its policy, how many decisions it made and how long they took, its most recent
     decisions (when, relative to the first stream's registration; version; configuration,
     placement, pause; reason) and the latency of its hops from the traces the scheduler received."""
-    stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.get(_cloud(mesh, "scheduler")))
+    stub = channels.stub(scheduler_pb2_grpc.SchedulerServiceStub, _cloud(mesh, "scheduler"))
     streams, _ = await every_page(stub.GetSchedulerStats, scheduler_pb2.GetSchedulerStatsRequest(), "streams", 5)
     registered = [s.registered_at.ToNanoseconds() for s in streams if s.HasField("registered_at")]
     start_ns = min(registered, default=0)
@@ -212,7 +212,7 @@ async def link_stats(mesh: RunningMesh, channels: Channels) -> list[controller_p
     """Every controller's counters of the links from its node."""
     found: list[controller_pb2.LinkStats] = []
     for instance in _of(mesh, "controller"):
-        stub = controller_pb2_grpc.ControllerServiceStub(channels.get(mesh.address(instance)))
+        stub = channels.stub(controller_pb2_grpc.ControllerServiceStub, mesh.address(instance))
         reply = await stub.GetLinkStats(controller_pb2.GetLinkStatsRequest(), timeout=5)
         found.extend(reply.links)
     return found

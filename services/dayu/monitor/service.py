@@ -114,7 +114,7 @@ class NodeMonitor:
                 self.meter.link_measured(link)
 
     async def _queue_length(self, kind: str, address: str) -> int | None:
-        stub = processor_pb2_grpc.ProcessorServiceStub(self.channels.get(address))
+        stub = self.channels.stub(processor_pb2_grpc.ProcessorServiceStub, address)
         request = processor_pb2.GetProcessorStatusRequest()
         try:
             status = await stub.GetProcessorStatus(request, timeout=PROCESSOR_TIMEOUT_S)
@@ -125,7 +125,7 @@ class NodeMonitor:
         return status.queue_length
 
     async def _link(self, node: str) -> resources_pb2.LinkBandwidth | None:
-        stub = controller_pb2_grpc.ControllerServiceStub(self.channels.get(self.section.controller))
+        stub = self.channels.stub(controller_pb2_grpc.ControllerServiceStub, self.section.controller)
         request = controller_pb2.MeasureLinkRequest(to_node=node, probe_bytes=self.section.probe_bytes)
         try:
             link = (await stub.MeasureLink(request, timeout=LINK_TIMEOUT_S)).link
@@ -202,7 +202,7 @@ class MonitorComponent(Component):
     async def _report(self) -> None:
         """Streams the reports to the scheduler, a new stream every REPORT_STREAM_S; one that fails or
         misses its deadline is opened again after an interval."""
-        stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.section.scheduler))
+        stub = self.channels.stub(scheduler_pb2_grpc.SchedulerServiceStub, self.section.scheduler)
         while True:
             reports = self.monitor.reports(REPORT_STREAM_S)
             try:

@@ -17,93 +17,97 @@ from dayu.runtime.metrics import RpcMeter, current_exemplar
 from dayu.runtime.retry import TRANSIENT
 from dayu.runtime.server import channel_options
 from dayu.runtime.tls import TlsSettings, channel_credentials, open_channel
-from dayu.runtime.tracing import client_interceptors
+from dayu.runtime.tracing import with_trace_context
 
 log = get_logger(__name__)
 T = TypeVar("T")
+S = TypeVar("S")
 
 # Statuses worth another try: the peer is down, restarting, overloaded or slow.
 RETRYABLE = frozenset(getattr(grpc.StatusCode, name) for name in TRANSIENT)
 
 
 class _Metered:
-    """Counts every call of the channels it is on (dayu_grpc_client_*), per method, labelled with the
-    calling component and node. A unary call's status is awaited here (the caller awaits it anyway);
-    a stream's is taken when it ends, without holding the stream back."""
+    """Counts every call of a channel (dayu_grpc_client_*), per method, labelled with the calling
+    component and node, and puts the caller's trace context in its metadata. It wraps the channel's
+    multicallables rather than using grpc.aio's interceptors, which run each call in a task of its
+    own around the call's own and cost more than the rest of the client side (hack/bench_mesh.py).
+    A unary call's status is taken when it returns or raises; a stream's when it ends, without
+    holding the stream back."""
 
     def __init__(self, component: str, node: str) -> None:
         self.component, self.node = component, node
         self._meters: dict[str, RpcMeter] = {}
         self._ending: set[asyncio.Task[None]] = set()  # streams' statuses being taken (held: tasks are weak)
 
-    def meter(self, details: grpc.aio.ClientCallDetails) -> RpcMeter:
-        method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
-        meter = self._meters.get(method)
+    def meter(self, method: str | bytes) -> RpcMeter:
+        name = method.decode() if isinstance(method, bytes) else method
+        meter = self._meters.get(name)
         if meter is None:  # methods are the contracts': a bounded set
-            meter = self._meters[method] = RpcMeter("client", self.component, self.node, method.removeprefix("/"))
+            meter = self._meters[name] = RpcMeter("client", self.component, self.node, name.removeprefix("/"))
         return meter
 
-    async def unary(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        meter = self.meter(details)
-        meter.started()
-        started, exemplar = time.perf_counter(), current_exemplar()
-        code = grpc.StatusCode.UNKNOWN
-        try:
-            call = await continuation(details, request)
-            code = await call.code()
-            return call
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            meter.handled(code.name, time.perf_counter() - started, exemplar)
+    def unary(self, call: Any, meter: RpcMeter) -> Callable[..., Awaitable[Any]]:
+        async def metered(request: Any, *, metadata: Any = None, **options: Any) -> Any:
+            meter.started()
+            started, exemplar = time.perf_counter(), current_exemplar()
+            code = grpc.StatusCode.UNKNOWN.name
+            try:
+                response = await call(request, metadata=with_trace_context(metadata), **options)
+                code = grpc.StatusCode.OK.name
+                return response
+            except grpc.aio.AioRpcError as error:
+                code = error.code().name
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED.name
+                raise
+            finally:
+                meter.handled(code, time.perf_counter() - started, exemplar)
 
-    async def stream(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        meter = self.meter(details)
-        meter.started()
-        started = time.perf_counter()
-        call = await continuation(details, request)
+        return metered
 
-        async def handled() -> None:
-            meter.handled((await call.code()).name, time.perf_counter() - started)
+    def stream(self, call: Any, meter: RpcMeter) -> Callable[..., Any]:
+        def metered(request: Any, *, metadata: Any = None, **options: Any) -> Any:
+            meter.started()
+            started = time.perf_counter()
+            ongoing = call(request, metadata=with_trace_context(metadata), **options)
 
-        def done(_: object) -> None:  # a callback cannot await; the status is known by now: no wait
-            ending = asyncio.ensure_future(handled())
-            self._ending.add(ending)
-            ending.add_done_callback(self._ending.discard)
+            async def handled() -> None:
+                meter.handled((await ongoing.code()).name, time.perf_counter() - started)
 
-        call.add_done_callback(done)
-        return call
+            def done(_: object) -> None:  # a callback cannot await; the status is known by now: no wait
+                ending = asyncio.ensure_future(handled())
+                self._ending.add(ending)
+                ending.add_done_callback(self._ending.discard)
 
+            ongoing.add_done_callback(done)
+            return ongoing
 
-class _MeteredUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, metered: _Metered) -> None:
-        self.metered = metered
-
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await self.metered.unary(continuation, client_call_details, request)
-
-
-class _MeteredUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, metered: _Metered) -> None:
-        self.metered = metered
-
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await self.metered.stream(continuation, client_call_details, request)
+        return metered
 
 
-class _MeteredStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, metered: _Metered) -> None:
-        self.metered = metered
+class MeteredChannel:
+    """A grpc.aio channel whose calls `metered` counts and traces (see _Metered); anything else is
+    the channel's own."""
 
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await self.metered.stream(continuation, client_call_details, request_iterator)
+    def __init__(self, channel: grpc.aio.Channel, metered: _Metered) -> None:
+        self.channel, self._metered = channel, metered
 
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Awaitable[Any]]:
+        return self._metered.unary(self.channel.unary_unary(method, *args, **kwargs), self._metered.meter(method))
 
-def metered_interceptors(component: str, node: str) -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors that count the calls of a channel (dayu_grpc_client_*) for `component` on `node`."""
-    metered = _Metered(component, node)
-    return [_MeteredUnaryUnary(metered), _MeteredUnaryStream(metered), _MeteredStreamUnary(metered)]
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        return self._metered.stream(self.channel.unary_stream(method, *args, **kwargs), self._metered.meter(method))
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        return self._metered.stream(self.channel.stream_unary(method, *args, **kwargs), self._metered.meter(method))
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        return self._metered.stream(self.channel.stream_stream(method, *args, **kwargs), self._metered.meter(method))
+
+    def __getattr__(self, name: str) -> Any:  # close, channel_ready, get_state, ...
+        return getattr(self.channel, name)
 
 
 class Channels:
@@ -116,22 +120,30 @@ class Channels:
         self, max_message_bytes: int, tls: TlsSettings | None = None, *, component: str = "", node: str = ""
     ) -> None:
         self._options = channel_options(max_message_bytes)
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[str, MeteredChannel] = {}
         self._tls = tls if tls is not None and tls.enabled else None
         self._credentials = channel_credentials(self._tls) if self._tls is not None else None
-        # Outermost first: the metrics time the whole call, the trace context goes on its metadata.
-        self._interceptors = [*metered_interceptors(component, node), *client_interceptors()]
+        self._metered = _Metered(component, node)
+        self._stubs: dict[tuple[type[Any], str], Any] = {}
 
-    def get(self, address: str) -> grpc.aio.Channel:
+    def get(self, address: str) -> MeteredChannel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = open_channel(
-                address, self._tls, self._options, self._interceptors, self._credentials
-            )
+            raw = open_channel(address, self._tls, self._options, credentials=self._credentials)
+            channel = self._channels[address] = MeteredChannel(raw, self._metered)
         return channel
+
+    def stub(self, stub_class: type[S], address: str) -> S:
+        """The stub of `stub_class` on the channel to `address`, made once (a stub makes a callable
+        per method of its service)."""
+        stub = self._stubs.get((stub_class, address))
+        if stub is None:
+            stub = self._stubs[(stub_class, address)] = stub_class(self.get(address))
+        return stub  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
+        self._stubs.clear()
         await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
 
 

@@ -188,25 +188,50 @@ def _serialize(response: Message | bytes) -> bytes:
     return response if isinstance(response, bytes) else response.SerializeToString()
 
 
-def _may_be_large(message: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
-    """Whether a message of this type can be large: it holds bytes or repeated messages, at any depth.
-    (Serializing 30 MB takes upb about 80 ms, and so does only asking its size.)"""
+def _holds_bytes(message: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
+    """Whether a message of this type can hold bytes (frames, payloads), at any depth."""
     seen = seen | {message.full_name}
-    for field in message.fields:
-        if field.type == FieldDescriptor.TYPE_BYTES or (field.is_repeated and field.message_type is not None):
-            return True
-        if field.message_type is not None and field.message_type.full_name not in seen:
-            if _may_be_large(field.message_type, seen):
-                return True
-    return False
+    return any(
+        field.type == FieldDescriptor.TYPE_BYTES
+        or (
+            field.message_type is not None
+            and field.message_type.full_name not in seen
+            and _holds_bytes(field.message_type, seen)
+        )
+        for field in message.fields
+    )
 
 
-async def _serialized_off_loop(response: Message) -> bytes:
-    return await asyncio.to_thread(response.SerializeToString)
+def _heavy_fields(message: Descriptor) -> tuple[FieldDescriptor, ...]:
+    """The fields through which a response of this type can be large: those that can hold bytes, and
+    repeated messages (pages of records). (Serializing 30 MB takes upb about 80 ms, and so does only
+    asking its size.)"""
+    return tuple(
+        field
+        for field in message.fields
+        if field.type == FieldDescriptor.TYPE_BYTES
+        or (field.message_type is not None and (field.is_repeated or _holds_bytes(field.message_type)))
+    )
 
 
-async def _as_is(response: Message) -> Message:
-    return response
+def _serializer(message: Descriptor) -> Callable[[Any], Awaitable[Any]]:
+    """How a handler passes on its responses of this type: serialized on a thread when one of its heavy
+    fields is set (what can be large), else as they are, serialized on the event loop by grpc, which
+    costs less than a thread's round trip for a small message."""
+    heavy = _heavy_fields(message)
+
+    async def serialized(response: Any) -> Any:
+        if isinstance(response, Message) and any(_is_set(response, field) for field in heavy):
+            return await asyncio.to_thread(response.SerializeToString)
+        return response
+
+    return serialized
+
+
+def _is_set(message: Message, field: FieldDescriptor) -> bool:
+    if field.is_repeated or field.type == FieldDescriptor.TYPE_BYTES:
+        return len(getattr(message, field.name)) > 0
+    return message.HasField(field.name)
 
 
 _HANDLER_KINDS = {  # (client streaming, server streaming) -> grpc handler factory
@@ -282,7 +307,7 @@ def _handler(
     name = method.full_name
     max_bytes = request_bytes(name, server_limit)
     # Responses that can be large (pages of records, frames, results) are serialized on a thread.
-    _serialized = _serialized_off_loop if _may_be_large(method.output_type) else _as_is
+    _serialized = _serializer(method.output_type)
     kind = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
 
     if behavior is None:

@@ -123,19 +123,17 @@ def open_channel(
     address: str,
     settings: TlsSettings | None,
     options: Sequence[tuple[str, Any]] = (),
-    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
     """A channel to a mesh member: mutual TLS, verifying the server as `dayu-mesh`, when `settings`
     are enabled (`credentials`, made once by the caller, spares reading the files again); else
     plaintext."""
     if settings is None or not settings.enabled:
-        return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)
+        return grpc.aio.insecure_channel(address, options=list(options))
     return grpc.aio.secure_channel(
         address,
         credentials or channel_credentials(settings),
         options=[*options, TARGET_NAME_OPTION],
-        interceptors=interceptors,
     )
 
 

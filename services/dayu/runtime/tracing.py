@@ -16,7 +16,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import grpc
 import pydantic
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -145,32 +144,13 @@ def extract(metadata: Sequence[tuple[str, Any]] | None) -> otel_context.Context:
     return _PROPAGATOR.extract(carrier)
 
 
-def _with_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+def with_trace_context(metadata: Sequence[tuple[str, Any]] | None) -> Sequence[tuple[str, Any]] | None:
+    """An outgoing call's metadata with the current trace context (W3C traceparent/tracestate) added."""
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier)
     if not carrier:
-        return details
-    metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    for key, value in carrier.items():
-        metadata[key] = value
-    return grpc.aio.ClientCallDetails(
-        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-    )
-
-
-class _InjectUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(_with_context(client_call_details), request)
-
-
-class _InjectUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(_with_context(client_call_details), request)
-
-
-def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors that put the current trace context into the metadata of outgoing calls."""
-    return [_InjectUnaryUnary(), _InjectUnaryStream()]
+        return metadata
+    return (*(metadata or ()), *carrier.items())
 
 
 NO_TRACING = Tracing("none", "", TracingSettings())  # for cores built without a component (unit tests)

@@ -5,10 +5,13 @@ and what was expected, so a caller can fix the request without reading server lo
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
+from typing import Any, NamedTuple
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
@@ -36,59 +39,109 @@ def check_request(message: Message, field: str = "") -> None:
     """Checks what every request must respect, whatever its RPC, anywhere in the message: enum
     numbers that the contract defines (proto3 keeps unknown numbers; stored, they would be read back
     as nothing the contract knows), times that protobuf can read back, and the field limits of
-    dayu.runtime.limits."""
-    for descriptor, value in message.ListFields():
-        path = f"{field}.{descriptor.name}" if field else descriptor.name
-        if descriptor.is_repeated:  # maps too: a map is a repeated entry message
-            _check_size(path, len(value), "items", limits.FIELD_ITEMS.get(descriptor.full_name, limits.ITEMS))
-        if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
-            _check_map(descriptor, path, value)
-            continue
-        items = value if descriptor.is_repeated else [value]
-        for i, item in enumerate(items):
-            _check_value(descriptor, f"{path}[{i}]" if descriptor.is_repeated else path, item)
+    dayu.runtime.limits. Every request passes here: what each field needs is worked out once per
+    field of the contract (_rule), and a field's path is only spelled out for an error."""
+    _check_message(message, field or None)
 
 
-def _check_value(descriptor: FieldDescriptor, path: str, value: object) -> None:
+# Where a value is, spelled out only for an error: (where its message is, field name, index or None).
+_Where = tuple[Any, str, int | None] | str | None
+
+
+def _path(where: _Where) -> str:
+    if where is None or isinstance(where, str):
+        return where or ""
+    parent, name, index = where
+    above = _path(parent)
+    path = f"{above}.{name}" if above else name
+    return path if index is None else f"{path}[{index}]"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What one field of the contract needs checked."""
+
+    name: str
+    repeated: bool
+    items: int  # the most items, when repeated
+    map_entry: FieldDescriptor | None  # a map's value field (its key is checked by `key`)
+    key: Callable[[Any, _Where], None] | None
+    value: Callable[[Any, _Where], None] | None  # None: any value of its type is fine (numbers, bools)
+
+
+@functools.cache
+def _rule(descriptor: FieldDescriptor) -> _Rule:
+    entry = descriptor.message_type
+    is_map = entry is not None and entry.GetOptions().map_entry
+    items = limits.FIELD_ITEMS.get(descriptor.full_name, limits.ITEMS)
+    if is_map:
+        key, value = entry.fields_by_name["key"], entry.fields_by_name["value"]
+        return _Rule(descriptor.name, True, items, value, _value_check(key), _value_check(value))
+    return _Rule(descriptor.name, descriptor.is_repeated, items, None, None, _value_check(descriptor))
+
+
+def _value_check(descriptor: FieldDescriptor) -> Callable[[Any, _Where], None] | None:
     if descriptor.type == FieldDescriptor.TYPE_ENUM:
-        if value not in descriptor.enum_type.values_by_number:
-            names = sorted(descriptor.enum_type.values_by_name)
-            raise InvalidArgument(path, f"one of {names}, got {shown(value)}")
-    elif descriptor.type == FieldDescriptor.TYPE_STRING:
-        limit = limits.FIELD_SIZES.get(descriptor.full_name, limits.STRING_CHARS)
-        _check_size(path, len(value), "characters", limit)  # type: ignore[arg-type]
-    elif descriptor.type == FieldDescriptor.TYPE_BYTES:
-        _check_size(path, len(value), "bytes", limits.FIELD_SIZES.get(descriptor.full_name, limits.BYTES))  # type: ignore[arg-type]
-    elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+        numbers = frozenset(descriptor.enum_type.values_by_number)
+        names = sorted(descriptor.enum_type.values_by_name)
+
+        def enum(value: Any, where: _Where) -> None:
+            if value not in numbers:
+                raise InvalidArgument(_path(where), f"one of {names}, got {shown(value)}")
+
+        return enum
+    if descriptor.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        string = descriptor.type == FieldDescriptor.TYPE_STRING
+        unit = "characters" if string else "bytes"
+        limit = limits.FIELD_SIZES.get(descriptor.full_name, limits.STRING_CHARS if string else limits.BYTES)
+
+        def size(value: Any, where: _Where) -> None:
+            if len(value) > limit:
+                raise InvalidArgument(_path(where), f"at most {limit} {unit}, got {len(value)}")
+
+        return size
+    if descriptor.type == FieldDescriptor.TYPE_MESSAGE:
         if descriptor.message_type is _TIMESTAMP:
-            _check_timestamp(value, path)  # type: ignore[arg-type]
-        else:
-            check_request(value, path)  # type: ignore[arg-type]
+            return lambda value, where: _check_timestamp(value, where)
+        return _check_message
+    return None
 
 
-def _check_timestamp(time: timestamp_pb2.Timestamp, path: str) -> None:
+def _check_message(message: Message, where: _Where) -> None:
+    for descriptor, value in message.ListFields():
+        rule = _rule(descriptor)
+        check = rule.value
+        if not rule.repeated:
+            if check is not None:
+                check(value, (where, rule.name, None))
+            continue
+        if len(value) > rule.items:
+            raise InvalidArgument(_path((where, rule.name, None)), f"at most {rule.items} items, got {len(value)}")
+        if rule.map_entry is not None:
+            _check_map(rule, _path((where, rule.name, None)), value)
+        elif check is not None:
+            for i, item in enumerate(value):
+                check(item, (where, rule.name, i))
+
+
+def _check_timestamp(time: timestamp_pb2.Timestamp, where: _Where) -> None:
     # proto3 takes any seconds and nanos; protobuf reads back (ToNanoseconds, JSON) only years 1 to 9999
     # and nanos within the second. Stored, such a time would make every later export of the records fail;
     # taken by a controller, its task could be neither delivered nor recorded as dropped.
     if not (TIMESTAMP_SECONDS[0] <= time.seconds <= TIMESTAMP_SECONDS[1] and 0 <= time.nanos <= 999_999_999):
         raise InvalidArgument(
-            path,
+            _path(where),
             f"a time of years 1 to 9999 (seconds {TIMESTAMP_SECONDS[0]} to {TIMESTAMP_SECONDS[1]}, nanos "
             f"0 to 999999999), got seconds {time.seconds}, nanos {time.nanos}",
         )
 
 
-def _check_map(descriptor: FieldDescriptor, path: str, entries: Mapping[object, object]) -> None:
-    key, value = descriptor.message_type.fields_by_name["key"], descriptor.message_type.fields_by_name["value"]
+def _check_map(rule: _Rule, path: str, entries: Mapping[object, object]) -> None:
     for k, v in entries.items():
-        where = f"{path}[{shown(k)}]"
-        _check_value(key, f"{path} key {shown(k)}", k)
-        _check_value(value, where, v)
-
-
-def _check_size(path: str, size: int, unit: str, limit: int) -> None:
-    if size > limit:
-        raise InvalidArgument(path, f"at most {limit} {unit}, got {size}")
+        if rule.key is not None:
+            rule.key(k, f"{path} key {shown(k)}")
+        if rule.value is not None:
+            rule.value(v, f"{path}[{shown(k)}]")
 
 
 def require_id(value: str, field: str) -> None:
@@ -110,13 +163,34 @@ def require_uuid(value: str, field: str) -> None:
         raise InvalidArgument(field, f"a UUID, got {shown(value)}") from None
 
 
+class _StageShape(NamedTuple):
+    """What validate_stages looks at in a StageSpec: a key for the DAGs it already checked."""
+
+    name: str
+    processor: str
+    parents: tuple[str, ...]
+    input_type: int
+    output_type: int
+
+
 def validate_stages(
     stages: Sequence[types_pb2.StageSpec], field: str, processors: Collection[str] | None = None
 ) -> list[str]:
-    """Checks a DAG of stages; returns the stage names in topological order (parents first)."""
+    """Checks a DAG of stages; returns the stage names in topological order (parents first). Every
+    component checks every task's DAG, and a stream's tasks share theirs: a DAG checked once is not
+    checked again (the last DAGS_KEPT of them)."""
+    shapes = tuple(_StageShape(s.name, s.processor, tuple(s.parents), s.input_type, s.output_type) for s in stages)
+    return list(_checked_stages(shapes, field, None if processors is None else frozenset(processors)))
+
+
+DAGS_KEPT = 256  # a mesh runs a handful of pipelines; at most 256 x 64 stages of bounded names
+
+
+@functools.lru_cache(maxsize=DAGS_KEPT)
+def _checked_stages(stages: tuple[_StageShape, ...], field: str, processors: frozenset[str] | None) -> tuple[str, ...]:
     if not stages:
         raise InvalidArgument(field, "at least one stage")
-    by_name: dict[str, tuple[int, types_pb2.StageSpec]] = {}
+    by_name: dict[str, tuple[int, _StageShape]] = {}
     for i, stage in enumerate(stages):
         require_name(stage.name, f"{field}[{i}].name")
         if stage.name in by_name:
@@ -153,7 +227,7 @@ def validate_stages(
                 )
     graph = {stage.name: list(stage.parents) for stage in stages}
     try:
-        return list(TopologicalSorter(graph).static_order())
+        return tuple(TopologicalSorter(graph).static_order())
     except CycleError as error:
         cycle = " -> ".join(reversed(error.args[1]))
         raise InvalidArgument(field, f"an acyclic graph, but stages form a cycle: {cycle}") from None

@@ -15,10 +15,12 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from dayu.runtime.auth import Role, Tokens, guard
 from dayu.runtime.config import ComponentSettings, StrictModel
+from dayu.runtime.errors import NotFound
 from dayu.runtime.sections import PolicySection
 from dayu.runtime.server import Binding, Component
 from dayu.runtime.tls import OPERATOR, peer_identity, require_component, require_node
 from dayu.runtime.tracing import NODE
+from dayu.runtime.validation import require_id
 from dayu.scheduler.core import Admission, SchedulerCore, build_policy
 from dayu.v1 import resources_pb2, scheduler_pb2, scheduler_pb2_grpc
 
@@ -80,8 +82,20 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.ReportFeedbackRequest, context: object
     ) -> scheduler_pb2.ReportFeedbackResponse:
         require_component(context, ("distributor",), "ReportFeedback")
-        await self.core.feedback(request.record)
-        return scheduler_pb2.ReportFeedbackResponse()
+        if not request.records:  # one record: a stream the scheduler does not know is NOT_FOUND
+            await self.core.feedback(request.record)
+            return scheduler_pb2.ReportFeedbackResponse(accepted=1)
+        records = [request.record, *request.records] if request.HasField("record") else request.records
+        for index, record in enumerate(records):  # the whole batch is checked before any record is taken
+            require_id(record.task.stream_id, f"records[{index}].task.stream_id")
+        accepted = unknown = 0
+        for record in records:
+            try:
+                await self.core.feedback(record)
+                accepted += 1
+            except NotFound:
+                unknown += 1
+        return scheduler_pb2.ReportFeedbackResponse(accepted=accepted, unknown_stream=unknown)
 
     async def ReportResources(
         self, request_iterator: AsyncIterator[scheduler_pb2.ReportResourcesRequest], context: object

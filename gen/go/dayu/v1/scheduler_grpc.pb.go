@@ -23,7 +23,7 @@ type SchedulerServiceClient interface {
 	GetDecision(ctx context.Context, in *GetDecisionRequest, opts ...grpc.CallOption) (*GetDecisionResponse, error)
 	// Pushes a stream's decisions as they change, starting with the current one.
 	WatchDecisions(ctx context.Context, in *WatchDecisionsRequest, opts ...grpc.CallOption) (SchedulerService_WatchDecisionsClient, error)
-	// Feedback: a finished or dropped task's record.
+	// Feedback: finished or dropped tasks' records, one or several at once.
 	ReportFeedback(ctx context.Context, in *ReportFeedbackRequest, opts ...grpc.CallOption) (*ReportFeedbackResponse, error)
 	// Resource reports of a node's monitor, as they are measured.
 	ReportResources(ctx context.Context, opts ...grpc.CallOption) (SchedulerService_ReportResourcesClient, error)
@@ -184,7 +184,7 @@ type SchedulerServiceServer interface {
 	GetDecision(context.Context, *GetDecisionRequest) (*GetDecisionResponse, error)
 	// Pushes a stream's decisions as they change, starting with the current one.
 	WatchDecisions(*WatchDecisionsRequest, SchedulerService_WatchDecisionsServer) error
-	// Feedback: a finished or dropped task's record.
+	// Feedback: finished or dropped tasks' records, one or several at once.
 	ReportFeedback(context.Context, *ReportFeedbackRequest) (*ReportFeedbackResponse, error)
 	// Resource reports of a node's monitor, as they are measured.
 	ReportResources(SchedulerService_ReportResourcesServer) error

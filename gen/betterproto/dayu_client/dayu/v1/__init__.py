@@ -2487,7 +2487,13 @@ class ReportFeedbackRequest(betterproto2.Message):
 
     record: "TaskRecord | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
-    What the distributor stored.
+    What the distributor stored: one record.
+    """
+
+    records: "list[TaskRecord]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Or several, in the order stored (after `record`, when both are set): a distributor sends what
+    was stored while its previous call was under way in one call.
     """
 
 
@@ -2500,7 +2506,15 @@ class ReportFeedbackResponse(betterproto2.Message):
     Reply of ReportFeedback.
     """
 
-    pass
+    accepted: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    Records taken.
+    """
+
+    unknown_stream: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    Records of streams the scheduler does not know (stopped, or never registered), left out.
+    """
 
 
 default_message_pool.register_message("dayu.v1", "ReportFeedbackResponse", ReportFeedbackResponse)
@@ -4770,7 +4784,7 @@ class SchedulerServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "ReportFeedbackResponse":
         """
-        Feedback: a finished or dropped task's record.
+        Feedback: finished or dropped tasks' records, one or several at once.
         """
 
         return await self._unary_unary(
