@@ -217,9 +217,29 @@ async def test_feedback_only_from_the_distributor_and_streams_from_their_own_nod
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, holder
         assert "ReportFeedback: only distributor" in (caught.value.details() or "")
     distributor = scheduler(channels(pki.cert("distributor", "cloud")).get(server.address))
-    await distributor.ReportFeedback(feedback, timeout=5)
+    reply = await distributor.ReportFeedback(feedback, timeout=5)
+    assert (reply.accepted, reply.unknown_stream) == (1, 0)
     stats = await distributor.GetSchedulerStats(STATS, timeout=5)
     assert [s.stream_id for s in stats.streams] == [spec.stream_id]
+    assert stats.streams[0].feedback_received == 1
+
+    # A batch, as the distributor sends what was stored while its last call was under way: records of
+    # a stream the scheduler does not know are counted and left out; the others are taken.
+    stranger = task_pb2.TaskRecord()
+    stranger.CopyFrom(record)
+    stranger.task.stream_id = "not-registered"
+    batch = scheduler_pb2.ReportFeedbackRequest(records=[record, stranger, record])
+    reply = await distributor.ReportFeedback(batch, timeout=5)
+    assert (reply.accepted, reply.unknown_stream) == (2, 1)
+    stats = await distributor.GetSchedulerStats(STATS, timeout=5)
+    assert stats.streams[0].feedback_received == 3
+    # One bad id refuses the whole batch, naming the record, before any record is taken.
+    stranger.task.stream_id = "no spaces"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await distributor.ReportFeedback(scheduler_pb2.ReportFeedbackRequest(records=[record, stranger]), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "records[1].task.stream_id" in (caught.value.details() or "")
+    assert (await distributor.GetSchedulerStats(STATS, timeout=5)).streams[0].feedback_received == 3
 
 
 async def test_members_export_their_spans_to_the_scheduler_over_tls(pki: Pki, tls_serve, channels) -> None:  # type: ignore[no-untyped-def]
