@@ -119,6 +119,11 @@ async def test_frames_cross_each_link_once_through_a_fork_and_join(mesh: Mesh, p
     for stage in stages.values():
         assert stage.state == task_pb2.STAGE_STATE_DONE
         assert [r.frame_index for r in stage.results] == [0, 1]
+    # The controllers time each crossing: the stages the task crossed a link to run count it as theirs.
+    assert stages["detect"].timings.transfer_s == 0
+    for name in ("classify", "count"):
+        crossed = placement[name] != "edge-1"
+        assert (stages[name].timings.transfer_s > 0) == crossed, (name, stages[name].timings)
     # The frames went to the cloud once, forked there or not, and came back at most once.
     assert FRAMES <= sent[("edge-1", "cloud")] < FRAMES + SLACK, sent
     back = FRAMES if placement["merge"] == "edge-1" else 0

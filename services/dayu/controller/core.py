@@ -240,6 +240,8 @@ class ControllerCore:
         validate_task(task, nodes=self.nodes, with_data=False)
         if not task.branch or ready_stages(task):  # a copy on its way to a join may come without its frames
             validate_segment(task.segment, "task.segment")
+        if from_node:
+            self._count_transfer(task)
         task.hops.add(component="controller", node=self.node, entered_at=timestamp())
         arrived_at = time.time()
         written, durable = self.journal.admit(task)
@@ -253,6 +255,16 @@ class ControllerCore:
         self._accept(task, arrived_at)
         await durable
         return True
+
+    def _count_transfer(self, task: task_pb2.Task) -> None:
+        """A task from a peer: the time since it left the peer's controller (its last hop) is the
+        transfer of the stages it came here to run (StageTimings.transfer_s)."""
+        if not task.hops or not task.hops[-1].HasField("left_at"):
+            return
+        transfer_s = max(0.0, time.time() - task.hops[-1].left_at.ToNanoseconds() / 1e9)
+        for stage in ready_stages(task):
+            if stage.node == self.node:
+                stage.timings.transfer_s += transfer_s
 
     async def resume(self) -> int:
         """Routes again what the journal holds (after a restart), and records the drops it had not
