@@ -20,6 +20,8 @@ const KEEP = 500;
 const FRAME_EVERY_MS = 2000;
 const RETRY_MS = 3000;
 const COUNT_OVER = 20;
+const TIMELINE_TRIES = 5; // asked again while not found: spans are exported every 0.5 s
+const TIMELINE_RETRY_MS = 1000;
 
 type Live = "connecting" | "live" | "reconnecting";
 
@@ -391,13 +393,29 @@ function Timeline(props: { record: TaskRecord; stages: string[] }) {
   const [error, setError] = useState<unknown>();
   useEffect(() => {
     const abort = new AbortController();
-    backend
-      .getTaskTimeline({ rootId }, { signal: abort.signal })
-      .then((reply) => setSpans(reply.spans))
-      .catch((err) => {
-        if (!isAbort(err, abort.signal)) setError(err);
-      });
-    return () => abort.abort();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    // A task's spans reach the scheduler in OTLP batches, a moment after its record: a timeline not
+    // found yet is asked again a few times before the error shows.
+    const ask = (triesLeft: number) => {
+      backend
+        .getTaskTimeline({ rootId }, { signal: abort.signal })
+        .then((reply) => setSpans(reply.spans))
+        .catch((err) => {
+          if (isAbort(err, abort.signal)) return;
+          if (triesLeft > 0 && ConnectError.from(err).code === Code.NotFound) {
+            timer = setTimeout(() => ask(triesLeft - 1), TIMELINE_RETRY_MS);
+          } else {
+            setError(err);
+          }
+        });
+    };
+    setSpans(undefined);
+    setError(undefined);
+    ask(TIMELINE_TRIES);
+    return () => {
+      abort.abort();
+      clearTimeout(timer);
+    };
   }, [rootId]);
   if (error !== undefined) return <ErrorBox error={error} testid="results-timeline-error" />;
   if (spans === undefined) return <Loading what="the timeline" />;
