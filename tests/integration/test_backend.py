@@ -9,7 +9,9 @@ import asyncio
 import csv
 import io
 import json
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -129,6 +131,17 @@ def post(url: str, method: str, body: dict[str, Any], token: str | None = None) 
     return 200, {}
 
 
+def headers_only(console_url: str, content_length: int) -> str:
+    """The status line the console answers a POST that sends its headers and none of its body."""
+    url = urllib.parse.urlsplit(console_url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /dayu.v1.BackendService/InstallStream HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n".encode()
+        )
+        return sock.recv(4096).decode(errors="replace").split("\r\n")[0]
+
+
 CONNECT_STATUS = {"unauthenticated": 401, "permission_denied": 403, "invalid_argument": 400}
 
 
@@ -158,6 +171,9 @@ async def test_every_call_without_a_valid_token_is_refused_and_changes_nothing(m
             assert (status, body["code"]) == (401, "unauthenticated"), (method.name, body)
         after = await stub.ListPipelines(backend_pb2.ListPipelinesRequest(), metadata=tokens(mesh), timeout=10)
         assert after == before
+        # Over HTTP too, the token is checked before the body is read: a stranger announcing 64 MB is
+        # refused from its headers, without the server waiting for (or reading) a byte of it.
+        assert (await asyncio.to_thread(headers_only, mesh.console_url, 64 << 20)).startswith("HTTP/1.1 401")
 
         # A read-only token reads, and may not change anything.
         read = tokens(mesh, "read")

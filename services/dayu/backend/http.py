@@ -26,6 +26,8 @@ from connectrpc.request import RequestContext
 from google.protobuf import descriptor_pool, json_format
 from google.protobuf.message import DecodeError, Message
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
@@ -75,30 +77,27 @@ def _connect_error(error: Exception, method: str) -> ConnectError:
     return ConnectError(Code.INTERNAL, cut(f"{method} failed: {type(error).__name__}: {error}", MAX_MESSAGE_CHARS))
 
 
-def _checked(method: str, guard: Guard, request: Message, context: RequestContext[Any, Any]) -> None:
-    """What gRPC's door checks (runtime/server.py): the token first, then size and fields."""
-    guard(method, context.request_headers().get("authorization"))
+def _checked(method: str, request: Message) -> None:
+    """What gRPC's door checks after the token (runtime/server.py; the token: _TokenFirst): size and fields."""
     if request.ByteSize() > (limit := request_bytes(method, REQUEST_BYTES) or REQUEST_BYTES):
         raise ResourceExhausted(f"request: a {request.DESCRIPTOR.full_name} of at most {limit} bytes")
     check_request(request)
 
 
-def connect_service(servicer: object, guard: Guard) -> types.SimpleNamespace:
+def connect_service(servicer: object) -> types.SimpleNamespace:
     """The Connect service (what the generated application calls, by snake_case name) made from the gRPC
     servicer's methods."""
     methods: dict[str, Callable[..., Any]] = {}
     for method in descriptor_pool.Default().FindServiceByName(SERVICE).methods:
         behavior = getattr(servicer, method.name)
-        methods[_snake(method.name)] = (_streaming if method.server_streaming else _unary)(
-            method.full_name, behavior, guard
-        )
+        methods[_snake(method.name)] = (_streaming if method.server_streaming else _unary)(method.full_name, behavior)
     return types.SimpleNamespace(**methods)
 
 
-def _unary(name: str, behavior: Callable[..., Any], guard: Guard) -> Callable[..., Any]:
+def _unary(name: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def call(request: Message, context: RequestContext[Any, Any]) -> Message:
         try:
-            _checked(name, guard, request, context)
+            _checked(name, request)
             return await behavior(request, None)  # type: ignore[no-any-return]
         except ConnectError:
             raise
@@ -108,10 +107,10 @@ def _unary(name: str, behavior: Callable[..., Any], guard: Guard) -> Callable[..
     return call
 
 
-def _streaming(name: str, behavior: Callable[..., Any], guard: Guard) -> Callable[..., Any]:
+def _streaming(name: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def call(request: Message, context: RequestContext[Any, Any]) -> AsyncIterator[Message]:
         try:
-            _checked(name, guard, request, context)
+            _checked(name, request)
             async for response in behavior(request, None):
                 yield response
         except ConnectError:
@@ -122,9 +121,36 @@ def _streaming(name: str, behavior: Callable[..., Any], guard: Guard) -> Callabl
     return call
 
 
+_HTTP_STATUS = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}  # Connect's HTTP statuses of a refusal
+
+
+class _TokenFirst:
+    """Checks a call's token from its headers, before its body is read (as gRPC's door does): a
+    stranger's request costs nothing but its headers. Refused, it answers Connect's JSON error."""
+
+    def __init__(self, app: Any, guard: Guard) -> None:
+        self.app, self.guard = app, guard
+        self.methods = {
+            f"/{SERVICE}/{m.name}": m.full_name for m in descriptor_pool.Default().FindServiceByName(SERVICE).methods
+        }
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        method = self.methods.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if method is not None:
+            authorization = Headers(scope=scope).get("authorization")
+            try:
+                self.guard(method, authorization)
+            except DayuError as error:
+                body = {"code": error.status.lower(), "message": cut(str(error), MAX_MESSAGE_CHARS)}
+                await JSONResponse(body, status_code=_HTTP_STATUS.get(error.status, 400))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def console_app(servicer: object, guard: Guard) -> Starlette:
-    api = BackendServiceASGIApplication(connect_service(servicer, guard), read_max_bytes=REQUEST_BYTES)
-    return Starlette(routes=[Mount(api.path, app=api), Mount("/", app=StaticFiles(directory=STATIC, html=True))])
+    api = BackendServiceASGIApplication(connect_service(servicer), read_max_bytes=REQUEST_BYTES)
+    routes = [Mount(api.path, app=_TokenFirst(api, guard)), Mount("/", app=StaticFiles(directory=STATIC, html=True))]
+    return Starlette(routes=routes)
 
 
 class _Server(uvicorn.Server):
