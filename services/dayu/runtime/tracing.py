@@ -2,8 +2,8 @@
 
 Each component owns a TracerProvider (several components may share one process in the embedded
 mesh, each must still say which service and node its spans come from). W3C trace context travels
-in gRPC metadata: clients inject the current context (ChannelTracing, added to every channel of
-Channels) and ComponentServer makes the caller's context current while a request is handled.
+in gRPC metadata: every call of a channel of Channels carries the current context (with_trace_context)
+and ComponentServer makes the caller's context current while a request is handled.
 Spans go over OTLP/gRPC to every endpoint in `tracing.export_to`: the scheduler (which turns them
 into per-stage latency) and/or any collector (Jaeger, Tempo, the OpenTelemetry Collector). With TLS
 (dayu.runtime.tls) an endpoint HOST:PORT is a mesh member, reached with the component's certificate;
