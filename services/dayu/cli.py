@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dayu.components import COMPONENTS
-from dayu.mesh.model import CLUSTER_CONFIG, DEFAULT_CONFIG, EXPERIMENT_CONFIG, MeshConfig, load_mesh_config
+from dayu.mesh.model import CLUSTER_CONFIG, CONFIGS, DEFAULT_CONFIG, EXPERIMENT_CONFIG, MeshConfig, load_mesh_config
 from dayu.runtime.config import LogSettings, load_settings
 from dayu.runtime.errors import DayuError, InvalidArgument
 from dayu.runtime.logs import configure_logging
@@ -21,6 +23,8 @@ from dayu.runtime.metrics import DEFAULT_PORT as DEFAULT_METRICS_PORT
 
 if TYPE_CHECKING:
     from dayu.mesh.run import RunningMesh
+
+PROFILE = CONFIGS / "profile.yaml"  # what `dayu profile` writes and `dayu simulate` reads by default
 
 # Each command imports what it runs when it runs: `dayu serve scheduler` loads no model or codec.
 
@@ -120,6 +124,48 @@ def _parser() -> argparse.ArgumentParser:
     experiment.add_argument("--config", type=Path, default=EXPERIMENT_CONFIG, metavar="FILE", help="mesh YAML file")
     experiment.add_argument("--mode", choices=("embedded", "cluster"), default="embedded", help="where to run it")
 
+    simulate = commands.add_parser(
+        "simulate",
+        help="compare policies in simulated time: the scheduler's real core against modelled nodes and links",
+        description=(
+            "Run the scheduler's real core and policies against simulated nodes, links and processors (their "
+            "costs from a profile made by `dayu profile`) once per policy, on a mesh file's workload (with "
+            "--trace replayed on every link to the cloud, as `dayu experiment` does) or on a generated one, "
+            "then write DIR/results.csv, results.json and plots and print a table: tasks, drops, share within "
+            "budget, latency p50/p95, accuracy, MB over the uplinks, decisions, decision time, the "
+            "simulator's speed. See docs/simulator.md."
+        ),
+    )
+    simulate.add_argument("--policies", required=True, help="comma-separated policy names, e.g. fixed,latency_budget")
+    simulate.add_argument("--config", type=Path, default=EXPERIMENT_CONFIG, metavar="FILE", help="mesh YAML file")
+    simulate.add_argument(
+        "--generate",
+        metavar="KEY=VALUE,...",
+        help="a generated scenario instead of --config's, e.g. cloud_workers=4,edges=40,uplinks=10,streams=500",
+    )
+    simulate.add_argument("--trace", type=Path, metavar="FILE", help="bandwidth trace of the links to the cloud")
+    simulate.add_argument("--duration", type=float, default=60, metavar="SECONDS", help="simulated, per policy")
+    simulate.add_argument("--out", type=Path, required=True, metavar="DIR")
+    simulate.add_argument("--profile", type=Path, default=PROFILE, metavar="FILE", help="made by `dayu profile`")
+    simulate.add_argument("--seed", type=int, default=0, help="the same seed gives the same results (default 0)")
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    profile = commands.add_parser(
+        "profile",
+        help="measure what `dayu simulate` needs: processing time, frame bytes and accuracy per configuration",
+        description=(
+            "Run the real processors of a mesh file's pipelines in process on its synthetic sources' frames "
+            "(made into segments by the generator's own code) at rungs of the knob ladders, and write a YAML "
+            "profile: seconds per segment by resolution and frames (measured table and a fitted model), "
+            "JPEG bytes per frame by resolution and quality, and F1 against the ground truth by resolution, "
+            "quality and segment length."
+        ),
+    )
+    profile.add_argument("--config", type=Path, default=EXPERIMENT_CONFIG, metavar="FILE", help="mesh YAML file")
+    profile.add_argument("--out", type=Path, default=PROFILE, metavar="FILE", help=f"default {PROFILE}")
+    profile.add_argument("--frames", type=int, default=15, metavar="N", help="frames sampled per source (default 15)")
+    profile.add_argument("--repeats", type=int, default=3, metavar="N", help="timed segments per point (default 3)")
+
     processor = commands.add_parser(
         "processor",
         help="make a processor kind of your own, as a package of its own (docs/plugins.md)",
@@ -145,14 +191,54 @@ def _parser() -> argparse.ArgumentParser:
 
 def _experiment(args: argparse.Namespace) -> int:
     from dayu.experiment import run_experiment
-    from dayu.scheduler.policies import POLICIES
 
     configure_logging(LogSettings(level="error", format="console"), component="mesh")
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    unknown = sorted(set(policies) - set(POLICIES.names()))
-    if unknown:
-        raise InvalidArgument("--policies", f"names from {POLICIES.names()}, got {unknown}")
+    policies = _policies(args.policies)
     run_experiment(args.config, policies, args.trace, args.duration, args.out, _mesh_maker(args.mode))
+    return 0
+
+
+def _policies(text: str) -> list[str]:
+    from dayu.scheduler.policies import POLICIES
+
+    policies = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = sorted(set(policies) - set(POLICIES.names()))
+    if unknown or not policies:
+        raise InvalidArgument("--policies", f"names from {POLICIES.names()}, got {unknown or text!r}")
+    return policies
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from dayu.simulator import scenario
+    from dayu.simulator.costs import Profile
+    from dayu.simulator.run import simulate
+
+    configure_logging(LogSettings(level="error", format="console"), component="simulator")
+    policies = _policies(args.policies)
+    if not (args.duration > 0):
+        raise InvalidArgument("--duration", f"simulated seconds > 0, got {args.duration}")
+    profile = Profile.load(args.profile)
+    trace = args.trace
+    if args.generate is not None:
+        params = scenario.GeneratedParams.parse(args.generate)
+        title = f"generated: {args.generate}"
+        make = functools.partial(scenario.generate, params, seed=args.seed, trace=trace)
+    else:
+        title = args.config.name
+        make = functools.partial(scenario.from_mesh, args.config, trace=trace)
+    title += f", {trace.name if trace else 'configured links'}, {args.duration:g} simulated s"
+    simulate(make, policies, profile, args.duration, args.out, args.seed, title, progress=not args.quiet)
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from dayu.simulator.profile import run_profile
+
+    configure_logging(LogSettings(level="error", format="console"), component="profile")
+    shown = os.path.relpath(args.config)  # the header says how to measure again, from the repository
+    command = f"dayu profile --config {shown if not shown.startswith('..') else args.config}"
+    command += f" --frames {args.frames} --repeats {args.repeats}"
+    run_profile(args.config, args.out, args.frames, args.repeats, command)
     return 0
 
 
@@ -305,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             "up": _up,
             "cluster": _cluster,
             "experiment": _experiment,
+            "simulate": _simulate,
+            "profile": _profile,
             "serve": _serve,
             "processor": _processor,
         }

@@ -117,17 +117,19 @@ def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) 
         writer.writerows(rows)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str, str], ...] = COLUMNS) -> str:
+    """The rows as a text table of `columns` (key, title, format)."""
+
     def cell(value: Any, form: str) -> str:
         return "-" if value is None else form.format(value)
 
-    lines = ["  ".join(f"{title:>10}" for _, title, _ in COLUMNS)]
+    lines = ["  ".join(f"{title:>10}" for _, title, _ in columns)]
     for r in rows:
-        lines.append("  ".join(f"{cell(r[key], form):>10}" for key, _, form in COLUMNS))
+        lines.append("  ".join(f"{cell(r[key], form):>10}" for key, _, form in columns))
     return "\n".join(lines)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib  # here, not at the top: only this command draws
 
     matplotlib.use("Agg")
@@ -137,7 +139,7 @@ def _pyplot() -> Any:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
 
     panels = (
         ("latency_p95_s", "end-to-end p95 latency (s)"),
@@ -160,7 +162,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def plot_timelines(timelines: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
     """Per policy: each task's latency when it was made (x: dropped), against the budget, and the
     resolution it was made at."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(len(timelines), 1, figsize=(10, 2.4 * len(timelines)), sharex=True, squeeze=False)
     for axis, (policy, tasks) in zip(axes[:, 0], timelines.items(), strict=True):
         heights = axis.twinx()
