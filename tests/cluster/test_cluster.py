@@ -37,6 +37,8 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux (unshare, nsenter)"),
     pytest.mark.timeout(240),
 ]
+RUN_S = 30  # how long the mesh runs
+OTHER_CALLS_BYTES_PER_S = 5_000  # an edge's span exports and monitor reports, about (a few KB/s)
 LINK_SPANS = ("link.transfer", "link.probe")  # every byte a controller sends over a link is in one of these
 
 
@@ -136,7 +138,7 @@ async def test_three_nodes_carry_tasks_over_kernel_links_within_their_cpu_limits
     console_caller = asyncio.create_task(call_console())
     printed: list[str] = []
     try:
-        summary = await run_mesh(cluster, 30, progress=printed.append)
+        summary = await run_mesh(cluster, RUN_S, progress=printed.append)
     finally:
         for task in (watcher, console_caller):
             task.cancel()
@@ -165,8 +167,11 @@ async def test_three_nodes_carry_tasks_over_kernel_links_within_their_cpu_limits
         spans = traced[link]
         assert spans > 100_000, (link, spans)
         # The kernel counts frames with their TCP/IP headers, gRPC framing and the other calls on the
-        # link (spans, monitor reports); the spans count the tasks' and probes' own bytes.
-        assert abs(kernel[link] - spans) <= 0.10 * spans, (link, kernel[link], spans)
+        # link (spans, monitor reports); the spans count the tasks' and probes' own bytes. The other
+        # calls go at about the same rate whatever the tasks' size (which the policy lowers when the
+        # machine is busy): an allowance per second for them, beside a share of the tasks' bytes.
+        allowed = 0.10 * spans + OTHER_CALLS_BYTES_PER_S * RUN_S
+        assert abs(kernel[link] - spans) <= allowed, (link, kernel[link], spans)
     # The edge's monitor reports its node's cgroup: half a core, not the machine's two; killed, it
     # was restarted, said so, and reports again.
     assert len(reports) == 2
