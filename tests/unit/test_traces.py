@@ -14,7 +14,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dayu.runtime.tracing import NODE, STAGE, STREAM, TASK, TO_NODE
-from dayu.scheduler.traces import HopKey, HopLatencies, TaskTraces, spans_of
+from dayu.scheduler import traces as traces_module
+from dayu.scheduler.traces import RECENT_SPANS, HopKey, HopLatencies, HopSamples, TaskTraces, spans_of
 
 from conftest import transfer_spans
 
@@ -114,3 +115,40 @@ def test_kept_traces_are_bounded_in_tasks_spans_a_task_and_spans_in_all() -> Non
     assert (traces.spans("a"), len(traces.spans("c")), len(traces.spans("d"))) == ([], 2, 3)
     traces.add_spans(spans_of(_task_spans(["x" * 129])))  # no task id (a UUID): not kept, nor a key of megabytes
     assert len(traces) == 2
+
+
+def test_a_hops_recent_durations_are_the_latest_ones() -> None:
+    samples = HopSamples()
+    for duration in range(1, RECENT_SPANS + 101):
+        samples.add(float(duration))
+    assert (samples.spans, samples.last_s) == (RECENT_SPANS + 100, RECENT_SPANS + 100.0)
+    latest = range(101, RECENT_SPANS + 101)  # the first 100 went
+    assert samples.p50_s == pytest.approx(sum(latest) / len(latest))
+    assert samples.p95_s == latest[int(0.95 * len(latest))]
+
+
+def test_the_links_a_batch_moved_are_told_once_with_their_bandwidth_before() -> None:
+    latencies = HopLatencies()
+    latencies.add(transfer_spans("edge-1", "cloud", [(250_000, 1.01)]))  # 2 Mbit/s
+    assert latencies.moved_links() == {("edge-1", "cloud"): None}  # new
+    assert latencies.moved_links() == {}
+    latencies.add(transfer_spans("edge-1", "cloud", [(250_000, 4.01), (250_000, 4.01)]))
+    assert latencies.moved_links() == {("edge-1", "cloud"): pytest.approx(2.0)}
+    assert latencies.bandwidth == latencies.link_bandwidth() == {("edge-1", "cloud"): pytest.approx(0.5)}
+
+
+def test_the_link_silent_longest_is_forgotten_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(traces_module, "MAX_LINKS", 2)
+    latencies = HopLatencies()
+    for node in ("a", "b", "a", "c"):
+        latencies.add_link_rate((node, "cloud"), 10.0)
+    assert set(latencies.bandwidth) == set(latencies.moved_links()) == {("a", "cloud"), ("c", "cloud")}
+
+
+def test_a_spans_own_attributes_count_over_its_resources() -> None:
+    request = encode_spans(_spans("edge-1").get_finished_spans())
+    request.resource_spans[0].scope_spans[0].spans[1].attributes.add(key=NODE).value.string_value = "edge-2"
+    request.resource_spans[0].scope_spans[0].spans[1].attributes.add(key="other").value.int_value = 1
+    spans = list(spans_of(request))
+    assert [span.attributes.get(NODE) for span in spans[:3]] == ["edge-1", "edge-2", "edge-1"]
+    assert all("other" not in span.attributes for span in spans)  # only what the scheduler reads

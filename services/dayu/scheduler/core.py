@@ -5,6 +5,12 @@ restart, and (epoch, version) orders decisions across restarts. Nodes whose moni
 reporting for stale_after_s (on the core's own clock) are stale: policies do not see their figures,
 and no published placement puts a stage on them. What the core keeps per stream and node is bounded.
 
+What a record, a span or a node's report costs does not grow with the streams registered: streams are
+indexed by the nodes they involve (their own, where their stages run and are planned), so a change on a
+node (its CPU, its queues, its staleness, a link's bandwidth) looks at that node's streams only, and a
+decision's view of the nodes and links is shared by every stream, not copied into each. A loop that
+decides or publishes for many streams lets the event loop run other calls every PACE_S.
+
 A stream unregistered (its generator stopped it) is forgotten, its watchers' streams end, and the
 loops over every stream (plans, feedback checks, admission) skip it from then on, even when it goes
 in the middle of one; only its last version is remembered, so that a stream registered again under
@@ -16,10 +22,12 @@ import asyncio
 import statistics
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
@@ -43,8 +51,62 @@ DECISION_HISTORY = 32  # decisions kept per stream for GetSchedulerStats (what w
 MAX_STREAMS = 4096  # registered streams; a new one past this is refused (which bounds its metrics' `stream` label)
 STATS_BYTES = 32 * 1024 * 1024  # GetSchedulerStats: streams past this many bytes of figures are left out
 MAX_NODES = 1024  # nodes reporting resources; a new one past this is refused (forgetting a stale one would trust it)
+PACE_S = 0.01  # a loop over many streams lets the event loop run other calls this often
 
 log = get_logger(__name__)
+T = TypeVar("T")
+
+
+async def _paced(items: Iterable[T]) -> AsyncIterator[T]:
+    """The items, letting the event loop run other calls every PACE_S: a loop that decides or
+    publishes for thousands of streams must not hold up every other call until it ends."""
+    resume_at = time.perf_counter() + PACE_S
+    for item in items:
+        if time.perf_counter() >= resume_at:
+            await asyncio.sleep(0)
+            resume_at = time.perf_counter() + PACE_S
+        yield item
+
+
+def _refile(index: dict[str, dict[str, None]], stream_id: str, before: Collection[str], after: Collection[str]) -> None:
+    """Moves a stream in an index by node from the nodes `before` to those `after`."""
+    for node in before:
+        if node not in after:
+            streams = index[node]
+            del streams[stream_id]
+            if not streams:
+                del index[node]
+    for node in after:
+        if node not in before:
+            index.setdefault(node, {})[stream_id] = None
+
+
+def _kept(record: task_pb2.TaskRecord) -> task_pb2.TaskRecord:
+    """What is kept of a record: a message of its own (a part of a request keeps all of the request
+    alive), without its segment and its stages' detections (most of its bytes, up to megabytes, which
+    no policy reads)."""
+    kept, task = task_pb2.TaskRecord(), record.task
+    if not task.HasField("segment") and not any(stage.results for stage in task.dag.stages):
+        kept.CopyFrom(record)
+        return kept
+    _copy_except(record, kept, ("task",))
+    _copy_except(task, kept.task, ("segment", "dag"))
+    _copy_except(task.dag, kept.task.dag, ("stages",))
+    for stage in task.dag.stages:
+        _copy_except(stage, kept.task.dag.stages.add(), ("results",))
+    return kept
+
+
+def _copy_except(source: Message, target: Message, left_out: Collection[str]) -> None:
+    """Sets the fields of `target` as they are in `source`, but those `left_out`: a field cleared in a
+    copy still takes its memory (the copy's arena keeps it), one never copied does not."""
+    for descriptor, value in source.ListFields():
+        if descriptor.name in left_out:
+            continue
+        if descriptor.message_type is not None or descriptor.is_repeated:
+            getattr(target, descriptor.name).MergeFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
 
 
 def build_policy(spec: decision_pb2.PolicySpec, field: str, registry: Registry[type[Policy]] = POLICIES) -> Policy:
@@ -72,6 +134,8 @@ class _Stream:
     in_fallback: bool = False
     link_changed: bool = False  # a link of the stream's node changed bandwidth since its last decision
     plan: decision_pb2.Decision | None = None  # the last plan published, before stages were moved off stale nodes
+    involved: frozenset[str] = frozenset()  # nodes it is indexed under: its own, its plan's and its placement's
+    running_on: frozenset[str] = frozenset()  # the nodes of its placement, while it is not paused
     decision_times: deque[float] = field(default_factory=lambda: deque(maxlen=DECISION_TIMES))
     history: deque[decision_pb2.Decision] = field(default_factory=lambda: deque(maxlen=DECISION_HISTORY))
     registered_at: Timestamp = field(default_factory=timestamp)
@@ -127,6 +191,20 @@ class SchedulerCore:
         # (never the monitor's measured_at: another machine's clock).
         self.resources: dict[str, resources_pb2.NodeResources] = {}
         self._reported_at: dict[str, float] = {}
+        # Kept up to date as reports come and nodes turn stale, and shared by every stream's view: the
+        # stale nodes, the reports of the others (what policies see), every node's CPU cores, and the
+        # nodes whose queues are over admission.max_queue.
+        self._stale_nodes: frozenset[str] = frozenset()
+        self._fresh: dict[str, resources_pb2.NodeResources] = {}
+        self._cores: dict[str, float] = {}
+        self._overloaded: set[str] = set()
+        # Streams by node (ids, as ordered sets): by their own node; by every node they involve (their
+        # own, their plan's and their placement's); by the nodes of their placement, while not paused.
+        self._homes: dict[str, dict[str, None]] = {}
+        self._involved: dict[str, dict[str, None]] = {}
+        self._running: dict[str, dict[str, None]] = {}
+        self._paused: dict[str, None] = {}
+        self._link_changed: dict[str, None] = {}  # streams with link_changed set
         self.hops = HopLatencies()  # from the spans received over OTLP
         self.traces = TaskTraces()  # the spans of the latest tasks, for their timelines
 
@@ -162,9 +240,11 @@ class SchedulerCore:
             stream.changed = previous.changed
             stream.history = previous.history
             stream.registered_at = previous.registered_at
+            self._unindex(previous)
         else:  # versions go on after an unregistration too, the rest starts over
             stream.last_version = self._forgotten.pop(spec.stream_id, 0)
         self._streams[spec.stream_id] = stream
+        self._homes.setdefault(spec.node, {})[spec.stream_id] = None
         return await self._decide(stream, "startup plan")
 
     async def unregister(self, stream_id: str) -> bool:
@@ -177,6 +257,7 @@ class SchedulerCore:
         self._forgotten[stream_id] = stream.last_version
         while len(self._forgotten) > MAX_STREAMS:
             self._forgotten.popitem(last=False)
+        self._unindex(stream)
         self.hops.forget(stream_id)
         async with stream.changed:
             stream.changed.notify_all()  # its watchers find it gone and end
@@ -234,8 +315,10 @@ class SchedulerCore:
         stream = self._stream(record.task.stream_id, "record.task.stream_id")
         stream.feedback += 1
         stream.last_feedback = self._clock()
-        stream.view.recent.append(record)
-        stream.view.recent_cpu_cores.append(self._cpu_cores())
+        stream.view.recent.append(_kept(record))
+        # The cores of the nodes its stages ran on, the only ones Feedback looks at (not every node's).
+        nodes = {stage.executed_on for stage in record.task.dag.stages}
+        stream.view.recent_cpu_cores.append({node: self._cores[node] for node in nodes if node in self._cores})
         stream.view.arrived_since_decision += 1
         del stream.view.recent[:-RECENT_RECORDS]
         del stream.view.recent_cpu_cores[:-RECENT_RECORDS]
@@ -250,12 +333,11 @@ class SchedulerCore:
         """Takes spans exported over OTLP. When a link's bandwidth in them changes, the streams on
         its nodes are decided again (at most every decision_interval_s) before the tasks that crossed
         the link come back."""
-        before = self.hops.link_bandwidth()
         spans = list(spans_of(request))
         ignored = self.hops.add_spans(spans)
         self.meter.spans_received(len(spans) - ignored, ignored)
         self.traces.add_spans(spans)
-        await self._after_link_rates(before, "traces")
+        await self._after_link_rates(self.hops.moved_links(), "traces")
 
     def task_trace(self, root_id: str) -> list[scheduler_pb2.TaskSpan]:
         """The spans kept of a task, by start time."""
@@ -268,20 +350,27 @@ class SchedulerCore:
             )
         return spans
 
-    async def _after_link_rates(self, before: Mapping[tuple[str, str], float], why: str) -> None:
-        """Decides again for the streams on the nodes of each link whose bandwidth moved since `before`."""
+    async def _after_link_rates(self, moved: Mapping[tuple[str, str], float | None], why: str) -> None:
+        """Decides again for the streams on the nodes of each link whose bandwidth moved from what
+        `moved` says it was (HopLatencies.moved_links), and for those still to decide on an earlier
+        move (it came within decision_interval_s of their last decision)."""
+        now = self.hops.bandwidth
         changed = {
             node
-            for link, mbps in self.hops.link_bandwidth().items()
-            if link not in before or abs(mbps - before[link]) > LINK_CHANGE * before[link]
+            for link, was in moved.items()
+            if link in now and (was is None or abs(now[link] - was) > LINK_CHANGE * was)
             for node in link
         }
-        for stream in list(self._streams.values()):
-            if not self._registered(stream):
+        for node in changed:
+            for stream_id in self._homes.get(node, ()):
+                self._streams[stream_id].link_changed = True
+                self._link_changed[stream_id] = None
+        async for stream_id in _paced(list(self._link_changed)):
+            stream = self._streams.get(stream_id)
+            if stream is None or not stream.link_changed:
                 continue
-            stream.link_changed |= stream.view.spec.node in changed
             due = self._clock() - stream.decided_at >= self.decision_interval_s
-            if stream.link_changed and due and not stream.paused_because and not stream.in_fallback:
+            if due and not stream.paused_because and not stream.in_fallback:
                 await self._decide(stream, why)
 
     async def report_resources(self, report: resources_pb2.NodeResources) -> None:
@@ -292,12 +381,18 @@ class SchedulerCore:
         if previous is None and len(self.resources) >= MAX_NODES:
             raise ResourceExhausted(f"node: {report.node!r} is new and {MAX_NODES} nodes report already")
         report.stale = False  # the scheduler's judgement, not the monitor's
-        self.resources[report.node] = report
+        self.resources[report.node] = self._fresh[report.node] = report
+        self._cores[report.node] = _cores(report)
         self._most_cores[report.node] = max(self._most_cores.get(report.node, 0.0), _cores(report))
         self._reported_at[report.node] = self._clock()
+        if self._queued(report.node) > self.admission.max_queue:
+            self._overloaded.add(report.node)
+        else:
+            self._overloaded.discard(report.node)
         if previous is not None and previous.stale:
+            self._stale_nodes -= {report.node}
             log.info("node reporting again: trusted again", node=report.node)
-            await self._follow_plans(f"{report.node} reporting again")
+            await self._follow_plans({report.node}, f"{report.node} reporting again")
         elif previous is not None and abs(_cores(report) - _cores(previous)) > CPU_CHANGE * _cores(previous):
             await self._cpu_changed(report.node, _cores(previous), _cores(report))
         if previous is not None:
@@ -317,10 +412,9 @@ class SchedulerCore:
         moved = [link for link in report.links if moved_much(link)]
         if not moved:
             return
-        rates = self.hops.link_bandwidth()
         for link in moved:
             self.hops.add_link_rate((link.from_node or report.node, link.to_node), link.bandwidth_mbps)
-        await self._after_link_rates(rates, "probes")
+        await self._after_link_rates(self.hops.moved_links(), "probes")
 
     def _cpu_cut(self, node: str, reported_since: float) -> bool:
         """Whether the node reported since then with less CPU than it has had."""
@@ -329,14 +423,14 @@ class SchedulerCore:
             return False
         return _cores(report) < (1 - CPU_CHANGE) * self._most_cores.get(node, 0.0)
 
-    def _cpu_cores(self) -> dict[str, float]:
-        return {node: _cores(report) for node, report in self.resources.items()}
-
     async def _cpu_changed(self, node: str, before: float, now: float) -> None:
         """A node's CPU was cut or restored (its cgroup's quota, live): the streams with stages there
         are decided again at once, their processing there scaled by the change (StreamView)."""
         log.info("node CPU changed", node=node, cores_before=before, cores_now=now)
-        for stream in list(self._streams.values()):
+        async for stream_id in _paced(list(self._running.get(node, ()))):
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                continue
             current = stream.view.current
             placed = set(current.placement.values()) if current else {stream.view.spec.node}
             if self._registered(stream) and node in placed and not stream.paused_because and not stream.in_fallback:
@@ -353,14 +447,17 @@ class SchedulerCore:
         )
         for node in silent:
             self.resources[node].stale = True
+            del self._fresh[node]
+            self._overloaded.discard(node)  # its queues are old news
             silent_s = round(now - self._reported_at[node], 1)
             log.warning("node stale: its monitor stopped reporting", node=node, silent_s=silent_s)
         if silent:
-            await self._follow_plans(f"no report from {', '.join(silent)} for {self.stale_after_s:g} s")
+            self._stale_nodes |= set(silent)
+            await self._follow_plans(set(silent), f"no report from {', '.join(silent)} for {self.stale_after_s:g} s")
             await self._admit()
 
     def _stale(self) -> frozenset[str]:
-        return frozenset(node for node, report in self.resources.items() if report.stale)
+        return self._stale_nodes
 
     def _queued(self, node: str) -> int:
         """Tasks queued on the node; none known when it is stale (its figures are old)."""
@@ -381,37 +478,77 @@ class SchedulerCore:
         placed.update(dict.fromkeys(moved, refuge))
         return placed, f" (stale {nodes}: {', '.join(moved)} on {refuge})"
 
-    async def _follow_plans(self, why: str) -> None:
-        """Publishes again each plan whose placement changes with the nodes that are stale now."""
-        for stream in list(self._streams.values()):
+    async def _follow_plans(self, flipped: set[str], why: str) -> None:
+        """Publishes again each plan whose placement changes with the nodes that are stale now, after
+        the nodes `flipped` turned stale or fresh. Only streams involving them can change: a plan's
+        placement moves with its own nodes, and with the cloud and the stream's node (where stages on
+        stale nodes go), when it has a stage on a stale node."""
+        nodes = flipped | self._stale_nodes if self.cloud_node in flipped else flipped
+        candidates = dict.fromkeys(stream_id for node in nodes for stream_id in self._involved.get(node, ()))
+        async for stream_id in _paced(candidates):
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                continue
             current, plan = stream.view.current, stream.plan
-            if current is None or plan is None or not self._registered(stream):
+            if current is None or plan is None:
                 continue
             if self._off_stale(plan.placement, stream.view.spec.node)[0] != dict(current.placement):
                 await self._publish(stream, plan, why)
 
     async def _admit(self) -> None:
         """Pauses the newest stream on an overloaded node; resumes paused streams whose nodes recovered."""
-        for stream in sorted(self._streams.values(), key=lambda s: s.registered):
+        paused = sorted((self._streams[stream_id] for stream_id in self._paused), key=lambda s: s.registered)
+        async for stream in _paced(paused):
             if not self._registered(stream):
                 continue
             nodes = set(stream.view.current.placement.values()) if stream.view.current else set()
             if stream.paused_because and all(self._queued(n) < self.admission.resume_queue for n in nodes):
-                stream.paused_because = ""
+                self._pause(stream, "")
                 await self._publish(stream, stream.plan, "admission: queues drained, stream resumed")
-        for node in sorted(self.resources):
+        for node in sorted(self._overloaded):
             queued = self._queued(node)
             if queued <= self.admission.max_queue:
                 continue
             running = [
                 s
-                for s in self._streams.values()
+                for s in (self._streams[stream_id] for stream_id in self._running.get(node, ()))
                 if not s.paused_because and s.view.current and node in s.view.current.placement.values()
             ]
             if running:
                 newest = max(running, key=lambda s: s.registered)
-                newest.paused_because = f"{queued} tasks queued on {node} (over {self.admission.max_queue})"
+                self._pause(newest, f"{queued} tasks queued on {node} (over {self.admission.max_queue})")
                 await self._publish(newest, newest.plan, f"admission: paused, {newest.paused_because}")
+
+    def _pause(self, stream: _Stream, because: str) -> None:
+        """Pauses the stream (resumes it when `because` is empty)."""
+        stream.paused_because = because
+        self._reindex(stream)
+
+    def _reindex(self, stream: _Stream) -> None:
+        """Files the stream under the nodes it involves now: its own, its plan's and its placement's."""
+        if not self._registered(stream):  # unregistered (or registered anew) while it was published
+            return
+        stream_id, current, plan = stream.view.spec.stream_id, stream.view.current, stream.plan
+        placed = frozenset(current.placement.values()) if current else frozenset()
+        involved = placed | frozenset(plan.placement.values() if plan else ()) | {stream.view.spec.node}
+        running = frozenset() if stream.paused_because else placed
+        _refile(self._involved, stream_id, stream.involved, involved)
+        _refile(self._running, stream_id, stream.running_on, running)
+        stream.involved, stream.running_on = involved, running
+        if stream.paused_because:
+            self._paused[stream_id] = None
+        else:
+            self._paused.pop(stream_id, None)
+
+    def _unindex(self, stream: _Stream) -> None:
+        """Takes a stream (unregistered, or registered anew) out of every index."""
+        stream_id = stream.view.spec.stream_id
+        _refile(self._homes, stream_id, (stream.view.spec.node,), ())
+        _refile(self._involved, stream_id, stream.involved, ())
+        _refile(self._running, stream_id, stream.running_on, ())
+        stream.involved = stream.running_on = frozenset()
+        self._paused.pop(stream_id, None)
+        self._link_changed.pop(stream_id, None)
 
     async def check_feedback(self) -> None:
         """Switches running streams whose feedback stopped to the fallback plan: every stage on the
@@ -420,7 +557,7 @@ class SchedulerCore:
         with its CPU cut: its tasks are slow there, the policy moves work off it, and a fallback
         onto it would undo that."""
         now = self._clock()
-        for stream in list(self._streams.values()):  # a copy: streams come and go while it publishes
+        async for stream in _paced(list(self._streams.values())):  # a copy: streams come and go while it publishes
             silent_s = now - stream.last_feedback
             if not self._registered(stream) or stream.paused_because or stream.in_fallback:
                 continue
@@ -472,18 +609,20 @@ class SchedulerCore:
         async with stream.changed:
             stream.view.current = decision
             stream.changed.notify_all()
+        self._reindex(stream)
         return decision
 
     async def _decide(self, stream: _Stream, why: str) -> decision_pb2.Decision:
         """Asks the policy; publishes a new version when it proposes something. Returns the current."""
-        # The one place policies get node figures: stale nodes' are old, so they are left out.
-        stale = self._stale()
-        stream.view.resources = {node: report for node, report in self.resources.items() if node not in stale}
-        stream.view.stale = stale
+        # The one place policies get node figures: stale nodes' are old, so they are left out. The
+        # mappings are the core's own, kept current and shared by every view (policies only read them).
+        stream.view.resources = self._fresh
+        stream.view.stale = self._stale_nodes
         stream.view.hops = self.hops.of(stream.view.spec.stream_id)
-        stream.view.traced_bandwidth = self.hops.link_bandwidth()
-        stream.view.cpu_cores = self._cpu_cores()
+        stream.view.traced_bandwidth = self.hops.bandwidth
+        stream.view.cpu_cores = self._cores
         stream.link_changed = False
+        self._link_changed.pop(stream.view.spec.stream_id, None)
         started = time.perf_counter()
         proposal = stream.policy.decide(stream.view)
         elapsed = time.perf_counter() - started

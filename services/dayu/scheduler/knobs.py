@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dayu.v1 import task_pb2, types_pb2
 
@@ -12,16 +14,22 @@ HEIGHTS = (2160, 1440, 1080, 900, 720, 540, 480, 360, 270, 240, 180)
 FPS = (60, 30, 25, 20, 15, 10, 5, 3, 2, 1)
 QUALITIES = (95, 85, 75, 60, 45, 30)
 SEGMENT_FRAMES = (1, 2, 3, 4, 6, 8, 10, 15, 20, 30)
+LADDERS_KEPT = 256  # ladders of as many best configurations (a mesh's streams share a handful)
 
 
 def resolutions(best: types_pb2.Resolution) -> list[types_pb2.Resolution]:
     """Resolutions from the best down, keeping its aspect ratio, with even sides (H.264)."""
-    ladder = [types_pb2.Resolution(width=best.width, height=best.height)]
+    return [types_pb2.Resolution(width=w, height=h) for w, h in _sizes(best.width, best.height)]
+
+
+@functools.lru_cache(maxsize=LADDERS_KEPT)
+def _sizes(best_width: int, best_height: int) -> tuple[tuple[int, int], ...]:
+    ladder = [(best_width, best_height)]
     for height in HEIGHTS:
-        if height < best.height:
-            width = round(best.width * height / best.height / 2) * 2
-            ladder.append(types_pb2.Resolution(width=width, height=height))
-    return ladder
+        if height < best_height:
+            width = round(best_width * height / best_height / 2) * 2
+            ladder.append((width, height))
+    return tuple(ladder)
 
 
 def frame_rates(best: float) -> list[float]:
@@ -30,6 +38,28 @@ def frame_rates(best: float) -> list[float]:
 
 def qualities(best: int) -> list[int]:
     return [best, *[q for q in QUALITIES if q < best]]
+
+
+@dataclass(frozen=True)
+class Ladders:
+    """Each knob's rungs under a stream's best configuration, as plain numbers: what a policy's search
+    runs over without making a message for every candidate. Made once per best configuration."""
+
+    sizes: tuple[tuple[int, int], ...]  # (width, height), the best first
+    pixels: tuple[int, ...]  # width x height of each size
+    frame_rates: tuple[float, ...]
+    qualities: tuple[int, ...]
+
+
+def ladders(best: types_pb2.Configuration) -> Ladders:
+    size = best.resolution
+    return _ladders(size.width, size.height, best.fps, best.quality)
+
+
+@functools.lru_cache(maxsize=LADDERS_KEPT)
+def _ladders(width: int, height: int, fps: float, quality: int) -> Ladders:
+    sizes = _sizes(width, height)
+    return Ladders(sizes, tuple(w * h for w, h in sizes), tuple(frame_rates(fps)), tuple(qualities(quality)))
 
 
 def configuration(
@@ -50,6 +80,16 @@ def configuration(
     if frames_per_segment is not None:
         config.frames_per_segment = frames_per_segment
     return config
+
+
+class _Stage(NamedTuple):
+    """What Feedback reads of a stage of a record, read once."""
+
+    name: str
+    process_now_s: float  # its processing, as it would take with the CPU its node has now
+    process_s: float
+    transfer_s: float
+    queue_s: float
 
 
 @dataclass(frozen=True)
@@ -79,33 +119,42 @@ class Feedback:
         since (or restored) counts as it would take now."""
         if not records:
             return None
-        delivered = [r for r in records if r.outcome == task_pb2.TASK_OUTCOME_DELIVERED]
         then = dict(zip((r.task.task_id for r in records), cores_then, strict=False))
         now = cores_now or {}
 
         def median(values: list[float]) -> float:
             return statistics.median(values) if values else 0.0
 
-        def process_s(record: task_pb2.TaskRecord, stage: task_pb2.TaskStage) -> float:
-            before, after = then.get(record.task.task_id, {}).get(stage.executed_on), now.get(stage.executed_on)
-            return stage.timings.process_s * (before / after if before and after else 1.0)
+        def stages(record: task_pb2.TaskRecord) -> list[_Stage]:
+            cores = then.get(record.task.task_id, {})
+            read = []
+            for stage in record.task.dag.stages:
+                before, after = cores.get(stage.executed_on), now.get(stage.executed_on)
+                timings = stage.timings
+                process_s = timings.process_s
+                scale = before / after if before and after else 1.0
+                read.append(_Stage(stage.spec.name, process_s * scale, process_s, timings.transfer_s, timings.queue_s))
+            return read
 
-        def extra_s(record: task_pb2.TaskRecord) -> float:  # what processing it now would add
-            return sum(process_s(record, s) - s.timings.process_s for s in record.task.dag.stages)
-
-        accuracies = [r.accuracy for r in delivered if r.HasField("accuracy")]
+        every = [(r, stages(r)) for r in records]
+        delivered = [(r, s) for r, s in every if r.outcome == task_pb2.TASK_OUTCOME_DELIVERED]
+        by_stage: dict[str, list[float]] = {}
+        for _, read in delivered:
+            for stage in read:
+                by_stage.setdefault(stage.name, []).append(stage.process_now_s)
+        accuracies = [r.accuracy for r, _ in delivered if r.HasField("accuracy")]
         return cls(
             tasks=len(records),
             dropped=len(records) - len(delivered),
-            # A task found missing ("lost") has no age to tell: it counts as dropped, not as fast.
-            latency_s=median([r.latency_s + extra_s(r) for r in records if r.task.dag.stages]),
-            transfer_s=median([sum(s.timings.transfer_s for s in r.task.dag.stages) for r in delivered]),
-            process_s=median([sum(process_s(r, s) for s in r.task.dag.stages) for r in delivered]),
-            queue_s=median([sum(s.timings.queue_s for s in r.task.dag.stages) for r in delivered]),
+            # A task found missing ("lost") has no age to tell: it counts as dropped, not as fast. The
+            # processing its stages would take now, past what they took, adds to its age.
+            latency_s=median(
+                [r.latency_s + sum(s.process_now_s - s.process_s for s in read) for r, read in every if read]
+            ),
+            transfer_s=median([sum(s.transfer_s for s in read) for _, read in delivered]),
+            process_s=median([sum(s.process_now_s for s in read) for _, read in delivered]),
+            queue_s=median([sum(s.queue_s for s in read) for _, read in delivered]),
             accuracy=statistics.fmean(accuracies) if accuracies else None,
-            bytes_per_task=median([float(max((h.bytes for h in r.task.hops), default=0)) for r in delivered]),
-            stage_process_s={
-                name: median([process_s(r, s) for r in delivered for s in r.task.dag.stages if s.spec.name == name])
-                for name in {s.spec.name for r in delivered for s in r.task.dag.stages}
-            },
+            bytes_per_task=median([float(max((h.bytes for h in r.task.hops), default=0)) for r, _ in delivered]),
+            stage_process_s={name: median(values) for name, values in by_stage.items()},
         )

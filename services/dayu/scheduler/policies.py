@@ -10,15 +10,15 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import pydantic
 
 from dayu.runtime.registry import Registry
-from dayu.scheduler.knobs import Feedback, configuration, frame_rates, qualities, resolutions
-from dayu.scheduler.traces import HopKey, HopSamples
+from dayu.scheduler.knobs import Feedback, configuration, frame_rates, ladders, qualities, resolutions
+from dayu.scheduler.traces import HopKey, HopKeyTuple, HopSamples
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2, types_pb2
 
 
@@ -33,12 +33,12 @@ class StreamView:
     resources: dict[str, resources_pb2.NodeResources] = field(default_factory=dict)  # latest reports, stale left out
     stale: frozenset[str] = frozenset()  # nodes whose monitor fell silent: nothing new goes there
     arrived_since_decision: int = 0  # records received since the current decision was published
-    hops: dict[HopKey, HopSamples] = field(default_factory=dict)  # the stream's hop latency, from its traces
-    traced_bandwidth: dict[tuple[str, str], float] = field(default_factory=dict)  # link -> Mbit/s, from traces
+    hops: Mapping[HopKeyTuple, HopSamples] = field(default_factory=dict)  # the stream's hop latency, from traces
+    traced_bandwidth: Mapping[tuple[str, str], float] = field(default_factory=dict)  # link -> Mbit/s, from traces
     # CPU of each node, in cores: now, and when each of `recent` arrived (same order). Processing
     # measured on a node whose CPU was cut since is scaled up by the ratio, so policies react to
     # the cut before slow tasks come back.
-    cpu_cores: dict[str, float] = field(default_factory=dict)
+    cpu_cores: Mapping[str, float] = field(default_factory=dict)
     recent_cpu_cores: list[Mapping[str, float]] = field(default_factory=list)
 
     def feedback(self, min_tasks: int = 1, made_under_current: bool = True, last: int = 0) -> Feedback | None:
@@ -47,15 +47,23 @@ class StreamView:
         the mesh behaves now, even while tasks made before are still draining); only the `last`
         most recent of them when given (so a long-standing decision is judged on now, not on its
         whole history). None until there are min_tasks of them."""
-        known = self.recent_cpu_cores[-len(self.recent) :] if self.recent else []
-        pairs = list(zip(self.recent, [{}] * (len(self.recent) - len(known)) + known, strict=True))
+        recent, cores = self.recent, self.recent_cpu_cores
         if made_under_current:
             version = self.current.version if self.current else 0
-            pairs = [(r, cores) for r, cores in pairs if r.task.decision_version == version]
+            chosen: list[int] = []
+            for i in reversed(range(len(recent))):  # the newest first, as many as needed
+                if last and len(chosen) == last:
+                    break
+                if recent[i].task.decision_version == version:
+                    chosen.append(i)
+            chosen.reverse()
         else:
-            pairs = pairs[len(pairs) - min(self.arrived_since_decision, len(pairs)) :]
-        pairs = pairs[-last:] if last else pairs
-        records, cores_then = [r for r, _ in pairs], [cores for _, cores in pairs]
+            chosen = list(range(len(recent) - min(self.arrived_since_decision, len(recent)), len(recent)))
+            chosen = chosen[-last:] if last else chosen
+        # The cores when each record arrived: the two lists end together; the first records' may be unknown.
+        unknown = len(recent) - min(len(cores), len(recent))
+        records = [recent[i] for i in chosen]
+        cores_then = [cores[len(cores) - len(recent) + i] if i >= unknown else {} for i in chosen]
         summary = Feedback.of(records, cores_then, self.cpu_cores)
         return summary if summary and summary.tasks >= min_tasks else None
 
@@ -274,11 +282,10 @@ class BandwidthProfilePolicy:
         self.safety = params.safety
         self._judged: tuple[int, int] = (0, 0)  # (decision version, its tasks) the safety last moved on
 
-    def _bits(self, quality: int) -> float | None:
+    def _bits(self, quality: int) -> float:
+        """Bits per pixel-frame at a quality: observed, else from the nearest observed (one must be)."""
         if quality in self.bits_per_pixel_frame:
             return self.bits_per_pixel_frame[quality]
-        if not self.bits_per_pixel_frame:
-            return None
         known, bits = min(self.bits_per_pixel_frame.items(), key=lambda kv: abs(kv[0] - quality))
         return bits * (quality / known) ** 1.5
 
@@ -307,18 +314,23 @@ class BandwidthProfilePolicy:
             elif feedback.latency_s < 0.6 * view.spec.latency_budget_s:
                 self.safety = min(self.params.safety, self.safety + 0.05)
         budget_bps = bandwidth * 1e6 * self.safety
-        candidates = []
-        for resolution in resolutions(best.resolution):
-            for fps in frame_rates(best.fps):
-                for quality in qualities(best.quality):
-                    bits = self._bits(quality)
-                    if bits is None:
-                        continue
-                    config = configuration(best, resolution, fps, quality, current.frames_per_segment)
-                    bitrate = bits * _pixels(config) * fps
-                    candidates.append(((_pixels(config) * fps, quality), bitrate, config))
+        if not self.bits_per_pixel_frame:
+            return None  # no task's size known yet to predict a bitrate from
+        ladder = ladders(best)
+        bits = {quality: self._bits(quality) for quality in ladder.qualities}
+        # Every configuration, as numbers (at most 12 x 11 x 7): a message is made for the chosen one only.
+        candidates = [
+            ((pixels * fps, quality), bits[quality] * pixels * fps, (size, fps, quality))
+            for size, pixels in zip(ladder.sizes, ladder.pixels, strict=True)
+            for fps in ladder.frame_rates
+            for quality in ladder.qualities
+        ]
         fitting = [c for c in candidates if c[1] <= budget_bps]
-        _rank, bitrate, chosen = max(fitting, key=lambda c: c[0]) if fitting else min(candidates, key=lambda c: c[1])
+        _rank, bitrate, (size, fps, quality) = (
+            max(fitting, key=lambda c: c[0]) if fitting else min(candidates, key=lambda c: c[1])
+        )
+        resolution = types_pb2.Resolution(width=size[0], height=size[1])
+        chosen = configuration(best, resolution, fps, quality, current.frames_per_segment)
         if chosen == current:
             return None
         fit = "fits" if fitting else "is the least over"
@@ -425,6 +437,84 @@ class _Prediction:
     load: float
 
 
+@dataclass(frozen=True)
+class _Model:
+    """The latency-budget policy's model of a configuration's delay, from the feedback of the current
+    one, with what all configurations share worked out once. Transfer scales with the bits per pixel
+    over the uplink's bandwidth (the measured one, else the tasks' own transfers; else the transfer the
+    tasks saw, by pixels), processing with pixels per task, the load with pixels per second, and
+    queueing with the load: in proportion while the stream keeps up, else as a single server's (M/D/1)
+    at the predicted load, since the queue of a stream that does not keep up is a backlog that only
+    grows."""
+
+    feedback: Feedback
+    current_pixels: int  # pixels of a task of the current configuration
+    bits_per_pixel: float
+    bandwidth: float | None  # Mbit/s
+    crossings: int  # times a task's frames cross between nodes under the placement predicted for
+    safety: float
+    load_now: float
+
+    def predict(self, pixels: int, fps: float, frames_per_segment: int) -> _Prediction:
+        """For a configuration of `pixels` a frame."""
+        feedback, current_pixels = self.feedback, self.current_pixels
+        task_pixels = pixels * frames_per_segment
+        if self.bandwidth:
+            transfer = self.bits_per_pixel * task_pixels * self.crossings / (self.bandwidth * 1e6)
+            rate_fits = self.bits_per_pixel * pixels * fps <= self.bandwidth * 1e6 * self.safety
+        else:
+            transfer, rate_fits = feedback.transfer_s * task_pixels / current_pixels, True
+        process = feedback.process_s * task_pixels / current_pixels
+        # process x fps / frames_per_segment, with the frames (which cancel) left out: the same for any
+        # segment length to the last bit, which the search relies on.
+        load = feedback.process_s * (pixels * fps) / current_pixels
+        if self.load_now < 1:
+            queue = feedback.queue_s * load / self.load_now if self.load_now > 0 else feedback.queue_s
+        else:
+            queue = process * load / (2 * (1 - load)) if load < 1 else math.inf
+        other = max(feedback.latency_s - feedback.transfer_s - feedback.process_s - feedback.queue_s, 0.0)
+        return _Prediction(other + queue + process + transfer, queue, transfer, rate_fits, load)
+
+    @property
+    def monotone(self) -> bool:
+        """Whether predictions only grow with pixels, frame rate and segment length: with times that
+        are finite and not negative, and a bandwidth that is unknown or positive (a garbled record or
+        probe may say otherwise)."""
+        feedback, bandwidth = self.feedback, self.bandwidth
+        times = (feedback.process_s, feedback.queue_s, feedback.transfer_s)
+        return (
+            all(math.isfinite(t) and t >= 0 for t in times)
+            and not math.isnan(feedback.latency_s)
+            and (not bandwidth or bandwidth > 0)  # not NaN either
+        )
+
+
+def _first(limits: Levels, holds: Callable[[Levels], bool]) -> Levels | None:
+    """The first levels, in accuracy's order (resolution, then frame rate, then segment length, each
+    from the best down), for which `holds`, when what holds for levels holds a step further down any
+    knob too; None when it holds for none. Each knob in turn is bisected with the later ones at their
+    lowest: the first resolution for which some levels hold is the first for which the lowest do."""
+    if not holds(limits):
+        return None
+    levels = list(limits)
+    for knob in range(3):
+        low, high = 0, levels[knob]  # holds at high
+        while low < high:
+            middle = (low + high) // 2
+            trial = list(levels)
+            trial[knob] = middle
+            if holds((trial[0], trial[1], trial[2])):
+                high = middle
+            else:
+                low = middle + 1
+        levels[knob] = high
+    return levels[0], levels[1], levels[2]
+
+
+def _same_cost(predicted: _Prediction, fastest: _Prediction) -> bool:
+    return predicted.delay_s == fastest.delay_s and predicted.load == fastest.load
+
+
 @POLICIES.register("latency_budget", params=LatencyBudgetParams)
 class LatencyBudgetPolicy:
     """A latency-budget controller over resolution, frame rate, frames per segment and placement
@@ -444,18 +534,28 @@ class LatencyBudgetPolicy:
         self.params = params
         self.levels: Levels = (0, 0, 0)
         self._started = False
+        self._crossings_of: dict[tuple[str, ...], int] = {}  # placement -> _crossings, within one decide
 
     @staticmethod
     def _limits(best: types_pb2.Configuration) -> Levels:
-        return len(resolutions(best.resolution)) - 1, len(frame_rates(best.fps)) - 1, best.frames_per_segment - 1
+        ladder = ladders(best)
+        return len(ladder.sizes) - 1, len(ladder.frame_rates) - 1, best.frames_per_segment - 1
+
+    @staticmethod
+    def _knobs(best: types_pb2.Configuration, levels: Levels) -> tuple[int, float, int]:
+        """Pixels a frame, frames a second and frames a segment of the levels."""
+        ladder, (resolution, fps, segment) = ladders(best), levels
+        return ladder.pixels[resolution], ladder.frame_rates[fps], best.frames_per_segment - segment
 
     @staticmethod
     def _config(best: types_pb2.Configuration, levels: Levels) -> types_pb2.Configuration:
         resolution, fps, segment = levels
+        ladder = ladders(best)
+        width, height = ladder.sizes[resolution]
         return configuration(
             best,
-            resolutions(best.resolution)[resolution],
-            frame_rates(best.fps)[fps],
+            types_pb2.Resolution(width=width, height=height),
+            ladder.frame_rates[fps],
             frames_per_segment=best.frames_per_segment - segment,
         )
 
@@ -478,6 +578,7 @@ class LatencyBudgetPolicy:
         return changed
 
     def decide(self, view: StreamView) -> Proposal | None:
+        self._crossings_of.clear()  # which nodes run what may have changed since the last decision
         best = view.spec.max_configuration
         if view.current is None:
             if not self._started:  # a restart (fallback, feedback resumed) keeps the levels it learned
@@ -489,7 +590,6 @@ class LatencyBudgetPolicy:
             start = "start at the best" if self.levels == (0, 0, 0) else "start at the configured start"
             return Proposal(self._config(best, self.levels), placement, f"{start}, on the edge where it can")
         own = view.feedback(2, last=self.params.window)
-        fresh = view.feedback(1, made_under_current=False, last=self.params.window)
         target = view.spec.latency_budget_s * self.params.target
         if own is not None and self._uplink_fell(view, own, target, best):
             # Macro, ahead of the tasks: the uplink's measured rate (from the traces, within a second
@@ -500,7 +600,9 @@ class LatencyBudgetPolicy:
                 placement, why = change
                 rate = view.bandwidth_mbps(view.spec.node, view.cloud_node)
                 return Proposal(self._config(best, self.levels), placement, f"uplink now {rate:.1f} Mbit/s: {why}")
-        judged = own or (fresh if view.arrived_since_decision >= self.params.hold_tasks else None)
+        # Without the current decision's own tasks, those that arrived since it (made under earlier ones).
+        held = view.arrived_since_decision >= self.params.hold_tasks
+        judged = own or (view.feedback(1, made_under_current=False, last=self.params.window) if held else None)
         if judged is None:
             return None
         if judged.latency_s > target:
@@ -628,17 +730,21 @@ class LatencyBudgetPolicy:
 
     def _crossings(self, view: StreamView, placement: Mapping[str, str]) -> int:
         """Times a task's frames cross between nodes under `placement`: once for every stage whose
-        input (a parent's output, or the stream's frames) is on another node."""
-        where: dict[str, str] = {}
-        crossings = 0
-        for stage in view.spec.pipeline.stages:
-            node = placement.get(stage.name, view.spec.node)
-            if not view.can_run(node, stage.processor):
-                node = view.cloud_node  # where the controller falls back to
-            where[stage.name] = node
-            inputs = [where[parent] for parent in stage.parents] or [view.spec.node]
-            crossings += sum(source != node for source in inputs)
-        return crossings
+        input (a parent's output, or the stream's frames) is on another node. Counted once a decision
+        for each placement (every prediction needs the current one's)."""
+        stages = view.spec.pipeline.stages
+        key = tuple(placement.get(stage.name, view.spec.node) for stage in stages)
+        if key not in self._crossings_of:
+            where: dict[str, str] = {}
+            crossings = 0
+            for stage, node in zip(stages, key, strict=True):
+                if not view.can_run(node, stage.processor):
+                    node = view.cloud_node  # where the controller falls back to
+                where[stage.name] = node
+                inputs = [where[parent] for parent in stage.parents] or [view.spec.node]
+                crossings += sum(source != node for source in inputs)
+            self._crossings_of[key] = crossings
+        return self._crossings_of[key]
 
     def _fewest_crossings(self, view: StreamView) -> dict[str, str]:
         """The placement, over the stream's node and the cloud, whose frames cross between nodes the
@@ -656,10 +762,44 @@ class LatencyBudgetPolicy:
             or [view.cloud_node]
             for s in stages
         ]
-        candidates = [dict(zip((s.name for s in stages), nodes, strict=True)) for nodes in itertools.product(*choices)]
-        return min(
-            candidates,
-            key=lambda c: (self._crossings(view, c), sum(c[n] != current.get(n, view.spec.node) for n in c)),
+        # Every choice runs its stage (or is the cloud, where the controller falls back to): the
+        # crossings are those of _crossings, counted over the stages' inputs as indexes.
+        index = {s.name: i for i, s in enumerate(stages)}
+        inputs = [[index[p] for p in s.parents] or [-1] for s in stages]  # -1: the stream's frames
+        was = [current.get(s.name, view.spec.node) for s in stages]
+
+        def cost(nodes: tuple[str, ...]) -> tuple[int, int]:
+            crossings = sum(
+                (nodes[i] if i >= 0 else view.spec.node) != node
+                for node, sources in zip(nodes, inputs, strict=True)
+                for i in sources
+            )
+            return crossings, sum(node != before for node, before in zip(nodes, was, strict=True))
+
+        fewest = min(itertools.product(*choices), key=cost)  # the first of the fewest, as the choices come
+        return dict(zip((s.name for s in stages), fewest, strict=True))
+
+    def _model(self, view: StreamView, feedback: Feedback, placement: Mapping[str, str] | None = None) -> _Model | None:
+        """The delay model (_predict) under `placement` (else the current one), from the feedback of the
+        current configuration; None without task sizes to go on."""
+        assert view.current is not None
+        current = view.current.configuration
+        crossings_now = max(self._crossings(view, view.current.placement), 1)
+        crossings = crossings_now if placement is None else max(self._crossings(view, placement), 1)
+        bandwidth = view.bandwidth_mbps(view.spec.node, view.cloud_node)
+        if bandwidth is None and feedback.transfer_s > 0:  # the tasks' own transfers, queueing included
+            bandwidth = feedback.bytes_per_task * 8 * crossings_now / feedback.transfer_s / 1e6
+        current_pixels = _pixels(current) * current.frames_per_segment
+        if not feedback.bytes_per_task or not current_pixels:
+            return None
+        return _Model(
+            feedback,
+            current_pixels,
+            feedback.bytes_per_task * 8 / current_pixels,
+            bandwidth,
+            crossings,
+            self.params.safety,
+            feedback.process_s * current.fps / current.frames_per_segment,
         )
 
     def _predict(
@@ -670,40 +810,11 @@ class LatencyBudgetPolicy:
         levels: Levels,
         placement: Mapping[str, str] | None = None,
     ) -> _Prediction | None:
-        """Predicted delay of a configuration (under `placement`, else the current one), whether its
-        bitrate fits the uplink and its processing load; None without task sizes to go on.
-        Transfer scales with the bits per pixel over the uplink's bandwidth (the measured one, else
-        the tasks' own transfers; else the transfer the tasks saw, by pixels), processing with
-        pixels per task, the load with pixels per second, and queueing with the load: in proportion
-        while the stream keeps up, else as a single server's (M/D/1) at the predicted load, since the
-        queue of a stream that does not keep up is a backlog that only grows."""
-        assert view.current is not None
-        current = view.current.configuration
-        crossings_now = max(self._crossings(view, view.current.placement), 1)
-        crossings = max(self._crossings(view, view.current.placement if placement is None else placement), 1)
-        bandwidth = view.bandwidth_mbps(view.spec.node, view.cloud_node)
-        if bandwidth is None and feedback.transfer_s > 0:  # the tasks' own transfers, queueing included
-            bandwidth = feedback.bytes_per_task * 8 * crossings_now / feedback.transfer_s / 1e6
-        current_pixels = _pixels(current) * current.frames_per_segment
-        if not feedback.bytes_per_task or not current_pixels:
-            return None
-        bits_per_pixel = feedback.bytes_per_task * 8 / current_pixels
-        config = self._config(best, levels)
-        pixels = _pixels(config) * config.frames_per_segment
-        if bandwidth:
-            transfer = bits_per_pixel * pixels * crossings / (bandwidth * 1e6)
-            rate_fits = bits_per_pixel * _pixels(config) * config.fps <= bandwidth * 1e6 * self.params.safety
-        else:
-            transfer, rate_fits = feedback.transfer_s * pixels / current_pixels, True
-        process = feedback.process_s * pixels / current_pixels
-        load_now = feedback.process_s * current.fps / current.frames_per_segment
-        load = process * config.fps / config.frames_per_segment
-        if load_now < 1:
-            queue = feedback.queue_s * load / load_now if load_now > 0 else feedback.queue_s
-        else:
-            queue = process * load / (2 * (1 - load)) if load < 1 else math.inf
-        other = max(feedback.latency_s - feedback.transfer_s - feedback.process_s - feedback.queue_s, 0.0)
-        return _Prediction(other + queue + process + transfer, queue, transfer, rate_fits, load)
+        """Predicted delay of the levels' configuration (under `placement`, else the current one),
+        whether its bitrate fits the uplink and its processing load; None without task sizes to go on
+        (_Model says how)."""
+        model = self._model(view, feedback, placement)
+        return None if model is None else model.predict(*self._knobs(best, levels))
 
     def _fits_prediction(self, predicted: _Prediction, target: float) -> bool:
         return predicted.delay_s <= target and predicted.rate_fits and predicted.load <= self.params.max_load
@@ -724,27 +835,32 @@ class LatencyBudgetPolicy:
     ) -> Levels | None:
         """The most accurate levels (pixels, then frame rate, then segment length) predicted to fit
         the target, the uplink and max_load under `placement` (else the current one); if none does,
-        the fastest. None without a prediction."""
+        the fastest (the least delay, then load; of those, the most accurate). None without a
+        prediction, or with figures no prediction holds for (negative or not finite).
+
+        The model's delay, bitrate and load only grow with each knob (pixels, frames a second, frames
+        a segment), so "fits" and "as fast as the fastest" hold, once they do, for every cheaper
+        configuration; and accuracy ranks levels in the order of the knobs' ladders. The answer is
+        then the first levels in that order for which they hold, found by bisecting each knob's
+        ladder in turn: a few dozen predictions, however long the ladders (a search of every
+        configuration made thousands for a 4K stream's)."""
+        model = self._model(view, feedback, placement)
+        if model is None or not model.monotone:
+            return None
+
+        def predict(levels: Levels) -> _Prediction:
+            return model.predict(*self._knobs(best, levels))
+
         limits = self._limits(best)
-        candidates = []
-        for resolution in range(limits[0] + 1):
-            for fps in range(limits[1] + 1):
-                for segment in range(limits[2] + 1):
-                    levels = (resolution, fps, segment)
-                    predicted = self._predict(view, feedback, best, levels, placement)
-                    if predicted is None:
-                        return None
-                    fits = self._fits_prediction(predicted, target)
-                    candidates.append((fits, self._rank(best, levels), (predicted.delay_s, predicted.load), levels))
-        fitting = [c for c in candidates if c[0]]
-        if fitting:
-            return max(fitting, key=lambda c: c[1])[3]
-        return min(candidates, key=lambda c: c[2])[3]  # the least delay; of those (none finite), the least load
+        fitting = _first(limits, lambda levels: self._fits_prediction(predict(levels), target))
+        if fitting is not None:
+            return fitting
+        fastest = predict(limits)  # the cheapest configuration has the least delay and load of all
+        return _first(limits, lambda levels: _same_cost(predict(levels), fastest))
 
     def _rank(self, best: types_pb2.Configuration, levels: Levels) -> tuple[int, float, int]:
         """What accuracy needs most first: pixels, then frame rate, then frames per segment."""
-        config = self._config(best, levels)
-        return _pixels(config), config.fps, config.frames_per_segment
+        return self._knobs(best, levels)
 
     @staticmethod
     def _cloud_is_near(view: StreamView) -> bool:

@@ -12,16 +12,16 @@ task's timeline (GetTaskTrace): a few of each, bounded in tasks and in spans a t
 
 from __future__ import annotations
 
+import array
 import statistics
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import NamedTuple, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
-from opentelemetry.proto.trace.v1 import trace_pb2
 
 from dayu.runtime.tracing import BYTES, DELAY, NODE, STAGE, STREAM, TASK, TO_NODE
 from dayu.runtime.validation import MAX_ID_CHARS
@@ -42,33 +42,50 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-@dataclass(frozen=True, order=True)
-class HopKey:
+class HopKey(NamedTuple):  # equal to the plain tuple of its fields, which HopLatencies keeps
     hop: str  # the span name
     stage: str
     node: str  # FROM->TO for link transfers
 
 
-@dataclass
+HopKeyTuple = tuple[str, str, str]  # a HopKey's fields: how hops are kept (see HopLatencies)
+
+
 class HopSamples:
-    spans: int = 0
-    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_SPANS))
+    """A hop's spans, and the durations of the latest RECENT_SPANS of them: an array of numbers, in a
+    ring, which the garbage collector need not go through (a deque of floats, a container, it does,
+    number by number, for every hop of every stream at each full collection)."""
+
+    __slots__ = ("_recent", "spans")
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self._recent = array.array("d")
 
     def add(self, duration_s: float) -> None:
+        if len(self._recent) < RECENT_SPANS:
+            self._recent.append(duration_s)
+        else:  # over the oldest
+            self._recent[self.spans % RECENT_SPANS] = duration_s
         self.spans += 1
-        self.recent.append(duration_s)
+
+    @property
+    def last_s(self) -> float:
+        return self._recent[(self.spans - 1) % len(self._recent)]
 
     @property
     def p50_s(self) -> float:
-        return statistics.median(self.recent)
+        return statistics.median(self._recent)
 
     @property
     def p95_s(self) -> float:
-        ordered = sorted(self.recent)
+        ordered = sorted(self._recent)
         return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
 def _value(value: common_pb2.AnyValue) -> str:
+    if value.string_value:  # most are
+        return value.string_value
     kind = value.WhichOneof("value")
     return str(getattr(value, kind)) if kind else ""
 
@@ -86,24 +103,47 @@ def _recent(entries: dict[K, V], key: K, make: Callable[[], V], limit: int) -> V
     return value
 
 
-Span = tuple[trace_pb2.Span, dict[str, str], dict[str, str]]  # a span, its resource's attributes, all its attributes
+LINK = tuple[str, str]  # (from node, to node)
+READ = frozenset((STREAM, TASK, STAGE, NODE, TO_NODE, BYTES, DELAY))  # the attributes the scheduler reads
+
+
+class Span(NamedTuple):
+    """What the scheduler reads of a span: read once, for the hops and the task traces both."""
+
+    name: str
+    start_ns: int
+    end_ns: int
+    service: str  # its resource's service.name
+    attributes: dict[str, str]  # READ's, its own over its resource's
 
 
 def spans_of(request: trace_service_pb2.ExportTraceServiceRequest) -> Iterator[Span]:
-    """Each span of an export request, with its resource's attributes and its own over them."""
+    """Each span of an export request, with the attributes the scheduler reads (only those: a span
+    has others, and reading an attribute costs more than the rest of a span's handling)."""
     for resource_spans in request.resource_spans:
         resource = _attributes(resource_spans.resource.attributes)
+        service = resource.get(SERVICE_NAME, "")
+        inherited = {key: value for key, value in resource.items() if key in READ}
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                yield span, resource, {**resource, **_attributes(span.attributes)}
+                attributes = inherited.copy()
+                for pair in span.attributes:
+                    if pair.key in READ:
+                        attributes[pair.key] = _value(pair.value)
+                yield Span(span.name, span.start_time_unix_nano, span.end_time_unix_nano, service, attributes)
 
 
 class HopLatencies:
     """Per-stream hop latency, fed with OTLP export requests."""
 
     def __init__(self) -> None:
-        self._streams: dict[str, dict[HopKey, HopSamples]] = {}
-        self._link_rates: dict[tuple[str, str], deque[float]] = {}
+        # Keyed by plain tuples, equal to the HopKeys policies look up: the garbage collector leaves
+        # tuples of strings alone, not named ones (a few per hop of every stream).
+        self._streams: dict[str, dict[HopKeyTuple, HopSamples]] = {}
+        self._link_rates: dict[LINK, deque[float]] = {}
+        self._bandwidth: dict[LINK, float] = {}  # link_bandwidth(), kept up to date rate by rate
+        self._moved: dict[LINK, float | None] = {}  # see moved_links()
+        self.bandwidth: Mapping[LINK, float] = MappingProxyType(self._bandwidth)  # read-only, always current
         self.received = 0
         self.ignored = 0
 
@@ -114,18 +154,19 @@ class HopLatencies:
     def add_spans(self, spans: Iterable[Span]) -> int:
         """Takes spans (spans_of); returns how many were ignored (no stream attribute)."""
         ignored = 0
-        for span, _, attributes in spans:
+        for span in spans:
+            attributes = span.attributes
             stream = attributes.get(STREAM)
-            if not stream or span.end_time_unix_nano < span.start_time_unix_nano:
+            if not stream or span.end_ns < span.start_ns:
                 ignored += 1
                 continue
             node = attributes.get(NODE, "")
             if TO_NODE in attributes:
                 node = f"{node}->{attributes[TO_NODE]}"
-            key = HopKey(span.name, attributes.get(STAGE, ""), node)
+            key = (span.name, attributes.get(STAGE, ""), node)
             hops = _recent(self._streams, stream, dict, MAX_STREAMS)
             samples = _recent(hops, key, HopSamples, MAX_HOPS)
-            duration_s = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
+            duration_s = (span.end_ns - span.start_ns) / 1e9
             samples.add(duration_s)
             if span.name == "link.transfer":
                 self._add_rate(attributes, duration_s)
@@ -147,38 +188,54 @@ class HopLatencies:
         if nbytes >= MIN_TRANSFER_BYTES and sending_s > 0:
             self.add_link_rate((attributes.get(NODE, ""), attributes.get(TO_NODE, "")), nbytes * 8 / sending_s / 1e6)
 
-    def add_link_rate(self, link: tuple[str, str], mbps: float) -> None:
+    def add_link_rate(self, link: LINK, mbps: float) -> None:
         """A rate the link carried: a task's transfer, or a monitor's probe that found it changed."""
-        _recent(self._link_rates, link, lambda: deque(maxlen=RECENT_TRANSFERS), MAX_LINKS).append(mbps)
+        rates = self._link_rates.pop(link, None)
+        self._link_rates[link] = rates = deque(maxlen=RECENT_TRANSFERS) if rates is None else rates
+        rates.append(mbps)
+        self._moved.setdefault(link, self._bandwidth.get(link))
+        self._bandwidth[link] = min(statistics.median(rates), rates[-1])
+        while len(self._link_rates) > MAX_LINKS:  # the link that has gone longest without a rate
+            gone = next(iter(self._link_rates))
+            del self._link_rates[gone], self._bandwidth[gone]
+            self._moved.pop(gone, None)
 
-    def link_bandwidth(self) -> dict[tuple[str, str], float]:
+    def link_bandwidth(self) -> dict[LINK, float]:
         """(from node, to node) -> Mbit/s, from the most recent transfers on each link: their median,
         or the last one when it is lower, so a drop counts from its first transfer (late is worse than
-        a step down too many, which the policies take back) and a rise once it holds."""
-        return {link: min(statistics.median(rates), rates[-1]) for link, rates in self._link_rates.items()}
+        a step down too many, which the policies take back) and a rise once it holds. A copy: `bandwidth`
+        is the same, always current."""
+        return dict(self._bandwidth)
 
-    def of(self, stream_id: str) -> dict[HopKey, HopSamples]:
+    def moved_links(self) -> dict[LINK, float | None]:
+        """The links that took rates since the last call, each with its bandwidth before them (None
+        when it had none): what a caller compares with `bandwidth` to see which moved, without going
+        over every link."""
+        moved, self._moved = self._moved, {}
+        return moved
+
+    def of(self, stream_id: str) -> dict[HopKeyTuple, HopSamples]:
         """The stream's hops (empty if no span of it came yet)."""
         return self._streams.get(stream_id, {})
 
     def stats(self, stream_id: str) -> list[scheduler_pb2.HopLatency]:
         return [
             scheduler_pb2.HopLatency(
-                hop=key.hop,
-                stage=key.stage,
-                node=key.node,
+                hop=hop,
+                stage=stage,
+                node=node,
                 spans=samples.spans,
                 p50_s=samples.p50_s,
                 p95_s=samples.p95_s,
-                last_s=samples.recent[-1],
+                last_s=samples.last_s,
             )
-            for key, samples in sorted(self.of(stream_id).items())
+            for (hop, stage, node), samples in sorted(self.of(stream_id).items())
         ]
 
 
-@dataclass(frozen=True, slots=True)
-class TracedSpan:
-    """What is kept of one span of a task: its texts cut to MAX_ID_CHARS (they are names and ids)."""
+class TracedSpan(NamedTuple):
+    """What is kept of one span of a task: its texts cut to MAX_ID_CHARS (they are names and ids). Kept
+    as a plain tuple (of strings and numbers, which the garbage collector leaves alone), made one when read."""
 
     name: str
     component: str
@@ -213,28 +270,29 @@ class TaskTraces:
         self, max_tasks: int = MAX_TRACED_TASKS, max_spans: int = MAX_TASK_SPANS, max_kept: int = MAX_KEPT_SPANS
     ) -> None:
         self.max_tasks, self.max_spans, self.max_kept = max_tasks, max_spans, max_kept
-        self._tasks: dict[str, list[TracedSpan]] = {}  # least recently traced first
+        self._tasks: dict[str, list[tuple[str, str, str, str, str, int, int]]] = {}  # least recent first
         self._kept = 0
 
     def add_spans(self, spans: Iterable[Span]) -> None:
-        for span, resource, attributes in spans:
+        for span in spans:
+            attributes = span.attributes
             root = attributes.get(TASK, "")
-            if not root or len(root) > MAX_ID_CHARS or span.end_time_unix_nano < span.start_time_unix_nano:
+            if not root or len(root) > MAX_ID_CHARS or span.end_ns < span.start_ns:
                 continue
             kept = self._tasks.pop(root, [])
             self._tasks[root] = kept  # to the end: the most recently traced
             if len(kept) >= self.max_spans:
                 continue
             kept.append(
-                TracedSpan(
+                (  # a TracedSpan's fields
                     span.name[:MAX_ID_CHARS],
                     # Dayu's components name themselves dayu-COMPONENT; a collector's other services keep theirs.
-                    resource.get(SERVICE_NAME, "").removeprefix("dayu-")[:MAX_ID_CHARS],
+                    span.service.removeprefix("dayu-")[:MAX_ID_CHARS],
                     attributes.get(NODE, "")[:MAX_ID_CHARS],
                     attributes.get(STAGE, "")[:MAX_ID_CHARS],
                     attributes.get(TO_NODE, "")[:MAX_ID_CHARS],
-                    span.start_time_unix_nano,
-                    span.end_time_unix_nano,
+                    span.start_ns,
+                    span.end_ns,
                 )
             )
             self._kept += 1
@@ -243,7 +301,7 @@ class TaskTraces:
 
     def spans(self, root_id: str) -> list[scheduler_pb2.TaskSpan]:
         """The task's spans kept, by start time (empty when none is)."""
-        kept = sorted(self._tasks.get(root_id, ()), key=lambda s: (s.start_ns, s.end_ns))
+        kept = sorted((TracedSpan._make(s) for s in self._tasks.get(root_id, ())), key=lambda s: (s.start_ns, s.end_ns))
         return [span.message() for span in kept]
 
     def __len__(self) -> int:
