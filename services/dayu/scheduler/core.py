@@ -171,8 +171,12 @@ class SchedulerCore:
         stale_after_s: float = 15.0,
         epoch: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_streams: int | None = None,
     ) -> None:
+        """`max_streams`: streams registered at most (None: MAX_STREAMS), as many traced; a simulation
+        of more streams than a real scheduler should hold raises it."""
         self.default_policy = default_policy
+        self.max_streams = MAX_STREAMS if max_streams is None else max_streams
         self.cloud_node = cloud_node
         self.meter = Meter("scheduler", cloud_node)  # the scheduler runs on the cloud node
         self.decision_interval_s = decision_interval_s
@@ -205,7 +209,7 @@ class SchedulerCore:
         self._running: dict[str, dict[str, None]] = {}
         self._paused: dict[str, None] = {}
         self._link_changed: dict[str, None] = {}  # streams with link_changed set
-        self.hops = HopLatencies()  # from the spans received over OTLP
+        self.hops = HopLatencies(self.max_streams)  # from the spans received over OTLP
         self.traces = TaskTraces()  # the spans of the latest tasks, for their timelines
 
     def _stream(self, stream_id: str, field: str = "stream_id") -> _Stream:
@@ -220,8 +224,9 @@ class SchedulerCore:
         return self._streams.get(stream.view.spec.stream_id) is stream
 
     def _check_room(self, stream_id: str) -> None:
-        if stream_id not in self._streams and len(self._streams) >= MAX_STREAMS:
-            raise ResourceExhausted(f"stream.stream_id: {stream_id!r} is new and {MAX_STREAMS} streams are registered")
+        if stream_id not in self._streams and len(self._streams) >= self.max_streams:
+            limit = self.max_streams
+            raise ResourceExhausted(f"stream.stream_id: {stream_id!r} is new and {limit} streams are registered")
 
     async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
         """Registers (or re-registers) a stream and returns its startup decision."""
@@ -255,7 +260,7 @@ class SchedulerCore:
         if stream is None:
             return False
         self._forgotten[stream_id] = stream.last_version
-        while len(self._forgotten) > MAX_STREAMS:
+        while len(self._forgotten) > self.max_streams:
             self._forgotten.popitem(last=False)
         self._unindex(stream)
         self.hops.forget(stream_id)

@@ -136,7 +136,8 @@ def spans_of(request: trace_service_pb2.ExportTraceServiceRequest) -> Iterator[S
 class HopLatencies:
     """Per-stream hop latency, fed with OTLP export requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_streams: int | None = None) -> None:
+        self.max_streams = MAX_STREAMS if max_streams is None else max_streams  # streams whose hops are kept
         # Keyed by plain tuples, equal to the HopKeys policies look up: the garbage collector leaves
         # tuples of strings alone, not named ones (a few per hop of every stream).
         self._streams: dict[str, dict[HopKeyTuple, HopSamples]] = {}
@@ -164,7 +165,7 @@ class HopLatencies:
             if TO_NODE in attributes:
                 node = f"{node}->{attributes[TO_NODE]}"
             key = (span.name, attributes.get(STAGE, ""), node)
-            hops = _recent(self._streams, stream, dict, MAX_STREAMS)
+            hops = _recent(self._streams, stream, dict, self.max_streams)
             samples = _recent(hops, key, HopSamples, MAX_HOPS)
             duration_s = (span.end_ns - span.start_ns) / 1e9
             samples.add(duration_s)

@@ -43,7 +43,7 @@ from dayu.distributor.core import first_detector
 from dayu.media.frames import FrameRateFilter
 from dayu.runtime.retry import RETRY_S
 from dayu.runtime.tracing import BYTES, DELAY, STAGE, STREAM, TASK, TO_NODE
-from dayu.scheduler.core import Admission, SchedulerCore
+from dayu.scheduler.core import MAX_STREAMS, Admission, SchedulerCore
 from dayu.simulator.costs import Profile
 from dayu.simulator.network import Network, NotSent
 from dayu.simulator.scenario import Scenario, StreamModel
@@ -183,6 +183,8 @@ class SimulatedMesh:
             section.stale_after_s,
             epoch=EPOCH,
             clock=lambda: self.env.now,
+            # A simulated scheduler may hold more streams than a real one should: all the scenario's.
+            max_streams=max(MAX_STREAMS, len(scenario.streams)),
         )
         self.network = Network(self.env, scenario.channels)
         self.processors = {
