@@ -88,6 +88,25 @@ async def test_admission_pauses_the_newest_stream_on_an_overloaded_node_and_resu
     assert not resumed.paused and "resumed" in resumed.reason
 
 
+async def test_admission_acts_on_the_node_that_reported_only() -> None:
+    """An overloaded node's next stream is paused on its own next report, not on other nodes' (whose
+    reports say nothing new about it, and would each cost a look at every stream)."""
+    from dayu.scheduler.core import Admission
+    from dayu.v1 import resources_pb2
+
+    core = SchedulerCore(FIXED, admission=Admission(max_queue=10, resume_queue=2))
+    specs = [make_stream_spec() for _ in range(3)]
+    for i, spec in enumerate(specs):
+        spec.stream_id = f"stream-{i}"
+        await core.register(spec)
+    await core.report_resources(resources_pb2.NodeResources(node="edge-1", queue_lengths={"noop": 11}))
+    assert [core.decision(s.stream_id).paused for s in specs] == [False, False, True]
+    await core.report_resources(resources_pb2.NodeResources(node="cloud", queue_lengths={"noop": 0}))
+    assert [core.decision(s.stream_id).paused for s in specs] == [False, False, True]  # still edge-1's last figures
+    await core.report_resources(resources_pb2.NodeResources(node="edge-1", queue_lengths={"noop": 11}))
+    assert [core.decision(s.stream_id).paused for s in specs] == [False, True, True]
+
+
 async def test_fallback_plan_when_feedback_stops_and_policy_again_when_it_returns() -> None:
     clock = Clock()
     core = SchedulerCore(decision_pb2.PolicySpec(name="cloud_only"), fallback_after_s=0.05, clock=clock)

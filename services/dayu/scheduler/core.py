@@ -402,7 +402,7 @@ class SchedulerCore:
             await self._cpu_changed(report.node, _cores(previous), _cores(report))
         if previous is not None:
             await self._probed(previous, report)
-        await self._admit()
+        await self._admit({report.node})
 
     async def _probed(self, previous: resources_pb2.NodeResources, report: resources_pb2.NodeResources) -> None:
         """A link whose probe moved by more than PROBE_CHANGE since the node's last report counts as a
@@ -459,7 +459,7 @@ class SchedulerCore:
         if silent:
             self._stale_nodes |= set(silent)
             await self._follow_plans(set(silent), f"no report from {', '.join(silent)} for {self.stale_after_s:g} s")
-            await self._admit()
+            await self._admit(silent)
 
     def _stale(self) -> frozenset[str]:
         return self._stale_nodes
@@ -500,9 +500,19 @@ class SchedulerCore:
             if self._off_stale(plan.placement, stream.view.spec.node)[0] != dict(current.placement):
                 await self._publish(stream, plan, why)
 
-    async def _admit(self) -> None:
-        """Pauses the newest stream on an overloaded node; resumes paused streams whose nodes recovered."""
-        paused = sorted((self._streams[stream_id] for stream_id in self._paused), key=lambda s: s.registered)
+    async def _admit(self, nodes: Collection[str]) -> None:
+        """Pauses the newest stream on each overloaded node of `nodes` (those whose queues changed: a
+        report, a node turned stale); resumes the paused streams involving them whose nodes all
+        recovered. Only those: the others' figures did not change, and a report costs the streams of
+        its node, not every stream."""
+        involved = [self._involved.get(node, {}) for node in nodes]
+        candidates = {
+            stream_id
+            for streams in involved
+            for stream_id in (streams if len(streams) < len(self._paused) else self._paused)
+            if stream_id in self._paused and stream_id in streams
+        }
+        paused = sorted((self._streams[stream_id] for stream_id in candidates), key=lambda s: s.registered)
         async for stream in _paced(paused):
             if not self._registered(stream):
                 continue
@@ -510,7 +520,7 @@ class SchedulerCore:
             if stream.paused_because and all(self._queued(n) < self.admission.resume_queue for n in nodes):
                 self._pause(stream, "")
                 await self._publish(stream, stream.plan, "admission: queues drained, stream resumed")
-        for node in sorted(self._overloaded):
+        for node in sorted(self._overloaded.intersection(nodes)):
             queued = self._queued(node)
             if queued <= self.admission.max_queue:
                 continue

@@ -199,29 +199,36 @@ class SimulatedMesh:
         )
         self.in_flight: dict[str, _Task] = {}
         self.generating = True
-        self._versions: dict[str, int] = {}
+        self._published: list[decision_pb2.Decision] = []  # by the core call under way
+        self._count_published()
         self._measured_links: dict[str, dict[str, resources_pb2.LinkBandwidth]] = {n: {} for n in scenario.nodes}
         self._settled = self.env.event()
 
     # -- the core, on its own loop -----------------------------------------------------------------
 
-    def _call(self, call: Coroutine[Any, Any, Any], stream_id: str | None = None) -> Any:
-        """Runs a core call to its end; counts the decisions it published (those of `stream_id`, or of
-        every stream) and, when it published any, its wall time."""
+    def _call(self, call: Coroutine[Any, Any, Any]) -> Any:
+        """Runs a core call to its end; counts the decisions it published and, when it published any,
+        its wall time."""
         started = time.perf_counter()
         result = self.loop.run_until_complete(call)
         elapsed = time.perf_counter() - started
-        published = 0
-        for sid in [stream_id] if stream_id is not None else list(self._versions):  # those registered
-            decision = self.core.decision(sid)
-            if decision.version != self._versions.get(sid):
-                published += decision.version - self._versions.get(sid, 0)
-                self._versions[sid] = decision.version
-                self.results.policy_decide_s.append(decision.decision_time_s)
-        if published:
-            self.results.decisions += published
+        if self._published:
+            self.results.decisions += len(self._published)
+            self.results.policy_decide_s.extend(d.decision_time_s for d in self._published)
             self.results.decision_call_s.append(elapsed)
+            self._published.clear()
         return result
+
+    def _count_published(self) -> None:
+        """Hears of each decision the core publishes from its meter (what counts dayu_decisions_total), so
+        that no call has to look at every stream to find the ones it decided."""
+        count = self.core.meter.decision
+
+        def published(decision: decision_pb2.Decision) -> None:
+            count(decision)
+            self._published.append(decision)
+
+        self.core.meter.decision = published  # type: ignore[method-assign]
 
     # -- the run -------------------------------------------------------------------------------------
 
@@ -231,7 +238,7 @@ class SimulatedMesh:
             for node in self.scenario.nodes:  # monitors report from the start, before streams register
                 self._call(self.core.report_resources(self._report(node)))
             for stream in self.streams.values():
-                self._call(self.core.register(stream.spec), stream.spec.stream_id)
+                self._call(self.core.register(stream.spec))
             for stream in self.streams.values():
                 self.env.process(self._generate(stream))
             for node in self.scenario.nodes:
@@ -479,7 +486,7 @@ class SimulatedMesh:
             size = config.resolution
             score = self.profile.accuracy(size.width, size.height, config.quality, task.frames)
             record.accuracy = score
-        self._call(self.core.feedback(record), spec.stream_id)
+        self._call(self.core.feedback(record))
         self.results.dropped += outcome == DROPPED
         self.results.tasks.append(
             TaskOutcome(
