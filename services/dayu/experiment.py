@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dayu.distributor.store import RecordStore
 from dayu.mesh.model import MeshConfig, load_mesh_config, read_mesh_file
-from dayu.mesh.run import RunningMesh, run_mesh
+from dayu.mesh.run import RunningMesh, Tick, run_mesh
 from dayu.v1 import distributor_pb2, task_pb2
 
 COLUMNS = (
@@ -188,6 +189,13 @@ def plot_timelines(timelines: dict[str, list[dict[str, Any]]], path: Path, title
     plt.close(figure)
 
 
+def progress_bar(what: str, total_s: float, unit: str, shown: bool = True) -> Any:
+    """A progress bar on stderr over `total_s` seconds (elapsed, or simulated: `unit`), for `what`."""
+    from tqdm import tqdm  # here, not at the top: only the long-running commands show one
+
+    return tqdm(total=round(total_s), desc=what, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=not shown)
+
+
 def run_experiment(
     config_path: Path,
     policies: list[str],
@@ -210,7 +218,13 @@ def run_experiment(
         mesh = make_mesh(config, workdir)
         mesh.reset()
         progress(f"dayu experiment: policy {policy} for {duration_s:g} s")
-        summary = asyncio.run(run_mesh(mesh, duration_s, progress=lambda _line: None))
+        with progress_bar(policy, duration_s, "s") as bar:
+
+            def tick(tick: Tick, bar: Any = bar) -> None:
+                bar.update(min(round(tick.running_s), round(duration_s)) - bar.n)
+                bar.set_postfix(tasks=tick.generated, delivered=tick.delivered, dropped=tick.dropped)
+
+            summary = asyncio.run(run_mesh(mesh, duration_s, progress=lambda _line: None, on_tick=tick, tick_s=1.0))
         rows.append(row(policy, summary))
         timelines[policy] = timeline(mesh.records)
         write_csv(workdir / "tasks.csv", TIMELINE_COLUMNS, timelines[policy])

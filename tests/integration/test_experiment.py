@@ -50,6 +50,9 @@ def test_experiment_runs_each_policy_and_writes_table_csv_and_plots(tmp_path: Pa
     command += ["--duration", "6", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
+    # A progress bar per policy on stderr: the seconds run and the tasks so far.
+    for policy in ("fixed", "latency_budget"):
+        assert f"{policy}: 100%" in done.stderr and "tasks=" in done.stderr, done.stderr[-3000:]
 
     header = done.stdout.splitlines()[-3]
     assert "in budget" in header and "accuracy" in header and "MB sent" in header and "decide ms" in header

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,13 +67,27 @@ def _cloud(mesh: RunningMesh, component: str) -> str:
     return mesh.address(Instance(component, mesh.config.cloud_node))
 
 
+@dataclass(frozen=True)
+class Tick:
+    """How a run is going, every `tick_s` of run_mesh."""
+
+    running_s: float  # since the mesh was up
+    generated: int
+    delivered: int
+    dropped: int
+    latency_p50_s: float | None
+
+
 async def run_mesh(
     mesh: RunningMesh,
     duration_s: float | None,
     progress: Callable[[str], None] = print,
     stop_event: asyncio.Event | None = None,
+    on_tick: Callable[[Tick], None] = lambda tick: None,
+    tick_s: float = 5.0,
 ) -> dict[str, Any]:
-    """Runs the mesh until `duration_s` passes or `stop_event` is set; returns the summary."""
+    """Runs the mesh until `duration_s` passes or `stop_event` is set; returns the summary. Every
+    `tick_s` it says how it goes: a line to `progress`, and the figures to `on_tick`."""
     config = mesh.config
     stop_event = stop_event or asyncio.Event()
     tally = ResultTally()
@@ -98,7 +113,7 @@ async def run_mesh(
         running = time.monotonic()  # the duration counts from when the mesh is up
         deadline = running + duration_s if duration_s else None
         while not stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
-            wait = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
+            wait = tick_s if deadline is None else max(0.0, min(tick_s, deadline - time.monotonic()))
             try:
                 await asyncio.wait_for(stop_event.wait(), timeout=wait)
             except TimeoutError:
@@ -109,6 +124,7 @@ async def run_mesh(
                 f"dayu: {time.monotonic() - started:5.0f} s  generated {generated}  delivered {tally.delivered}"
                 f"  dropped {tally.dropped}  latency p50 {latency or 0:.2f} s"
             )
+            on_tick(Tick(time.monotonic() - running, generated, tally.delivered, tally.dropped, latency))
         # Read before the generators stop (they may still make a task or two until they do).
         generator_counts = await generated_per_stream(mesh, channels)
         link_bytes = await bytes_per_link(mesh, channels)

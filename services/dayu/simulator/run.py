@@ -3,13 +3,11 @@ the table, CSV, JSON and plots (report.py)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
+from dayu.experiment import progress_bar
 from dayu.simulator.costs import Profile
 from dayu.simulator.engine import SimulatedMesh
 from dayu.simulator.report import format_table, write_results
@@ -30,16 +28,9 @@ def simulate(
     runs = []
     for policy in policies:
         scenario = make_scenario(policy)
-        bar = tqdm(
-            total=round(duration_s),
-            desc=f"{policy}",
-            unit="sim s",
-            file=sys.stderr,
-            disable=not progress,
-            dynamic_ncols=True,
-        )
+        bar = progress_bar(policy, duration_s, "sim s", shown=progress)
 
-        def tick(mesh: SimulatedMesh, bar: tqdm = bar) -> None:
+        def tick(mesh: SimulatedMesh, bar: Any = bar) -> None:
             if mesh.env.now <= duration_s:
                 bar.update(1)
             else:
