@@ -13,10 +13,10 @@ from typing import Literal
 
 import numpy as np
 import pydantic
-import yaml
 
+from dayu.mesh.model import read_mesh_file
 from dayu.runtime.config import StrictModel
-from dayu.runtime.errors import InvalidArgument, from_validation_error
+from dayu.runtime.errors import from_validation_error
 
 PROFILE_VERSION = 1
 
@@ -161,12 +161,7 @@ class Profile:
 
     @classmethod
     def load(cls, path: Path, field: str = "--profile") -> Profile:
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise InvalidArgument(field, f"a readable YAML profile made by `dayu profile` ({error})") from None
-        if not isinstance(data, dict):
-            raise InvalidArgument(field, f"a YAML mapping in {path}")
+        data = read_mesh_file(path, field)  # a YAML mapping, as a mesh file is
         try:
             return cls(ProfileFile.model_validate(data), str(path))
         except pydantic.ValidationError as error:
