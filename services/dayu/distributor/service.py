@@ -30,7 +30,7 @@ from dayu.v1 import (
 
 log = get_logger(__name__)
 FEEDBACK_BATCH = 256  # records in one ReportFeedback call at most
-FEEDBACK_BATCH_BYTES = 1 << 20  # and about this many bytes (the scheduler takes 4 MiB at most)
+FEEDBACK_BATCH_BYTES = 1 << 20  # and this many bytes, unless one record is more (the scheduler takes 4 MiB)
 FEEDBACK_LOG_EVERY = 1000  # while feedback keeps failing with one status, a warning every this many
 
 
@@ -100,12 +100,17 @@ class FeedbackSender:
     async def send(self) -> None:
         """Runs for as long as the distributor does. What was stored while a call was under way goes
         in the next call, all together: a call per record costs the scheduler more than the record."""
+        carried: task_pb2.TaskRecord | None = None  # taken for a batch it would have made too large
         while True:
-            batch = [await self.queue.get()]
-            size = batch[0].ByteSize()
-            while not self.queue.empty() and len(batch) < FEEDBACK_BATCH and size < FEEDBACK_BATCH_BYTES:
-                batch.append(self.queue.get_nowait())
-                size += batch[-1].ByteSize()
+            batch = [carried if carried is not None else await self.queue.get()]
+            carried, size = None, batch[0].ByteSize()
+            while not self.queue.empty() and len(batch) < FEEDBACK_BATCH:
+                record = self.queue.get_nowait()
+                if size + record.ByteSize() > FEEDBACK_BATCH_BYTES:
+                    carried = record  # the first of the next call
+                    break
+                batch.append(record)
+                size += record.ByteSize()
             try:
                 request = scheduler_pb2.ReportFeedbackRequest(records=batch)
                 reply = await self.stub.ReportFeedback(request, timeout=10)
