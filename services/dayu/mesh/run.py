@@ -5,6 +5,7 @@ is read from the distributor's records, the generators', controllers' and schedu
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,7 +177,11 @@ async def generated_per_stream(mesh: RunningMesh, channels: Channels) -> dict[st
     counts: dict[str, int] = {}
     for instance in _of(mesh, "generator"):
         stub = channels.stub(generator_pb2_grpc.GeneratorServiceStub, mesh.address(instance))
-        streams, _ = await every_page(stub.ListStreams, generator_pb2.ListStreamsRequest(), "streams", 5)
+        # Waiting for the channel to be ready: the components dial each other while the mesh starts, the
+        # generators last, and a connection refused then leaves gRPC's subchannel (shared by the
+        # process's channels to that address) in backoff for a second or more, failing calls at once.
+        listing = functools.partial(stub.ListStreams, wait_for_ready=True)
+        streams, _ = await every_page(listing, generator_pb2.ListStreamsRequest(), "streams", 5)
         counts.update({stream.spec.stream_id: stream.tasks_generated for stream in streams})
     return counts
 
