@@ -36,8 +36,8 @@ Tables (medians and percentiles of one run; the machine's other load shows in th
   (what a stream holds that grows with the nodes); and --steady-streams streams (200) at a steady state:
   64 records, 40 decisions (their history and decision times) and eight tasks' spans each.
 
-The scheduler's limits on streams (core.MAX_STREAMS, traces.MAX_STREAMS) are raised to the sizes asked
-for, so that 10,000 streams are registered and traced; the benchmark says so when it does. About two
+The scheduler's limit on streams (SchedulerCore's max_streams, 4,096 by default) is raised to the sizes
+asked for, so that 10,000 streams are registered and traced. About two
 minutes with the defaults:
 
     .venv/bin/python hack/bench_scheduler.py [--decisions 300] [--cell-seconds 6] [--configs 360p,4K60]
@@ -72,9 +72,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from dayu.runtime.tracing import BYTES, DELAY, NODE, STAGE, STREAM, TASK, TO_NODE
-from dayu.scheduler import core as core_module
-from dayu.scheduler import traces as traces_module
-from dayu.scheduler.core import SchedulerCore
+from dayu.scheduler.core import MAX_STREAMS, SchedulerCore
 from dayu.scheduler.policies import POLICIES
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2, types_pb2
 
@@ -402,18 +400,12 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
     print()
 
 
-def scheduler(policy: str, interval_s: float = 0.0) -> SchedulerCore:
-    """A core whose nodes never turn stale nor streams silent: the benchmark runs longer than they may be."""
+def scheduler(policy: str, interval_s: float = 0.0, streams: int = 0) -> SchedulerCore:
+    """A core whose nodes never turn stale nor streams silent: the benchmark runs longer than they may be.
+    It holds (and traces) `streams` streams when that is more than a scheduler's default."""
     spec = decision_pb2.PolicySpec(name=policy)
-    return SchedulerCore(spec, CLOUD, interval_s, fallback_after_s=1e9, stale_after_s=1e9)
-
-
-def raise_limits(streams: int, say: bool = True) -> None:
-    for module in (core_module, traces_module):
-        if module.MAX_STREAMS < streams:
-            if say:
-                print(f"(raised {module.__name__}.MAX_STREAMS from {module.MAX_STREAMS} to {streams})\n")
-            module.MAX_STREAMS = streams
+    max_streams = max(MAX_STREAMS, streams)
+    return SchedulerCore(spec, CLOUD, interval_s, fallback_after_s=1e9, stale_after_s=1e9, max_streams=max_streams)
 
 
 def policy_times(core: SchedulerCore) -> list[float]:
@@ -532,8 +524,7 @@ class Stalls:
 
 
 async def build_mesh(streams: int, config_name: str = "720p", interval_s: float = 0.0) -> Mesh:
-    raise_limits(streams)
-    core = scheduler("latency_budget")
+    core = scheduler("latency_budget", streams=streams)
     nodes = [f"edge-{i}" for i in range(min(1000, math.ceil(streams / 10)))]
     mesh = Mesh(core, [], nodes)
     for node in [*nodes, CLOUD]:
@@ -661,8 +652,7 @@ async def fill(streams: int, nodes: int, records: int, decisions: int, span_task
     """A core with `streams` streams over `nodes` edge nodes, each with `decisions` decisions, then
     `records` records (each its own message, parsed from bytes as the gRPC server does) and `span_tasks`
     tasks' spans."""
-    raise_limits(streams, say=False)
-    core = scheduler("latency_budget")
+    core = scheduler("latency_budget", streams=streams)
     edges = [f"edge-{i}" for i in range(nodes)]
     for node in [*edges, CLOUD]:
         await core.report_resources(node_report(node, UPLINKS_MBPS[0] if node != CLOUD else None))
