@@ -148,6 +148,20 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", type=Path, required=True, metavar="DIR")
     simulate.add_argument("--profile", type=Path, default=PROFILE, metavar="FILE", help="made by `dayu profile`")
     simulate.add_argument("--seed", type=int, default=0, help="the same seed gives the same results (default 0)")
+    simulate.add_argument(
+        "--target",
+        choices=("embedded", "cluster"),
+        default="embedded",
+        help="with --config: the `dayu experiment` mode to model (cluster: the nodes share this machine's cores, "
+        "within their CPU limits; kernel links without delay, with TCP/IP headers)",
+    )
+    simulate.add_argument(
+        "--background",
+        type=float,
+        default=0.0,
+        metavar="THREADS",
+        help="with --target cluster: runnable threads besides the segments processed, on average (default 0)",
+    )
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
 
     profile = commands.add_parser(
@@ -225,7 +239,9 @@ def _simulate(args: argparse.Namespace) -> int:
         make = functools.partial(scenario.generate, params, seed=args.seed, trace=trace)
     else:
         title = args.config.name
-        make = functools.partial(scenario.from_mesh, args.config, trace=trace)
+        make = functools.partial(
+            scenario.from_mesh, args.config, trace=trace, target=args.target, background=args.background
+        )
     title += f", {trace.name if trace else 'configured links'}, {args.duration:g} simulated s"
     simulate(make, policies, profile, args.duration, args.out, args.seed, title, progress=not args.quiet)
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -226,6 +227,7 @@ def run_experiment(
 
             summary = asyncio.run(run_mesh(mesh, duration_s, progress=lambda _line: None, on_tick=tick, tick_s=1.0))
         rows.append(row(policy, summary))
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         timelines[policy] = timeline(mesh.records)
         write_csv(workdir / "tasks.csv", TIMELINE_COLUMNS, timelines[policy])
         progress(table(rows[-1:]).splitlines()[-1])

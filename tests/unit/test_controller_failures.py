@@ -4,6 +4,7 @@ that hosts it, an unreachable peer is waited for and then routed around, and no 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
@@ -146,3 +147,27 @@ async def test_streams_past_the_bound_forget_the_least_recently_routed(monkeypat
     await settle(core)
     assert followed == ["a", "b", "c"] and forgotten == ["b"]
     assert list(core.decisions) == ["a", "c"]
+
+
+async def test_a_processor_held_unloaded_sends_the_stage_elsewhere_at_once_or_drops_it_with_its_reason() -> None:
+    """FAILED_PRECONDITION: a deployable processor the deployment plan holds unloaded. The stage goes to
+    the node the decision deploys it on, without waiting; with none left, the task is dropped at once."""
+    mesh = Mesh(process_code="FAILED_PRECONDITION")
+    core = edge(mesh, {"noop"})
+    decision = decision_pb2.Decision(stream_id="stream-1", version=1)
+    decision.deployment["a"].nodes.append("edge-2")
+    core.apply_decision(decision)
+    await core.submit(make_task(linear_pipeline()), "")
+    await settle(core)
+    ((node, _),) = mesh.forwarded
+    assert node == "edge-2" and core.stats.fallbacks == 1 and not mesh.dropped
+    nowhere = make_task(linear_pipeline())
+    nowhere.task_id = nowhere.root_id = str(uuid.uuid4())
+    for tried in ("edge-2", "cloud"):
+        nowhere.hops.add(component=FALLBACK, node=tried, stage="a")
+    started = asyncio.get_running_loop().time()
+    await core.submit(nowhere, "cloud")
+    await settle(core)
+    (reason,) = mesh.dropped
+    assert "processor 'noop' on edge-1 failed stage a: FAILED_PRECONDITION: processor says no" in reason
+    assert asyncio.get_running_loop().time() - started < 0.5  # not waited for, as an away one would be

@@ -54,3 +54,23 @@ async def test_transmit_counts_bytes_and_queues_fifo() -> None:
 def test_bad_traces_are_refused(tmp_path: Path, text: str) -> None:
     with pytest.raises(InvalidArgument):
         trace(tmp_path, text)
+
+
+async def test_expected_rpc_time_is_per_byte_weighted_by_bytes() -> None:
+    """A small send's round trip is not a per-byte rate: after a 1 KB call of 5 ms, a 240 KB one is
+    expected to take what the large sends took per byte, not 240 times 5 ms."""
+    clock = FakeClock()
+    link = Link("edge-1", "cloud", clock=clock)
+
+    def taking(seconds: float):  # type: ignore[no-untyped-def]
+        async def send() -> None:
+            clock.now += seconds
+
+        return send
+
+    assert link.expected_rpc_s(240_000) == 0.0  # nothing sent yet
+    await link.transmit(230_000, taking(0.1))  # a task with its frames: 0.1 s
+    await link.transmit(1_000, taking(0.005))  # a delivery without them: a call's round trip
+    expected = link.expected_rpc_s(240_000)
+    assert expected == pytest.approx(240_000 * (0.8 * 0.1 + 0.2 * 0.005) / (0.8 * 230_000 + 0.2 * 1_000))
+    assert 0.09 < expected < 0.12  # averaging each send's own per-byte time said 0.32 s

@@ -15,7 +15,7 @@ def view() -> StreamView:
 
 def apply(v: StreamView, proposal: Proposal | None) -> decision_pb2.Decision:
     assert proposal is not None
-    v.arrived_since_decision = 0
+    v.arrived_since_decision = v.arrived_made_under_current = 0
     version = (v.current.version if v.current else 0) + 1
     v.current = decision_pb2.Decision(
         version=version, configuration=proposal.configuration, placement=proposal.placement, reason=proposal.reason
@@ -47,7 +47,9 @@ def feed(
         if accuracy is not None:
             record.accuracy = accuracy
         v.recent.append(record)
+        del v.recent[:-64]  # as many as the core keeps
         v.arrived_since_decision += 1
+        v.arrived_made_under_current += task.decision_version == v.current.version
 
 
 def policy(name: str, **params):  # type: ignore[no-untyped-def]
@@ -122,22 +124,54 @@ def test_bandwidth_profile_backs_off_while_tasks_come_back_late() -> None:
 
 
 def test_periodic_profiling_keeps_the_cheapest_accurate_enough() -> None:
-    v, p = view(), policy("periodic_profiling", resolutions=2, frame_rates=2, period_tasks=4)
+    v, p = view(), policy("periodic_profiling", resolutions=2, frame_rates=2, period_tasks=4, tasks_per_candidate=2)
     golden = apply(v, p.decide(v)).configuration
     assert (golden.resolution.height, golden.fps) == (720, 30)
     accuracy = {(720, 30): 0.9, (720, 25): 0.88, (540, 30): 0.85, (540, 25): 0.7}
     for _ in range(3):
         config = v.current.configuration
         feed(v, latency=0.5, accuracy=accuracy[(config.resolution.height, int(config.fps))], tasks=1)
+        assert p.decide(v) is None  # one task is not enough to judge a candidate on
+        feed(v, latency=0.5, accuracy=accuracy[(config.resolution.height, int(config.fps))], tasks=1)
         apply(v, p.decide(v))
     config = v.current.configuration
-    feed(v, latency=0.5, accuracy=accuracy[(config.resolution.height, int(config.fps))], tasks=1)
+    feed(v, latency=0.5, accuracy=accuracy[(config.resolution.height, int(config.fps))], tasks=2)
     chosen = apply(v, p.decide(v))
     assert (chosen.configuration.resolution.height, chosen.configuration.fps) == (540, 30)  # 0.85 >= 0.9 * 0.9
     feed(v, latency=0.5, accuracy=0.85, tasks=3)
     assert p.decide(v) is None
     feed(v, latency=0.5, accuracy=0.85, tasks=1)
     assert "profiling again" in apply(v, p.decide(v)).reason
+
+
+def test_periodic_profiling_judges_candidates_on_their_mean_and_profiles_again_after_any_period() -> None:
+    v, p = view(), policy("periodic_profiling", resolutions=2, frame_rates=1, period_tasks=100, tasks_per_candidate=4)
+    apply(v, p.decide(v))  # golden: 720p
+    for value in (0.9, 0.7, 0.9, 0.9):  # one poor task among good ones
+        feed(v, latency=0.5, accuracy=value, tasks=1)
+    apply(v, p.decide(v))  # the 540p candidate, judged on four tasks too
+    for value in (0.95, 0.6, 0.6, 0.6):  # one lucky task among poor ones
+        feed(v, latency=0.5, accuracy=value, tasks=1)
+    chosen = apply(v, p.decide(v))
+    assert chosen.configuration.resolution.height == 720, chosen.reason  # 0.69 < 0.9 x 0.85
+    feed(v, latency=0.5, accuracy=0.85, tasks=99)  # past the 64 records kept
+    assert p.decide(v) is None
+    feed(v, latency=0.5, accuracy=0.85, tasks=1)
+    assert "profiling again" in apply(v, p.decide(v)).reason
+
+
+def test_bandwidth_profile_backs_off_however_long_its_decision_stood() -> None:
+    v, p = view(), policy("bandwidth_profile")
+    apply(v, p.decide(v))
+    report = resources_pb2.NodeResources(node="edge-1")
+    report.links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=40.0)
+    v.resources = {"edge-1": report}
+    for _ in range(100):  # the best fits: the decision stands for 100 tasks, past the 64 records kept
+        feed(v, latency=0.4, size=1_200_000, tasks=1)
+        assert p.decide(v) is None
+    feed(v, latency=1.5, size=1_200_000, tasks=1)  # then the link queues: tasks come back late
+    lighter = apply(v, p.decide(v))
+    assert "fits 60% of 40.0 Mbit/s" in lighter.reason
 
 
 def test_latency_budget_acts_on_what_dominates_the_delay() -> None:
@@ -290,6 +324,7 @@ def test_every_policy_is_registered() -> None:
         "bandwidth_profile",
         "periodic_profiling",
         "latency_budget",
+        "learned",
     }
 
 
@@ -319,6 +354,23 @@ def test_latency_budget_fits_processing_to_the_time_there_is() -> None:
         config = apply(v, proposal).configuration
         assert 0.25 * config.fps <= 0.8 and config.resolution.height == 720
     assert config.fps == 3
+
+
+def test_latency_budget_keeps_within_its_share_of_a_shared_processor() -> None:
+    """Other streams' stages came to the processor this stream's detector runs on: its processing is
+    refitted to its share there at once, before the queue shows it; without shares it is not."""
+    for share_processors in (True, False):
+        v, p = view(), policy("latency_budget", offload=False, share_processors=share_processors)
+        apply(v, p.decide(v))  # 720p, 30 fps, 10 frames per segment
+        feed(v, latency=0.5, process=0.2)  # 0.02 s a frame: 0.6 s of processing a second, under max_load
+        v.load_shares = {"detect": 0.2}  # a third of that is its share now
+        proposal = p.decide(v)
+        if not share_processors:
+            assert proposal is None
+            continue
+        assert proposal is not None and "over its share of shared processors (0.20)" in proposal.reason
+        config = proposal.configuration
+        assert 0.02 * config.fps * (config.resolution.width * config.resolution.height) / (1280 * 720) <= 0.2
 
 
 def test_latency_budget_starts_where_told() -> None:

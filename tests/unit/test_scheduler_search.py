@@ -66,7 +66,7 @@ def exhaustive_fit(
         predicted = policy._predict(view, feedback, best, levels, placement)
         if predicted is None:
             return None
-        fits = policy._fits_prediction(predicted, target)
+        fits = policy._fits_prediction(predicted, target, policy.params.max_load)
         candidates.append((fits, policy._rank(best, levels), (predicted.delay_s, predicted.load), levels))
     fitting = [c for c in candidates if c[0]]
     if fitting:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dayu.v1 import task_pb2 as dayu_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61yu/v1/processor.proto\x12\x07\x64\x61yu.v1\x1a\x12\x64\x61yu/v1/task.proto\"<\n\x0eProcessRequest\x12\x1b\n\x04task\x18\x01 \x01(\x0b\x32\r.dayu.v1.Task\x12\r\n\x05stage\x18\x02 \x01(\t\"U\n\x0fProcessResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\r.dayu.v1.TaskB\x02\x18\x01\x12!\n\x05stage\x18\x02 \x01(\x0b\x32\x12.dayu.v1.TaskStage\"\x1b\n\x19GetProcessorStatusRequest\"\x9a\x01\n\x1aGetProcessorStatusResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0cqueue_length\x18\x03 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x04 \x01(\r\x12\x0f\n\x07workers\x18\x05 \x01(\r\x12\x11\n\tprocessed\x18\x06 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x04\x32\xaf\x01\n\x10ProcessorService\x12<\n\x07Process\x12\x17.dayu.v1.ProcessRequest\x1a\x18.dayu.v1.ProcessResponse\x12]\n\x12GetProcessorStatus\x12\".dayu.v1.GetProcessorStatusRequest\x1a#.dayu.v1.GetProcessorStatusResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61yu/v1/processor.proto\x12\x07\x64\x61yu.v1\x1a\x12\x64\x61yu/v1/task.proto\"<\n\x0eProcessRequest\x12\x1b\n\x04task\x18\x01 \x01(\x0b\x32\r.dayu.v1.Task\x12\r\n\x05stage\x18\x02 \x01(\t\"U\n\x0fProcessResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\r.dayu.v1.TaskB\x02\x18\x01\x12!\n\x05stage\x18\x02 \x01(\x0b\x32\x12.dayu.v1.TaskStage\"\x1b\n\x19GetProcessorStatusRequest\"\xe5\x01\n\x1aGetProcessorStatusResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0cqueue_length\x18\x03 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x04 \x01(\r\x12\x0f\n\x07workers\x18\x05 \x01(\r\x12\x11\n\tprocessed\x18\x06 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x04\x12\x12\n\ndeployable\x18\x08 \x01(\x08\x12\x10\n\x08unloaded\x18\t \x01(\x08\x12\x0e\n\x06load_s\x18\n \x01(\x01\x12\x13\n\x0bmodel_bytes\x18\x0b \x01(\x04\x32\xaf\x01\n\x10ProcessorService\x12<\n\x07Process\x12\x17.dayu.v1.ProcessRequest\x1a\x18.dayu.v1.ProcessResponse\x12]\n\x12GetProcessorStatus\x12\".dayu.v1.GetProcessorStatusRequest\x1a#.dayu.v1.GetProcessorStatusResponseB*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,7 +42,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPROCESSORSTATUSREQUEST']._serialized_start=205
   _globals['_GETPROCESSORSTATUSREQUEST']._serialized_end=232
   _globals['_GETPROCESSORSTATUSRESPONSE']._serialized_start=235
-  _globals['_GETPROCESSORSTATUSRESPONSE']._serialized_end=389
-  _globals['_PROCESSORSERVICE']._serialized_start=392
-  _globals['_PROCESSORSERVICE']._serialized_end=567
+  _globals['_GETPROCESSORSTATUSRESPONSE']._serialized_end=464
+  _globals['_PROCESSORSERVICE']._serialized_start=467
+  _globals['_PROCESSORSERVICE']._serialized_end=642
 # @@protoc_insertion_point(module_scope)

@@ -120,6 +120,10 @@ class GetProcessorStatusResponse(_message.Message):
     WORKERS_FIELD_NUMBER: _builtins.int
     PROCESSED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
+    DEPLOYABLE_FIELD_NUMBER: _builtins.int
+    UNLOADED_FIELD_NUMBER: _builtins.int
+    LOAD_S_FIELD_NUMBER: _builtins.int
+    MODEL_BYTES_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """Node the processor runs on."""
     kind: _builtins.str
@@ -137,6 +141,18 @@ class GetProcessorStatusResponse(_message.Message):
     """Stages processed successfully."""
     failed: _builtins.int
     """Stages that failed."""
+    deployable: _builtins.bool
+    """True when the scheduler's deployment plan loads and unloads it (the mesh file's
+    nodes.NODE.deployable); false for a processor that always holds its models.
+    """
+    unloaded: _builtins.bool
+    """True while a deployable processor holds its models unloaded: its Process calls fail with
+    FAILED_PRECONDITION, so its callers go to another node that hosts the kind.
+    """
+    load_s: _builtins.float
+    """Seconds its latest load took (its models loaded on the backend and checked); 0 until loaded once."""
+    model_bytes: _builtins.int
+    """Bytes of the model files it loads: what its models take in memory, at least."""
     def __init__(
         self,
         *,
@@ -147,10 +163,14 @@ class GetProcessorStatusResponse(_message.Message):
         workers: _builtins.int = ...,
         processed: _builtins.int = ...,
         failed: _builtins.int = ...,
+        deployable: _builtins.bool = ...,
+        unloaded: _builtins.bool = ...,
+        load_s: _builtins.float = ...,
+        model_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "kind", b"kind", "node", b"node", "processed", b"processed", "queue_capacity", b"queue_capacity", "queue_length", b"queue_length", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployable", b"deployable", "failed", b"failed", "kind", b"kind", "load_s", b"load_s", "model_bytes", b"model_bytes", "node", b"node", "processed", b"processed", "queue_capacity", b"queue_capacity", "queue_length", b"queue_length", "unloaded", b"unloaded", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61yu/v1/resources.proto\x12\x07\x64\x61yu.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n\x08GpuStats\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1b\n\x13utilization_percent\x18\x03 \x01(\x01\x12\x19\n\x11memory_used_bytes\x18\x04 \x01(\x04\x12\x1a\n\x12memory_total_bytes\x18\x05 \x01(\x04\"\x8c\x01\n\rLinkBandwidth\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\x12\x16\n\x0e\x62\x61ndwidth_mbps\x18\x03 \x01(\x01\x12\x0e\n\x06rtt_ms\x18\x04 \x01(\x01\x12/\n\x0bmeasured_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x93\x03\n\rNodeResources\x12\x0c\n\x04node\x18\x01 \x01(\t\x12/\n\x0bmeasured_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63pu_percent\x18\x03 \x01(\x01\x12\x11\n\tcpu_count\x18\x04 \x01(\r\x12\x19\n\x11memory_used_bytes\x18\x05 \x01(\x04\x12\x1a\n\x12memory_total_bytes\x18\x06 \x01(\x04\x12\x1f\n\x04gpus\x18\x07 \x03(\x0b\x32\x11.dayu.v1.GpuStats\x12?\n\rqueue_lengths\x18\x08 \x03(\x0b\x32(.dayu.v1.NodeResources.QueueLengthsEntry\x12%\n\x05links\x18\t \x03(\x0b\x32\x16.dayu.v1.LinkBandwidth\x12\x17\n\x0f\x63pu_limit_cores\x18\n \x01(\x01\x12\r\n\x05stale\x18\x0b \x01(\x08\x1a\x33\n\x11QueueLengthsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x42*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61yu/v1/resources.proto\x12\x07\x64\x61yu.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n\x08GpuStats\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1b\n\x13utilization_percent\x18\x03 \x01(\x01\x12\x19\n\x11memory_used_bytes\x18\x04 \x01(\x04\x12\x1a\n\x12memory_total_bytes\x18\x05 \x01(\x04\"\x8c\x01\n\rLinkBandwidth\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\x12\x16\n\x0e\x62\x61ndwidth_mbps\x18\x03 \x01(\x01\x12\x0e\n\x06rtt_ms\x18\x04 \x01(\x01\x12/\n\x0bmeasured_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x04\n\rNodeResources\x12\x0c\n\x04node\x18\x01 \x01(\t\x12/\n\x0bmeasured_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63pu_percent\x18\x03 \x01(\x01\x12\x11\n\tcpu_count\x18\x04 \x01(\r\x12\x19\n\x11memory_used_bytes\x18\x05 \x01(\x04\x12\x1a\n\x12memory_total_bytes\x18\x06 \x01(\x04\x12\x1f\n\x04gpus\x18\x07 \x03(\x0b\x32\x11.dayu.v1.GpuStats\x12?\n\rqueue_lengths\x18\x08 \x03(\x0b\x32(.dayu.v1.NodeResources.QueueLengthsEntry\x12%\n\x05links\x18\t \x03(\x0b\x32\x16.dayu.v1.LinkBandwidth\x12\x17\n\x0f\x63pu_limit_cores\x18\n \x01(\x01\x12\r\n\x05stale\x18\x0b \x01(\x08\x12+\n\ndeployable\x18\x0c \x03(\x0b\x32\x17.dayu.v1.DeployableKind\x12\x34\n\x07workers\x18\r \x03(\x0b\x32#.dayu.v1.NodeResources.WorkersEntry\x1a\x33\n\x11QueueLengthsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x1a.\n\x0cWorkersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"S\n\x0e\x44\x65ployableKind\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x0e\n\x06load_s\x18\x03 \x01(\x01\x12\x13\n\x0bmodel_bytes\x18\x04 \x01(\x04\x42*\n\nio.dayu.v1P\x01Z\x1a\x64\x61yu/gen/go/dayu/v1;dayuv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\nio.dayu.v1P\001Z\032dayu/gen/go/dayu/v1;dayuv1'
   _globals['_NODERESOURCES_QUEUELENGTHSENTRY']._loaded_options = None
   _globals['_NODERESOURCES_QUEUELENGTHSENTRY']._serialized_options = b'8\001'
+  _globals['_NODERESOURCES_WORKERSENTRY']._loaded_options = None
+  _globals['_NODERESOURCES_WORKERSENTRY']._serialized_options = b'8\001'
   _globals['_GPUSTATS']._serialized_start=69
   _globals['_GPUSTATS']._serialized_end=192
   _globals['_LINKBANDWIDTH']._serialized_start=195
   _globals['_LINKBANDWIDTH']._serialized_end=335
   _globals['_NODERESOURCES']._serialized_start=338
-  _globals['_NODERESOURCES']._serialized_end=741
-  _globals['_NODERESOURCES_QUEUELENGTHSENTRY']._serialized_start=690
-  _globals['_NODERESOURCES_QUEUELENGTHSENTRY']._serialized_end=741
+  _globals['_NODERESOURCES']._serialized_end=888
+  _globals['_NODERESOURCES_QUEUELENGTHSENTRY']._serialized_start=789
+  _globals['_NODERESOURCES_QUEUELENGTHSENTRY']._serialized_end=840
+  _globals['_NODERESOURCES_WORKERSENTRY']._serialized_start=842
+  _globals['_NODERESOURCES_WORKERSENTRY']._serialized_end=888
+  _globals['_DEPLOYABLEKIND']._serialized_start=890
+  _globals['_DEPLOYABLEKIND']._serialized_end=973
 # @@protoc_insertion_point(module_scope)

@@ -123,6 +123,26 @@ class NodeResources(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class WorkersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NODE_FIELD_NUMBER: _builtins.int
     MEASURED_AT_FIELD_NUMBER: _builtins.int
     CPU_PERCENT_FIELD_NUMBER: _builtins.int
@@ -134,6 +154,8 @@ class NodeResources(_message.Message):
     LINKS_FIELD_NUMBER: _builtins.int
     CPU_LIMIT_CORES_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
+    DEPLOYABLE_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """Node name."""
     cpu_percent: _builtins.float
@@ -168,6 +190,18 @@ class NodeResources(_message.Message):
     def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkBandwidth]:
         """Bandwidth of the links from this node to the other nodes."""
 
+    @_builtins.property
+    def deployable(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeployableKind]:
+        """The node's deployable processors (loaded and unloaded by the scheduler's deployment plan), one
+        per kind. A kind held unloaded is not in queue_lengths: nothing runs there until it is loaded.
+        """
+
+    @_builtins.property
+    def workers(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Processor kind -> its workers (tasks it processes at once), for the kinds in queue_lengths: the
+        scheduler divides a processor's workers' time among the streams whose stages run on it.
+        """
+
     def __init__(
         self,
         *,
@@ -182,11 +216,47 @@ class NodeResources(_message.Message):
         links: _abc.Iterable[Global___LinkBandwidth] | None = ...,
         cpu_limit_cores: _builtins.float = ...,
         stale: _builtins.bool = ...,
+        deployable: _abc.Iterable[Global___DeployableKind] | None = ...,
+        workers: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["measured_at", b"measured_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_count", b"cpu_count", "cpu_limit_cores", b"cpu_limit_cores", "cpu_percent", b"cpu_percent", "gpus", b"gpus", "links", b"links", "measured_at", b"measured_at", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "node", b"node", "queue_lengths", b"queue_lengths", "stale", b"stale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_count", b"cpu_count", "cpu_limit_cores", b"cpu_limit_cores", "cpu_percent", b"cpu_percent", "deployable", b"deployable", "gpus", b"gpus", "links", b"links", "measured_at", b"measured_at", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "node", b"node", "queue_lengths", b"queue_lengths", "stale", b"stale", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeResources: _TypeAlias = NodeResources  # noqa: Y015
+
+@_typing.final
+class DeployableKind(_message.Message):
+    """A processor kind a node can host but loads only when the scheduler's deployment plan says so."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    LOADED_FIELD_NUMBER: _builtins.int
+    LOAD_S_FIELD_NUMBER: _builtins.int
+    MODEL_BYTES_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """The processor's name (its kind, or the mesh's name for a processor of a kind)."""
+    loaded: _builtins.bool
+    """True when its models are loaded and it takes tasks."""
+    load_s: _builtins.float
+    """Seconds its latest load took; 0 until loaded once."""
+    model_bytes: _builtins.int
+    """Bytes of its model files: what its models take in memory, at least."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        loaded: _builtins.bool = ...,
+        load_s: _builtins.float = ...,
+        model_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "load_s", b"load_s", "loaded", b"loaded", "model_bytes", b"model_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeployableKind: _TypeAlias = DeployableKind  # noqa: Y015

@@ -44,6 +44,9 @@ class SchedulerService(Protocol):
     async def get_task_trace(self, request: dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceRequest, ctx: RequestContext) -> dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    async def get_deployment_plan(self, request: dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanRequest, ctx: RequestContext) -> dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
 
 class SchedulerServiceASGIApplication(ConnectASGIApplication[SchedulerService]):
     def __init__(self, service: SchedulerService | AsyncGenerator[SchedulerService], *, interceptors: Iterable[Interceptor]=(), read_max_bytes: int | None = None, compressions: Iterable[Compression] | None = None) -> None:
@@ -139,6 +142,16 @@ class SchedulerServiceASGIApplication(ConnectASGIApplication[SchedulerService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.get_task_trace,
+                ),
+                "/dayu.v1.SchedulerService/GetDeploymentPlan": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetDeploymentPlan",
+                        service_name="dayu.v1.SchedulerService",
+                        input=dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanRequest,
+                        output=dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.get_deployment_plan,
                 ),
             },
             interceptors=interceptors,
@@ -333,6 +346,26 @@ class SchedulerServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    async def get_deployment_plan(
+        self,
+        request: dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetDeploymentPlan",
+                service_name="dayu.v1.SchedulerService",
+                input=dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanRequest,
+                output=dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
 
 class SchedulerServiceSync(Protocol):
     def register_stream(self, request: dayu_dot_v1_dot_scheduler__pb2.RegisterStreamRequest, ctx: RequestContext) -> dayu_dot_v1_dot_scheduler__pb2.RegisterStreamResponse:
@@ -352,6 +385,8 @@ class SchedulerServiceSync(Protocol):
     def unregister_stream(self, request: dayu_dot_v1_dot_scheduler__pb2.UnregisterStreamRequest, ctx: RequestContext) -> dayu_dot_v1_dot_scheduler__pb2.UnregisterStreamResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def get_task_trace(self, request: dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceRequest, ctx: RequestContext) -> dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def get_deployment_plan(self, request: dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanRequest, ctx: RequestContext) -> dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
 
@@ -448,6 +483,16 @@ class SchedulerServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.get_task_trace,
+                ),
+                "/dayu.v1.SchedulerService/GetDeploymentPlan": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetDeploymentPlan",
+                        service_name="dayu.v1.SchedulerService",
+                        input=dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanRequest,
+                        output=dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.get_deployment_plan,
                 ),
             },
             interceptors=interceptors,
@@ -636,6 +681,26 @@ class SchedulerServiceClientSync(ConnectClientSync):
                 service_name="dayu.v1.SchedulerService",
                 input=dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceRequest,
                 output=dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def get_deployment_plan(
+        self,
+        request: dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetDeploymentPlan",
+                service_name="dayu.v1.SchedulerService",
+                input=dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanRequest,
+                output=dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

@@ -655,3 +655,135 @@ class GetTaskTraceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTaskTraceResponse: _TypeAlias = GetTaskTraceResponse  # noqa: Y015
+
+@_typing.final
+class GetDeploymentPlanRequest(_message.Message):
+    """Request of GetDeploymentPlan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """Only this node; empty: every node with a deployable processor, in node order."""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeploymentPlanRequest: _TypeAlias = GetDeploymentPlanRequest  # noqa: Y015
+
+@_typing.final
+class KindDeployment(_message.Message):
+    """The plan for one deployable processor kind on one node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    LOADED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UPLINK_MBPS_FIELD_NUMBER: _builtins.int
+    TASKS_PER_S_FIELD_NUMBER: _builtins.int
+    LOAD_S_FIELD_NUMBER: _builtins.int
+    MODEL_BYTES_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """The processor's name (its kind, or the mesh's name for a processor of a kind)."""
+    load: _builtins.bool
+    """True when the plan has it loaded; the node loads or unloads it to match."""
+    loaded: _builtins.bool
+    """True when the node's latest report says it is loaded (the plan applied)."""
+    reason: _builtins.str
+    """Why the plan has it so, in words."""
+    uplink_mbps: _builtins.float
+    """Uplink traffic, in Mbit/s, that the node's streams send over the node's uplink because the
+    kind is not loaded there (recent tasks); what loading it saves.
+    """
+    tasks_per_s: _builtins.float
+    """Tasks per second of the node's streams that ran the kind, here or elsewhere (recent tasks)."""
+    load_s: _builtins.float
+    """Seconds its latest load took, as the node reported; 0 until loaded once."""
+    model_bytes: _builtins.int
+    """Bytes of its model files, as the node reported."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Since when the plan has had it so."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        load: _builtins.bool = ...,
+        loaded: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        uplink_mbps: _builtins.float = ...,
+        tasks_per_s: _builtins.float = ...,
+        load_s: _builtins.float = ...,
+        model_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "load", b"load", "load_s", b"load_s", "loaded", b"loaded", "model_bytes", b"model_bytes", "reason", b"reason", "since", b"since", "tasks_per_s", b"tasks_per_s", "uplink_mbps", b"uplink_mbps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KindDeployment: _TypeAlias = KindDeployment  # noqa: Y015
+
+@_typing.final
+class NodeDeployment(_message.Message):
+    """The plan for one node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """The node."""
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedCompositeFieldContainer[Global___KindDeployment]:
+        """Its deployable kinds, in kind order."""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        kinds: _abc.Iterable[Global___KindDeployment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds", "node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeDeployment: _TypeAlias = NodeDeployment  # noqa: Y015
+
+@_typing.final
+class GetDeploymentPlanResponse(_message.Message):
+    """Reply of GetDeploymentPlan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeDeployment]:
+        """One entry per node asked for (none for a node without deployable processors), in node order."""
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___NodeDeployment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeploymentPlanResponse: _TypeAlias = GetDeploymentPlanResponse  # noqa: Y015

@@ -81,6 +81,11 @@ class SchedulerServiceStub:
                 request_serializer=dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceRequest.SerializeToString,
                 response_deserializer=dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceResponse.FromString,
                 _registered_method=True)
+        self.GetDeploymentPlan = channel.unary_unary(
+                '/dayu.v1.SchedulerService/GetDeploymentPlan',
+                request_serializer=dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanRequest.SerializeToString,
+                response_deserializer=dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -151,6 +156,14 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeploymentPlan(self, request, context):
+        """The deployment plan: which deployable processor kinds each node should hold loaded, and why.
+        Deployable processors poll it for their node and load or unload their models to match.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +211,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.GetTaskTrace,
                     request_deserializer=dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceRequest.FromString,
                     response_serializer=dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceResponse.SerializeToString,
+            ),
+            'GetDeploymentPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeploymentPlan,
+                    request_deserializer=dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanRequest.FromString,
+                    response_serializer=dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +463,33 @@ class SchedulerService:
             '/dayu.v1.SchedulerService/GetTaskTrace',
             dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceRequest.SerializeToString,
             dayu_dot_v1_dot_scheduler__pb2.GetTaskTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeploymentPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dayu.v1.SchedulerService/GetDeploymentPlan',
+            dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanRequest.SerializeToString,
+            dayu_dot_v1_dot_scheduler__pb2.GetDeploymentPlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,10 @@ class SchedulerServiceStub:
     """Forgets a stream (its generator stopped it): its decisions end, its watchers' streams close."""
     GetTaskTrace: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetTaskTraceRequest, _scheduler_pb2.GetTaskTraceResponse]
     """The spans of one recent task's trace, for its timeline."""
+    GetDeploymentPlan: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetDeploymentPlanRequest, _scheduler_pb2.GetDeploymentPlanResponse]
+    """The deployment plan: which deployable processor kinds each node should hold loaded, and why.
+    Deployable processors poll it for their node and load or unload their models to match.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -79,6 +83,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Forgets a stream (its generator stopped it): its decisions end, its watchers' streams close."""
     GetTaskTrace: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetTaskTraceRequest, _scheduler_pb2.GetTaskTraceResponse]  # type: ignore[assignment]
     """The spans of one recent task's trace, for its timeline."""
+    GetDeploymentPlan: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetDeploymentPlanRequest, _scheduler_pb2.GetDeploymentPlanResponse]  # type: ignore[assignment]
+    """The deployment plan: which deployable processor kinds each node should hold loaded, and why.
+    Deployable processors poll it for their node and load or unload their models to match.
+    """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """One scheduler, on the cloud node. The same server also receives OpenTelemetry spans over OTLP
@@ -156,5 +164,15 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.GetTaskTraceResponse, _abc.Awaitable[_scheduler_pb2.GetTaskTraceResponse]]:
         """The spans of one recent task's trace, for its timeline."""
+
+    @_abc_1.abstractmethod
+    def GetDeploymentPlan(
+        self,
+        request: _scheduler_pb2.GetDeploymentPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.GetDeploymentPlanResponse, _abc.Awaitable[_scheduler_pb2.GetDeploymentPlanResponse]]:
+        """The deployment plan: which deployable processor kinds each node should hold loaded, and why.
+        Deployable processors poll it for their node and load or unload their models to match.
+        """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

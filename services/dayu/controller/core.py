@@ -19,8 +19,9 @@ until the next node holds it or its drop is recorded; a restarted controller res
 there, and a retry of a task it holds or passed on is acknowledged without being routed twice.
 
 Failures. A call to a peer or the distributor that fails for a transient reason is tried again
-until the task would be too late (or PATIENCE_S passes); a processor that is full or gone, or a
-peer that stays unreachable, sends the stage to another node that hosts it (the placement's
+until the task would be too late (or PATIENCE_S passes); a processor that is full, gone or not loaded
+(FAILED_PRECONDITION: a deployable one the deployment plan holds unloaded), or a peer that stays
+unreachable, sends the stage to another node that hosts it (the placement's
 fallback: the decision's deployment, then the cloud), never to a node the task already tried for
 that stage.
 
@@ -61,6 +62,9 @@ END_OF_DAG = ""  # join key of the final merge of a forked task
 PREVIEW_EVERY_S = 2.0  # a stream's delivered frames, for the console, at most this often
 DEFAULT_PROBE_BYTES, MIN_PROBE_BYTES, MAX_PROBE_BYTES = 64 * 1024, 1024, 4 * 1024 * 1024
 PATIENCE_S = 30.0  # longest a task without a budget waits for a peer or the distributor to come back
+# A processor that does not run the stage here (a deployable one held unloaded by the deployment plan):
+# the stage goes to another node that hosts it at once, or is dropped with the processor's reason.
+NOT_HERE = "FAILED_PRECONDITION"
 FALLBACK = "controller (fallback)"  # the component of a hop that left a node because the stage could not run there
 RECENT_ROOTS = 10_000  # root ids remembered (drops, to discard their late copies; ages)
 MAX_STREAMS = 4096  # streams followed (as many as the scheduler registers); the least recent is forgotten
@@ -474,10 +478,10 @@ class ControllerCore:
             except RemoteError as error:
                 why = f"processor {stage.spec.processor!r} on {self.node} failed stage {stage.spec.name}: "
                 why += f"{error.code}: {error.details}"
-                if error.code not in TRANSIENT:
+                if error.code not in TRANSIENT and error.code != NOT_HERE:
                     raise Dropped(why) from None
                 node = self._fallback(task, stage, avoid=self.node)
-                if node is None and backoff.exhausted():
+                if node is None and (backoff.exhausted() or error.code == NOT_HERE):
                     raise Dropped(why) from None
             if node is not None:
                 break

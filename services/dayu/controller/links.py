@@ -87,12 +87,17 @@ class Link:
         self.bytes_sent = 0  # tasks' serialized bytes
         self.tasks_sent = 0
         self.probe_bytes_sent = 0  # the monitor's bandwidth probes
-        self._rpc_s_per_byte = 0.0  # moving average of what sending took, acknowledgement included
+        # Moving averages of what recent sends took (acknowledgement included) and of the bytes they
+        # carried: their ratio is the time per byte, weighted by bytes, so that a small send's fixed
+        # cost (a call's round trip) is not taken for a per-byte rate that a large send would pay
+        # hundreds of thousands of times over.
+        self._rpc_s = 0.0
+        self._rpc_bytes = 0.0
 
     def expected_rpc_s(self, nbytes: int) -> float:
         """Seconds sending nbytes is expected to take from the moment they start to go, by what this
         link's recent sends took (0 before the first): the part of a task's age that no one clock sees."""
-        return nbytes * self._rpc_s_per_byte
+        return nbytes * self._rpc_s / self._rpc_bytes if self._rpc_bytes else 0.0
 
     def bandwidth_mbps(self) -> float:
         """Current bandwidth; 0 means unlimited."""
@@ -142,7 +147,11 @@ class Link:
             else:
                 self.bytes_sent += nbytes
                 self.tasks_sent += 1
-                sample = (self._clock() - sent_at) / max(nbytes, 1)
-                self._rpc_s_per_byte = sample if not self._rpc_s_per_byte else 0.8 * self._rpc_s_per_byte + 0.2 * sample
+                took, carried = self._clock() - sent_at, max(nbytes, 1)
+                if not self._rpc_bytes:
+                    self._rpc_s, self._rpc_bytes = took, float(carried)
+                else:
+                    self._rpc_s = 0.8 * self._rpc_s + 0.2 * took
+                    self._rpc_bytes = 0.8 * self._rpc_bytes + 0.2 * carried
         await asyncio.sleep(self.delay_ms / 1000)
         return self._clock() - started

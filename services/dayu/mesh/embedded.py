@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dayu.components import COMPONENTS
 from dayu.mesh.model import MeshConfig
-from dayu.mesh.plan import STOP_ORDER, Instance, Wiring, instances, settings, triton_nodes
+from dayu.mesh.plan import STOP_ORDER, Instance, Wiring, instances, settings, triton_models, triton_nodes
 from dayu.runtime.auth import new_tokens_file
 from dayu.runtime.logs import get_logger
 from dayu.runtime.metrics import MetricsServer
@@ -126,7 +126,9 @@ class Mesh:
 
     async def _start_triton(self) -> dict[str, str]:
         """The Triton address of each node with a processor on Triton: its own when it names one, else
-        that of the tritonserver started here, before any processor, once ready."""
+        that of the tritonserver started here, before any processor, once ready: in explicit model
+        control mode, with the models of those nodes' always-loaded processors loaded (the plan's
+        triton_models; their deployable processors' models load when the deployment plan says)."""
         from dayu.processor.repository import assemble  # only a mesh on Triton loads the client
         from dayu.processor.triton_server import TritonServer
 
@@ -142,6 +144,7 @@ class Mesh:
                 model_config_name=settings_.model_config_name,
                 startup_timeout_s=settings_.startup_timeout_s,
                 metrics_port=0,  # its own metrics, on a free port of loopback (`dayu up` prints where)
+                load_models=triton_models(config, needing),
             )
             local = await self.triton.start()
             addresses.update(dict.fromkeys(needing, local))

@@ -32,6 +32,7 @@ from dayu.mesh.plan import (
     instances,
     processor_ports,
     settings,
+    triton_arguments,
     triton_nodes,
 )
 from dayu.runtime.tls import CA_NAME, MESH_NAME, ORGANIZATION, common_name, secret_name
@@ -211,6 +212,8 @@ def render(config: MeshConfig, header: str) -> dict[str, str]:
         folders.append(folder)
         files[f"{folder}/kustomization.yaml"] = _yaml(_node_kustomization(instance), header)
         files[f"{folder}/patch.yaml"] = header + "---\n".join(_yaml(doc) for doc in _node_patch(instance, wiring))
+        if instance.component == "triton":
+            files[f"{folder}/{TRITON_MODELS_PATCH}"] = _yaml(_triton_models(config, instance.node), header)
     # The cloud-only Deployments (kustomize/base/cloud) run on the mesh's cloud node, with its Secrets.
     files["cloud.yaml"] = header + "---\n".join(_yaml(_cloud_patch(config, service)) for service in CLOUD_SERVICES)
     files.update(_gpu_tritons(config, header))
@@ -246,8 +249,24 @@ def _node_kustomization(instance: Instance) -> dict[str, Any]:
         "resources": [f"{TEMPLATES}/{instance.component}"],
         "nameSuffix": workload_name(instance).removeprefix(f"dayu-{instance.component}"),
         "labels": [{"pairs": _node_labels(instance), "includeSelectors": True}],
-        "patches": [{"path": "patch.yaml"}],
+        "patches": [
+            {"path": "patch.yaml"},
+            *([_TRITON_MODELS_ENTRY] if instance.component == "triton" else []),
+        ],
     }
+
+
+TRITON_MODELS_PATCH = "models.yaml"  # beside a node's Triton patch.yaml: its model control arguments
+_TRITON_MODELS_ENTRY = {"path": TRITON_MODELS_PATCH, "target": {"kind": "DaemonSet"}}
+
+
+def _triton_models(config: MeshConfig, node: str) -> list[dict[str, Any]]:
+    """A JSON patch that appends to the node's tritonserver (the template's only container, CPU or GPU)
+    the plan's model control arguments: explicit mode, loading at start the models of the node's
+    always-loaded processors, so that its deployable ones load and unload through the repository API
+    (the same arguments as the embedded mesh's Triton, dayu.mesh.plan.triton_arguments)."""
+    args = "/spec/template/spec/containers/0/args/-"
+    return [{"op": "add", "path": args, "value": argument} for argument in triton_arguments(config, [node])]
 
 
 def _tls_volume(component: str, node: str) -> dict[str, Any]:
@@ -332,7 +351,11 @@ def _gpu_tritons(config: MeshConfig, header: str) -> dict[str, str]:
             "resources": [GPU_TEMPLATE],
             "nameSuffix": f"-{node_suffix(node)}",
             "labels": [{"pairs": {NODE_LABEL: node}, "includeSelectors": True}],
-            "patches": [{"path": "patch.yaml"}, {"path": "node.yaml", "target": {"kind": "DaemonSet"}}],
+            "patches": [
+                {"path": "patch.yaml"},
+                {"path": "node.yaml", "target": {"kind": "DaemonSet"}},
+                _TRITON_MODELS_ENTRY,
+            ],
         }
         secret = {
             "apiVersion": "apps/v1",
@@ -348,6 +371,7 @@ def _gpu_tritons(config: MeshConfig, header: str) -> dict[str, str]:
         files[f"gpu/{folder}/kustomization.yaml"] = _yaml(kustomization, header)
         files[f"gpu/{folder}/patch.yaml"] = _yaml(secret, header)
         files[f"gpu/{folder}/node.yaml"] = _yaml(pinned, header)
+        files[f"gpu/{folder}/{TRITON_MODELS_PATCH}"] = _yaml(_triton_models(config, node), header)
     aggregate = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": folders}
     files["gpu/kustomization.yaml"] = _yaml(aggregate, header)
     return files

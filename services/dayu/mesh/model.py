@@ -33,8 +33,18 @@ class NodeSection(StrictModel):
     processors: list[str] = pydantic.Field(
         default_factory=list, description="processors on this node: names of the processors section, or kinds"
     )
+    deployable: list[str] = pydantic.Field(
+        default_factory=list,
+        description="processors this node can host but that start unloaded: the scheduler's deployment plan "
+        "loads their models when the node's streams need them, and unloads them when idle",
+    )
     triton: str = pydantic.Field("", description="HOST:PORT of a running Triton for this node; empty: the mesh's own")
     resources: ResourcesSection = ResourcesSection()
+
+    @property
+    def hosted(self) -> list[str]:
+        """Every processor the node runs: those always loaded, then the deployable ones."""
+        return [*self.processors, *self.deployable]
 
 
 class TritonSection(StrictModel):
@@ -122,6 +132,15 @@ class MeshConfig(StrictModel):
         for stream in self.streams:
             if stream.node not in names:
                 raise ValueError(f"stream on unknown node {stream.node!r}")
+        for name, node in self.nodes.items():
+            both = sorted(set(node.processors) & set(node.deployable))
+            if both:
+                raise ValueError(
+                    f"nodes.{name}.deployable: processors not in nodes.{name}.processors (those are always "
+                    f"loaded), got {both} in both"
+                )
+            if len(set(node.deployable)) != len(node.deployable):
+                raise ValueError(f"nodes.{name}.deployable: each processor once, got {node.deployable}")
         return self
 
     def processor_kind(self, name: str, golden: bool = False) -> str:
@@ -145,16 +164,18 @@ class MeshConfig(StrictModel):
 
         kinds = PROCESSORS.names()
         for node_name, node in self.nodes.items():
-            for name in node.processors:
+            for field, name in [("processors", n) for n in node.processors] + [
+                ("deployable", n) for n in node.deployable
+            ]:
                 if name in self.processors:
                     continue
                 if name not in kinds:
                     raise InvalidArgument(
-                        f"nodes.{node_name}.processors",
+                        f"nodes.{node_name}.{field}",
                         f"processors of the processors section {sorted(self.processors)} or kinds {kinds}, "
                         f"got {shown(name)}",
                     )
-                PROCESSORS.params(name, {}, field=f"nodes.{node_name}.processors.{name}")  # a kind's defaults
+                PROCESSORS.params(name, {}, field=f"nodes.{node_name}.{field}.{name}")  # a kind's defaults
         for name, section in self.processors.items():
             kind = self.processor_kind(name)
             if kind not in kinds:

@@ -7,8 +7,10 @@ Services for the cloud's singletons. A new component or node kind is added here,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dayu.mesh.model import MeshConfig, ProcessorSection
@@ -91,7 +93,7 @@ def golden_role(kind: str) -> str:
 
 def processor_roles(config: MeshConfig) -> list[str]:
     """Every processor role of the mesh, in name order: the kinds its nodes host, then the golden scorers."""
-    kinds = sorted({kind for node in config.nodes.values() for kind in node.processors})
+    kinds = sorted({kind for node in config.nodes.values() for kind in node.hosted})
     return kinds + [golden_role(kind) for kind in sorted(config.golden)]
 
 
@@ -104,13 +106,69 @@ def on_triton(params: dict[str, Any]) -> bool:
 
 
 def triton_nodes(config: MeshConfig) -> list[str]:
-    """Nodes with a processor on Triton and no Triton of their own named: the mesh runs one there."""
+    """Nodes with a processor on Triton (a golden scorer's counts on the cloud node) and no Triton of
+    their own named: the mesh runs one there."""
+    golden = [config.golden_section(name).params for name in config.golden]
     return [
         node
         for node, section in config.nodes.items()
         if not section.triton
-        and any(on_triton(config.processors.get(kind, ProcessorSection()).params) for kind in section.processors)
+        and (
+            any(on_triton(config.processors.get(kind, ProcessorSection()).params) for kind in section.hosted)
+            or (node == config.cloud_node and any(on_triton(params) for params in golden))
+        )
     ]
+
+
+def processor_models(config: MeshConfig, name: str, golden: bool = False) -> list[str]:
+    """The Triton model names that the processor `name` runs: its kind's own
+    (dayu.processor.deployment.kind_models: the detector's, the recogniser's, a `model` kind's `model`)
+    and those the stages of the mesh's pipelines that name it give instead, in that order."""
+    from dayu.processor.deployment import kind_models
+
+    params = (config.golden_section(name) if golden else config.processors.get(name, ProcessorSection())).params
+    found = kind_models(config.processor_kind(name, golden=golden), params)
+    found += _stage_models(config.pipelines_file, config.pipelines_file.stat().st_mtime_ns).get(name, [])
+    return list(dict.fromkeys(found))
+
+
+@functools.lru_cache(maxsize=8)
+def _stage_models(pipelines_file: Path, mtime_ns: int) -> dict[str, list[str]]:
+    """processor name -> the models that the stages of the pipelines file naming it name (read once
+    per version of the file)."""
+    from dayu.runtime.pipelines import load_pipelines
+
+    found: dict[str, list[str]] = {}
+    for pipeline in load_pipelines(pipelines_file).values():
+        for stage in pipeline.stages:
+            if stage.model:
+                found.setdefault(stage.processor, []).append(stage.model)
+    return found
+
+
+def triton_models(config: MeshConfig, nodes: list[str]) -> list[str]:
+    """What the Triton that the mesh starts for `nodes` (one per node in Kubernetes and the cluster; one
+    shared by them all, embedded) loads at start: the models of their always-loaded processors on
+    Triton (`processors`, and the golden scorers on the cloud node), in name order. Not those of their
+    deployable processors: the deployment plan loads and unloads them through the repository API."""
+    names = [(name, False) for node in nodes for name in config.nodes[node].processors]
+    if config.cloud_node in nodes:
+        names += [(name, True) for name in config.golden]
+    models: set[str] = set()
+    for name, golden in names:
+        section = config.golden_section(name) if golden else config.processors.get(name, ProcessorSection())
+        if on_triton(section.params):
+            models.update(processor_models(config, name, golden))
+    return sorted(models)
+
+
+def triton_arguments(config: MeshConfig, nodes: list[str]) -> list[str]:
+    """tritonserver's model control flags for the Triton the mesh starts for `nodes`, the same in every
+    mode: explicit model control (loads and unloads through the repository API), with the models of
+    triton_models loaded at start (and no others: Triton loads the rest when a processor asks)."""
+    from dayu.processor.triton_server import model_control_arguments
+
+    return model_control_arguments(triton_models(config, nodes))
 
 
 def instances(config: MeshConfig) -> list[Instance]:
@@ -120,7 +178,7 @@ def instances(config: MeshConfig) -> list[Instance]:
     found += [Instance("processor", cloud, golden_role(kind)) for kind in sorted(config.golden)]
     found += [Instance("distributor", cloud), Instance("datasource", cloud), Instance("backend", cloud)]
     for node, section in config.nodes.items():
-        found += [Instance("processor", node, kind) for kind in section.processors]
+        found += [Instance("processor", node, kind) for kind in section.hosted]
     found += [Instance("controller", node) for node in config.nodes]
     found += [Instance("monitor", node) for node in config.nodes]
     found += [Instance("generator", node) for node in generator_nodes(config)]
@@ -155,6 +213,30 @@ def _with_triton(params: dict[str, Any], address: str) -> dict[str, Any]:
     return {**params, "triton": {"address": address, **params.get("triton", {})}}
 
 
+def _releases(config: MeshConfig, node: str, name: str, wiring: Wiring) -> bool:
+    """Whether a deployable processor unloads its models from its backend: always in process; on Triton,
+    unless another processor on that Triton runs one of the same models (Triton does not count who
+    uses a model: an unload would take it from them too). That is a processor another node, or this
+    one, always holds, another deployable one, or the cloud's golden scorer, where the nodes share the
+    Triton (the embedded mesh's one) or on this node (two processors of one kind)."""
+    if not on_triton(config.processors.get(name, ProcessorSection()).params):
+        return True
+    shared, mine = wiring.triton(node), set(processor_models(config, name))
+    others = [
+        (other, peer, False)
+        for other, section in config.nodes.items()
+        for peer in section.hosted
+        if (other, peer) != (node, name)
+    ]
+    others += [(config.cloud_node, peer, True) for peer in config.golden]
+    for other, peer, golden in others:
+        section = config.golden_section(peer) if golden else config.processors.get(peer, ProcessorSection())
+        if on_triton(section.params) and wiring.triton(other) == shared:
+            if mine & set(processor_models(config, peer, golden)):
+                return False
+    return True
+
+
 def _with_models(kind: str, params: dict[str, Any], models_dir: str | None) -> dict[str, Any]:
     """A model kind's parameters in process with the folder of the mesh's own models, unless they name one."""
     from dayu.processor.kinds import PROCESSORS
@@ -174,7 +256,7 @@ def settings(config: MeshConfig, instance: Instance, wiring: Wiring) -> dict[str
     def at(component: str, where: str = cloud, role: str = "") -> str:
         return wiring.address(Instance(component, where, role), seen_from=instance)
 
-    local_processors = {kind: at("processor", node, kind) for kind in config.nodes[node].processors}
+    local_processors = {kind: at("processor", node, kind) for kind in config.nodes[node].hosted}
     peers = [other for other in config.nodes if other != node]
     section: dict[str, Any]
     match instance.component:
@@ -199,6 +281,11 @@ def settings(config: MeshConfig, instance: Instance, wiring: Wiring) -> dict[str
             params = _with_triton(processor["params"], wiring.triton(node))
             processor["params"] = _with_models(kind, params, wiring.models_dir)
             section = {"kind": kind, "name": name, **processor}
+            if name in config.nodes[node].deployable and not instance.role.startswith(GOLDEN):
+                section["deployable"] = {
+                    "scheduler": at("scheduler"),
+                    "release_models": _releases(config, node, name, wiring),
+                }
         case "controller":
             section = {
                 "cloud_node": cloud,
@@ -251,7 +338,7 @@ def _backend_section(config: MeshConfig, backend: Instance, wiring: Wiring) -> d
         for i in instances(config)
         if i != backend
     ]
-    names = {name for node in config.nodes.values() for name in node.processors}
+    names = {name for node in config.nodes.values() for name in node.hosted}
     return {
         "pipelines_file": wiring.pipelines_file,
         "database": wiring.backend_database,

@@ -1,5 +1,6 @@
-"""gRPC adapter of the monitor: samples its node on an interval (resources, processor queues, the
-links to every other node through the controller's probes) and streams each report to the scheduler.
+"""gRPC adapter of the monitor: samples its node on an interval (resources, processor queues and
+which deployable processors are loaded, the links to every other node through the controller's probes)
+and streams each report to the scheduler.
 
 The loops outlive failures: a processor or link that does not answer is left out of the reports (the
 others' figures still go), a measurement that fails is logged and the next comes on time, and a
@@ -77,10 +78,17 @@ class NodeMonitor:
         is left out of the report."""
         report = await asyncio.to_thread(self.sampler.sample)
         processors = sorted(self.section.processors.items())
-        lengths = await asyncio.gather(*(self._queue_length(kind, address) for kind, address in processors))
-        for (kind, _), length in zip(processors, lengths, strict=True):
-            if length is not None:
-                report.queue_lengths[kind] = length
+        statuses = await asyncio.gather(*(self._status(kind, address) for kind, address in processors))
+        for (kind, _), status in zip(processors, statuses, strict=True):
+            if status is None:
+                continue
+            if status.deployable:  # loaded and unloaded by the scheduler's plan: reported with its cost
+                report.deployable.add(
+                    kind=kind, loaded=not status.unloaded, load_s=status.load_s, model_bytes=status.model_bytes
+                )
+            if not status.unloaded:  # a kind held unloaded runs nothing: not in the queues, so not runnable
+                report.queue_lengths[kind] = status.queue_length
+                report.workers[kind] = status.workers
         report.links.extend(self.links[node] for node in sorted(self.links))
         async with self._measured:
             self.latest = report
@@ -113,7 +121,7 @@ class NodeMonitor:
                 self.links[node] = link
                 self.meter.link_measured(link)
 
-    async def _queue_length(self, kind: str, address: str) -> int | None:
+    async def _status(self, kind: str, address: str) -> processor_pb2.GetProcessorStatusResponse | None:
         stub = self.channels.stub(processor_pb2_grpc.ProcessorServiceStub, address)
         request = processor_pb2.GetProcessorStatusRequest()
         try:
@@ -122,7 +130,7 @@ class NodeMonitor:
             self._answered(f"processor {kind} at {address}", error)
             return None
         self._answered(f"processor {kind} at {address}")
-        return status.queue_length
+        return status
 
     async def _link(self, node: str) -> resources_pb2.LinkBandwidth | None:
         stub = self.channels.stub(controller_pb2_grpc.ControllerServiceStub, self.section.controller)

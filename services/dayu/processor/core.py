@@ -78,6 +78,13 @@ class ProcessorCore:
         self.failed = 0
         self.deduplicated = 0
         self.meter = Meter("processor", node)
+        # Set while a deployable processor holds its models unloaded (dayu.processor.deployment): new
+        # stages are refused with it (FAILED_PRECONDITION), so their callers go to another node.
+        self.unloaded_because = ""
+
+    async def drained(self) -> None:
+        """Returns once no stage is queued or running."""
+        await self._queue.join()
 
     @property
     def queue_length(self) -> int:
@@ -120,6 +127,8 @@ class ProcessorCore:
             log.debug("stage answered without running again", stage=stage_name, task_id=task.task_id)
             stage.CopyFrom(await self._outcome(key))
             return task
+        if self.unloaded_because:
+            raise FailedPrecondition(self.unloaded_because)
         job = self._enqueue(task, stage)
         self._jobs[key] = job
         await asyncio.shield(job.done)  # the worker fills in this task's stage itself

@@ -16,7 +16,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import onnxruntime
@@ -42,6 +42,7 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 # While Triton is away the channel tries to reconnect every half second (gRPC's default backoff grows to
 # 2 minutes), so the stages after its return succeed within the retries of one call.
 RECONNECT_BACKOFF_MS = 500
+UNLOAD_POLL_S = 0.05  # how often an unload reads Triton's repository index until the model has gone
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,12 @@ class InferenceBackend(Protocol):
     async def ready(self) -> None:
         """Returns once the backend answers (a processor starting before its Triton waits for it)."""
 
+    async def load_model(self, model: ModelRef) -> None:
+        """Loads the model (a deployable processor's, when the deployment plan loads it)."""
+
+    async def unload_model(self, model: ModelRef) -> None:
+        """Releases the model's memory (when the deployment plan unloads it)."""
+
     async def aclose(self) -> None:
         """Releases connections."""
 
@@ -211,23 +218,75 @@ class TritonBackend(_Backend):
         except TimeoutError as error:
             raise TritonUnavailable(f"{error} (triton.start_timeout_s)") from None
 
+    async def _metadata(self, model: ModelRef) -> Any:
+        return await self._with_retries(
+            model,
+            "metadata",
+            lambda: self.client.get_model_metadata(
+                model.name, str(model.version or ""), client_timeout=self.params.timeout_s
+            ),
+        )
+
     async def signature(self, model: ModelRef) -> Signature:
         if model not in self._signatures:
             try:
-                metadata = await self._with_retries(
-                    model,
-                    "metadata",
-                    lambda: self.client.get_model_metadata(
-                        model.name, str(model.version or ""), client_timeout=self.params.timeout_s
-                    ),
-                )
+                metadata = await self._metadata(model)
             except TritonError as error:
-                raise ModelMismatch(f"{error}; it serves {await self._served()}") from None
+                loaded, why = await self._load_on_first_use(model)
+                if not loaded:
+                    raise ModelMismatch(f"{error}; it serves {await self._served()}{why}") from None
+                try:
+                    metadata = await self._metadata(model)
+                except TritonError as again:
+                    raise ModelMismatch(f"{again}; it serves {await self._served()}") from None
             self._signatures[model] = Signature(
                 tuple(Tensor(t.name, t.datatype, tuple(t.shape)) for t in metadata.inputs),
                 tuple(Tensor(t.name, t.datatype, tuple(t.shape)) for t in metadata.outputs),
             )
         return self._signatures[model]
+
+    async def load_model(self, model: ModelRef) -> None:
+        """Triton's repository API (explicit model control): loads the model unless it is ready."""
+        client, timeout = self.client, self.params.timeout_s
+        try:
+            if not await client.is_model_ready(model.name, client_timeout=timeout):
+                await client.load_model(model.name, client_timeout=max(timeout, self.params.start_timeout_s))
+        except InferenceServerException as error:
+            raise TritonUnavailable(f"Triton at {self.params.address}: load of {model}: {error.message()}") from None
+
+    async def _load_on_first_use(self, model: ModelRef) -> tuple[bool, str]:
+        """A model of the repository that Triton (in explicit model control mode, as the mesh starts it)
+        has not loaded, such as one that a pipeline installed at run time names: loaded now, its first
+        use. (False, why) when it is loaded already (its version is what is missing) or Triton cannot
+        load it (not in its repository; a Triton in its default mode refuses loads)."""
+        client, timeout = self.client, self.params.timeout_s
+        try:
+            if await client.is_model_ready(model.name, client_timeout=timeout):
+                return False, ""
+            await client.load_model(model.name, client_timeout=max(timeout, self.params.start_timeout_s))
+        except InferenceServerException as error:
+            return False, f"; loading it failed: {error.message()}"
+        log.info("model loaded on first use", model=model.name, address=self.params.address)
+        return True, ""
+
+    async def unload_model(self, model: ModelRef) -> None:
+        """Triton's repository API: unloads the model (Triton lets its in-flight requests finish), and
+        returns once Triton's repository index no longer shows it loaded or unloading: its memory freed
+        (the unload call itself returns while Triton is still at it)."""
+        self._signatures = {ref: sig for ref, sig in self._signatures.items() if ref.name != model.name}
+        deadline = asyncio.get_running_loop().time() + max(self.params.timeout_s, self.params.start_timeout_s)
+        try:
+            await self.client.unload_model(model.name, client_timeout=self.params.timeout_s)
+            while True:
+                index = await self.client.get_model_repository_index(client_timeout=self.params.timeout_s)
+                states = {entry.state for entry in index.models if entry.name == model.name}
+                if not states & {"READY", "UNLOADING"}:
+                    return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TritonUnavailable(f"Triton at {self.params.address}: {model} still {sorted(states)}")
+                await asyncio.sleep(UNLOAD_POLL_S)
+        except InferenceServerException as error:
+            raise TritonUnavailable(f"Triton at {self.params.address}: unload of {model}: {error.message()}") from None
 
     async def _served(self) -> list[str]:
         """ "name:version" of the models Triton has ready (for an error that says what is there)."""
@@ -249,17 +308,23 @@ class TritonBackend(_Backend):
         model_called(model.name, len(batch))
         tensor = await asyncio.to_thread(_input_tensor, input_tensor, batch)  # megabytes copied: off the loop
         outputs = [triton_grpc.InferRequestedOutput(name) for name in output_names]
-        result = await self._with_retries(
-            model,
-            "inference",
-            lambda: self.client.infer(
+
+        def call() -> Awaitable[Any]:
+            return self.client.infer(
                 model.name,
                 [tensor],
                 model_version=str(model.version or ""),
                 outputs=outputs,
                 client_timeout=self.params.timeout_s,
-            ),
-        )
+            )
+
+        try:
+            result = await self._with_retries(model, "inference", call)
+        except TritonError:
+            # A Triton restarted since the model was loaded holds only its models of the start: load it again.
+            if not (await self._load_on_first_use(model))[0]:
+                raise
+            result = await self._with_retries(model, "inference", call)
         return await asyncio.to_thread(lambda: {name: result.as_numpy(name) for name in output_names})
 
     async def aclose(self) -> None:
@@ -311,6 +376,13 @@ class OnnxRuntimeBackend(_Backend):
 
     async def ready(self) -> None:
         """In process: always."""
+
+    async def load_model(self, model: ModelRef) -> None:
+        await asyncio.to_thread(self.session, model)
+
+    async def unload_model(self, model: ModelRef) -> None:
+        self._sessions.pop(model, None)
+        self._signatures.pop(model, None)
 
     async def signature(self, model: ModelRef) -> Signature:
         if model not in self._signatures:

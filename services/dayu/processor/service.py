@@ -8,13 +8,26 @@ from typing import Any
 import pydantic
 
 from dayu.processor.core import ProcessorCore
+from dayu.processor.deployment import ModelDeployer
 from dayu.processor.kinds import PROCESSORS, CheckedRunner, ModelMismatch
+from dayu.runtime.client import Channels
 from dayu.runtime.config import ComponentSettings, StrictModel
 from dayu.runtime.errors import Unavailable
 from dayu.runtime.server import Binding, Component
 from dayu.runtime.tls import TlsSettings
 from dayu.runtime.tracing import Tracing
 from dayu.v1 import processor_pb2, processor_pb2_grpc
+
+
+class DeployableSection(StrictModel):
+    """A deployable processor (dayu.processor.deployment): where it reads its node's plan, how often."""
+
+    scheduler: str = pydantic.Field(min_length=1, description="HOST:PORT of the scheduler whose plan it follows")
+    poll_s: float = pydantic.Field(1.0, ge=0.1, le=60, description="seconds between two reads of the plan")
+    drain_s: float = pydantic.Field(30.0, ge=0, description="an unload waits this long at most for its tasks")
+    release_models: bool = pydantic.Field(
+        True, description="unload its models from the backend; false: only stop taking tasks (a shared Triton)"
+    )
 
 
 class ProcessorSection(StrictModel):
@@ -25,6 +38,10 @@ class ProcessorSection(StrictModel):
     params: dict[str, Any] = pydantic.Field(default_factory=dict, description="the kind's parameters")
     workers: int = pydantic.Field(1, ge=1, le=64)
     queue_capacity: int = pydantic.Field(64, ge=1)
+    deployable: DeployableSection | None = pydantic.Field(
+        None,
+        description="set: the scheduler's deployment plan loads and unloads its models (it starts unloaded)",
+    )
 
 
 class ProcessorSettings(ComponentSettings):
@@ -32,8 +49,9 @@ class ProcessorSettings(ComponentSettings):
 
 
 class ProcessorServicer(processor_pb2_grpc.ProcessorServiceServicer):
-    def __init__(self, core: ProcessorCore) -> None:
+    def __init__(self, core: ProcessorCore, deployer: ModelDeployer | None = None) -> None:
         self.core = core
+        self.deployer = deployer
 
     async def Process(self, request: processor_pb2.ProcessRequest, context: object) -> processor_pb2.ProcessResponse:
         task = await self.core.process(request.task, request.stage)
@@ -53,6 +71,10 @@ class ProcessorServicer(processor_pb2_grpc.ProcessorServiceServicer):
             workers=core.workers,
             processed=core.processed,
             failed=core.failed,
+            deployable=self.deployer is not None,
+            unloaded=bool(core.unloaded_because),
+            load_s=self.deployer.load_s if self.deployer else 0.0,
+            model_bytes=self.deployer.model_bytes if self.deployer else 0,
         )
 
 
@@ -81,11 +103,24 @@ class ProcessorComponent(Component):
         self.core = ProcessorCore(
             settings.node, section.name or section.kind, runner, section.workers, section.queue_capacity, self.tracing
         )
+        self.deployable = section.deployable
+        self.deployer = None
+        if section.deployable is not None:
+            self.deployer = ModelDeployer(
+                self.core, runner, release_models=section.deployable.release_models, drain_s=section.deployable.drain_s
+            )
+            self.channels = Channels(
+                settings.server.max_message_bytes, settings.tls, component=self.name, node=settings.node
+            )
 
     def bindings(self) -> Sequence[Binding]:
-        return [Binding("dayu.v1.ProcessorService", ProcessorServicer(self.core))]
+        return [Binding("dayu.v1.ProcessorService", ProcessorServicer(self.core, self.deployer))]
 
     async def start(self) -> None:
+        if self.deployer is not None and self.deployable is not None:  # its models load when the plan says
+            await self.core.start()
+            self.background(self.deployer.follow, self.channels, self.deployable.scheduler, self.deployable.poll_s)
+            return
         if isinstance(self.runner, CheckedRunner):  # its model and tensors: at start, not on the first task
             try:
                 await self.runner.check()
@@ -95,3 +130,5 @@ class ProcessorComponent(Component):
 
     async def stop(self) -> None:
         await self.core.stop()
+        if self.deployer is not None:
+            await self.channels.close()

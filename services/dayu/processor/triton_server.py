@@ -106,6 +106,13 @@ def _environment() -> dict[str, str]:
     return env
 
 
+def model_control_arguments(load_models: list[str]) -> list[str]:
+    """tritonserver's flags for explicit model control: these models loaded at start, the others of the
+    repository only when a client asks (the repository API's load_model; unload_model frees one). The
+    mesh's Tritons (dayu.mesh.plan.triton_arguments) and TritonServer(load_models=...) use these."""
+    return ["--model-control-mode=explicit", *(f"--load-model={name}" for name in load_models)]
+
+
 class TritonStartError(Unavailable):
     """tritonserver exited or did not become ready; the message ends with its log."""
 
@@ -175,8 +182,8 @@ async def wait_until_ready(
     process: asyncio.subprocess.Process | None = None,
     tls: TlsSettings | None = None,
 ) -> None:
-    """Returns once Triton at `address` says it is ready (every model loaded); raises TimeoutError, or
-    TritonStartError when `process` exits meanwhile."""
+    """Returns once Triton at `address` says it is ready (the models it loads at start loaded); raises
+    TimeoutError, or TritonStartError when `process` exits meanwhile."""
     deadline = time.monotonic() + timeout_s
     async with triton_grpc.InferenceServerClient(address, **client_arguments(tls)) as client:
         while True:
@@ -195,7 +202,10 @@ class TritonServer:
     `workdir/tritonserver.log`. Start it before the processors that use it, stop it after them. With
     `tls`, its gRPC endpoint is mutual TLS with that certificate (the processors' clients show theirs).
     With `metrics_port` (0: a free one), it also serves its own Prometheus metrics (inference counts
-    and durations per model, CPU and memory) over HTTP on loopback, at metrics_url."""
+    and durations per model, CPU and memory) over HTTP on loopback, at metrics_url. With `load_models`
+    (a list, maybe empty), it runs in explicit model control mode: it loads those models at start and
+    the others when a client asks (the repository API's load_model and unload_model: deployable
+    processors); without, every model of the repository at start, and the API refuses loads."""
 
     def __init__(
         self,
@@ -207,8 +217,10 @@ class TritonServer:
         startup_timeout_s: float = 120.0,
         tls: TlsSettings | None = None,
         metrics_port: int | None = None,
+        load_models: list[str] | None = None,
     ) -> None:
         self.repository, self.workdir = repository, workdir
+        self.load_models = load_models
         self.tls = tls
         self.grpc_port = grpc_port
         self.metrics_port = metrics_port
@@ -255,6 +267,8 @@ class TritonServer:
         ]
         if self.model_config_name:
             command.append(f"--model-config-name={self.model_config_name}")
+        if self.load_models is not None:  # explicit model control: these at start, the rest through the API
+            command += model_control_arguments(self.load_models)
         return command
 
     async def start(self) -> str:

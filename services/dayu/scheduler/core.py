@@ -19,6 +19,7 @@ its id goes on with newer versions (generators keep a decision only when it is n
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 from collections import OrderedDict, deque
@@ -38,8 +39,10 @@ from dayu.runtime.metrics import Meter
 from dayu.runtime.paging import next_token, page
 from dayu.runtime.registry import Registry
 from dayu.runtime.validation import require_id, validate_stream_spec
+from dayu.scheduler.deployment import DeploymentPlanner, DeploymentSettings
 from dayu.scheduler.knobs import configuration, resolutions
-from dayu.scheduler.policies import POLICIES, Policy, StreamView
+from dayu.scheduler.policies import POLICIES, Needs, Policy, StreamView
+from dayu.scheduler.shares import Resource, Shares
 from dayu.scheduler.traces import HopLatencies, TaskTraces, spans_of
 from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, task_pb2
 
@@ -51,6 +54,8 @@ DECISION_HISTORY = 32  # decisions kept per stream for GetSchedulerStats (what w
 MAX_STREAMS = 4096  # registered streams; a new one past this is refused (which bounds its metrics' `stream` label)
 STATS_BYTES = 32 * 1024 * 1024  # GetSchedulerStats: streams past this many bytes of figures are left out
 MAX_NODES = 1024  # nodes reporting resources; a new one past this is refused (forgetting a stale one would trust it)
+SHARES_REFRESH_S = 1.0  # a shared resource's shares follow changed needs within this long
+PROCESSOR_BUSY = 0.8  # a processor shared by streams is divided up to this share of its workers' time
 PACE_S = 0.01  # a loop over many streams lets the event loop run other calls this often
 
 log = get_logger(__name__)
@@ -133,6 +138,8 @@ class _Stream:
     paused_because: str = ""
     in_fallback: bool = False
     link_changed: bool = False  # a link of the stream's node changed bandwidth since its last decision
+    shared: frozenset[Resource] = frozenset()  # the shared resources it is filed under (shares.py)
+    needs_told_at: float = -math.inf  # when its policy last told what it needs of them
     plan: decision_pb2.Decision | None = None  # the last plan published, before stages were moved off stale nodes
     involved: frozenset[str] = frozenset()  # nodes it is indexed under: its own, its plan's and its placement's
     running_on: frozenset[str] = frozenset()  # the nodes of its placement, while it is not paused
@@ -172,6 +179,7 @@ class SchedulerCore:
         epoch: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_streams: int | None = None,
+        deployment: DeploymentSettings | None = None,
     ) -> None:
         """`max_streams`: streams registered at most (None: MAX_STREAMS), as many traced; a simulation
         of more streams than a real scheduler should hold raises it."""
@@ -211,6 +219,8 @@ class SchedulerCore:
         self._link_changed: dict[str, None] = {}  # streams with link_changed set
         self.hops = HopLatencies(self.max_streams)  # from the spans received over OTLP
         self.traces = TaskTraces()  # the spans of the latest tasks, for their timelines
+        self.deployment = DeploymentPlanner(cloud_node, deployment)  # deployable kinds per node (deployment.py)
+        self.shares = Shares(clock, SHARES_REFRESH_S)  # the uplinks and processors streams share, and their shares
 
     def _stream(self, stream_id: str, field: str = "stream_id") -> _Stream:
         require_id(stream_id, field)
@@ -264,6 +274,7 @@ class SchedulerCore:
             self._forgotten.popitem(last=False)
         self._unindex(stream)
         self.hops.forget(stream_id)
+        self.shares.forget(stream_id)
         async with stream.changed:
             stream.changed.notify_all()  # its watchers find it gone and end
         log.info("stream unregistered", stream_id=stream_id, decisions=stream.decisions)
@@ -321,10 +332,14 @@ class SchedulerCore:
         stream.feedback += 1
         stream.last_feedback = self._clock()
         stream.view.recent.append(_kept(record))
+        self.deployment.observe(record, stream.view.spec.node, self._clock(), self.hops.bandwidth)
         # The cores of the nodes its stages ran on, the only ones Feedback looks at (not every node's).
         nodes = {stage.executed_on for stage in record.task.dag.stages}
         stream.view.recent_cpu_cores.append({node: self._cores[node] for node in nodes if node in self._cores})
         stream.view.arrived_since_decision += 1
+        current = stream.view.current
+        if current is not None and record.task.decision_version == current.version:
+            stream.view.arrived_made_under_current += 1
         del stream.view.recent[:-RECENT_RECORDS]
         del stream.view.recent_cpu_cores[:-RECENT_RECORDS]
         if stream.in_fallback:  # feedback is back: the policy starts over from its own plan
@@ -390,6 +405,8 @@ class SchedulerCore:
         self._cores[report.node] = _cores(report)
         self._most_cores[report.node] = max(self._most_cores.get(report.node, 0.0), _cores(report))
         self._reported_at[report.node] = self._clock()
+        if self.deployment.report(report, self._clock()):  # a kind loaded or unloaded there
+            await self.deployment_changed(report.node, f"deployment on {report.node} applied")
         if self._queued(report.node) > self.admission.max_queue:
             self._overloaded.add(report.node)
         else:
@@ -616,16 +633,94 @@ class SchedulerCore:
             made_at=timestamp(),
             decision_time_s=plan.decision_time_s,
             paused=bool(stream.paused_because),
+            deployment=self.deployment.deployment(stream.view.spec, self._fresh),
         )
         stream.decisions += 1
         self.meter.decision(decision)
         stream.history.append(decision)
-        stream.view.arrived_since_decision = 0
+        stream.view.arrived_since_decision = stream.view.arrived_made_under_current = 0
         async with stream.changed:
             stream.view.current = decision
             stream.changed.notify_all()
         self._reindex(stream)
+        self._note_needs(stream)
         return decision
+
+    def _shared(self, stream: _Stream) -> dict[Resource, str]:
+        """What the stream uses under its current decision that other streams may use too: the link
+        to the cloud its frames go over (("link", node, cloud), if any) and the processor of each of its
+        stages (("processor", node, kind)); with, for a processor, the stage (or stages) on it."""
+        spec, current = stream.view.spec, stream.view.current
+        if current is None or stream.paused_because:
+            return {}
+        used: dict[Resource, str] = {}
+        if spec.node != self.cloud_node and self.cloud_node in current.placement.values():
+            used[("link", spec.node, self.cloud_node)] = ""
+        for stage in spec.pipeline.stages:
+            node = current.placement.get(stage.name, spec.node)
+            used.setdefault(("processor", node, stage.processor), stage.name)
+        return used
+
+    def _note_needs(self, stream: _Stream) -> None:
+        """Files the stream under what it shares, with what its policy says it needs of each (asked
+        only when another stream uses one of them: alone, a stream has it all). A need it cannot tell
+        (no task made under a new decision is back yet) leaves the last one it told. Its policy is
+        asked at most every SHARES_REFRESH_S while it uses the same resources: the shares follow
+        needs no faster (a processor thousands of streams use would otherwise cost a search a
+        decision for each)."""
+        stream_id, used = stream.view.spec.stream_id, self._shared(stream)
+        now = self._clock()
+        if stream.shared == used.keys() and now - stream.needs_told_at < SHARES_REFRESH_S:
+            return
+        stream.shared = frozenset(used)
+        needs: dict[Resource, float | None] = dict.fromkeys(used)
+        if any(self.shares.others(stream_id, resource) for resource in used):
+            stream.needs_told_at = now
+            ask = getattr(stream.policy, "needs", None)
+            told: Needs = ask(stream.view) if ask is not None else stream.view.needs_now()
+            for resource, stage in used.items():
+                need = told.loads.get(stage) if stage else told.uplink_mbps
+                needs[resource] = self.shares.on(resource).get(stream_id) if need is None else need
+        self.shares.set_needs(stream_id, needs)
+
+    def _capacity(self, stream: _Stream, resource: Resource) -> float | None:
+        """A shared resource's capacity: a link's bandwidth (Mbit/s), a processor's workers' time at
+        most PROCESSOR_BUSY busy (seconds a second); None when unknown."""
+        what, node, other = resource
+        if what == "link":
+            return stream.view.bandwidth_mbps(node, other)
+        report = self._fresh.get(node)
+        return PROCESSOR_BUSY * ((report.workers.get(other) if report else 0) or 1)
+
+    def _share_views(self, stream: _Stream) -> None:
+        """Tells the stream's view its shares of what other streams use too."""
+        view, stream_id = stream.view, stream.view.spec.stream_id
+        view.uplink_share_mbps, loads = None, {}
+        link = ("link", view.spec.node, self.cloud_node)
+        if self.shares.others(stream_id, link) and (capacity := self._capacity(stream, link)) is not None:
+            view.uplink_share_mbps = self.shares.share(stream_id, link, capacity)
+        for resource, stage in self._shared(stream).items():
+            if stage and self.shares.others(stream_id, resource) and (capacity := self._capacity(stream, resource)):
+                loads[stage] = self.shares.share(stream_id, resource, capacity)
+        view.load_shares = loads
+
+    async def check_deployment(self) -> None:
+        """Plans which deployable kinds each node holds loaded (deployment.py)."""
+        for node in self.deployment.plan(self._clock(), self._stale_nodes):
+            await self.deployment_changed(node, f"deployment on {node} planned")
+
+    async def deployment_changed(self, node: str, why: str) -> None:
+        """The streams of `node` are decided again (their policies see what runs there now) and their
+        decisions carry the new deployment."""
+        async for stream_id in _paced(list(self._homes.get(node, ()))):
+            stream = self._streams.get(stream_id)
+            if stream is None or stream.view.current is None or stream.plan is None:
+                continue
+            version = stream.view.current.version
+            if not stream.paused_because and not stream.in_fallback:
+                await self._decide(stream, why)
+            if self._registered(stream) and stream.view.current.version == version:
+                await self._publish(stream, stream.plan, why)
 
     async def _decide(self, stream: _Stream, why: str) -> decision_pb2.Decision:
         """Asks the policy; publishes a new version when it proposes something. Returns the current."""
@@ -636,6 +731,7 @@ class SchedulerCore:
         stream.view.hops = self.hops.of(stream.view.spec.stream_id)
         stream.view.traced_bandwidth = self.hops.bandwidth
         stream.view.cpu_cores = self._cores
+        self._share_views(stream)
         stream.link_changed = False
         self._link_changed.pop(stream.view.spec.stream_id, None)
         started = time.perf_counter()
@@ -646,6 +742,7 @@ class SchedulerCore:
         stream.decided_at = self._clock()
         if proposal is None:
             assert stream.view.current is not None, "a policy must propose a startup plan"
+            self._note_needs(stream)  # what it needs may have moved with the feedback
             return stream.view.current
         made = decision_pb2.Decision(
             configuration=proposal.configuration, placement=proposal.placement, decision_time_s=elapsed

@@ -33,6 +33,8 @@ class StreamView:
     resources: dict[str, resources_pb2.NodeResources] = field(default_factory=dict)  # latest reports, stale left out
     stale: frozenset[str] = frozenset()  # nodes whose monitor fell silent: nothing new goes there
     arrived_since_decision: int = 0  # records received since the current decision was published
+    # Of those, the records of tasks made under it: a count, where `recent` keeps the latest only.
+    arrived_made_under_current: int = 0
     hops: Mapping[HopKeyTuple, HopSamples] = field(default_factory=dict)  # the stream's hop latency, from traces
     traced_bandwidth: Mapping[tuple[str, str], float] = field(default_factory=dict)  # link -> Mbit/s, from traces
     # CPU of each node, in cores: now, and when each of `recent` arrived (same order). Processing
@@ -40,6 +42,13 @@ class StreamView:
     # the cut before slow tasks come back.
     cpu_cores: Mapping[str, float] = field(default_factory=dict)
     recent_cpu_cores: list[Mapping[str, float]] = field(default_factory=list)
+    # The stream's share of its node's uplink to the cloud, in Mbit/s, when other streams of the node
+    # send over it too (dayu.scheduler.shares: decided for all of them together); None when alone.
+    uplink_share_mbps: float | None = None
+    # The stream's share of each processor its stages run on that other streams' stages run on too, by
+    # stage, in seconds of processing a second (its workers' time, divided the same way); empty when
+    # it shares none.
+    load_shares: Mapping[str, float] = field(default_factory=dict)
 
     def feedback(self, min_tasks: int = 1, made_under_current: bool = True, last: int = 0) -> Feedback | None:
         """Feedback of the tasks made under the current decision (what that configuration costs),
@@ -78,6 +87,28 @@ class StreamView:
                 return link.bandwidth_mbps
         return None
 
+    def uplink_mbps(self, shared: bool = True) -> float | None:
+        """The bandwidth of the stream's uplink to the cloud; with `shared`, what of it is the stream's
+        own when other streams of its node send over it too."""
+        whole = self.bandwidth_mbps(self.spec.node, self.cloud_node)
+        if shared and whole is not None and self.uplink_share_mbps is not None:
+            return min(whole, self.uplink_share_mbps)
+        return whole
+
+    def needs_now(self, last: int = 8) -> Needs:
+        """What the stream uses now, from its latest tasks: their size over their segments' duration
+        (Mbit/s) and each stage's processing over it (seconds a second). Unknown before any was
+        delivered."""
+        feedback = Feedback.of(self.recent[-last:])
+        config = self.current.configuration if self.current else None
+        if feedback is None or config is None or not config.fps or not config.frames_per_segment:
+            return Needs()
+        segments_a_second = config.fps / config.frames_per_segment
+        return Needs(
+            feedback.bytes_per_task * 8 * segments_a_second / 1e6,
+            {stage: process_s * segments_a_second for stage, process_s in feedback.stage_process_s.items()},
+        )
+
     def stage_cost_s(self, stage: str, node: str) -> float | None:
         """Median queueing plus inference of a stage on a node, from the stream's traces; None if
         the stage has not run there lately."""
@@ -104,6 +135,16 @@ class StreamView:
         return {stage.name: node for stage in self.spec.pipeline.stages}
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What a stream would use of what it shares with other streams, had it each to itself: Mbit/s of
+    its uplink (None: unknown), and seconds of processing a second on each stage's processor (a
+    stage left out: unknown)."""
+
+    uplink_mbps: float | None = None
+    loads: Mapping[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class Proposal:
     configuration: types_pb2.Configuration
@@ -114,6 +155,10 @@ class Proposal:
 class Policy(Protocol):
     def decide(self, view: StreamView) -> Proposal | None:
         """The next decision, or None to keep the current one. Must propose when view.current is None."""
+
+    # A policy may also say what it would use of a shared uplink and processors had it each to itself,
+    # as `needs(view) -> Needs`: the core divides them by it (dayu.scheduler.shares). The needs of a
+    # policy that does not are what it uses now (StreamView.needs_now).
 
 
 POLICIES: Registry[type[Policy]] = Registry("policy")
@@ -306,12 +351,17 @@ class BandwidthProfilePolicy:
             bandwidth = feedback.bytes_per_task * 8 / feedback.transfer_s / 1e6
         if bandwidth is None:
             return None
-        version, judged_version, judged_tasks = view.current.version, *self._judged
-        if version != judged_version or feedback.tasks >= judged_tasks + self.params.min_tasks:
-            self._judged = (version, feedback.tasks)  # once per fresh batch of the decision's tasks
-            if feedback.latency_s > view.spec.latency_budget_s:
+        # Once per fresh batch of the decision's tasks, judged on that batch: counted, not read off the
+        # records kept (the latest 64), so a decision that stands for any number of tasks goes on adapting.
+        version, arrived = view.current.version, view.arrived_made_under_current
+        judged_version, judged_tasks = self._judged
+        fresh = arrived - judged_tasks if version == judged_version else arrived
+        if fresh >= self.params.min_tasks:
+            self._judged = (version, arrived)
+            batch = view.feedback(1, last=fresh) or feedback
+            if batch.latency_s > view.spec.latency_budget_s:
                 self.safety = max(self.params.min_safety, self.safety * 0.75)
-            elif feedback.latency_s < 0.6 * view.spec.latency_budget_s:
+            elif batch.latency_s < 0.6 * view.spec.latency_budget_s:
                 self.safety = min(self.params.safety, self.safety + 0.05)
         budget_bps = bandwidth * 1e6 * self.safety
         if not self.bits_per_pixel_frame:
@@ -340,6 +390,9 @@ class BandwidthProfilePolicy:
 
 class PeriodicProfilingParams(Strict):
     period_tasks: int = pydantic.Field(30, ge=1, description="tasks between two profiling rounds")
+    tasks_per_candidate: int = pydantic.Field(
+        4, ge=1, description="tasks each candidate of a round is judged on (their mean accuracy)"
+    )
     accuracy_share: float = pydantic.Field(0.9, gt=0, le=1, description="keep this share of the golden accuracy")
     resolutions: int = pydantic.Field(4, ge=1, description="how many steps of the resolution ladder to profile")
     frame_rates: int = pydantic.Field(3, ge=1, description="how many steps of the frame-rate ladder to profile")
@@ -348,9 +401,10 @@ class PeriodicProfilingParams(Strict):
 
 @POLICIES.register("periodic_profiling", params=PeriodicProfilingParams)
 class PeriodicProfilingPolicy:
-    """Periodic profiling against the golden configuration (as Chameleon): every period, run the
-    golden configuration (best resolution, every frame) and cheaper candidates for a task each,
-    then keep the cheapest whose accuracy is within accuracy_share of the golden one."""
+    """Periodic profiling against the golden configuration (as Chameleon): every period_tasks tasks
+    (made under the chosen configuration), run the golden configuration (best resolution, every
+    frame) and cheaper candidates for tasks_per_candidate tasks each, then keep the cheapest whose
+    mean accuracy is within accuracy_share of the golden one's."""
 
     def __init__(self, params: PeriodicProfilingParams) -> None:
         self.params = params
@@ -373,14 +427,16 @@ class PeriodicProfilingPolicy:
         if view.current is None:
             return Proposal(self._start_round(view.spec.max_configuration), placement, "profiling: golden")
         placement = dict(view.current.placement) or placement
-        feedback = view.feedback()
-        if feedback is None:
-            return None
+        # Counted, not read off the records kept (the latest 64): rounds come for any period.
+        arrived = view.arrived_made_under_current
         if not self.profiling:
-            if feedback.tasks < self.params.period_tasks:
+            if arrived < self.params.period_tasks:
                 return None
             return Proposal(self._start_round(view.spec.max_configuration), placement, "profiling again: golden")
-        if feedback.accuracy is not None:
+        if arrived < self.params.tasks_per_candidate:  # dropped tasks count: they come back too
+            return None
+        feedback = view.feedback(1, last=self.params.tasks_per_candidate)
+        if feedback is not None and feedback.accuracy is not None:
             self.measured.append((view.current.configuration, feedback.accuracy))
         if self.queue:
             return Proposal(self.queue.pop(0), placement, f"profiling: candidate {len(self.measured) + 1}")
@@ -417,12 +473,23 @@ class LatencyBudgetParams(Strict):
         "without end); lower it when streams share the same processors",
     )
     offload: bool = pydantic.Field(True, description="may move stages between the edge and the cloud")
+    share_uplink: bool = pydantic.Field(
+        True,
+        description="fit the stream to its share of an uplink that other streams of its node send over too "
+        "(decided for all of them together), not to the whole link",
+    )
+    share_processors: bool = pydantic.Field(
+        True,
+        description="keep the stream's processing within its share of a processor that other streams' stages "
+        "run on too (decided for all of them together), as well as under max_load",
+    )
     start: StartParams = pydantic.Field(
         default_factory=StartParams, description="the startup configuration; the best where unset"
     )
 
 
 Levels = tuple[int, int, int]  # steps down from the best: resolution, frame rate, frames per segment
+OVER_SHARE = 1.1  # processing this far over its share of a shared processor is refitted at once
 
 
 @dataclass(frozen=True)
@@ -454,6 +521,7 @@ class _Model:
     crossings: int  # times a task's frames cross between nodes under the placement predicted for
     safety: float
     load_now: float
+    share: float | None = None  # Mbit/s of the bandwidth that are the stream's, when streams share the link
 
     def predict(self, pixels: int, fps: float, frames_per_segment: int) -> _Prediction:
         """For a configuration of `pixels` a frame."""
@@ -461,7 +529,8 @@ class _Model:
         task_pixels = pixels * frames_per_segment
         if self.bandwidth:
             transfer = self.bits_per_pixel * task_pixels * self.crossings / (self.bandwidth * 1e6)
-            rate_fits = self.bits_per_pixel * pixels * fps <= self.bandwidth * 1e6 * self.safety
+            rate = self.bandwidth if self.share is None else min(self.share, self.bandwidth)
+            rate_fits = self.bits_per_pixel * pixels * fps <= rate * 1e6 * self.safety
         else:
             transfer, rate_fits = feedback.transfer_s * task_pixels / current_pixels, True
         process = feedback.process_s * task_pixels / current_pixels
@@ -535,6 +604,7 @@ class LatencyBudgetPolicy:
         self.levels: Levels = (0, 0, 0)
         self._started = False
         self._crossings_of: dict[tuple[str, ...], int] = {}  # placement -> _crossings, within one decide
+        self._aimed = params.target  # the share of the budget the last decision aimed at
 
     @staticmethod
     def _limits(best: types_pb2.Configuration) -> Levels:
@@ -590,7 +660,7 @@ class LatencyBudgetPolicy:
             start = "start at the best" if self.levels == (0, 0, 0) else "start at the configured start"
             return Proposal(self._config(best, self.levels), placement, f"{start}, on the edge where it can")
         own = view.feedback(2, last=self.params.window)
-        target = view.spec.latency_budget_s * self.params.target
+        target = view.spec.latency_budget_s * self._aim(view)
         if own is not None and self._uplink_fell(view, own, target, best):
             # Macro, ahead of the tasks: the uplink's measured rate (from the traces, within a second
             # of a change) no longer carries the current configuration; refit now instead of waiting
@@ -598,8 +668,20 @@ class LatencyBudgetPolicy:
             change = self._fit_transfer(view, own, target, best)
             if change is not None:
                 placement, why = change
-                rate = view.bandwidth_mbps(view.spec.node, view.cloud_node)
-                return Proposal(self._config(best, self.levels), placement, f"uplink now {rate:.1f} Mbit/s: {why}")
+                return Proposal(self._config(best, self.levels), placement, f"{self._uplink_now(view)}: {why}")
+        if own is not None and view.load_shares:
+            # Macro, ahead of the queue: other streams' stages came to a processor this one uses, and
+            # its processing no longer fits its share there.
+            limit = self._max_load(view, own)
+            predicted = self._predict(view, own, best, self.levels)
+            fitted = self._fit(view, own, target, best) if predicted and predicted.load > limit * OVER_SHARE else None
+            if fitted is not None and self._rank(best, fitted) < self._rank(best, self.levels):
+                self.levels = fitted
+                assert predicted is not None
+                why = f"processing {predicted.load:.2f} s a second is over its share of shared processors ({limit:.2f})"
+                return Proposal(
+                    self._config(best, fitted), dict(view.current.placement), f"{why}: {self._describe(best, fitted)}"
+                )
         # Without the current decision's own tasks, those that arrived since it (made under earlier ones).
         held = view.arrived_since_decision >= self.params.hold_tasks
         judged = own or (view.feedback(1, made_under_current=False, last=self.params.window) if held else None)
@@ -688,6 +770,58 @@ class LatencyBudgetPolicy:
         current = view.current.configuration
         return bool(made_before) and all(_pixels(c) * c.fps > _pixels(current) * current.fps for c in made_before)
 
+    def _aim(self, view: StreamView) -> float:
+        """The share of the latency budget to aim at in this decision: `target` (a learned macro level
+        may choose it from the view instead, dayu.scheduler.learned)."""
+        self._aimed = self.params.target
+        return self._aimed
+
+    def _uplink(self, view: StreamView) -> float | None:
+        """The uplink's bandwidth as this stream may use it: its share, when streams share it."""
+        return view.uplink_mbps(shared=self.params.share_uplink)
+
+    def _uplink_now(self, view: StreamView) -> str:
+        whole, own = view.uplink_mbps(shared=False), self._uplink(view)
+        text = f"uplink now {whole:.1f} Mbit/s" if whole is not None else "uplink unknown"
+        return text if own is None or own == whole else f"{text}, {own:.1f} of it this stream's share"
+
+    def needs(self, view: StreamView) -> Needs:
+        """What the stream would use with its uplink and processors to itself: the bitrate of the most
+        accurate levels fitting its budget and max_load there, over `safety` (the share of a link it
+        leaves free), and their processing on each stage's processor. Unknown without feedback."""
+        self._crossings_of.clear()  # asked outside decide too: the placement may have changed
+        if view.current is None:
+            return Needs()
+        own = view.feedback(2, last=self.params.window) or view.feedback(1, made_under_current=False)
+        model = None if own is None else self._model(view, own, shared=False)
+        if own is None or model is None or not model.monotone:
+            return Needs()
+        best = view.spec.max_configuration
+        target = view.spec.latency_budget_s * self._aimed
+        fitted = self._fit(view, own, target, best, shared=False) or self._limits(best)
+        pixels, fps, frames = self._knobs(best, fitted)
+        load = model.predict(pixels, fps, frames).load
+        return Needs(
+            model.bits_per_pixel * pixels * fps / 1e6 / self.params.safety,
+            {stage: load * share for stage, share in self._processing_shares(own).items()},
+        )
+
+    @staticmethod
+    def _processing_shares(feedback: Feedback) -> dict[str, float]:
+        """The share of the stream's processing each stage takes."""
+        total = sum(feedback.stage_process_s.values())
+        return {stage: s / total for stage, s in feedback.stage_process_s.items()} if total > 0 else {}
+
+    def _max_load(self, view: StreamView, feedback: Feedback, shared: bool = True) -> float:
+        """The most processing a second the stream may ask for: max_load, and, with `shared`, no more
+        on any processor shared with other streams than its share there."""
+        limit = self.params.max_load
+        if shared and self.params.share_processors and view.load_shares:
+            for stage, part in self._processing_shares(feedback).items():
+                if stage in view.load_shares and part > 0:
+                    limit = min(limit, view.load_shares[stage] / part)
+        return limit
+
     def _describe(self, best: types_pb2.Configuration, levels: Levels) -> str:
         config = self._config(best, levels)
         return f"{config.resolution.height}p at {config.fps:g} fps, {config.frames_per_segment} frames per segment"
@@ -698,7 +832,7 @@ class LatencyBudgetPolicy:
         at that bandwidth (the rest as the tasks saw it) is over the target and worse than what the
         tasks saw, by a transfer grown by over a tenth of the budget (a late task whose transfer
         barely changed is late for another reason, which the feedback handles)."""
-        if view.bandwidth_mbps(view.spec.node, view.cloud_node) is None:
+        if self._uplink(view) is None:
             return False
         predicted = self._predict(view, feedback, best, self.levels)
         if predicted is None:
@@ -779,14 +913,20 @@ class LatencyBudgetPolicy:
         fewest = min(itertools.product(*choices), key=cost)  # the first of the fewest, as the choices come
         return dict(zip((s.name for s in stages), fewest, strict=True))
 
-    def _model(self, view: StreamView, feedback: Feedback, placement: Mapping[str, str] | None = None) -> _Model | None:
+    def _model(
+        self, view: StreamView, feedback: Feedback, placement: Mapping[str, str] | None = None, shared: bool = True
+    ) -> _Model | None:
         """The delay model (_predict) under `placement` (else the current one), from the feedback of the
-        current configuration; None without task sizes to go on."""
+        current configuration; None without task sizes to go on. With `shared`, over the stream's share
+        of an uplink other streams send over too: its bitrate must fit the share (a task's transfer still
+        goes at the link's rate once its turn comes: the shares keep the link from filling up, and the
+        feedback says what waiting there is)."""
         assert view.current is not None
         current = view.current.configuration
         crossings_now = max(self._crossings(view, view.current.placement), 1)
         crossings = crossings_now if placement is None else max(self._crossings(view, placement), 1)
-        bandwidth = view.bandwidth_mbps(view.spec.node, view.cloud_node)
+        bandwidth = view.uplink_mbps(shared=False)
+        share = self._uplink(view) if shared else None
         if bandwidth is None and feedback.transfer_s > 0:  # the tasks' own transfers, queueing included
             bandwidth = feedback.bytes_per_task * 8 * crossings_now / feedback.transfer_s / 1e6
         current_pixels = _pixels(current) * current.frames_per_segment
@@ -800,6 +940,7 @@ class LatencyBudgetPolicy:
             crossings,
             self.params.safety,
             feedback.process_s * current.fps / current.frames_per_segment,
+            share if share != bandwidth else None,
         )
 
     def _predict(
@@ -816,14 +957,15 @@ class LatencyBudgetPolicy:
         model = self._model(view, feedback, placement)
         return None if model is None else model.predict(*self._knobs(best, levels))
 
-    def _fits_prediction(self, predicted: _Prediction, target: float) -> bool:
-        return predicted.delay_s <= target and predicted.rate_fits and predicted.load <= self.params.max_load
+    @staticmethod
+    def _fits_prediction(predicted: _Prediction, target: float, max_load: float) -> bool:
+        return predicted.delay_s <= target and predicted.rate_fits and predicted.load <= max_load
 
     def _fits(
         self, view: StreamView, feedback: Feedback, target: float, best: types_pb2.Configuration, levels: Levels
     ) -> bool:
         predicted = self._predict(view, feedback, best, levels)
-        return predicted is None or self._fits_prediction(predicted, target)
+        return predicted is None or self._fits_prediction(predicted, target, self._max_load(view, feedback))
 
     def _fit(
         self,
@@ -832,6 +974,7 @@ class LatencyBudgetPolicy:
         target: float,
         best: types_pb2.Configuration,
         placement: Mapping[str, str] | None = None,
+        shared: bool = True,
     ) -> Levels | None:
         """The most accurate levels (pixels, then frame rate, then segment length) predicted to fit
         the target, the uplink and max_load under `placement` (else the current one); if none does,
@@ -844,7 +987,7 @@ class LatencyBudgetPolicy:
         then the first levels in that order for which they hold, found by bisecting each knob's
         ladder in turn: a few dozen predictions, however long the ladders (a search of every
         configuration made thousands for a 4K stream's)."""
-        model = self._model(view, feedback, placement)
+        model = self._model(view, feedback, placement, shared)
         if model is None or not model.monotone:
             return None
 
@@ -852,7 +995,8 @@ class LatencyBudgetPolicy:
             return model.predict(*self._knobs(best, levels))
 
         limits = self._limits(best)
-        fitting = _first(limits, lambda levels: self._fits_prediction(predict(levels), target))
+        max_load = self._max_load(view, feedback, shared)
+        fitting = _first(limits, lambda levels: self._fits_prediction(predict(levels), target, max_load))
         if fitting is not None:
             return fitting
         fastest = predict(limits)  # the cheapest configuration has the least delay and load of all
@@ -865,5 +1009,8 @@ class LatencyBudgetPolicy:
     @staticmethod
     def _cloud_is_near(view: StreamView) -> bool:
         """Offloading helps only when the uplink is fast enough; unknown counts as fast."""
-        bandwidth = view.bandwidth_mbps(view.spec.node, view.cloud_node)
+        bandwidth = view.uplink_mbps(shared=False)
         return bandwidth is None or bandwidth >= 10
+
+
+from dayu.scheduler import learned  # noqa: E402, F401  registers "learned" (it builds on latency_budget)

@@ -22,6 +22,7 @@ from dayu.runtime.tls import OPERATOR, peer_identity, require_component, require
 from dayu.runtime.tracing import NODE
 from dayu.runtime.validation import require_id
 from dayu.scheduler.core import Admission, SchedulerCore, build_policy
+from dayu.scheduler.deployment import DeploymentSettings
 from dayu.v1 import resources_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 
@@ -40,6 +41,10 @@ class SchedulerSection(StrictModel):
     # status deadline when one does not answer), so a live but slow monitor does not make its node stale.
     stale_after_s: float = pydantic.Field(
         15.0, gt=0, description="a node whose monitor has not reported for this long is stale: nothing new goes there"
+    )
+    deployment: DeploymentSettings = pydantic.Field(
+        default_factory=DeploymentSettings,
+        description="when deployable processor kinds are loaded on a node and unloaded (docs/deployment.md)",
     )
 
 
@@ -148,6 +153,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         require_component(context, ADMINS, "GetTaskTrace")
         return scheduler_pb2.GetTaskTraceResponse(spans=self.core.task_trace(request.root_id))
 
+    async def GetDeploymentPlan(
+        self, request: scheduler_pb2.GetDeploymentPlanRequest, context: object
+    ) -> scheduler_pb2.GetDeploymentPlanResponse:
+        # Read by every node's deployable processors (and operators); it names nodes and kinds only.
+        if request.node:
+            require_id(request.node, "node")
+        return scheduler_pb2.GetDeploymentPlanResponse(nodes=self.core.deployment.node_plans(request.node))
+
 
 class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     """The standard OTLP/gRPC trace receiver: components export their spans here."""
@@ -196,6 +209,7 @@ class SchedulerComponent(Component):
             Admission(section.max_queue, section.resume_queue),
             section.fallback_after_s,
             section.stale_after_s,
+            deployment=section.deployment,
         )
         # The operator's admin token for what changes a stream from outside (the backend's calls, an
         # operator's grpcurl); the mesh's own calls (registering, feedback, spans) need none.
@@ -216,3 +230,4 @@ class SchedulerComponent(Component):
             await asyncio.sleep(1.0)
             await self.core.check_feedback()
             await self.core.check_nodes()
+            await self.core.check_deployment()

@@ -1,6 +1,7 @@
 """Links in simulated time, as the controllers' link emulator (dayu.controller.links) carries bytes: one
 transfer at a time (FIFO), each occupying the link for as long as its bandwidth at that moment (fixed,
-or following the trace) needs, then arriving after the link's delay. The bandwidth arithmetic is the
+or following the trace) needs for its bytes (with the packets' headers on a kernel link), then arriving
+after the link's delay. The bandwidth arithmetic is the
 emulator's own Link, on the simulation's clock."""
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Channel:
             if not still_wanted():
                 raise NotSent()
             sending_at = env.now
-            yield env.timeout(self.link.serialization_s(nbytes, env.now))
+            yield env.timeout(self.link.serialization_s(self.spec.wire_bytes(nbytes), env.now))
         finally:
             self.busy.release(request)
         if probe:

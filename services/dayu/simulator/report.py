@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dayu.experiment import TIMELINE_COLUMNS, plot, plot_timelines, pyplot, table, write_csv
-from dayu.mesh.summary import percentiles, reason_kind
-from dayu.simulator.engine import RunResults, TaskOutcome
+from dayu.simulator.engine import RunResults
+from dayu.simulator.tasklog import BIN_S, TaskOutcome, timeline_row
 
 COLUMNS = (
     ("policy", "policy", "{}"),
@@ -40,12 +40,14 @@ CSV_COLUMNS = (
     "policy_decide_p50_ms",
     "fallbacks",
     "unfinished",
+    "model_loads",
+    "model_unloads",
     "simulated_s",
     "wall_s",
 )
-BIN_S = 5.0  # the within-budget share over time: tasks made in bins this long
 TIMELINE_STREAMS = 8  # the per-task timeline plot, only for this many streams or fewer
 REASONS_SHOWN = 20  # drop reasons in results.json, the most frequent
+CDF_POINTS = 20_000  # the latency CDF plot: at most this many points (evenly spaced in rank)
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -56,24 +58,21 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 def row(results: RunResults) -> dict[str, Any]:
-    tasks = results.tasks
-    delivered = [t for t in tasks if t.delivered]
-    latency = percentiles([t.latency_s for t in delivered])
-    accuracies = [t.accuracy for t in delivered if t.accuracy is not None]
+    log = results.log
+    latency = log.latency_percentiles()
     uplinks = [results.channel_bytes.get(name, 0) / 1e6 for name in results.uplinks]
     calls_ms = [1000 * s for s in results.decision_call_s]
     decide_ms = [1000 * s for s in results.policy_decide_s]
-    in_budget = sum(t.in_budget for t in delivered)
     return {
         "policy": results.policy,
-        "generated": len(tasks),
-        "delivered": len(delivered),
-        "dropped": len(tasks) - len(delivered),
-        "within_budget": in_budget / len(delivered) if delivered else None,  # of delivered, as `dayu experiment`
-        "in_budget_of_made": in_budget / len(tasks) if tasks else None,
+        "generated": log.generated,
+        "delivered": log.delivered,
+        "dropped": log.dropped,
+        "within_budget": log.in_budget / log.delivered if log.delivered else None,  # of delivered, as `dayu experiment`
+        "in_budget_of_made": log.in_budget / log.generated if log.generated else None,
         "latency_p50_s": latency["p50"],
         "latency_p95_s": latency["p95"],
-        "accuracy_f1": statistics.fmean(accuracies) if accuracies else None,
+        "accuracy_f1": log.mean_accuracy(),
         "uplink_mb_total": sum(uplinks),
         "uplink_mb_max": max(uplinks, default=0.0),
         "megabytes_sent": sum(results.channel_bytes.values()) / 1e6,
@@ -84,6 +83,8 @@ def row(results: RunResults) -> dict[str, Any]:
         "policy_decide_p50_ms": _quantile(decide_ms, 0.5),
         "fallbacks": results.fallbacks,
         "unfinished": results.unfinished,
+        "model_loads": results.model_loads,
+        "model_unloads": results.model_unloads,
         "simulated_s": round(results.simulated_s, 3),
         "wall_s": round(results.wall_s, 3),
         "speed": results.simulated_s / results.wall_s if results.wall_s else math.inf,
@@ -92,43 +93,17 @@ def row(results: RunResults) -> dict[str, Any]:
 
 def timeline_rows(tasks: list[TaskOutcome]) -> list[dict[str, Any]]:
     """The run's tasks in the order they were made, with `dayu experiment`'s columns."""
-    rows = []
-    for t in sorted(tasks, key=lambda t: (t.made_s, t.stream_id)):
-        config = t.configuration
-        rows.append(
-            {
-                "made_s": round(t.made_s, 3),
-                "stream_id": t.stream_id,
-                "decision_version": t.decision_version,
-                "width": config.resolution.width,
-                "height": config.resolution.height,
-                "fps": config.fps,
-                "frames_per_segment": config.frames_per_segment,
-                "quality": config.quality,
-                "placement": t.placement,
-                "outcome": "delivered" if t.delivered else "dropped",
-                "latency_s": round(t.latency_s, 3),
-                "latency_budget_s": t.budget_s,
-                "accuracy": None if t.accuracy is None else round(t.accuracy, 3),
-                "drop_reason": t.reason,
-            }
-        )
-    return rows
+    return [timeline_row(t) for t in sorted(tasks, key=lambda t: (t.made_s, t.stream_id))]
 
 
 def in_budget_over_time(results: RunResults) -> list[tuple[float, float]]:
     """(bin start, share of the tasks made in it delivered within budget), every BIN_S."""
-    made: Counter[int] = Counter()
-    good: Counter[int] = Counter()
-    for t in results.tasks:
-        made[int(t.made_s // BIN_S)] += 1
-        good[int(t.made_s // BIN_S)] += t.in_budget
-    return [(b * BIN_S, good[b] / made[b]) for b in sorted(made)]
+    return results.log.in_budget_over_time()
 
 
 def details(results: RunResults) -> dict[str, Any]:
     """What results.json keeps of a run besides its row."""
-    reasons = Counter(reason_kind(t.reason) for t in results.tasks if not t.delivered)
+    reasons = results.log.drop_reasons
     shown = dict(reasons.most_common(REASONS_SHOWN))
     if len(reasons) > REASONS_SHOWN:  # one per node and budget in a large scenario: the rest summed
         shown["(other reasons)"] = sum(reasons.values()) - sum(shown.values())
@@ -148,11 +123,13 @@ def plot_latency_cdf(runs: list[RunResults], path: Path, title: str) -> None:
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(8, 5))
     for results in runs:
-        latencies = sorted(t.latency_s for t in results.tasks if t.delivered)
-        if latencies:
-            shares = [(i + 1) / len(latencies) for i in range(len(latencies))]
-            axis.step(latencies, shares, where="post", label=f"{results.policy} ({len(latencies)} delivered)")
-    budgets = sorted({t.budget_s for results in runs for t in results.tasks})
+        latencies = results.log.sorted_latencies()  # all, or a uniform sample of a very long run's
+        if len(latencies):
+            ranks = np.unique(np.linspace(0, len(latencies) - 1, min(len(latencies), CDF_POINTS)).round().astype(int))
+            shares = (ranks + 1) / len(latencies)
+            label = f"{results.policy} ({results.log.delivered} delivered)"
+            axis.step(latencies[ranks], shares, where="post", label=label)
+    budgets = sorted({budget for results in runs for budget in results.log.budgets})
     for budget in budgets[:4]:
         axis.axvline(budget, color="grey", linestyle="--", linewidth=1)
     axis.set_xlabel("end-to-end latency of delivered tasks (s); dashed: budgets")
@@ -191,13 +168,14 @@ def write_results(runs: list[RunResults], out: Path, title: str, about: dict[str
         folder = out / f"run-{results.policy}"
         folder.mkdir(exist_ok=True)
         timelines[results.policy] = timeline_rows(results.tasks)
-        write_csv(folder / "tasks.csv", TIMELINE_COLUMNS, timelines[results.policy])
+        if results.log.csv_path != folder / "tasks.csv" and results.log.keep_tasks:  # not written as it went
+            write_csv(folder / "tasks.csv", TIMELINE_COLUMNS, timelines[results.policy])
     document = {**about, "rows": rows, "runs": {results.policy: details(results) for results in runs}}
     (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     plot(rows, out / "results.png", title)
     plot_latency_cdf(runs, out / "latency_cdf.png", title)
     plot_in_budget_over_time(runs, out / "within_budget.png", title)
-    if runs and len({t.stream_id for t in runs[0].tasks}) <= TIMELINE_STREAMS:
+    if runs and runs[0].log.keep_tasks and len(runs[0].log.streams) <= TIMELINE_STREAMS:
         plot_timelines(timelines, out / "timeline.png", title)
     return rows
 

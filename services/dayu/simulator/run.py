@@ -37,7 +37,8 @@ def simulate(
                 bar.set_description(f"{mesh.results.policy} draining")
             bar.set_postfix(tasks=mesh.made_tasks, dropped=mesh.results.dropped, in_flight=len(mesh.in_flight))
 
-        mesh = SimulatedMesh(scenario, profile, policy, duration_s, seed, on_second=tick)
+        tasks_csv = out / f"run-{policy}" / "tasks.csv"  # each task's row, written as the run goes
+        mesh = SimulatedMesh(scenario, profile, policy, duration_s, seed, on_second=tick, tasks_csv=tasks_csv)
         with bar:
             results = mesh.run()
         runs.append(results)

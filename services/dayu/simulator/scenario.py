@@ -6,7 +6,10 @@ generated: a cloud, edges grouped behind shared uplinks, and a seeded mix of str
 
 from __future__ import annotations
 
+import math
+import os
 import random
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,22 @@ from dayu.mesh.model import CONFIGS, MeshConfig, ProcessorSection, load_mesh_con
 from dayu.runtime.errors import InvalidArgument, from_validation_error
 from dayu.runtime.pipelines import load_pipelines
 from dayu.scheduler.service import SchedulerSection
+from dayu.simulator.compute import MachineSpec
 from dayu.v1 import decision_pb2, types_pb2
 
 MONITOR_INTERVAL_S = 2.0  # monitor.interval_s's default: a report and a round of link probes
 PROBE_BYTES = 32 * 1024  # monitor.probe_bytes's default
+# A deployable processor's model, as measured on this machine (docs/deployment.md): PP-OCRv4's text
+# detector, loaded and checked through Triton's repository API in about 2.2 s.
+MODEL_LOAD_S = 2.2
+MODEL_BYTES = 4_745_517
+NODE_MEMORY_BYTES = 4 << 30  # what a simulated node reports (free but for the models it loaded)
 DEFAULT_CORES = 2.0  # what a node without resources.cpus reports (the machine the mesh runs on, here)
+# A kernel link carries a task's bytes in TCP segments of at most MSS bytes (MTU 1500, TCP timestamps on),
+# each with 66 bytes of headers that the link's htb class counts: Ethernet 14, IPv4 20, TCP 20 + 12 of
+# timestamp option. (TLS records and HTTP/2 frames add about 30 bytes per 16 KB: left out.)
+KERNEL_MSS = 1448
+KERNEL_HEADER_BYTES = 66
 
 
 @dataclass(frozen=True)
@@ -38,8 +52,11 @@ class ProcessorSpec:
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
-    processors: dict[str, ProcessorSpec]
+    processors: dict[str, ProcessorSpec]  # always loaded
     cpu_cores: float = DEFAULT_CORES
+    # Loaded and unloaded by the scheduler's deployment plan (the mesh file's nodes.NODE.deployable).
+    deployable: dict[str, ProcessorSpec] = field(default_factory=dict)
+    memory_bytes: int = NODE_MEMORY_BYTES
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,14 @@ class ChannelSpec:
     delay_ms: float
     trace: Path | None = None
     uplink: bool = False  # carries tasks towards the cloud
+    header_bytes: int = 0  # bytes each packet of at most `mss` bytes of payload adds on the link (0: none)
+    mss: int = KERNEL_MSS
+
+    def wire_bytes(self, nbytes: int) -> int:
+        """What carrying nbytes takes of the link's bandwidth, headers included."""
+        if not self.header_bytes:
+            return nbytes
+        return nbytes + self.header_bytes * max(1, math.ceil(nbytes / self.mss))
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,7 @@ class Scenario:
     monitor_interval_s: float = MONITOR_INTERVAL_S
     probe_bytes: int = PROBE_BYTES
     notes: dict[str, Any] = field(default_factory=dict)  # how it was made, for the JSON results
+    machine: MachineSpec | None = None  # the nodes share one machine's cores (None: each worker at full speed)
 
     def check_against(self, processors: list[str], field: str) -> None:
         """Every stage's processor must be one the profile measured."""
@@ -124,9 +150,35 @@ def _check_trace(trace: Path | None, field: str = "--trace") -> None:
             raise InvalidArgument(field, str(error)) from None
 
 
-def from_mesh(config_path: Path, policy: str, trace: Path | None = None) -> Scenario:
+TARGETS = ("embedded", "cluster")  # the modes of `dayu experiment` a mesh file's scenario can follow
+
+
+def machine_cores() -> float:
+    """The cores this process may run on: those of the machine a cluster of real nodes runs on."""
+    return float(len(os.sched_getaffinity(0)))
+
+
+def from_mesh(
+    config_path: Path,
+    policy: str,
+    trace: Path | None = None,
+    target: str = "embedded",
+    background: float | tuple[tuple[float, float], ...] = 0.0,
+    cores: float | None = None,
+) -> Scenario:
     """The mesh file's scenario with every stream under `policy` (default parameters) and every link
-    to the cloud replaying `trace`: what `dayu experiment` runs for that policy."""
+    to the cloud replaying `trace`: what `dayu experiment` runs for that policy. `target` is the mode
+    it follows where the modes differ. "cluster": the nodes are namespaces of one machine (`cores`,
+    default this one's), so their processing shares its cores with each other and with `background`
+    other runnable threads (a number, or (seconds, threads) over time; dayu.simulator.compute), within
+    each node's CPU limit; its kernel links
+    have no added delay (no netem: a link's delay_ms is not applied) and carry TCP/IP headers."""
+    if target not in TARGETS:
+        raise InvalidArgument("--target", f"one of {list(TARGETS)}, got {target!r}")
+    constant = background if isinstance(background, (int, float)) else 0.0
+    over_time = () if isinstance(background, (int, float)) else tuple(background)
+    if constant < 0 or any(threads < 0 for _, threads in over_time):
+        raise InvalidArgument("--background", f"runnable threads >= 0, got {background}")
     _check_trace(trace)
     base = read_mesh_file(config_path)
     cloud = load_mesh_config(config_path, base).cloud_node
@@ -140,6 +192,11 @@ def from_mesh(config_path: Path, policy: str, trace: Path | None = None) -> Scen
                 for settings in [config.processors.get(processor, ProcessorSection())]
             },
             section.resources.cpus or DEFAULT_CORES,
+            {
+                processor: ProcessorSpec(processor, settings.workers, settings.queue_capacity)
+                for processor in section.deployable
+                for settings in [config.processors.get(processor, ProcessorSection())]
+            },
         )
         for name, section in config.nodes.items()
     }
@@ -154,9 +211,10 @@ def from_mesh(config_path: Path, policy: str, trace: Path | None = None) -> Scen
                     f"{one}->{other}",
                     ((one, other),),
                     link.bandwidth_mbps,
-                    link.delay_ms,
+                    link.delay_ms if target == "embedded" else 0.0,
                     link.trace,
                     uplink=other == cloud,
+                    header_bytes=KERNEL_HEADER_BYTES if target == "cluster" else 0,
                 )
             )
     sources = _sources(config)
@@ -168,9 +226,28 @@ def from_mesh(config_path: Path, policy: str, trace: Path | None = None) -> Scen
             )
         fps, truth = sources[spec.source_id]
         streams.append(StreamModel(spec, fps, truth))
-    notes = {"config": str(config_path), "trace": str(trace) if trace else None}
+    machine = None
+    if target == "cluster":
+        limits = tuple((name, s.resources.cpus) for name, s in config.nodes.items() if s.resources.cpus)
+        machine = MachineSpec(cores or machine_cores(), constant, limits, over_time)
+    notes = {"config": str(config_path), "trace": str(trace) if trace else None, "target": target}
+    if machine is not None:
+        notes["machine"] = {
+            "cores": machine.cores,
+            "background": statistics.fmean(t for _, t in over_time) if over_time else constant,
+            "background_replayed": bool(over_time),
+            "node_cpus": dict(limits),
+        }
     return Scenario(
-        config_path.stem, cloud, nodes, channels, streams, _scheduler(config), config.late_factor, notes=notes
+        config_path.stem,
+        cloud,
+        nodes,
+        channels,
+        streams,
+        _scheduler(config),
+        config.late_factor,
+        notes=notes,
+        machine=machine,
     )
 
 
@@ -185,6 +262,7 @@ class GeneratedParams:
     uplink_mbps: float = 40.0
     delay_ms: float = 15.0
     edge_detector_share: float = 0.25  # edges with a text detector of their own (one worker); the rest read only
+    edge_deployable_share: float = 0.0  # of the others, those whose detector the deployment plan may load
     late_factor: float = 4.0
     pipeline: str = "plates"
 
@@ -212,10 +290,9 @@ class GeneratedParams:
             raise InvalidArgument(f"{field} uplinks", f"at most the edges ({params.edges}), got {params.uplinks}")
         if params.uplink_mbps <= 0 or params.delay_ms < 0 or params.late_factor < 0:
             raise InvalidArgument(field, "uplink_mbps > 0, delay_ms >= 0 and late_factor >= 0")
-        if not 0 <= params.edge_detector_share <= 1:
-            raise InvalidArgument(
-                f"{field} edge_detector_share", f"a share in [0, 1], got {params.edge_detector_share}"
-            )
+        for share in ("edge_detector_share", "edge_deployable_share"):
+            if not 0 <= getattr(params, share) <= 1:
+                raise InvalidArgument(f"{field} {share}", f"a share in [0, 1], got {getattr(params, share)}")
         return params
 
 
@@ -236,7 +313,8 @@ def generate(
 ) -> Scenario:
     """A cloud with `cloud_workers` workers of each processor the pipeline uses, edges grouped behind
     shared uplinks (an edge in `edge_detector_share` of them runs the pipeline's detector too, the
-    others its later stages only), and streams on the edges in turn with budgets, frame rates, segment
+    others its later stages only; of those, `edge_deployable_share` can host the detector, loaded when
+    the scheduler's deployment plan says so), and streams on the edges in turn with budgets, frame rates, segment
     lengths and source sizes drawn with `seed`; every link replays `trace` when given."""
     _check_trace(trace)
     pipelines = load_pipelines(pipelines_file)
@@ -251,9 +329,12 @@ def generate(
     edges = [f"edge-{i + 1}" for i in range(params.edges)]
     nodes = {CLOUD: NodeSpec(CLOUD, {k: ProcessorSpec(k, params.cloud_workers, 64) for k in kinds})}
     with_detector = set(rng.sample(edges, round(params.edge_detector_share * len(edges))))
+    without = [edge for edge in edges if edge not in with_detector]  # in order: the seed's draws stay as they were
+    may_load = set(without[: round(params.edge_deployable_share * len(without))])
     for edge in edges:
         local = [k for k in kinds if k != first or edge in with_detector]
-        nodes[edge] = NodeSpec(edge, {k: ProcessorSpec(k, 1, 64) for k in local})
+        deployable = {first: ProcessorSpec(first, 1, 64)} if edge in may_load else {}
+        nodes[edge] = NodeSpec(edge, {k: ProcessorSpec(k, 1, 64) for k in local}, deployable=deployable)
     channels = []
     for group in range(params.uplinks):
         members = edges[group :: params.uplinks]

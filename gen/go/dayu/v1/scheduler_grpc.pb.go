@@ -35,6 +35,9 @@ type SchedulerServiceClient interface {
 	UnregisterStream(ctx context.Context, in *UnregisterStreamRequest, opts ...grpc.CallOption) (*UnregisterStreamResponse, error)
 	// The spans of one recent task's trace, for its timeline.
 	GetTaskTrace(ctx context.Context, in *GetTaskTraceRequest, opts ...grpc.CallOption) (*GetTaskTraceResponse, error)
+	// The deployment plan: which deployable processor kinds each node should hold loaded, and why.
+	// Deployable processors poll it for their node and load or unload their models to match.
+	GetDeploymentPlan(ctx context.Context, in *GetDeploymentPlanRequest, opts ...grpc.CallOption) (*GetDeploymentPlanResponse, error)
 }
 
 type schedulerServiceClient struct {
@@ -174,6 +177,15 @@ func (c *schedulerServiceClient) GetTaskTrace(ctx context.Context, in *GetTaskTr
 	return out, nil
 }
 
+func (c *schedulerServiceClient) GetDeploymentPlan(ctx context.Context, in *GetDeploymentPlanRequest, opts ...grpc.CallOption) (*GetDeploymentPlanResponse, error) {
+	out := new(GetDeploymentPlanResponse)
+	err := c.cc.Invoke(ctx, "/dayu.v1.SchedulerService/GetDeploymentPlan", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServiceServer is the server API for SchedulerService service.
 // All implementations must embed UnimplementedSchedulerServiceServer
 // for forward compatibility
@@ -196,6 +208,9 @@ type SchedulerServiceServer interface {
 	UnregisterStream(context.Context, *UnregisterStreamRequest) (*UnregisterStreamResponse, error)
 	// The spans of one recent task's trace, for its timeline.
 	GetTaskTrace(context.Context, *GetTaskTraceRequest) (*GetTaskTraceResponse, error)
+	// The deployment plan: which deployable processor kinds each node should hold loaded, and why.
+	// Deployable processors poll it for their node and load or unload their models to match.
+	GetDeploymentPlan(context.Context, *GetDeploymentPlanRequest) (*GetDeploymentPlanResponse, error)
 	mustEmbedUnimplementedSchedulerServiceServer()
 }
 
@@ -229,6 +244,9 @@ func (UnimplementedSchedulerServiceServer) UnregisterStream(context.Context, *Un
 }
 func (UnimplementedSchedulerServiceServer) GetTaskTrace(context.Context, *GetTaskTraceRequest) (*GetTaskTraceResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetTaskTrace not implemented")
+}
+func (UnimplementedSchedulerServiceServer) GetDeploymentPlan(context.Context, *GetDeploymentPlanRequest) (*GetDeploymentPlanResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDeploymentPlan not implemented")
 }
 func (UnimplementedSchedulerServiceServer) mustEmbedUnimplementedSchedulerServiceServer() {}
 
@@ -416,6 +434,24 @@ func _SchedulerService_GetTaskTrace_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_GetDeploymentPlan_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDeploymentPlanRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).GetDeploymentPlan(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dayu.v1.SchedulerService/GetDeploymentPlan",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).GetDeploymentPlan(ctx, req.(*GetDeploymentPlanRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "dayu.v1.SchedulerService",
 	HandlerType: (*SchedulerServiceServer)(nil),
@@ -447,6 +483,10 @@ var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetTaskTrace",
 			Handler:    _SchedulerService_GetTaskTrace_Handler,
+		},
+		{
+			MethodName: "GetDeploymentPlan",
+			Handler:    _SchedulerService_GetDeploymentPlan_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

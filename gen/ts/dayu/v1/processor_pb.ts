@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dayu/v1/processor.proto.
  */
 export const file_dayu_v1_processor: GenFile = /*@__PURE__*/
-  fileDesc("ChdkYXl1L3YxL3Byb2Nlc3Nvci5wcm90bxIHZGF5dS52MSI8Cg5Qcm9jZXNzUmVxdWVzdBIbCgR0YXNrGAEgASgLMg0uZGF5dS52MS5UYXNrEg0KBXN0YWdlGAIgASgJIlUKD1Byb2Nlc3NSZXNwb25zZRIfCgR0YXNrGAEgASgLMg0uZGF5dS52MS5UYXNrQgIYARIhCgVzdGFnZRgCIAEoCzISLmRheXUudjEuVGFza1N0YWdlIhsKGUdldFByb2Nlc3NvclN0YXR1c1JlcXVlc3QimgEKGkdldFByb2Nlc3NvclN0YXR1c1Jlc3BvbnNlEgwKBG5vZGUYASABKAkSDAoEa2luZBgCIAEoCRIUCgxxdWV1ZV9sZW5ndGgYAyABKA0SFgoOcXVldWVfY2FwYWNpdHkYBCABKA0SDwoHd29ya2VycxgFIAEoDRIRCglwcm9jZXNzZWQYBiABKAQSDgoGZmFpbGVkGAcgASgEMq8BChBQcm9jZXNzb3JTZXJ2aWNlEjwKB1Byb2Nlc3MSFy5kYXl1LnYxLlByb2Nlc3NSZXF1ZXN0GhguZGF5dS52MS5Qcm9jZXNzUmVzcG9uc2USXQoSR2V0UHJvY2Vzc29yU3RhdHVzEiIuZGF5dS52MS5HZXRQcm9jZXNzb3JTdGF0dXNSZXF1ZXN0GiMuZGF5dS52MS5HZXRQcm9jZXNzb3JTdGF0dXNSZXNwb25zZUIqCgppby5kYXl1LnYxUAFaGmRheXUvZ2VuL2dvL2RheXUvdjE7ZGF5dXYxYgZwcm90bzM", [file_dayu_v1_task]);
+  fileDesc("ChdkYXl1L3YxL3Byb2Nlc3Nvci5wcm90bxIHZGF5dS52MSI8Cg5Qcm9jZXNzUmVxdWVzdBIbCgR0YXNrGAEgASgLMg0uZGF5dS52MS5UYXNrEg0KBXN0YWdlGAIgASgJIlUKD1Byb2Nlc3NSZXNwb25zZRIfCgR0YXNrGAEgASgLMg0uZGF5dS52MS5UYXNrQgIYARIhCgVzdGFnZRgCIAEoCzISLmRheXUudjEuVGFza1N0YWdlIhsKGUdldFByb2Nlc3NvclN0YXR1c1JlcXVlc3Qi5QEKGkdldFByb2Nlc3NvclN0YXR1c1Jlc3BvbnNlEgwKBG5vZGUYASABKAkSDAoEa2luZBgCIAEoCRIUCgxxdWV1ZV9sZW5ndGgYAyABKA0SFgoOcXVldWVfY2FwYWNpdHkYBCABKA0SDwoHd29ya2VycxgFIAEoDRIRCglwcm9jZXNzZWQYBiABKAQSDgoGZmFpbGVkGAcgASgEEhIKCmRlcGxveWFibGUYCCABKAgSEAoIdW5sb2FkZWQYCSABKAgSDgoGbG9hZF9zGAogASgBEhMKC21vZGVsX2J5dGVzGAsgASgEMq8BChBQcm9jZXNzb3JTZXJ2aWNlEjwKB1Byb2Nlc3MSFy5kYXl1LnYxLlByb2Nlc3NSZXF1ZXN0GhguZGF5dS52MS5Qcm9jZXNzUmVzcG9uc2USXQoSR2V0UHJvY2Vzc29yU3RhdHVzEiIuZGF5dS52MS5HZXRQcm9jZXNzb3JTdGF0dXNSZXF1ZXN0GiMuZGF5dS52MS5HZXRQcm9jZXNzb3JTdGF0dXNSZXNwb25zZUIqCgppby5kYXl1LnYxUAFaGmRheXUvZ2VuL2dvL2RheXUvdjE7ZGF5dXYxYgZwcm90bzM", [file_dayu_v1_task]);
 
 /**
  * Request of Process.
@@ -150,6 +150,36 @@ export type GetProcessorStatusResponse = Message<"dayu.v1.GetProcessorStatusResp
    * @generated from field: uint64 failed = 7;
    */
   failed: bigint;
+
+  /**
+   * True when the scheduler's deployment plan loads and unloads it (the mesh file's
+   * nodes.NODE.deployable); false for a processor that always holds its models.
+   *
+   * @generated from field: bool deployable = 8;
+   */
+  deployable: boolean;
+
+  /**
+   * True while a deployable processor holds its models unloaded: its Process calls fail with
+   * FAILED_PRECONDITION, so its callers go to another node that hosts the kind.
+   *
+   * @generated from field: bool unloaded = 9;
+   */
+  unloaded: boolean;
+
+  /**
+   * Seconds its latest load took (its models loaded on the backend and checked); 0 until loaded once.
+   *
+   * @generated from field: double load_s = 10;
+   */
+  loadS: number;
+
+  /**
+   * Bytes of the model files it loads: what its models take in memory, at least.
+   *
+   * @generated from field: uint64 model_bytes = 11;
+   */
+  modelBytes: bigint;
 };
 
 /**

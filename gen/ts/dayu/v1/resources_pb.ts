@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dayu/v1/resources.proto.
  */
 export const file_dayu_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("ChdkYXl1L3YxL3Jlc291cmNlcy5wcm90bxIHZGF5dS52MSJ7CghHcHVTdGF0cxINCgVpbmRleBgBIAEoDRIMCgRuYW1lGAIgASgJEhsKE3V0aWxpemF0aW9uX3BlcmNlbnQYAyABKAESGQoRbWVtb3J5X3VzZWRfYnl0ZXMYBCABKAQSGgoSbWVtb3J5X3RvdGFsX2J5dGVzGAUgASgEIowBCg1MaW5rQmFuZHdpZHRoEhEKCWZyb21fbm9kZRgBIAEoCRIPCgd0b19ub2RlGAIgASgJEhYKDmJhbmR3aWR0aF9tYnBzGAMgASgBEg4KBnJ0dF9tcxgEIAEoARIvCgttZWFzdXJlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAikwMKDU5vZGVSZXNvdXJjZXMSDAoEbm9kZRgBIAEoCRIvCgttZWFzdXJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3B1X3BlcmNlbnQYAyABKAESEQoJY3B1X2NvdW50GAQgASgNEhkKEW1lbW9yeV91c2VkX2J5dGVzGAUgASgEEhoKEm1lbW9yeV90b3RhbF9ieXRlcxgGIAEoBBIfCgRncHVzGAcgAygLMhEuZGF5dS52MS5HcHVTdGF0cxI/Cg1xdWV1ZV9sZW5ndGhzGAggAygLMiguZGF5dS52MS5Ob2RlUmVzb3VyY2VzLlF1ZXVlTGVuZ3Roc0VudHJ5EiUKBWxpbmtzGAkgAygLMhYuZGF5dS52MS5MaW5rQmFuZHdpZHRoEhcKD2NwdV9saW1pdF9jb3JlcxgKIAEoARINCgVzdGFsZRgLIAEoCBozChFRdWV1ZUxlbmd0aHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKA06AjgBQioKCmlvLmRheXUudjFQAVoaZGF5dS9nZW4vZ28vZGF5dS92MTtkYXl1djFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChdkYXl1L3YxL3Jlc291cmNlcy5wcm90bxIHZGF5dS52MSJ7CghHcHVTdGF0cxINCgVpbmRleBgBIAEoDRIMCgRuYW1lGAIgASgJEhsKE3V0aWxpemF0aW9uX3BlcmNlbnQYAyABKAESGQoRbWVtb3J5X3VzZWRfYnl0ZXMYBCABKAQSGgoSbWVtb3J5X3RvdGFsX2J5dGVzGAUgASgEIowBCg1MaW5rQmFuZHdpZHRoEhEKCWZyb21fbm9kZRgBIAEoCRIPCgd0b19ub2RlGAIgASgJEhYKDmJhbmR3aWR0aF9tYnBzGAMgASgBEg4KBnJ0dF9tcxgEIAEoARIvCgttZWFzdXJlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAipgQKDU5vZGVSZXNvdXJjZXMSDAoEbm9kZRgBIAEoCRIvCgttZWFzdXJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3B1X3BlcmNlbnQYAyABKAESEQoJY3B1X2NvdW50GAQgASgNEhkKEW1lbW9yeV91c2VkX2J5dGVzGAUgASgEEhoKEm1lbW9yeV90b3RhbF9ieXRlcxgGIAEoBBIfCgRncHVzGAcgAygLMhEuZGF5dS52MS5HcHVTdGF0cxI/Cg1xdWV1ZV9sZW5ndGhzGAggAygLMiguZGF5dS52MS5Ob2RlUmVzb3VyY2VzLlF1ZXVlTGVuZ3Roc0VudHJ5EiUKBWxpbmtzGAkgAygLMhYuZGF5dS52MS5MaW5rQmFuZHdpZHRoEhcKD2NwdV9saW1pdF9jb3JlcxgKIAEoARINCgVzdGFsZRgLIAEoCBIrCgpkZXBsb3lhYmxlGAwgAygLMhcuZGF5dS52MS5EZXBsb3lhYmxlS2luZBI0Cgd3b3JrZXJzGA0gAygLMiMuZGF5dS52MS5Ob2RlUmVzb3VyY2VzLldvcmtlcnNFbnRyeRozChFRdWV1ZUxlbmd0aHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKA06AjgBGi4KDFdvcmtlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKA06AjgBIlMKDkRlcGxveWFibGVLaW5kEgwKBGtpbmQYASABKAkSDgoGbG9hZGVkGAIgASgIEg4KBmxvYWRfcxgDIAEoARITCgttb2RlbF9ieXRlcxgEIAEoBEIqCgppby5kYXl1LnYxUAFaGmRheXUvZ2VuL2dvL2RheXUvdjE7ZGF5dXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * One GPU of a node, as NVML reports it.
@@ -198,6 +198,22 @@ export type NodeResources = Message<"dayu.v1.NodeResources"> & {
    * @generated from field: bool stale = 11;
    */
   stale: boolean;
+
+  /**
+   * The node's deployable processors (loaded and unloaded by the scheduler's deployment plan), one
+   * per kind. A kind held unloaded is not in queue_lengths: nothing runs there until it is loaded.
+   *
+   * @generated from field: repeated dayu.v1.DeployableKind deployable = 12;
+   */
+  deployable: DeployableKind[];
+
+  /**
+   * Processor kind -> its workers (tasks it processes at once), for the kinds in queue_lengths: the
+   * scheduler divides a processor's workers' time among the streams whose stages run on it.
+   *
+   * @generated from field: map<string, uint32> workers = 13;
+   */
+  workers: { [key: string]: number };
 };
 
 /**
@@ -206,4 +222,46 @@ export type NodeResources = Message<"dayu.v1.NodeResources"> & {
  */
 export const NodeResourcesSchema: GenMessage<NodeResources> = /*@__PURE__*/
   messageDesc(file_dayu_v1_resources, 2);
+
+/**
+ * A processor kind a node can host but loads only when the scheduler's deployment plan says so.
+ *
+ * @generated from message dayu.v1.DeployableKind
+ */
+export type DeployableKind = Message<"dayu.v1.DeployableKind"> & {
+  /**
+   * The processor's name (its kind, or the mesh's name for a processor of a kind).
+   *
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * True when its models are loaded and it takes tasks.
+   *
+   * @generated from field: bool loaded = 2;
+   */
+  loaded: boolean;
+
+  /**
+   * Seconds its latest load took; 0 until loaded once.
+   *
+   * @generated from field: double load_s = 3;
+   */
+  loadS: number;
+
+  /**
+   * Bytes of its model files: what its models take in memory, at least.
+   *
+   * @generated from field: uint64 model_bytes = 4;
+   */
+  modelBytes: bigint;
+};
+
+/**
+ * Describes the message dayu.v1.DeployableKind.
+ * Use `create(DeployableKindSchema)` to create a new message.
+ */
+export const DeployableKindSchema: GenMessage<DeployableKind> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_resources, 3);
 

@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dayu/v1/scheduler.proto.
  */
 export const file_dayu_v1_scheduler: GenFile = /*@__PURE__*/
-  fileDesc("ChdkYXl1L3YxL3NjaGVkdWxlci5wcm90bxIHZGF5dS52MSI8ChVSZWdpc3RlclN0cmVhbVJlcXVlc3QSIwoGc3RyZWFtGAEgASgLMhMuZGF5dS52MS5TdHJlYW1TcGVjIj0KFlJlZ2lzdGVyU3RyZWFtUmVzcG9uc2USIwoIZGVjaXNpb24YASABKAsyES5kYXl1LnYxLkRlY2lzaW9uIicKEkdldERlY2lzaW9uUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkiOgoTR2V0RGVjaXNpb25SZXNwb25zZRIjCghkZWNpc2lvbhgBIAEoCzIRLmRheXUudjEuRGVjaXNpb24iPwoVV2F0Y2hEZWNpc2lvbnNSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCUoECAIQA1INYWZ0ZXJfdmVyc2lvbiI9ChZXYXRjaERlY2lzaW9uc1Jlc3BvbnNlEiMKCGRlY2lzaW9uGAEgASgLMhEuZGF5dS52MS5EZWNpc2lvbiJiChVSZXBvcnRGZWVkYmFja1JlcXVlc3QSIwoGcmVjb3JkGAEgASgLMhMuZGF5dS52MS5UYXNrUmVjb3JkEiQKB3JlY29yZHMYAiADKAsyEy5kYXl1LnYxLlRhc2tSZWNvcmQiQgoWUmVwb3J0RmVlZGJhY2tSZXNwb25zZRIQCghhY2NlcHRlZBgBIAEoDRIWCg51bmtub3duX3N0cmVhbRgCIAEoDSJDChZSZXBvcnRSZXNvdXJjZXNSZXF1ZXN0EikKCXJlc291cmNlcxgBIAEoCzIWLmRheXUudjEuTm9kZVJlc291cmNlcyIrChdSZXBvcnRSZXNvdXJjZXNSZXNwb25zZRIQCghyZWNlaXZlZBgBIAEoBCJKChBTZXRQb2xpY3lSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCRIjCgZwb2xpY3kYAiABKAsyEy5kYXl1LnYxLlBvbGljeVNwZWMiOAoRU2V0UG9saWN5UmVzcG9uc2USIwoIZGVjaXNpb24YASABKAsyES5kYXl1LnYxLkRlY2lzaW9uIskCChVTdHJlYW1TY2hlZHVsaW5nU3RhdHMSEQoJc3RyZWFtX2lkGAEgASgJEg4KBnBvbGljeRgCIAEoCRIRCglkZWNpc2lvbnMYAyABKAQSGwoTZGVjaXNpb25fdGltZV9wNTBfcxgEIAEoARIbChNkZWNpc2lvbl90aW1lX3A5NV9zGAUgASgBEhkKEWZlZWRiYWNrX3JlY2VpdmVkGAYgASgEEiIKB2N1cnJlbnQYByABKAsyES5kYXl1LnYxLkRlY2lzaW9uEioKDWhvcF9sYXRlbmNpZXMYCCADKAsyEy5kYXl1LnYxLkhvcExhdGVuY3kSIgoHaGlzdG9yeRgJIAMoCzIRLmRheXUudjEuRGVjaXNpb24SMQoNcmVnaXN0ZXJlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicwoKSG9wTGF0ZW5jeRILCgNob3AYASABKAkSDQoFc3RhZ2UYAiABKAkSDAoEbm9kZRgDIAEoCRINCgVzcGFucxgEIAEoBBINCgVwNTBfcxgFIAEoARINCgVwOTVfcxgGIAEoARIOCgZsYXN0X3MYByABKAEiVAoYR2V0U2NoZWR1bGVyU3RhdHNSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCSLaAQoZR2V0U2NoZWR1bGVyU3RhdHNSZXNwb25zZRIvCgdzdHJlYW1zGAEgAygLMh4uZGF5dS52MS5TdHJlYW1TY2hlZHVsaW5nU3RhdHMSFgoOc3BhbnNfcmVjZWl2ZWQYAiABKAQSFQoNc3BhbnNfaWdub3JlZBgDIAEoBBIsCgx0cmFjZWRfbGlua3MYBCADKAsyFi5kYXl1LnYxLkxpbmtCYW5kd2lkdGgSFwoPbmV4dF9wYWdlX3Rva2VuGAYgASgJSgQIBRAGUhBzdHJlYW1zX2xlZnRfb3V0IiwKF1VucmVnaXN0ZXJTdHJlYW1SZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCSIwChhVbnJlZ2lzdGVyU3RyZWFtUmVzcG9uc2USFAoMdW5yZWdpc3RlcmVkGAEgASgIIiYKE0dldFRhc2tUcmFjZVJlcXVlc3QSDwoHcm9vdF9pZBgBIAEoCSKtAQoIVGFza1NwYW4SDAoEbmFtZRgBIAEoCRIRCgljb21wb25lbnQYAiABKAkSDAoEbm9kZRgDIAEoCRINCgVzdGFnZRgEIAEoCRIPCgd0b19ub2RlGAUgASgJEikKBXN0YXJ0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgNlbmQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjgKFEdldFRhc2tUcmFjZVJlc3BvbnNlEiAKBXNwYW5zGAEgAygLMhEuZGF5dS52MS5UYXNrU3BhbjL1BQoQU2NoZWR1bGVyU2VydmljZRJRCg5SZWdpc3RlclN0cmVhbRIeLmRheXUudjEuUmVnaXN0ZXJTdHJlYW1SZXF1ZXN0Gh8uZGF5dS52MS5SZWdpc3RlclN0cmVhbVJlc3BvbnNlEkgKC0dldERlY2lzaW9uEhsuZGF5dS52MS5HZXREZWNpc2lvblJlcXVlc3QaHC5kYXl1LnYxLkdldERlY2lzaW9uUmVzcG9uc2USUwoOV2F0Y2hEZWNpc2lvbnMSHi5kYXl1LnYxLldhdGNoRGVjaXNpb25zUmVxdWVzdBofLmRheXUudjEuV2F0Y2hEZWNpc2lvbnNSZXNwb25zZTABElEKDlJlcG9ydEZlZWRiYWNrEh4uZGF5dS52MS5SZXBvcnRGZWVkYmFja1JlcXVlc3QaHy5kYXl1LnYxLlJlcG9ydEZlZWRiYWNrUmVzcG9uc2USVgoPUmVwb3J0UmVzb3VyY2VzEh8uZGF5dS52MS5SZXBvcnRSZXNvdXJjZXNSZXF1ZXN0GiAuZGF5dS52MS5SZXBvcnRSZXNvdXJjZXNSZXNwb25zZSgBEkIKCVNldFBvbGljeRIZLmRheXUudjEuU2V0UG9saWN5UmVxdWVzdBoaLmRheXUudjEuU2V0UG9saWN5UmVzcG9uc2USWgoRR2V0U2NoZWR1bGVyU3RhdHMSIS5kYXl1LnYxLkdldFNjaGVkdWxlclN0YXRzUmVxdWVzdBoiLmRheXUudjEuR2V0U2NoZWR1bGVyU3RhdHNSZXNwb25zZRJXChBVbnJlZ2lzdGVyU3RyZWFtEiAuZGF5dS52MS5VbnJlZ2lzdGVyU3RyZWFtUmVxdWVzdBohLmRheXUudjEuVW5yZWdpc3RlclN0cmVhbVJlc3BvbnNlEksKDEdldFRhc2tUcmFjZRIcLmRheXUudjEuR2V0VGFza1RyYWNlUmVxdWVzdBodLmRheXUudjEuR2V0VGFza1RyYWNlUmVzcG9uc2VCKgoKaW8uZGF5dS52MVABWhpkYXl1L2dlbi9nby9kYXl1L3YxO2RheXV2MWIGcHJvdG8z", [file_dayu_v1_decision, file_dayu_v1_resources, file_dayu_v1_task, file_google_protobuf_timestamp]);
+  fileDesc("ChdkYXl1L3YxL3NjaGVkdWxlci5wcm90bxIHZGF5dS52MSI8ChVSZWdpc3RlclN0cmVhbVJlcXVlc3QSIwoGc3RyZWFtGAEgASgLMhMuZGF5dS52MS5TdHJlYW1TcGVjIj0KFlJlZ2lzdGVyU3RyZWFtUmVzcG9uc2USIwoIZGVjaXNpb24YASABKAsyES5kYXl1LnYxLkRlY2lzaW9uIicKEkdldERlY2lzaW9uUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkiOgoTR2V0RGVjaXNpb25SZXNwb25zZRIjCghkZWNpc2lvbhgBIAEoCzIRLmRheXUudjEuRGVjaXNpb24iPwoVV2F0Y2hEZWNpc2lvbnNSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCUoECAIQA1INYWZ0ZXJfdmVyc2lvbiI9ChZXYXRjaERlY2lzaW9uc1Jlc3BvbnNlEiMKCGRlY2lzaW9uGAEgASgLMhEuZGF5dS52MS5EZWNpc2lvbiJiChVSZXBvcnRGZWVkYmFja1JlcXVlc3QSIwoGcmVjb3JkGAEgASgLMhMuZGF5dS52MS5UYXNrUmVjb3JkEiQKB3JlY29yZHMYAiADKAsyEy5kYXl1LnYxLlRhc2tSZWNvcmQiQgoWUmVwb3J0RmVlZGJhY2tSZXNwb25zZRIQCghhY2NlcHRlZBgBIAEoDRIWCg51bmtub3duX3N0cmVhbRgCIAEoDSJDChZSZXBvcnRSZXNvdXJjZXNSZXF1ZXN0EikKCXJlc291cmNlcxgBIAEoCzIWLmRheXUudjEuTm9kZVJlc291cmNlcyIrChdSZXBvcnRSZXNvdXJjZXNSZXNwb25zZRIQCghyZWNlaXZlZBgBIAEoBCJKChBTZXRQb2xpY3lSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCRIjCgZwb2xpY3kYAiABKAsyEy5kYXl1LnYxLlBvbGljeVNwZWMiOAoRU2V0UG9saWN5UmVzcG9uc2USIwoIZGVjaXNpb24YASABKAsyES5kYXl1LnYxLkRlY2lzaW9uIskCChVTdHJlYW1TY2hlZHVsaW5nU3RhdHMSEQoJc3RyZWFtX2lkGAEgASgJEg4KBnBvbGljeRgCIAEoCRIRCglkZWNpc2lvbnMYAyABKAQSGwoTZGVjaXNpb25fdGltZV9wNTBfcxgEIAEoARIbChNkZWNpc2lvbl90aW1lX3A5NV9zGAUgASgBEhkKEWZlZWRiYWNrX3JlY2VpdmVkGAYgASgEEiIKB2N1cnJlbnQYByABKAsyES5kYXl1LnYxLkRlY2lzaW9uEioKDWhvcF9sYXRlbmNpZXMYCCADKAsyEy5kYXl1LnYxLkhvcExhdGVuY3kSIgoHaGlzdG9yeRgJIAMoCzIRLmRheXUudjEuRGVjaXNpb24SMQoNcmVnaXN0ZXJlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicwoKSG9wTGF0ZW5jeRILCgNob3AYASABKAkSDQoFc3RhZ2UYAiABKAkSDAoEbm9kZRgDIAEoCRINCgVzcGFucxgEIAEoBBINCgVwNTBfcxgFIAEoARINCgVwOTVfcxgGIAEoARIOCgZsYXN0X3MYByABKAEiVAoYR2V0U2NoZWR1bGVyU3RhdHNSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCSLaAQoZR2V0U2NoZWR1bGVyU3RhdHNSZXNwb25zZRIvCgdzdHJlYW1zGAEgAygLMh4uZGF5dS52MS5TdHJlYW1TY2hlZHVsaW5nU3RhdHMSFgoOc3BhbnNfcmVjZWl2ZWQYAiABKAQSFQoNc3BhbnNfaWdub3JlZBgDIAEoBBIsCgx0cmFjZWRfbGlua3MYBCADKAsyFi5kYXl1LnYxLkxpbmtCYW5kd2lkdGgSFwoPbmV4dF9wYWdlX3Rva2VuGAYgASgJSgQIBRAGUhBzdHJlYW1zX2xlZnRfb3V0IiwKF1VucmVnaXN0ZXJTdHJlYW1SZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCSIwChhVbnJlZ2lzdGVyU3RyZWFtUmVzcG9uc2USFAoMdW5yZWdpc3RlcmVkGAEgASgIIiYKE0dldFRhc2tUcmFjZVJlcXVlc3QSDwoHcm9vdF9pZBgBIAEoCSKtAQoIVGFza1NwYW4SDAoEbmFtZRgBIAEoCRIRCgljb21wb25lbnQYAiABKAkSDAoEbm9kZRgDIAEoCRINCgVzdGFnZRgEIAEoCRIPCgd0b19ub2RlGAUgASgJEikKBXN0YXJ0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgNlbmQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjgKFEdldFRhc2tUcmFjZVJlc3BvbnNlEiAKBXNwYW5zGAEgAygLMhEuZGF5dS52MS5UYXNrU3BhbiIoChhHZXREZXBsb3ltZW50UGxhblJlcXVlc3QSDAoEbm9kZRgBIAEoCSLGAQoOS2luZERlcGxveW1lbnQSDAoEa2luZBgBIAEoCRIMCgRsb2FkGAIgASgIEg4KBmxvYWRlZBgDIAEoCBIOCgZyZWFzb24YBCABKAkSKQoFc2luY2UYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3VwbGlua19tYnBzGAYgASgBEhMKC3Rhc2tzX3Blcl9zGAcgASgBEg4KBmxvYWRfcxgIIAEoARITCgttb2RlbF9ieXRlcxgJIAEoBCJGCg5Ob2RlRGVwbG95bWVudBIMCgRub2RlGAEgASgJEiYKBWtpbmRzGAIgAygLMhcuZGF5dS52MS5LaW5kRGVwbG95bWVudCJDChlHZXREZXBsb3ltZW50UGxhblJlc3BvbnNlEiYKBW5vZGVzGAEgAygLMhcuZGF5dS52MS5Ob2RlRGVwbG95bWVudDLRBgoQU2NoZWR1bGVyU2VydmljZRJRCg5SZWdpc3RlclN0cmVhbRIeLmRheXUudjEuUmVnaXN0ZXJTdHJlYW1SZXF1ZXN0Gh8uZGF5dS52MS5SZWdpc3RlclN0cmVhbVJlc3BvbnNlEkgKC0dldERlY2lzaW9uEhsuZGF5dS52MS5HZXREZWNpc2lvblJlcXVlc3QaHC5kYXl1LnYxLkdldERlY2lzaW9uUmVzcG9uc2USUwoOV2F0Y2hEZWNpc2lvbnMSHi5kYXl1LnYxLldhdGNoRGVjaXNpb25zUmVxdWVzdBofLmRheXUudjEuV2F0Y2hEZWNpc2lvbnNSZXNwb25zZTABElEKDlJlcG9ydEZlZWRiYWNrEh4uZGF5dS52MS5SZXBvcnRGZWVkYmFja1JlcXVlc3QaHy5kYXl1LnYxLlJlcG9ydEZlZWRiYWNrUmVzcG9uc2USVgoPUmVwb3J0UmVzb3VyY2VzEh8uZGF5dS52MS5SZXBvcnRSZXNvdXJjZXNSZXF1ZXN0GiAuZGF5dS52MS5SZXBvcnRSZXNvdXJjZXNSZXNwb25zZSgBEkIKCVNldFBvbGljeRIZLmRheXUudjEuU2V0UG9saWN5UmVxdWVzdBoaLmRheXUudjEuU2V0UG9saWN5UmVzcG9uc2USWgoRR2V0U2NoZWR1bGVyU3RhdHMSIS5kYXl1LnYxLkdldFNjaGVkdWxlclN0YXRzUmVxdWVzdBoiLmRheXUudjEuR2V0U2NoZWR1bGVyU3RhdHNSZXNwb25zZRJXChBVbnJlZ2lzdGVyU3RyZWFtEiAuZGF5dS52MS5VbnJlZ2lzdGVyU3RyZWFtUmVxdWVzdBohLmRheXUudjEuVW5yZWdpc3RlclN0cmVhbVJlc3BvbnNlEksKDEdldFRhc2tUcmFjZRIcLmRheXUudjEuR2V0VGFza1RyYWNlUmVxdWVzdBodLmRheXUudjEuR2V0VGFza1RyYWNlUmVzcG9uc2USWgoRR2V0RGVwbG95bWVudFBsYW4SIS5kYXl1LnYxLkdldERlcGxveW1lbnRQbGFuUmVxdWVzdBoiLmRheXUudjEuR2V0RGVwbG95bWVudFBsYW5SZXNwb25zZUIqCgppby5kYXl1LnYxUAFaGmRheXUvZ2VuL2dvL2RheXUvdjE7ZGF5dXYxYgZwcm90bzM", [file_dayu_v1_decision, file_dayu_v1_resources, file_dayu_v1_task, file_google_protobuf_timestamp]);
 
 /**
  * Request of RegisterStream.
@@ -682,6 +682,154 @@ export const GetTaskTraceResponseSchema: GenMessage<GetTaskTraceResponse> = /*@_
   messageDesc(file_dayu_v1_scheduler, 20);
 
 /**
+ * Request of GetDeploymentPlan.
+ *
+ * @generated from message dayu.v1.GetDeploymentPlanRequest
+ */
+export type GetDeploymentPlanRequest = Message<"dayu.v1.GetDeploymentPlanRequest"> & {
+  /**
+   * Only this node; empty: every node with a deployable processor, in node order.
+   *
+   * @generated from field: string node = 1;
+   */
+  node: string;
+};
+
+/**
+ * Describes the message dayu.v1.GetDeploymentPlanRequest.
+ * Use `create(GetDeploymentPlanRequestSchema)` to create a new message.
+ */
+export const GetDeploymentPlanRequestSchema: GenMessage<GetDeploymentPlanRequest> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_scheduler, 21);
+
+/**
+ * The plan for one deployable processor kind on one node.
+ *
+ * @generated from message dayu.v1.KindDeployment
+ */
+export type KindDeployment = Message<"dayu.v1.KindDeployment"> & {
+  /**
+   * The processor's name (its kind, or the mesh's name for a processor of a kind).
+   *
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * True when the plan has it loaded; the node loads or unloads it to match.
+   *
+   * @generated from field: bool load = 2;
+   */
+  load: boolean;
+
+  /**
+   * True when the node's latest report says it is loaded (the plan applied).
+   *
+   * @generated from field: bool loaded = 3;
+   */
+  loaded: boolean;
+
+  /**
+   * Why the plan has it so, in words.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * Since when the plan has had it so.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 5;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * Uplink traffic, in Mbit/s, that the node's streams send over the node's uplink because the
+   * kind is not loaded there (recent tasks); what loading it saves.
+   *
+   * @generated from field: double uplink_mbps = 6;
+   */
+  uplinkMbps: number;
+
+  /**
+   * Tasks per second of the node's streams that ran the kind, here or elsewhere (recent tasks).
+   *
+   * @generated from field: double tasks_per_s = 7;
+   */
+  tasksPerS: number;
+
+  /**
+   * Seconds its latest load took, as the node reported; 0 until loaded once.
+   *
+   * @generated from field: double load_s = 8;
+   */
+  loadS: number;
+
+  /**
+   * Bytes of its model files, as the node reported.
+   *
+   * @generated from field: uint64 model_bytes = 9;
+   */
+  modelBytes: bigint;
+};
+
+/**
+ * Describes the message dayu.v1.KindDeployment.
+ * Use `create(KindDeploymentSchema)` to create a new message.
+ */
+export const KindDeploymentSchema: GenMessage<KindDeployment> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_scheduler, 22);
+
+/**
+ * The plan for one node.
+ *
+ * @generated from message dayu.v1.NodeDeployment
+ */
+export type NodeDeployment = Message<"dayu.v1.NodeDeployment"> & {
+  /**
+   * The node.
+   *
+   * @generated from field: string node = 1;
+   */
+  node: string;
+
+  /**
+   * Its deployable kinds, in kind order.
+   *
+   * @generated from field: repeated dayu.v1.KindDeployment kinds = 2;
+   */
+  kinds: KindDeployment[];
+};
+
+/**
+ * Describes the message dayu.v1.NodeDeployment.
+ * Use `create(NodeDeploymentSchema)` to create a new message.
+ */
+export const NodeDeploymentSchema: GenMessage<NodeDeployment> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_scheduler, 23);
+
+/**
+ * Reply of GetDeploymentPlan.
+ *
+ * @generated from message dayu.v1.GetDeploymentPlanResponse
+ */
+export type GetDeploymentPlanResponse = Message<"dayu.v1.GetDeploymentPlanResponse"> & {
+  /**
+   * One entry per node asked for (none for a node without deployable processors), in node order.
+   *
+   * @generated from field: repeated dayu.v1.NodeDeployment nodes = 1;
+   */
+  nodes: NodeDeployment[];
+};
+
+/**
+ * Describes the message dayu.v1.GetDeploymentPlanResponse.
+ * Use `create(GetDeploymentPlanResponseSchema)` to create a new message.
+ */
+export const GetDeploymentPlanResponseSchema: GenMessage<GetDeploymentPlanResponse> = /*@__PURE__*/
+  messageDesc(file_dayu_v1_scheduler, 24);
+
+/**
  * One scheduler, on the cloud node. The same server also receives OpenTelemetry spans over OTLP
  * (opentelemetry.proto.collector.trace.v1.TraceService/Export) and turns them into hop latency.
  *
@@ -777,6 +925,17 @@ export const SchedulerService: GenService<{
     methodKind: "unary";
     input: typeof GetTaskTraceRequestSchema;
     output: typeof GetTaskTraceResponseSchema;
+  },
+  /**
+   * The deployment plan: which deployable processor kinds each node should hold loaded, and why.
+   * Deployable processors poll it for their node and load or unload their models to match.
+   *
+   * @generated from rpc dayu.v1.SchedulerService.GetDeploymentPlan
+   */
+  getDeploymentPlan: {
+    methodKind: "unary";
+    input: typeof GetDeploymentPlanRequestSchema;
+    output: typeof GetDeploymentPlanResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dayu_v1_scheduler, 0);

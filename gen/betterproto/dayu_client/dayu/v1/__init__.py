@@ -24,6 +24,7 @@ __all__ = (
     "DeleteSourceResponse",
     "DeliverRequest",
     "DeliverResponse",
+    "DeployableKind",
     "DescribeMeshRequest",
     "DescribeMeshResponse",
     "Detection",
@@ -39,6 +40,8 @@ __all__ = (
     "GeneratorServiceStub",
     "GetDecisionRequest",
     "GetDecisionResponse",
+    "GetDeploymentPlanRequest",
+    "GetDeploymentPlanResponse",
     "GetLatestFrameRequest",
     "GetLatestFrameResponse",
     "GetLatestTaskRequest",
@@ -62,6 +65,7 @@ __all__ = (
     "HopLatency",
     "InstallStreamRequest",
     "InstallStreamResponse",
+    "KindDeployment",
     "LinkBandwidth",
     "LinkStats",
     "ListInstalledStreamsRequest",
@@ -82,6 +86,7 @@ __all__ = (
     "MeshProcessor",
     "MeshSource",
     "MonitorServiceStub",
+    "NodeDeployment",
     "NodeList",
     "NodeResources",
     "Pipeline",
@@ -777,6 +782,36 @@ default_message_pool.register_message("dayu.v1", "DeliverResponse", DeliverRespo
 
 
 @dataclass(eq=False, repr=False)
+class DeployableKind(betterproto2.Message):
+    """
+    A processor kind a node can host but loads only when the scheduler's deployment plan says so.
+    """
+
+    kind: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The processor's name (its kind, or the mesh's name for a processor of a kind).
+    """
+
+    loaded: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    True when its models are loaded and it takes tasks.
+    """
+
+    load_s: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+    """
+    Seconds its latest load took; 0 until loaded once.
+    """
+
+    model_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    Bytes of its model files: what its models take in memory, at least.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "DeployableKind", DeployableKind)
+
+
+@dataclass(eq=False, repr=False)
 class DescribeMeshRequest(betterproto2.Message):
     """
     Request of DescribeMesh.
@@ -1051,6 +1086,36 @@ default_message_pool.register_message("dayu.v1", "GetDecisionResponse", GetDecis
 
 
 @dataclass(eq=False, repr=False)
+class GetDeploymentPlanRequest(betterproto2.Message):
+    """
+    Request of GetDeploymentPlan.
+    """
+
+    node: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Only this node; empty: every node with a deployable processor, in node order.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "GetDeploymentPlanRequest", GetDeploymentPlanRequest)
+
+
+@dataclass(eq=False, repr=False)
+class GetDeploymentPlanResponse(betterproto2.Message):
+    """
+    Reply of GetDeploymentPlan.
+    """
+
+    nodes: "list[NodeDeployment]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    One entry per node asked for (none for a node without deployable processors), in node order.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "GetDeploymentPlanResponse", GetDeploymentPlanResponse)
+
+
+@dataclass(eq=False, repr=False)
 class GetLatestFrameRequest(betterproto2.Message):
     """
     Request of GetLatestFrame.
@@ -1211,6 +1276,28 @@ class GetProcessorStatusResponse(betterproto2.Message):
     failed: "int" = betterproto2.field(7, betterproto2.TYPE_UINT64)
     """
     Stages that failed.
+    """
+
+    deployable: "bool" = betterproto2.field(8, betterproto2.TYPE_BOOL)
+    """
+    True when the scheduler's deployment plan loads and unloads it (the mesh file's
+    nodes.NODE.deployable); false for a processor that always holds its models.
+    """
+
+    unloaded: "bool" = betterproto2.field(9, betterproto2.TYPE_BOOL)
+    """
+    True while a deployable processor holds its models unloaded: its Process calls fail with
+    FAILED_PRECONDITION, so its callers go to another node that hosts the kind.
+    """
+
+    load_s: "float" = betterproto2.field(10, betterproto2.TYPE_DOUBLE)
+    """
+    Seconds its latest load took (its models loaded on the backend and checked); 0 until loaded once.
+    """
+
+    model_bytes: "int" = betterproto2.field(11, betterproto2.TYPE_UINT64)
+    """
+    Bytes of the model files it loads: what its models take in memory, at least.
     """
 
 
@@ -1576,6 +1663,64 @@ class InstallStreamResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("dayu.v1", "InstallStreamResponse", InstallStreamResponse)
+
+
+@dataclass(eq=False, repr=False)
+class KindDeployment(betterproto2.Message):
+    """
+    The plan for one deployable processor kind on one node.
+    """
+
+    kind: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The processor's name (its kind, or the mesh's name for a processor of a kind).
+    """
+
+    load: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    True when the plan has it loaded; the node loads or unloads it to match.
+    """
+
+    loaded: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    True when the node's latest report says it is loaded (the plan applied).
+    """
+
+    reason: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Why the plan has it so, in words.
+    """
+
+    since: "datetime.datetime | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    Since when the plan has had it so.
+    """
+
+    uplink_mbps: "float" = betterproto2.field(6, betterproto2.TYPE_DOUBLE)
+    """
+    Uplink traffic, in Mbit/s, that the node's streams send over the node's uplink because the
+    kind is not loaded there (recent tasks); what loading it saves.
+    """
+
+    tasks_per_s: "float" = betterproto2.field(7, betterproto2.TYPE_DOUBLE)
+    """
+    Tasks per second of the node's streams that ran the kind, here or elsewhere (recent tasks).
+    """
+
+    load_s: "float" = betterproto2.field(8, betterproto2.TYPE_DOUBLE)
+    """
+    Seconds its latest load took, as the node reported; 0 until loaded once.
+    """
+
+    model_bytes: "int" = betterproto2.field(9, betterproto2.TYPE_UINT64)
+    """
+    Bytes of its model files, as the node reported.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "KindDeployment", KindDeployment)
 
 
 @dataclass(eq=False, repr=False)
@@ -2031,6 +2176,26 @@ default_message_pool.register_message("dayu.v1", "MeshSource", MeshSource)
 
 
 @dataclass(eq=False, repr=False)
+class NodeDeployment(betterproto2.Message):
+    """
+    The plan for one node.
+    """
+
+    node: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The node.
+    """
+
+    kinds: "list[KindDeployment]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Its deployable kinds, in kind order.
+    """
+
+
+default_message_pool.register_message("dayu.v1", "NodeDeployment", NodeDeployment)
+
+
+@dataclass(eq=False, repr=False)
 class NodeList(betterproto2.Message):
     """
     Nodes hosting one stage's processors.
@@ -2110,6 +2275,20 @@ class NodeResources(betterproto2.Message):
     """
     Set by the scheduler: the node's monitor has not reported for longer than the scheduler's
     staleness limit, so its figures are old and policies place nothing new on it.
+    """
+
+    deployable: "list[DeployableKind]" = betterproto2.field(12, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The node's deployable processors (loaded and unloaded by the scheduler's deployment plan), one
+    per kind. A kind held unloaded is not in queue_lengths: nothing runs there until it is loaded.
+    """
+
+    workers: "dict[str, int]" = betterproto2.field(
+        13, betterproto2.TYPE_MAP, map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_UINT32)
+    )
+    """
+    Processor kind -> its workers (tasks it processes at once), for the kinds in queue_lengths: the
+    scheduler divides a processor's workers' time among the streams whose stages run on it.
     """
 
 
@@ -4897,6 +5076,28 @@ class SchedulerServiceStub(betterproto2_grpclib.ServiceStub):
             "/dayu.v1.SchedulerService/GetTaskTrace",
             message,
             GetTaskTraceResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_deployment_plan(
+        self,
+        message: "GetDeploymentPlanRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetDeploymentPlanResponse":
+        """
+        The deployment plan: which deployable processor kinds each node should hold loaded, and why.
+        Deployable processors poll it for their node and load or unload their models to match.
+        """
+
+        return await self._unary_unary(
+            "/dayu.v1.SchedulerService/GetDeploymentPlan",
+            message,
+            GetDeploymentPlanResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,

@@ -1,0 +1,354 @@
+"""The simulator against the cluster of real nodes: the same mesh file, policies, bandwidth trace and
+duration run by `dayu experiment --mode cluster` (dayu.experiment.run_experiment on dayu.cluster's
+Cluster) and by `dayu simulate` (dayu.simulator.run.simulate on the mesh file's scenario as the cluster
+runs it), and, per policy, how far apart they are: the share of tasks within budget (in points) and the
+latency p50 and p95 (relative to the cluster's). hack/validate_simulator.py runs it on every shipped
+trace; tests/cluster/test_simulator_validation.py on one, for a short while."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dayu.simulator.costs import Profile
+
+POINTS = 10.0  # the largest difference in the share within budget, in percentage points
+RELATIVE = 0.20  # the largest difference in latency p50 and p95, relative to the cluster's
+
+
+def cluster_name() -> str:
+    """A name of its own for each run's cluster (its namespaces, links and cgroups carry it)."""
+    return f"v{uuid.uuid4().hex[:5]}"
+
+
+PRIORITY_SHARES = 65536  # the cluster's cpu.shares: 64 times a nice-0 thread's weight (see run_cluster)
+
+
+def _state(tid: str) -> str:
+    try:
+        stat = Path(f"/proc/{tid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2]
+
+
+def _runnable(directories: list[Path], processors: list[int]) -> tuple[int, int]:
+    """(runnable threads of the processors' processes, runnable threads of the rest) of these
+    cgroups now: running, or waiting for a core."""
+    tids: set[str] = set()
+    for directory in directories:
+        try:
+            tids.update((directory / "tasks").read_text().split())
+        except OSError:
+            continue
+    processing: set[str] = set()
+    for pid in processors:
+        try:
+            processing.update(entry.name for entry in Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+    runnable = {tid for tid in tids if _state(tid) == "R"}
+    return len(runnable & processing), len(runnable - processing)
+
+
+class LoadSampler:
+    """Every `every_s`, in a thread, from start() to stop(): the runnable threads of the cluster's
+    nodes, those of its processors' processes apart from the rest's (the components the simulator
+    does not run: generators, controllers, the datasource, the scheduler, ...)."""
+
+    def __init__(self, directories: list[Path], processors: Callable[[], list[int]], every_s: float = 0.25) -> None:
+        self.directories, self.processors, self.every_s = directories, processors, every_s
+        self.samples: list[tuple[float, int, int]] = []  # (seconds since start, processors', the rest's)
+        self.started = self.stopped = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            at = time.monotonic() - self.started
+            self.samples.append((round(at, 3), *_runnable(self.directories, self.processors())))
+
+    def stop(self) -> None:
+        if self._thread is not None and not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            self.stopped = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        return self.stopped - self.started
+
+    def mean(self, column: int) -> float:
+        return statistics.fmean(sample[column] for sample in self.samples) if self.samples else 0.0
+
+    def background(self) -> tuple[tuple[float, float], ...]:
+        """The rest's runnable threads over time: (seconds, threads)."""
+        return tuple((at, float(rest)) for at, _, rest in self.samples)
+
+
+def _machine_runnable() -> int:
+    """Threads runnable on the whole machine now, from /proc/stat (the reader included)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("procs_running"):
+            return int(line.split()[1])
+    return 0
+
+
+def processing_threads(records: Path, seconds: float) -> float:
+    """Segments being processed on average over a run of `seconds`: the stages' processing times of the
+    run's tasks (each one runnable inference thread while it runs), over the run's length."""
+    from dayu.distributor.store import RecordStore
+    from dayu.v1 import distributor_pb2
+
+    store = RecordStore(records)
+    try:
+        busy = sum(
+            stage.timings.process_s
+            for record in store.scan(distributor_pb2.RecordFilter())
+            for stage in record.task.dag.stages
+        )
+    finally:
+        store.close()
+    return busy / seconds if seconds > 0 else 0.0
+
+
+def run_cluster(
+    config: Path,
+    policies: list[str],
+    trace: Path,
+    duration_s: float,
+    out: Path,
+    name: str,
+    progress: Callable[[str], None] = print,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, tuple[tuple[float, float], ...]]]:
+    """`dayu experiment --mode cluster` (its function), under the cluster name `name`; with each run's
+    rows, per policy, how busy the machine was while the generators ran: the runnable threads of the
+    processors' processes on average (`processor_runnable`; `processing`: the segments processed, from
+    the records), and of the other components (`background`: the generators' encoding, the datasource,
+    the controllers' and every other gRPC call, the scheduler), and these over time, every 0.25 s (the
+    third value, also in run-POLICY/background.csv), which the simulator replays.
+
+    The cluster's cgroup gets PRIORITY_SHARES: on a machine shared with other work (CI, other jobs) the
+    cluster's nodes get the cores they ask for first, as on machines of their own, which is what the
+    simulator models (the nodes' own limits, `resources.cpus`, still hold); on an idle machine it
+    changes nothing."""
+    from dayu.cluster.cluster import Cluster
+    from dayu.experiment import run_experiment
+
+    loads: dict[str, dict[str, Any]] = {}
+    traces: dict[str, tuple[tuple[float, float], ...]] = {}
+
+    class Measured(Cluster):
+        """The experiment's cluster, first in line for the machine's cores, its load sampled while its
+        generators run."""
+
+        sampler: LoadSampler
+
+        async def start(self) -> None:
+            await super().start()
+            directories = [cgroup.directory("cpu") for cgroup in self.cgroups.values()]
+            (directories[0].parent / "cpu.shares").write_text(f"{PRIORITY_SHARES}\n")
+
+            def processors() -> list[int]:
+                return [
+                    r.process.pid
+                    for r in self.pods.values()
+                    if r.pod.component == "processor" and r.process is not None
+                ]
+
+            self.sampler = LoadSampler(directories, processors)
+            self.machine_before = _machine_runnable()
+            self.sampler.start()
+
+        async def stop_generators(self) -> None:
+            self.sampler.stop()
+            self.machine_after = _machine_runnable()
+            await super().stop_generators()
+
+        async def stop(self) -> None:
+            await super().stop()
+            policy = self.workdir.parent.name.removeprefix("run-")
+            loads[policy] = {
+                "processing": round(processing_threads(self.records, self.sampler.seconds), 3),
+                "processor_runnable": round(self.sampler.mean(1), 3),
+                "background": round(self.sampler.mean(2), 3),
+                "seconds": round(self.sampler.seconds, 1),
+                "machine_runnable_at_start_and_end": [self.machine_before - 1, self.machine_after - 1],
+            }
+            traces[policy] = self.sampler.background()
+
+    def make(mesh_config: Any, workdir: Path) -> Cluster:
+        return Measured(mesh_config, workdir / "cluster", name=name, progress=lambda _line: None)
+
+    rows = run_experiment(config, policies, trace, duration_s, out, make, progress=progress)
+    for policy, samples in traces.items():
+        (out / f"run-{policy}" / "background.csv").write_text(
+            "seconds,runnable_threads\n" + "".join(f"{at},{threads:g}\n" for at, threads in samples)
+        )
+    return rows, loads, traces
+
+
+def run_simulator(
+    config: Path,
+    policies: list[str],
+    trace: Path,
+    duration_s: float,
+    out: Path,
+    seed: int,
+    profile: Path,
+    background: dict[str, tuple[tuple[float, float], ...]] | None = None,
+) -> list[dict[str, Any]]:
+    """`dayu simulate` (its function) on the mesh file's scenario as the cluster runs it, with each
+    policy's `background` runnable threads over time replayed (none when not given)."""
+    from dayu.simulator import scenario
+    from dayu.simulator.run import simulate
+
+    def make(policy: str) -> scenario.Scenario:
+        load = (background or {}).get(policy, ())
+        return scenario.from_mesh(config, policy, trace=trace, target="cluster", background=load)
+
+    title = f"{config.name} as the cluster runs it, {trace.name}, {duration_s:g} simulated s"
+    return simulate(make, policies, Profile.load(profile), duration_s, out, seed, title, progress=False)
+
+
+def _of_made(r: dict[str, Any]) -> float | None:
+    """The share of every task made delivered within budget (`dayu experiment` counts it of delivered)."""
+    if "in_budget_of_made" in r:
+        return r["in_budget_of_made"]
+    delivered = r["generated"] - r["dropped"]
+    if r["within_budget"] is None or not r["generated"]:
+        return None
+    return r["within_budget"] * delivered / r["generated"]
+
+
+def _relative(sim: float | None, real: float | None) -> float | None:
+    if sim is None or real is None or real <= 0:
+        return None
+    return (sim - real) / real
+
+
+def compare(
+    trace: str,
+    cluster_rows: list[dict[str, Any]],
+    sim_rows: list[dict[str, Any]],
+    points: float = POINTS,
+    relative: float = RELATIVE,
+) -> list[dict[str, Any]]:
+    """Per policy: the cluster's and the simulator's share within budget (of the tasks delivered, as both
+    commands report it) and latency p50/p95, their differences, and whether they are within `points`
+    and `relative`. A figure missing on either side (no task delivered) fails."""
+    simulated = {r["policy"]: r for r in sim_rows}
+    rows = []
+    for real in cluster_rows:
+        sim = simulated[real["policy"]]
+        budget_real, budget_sim = real["within_budget"], sim["within_budget"]
+        points_off = None if budget_real is None or budget_sim is None else 100 * (budget_sim - budget_real)
+        p50_off = _relative(sim["latency_p50_s"], real["latency_p50_s"])
+        p95_off = _relative(sim["latency_p95_s"], real["latency_p95_s"])
+        checks = {
+            "in_budget": points_off is not None and abs(points_off) <= points,
+            "p50": p50_off is not None and abs(p50_off) <= relative,
+            "p95": p95_off is not None and abs(p95_off) <= relative,
+        }
+        rows.append(
+            {
+                "trace": trace,
+                "policy": real["policy"],
+                "tasks_cluster": real["generated"],
+                "tasks_sim": sim["generated"],
+                "dropped_cluster": real["dropped"],
+                "dropped_sim": sim["dropped"],
+                "in_budget_cluster": budget_real,
+                "in_budget_sim": budget_sim,
+                "in_budget_points": points_off,
+                "in_budget_of_made_cluster": _of_made(real),
+                "in_budget_of_made_sim": _of_made(sim),
+                "p50_cluster_s": real["latency_p50_s"],
+                "p50_sim_s": sim["latency_p50_s"],
+                "p50_relative": p50_off,
+                "p95_cluster_s": real["latency_p95_s"],
+                "p95_sim_s": sim["latency_p95_s"],
+                "p95_relative": p95_off,
+                "checks": checks,
+                "passed": all(checks.values()),
+            }
+        )
+    return rows
+
+
+def _cell(value: float | None, form: str) -> str:
+    return "-" if value is None else form.format(value)
+
+
+def markdown(rows: list[dict[str, Any]], points: float = POINTS, relative: float = RELATIVE) -> str:
+    """The comparison as a markdown table: cluster / simulator, the difference, PASS or FAIL."""
+    lines = [
+        f"| trace | policy | tasks | dropped | in budget | diff (≤ {points:g} pts) | p50 s | diff (≤ {relative:.0%}) "
+        f"| p95 s | diff (≤ {relative:.0%}) | result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        failed = [k for k, ok in r["checks"].items() if not ok]
+        lines.append(
+            " | ".join(
+                [
+                    f"| {r['trace']}",
+                    r["policy"],
+                    f"{r['tasks_cluster']} / {r['tasks_sim']}",
+                    f"{r['dropped_cluster']} / {r['dropped_sim']}",
+                    f"{_cell(r['in_budget_cluster'], '{:.0%}')} / {_cell(r['in_budget_sim'], '{:.0%}')}",
+                    _cell(r["in_budget_points"], "{:+.1f}"),
+                    f"{_cell(r['p50_cluster_s'], '{:.2f}')} / {_cell(r['p50_sim_s'], '{:.2f}')}",
+                    _cell(r["p50_relative"], "{:+.0%}"),
+                    f"{_cell(r['p95_cluster_s'], '{:.2f}')} / {_cell(r['p95_sim_s'], '{:.2f}')}",
+                    _cell(r["p95_relative"], "{:+.0%}"),
+                    "PASS" if r["passed"] else f"FAIL ({', '.join(failed)})",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def validate(
+    config: Path,
+    trace: Path,
+    policies: list[str],
+    duration_s: float,
+    out: Path,
+    seed: int,
+    profile: Path,
+    name: str | None = None,
+    points: float = POINTS,
+    relative: float = RELATIVE,
+    progress: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """One trace: the cluster, then the simulator, then the comparison (also in out/comparison.json)."""
+    from dayu.cluster.cluster import cleanup
+
+    name = name or cluster_name()
+    try:
+        cluster_rows, loads, background = run_cluster(
+            config, policies, trace, duration_s, out / "cluster", name, progress
+        )
+    finally:  # interrupted, or failed: nothing of the cluster is left behind (by its name only)
+        cleanup(name)
+    sim_rows = run_simulator(config, policies, trace, duration_s, out / "sim", seed, profile, background)
+    rows = compare(trace.name, cluster_rows, sim_rows, points, relative)
+    for row in rows:
+        row["machine"] = loads.get(row["policy"], {})
+    document = {"config": str(config), "trace": str(trace), "duration_s": duration_s, "seed": seed, "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.json").write_text(json.dumps(document, indent=2) + "\n")
+    return rows

@@ -1,0 +1,138 @@
+"""Shares of what streams share (an uplink, a processor): max-min fair over what each needs, kept per resource."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dayu.scheduler.core import SchedulerCore
+from dayu.scheduler.shares import Shares, water_fill
+from dayu.v1 import decision_pb2, resources_pb2, task_pb2, types_pb2
+
+from conftest import make_stream_spec, stage
+
+LINK = ("link", "edge-1", "cloud")
+DETECTOR = ("processor", "cloud", "detector")
+
+
+def test_an_equal_split_when_every_stream_wants_more_than_its_share() -> None:
+    assert water_fill(8.0, {"a": None, "b": 5.0, "c": 9.0, "d": None}) == {"a": 2.0, "b": 2.0, "c": 2.0, "d": 2.0}
+
+
+def test_what_a_small_stream_leaves_goes_to_the_others() -> None:
+    shares = water_fill(8.0, {"small": 1.0, "big": 10.0, "unknown": None})
+    assert shares["small"] == pytest.approx(1.0)
+    assert shares["big"] == pytest.approx(3.5) and shares["unknown"] == pytest.approx(3.5)
+
+
+def test_spare_bandwidth_is_handed_out_evenly_once_every_need_is_met() -> None:
+    assert water_fill(10.0, {"a": 1.0, "b": 3.0}) == {"a": 4.0, "b": 6.0}
+
+
+@given(
+    st.floats(0.1, 1000),
+    st.dictionaries(st.text(min_size=1, max_size=3), st.none() | st.floats(0, 1000), min_size=1, max_size=12),
+)
+def test_shares_add_up_to_the_link_and_none_starves(capacity: float, needs: dict[str, float | None]) -> None:
+    shares = water_fill(capacity, needs)
+    assert sum(shares.values()) == pytest.approx(capacity)
+    fair = capacity / len(needs)
+    for stream, need in needs.items():
+        # Max-min fair: each gets what it needs, or at least an equal share.
+        assert shares[stream] >= min(fair, need if need is not None else fair) - 1e-9
+
+
+def test_streams_come_and_go_on_a_link_and_a_processor() -> None:
+    """Each is told the level the shares fill to: what it may use at most."""
+    shares = Shares()
+    assert shares.share("a", LINK, 8.0) == 8.0  # alone (a newcomer on an unused link)
+    shares.set_needs("a", {LINK: None, DETECTOR: 0.5})
+    assert shares.share("b", LINK, 8.0) == 4.0  # a newcomer's fair share, before it is filed
+    shares.set_needs("b", {LINK: 2.0, DETECTOR: None})
+    assert shares.share("a", LINK, 8.0) == 6.0  # b needs 2: a may use the other 6
+    assert shares.share("b", LINK, 8.0) == 6.0  # and b is not held to the 2 it said (it uses less)
+    assert shares.share("a", LINK, 4.0) == 2.0  # the link's bandwidth fell: the level follows it
+    assert shares.share("b", DETECTOR, 1.6) == pytest.approx(1.1)
+    shares.set_needs("b", {LINK: 2.0, DETECTOR: 0.3})
+    assert shares.share("a", DETECTOR, 1.6) == 1.6  # their needs fit together: all of it
+    assert shares.others("a", LINK) == 1 and shares.others("c", LINK) == 2
+    shares.set_needs("b", {DETECTOR: 1.0})  # b keeps its frames on its node now: it sends nothing
+    assert shares.others("a", LINK) == 0 and shares.share("a", LINK, 8.0) == 8.0
+    assert shares.on(DETECTOR) == {"a": 0.5, "b": 1.0}
+    shares.forget("a")
+    shares.forget("a")  # twice is fine
+    assert shares.on(LINK) == {} and shares.on(DETECTOR) == {"b": 1.0}
+    shares.set_needs("b", {})  # paused: uses nothing
+    assert shares.on(DETECTOR) == {}
+
+
+def _spec(stream_id: str, node: str) -> decision_pb2.StreamSpec:
+    spec = make_stream_spec(types_pb2.Pipeline(name="one", stages=[stage("detect", processor="detector")]))
+    spec.stream_id, spec.node = stream_id, node
+    spec.policy.name = "latency_budget"
+    return spec
+
+
+async def _report(core: SchedulerCore) -> None:
+    cloud = resources_pb2.NodeResources(
+        node="cloud", cpu_count=4, queue_lengths={"detector": 0}, workers={"detector": 2}
+    )
+    edge = resources_pb2.NodeResources(
+        node="edge-1", cpu_count=4, queue_lengths={}
+    )  # no detector: it runs on the cloud
+    edge.links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=20.0)
+    await core.report_resources(cloud)
+    await core.report_resources(edge)
+
+
+async def _feed(core: SchedulerCore, stream_id: str, tasks: int, process_s: float) -> None:
+    for _ in range(tasks):
+        current = core.decision(stream_id)
+        task = task_pb2.Task(stream_id=stream_id, decision_version=current.version)
+        task.configuration.CopyFrom(current.configuration)
+        done = task.dag.stages.add(executed_on="cloud")
+        done.spec.name = "detect"
+        done.timings.process_s = process_s
+        task.hops.add(bytes=200_000)
+        await core.feedback(task_pb2.TaskRecord(task=task, outcome=task_pb2.TASK_OUTCOME_DELIVERED, latency_s=0.5))
+
+
+async def test_the_core_divides_a_link_and_a_processor_among_the_streams_that_use_them() -> None:
+    now = [0.0]
+    core = SchedulerCore(decision_pb2.PolicySpec(name="fixed"), clock=lambda: now[0])
+    await _report(core)
+    for stream_id in ("a", "b"):
+        await core.register(_spec(stream_id, "edge-1"))
+    link, detector = ("link", "edge-1", "cloud"), ("processor", "cloud", "detector")
+    assert set(core.shares.on(link)) == {"a", "b"} and set(core.shares.on(detector)) == {"a", "b"}
+    for _ in range(3):  # feedback, a decision interval apart, so that each stream tells its needs
+        now[0] += 1
+        await _feed(core, "a", 2, process_s=0.2)
+        await _feed(core, "b", 2, process_s=0.2)
+    needs = core.shares.on(detector)
+    assert all(need is not None and need > 0 for need in needs.values()), needs
+    # Two workers at most 80% busy: 1.6 s of processing a second between them; neither may use more
+    # than the level their shares fill to.
+    level = core.shares.share("a", detector, 1.6)
+    assert sum(min(need, level) for need in needs.values()) == pytest.approx(min(1.6, sum(needs.values())))
+    now[0] += 1
+    await _feed(core, "a", 2, process_s=0.2)
+    view = core._streams["a"].view
+    assert view.load_shares and view.load_shares["detect"] <= 1.6
+    assert view.uplink_share_mbps is not None and view.uplink_share_mbps <= 20.0  # told, whole when they fit
+    await core.unregister("b")
+    assert set(core.shares.on(detector)) == {"a"}
+
+
+def test_a_changed_need_moves_the_level_within_refresh_s_and_a_changed_capacity_at_once() -> None:
+    now = [0.0]
+    shares = Shares(lambda: now[0], refresh_s=1.0)
+    shares.set_needs("a", {DETECTOR: 0.2})
+    shares.set_needs("b", {DETECTOR: None})
+    assert shares.share("b", DETECTOR, 1.6) == pytest.approx(1.4)
+    shares.set_needs("a", {DETECTOR: 1.0})  # a needs more: the level waits for the next refresh
+    assert shares.share("b", DETECTOR, 1.6) == pytest.approx(1.4)
+    now[0] = 1.0
+    assert shares.share("b", DETECTOR, 1.6) == pytest.approx(0.8)
+    assert shares.share("b", DETECTOR, 0.8) == pytest.approx(0.4)  # the capacity moved: at once
