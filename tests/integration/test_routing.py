@@ -189,9 +189,13 @@ async def test_controllers_follow_pushed_decisions_for_tasks_in_flight(mesh: Mes
     assert {s.executed_on for s in moved.task.dag.stages} == {"cloud"}
     assert moved.task.decision_version == first.version  # its configuration is still the one it was made with
 
-    # A placement on a node without the processor: the task falls back to the cloud once and stays there.
+    # A placement on a node without the processor: each stage falls back once to a node the decision's
+    # deployment names for it (the stream's own node hosts them all, then the cloud), and stays there.
     on_edge_2 = {"detect": "edge-2", "classify": "edge-2", "count": "edge-2", "merge": "edge-2"}
-    await set_policy(mesh, spec.stream_id, "fixed", placement=on_edge_2)
+    pinned = await set_policy(mesh, spec.stream_id, "fixed", placement=on_edge_2)
+    assert {stage: list(nodes.nodes) for stage, nodes in pinned.deployment.items()} == {
+        stage: ["edge-1", "cloud"] for stage in on_edge_2
+    }
     fell_back = await submit_made_under(mesh, first.version, 3)
-    assert {s.executed_on for s in fell_back.task.dag.stages} == {"cloud"}
+    assert {s.executed_on for s in fell_back.task.dag.stages} <= {"edge-1", "cloud"}
     assert fell_back.latency_s < 1.0  # each stage bounced off edge-2 once, not back and forth until dropped
