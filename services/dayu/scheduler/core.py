@@ -649,7 +649,8 @@ class SchedulerCore:
     def _shared(self, stream: _Stream) -> dict[Resource, str]:
         """What the stream uses under its current decision that other streams may use too: the link
         to the cloud its frames go over (("link", node, cloud), if any) and the processor of each of its
-        stages (("processor", node, kind)); with, for a processor, the stage (or stages) on it."""
+        stages (("processor", node, kind)); with, for a processor, the stage on it (the first: a second
+        stage of the same kind on the same node is not counted, which no shipped pipeline has)."""
         spec, current = stream.view.spec, stream.view.current
         if current is None or stream.paused_because:
             return {}

@@ -53,7 +53,6 @@ class _Kept(NamedTuple):
     capacity: float
     at: float  # when it was worked out, on the clock given to Shares
     level: float
-    spare: float
 
 
 class Shares:
@@ -116,6 +115,6 @@ class Shares:
         now, kept = self._clock(), self._kept.get(resource)
         stale = resource in self._changed and (kept is None or now - kept.at >= self.refresh_s)
         if kept is None or kept.capacity != capacity or stale:
-            kept = self._kept[resource] = _Kept(capacity, now, *_level(capacity, list(needs.values())))
+            kept = self._kept[resource] = _Kept(capacity, now, _level(capacity, list(needs.values()))[0])
             self._changed.discard(resource)
         return min(kept.level, capacity)
