@@ -111,11 +111,24 @@ def pipeline_of(size: int) -> types_pb2.Pipeline:
     return pipeline
 
 
+async def _records_made(mesh: Mesh, count: int, within_s: float = 90.0) -> None:
+    """Waits until the distributor holds `count` records (the careless client's watch reads that many):
+    with Triton loading models as they are first asked for, the first tasks of a mesh take seconds."""
+    async with grpc.aio.insecure_channel(mesh.addresses["distributor"]) as channel:
+        stub = distributor_pb2_grpc.DistributorServiceStub(channel)
+        for _ in range(int(within_s)):
+            reply = await stub.QueryRecords(distributor_pb2.QueryRecordsRequest(limit=count), timeout=10)
+            if len(reply.records) >= count:
+                return
+            await asyncio.sleep(1)
+    raise AssertionError(f"the mesh made fewer than {count} records in {within_s:.0f} s")
+
+
 async def test_no_event_loop_blocks_for_50_ms_under_streams_and_a_careless_client(tmp_path: Path) -> None:
     mesh = Mesh(load_mesh_config(ROOT / "configs" / "embedded.yaml"), tmp_path)
     await mesh.start()
     try:
-        await asyncio.sleep(3)  # past the start: the first decisions, models warmed up
+        await _records_made(mesh, 20)  # past the start: the first decisions, models warmed up and loaded
         async with LoopLag() as lag:
             client = await asyncio.create_subprocess_exec(
                 sys.executable,
