@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import pydantic
 
 from dayu.scheduler.knobs import Feedback
-from dayu.scheduler.policies import POLICIES, LatencyBudgetParams, LatencyBudgetPolicy, StreamView
+from dayu.scheduler.policies import POLICIES, LatencyBudgetParams, LatencyBudgetPolicy, Needs, StreamView
 
 if TYPE_CHECKING:  # numpy loads with the first learned policy, not with every scheduler
     import numpy as np
@@ -124,8 +124,8 @@ class LearnedPolicy(LatencyBudgetPolicy):
             if config is not None and config.fps and config.frames_per_segment:
                 load = feedback.process_s * config.fps / config.frames_per_segment
                 values["load"] = min(load / self.params.max_load, 3.0)
-                sent = feedback.bytes_per_task * 8 * config.fps / config.frames_per_segment / 1e6
-                if bandwidth and sent > 0:
+                sent = Needs.of(feedback, config).uplink_mbps
+                if bandwidth and sent:
                     values["headroom"] = max(-1.0, min(1.0, math.log2(bandwidth * self.params.safety / sent) / 3))
         if len(self._bandwidths) >= 2:
             mean = statistics.fmean(self._bandwidths)

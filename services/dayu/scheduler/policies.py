@@ -99,15 +99,7 @@ class StreamView:
         """What the stream uses now, from its latest tasks: their size over their segments' duration
         (Mbit/s) and each stage's processing over it (seconds a second). Unknown before any was
         delivered."""
-        feedback = Feedback.of(self.recent[-last:])
-        config = self.current.configuration if self.current else None
-        if feedback is None or config is None or not config.fps or not config.frames_per_segment:
-            return Needs()
-        segments_a_second = config.fps / config.frames_per_segment
-        return Needs(
-            feedback.bytes_per_task * 8 * segments_a_second / 1e6,
-            {stage: process_s * segments_a_second for stage, process_s in feedback.stage_process_s.items()},
-        )
+        return Needs.of(Feedback.of(self.recent[-last:]), self.current.configuration if self.current else None)
 
     def stage_cost_s(self, stage: str, node: str) -> float | None:
         """Median queueing plus inference of a stage on a node, from the stream's traces; None if
@@ -143,6 +135,18 @@ class Needs:
 
     uplink_mbps: float | None = None
     loads: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, feedback: Feedback | None, config: types_pb2.Configuration | None) -> Needs:
+        """What tasks like these use under `config`: their size over their segments' duration
+        (Mbit/s) and each stage's processing over it (seconds a second); unknown without both."""
+        if feedback is None or config is None or not config.fps or not config.frames_per_segment:
+            return cls()
+        segments_a_second = config.fps / config.frames_per_segment
+        return cls(
+            feedback.bytes_per_task * 8 * segments_a_second / 1e6,
+            {stage: process_s * segments_a_second for stage, process_s in feedback.stage_process_s.items()},
+        )
 
 
 @dataclass
