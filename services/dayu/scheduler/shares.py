@@ -40,13 +40,10 @@ def _level(capacity: float, needs: list[float | None]) -> tuple[float, float]:
 
 def water_fill(capacity: float, needs: Mapping[str, float | None]) -> dict[str, float]:
     """Max-min fair shares of `capacity` over `needs` (None: as much as it can get), what is left over
-    once every need is met divided evenly among all."""
+    once every need is met divided evenly among all: what the streams use when each uses what it needs
+    up to the level Shares tells it (the reference its tests hold the level to)."""
     level, spare = _level(capacity, list(needs.values()))
-    return {stream: _given(need, level, spare) for stream, need in needs.items()}
-
-
-def _given(need: float | None, level: float, spare: float) -> float:
-    return (level if need is None else min(max(need, 0.0), level)) + spare
+    return {s: (level if need is None else min(max(need, 0.0), level)) + spare for s, need in needs.items()}
 
 
 class _Kept(NamedTuple):
