@@ -22,6 +22,7 @@ from dayu.runtime.memory import keep_malloc_from_hoarding
 from dayu.runtime.metrics import DEFAULT_PORT as DEFAULT_METRICS_PORT
 
 if TYPE_CHECKING:
+    from dayu.compute_changes import ComputeChange
     from dayu.mesh.run import RunningMesh
 
 PROFILE = CONFIGS / "profile.yaml"  # what `dayu profile` writes and `dayu simulate` reads by default
@@ -118,7 +119,25 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     experiment.add_argument("--policies", required=True, help="comma-separated policy names, e.g. fixed,latency_budget")
-    experiment.add_argument("--trace", type=Path, metavar="FILE", help="bandwidth trace (time_s mbps per line)")
+    experiment.add_argument(
+        "--trace",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="bandwidth trace (time_s mbps per line); again for another: each trace's runs go to DIR/TRACE, "
+        "with every trace's bars side by side in DIR/overview.png",
+    )
+    experiment.add_argument(
+        "--cpu-hog",
+        metavar="START-END",
+        help="a process spinning on one core beside the mesh from START to END seconds after the traces start",
+    )
+    experiment.add_argument(
+        "--cpu-cut",
+        action="append",
+        metavar="NODE:CORES@START-END",
+        help="--mode cluster: cut NODE's CPU quota to CORES from START to END seconds (e.g. cloud:0.5@20-40)",
+    )
     experiment.add_argument("--duration", type=float, default=60, metavar="SECONDS", help="per policy (default 60)")
     experiment.add_argument("--out", type=Path, required=True, metavar="DIR")
     experiment.add_argument("--config", type=Path, default=EXPERIMENT_CONFIG, metavar="FILE", help="mesh YAML file")
@@ -208,8 +227,26 @@ def _experiment(args: argparse.Namespace) -> int:
 
     configure_logging(LogSettings(level="error", format="console"), component="mesh")
     policies = _policies(args.policies)
-    run_experiment(args.config, policies, args.trace, args.duration, args.out, _mesh_maker(args.mode))
+    compute = _compute_changes(args)
+    traces = args.trace or [None]
+    run_experiment(args.config, policies, traces, args.duration, args.out, _mesh_maker(args.mode), compute=compute)
     return 0
+
+
+def _compute_changes(args: argparse.Namespace) -> list[ComputeChange]:
+    """The experiment's --cpu-hog and --cpu-cut, checked against the mode and the mesh file."""
+    from dayu.compute_changes import CpuHog, QuotaCut, Window
+
+    compute: list[ComputeChange] = []
+    if args.cpu_hog:
+        compute.append(CpuHog(Window.parse(args.cpu_hog, "--cpu-hog")))
+    if args.cpu_cut and args.mode != "cluster":
+        raise InvalidArgument("--cpu-cut", "--mode cluster (the embedded mesh's nodes have no CPU quota)")
+    for text in args.cpu_cut or []:
+        cut = QuotaCut.parse(text, "--cpu-cut")
+        cut.check(load_mesh_config(args.config), "--cpu-cut")
+        compute.append(cut)
+    return compute
 
 
 def _policies(text: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""`dayu experiment` end to end on a small mesh of no-op stages: one run per policy on the same
-bandwidth trace, the table, the CSV, the plots and each run's tasks over time."""
+"""`dayu experiment` end to end on a small mesh of no-op stages: one run per policy on each bandwidth
+trace, with a CPU hog beside the mesh for part of each run; the tables (the runs', and the recovery
+after each change), the CSVs, the plots and each run's tasks over time."""
 
 from __future__ import annotations
 
@@ -42,33 +43,51 @@ def mesh_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_experiment_runs_each_policy_and_writes_table_csv_and_plots(tmp_path: Path) -> None:
-    (tmp_path / "trace.txt").write_text("# time_s mbps\n0 20\n3 2\n")
+def test_experiment_runs_each_policy_on_each_trace_and_writes_tables_csvs_and_plots(tmp_path: Path) -> None:
+    (tmp_path / "drop.txt").write_text("# time_s mbps\n0 20\n3 2\n")
+    (tmp_path / "steady.txt").write_text("0 20\n")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "dayu.cli", "experiment", "--config", str(mesh_file(tmp_path))]
-    command += ["--policies", "fixed,latency_budget", "--trace", str(tmp_path / "trace.txt")]
+    command += ["--policies", "fixed,latency_budget", "--cpu-hog", "1-4"]
+    command += ["--trace", str(tmp_path / "drop.txt"), "--trace", str(tmp_path / "steady.txt")]
     command += ["--duration", "6", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     # A progress bar per policy on stderr: the seconds run and the tasks so far.
     for policy in ("fixed", "latency_budget"):
         assert f"{policy}: 100%" in done.stderr and "tasks=" in done.stderr, done.stderr[-3000:]
+    for title in ("in budget", "accuracy", "vs best", "back <=3s", "reversals", "MB sent", "decide ms"):
+        assert title in done.stdout
+    # After each trace's runs: seconds until back within budget after each change, for each policy.
+    assert "back within budget, seconds after each change" in done.stdout
+    assert "2 Mbit/s" in done.stdout and "CPU hog from here" in done.stdout
 
-    header = done.stdout.splitlines()[-3]
-    assert "in budget" in header and "accuracy" in header and "MB sent" in header and "decide ms" in header
     with (out / "results.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert [r["policy"] for r in rows] == ["fixed", "latency_budget"]
+    assert [(r["trace"], r["policy"]) for r in rows] == [
+        (f"{name}.txt, CPU hog 1-4 s", policy) for name in ("drop", "steady") for policy in ("fixed", "latency_budget")
+    ]
     for r in rows:
         assert int(r["generated"]) >= 3
-        assert 0 <= float(r["within_budget"]) <= 1
+        assert 0 <= float(r["in_budget_of_made"]) <= float(r["within_budget"]) <= 1
         assert float(r["latency_p50_s"]) > 0 and float(r["megabytes_sent"]) > 0
-    for picture in ("results.png", "timeline.png"):
-        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with (out / "run-latency_budget" / "tasks.csv").open() as file:
+        assert int(r["reversals"]) >= 0 and 0 <= float(r["back_within_3s"]) <= 1
+    assert all(float(r["accuracy_vs_best"]) == 1 for r in rows if r["policy"] == "fixed" and r["accuracy_vs_best"])
+    assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for trace in ("drop", "steady"):
+        for picture in ("results.png", "timeline.png", "configuration.png"):
+            assert (out / trace / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with (out / trace / "recovery.csv").open() as file:
+            changes = list(csv.DictReader(file))
+        assert [c["change"] for c in changes if "hog" in c["change"]] == ["CPU hog from here", "CPU hog ends"]
+        assert all(c["fixed"] and c["latency_budget"] for c in changes)
+    assert [float(c["at_s"]) for c in csv.DictReader((out / "drop" / "recovery.csv").open())][:2] == [1, 3]
+
+    with (out / "drop" / "run-latency_budget" / "tasks.csv").open() as file:
         tasks = list(csv.DictReader(file))
     assert len(tasks) >= 3
     assert [float(t["made_s"]) for t in tasks] == sorted(float(t["made_s"]) for t in tasks)
+    assert float(tasks[0]["made_s"]) > 0  # counted from when the trace started, before the first task
     assert all(t["outcome"] in ("delivered", "dropped") and t["stream_id"] == "cam" for t in tasks)
     assert all(t["placement"] == "detect@cloud" for t in tasks if t["outcome"] == "delivered")
 
@@ -79,3 +98,12 @@ def test_experiment_refuses_an_unknown_policy(tmp_path: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "--policies" in done.stderr and "telepathy" in done.stderr
+
+
+def test_experiment_refuses_a_cpu_cut_without_the_cluster_and_a_window_backwards(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "dayu.cli", "experiment", "--config", str(mesh_file(tmp_path))]
+    command += ["--policies", "fixed", "--duration", "1", "--out", str(tmp_path / "out")]
+    done = subprocess.run([*command, "--cpu-cut", "cloud:0.5@1-2"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "--cpu-cut: --mode cluster" in done.stderr
+    done = subprocess.run([*command, "--cpu-hog", "9-3"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "--cpu-hog: START-END" in done.stderr and "'9-3'" in done.stderr

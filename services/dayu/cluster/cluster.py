@@ -107,6 +107,7 @@ class Cluster:
         self.pods: dict[str, Running] = {}
         self._background: list[asyncio.Task[None]] = []
         self.timings: dict[str, float] = {}
+        self.traces_started_at: float | None = None  # wall clock, when the trace replays start
         self.kernel_link_bytes: dict[str, int] = {}  # at teardown
         self._torn_down = False
         # The certificate this machine's clients show the mesh: the operator's, once the manifests
@@ -151,6 +152,7 @@ class Cluster:
             await asyncio.gather(*(self._ready(running) for running in members))
         self.timings["start_s"] = time.monotonic() - started
         self._write_state()
+        self.traces_started_at = time.time()
         self._background = [
             asyncio.create_task(self._supervise()),
             *(asyncio.create_task(task) for task in self._replays()),

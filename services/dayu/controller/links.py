@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -58,6 +59,13 @@ class BandwidthTrace:
         # The last point lasts as long as the average step, so the trace can repeat.
         step = times[-1] / (len(times) - 1) if len(times) > 1 else 1.0
         return cls(tuple(times), tuple(rates), times[-1] + step)
+
+    def steps(self, until_s: float) -> list[float]:
+        """The moments after 0 and before `until_s` at which a point of the trace begins (the rate may
+        stay the same), repeats included."""
+        periods = math.ceil(until_s / self.period_s) if until_s > 0 else 0
+        found = (k * self.period_s + t for k in range(periods) for t in self.times_s)
+        return [t for t in found if 0 < t < until_s]
 
     def segment(self, t: float) -> tuple[float, float]:
         """(Mbit/s at time t, seconds until the rate changes)."""

@@ -6,6 +6,7 @@ metrics share the process's registry, served once (metrics_port). `dayu up` runs
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from dayu.components import COMPONENTS
@@ -70,6 +71,7 @@ class Mesh:
         self.instances = instances(config)
         self.records = workdir / "dayu-records.sqlite"  # where LoopbackWiring puts them
         self.triton = None  # a TritonServer when the mesh runs its own
+        self.traces_started_at: float | None = None
         self.triton_addresses: list[str] = []
         self.triton_statistics: dict[str, dict[str, dict[str, float | int]]] = {}  # address -> model -> counters
         self.kernel_link_bytes: dict[str, int] = {}  # emulated links only
@@ -86,6 +88,8 @@ class Mesh:
         self._serve_metrics()
         wiring = LoopbackWiring(self.config, self.workdir, await self._start_triton(), self.console_port)
         for instance in self.instances:
+            if instance.component == "controller" and self.traces_started_at is None:
+                self.traces_started_at = time.time()  # the controllers' emulated links start their traces
             component_class = COMPONENTS.entry(instance.component).factory
             data = settings(self.config, instance, wiring)
             listen = wiring.address(instance, instance)

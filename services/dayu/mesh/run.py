@@ -43,6 +43,7 @@ class RunningMesh(Protocol):
     tls: TlsSettings  # the certificate this machine's clients show the mesh (the operator's); empty: plaintext
     tokens: TokensFile  # the operator API's bearer tokens (the backend's console, the scheduler's SetPolicy)
     tokens_path: Path  # where they are, for the operator
+    traces_started_at: float | None  # wall clock when the links' bandwidth traces started (once started)
 
     @property
     def console_url(self) -> str:

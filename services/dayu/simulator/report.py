@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from dayu.experiment import TIMELINE_COLUMNS, plot, plot_timelines, pyplot, table, write_csv
+from dayu.experiment import TIMELINE_COLUMNS, table, write_csv
+from dayu.experiment_plots import plot, plot_timelines, pyplot
 from dayu.simulator.engine import RunResults
 from dayu.simulator.tasklog import BIN_S, TaskOutcome, timeline_row
 

@@ -191,7 +191,7 @@ def run_cluster(
     def make(mesh_config: Any, workdir: Path) -> Cluster:
         return Measured(mesh_config, workdir / "cluster", name=name, progress=lambda _line: None)
 
-    rows = run_experiment(config, policies, trace, duration_s, out, make, progress=progress)
+    rows = run_experiment(config, policies, [trace], duration_s, out, make, progress=progress)
     for policy, samples in traces.items():
         (out / f"run-{policy}" / "background.csv").write_text(
             "seconds,runnable_threads\n" + "".join(f"{at},{threads:g}\n" for at, threads in samples)
