@@ -49,6 +49,14 @@ def trace_changes(trace: BandwidthTrace, until_s: float) -> list[Change]:
     return changes
 
 
+def merged(changes: Iterable[Change]) -> list[Change]:
+    """The changes in time order, those at the same moment as one (a drop as the CPU hog ends)."""
+    at: dict[float, list[str]] = {}
+    for change in sorted(changes, key=lambda c: c.at_s):
+        at.setdefault(change.at_s, []).append(change.what)
+    return [Change(moment, "; ".join(whats)) for moment, whats in at.items()]
+
+
 def _on_time(task: Mapping[str, Any]) -> bool:
     budget = task["latency_budget_s"]
     return task["outcome"] == "delivered" and (not budget or task["latency_s"] <= budget)
@@ -62,15 +70,16 @@ def _by_stream(tasks: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str
 
 
 def recoveries(tasks: Iterable[Mapping[str, Any]], changes: list[Change], until_s: float) -> list[Recovery]:
-    """For each change, of the tasks made after it and before the next change (or `until_s`): when,
-    after the change, every stream's tasks were within budget for good (the first on time after its
-    last late or dropped one; 0 when none was late), the latest stream's; None when a stream's last
-    task of the window was late. Tasks already in flight at the change count in the run's share within
-    budget, not here."""
+    """For each change (those at the same moment as one), of the tasks made after it and before the
+    next change (or `until_s`): when, after the change, every stream's tasks were within budget for
+    good (the first on time after its last late or dropped one; 0 when none was late), the latest
+    stream's; None when a stream's last task of the window was late. Tasks already in flight at the
+    change count in the run's share within budget, not here."""
     streams = _by_stream(tasks)
-    ordered = sorted(changes, key=lambda c: c.at_s)
+    ordered = merged(changes)
     found = []
-    for change, end in zip(ordered, [c.at_s for c in ordered[1:]] + [until_s], strict=True):
+    ends = [c.at_s for c in ordered[1:]] + [until_s] * bool(ordered)
+    for change, end in zip(ordered, ends, strict=True):
         seconds: float | None = 0.0
         late = made = 0
         for its in streams.values():

@@ -394,3 +394,19 @@ def test_latency_budget_does_not_blame_the_uplink_for_slow_processing() -> None:
     feed(v, latency=3.0, process=2.5, transfer=0.01)
     decision = apply(v, p.decide(v))
     assert not decision.reason.startswith("uplink now") and "processing 2.50 s" in decision.reason
+
+
+def test_latency_budget_acts_on_one_task_that_alone_is_over_the_budget() -> None:
+    """A decision's first task over the whole budget is enough to act on, when the decision asked for
+    no less than the tasks before it (at a task every few seconds, a second one costs that much more);
+    one late task of a lighter decision is the earlier backlog draining, and waits for a second."""
+    v, p = view(), policy("latency_budget", offload=False)
+    start = apply(v, p.decide(v))
+    feed(v, latency=2.5, process=2.0, tasks=1)  # the startup decision's first task: far over 1 s
+    lowered = apply(v, p.decide(v))
+    work = lowered.configuration.resolution.height * lowered.configuration.fps
+    assert work < 720 * 30 and "delay 2.50 s over" in lowered.reason
+    feed(v, latency=1.8, process=1.5, tasks=1, version=start.version)  # the heavier one's, draining
+    v.recent[-1].task.configuration.CopyFrom(start.configuration)
+    feed(v, latency=1.2, process=0.9, tasks=1)  # the lighter one's first: over, but behind that backlog
+    assert p.decide(v) is None

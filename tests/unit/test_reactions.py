@@ -81,6 +81,12 @@ def test_recovery_is_when_every_stream_was_within_budget_for_good() -> None:
     assert second.change == later and second.seconds is None and second.late == 1
 
 
+def test_no_changes_no_recoveries_and_changes_at_one_moment_are_one() -> None:
+    assert recoveries([task(1.0, 3.0)], [], 5.0) == []
+    (both,) = recoveries([task(3.0, 0.5)], [Change(2.0, "20 -> 2 Mbit/s"), Change(2.0, "CPU hog ends")], 5.0)
+    assert both.change == Change(2.0, "20 -> 2 Mbit/s; CPU hog ends") and both.seconds == 0.0
+
+
 def test_recovery_is_zero_when_nothing_was_late() -> None:
     (recovered,) = recoveries([task(1.0, 0.2), task(2.0, 0.3)], [Change(0.5, "drop")], 5.0)
     assert recovered.seconds == 0.0 and recovered.late == 0 and recovered.made == 2

@@ -663,7 +663,7 @@ class LatencyBudgetPolicy:
             }
             start = "start at the best" if self.levels == (0, 0, 0) else "start at the configured start"
             return Proposal(self._config(best, self.levels), placement, f"{start}, on the edge where it can")
-        own = view.feedback(2, last=self.params.window)
+        own = view.feedback(2, last=self.params.window) or self._late_alone(view)
         target = view.spec.latency_budget_s * self._aim(view)
         if own is not None and self._uplink_fell(view, own, target, best):
             # Macro, ahead of the tasks: the uplink's measured rate (from the traces, within a second
@@ -763,6 +763,14 @@ class LatencyBudgetPolicy:
         if self._step(0, steps, best) or self._step(2, steps, best) or self._step(1, 1, best):
             return placement, "lower resolution (or shorter segments, fewer frames per second)"
         return None
+
+    def _late_alone(self, view: StreamView) -> Feedback | None:
+        """The current decision's first task when it alone is over the whole budget, and the decision
+        asks for no less than the tasks before it (their backlog cannot be what made it late): at a
+        task every second or two, waiting for a second one costs as much again, out of budget."""
+        first = view.feedback(1, last=1)
+        late = first is not None and first.latency_s > view.spec.latency_budget_s
+        return first if late and not self._lighter_than_drained(view) else None
 
     @staticmethod
     def _lighter_than_drained(view: StreamView) -> bool:
