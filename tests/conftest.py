@@ -245,3 +245,13 @@ def transfer_spans(
             end_time=start + int(seconds * 1e9)
         )
     return encode_spans(exporter.get_finished_spans())
+
+
+def latency_budget_from_best(**params: Any) -> Any:
+    """A PolicySpec of latency_budget starting at the stream's best configuration (its default start is
+    light), for tests of what it does once tasks come back."""
+    from dayu.v1 import decision_pb2
+
+    spec = decision_pb2.PolicySpec(name="latency_budget")
+    spec.params.update({"start": {}, **params})
+    return spec

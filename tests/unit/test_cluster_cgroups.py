@@ -166,3 +166,30 @@ def test_cleanup_removes_a_crashed_runs_cgroups() -> None:
             sleeper.wait()
         for node in nodes:
             node.destroy()
+
+
+@needs_cgroups
+def test_a_quota_cut_holds_over_its_window_and_goes_back_to_the_mesh_files(cgroup: NodeCgroup) -> None:
+    """`dayu experiment --cpu-cut`: the node's CFS quota cut for the window, then the mesh file's again."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from dayu.compute_changes import QuotaCut, play
+
+    cgroup.create(cpus=1.5, memory_bytes=None)
+    quota = cgroup.directory("cpu") / "cpu.cfs_quota_us"
+    section = SimpleNamespace(resources=SimpleNamespace(cpus=1.5))
+    mesh = SimpleNamespace(cgroups={"edge-1": cgroup}, config=SimpleNamespace(nodes={"edge-1": section}))
+    cut = QuotaCut.parse("edge-1:0.25@0.1-0.4", "--cpu-cut")
+
+    async def scenario() -> list[int]:
+        mesh.traces_started_at = time.time()
+        playing = asyncio.create_task(play([cut], mesh, poll_s=0.01))
+        seen = []
+        for wait in (0.05, 0.2, 0.3):  # before, during, after the window
+            await asyncio.sleep(wait)
+            seen.append(int(quota.read_text()))
+        await playing
+        return seen
+
+    assert asyncio.run(scenario()) == [150_000, 25_000, 150_000]

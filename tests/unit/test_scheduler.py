@@ -14,7 +14,7 @@ from dayu.scheduler.core import SchedulerCore
 from dayu.scheduler.service import SchedulerServicer
 from dayu.v1 import decision_pb2, resources_pb2, scheduler_pb2, task_pb2
 
-from conftest import make_stream_spec, transfer_spans
+from conftest import latency_budget_from_best, make_stream_spec, transfer_spans
 
 FIXED = decision_pb2.PolicySpec(name="fixed")
 
@@ -132,7 +132,7 @@ async def test_fallback_plan_when_feedback_stops_and_policy_again_when_it_return
 
 
 async def test_traces_of_a_slower_uplink_change_the_decision_before_late_tasks_return() -> None:
-    core = SchedulerCore(decision_pb2.PolicySpec(name="latency_budget"), decision_interval_s=0.0)
+    core = SchedulerCore(latency_budget_from_best(), decision_interval_s=0.0)
     start = await core.register(make_stream_spec())
     for _ in range(2):  # in time, 1.2 MB per task: about 29 Mbit/s at 30 fps
         task = task_pb2.Task(stream_id="stream-1", decision_version=start.version)
@@ -307,7 +307,7 @@ def test_traced_streams_are_bounded_forgetting_the_longest_silent(monkeypatch: p
 
 
 async def test_a_cut_of_a_nodes_cpu_changes_the_decision_before_slow_tasks_return() -> None:
-    core = SchedulerCore(decision_pb2.PolicySpec(name="latency_budget"), decision_interval_s=0.0)
+    core = SchedulerCore(latency_budget_from_best(), decision_interval_s=0.0)
     start = await core.register(make_stream_spec())  # budget 1 s; the start runs on edge-1
     node = start.placement["detect"]
     await core.report_resources(resources_pb2.NodeResources(node=node, cpu_count=2, cpu_limit_cores=0.5))
@@ -325,7 +325,7 @@ async def test_a_cut_of_a_nodes_cpu_changes_the_decision_before_slow_tasks_retur
 
 
 async def test_a_probe_that_finds_the_uplink_collapsed_changes_the_decision_before_any_trace() -> None:
-    core = SchedulerCore(decision_pb2.PolicySpec(name="latency_budget"), decision_interval_s=0.0)
+    core = SchedulerCore(latency_budget_from_best(), decision_interval_s=0.0)
     start = await core.register(make_stream_spec())
     for _ in range(2):  # in time, 1.2 MB per task
         task = task_pb2.Task(stream_id="stream-1", decision_version=start.version)

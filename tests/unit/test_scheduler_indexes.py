@@ -12,7 +12,7 @@ from dayu.scheduler import core as core_module
 from dayu.scheduler.core import Admission, SchedulerCore
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2
 
-from conftest import make_stream_spec, transfer_spans
+from conftest import latency_budget_from_best, make_stream_spec, transfer_spans
 
 
 class Clock:
@@ -116,7 +116,7 @@ async def test_the_indexes_hold_what_a_scan_of_every_stream_finds(seed: int) -> 
 
 
 async def test_a_links_move_decides_again_the_streams_on_its_nodes_only() -> None:
-    core = SchedulerCore(decision_pb2.PolicySpec(name="latency_budget"), decision_interval_s=0.0)
+    core = SchedulerCore(latency_budget_from_best(), decision_interval_s=0.0)
     starts = {}
     for stream_id, node in (("near", "edge-1"), ("far", "edge-2")):
         starts[stream_id] = await core.register(stream(stream_id, node))
@@ -132,7 +132,7 @@ async def test_a_links_move_decides_again_the_streams_on_its_nodes_only() -> Non
 
 async def test_a_link_move_within_the_decision_interval_is_decided_on_once_due() -> None:
     clock = Clock()
-    core = SchedulerCore(decision_pb2.PolicySpec(name="latency_budget"), decision_interval_s=1.0, clock=clock)
+    core = SchedulerCore(latency_budget_from_best(), decision_interval_s=1.0, clock=clock)
     start = await core.register(stream("stream-1", "edge-1"))
     clock.now += 1.0
     for _ in range(2):
@@ -149,7 +149,7 @@ async def test_a_link_move_within_the_decision_interval_is_decided_on_once_due()
 
 
 async def test_a_cpu_cut_decides_again_the_streams_with_stages_on_the_node_only() -> None:
-    core = SchedulerCore(decision_pb2.PolicySpec(name="latency_budget"), decision_interval_s=0.0)
+    core = SchedulerCore(latency_budget_from_best(), decision_interval_s=0.0)
     processors = {"noop": 0}
     for node in ("edge-1", "edge-2"):
         await core.report_resources(resources_pb2.NodeResources(node=node, cpu_count=4, queue_lengths=processors))

@@ -488,7 +488,11 @@ class LatencyBudgetParams(Strict):
         "run on too (decided for all of them together), as well as under max_load",
     )
     start: StartParams = pydantic.Field(
-        default_factory=StartParams, description="the startup configuration; the best where unset"
+        default_factory=lambda: StartParams(fps=1, frames_per_segment=1),
+        description="the startup configuration, before any task came back (the best where a knob is unset): "
+        "by default light, at full resolution but 1 frame a second in segments of 1, climbing as the budget "
+        "allows; a stream that starts at its best on nodes that cannot carry it builds a backlog before the "
+        "first task says so, and every task behind it is late",
     )
 
 
@@ -532,9 +536,13 @@ class _Model:
         feedback, current_pixels = self.feedback, self.current_pixels
         task_pixels = pixels * frames_per_segment
         if self.bandwidth:
-            transfer = self.bits_per_pixel * task_pixels * self.crossings / (self.bandwidth * 1e6)
+            sending = self.bits_per_pixel * task_pixels * self.crossings / (self.bandwidth * 1e6)
             rate = self.bandwidth if self.share is None else min(self.share, self.bandwidth)
-            rate_fits = self.bits_per_pixel * pixels * fps <= rate * 1e6 * self.safety
+            busy = self.bits_per_pixel * pixels * fps / (rate * 1e6)  # the share of its rate the stream fills
+            rate_fits = busy <= self.safety
+            # The uplink queues too: a task waits behind the stream's earlier ones, busy / (2 (1 - busy))
+            # of a transfer (M/D/1); at 80% busy, as long again as its own transfer and more.
+            transfer = sending * (1 + busy / (2 * (1 - busy))) if busy < 1 else math.inf
         else:
             transfer, rate_fits = feedback.transfer_s * task_pixels / current_pixels, True
         process = feedback.process_s * task_pixels / current_pixels
