@@ -25,7 +25,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
     panels = (
         ("latency_p95_s", "end-to-end p95 latency (s)"),
-        ("within_budget", "tasks within the latency budget"),
+        ("in_budget_of_made", "tasks made delivered within budget"),
         ("accuracy_f1", "accuracy (F1 at IoU 0.5)"),
         ("megabytes_sent", "MB sent over links"),
     )

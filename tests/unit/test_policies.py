@@ -427,3 +427,27 @@ def test_latency_budget_acts_on_one_task_that_alone_is_over_the_budget() -> None
     v.recent[-1].task.configuration.CopyFrom(start.configuration)
     feed(v, latency=1.2, process=0.9, tasks=1)  # the lighter one's first: over, but behind that backlog
     assert p.decide(v) is None
+
+
+def test_latency_budget_does_not_climb_back_to_what_it_cut_for_ten_seconds() -> None:
+    """A cut configuration is not climbed back to (as much work a second and a task) within COOLDOWN_S of
+    the cut, by when the tasks were made: back and forth costs late tasks each time."""
+    from dayu.scheduler.policies import COOLDOWN_S
+
+    v, p = view(), policy("latency_budget", offload=False)
+    apply(v, p.decide(v))
+
+    def made_at(seconds: float) -> None:
+        v.recent[-1].task.created_at.FromNanoseconds(round(seconds * 1e9))
+
+    feed(v, latency=0.9, process=0.1, queue=0.6)  # over the 0.8 s target, queueing: fewer frames a second
+    made_at(100.0)
+    cut = apply(v, p.decide(v))
+    assert cut.configuration.fps < 30
+    feed(v, latency=0.1, process=0.01)  # leaves budget at once: the step back up is cooling
+    made_at(105.0)
+    proposal = p.decide(v)
+    assert proposal is None or proposal.configuration.fps < 30 or proposal.configuration.resolution.height < 720
+    feed(v, latency=0.1, process=0.01)
+    made_at(100.0 + COOLDOWN_S + 1)
+    assert apply(v, p.decide(v)).configuration.fps == 30  # long enough: it climbs back

@@ -498,6 +498,10 @@ class LatencyBudgetParams(Strict):
 
 Levels = tuple[int, int, int]  # steps down from the best: resolution, frame rate, frames per segment
 OVER_SHARE = 1.1  # processing this far over its share of a shared processor is refitted at once
+# After a cut, no climb back to as much work (per second and per task) as what was cut, for this long
+# (by when the tasks were made): a climb that failed once is likely to fail again, and back and forth
+# is late tasks each time.
+COOLDOWN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -617,6 +621,39 @@ class LatencyBudgetPolicy:
         self._started = False
         self._crossings_of: dict[tuple[str, ...], int] = {}  # placement -> _crossings, within one decide
         self._aimed = params.target  # the share of the budget the last decision aimed at
+        self._cut: tuple[tuple[int, int], float] | None = None  # the work of the levels last cut, and when
+
+    def decide(self, view: StreamView) -> Proposal | None:
+        before = self.levels
+        proposal = self._decide(view)
+        best = view.spec.max_configuration
+        now = self._now(view)
+        if proposal is not None and now is not None and self._lighter(best, self.levels, before):
+            self._cut = (self._work(best, before), now)
+        return proposal
+
+    def _work(self, best: types_pb2.Configuration, levels: Levels) -> tuple[int, int]:
+        """Pixels a second and pixels a task of the levels."""
+        pixels, fps, frames = self._knobs(best, levels)
+        return round(pixels * fps), pixels * frames
+
+    def _lighter(self, best: types_pb2.Configuration, levels: Levels, than: Levels) -> bool:
+        work, other = self._work(best, levels), self._work(best, than)
+        return work != other and all(a <= b for a, b in zip(work, other, strict=True))
+
+    @staticmethod
+    def _now(view: StreamView) -> float | None:
+        """When the newest task that came back was made (the mesh's clock, or the simulator's); None
+        before any came back with the time it was made."""
+        made = view.recent[-1].task.created_at.ToNanoseconds() if view.recent else 0
+        return made / 1e9 if made else None
+
+    def _cooling(self, view: StreamView, best: types_pb2.Configuration, levels: Levels) -> bool:
+        """Whether the levels ask for as much work as the levels last cut, within COOLDOWN_S of the cut."""
+        now = self._now(view)
+        if self._cut is None or now is None or now - self._cut[1] > COOLDOWN_S:
+            return False
+        return all(a >= b for a, b in zip(self._work(best, levels), self._cut[0], strict=True))
 
     @staticmethod
     def _limits(best: types_pb2.Configuration) -> Levels:
@@ -659,7 +696,7 @@ class LatencyBudgetPolicy:
         self.levels = (levels[0], levels[1], levels[2])
         return changed
 
-    def decide(self, view: StreamView) -> Proposal | None:
+    def _decide(self, view: StreamView) -> Proposal | None:
         self._crossings_of.clear()  # which nodes run what may have changed since the last decision
         best = view.spec.max_configuration
         if view.current is None:
@@ -709,7 +746,11 @@ class LatencyBudgetPolicy:
         if own is not None and own.latency_s < target * self.params.slack:
             for knob in range(3):  # resolution first: it is what accuracy needs most
                 before = self.levels
-                if self._step(knob, -1, best) and self._fits(view, own, target, best, self.levels):
+                if (
+                    self._step(knob, -1, best)
+                    and not self._cooling(view, best, self.levels)
+                    and self._fits(view, own, target, best, self.levels)
+                ):
                     why = f"delay {own.latency_s:.2f} s leaves budget: spend it on accuracy"
                     return Proposal(self._config(best, self.levels), dict(view.current.placement), why)
                 self.levels = before
