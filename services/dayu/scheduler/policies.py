@@ -545,7 +545,7 @@ class _Model:
             busy = self.bits_per_pixel * pixels * fps / (rate * 1e6)  # the share of its rate the stream fills
             rate_fits = busy <= self.safety
             # The uplink queues too: a task waits behind the stream's earlier ones, busy / (2 (1 - busy))
-            # of a transfer (M/D/1); at 80% busy, as long again as its own transfer and more.
+            # of a transfer (M/D/1): at 80% busy, twice its own transfer's time before it starts.
             transfer = sending * (1 + busy / (2 * (1 - busy))) if busy < 1 else math.inf
         else:
             transfer, rate_fits = feedback.transfer_s * task_pixels / current_pixels, True
