@@ -6,6 +6,7 @@ counted from when the mesh's bandwidth traces started, and undone whatever way t
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from dayu.reactions import Change
 from dayu.runtime.errors import InvalidArgument
 
 # A busy loop in a process of its own: one core's worth of work the mesh competes with, whatever it runs.
-HOG = "while True:\n    pass\n"
+# It ends with the process that started it (whose pid it is given: the parent it sees changes), should
+# that be killed before undoing it.
+HOG = "import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n    for _ in range(100_000):\n        pass\n"
 _WINDOW = re.compile(r"^(?P<start>\d+(\.\d*)?)-(?P<end>\d+(\.\d*)?)$")
 _CUT = re.compile(r"^(?P<node>[^:=@]+):(?P<cores>\d+(\.\d*)?)@(?P<window>.+)$")
 
@@ -54,7 +57,7 @@ class CpuHog:
         return "CPU hog"
 
     def apply(self, mesh: Any) -> None:
-        self.process = subprocess.Popen([sys.executable, "-c", HOG])
+        self.process = subprocess.Popen([sys.executable, "-c", HOG, str(os.getpid())])
 
     def undo(self, mesh: Any) -> None:
         if self.process is not None:

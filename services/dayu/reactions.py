@@ -1,7 +1,7 @@
 """How a policy reacted to the changes of a run (the bandwidth trace's steps, the CPU's changes): how
 soon after each its tasks were back within budget, and how often it went back on a decision. Read from
-the run's tasks as `dayu experiment` and `dayu simulate` write them (dayu.experiment.TIMELINE_COLUMNS),
-with `made_s` counted from when the trace started."""
+the run's tasks in the columns of tasks.csv (dayu.experiment.TIMELINE_COLUMNS, which `dayu simulate`
+writes too), with `made_s` counted from when the trace started."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dayu.controller.links import BandwidthTrace
 CHANGE_RATIO = 1.5  # the bandwidth moved by this factor (either way) since the last change: a change
 FLOOR_MBPS = 0.01  # rates under this count as this, so that a step to or from 0 has a finite ratio
 REVERSAL_S = 10.0  # a knob moved back within this long of its last move: a reversal
-EPSILON_S = 1e-6
+EPSILON_S = 1e-6  # a step is read just after its moment: the new rate, whatever the rounding
 KNOBS = ("height", "fps", "frames_per_segment")
 
 

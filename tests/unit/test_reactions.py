@@ -147,3 +147,23 @@ def test_play_runs_a_real_hog_over_its_window_and_kills_it_when_cancelled() -> N
         assert never.process is None and not psutil.pid_exists(pids[1])  # undone when cancelled
 
     asyncio.run(scenario())
+
+
+def test_a_hog_ends_with_the_process_that_started_it() -> None:
+    """Should `dayu experiment` be killed before it undoes the hog, the hog does not spin on."""
+    import subprocess
+    import sys
+
+    starter = "import subprocess, sys, time\nfrom dayu.compute_changes import HOG\n"
+    starter += "import os\nhog = subprocess.Popen([sys.executable, '-c', HOG, str(os.getpid())])\n"
+    starter += "print(hog.pid, flush=True)\ntime.sleep(60)\n"
+    parent = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    hog = psutil.Process(int(parent.stdout.readline()))
+    assert hog.is_running()
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and hog.is_running() and hog.status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.05)  # orphaned, it is reaped by whoever adopts it: gone or a zombie once it ends
+    assert not hog.is_running() or hog.status() == psutil.STATUS_ZOMBIE, "the hog spins on"
