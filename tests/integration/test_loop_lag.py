@@ -1,8 +1,8 @@
 """No event loop blocks on disk or CPU work: the default mesh (`dayu up`'s, every component in this
 process on one event loop, real models on the mesh's tritonserver) runs its streams while a careless
 client exports, queries and watches records, rewrites policies and pipelines at their size limits and
-sends requests past them; a probe of the loop's wake-ups sees it hold itself for no more than 50 ms
-(tests/looplag.py: a wake-up late because the machine was busy is reported, not counted)."""
+sends requests past them; a probe that times every callback on the loop by its CPU time sees none
+hold it for 50 ms (tests/looplag.py: a loop late because the machine was busy is reported, not counted)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,28 @@
 """The inference kinds on a real tritonserver (the nvidia-pytriton wheel's, CPU path), one server for
 the module on the repository assembled from triton_models/: the same detections as in process, model
 and version taken from the stage, Triton's statistics, a processor that outlives a Triton restart,
-and a server that cannot start saying why."""
+input tensors through shared memory (and in the requests where Triton cannot map it), and a server
+that cannot start saying why."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pytest_asyncio
+import tritonclient.grpc.aio as triton_grpc
 
 from dayu.processor.core import ProcessorCore
-from dayu.processor.inference import TritonUnavailable
+from dayu.processor import triton_shm
+from dayu.processor.backend_params import TritonParams
+from dayu.processor.inference import ModelRef, TritonBackend, TritonUnavailable
 from dayu.processor.kinds import PROCESSORS
 from dayu.processor.repository import assemble
 from dayu.processor.triton_server import TritonServer, TritonStartError, model_statistics
@@ -138,6 +146,75 @@ async def test_a_processor_survives_a_triton_restart_mid_stream(triton: TritonSe
     assert isinstance(streamed[0], task_pb2.TaskStage)
     assert all(isinstance(o, task_pb2.TaskStage) and len(o.results) == 2 for o in streamed[-3:])
     assert core.failed == 0 and core.processed == len(ran)
+
+
+async def _regions(server: TritonServer, unregister: str = "") -> dict[str, Any]:
+    """The shared memory regions Triton knows (after it has unregistered `unregister`)."""
+    client = triton_grpc.InferenceServerClient(server.address)
+    try:
+        if unregister:
+            await client.unregister_system_shared_memory(unregister)
+        return (await client.get_system_shared_memory_status(as_json=True)).get("regions", {})
+    finally:
+        await client.close()
+
+
+async def test_input_tensors_go_through_shared_memory_and_give_the_same_outputs(triton: TritonServer) -> None:
+    """Triton on this host maps the regions: the outputs are those of tensors sent in the requests, the
+    regions are registered while the backend is open (their files already gone from /dev/shm) and
+    unregistered when it closes; regions that a Triton forgot (as after a restart) are made again, and
+    those of a process that is gone are swept away."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    left = f"{triton_shm.PREFIX}{int(gone.stdout)}-0"  # as a killed processor leaves it in Triton
+    (Path(triton_shm.SHM_DIR) / left).write_bytes(bytes(1 << 20))
+    client = triton_grpc.InferenceServerClient(triton.address)
+    await client.register_system_shared_memory(left, f"/{left}", 1 << 20)
+    os.unlink(Path(triton_shm.SHM_DIR) / left)
+    await client.close()
+
+    batch = np.stack([draw_scene(320, 160), draw_scene(320, 160)[:, ::-1]]).transpose(0, 3, 1, 2) / 255.0
+    model = ModelRef("text_detection")
+    shared = TritonBackend(TritonParams(address=triton.address))
+    wired = TritonBackend(TritonParams(address=triton.address, shared_memory=False))
+    try:
+        through_memory = await shared.infer_outputs(model, batch)
+        regions = await _regions(triton)
+        ours = [name for name in regions if name.startswith(f"{triton_shm.PREFIX}{os.getpid()}-")]
+        assert len(ours) == 1 and int(regions[ours[0]]["byte_size"]) >= batch.size * 4
+        assert left not in regions  # swept
+        assert not list(Path(triton_shm.SHM_DIR).glob(f"{triton_shm.PREFIX}*"))
+        in_requests = await wired.infer_outputs(model, batch)
+        assert through_memory.keys() == in_requests.keys()
+        for name, output in through_memory.items():
+            np.testing.assert_array_equal(output, in_requests[name])
+
+        await _regions(triton, unregister=ours[0])
+        again = await shared.infer_outputs(model, batch)  # Triton forgot it: made again
+        for name, output in again.items():
+            np.testing.assert_array_equal(output, in_requests[name])
+        assert shared.shared_memory_refused == ""
+    finally:
+        await shared.aclose()
+        await wired.aclose()
+    assert not [name for name in await _regions(triton) if name.startswith(triton_shm.PREFIX)]
+
+
+async def test_a_triton_that_cannot_map_the_memory_is_sent_the_tensors(
+    triton: TritonServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a Triton on another host or in another pod: the region's file is not where it looks."""
+    monkeypatch.setattr(triton_shm, "SHM_DIR", str(tmp_path))
+    backend = TritonBackend(TritonParams(address=triton.address))
+    batch = np.zeros((1, 3, 64, 64), np.float32)
+    try:
+        first = await backend.infer_outputs(ModelRef("text_detection"), batch)
+        second = await backend.infer_outputs(ModelRef("text_detection"), batch)
+    finally:
+        await backend.aclose()
+    assert first.keys() == second.keys()
+    assert backend.shared_memory_refused.startswith(f"Triton at {triton.address} cannot map this host's shared memory")
+    assert "Unable to open shared memory region" in backend.shared_memory_refused
+    assert not list(tmp_path.iterdir()) and not await _regions(triton)
 
 
 async def test_a_server_that_cannot_load_its_models_reports_why(tmp_path: Path) -> None:

@@ -23,6 +23,11 @@ class TritonParams(StrictModel):
         le=3600,
         description="at start, how long to wait for Triton to be ready before the model check fails",
     )
+    shared_memory: bool = pydantic.Field(
+        True,
+        description="hand input tensors over in system shared memory (a Triton on this host); one that cannot "
+        "map it (another host or pod) is sent them in the requests, as the processor logs",
+    )
     tls: TlsSettings = pydantic.Field(
         default_factory=TlsSettings,
         description="mutual TLS to Triton (certificate, key, the mesh's CA); left empty, the processor's own tls",

@@ -27,6 +27,7 @@ from dayu.processor.backend_params import InferenceParams, TritonParams
 from dayu.processor.kinds import ModelMismatch
 from dayu.processor.repository import model_file
 from dayu.processor.triton_server import client_arguments, wait_until_ready
+from dayu.processor.triton_shm import Region, SharedInputs
 from dayu.runtime.client import RETRYABLE
 from dayu.runtime.errors import Unavailable
 from dayu.runtime.logs import get_logger
@@ -170,6 +171,14 @@ class TritonBackend(_Backend):
         self.params = params
         self._client: triton_grpc.InferenceServerClient | None = None
         self._signatures: dict[ModelRef, Signature] = {}  # from the model's metadata
+        self._shared = (
+            SharedInputs(lambda: self.client, params.address, params.timeout_s) if params.shared_memory else None
+        )
+
+    @property
+    def shared_memory_refused(self) -> str:
+        """Why the input tensors go in the requests although shared memory was asked for ("": they do not)."""
+        return self._shared.refused if self._shared is not None else ""
 
     @property
     def client(self) -> triton_grpc.InferenceServerClient:
@@ -306,28 +315,44 @@ class TritonBackend(_Backend):
         self, model: ModelRef, input_tensor: Tensor, output_names: list[str], batch: np.ndarray
     ) -> dict[str, np.ndarray]:
         model_called(model.name, len(batch))
-        tensor = await asyncio.to_thread(_input_tensor, input_tensor, batch)  # megabytes copied: off the loop
         outputs = [triton_grpc.InferRequestedOutput(name) for name in output_names]
-
-        def call() -> Awaitable[Any]:
-            return self.client.infer(
-                model.name,
-                [tensor],
-                model_version=str(model.version or ""),
-                outputs=outputs,
-                client_timeout=self.params.timeout_s,
-            )
-
-        try:
-            result = await self._with_retries(model, "inference", call)
-        except TritonError:
-            # A Triton restarted since the model was loaded holds only its models of the start: load it again.
-            if not (await self._load_on_first_use(model))[0]:
-                raise
-            result = await self._with_retries(model, "inference", call)
+        for recovered in range(3):
+            try:
+                result = await self._infer_once(model, input_tensor, outputs, batch)
+                break
+            except TritonError as error:
+                # A Triton restarted since holds only its models of the start and none of the shared
+                # memory: each is set right once (it names one at a time), then the call is made again.
+                lost = self._shared is not None and self._shared.lost(error)
+                if recovered == 2 or (not lost and not (await self._load_on_first_use(model))[0]):
+                    raise
         return await asyncio.to_thread(lambda: {name: result.as_numpy(name) for name in output_names})
 
+    async def _infer_once(
+        self, model: ModelRef, spec: Tensor, outputs: list[triton_grpc.InferRequestedOutput], batch: np.ndarray
+    ) -> Any:
+        shared = self._shared
+        region = await shared.take(_nbytes(spec, batch)) if shared is not None else None
+        try:
+            tensor = await asyncio.to_thread(_input_tensor, spec, batch, region)  # megabytes copied: off the loop
+            return await self._with_retries(
+                model,
+                "inference",
+                lambda: self.client.infer(
+                    model.name,
+                    [tensor],
+                    model_version=str(model.version or ""),
+                    outputs=outputs,
+                    client_timeout=self.params.timeout_s,
+                ),
+            )
+        finally:
+            if shared is not None and region is not None:
+                shared.give(region)
+
     async def aclose(self) -> None:
+        if self._shared is not None and self._client is not None:
+            await self._shared.aclose()
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
@@ -415,8 +440,21 @@ def make_backend(params: InferenceParams) -> InferenceBackend:
     return OnnxRuntimeBackend(params.intra_op_threads, params.model_repository)
 
 
-def _input_tensor(spec: Tensor, batch: np.ndarray) -> triton_grpc.InferInput:
-    dtype = np.uint8 if spec.dtype == "UINT8" else np.float32
-    tensor = triton_grpc.InferInput(spec.name, list(batch.shape), "UINT8" if dtype is np.uint8 else "FP32")
-    tensor.set_data_from_numpy(np.ascontiguousarray(batch, dtype=dtype))
+def _dtype(spec: Tensor) -> tuple[type[np.generic], str]:
+    return (np.uint8, "UINT8") if spec.dtype == "UINT8" else (np.float32, "FP32")
+
+
+def _nbytes(spec: Tensor, batch: np.ndarray) -> int:
+    return batch.size * np.dtype(_dtype(spec)[0]).itemsize
+
+
+def _input_tensor(spec: Tensor, batch: np.ndarray, region: Region | None) -> triton_grpc.InferInput:
+    """The input in the request, or written into the shared memory region (converted as it is copied)."""
+    dtype, name = _dtype(spec)
+    tensor = triton_grpc.InferInput(spec.name, list(batch.shape), name)
+    if region is None:
+        tensor.set_data_from_numpy(np.ascontiguousarray(batch, dtype=dtype))
+    else:
+        region.array(batch.shape, dtype)[...] = batch
+        tensor.set_shared_memory(region.name, _nbytes(spec, batch))
     return tensor

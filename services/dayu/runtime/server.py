@@ -45,6 +45,7 @@ from dayu.runtime.config import ComponentSettings
 from dayu.runtime.errors import DayuError, InvalidArgument, ResourceExhausted, cut
 from dayu.runtime.limits import request_bytes
 from dayu.runtime.logs import get_logger
+from dayu.runtime.memory import freeze_what_started
 from dayu.runtime.metrics import MetricsServer, RpcMeter, current_exemplar, rpc_method
 from dayu.runtime.tls import server_credentials
 from dayu.runtime.tracing import Tracing, extract
@@ -493,6 +494,7 @@ class ComponentServer:
         for name in ("", *self._services):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serve_metrics()
+        freeze_what_started()  # its full collections would hold the loop (runtime/memory.py)
         log.info(
             "serving",
             component=self.component.name,
