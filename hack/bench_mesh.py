@@ -18,11 +18,13 @@ Measures, medians (p50) and 95th percentiles:
   - throughput: two-stage tasks per second with 32 submissions in flight (100 KB tasks), traced or not;
   - Triton (unless --no-triton): a mesh whose one stage runs a model on the tritonserver the mesh
     starts (the nvidia-pytriton wheel's, CPU path), against the same Triton called directly with
-    the processor's input tensors, by the same number of clients (--clients), segments per second.
+    the processor's input tensors, by the same number of clients (--clients), segments per second;
+    once with the processors' input tensors in shared memory (their default) and once in the requests
+    (as the direct clients send them).
 
 A task arrives when the distributor's WatchRecords stream hands its record to the benchmark.
 
-    .venv/bin/python hack/bench_mesh.py [--repeats 100] [--tasks 200] [--no-triton] [--clients 4]
+    .venv/bin/python hack/bench_mesh.py [--repeats 100] [--tasks 200] [--no-triton | --only-triton] [--clients 4]
 """
 
 from __future__ import annotations
@@ -375,16 +377,19 @@ async def triton_direct(address: str, model: str, frames: int, per_call: int, cl
         await client.close()
 
 
-async def measure_triton(tmp: Path, processor: str, clients: int, tasks: int, frames: int) -> tuple[float, float]:
+async def measure_triton(
+    tmp: Path, processor: str, clients: int, tasks: int, frames: int, shared_memory: bool
+) -> tuple[float, float]:
     """(mesh segments/s, direct segments/s) for a one-stage pipeline on `processor`."""
-    workdir = tmp / f"triton-{processor}"
+    workdir = tmp / f"triton-{processor}-{'shared' if shared_memory else 'wired'}"
     workdir.mkdir()
     params = processor_params(processor)
+    on_triton = {"backend": "triton", "triton": {"shared_memory": shared_memory}}
     config = {
         "nodes": {"cloud": {"processors": [processor]}, "edge-1": {"processors": [processor]}},
         "pipelines_file": str(workdir / "pipelines.yaml"),
         "processors_file": str(ROOT / "configs" / "processors.yaml"),
-        "processors": {processor: {"params": {"backend": "triton"}, "workers": clients, "queue_capacity": 256}},
+        "processors": {processor: {"params": on_triton, "workers": clients, "queue_capacity": 256}},
         "trace_sample_ratio": 0.0,
     }
     (workdir / "pipelines.yaml").write_text(
@@ -426,12 +431,32 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         sizes = list(SIZES) if not args.sizes else args.sizes.split(",")
-        bare, times, rates, spans_per_task = await measure_mesh(tmp, args.repeats, args.tasks, sizes)
-        triton: dict[str, tuple[float, float]] = {}
+        if not args.only_triton:
+            bare, times, rates, spans_per_task = await measure_mesh(tmp, args.repeats, args.tasks, sizes)
+        triton: dict[tuple[str, bool], tuple[float, float]] = {}
         if not args.no_triton:
             for processor in args.triton_processors.split(","):
-                triton[processor] = await measure_triton(tmp, processor, args.clients, args.triton_tasks, 2)
+                for shared in (True, False):
+                    triton[processor, shared] = await measure_triton(
+                        tmp, processor, args.clients, args.triton_tasks, 2, shared
+                    )
 
+    if not args.only_triton:
+        report_mesh(say, args, sizes, bare, times, rates, spans_per_task)
+    report_triton(say, triton, args.clients)
+    if args.output:
+        await asyncio.to_thread(Path(args.output).write_text, out.getvalue())
+
+
+def report_mesh(
+    say: Callable[..., None],
+    args: argparse.Namespace,
+    sizes: list[str],
+    bare: dict[str, list[float]],
+    times: dict[str, dict[str, list[float]]],
+    rates: dict[str, list[float]],
+    spans_per_task: float,
+) -> None:
     say("bare grpc.aio unary call on loopback (bytes in, nothing back):")
     say()
     say("| payload | 1 call p50 | 3 calls p50 | 5 calls p50 |")
@@ -488,17 +513,20 @@ async def main(args: argparse.Namespace) -> None:
         f"throughput, two-stage {ORIGINAL} tasks, 32 in flight (median of 3 batches of {args.tasks}): "
         f"{throughput['untraced']:.0f} tasks/s untraced, {throughput['traced']:.0f} traced"
     )
-    if triton:
-        say()
-        say(f"Triton (CPU path), one-stage tasks of 2 JPEG frames 640x360, {args.clients} clients, segments/s:")
-        say()
-        say("| processor (model) | through the mesh | Triton directly | mesh / direct |")
-        say("|---|---|---|---|")
-        for processor, (mesh_rate, direct_rate) in triton.items():
-            model = processor_params(processor)["model"]
-            say(f"| {processor} ({model}) | {mesh_rate:.1f} | {direct_rate:.1f} | {mesh_rate / direct_rate:.0%} |")
-    if args.output:
-        await asyncio.to_thread(Path(args.output).write_text, out.getvalue())
+
+
+def report_triton(say: Callable[..., None], triton: dict[tuple[str, bool], tuple[float, float]], clients: int) -> None:
+    if not triton:
+        return
+    say()
+    say(f"Triton (CPU path), one-stage tasks of 2 JPEG frames 640x360, {clients} clients, segments/s:")
+    say()
+    say("| processor (model) | processor's tensors | through the mesh | Triton directly | mesh / direct |")
+    say("|---|---|---|---|---|")
+    for (processor, shared), (mesh_rate, direct_rate) in triton.items():
+        model = processor_params(processor)["model"]
+        how = "shared memory" if shared else "in the requests"
+        say(f"| {processor} ({model}) | {how} | {mesh_rate:.1f} | {direct_rate:.1f} | {mesh_rate / direct_rate:.0%} |")
 
 
 if __name__ == "__main__":
@@ -507,6 +535,7 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=100, help="tasks per latency case (a third for 2 MB)")
     parser.add_argument("--sizes", default="", help=f"comma-separated among {', '.join(SIZES)} (default: all)")
     parser.add_argument("--no-triton", action="store_true", help="leave out the Triton comparison")
+    parser.add_argument("--only-triton", action="store_true", help="only the Triton comparison")
     parser.add_argument("--triton-processors", default="face_detector,vehicle_detector")
     parser.add_argument("--clients", type=int, default=4, help="clients of the Triton comparison")
     parser.add_argument("--triton-tasks", type=int, default=48, help="segments per client batch in the Triton case")
