@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
+from dayu.controller.core import ControllerCore
 from dayu.controller.links import BandwidthTrace, Link
 from dayu.runtime.errors import InvalidArgument
+
+
+class Quiet:
+    """A transport whose calls go through at once (the emulated link is all the time they take)."""
+
+    async def probe(self, node: str, nbytes: int) -> None: ...
 
 
 class FakeClock:
@@ -74,3 +83,42 @@ async def test_expected_rpc_time_is_per_byte_weighted_by_bytes() -> None:
     expected = link.expected_rpc_s(240_000)
     assert expected == pytest.approx(240_000 * (0.8 * 0.1 + 0.2 * 0.005) / (0.8 * 230_000 + 0.2 * 1_000))
     assert 0.09 < expected < 0.12  # averaging each send's own per-byte time said 0.32 s
+
+
+async def test_a_transfer_going_on_bounds_the_links_rate() -> None:
+    clock = FakeClock()
+    link = Link("a", "b", bandwidth_mbps=0.1, clock=clock)  # 100 KB take 8 s
+    assert link.sending_bound_mbps() is None
+    sending = asyncio.create_task(link.transmit(100_000))
+    await asyncio.sleep(0)
+    clock.now += 2  # not through after 2 s: under 0.4 Mbit/s
+    assert link.sending_bound_mbps() == pytest.approx(0.4)
+    clock.now += 2
+    assert link.sending_bound_mbps() == pytest.approx(0.2)
+    sending.cancel()
+    await asyncio.gather(sending, return_exceptions=True)
+    assert link.sending_bound_mbps() is None  # nothing going: nothing said
+    probe = asyncio.create_task(link.transmit(100_000, probe=True))
+    await asyncio.sleep(0)
+    assert link.sending_bound_mbps() is None  # a probe's bytes are not a task's
+    probe.cancel()
+    await asyncio.gather(probe, return_exceptions=True)
+
+
+async def test_a_link_that_fell_under_a_transfer_is_measured_without_waiting_for_it() -> None:
+    """The monitor's measurement while a task's transfer outlasts the last measured rate says the
+    bound at once; probes queued behind the transfer would say it seconds later."""
+    link = Link("edge-1", "cloud", bandwidth_mbps=8)
+    core = ControllerCore("edge-1", "cloud", set(), set(), {"cloud": link}, Quiet())
+    before = await core.measure_link("cloud", 64 * 1024)
+    assert 4 < before.bandwidth_mbps <= 8.5
+    link.fixed_mbps = 0.1  # the link falls: 100 KB now take 8 s
+    sending = asyncio.create_task(link.transmit(100_000))
+    await asyncio.sleep(0.5)
+    started = time.perf_counter()
+    fell = await core.measure_link("cloud", 64 * 1024)
+    assert time.perf_counter() - started < 0.1
+    assert 0.2 < fell.bandwidth_mbps < 1.6 and fell.rtt_ms == before.rtt_ms  # under 800 kbit in over 0.5 s
+    assert core.measured_links["cloud"] == fell
+    sending.cancel()
+    await asyncio.gather(sending, return_exceptions=True)

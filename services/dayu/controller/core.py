@@ -211,6 +211,7 @@ class ControllerCore:
         self.nodes = nodes | {node, cloud_node}
         self.local_kinds = local_kinds
         self.links = dict(links)  # node -> the link to it, for every other node
+        self.measured_links: dict[str, resources_pb2.LinkBandwidth] = {}  # node -> the last measure_link
         self.transport = transport
         self.journal = journal or TaskJournal()
         self.join_timeout_s = join_timeout_s
@@ -701,28 +702,44 @@ class ControllerCore:
         probe_bytes = probe_bytes or DEFAULT_PROBE_BYTES
         if not MIN_PROBE_BYTES <= probe_bytes <= MAX_PROBE_BYTES:
             raise InvalidArgument("probe_bytes", f"{MIN_PROBE_BYTES}..{MAX_PROBE_BYTES}, got {probe_bytes}")
-        small = await self._probe(to_node, 1)
-        large = await self._probe(to_node, probe_bytes)
-        return resources_pb2.LinkBandwidth(
+        last = self.measured_links.get(to_node)
+        bound = self._link(to_node).sending_bound_mbps()
+        if last is not None and bound is not None and bound < last.bandwidth_mbps:
+            # A task's transfer has been going longer than the last measured rate allows: the link
+            # fell. Said now, rather than after probes queued behind that transfer.
+            bandwidth_mbps, rtt_ms = bound, last.rtt_ms
+        else:
+            small = await self._probe(to_node, 1)
+            large = await self._probe(to_node, probe_bytes)
+            bandwidth_mbps, rtt_ms = probe_bytes * 8 / max(large - small, 1e-6) / 1e6, small * 1000
+        measured = self.measured_links[to_node] = resources_pb2.LinkBandwidth(
             from_node=self.node,
             to_node=to_node,
-            bandwidth_mbps=probe_bytes * 8 / max(large - small, 1e-6) / 1e6,
-            rtt_ms=small * 1000,
+            bandwidth_mbps=bandwidth_mbps,
+            rtt_ms=rtt_ms,
             measured_at=timestamp(),
         )
+        return measured
 
     async def _probe(self, node: str, nbytes: int) -> float:
+        """Seconds the probe took from when its bytes started to go (the time it queued behind tasks
+        on the link says nothing of the link's rate)."""
         # A span of its own, outside any task's trace: every byte sent over a link is in a span.
         span = self.tracing.start("link.probe", **{TO_NODE: node, BYTES: nbytes})
-        started = time.perf_counter()
+        started = [time.perf_counter()]
         try:
-            await self._link(node).transmit(nbytes, lambda: self.transport.probe(node, nbytes), probe=True)
+            await self._link(node).transmit(
+                nbytes,
+                lambda: self.transport.probe(node, nbytes),
+                probe=True,
+                on_sending=lambda: started.append(time.perf_counter()),
+            )
         except RemoteError as error:
             span.set_status(trace.StatusCode.ERROR, error.code)
             raise Unavailable(f"controller of {node} unreachable: {error.code}") from None
         finally:
             span.end()
-        return time.perf_counter() - started
+        return time.perf_counter() - started[-1]
 
     def _link(self, node: str) -> Link:
         """The link to `node`; one that the settings do not emulate only queues and counts."""

@@ -101,6 +101,17 @@ class Link:
         # hundreds of thousands of times over.
         self._rpc_s = 0.0
         self._rpc_bytes = 0.0
+        self._sending: tuple[float, int] | None = None  # (since, bytes) of the task transfer going now
+
+    def sending_bound_mbps(self) -> float | None:
+        """What the task transfer going over the link now says of its rate: n bytes not through after
+        t seconds went at under n/t. The bound falls as the transfer lasts, so a link that collapsed
+        under a transfer is known before the transfer (or a probe queued behind it) gets through.
+        None when no task's bytes are going."""
+        if self._sending is None:
+            return None
+        since, nbytes = self._sending
+        return nbytes * 8 / max(self._clock() - since, 1e-6) / 1e6
 
     def expected_rpc_s(self, nbytes: int) -> float:
         """Seconds sending nbytes is expected to take from the moment they start to go, by what this
@@ -147,9 +158,13 @@ class Link:
             if not still_wanted():
                 raise NotSent()
             on_sending()
-            await asyncio.sleep(self.serialization_s(nbytes, self._clock()))
-            sent_at = self._clock()
-            await send()
+            self._sending = None if probe else (self._clock(), nbytes)
+            try:
+                await asyncio.sleep(self.serialization_s(nbytes, self._clock()))
+                sent_at = self._clock()
+                await send()
+            finally:
+                self._sending = None
             if probe:
                 self.probe_bytes_sent += nbytes
             else:
