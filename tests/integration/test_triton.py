@@ -19,9 +19,9 @@ import pytest
 import pytest_asyncio
 import tritonclient.grpc.aio as triton_grpc
 
-from dayu.processor.core import ProcessorCore
 from dayu.processor import triton_shm
 from dayu.processor.backend_params import TritonParams
+from dayu.processor.core import ProcessorCore
 from dayu.processor.inference import ModelRef, TritonBackend, TritonUnavailable
 from dayu.processor.kinds import PROCESSORS
 from dayu.processor.repository import assemble
@@ -148,6 +148,15 @@ async def test_a_processor_survives_a_triton_restart_mid_stream(triton: TritonSe
     assert core.failed == 0 and core.processed == len(ran)
 
 
+def _a_pid_gone() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    return int(done.stdout)
+
+
+def _files(folder: Path, pattern: str = "*") -> list[Path]:
+    return list(folder.glob(pattern))
+
+
 async def _regions(server: TritonServer, unregister: str = "") -> dict[str, Any]:
     """The shared memory regions Triton knows (after it has unregistered `unregister`)."""
     client = triton_grpc.InferenceServerClient(server.address)
@@ -164,9 +173,8 @@ async def test_input_tensors_go_through_shared_memory_and_give_the_same_outputs(
     regions are registered while the backend is open (their files already gone from /dev/shm) and
     unregistered when it closes; regions that a Triton forgot (as after a restart) are made again, and
     those of a process that is gone are swept away."""
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
-    left = f"{triton_shm.PREFIX}{int(gone.stdout)}-0"  # as a killed processor leaves it in Triton
-    (Path(triton_shm.SHM_DIR) / left).write_bytes(bytes(1 << 20))
+    left = f"{triton_shm.PREFIX}{await asyncio.to_thread(_a_pid_gone)}-0"  # as a killed processor leaves it
+    await asyncio.to_thread((Path(triton_shm.SHM_DIR) / left).write_bytes, bytes(1 << 20))
     client = triton_grpc.InferenceServerClient(triton.address)
     await client.register_system_shared_memory(left, f"/{left}", 1 << 20)
     os.unlink(Path(triton_shm.SHM_DIR) / left)
@@ -182,7 +190,7 @@ async def test_input_tensors_go_through_shared_memory_and_give_the_same_outputs(
         ours = [name for name in regions if name.startswith(f"{triton_shm.PREFIX}{os.getpid()}-")]
         assert len(ours) == 1 and int(regions[ours[0]]["byte_size"]) >= batch.size * 4
         assert left not in regions  # swept
-        assert not list(Path(triton_shm.SHM_DIR).glob(f"{triton_shm.PREFIX}*"))
+        assert not await asyncio.to_thread(_files, Path(triton_shm.SHM_DIR), f"{triton_shm.PREFIX}*")
         in_requests = await wired.infer_outputs(model, batch)
         assert through_memory.keys() == in_requests.keys()
         for name, output in through_memory.items():
@@ -214,7 +222,7 @@ async def test_a_triton_that_cannot_map_the_memory_is_sent_the_tensors(
     assert first.keys() == second.keys()
     assert backend.shared_memory_refused.startswith(f"Triton at {triton.address} cannot map this host's shared memory")
     assert "Unable to open shared memory region" in backend.shared_memory_refused
-    assert not list(tmp_path.iterdir()) and not await _regions(triton)
+    assert not await asyncio.to_thread(_files, tmp_path) and not await _regions(triton)
 
 
 async def test_a_server_that_cannot_load_its_models_reports_why(tmp_path: Path) -> None:
