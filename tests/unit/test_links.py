@@ -122,3 +122,28 @@ async def test_a_link_that_fell_under_a_transfer_is_measured_without_waiting_for
     assert core.measured_links["cloud"] == fell
     sending.cancel()
     await asyncio.gather(sending, return_exceptions=True)
+
+
+async def test_an_emulated_links_bound_ends_with_its_emulation() -> None:
+    """Once the emulator has carried the bytes, the call that hands them over is loopback: a slow
+    receiver there is not the link."""
+    clock, handed = FakeClock(), asyncio.Event()
+
+    async def slow_receiver() -> None:
+        await handed.wait()
+
+    link = Link("a", "b", bandwidth_mbps=1000, clock=clock)
+    sending = asyncio.create_task(link.transmit(1000, slow_receiver))
+    await asyncio.sleep(0.01)  # the emulation (8 microseconds) is over, the call is not
+    clock.now += 5
+    assert link.sending_bound_mbps() is None
+    handed.set()
+    await sending
+    unemulated = Link("a", "b", clock=clock)  # the kernel's: the call is the link
+    handed.clear()
+    sending = asyncio.create_task(unemulated.transmit(1_000_000, slow_receiver))
+    await asyncio.sleep(0)
+    clock.now += 4
+    assert unemulated.sending_bound_mbps() == pytest.approx(2.0)
+    handed.set()
+    await sending

@@ -107,7 +107,8 @@ class Link:
         """What the task transfer going over the link now says of its rate: n bytes not through after
         t seconds went at under n/t. The bound falls as the transfer lasts, so a link that collapsed
         under a transfer is known before the transfer (or a probe queued behind it) gets through.
-        None when no task's bytes are going."""
+        None when no task's bytes are on the link. Where the kernel carries them, the call's time is
+        the link's and the receiver's: a receiver slow to take them reads as a slower link."""
         if self._sending is None:
             return None
         since, nbytes = self._sending
@@ -158,10 +159,15 @@ class Link:
             if not still_wanted():
                 raise NotSent()
             on_sending()
-            self._sending = None if probe else (self._clock(), nbytes)
+            # The bytes are on the link while the emulator holds them, or, where the kernel carries
+            # them, while the call sends them (an emulated link's call is loopback: not the link).
+            emulated = self.fixed_mbps > 0 or self.trace is not None
             try:
+                self._sending = None if probe else (self._clock(), nbytes)
                 await asyncio.sleep(self.serialization_s(nbytes, self._clock()))
                 sent_at = self._clock()
+                if emulated:
+                    self._sending = None
                 await send()
             finally:
                 self._sending = None
