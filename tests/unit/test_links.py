@@ -91,7 +91,9 @@ async def test_a_transfer_going_on_bounds_the_links_rate() -> None:
     assert link.sending_bound_mbps() is None
     sending = asyncio.create_task(link.transmit(100_000))
     await asyncio.sleep(0)
-    clock.now += 2  # not through after 2 s: under 0.4 Mbit/s
+    clock.now += 0.9
+    assert link.sending_bound_mbps() is None  # under a second: the loop's lag on a busy machine
+    clock.now += 1.1  # not through after 2 s: under 0.4 Mbit/s
     assert link.sending_bound_mbps() == pytest.approx(0.4)
     clock.now += 2
     assert link.sending_bound_mbps() == pytest.approx(0.2)
@@ -114,11 +116,11 @@ async def test_a_link_that_fell_under_a_transfer_is_measured_without_waiting_for
     assert 4 < before.bandwidth_mbps <= 8.5
     link.fixed_mbps = 0.1  # the link falls: 100 KB now take 8 s
     sending = asyncio.create_task(link.transmit(100_000))
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.2)
     started = time.perf_counter()
     fell = await core.measure_link("cloud", 64 * 1024)
     assert time.perf_counter() - started < 0.1
-    assert 0.2 < fell.bandwidth_mbps < 1.6 and fell.rtt_ms == before.rtt_ms  # under 800 kbit in over 0.5 s
+    assert 0.1 < fell.bandwidth_mbps < 0.67 and fell.rtt_ms == before.rtt_ms  # under 800 kbit in over 1.2 s
     assert core.measured_links["cloud"] == fell
     sending.cancel()
     await asyncio.gather(sending, return_exceptions=True)

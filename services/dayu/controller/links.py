@@ -21,6 +21,9 @@ from pathlib import Path
 from dayu.runtime.errors import InvalidArgument
 
 
+MIN_BOUND_S = 1.0  # a transfer going for less says nothing of the link's rate (sending_bound_mbps)
+
+
 async def _nothing() -> None:
     return None
 
@@ -112,7 +115,9 @@ class Link:
         if self._sending is None:
             return None
         since, nbytes = self._sending
-        return nbytes * 8 / max(self._clock() - since, 1e-6) / 1e6
+        going_s = self._clock() - since
+        # Under a second it says nothing: a busy machine's event loop wakes the emulator that late.
+        return nbytes * 8 / going_s / 1e6 if going_s >= MIN_BOUND_S else None
 
     def expected_rpc_s(self, nbytes: int) -> float:
         """Seconds sending nbytes is expected to take from the moment they start to go, by what this
