@@ -20,7 +20,6 @@ from pathlib import Path
 
 from dayu.runtime.errors import InvalidArgument
 
-
 MIN_BOUND_S = 1.0  # a transfer going for less says nothing of the link's rate (sending_bound_mbps)
 
 

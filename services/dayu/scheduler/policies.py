@@ -56,7 +56,7 @@ class StreamView:
         the mesh behaves now, even while tasks made before are still draining); only the `last`
         most recent of them when given (so a long-standing decision is judged on now, not on its
         whole history). None until there are min_tasks of them."""
-        recent = self.recent
+        recent, cores = self.recent, self.recent_cpu_cores
         if made_under_current:
             version = self.current.version if self.current else 0
             chosen: list[int] = []
@@ -69,15 +69,6 @@ class StreamView:
         else:
             chosen = list(range(len(recent) - min(self.arrived_since_decision, len(recent)), len(recent)))
             chosen = chosen[-last:] if last else chosen
-        return self._feedback_of(chosen, min_tasks)
-
-    def latest_feedback(self, last: int) -> Feedback | None:
-        """Feedback of the `last` tasks that came back, whichever decisions made them: what the stream
-        costs lately when the current decision's own tasks are still on their way."""
-        return self._feedback_of(list(range(max(len(self.recent) - last, 0), len(self.recent))), 1)
-
-    def _feedback_of(self, chosen: list[int], min_tasks: int) -> Feedback | None:
-        recent, cores = self.recent, self.recent_cpu_cores
         # The cores when each record arrived: the two lists end together; the first records' may be unknown.
         unknown = len(recent) - min(len(cores), len(recent))
         records = [recent[i] for i in chosen]
@@ -719,14 +710,11 @@ class LatencyBudgetPolicy:
             return Proposal(self._config(best, self.levels), placement, f"{start}, on the edge where it can")
         own = view.feedback(2, last=self.params.window) or self._late_alone(view)
         target = view.spec.latency_budget_s * self._aim(view)
-        # What the stream costs, to predict the current configuration's transfer from: its own tasks,
-        # else the latest (a decision made just before the uplink fell has none back yet).
-        basis = own or view.latest_feedback(self.params.window)
-        if basis is not None and self._uplink_fell(view, basis, target, best):
+        if own is not None and self._uplink_fell(view, own, target, best):
             # Macro, ahead of the tasks: the uplink's measured rate (from the traces, within a second
             # of a change) no longer carries the current configuration; refit now instead of waiting
             # for the late tasks to come back and say so.
-            change = self._fit_transfer(view, basis, target, best)
+            change = self._fit_transfer(view, own, target, best)
             if change is not None:
                 placement, why = change
                 return Proposal(self._config(best, self.levels), placement, f"{self._uplink_now(view)}: {why}")
