@@ -722,24 +722,17 @@ class ControllerCore:
         return measured
 
     async def _probe(self, node: str, nbytes: int) -> float:
-        """Seconds the probe took from when its bytes started to go (the time it queued behind tasks
-        on the link says nothing of the link's rate)."""
         # A span of its own, outside any task's trace: every byte sent over a link is in a span.
         span = self.tracing.start("link.probe", **{TO_NODE: node, BYTES: nbytes})
-        started = [time.perf_counter()]
+        started = time.perf_counter()
         try:
-            await self._link(node).transmit(
-                nbytes,
-                lambda: self.transport.probe(node, nbytes),
-                probe=True,
-                on_sending=lambda: started.append(time.perf_counter()),
-            )
+            await self._link(node).transmit(nbytes, lambda: self.transport.probe(node, nbytes), probe=True)
         except RemoteError as error:
             span.set_status(trace.StatusCode.ERROR, error.code)
             raise Unavailable(f"controller of {node} unreachable: {error.code}") from None
         finally:
             span.end()
-        return time.perf_counter() - started[-1]
+        return time.perf_counter() - started
 
     def _link(self, node: str) -> Link:
         """The link to `node`; one that the settings do not emulate only queues and counts."""

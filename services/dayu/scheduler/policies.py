@@ -746,18 +746,13 @@ class LatencyBudgetPolicy:
         if own is not None and own.latency_s < target * self.params.slack:
             for knob in range(3):  # resolution first: it is what accuracy needs most
                 before = self.levels
-                # Up to half the way to the best at once where the model predicts it fits (after a
-                # fall has passed, a step at a time takes a dozen decisions to get accuracy back).
-                for steps in range(max(1, before[knob] // 2), 0, -1):
-                    self.levels = before
-                    if (
-                        self._step(knob, -steps, best)
-                        and not self._cooling(view, best, self.levels)
-                        and self._fits(view, own, target, best, self.levels)
-                        and (steps == 1 or self._predict(view, own, best, self.levels) is not None)
-                    ):
-                        why = f"delay {own.latency_s:.2f} s leaves budget: spend it on accuracy"
-                        return Proposal(self._config(best, self.levels), dict(view.current.placement), why)
+                if (
+                    self._step(knob, -1, best)
+                    and not self._cooling(view, best, self.levels)
+                    and self._fits(view, own, target, best, self.levels)
+                ):
+                    why = f"delay {own.latency_s:.2f} s leaves budget: spend it on accuracy"
+                    return Proposal(self._config(best, self.levels), dict(view.current.placement), why)
                 self.levels = before
         return None
 
