@@ -225,6 +225,20 @@ async def test_a_triton_that_cannot_map_the_memory_is_sent_the_tensors(
     assert not await asyncio.to_thread(_files, tmp_path) and not await _regions(triton)
 
 
+async def test_no_room_for_shared_memory_sends_the_tensors(
+    triton: TritonServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host without the shared memory asked for (here no /dev/shm at all; a full one fails the same
+    way, reserving the region) sends the tensors in the requests."""
+    monkeypatch.setattr(triton_shm, "SHM_DIR", str(tmp_path / "absent"))
+    backend = TritonBackend(TritonParams(address=triton.address))
+    try:
+        outputs = await backend.infer_outputs(ModelRef("text_detection"), np.zeros((1, 3, 64, 64), np.float32))
+    finally:
+        await backend.aclose()
+    assert outputs and backend.shared_memory_refused.startswith("no shared memory for a 49152 byte tensor")
+
+
 async def test_a_server_that_cannot_load_its_models_reports_why(tmp_path: Path) -> None:
     repository = assemble(tmp_path / "models")
     (repository / "text_recognition" / "1" / "model.onnx").write_bytes(b"not an ONNX model")

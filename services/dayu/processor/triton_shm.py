@@ -12,7 +12,8 @@ processor that is killed leaves no file behind. Triton keeps a dead processor's 
 are unregistered, so the first region made sweeps away this host's regions of processes that are gone.
 
 A Triton that cannot open the region (on another host or in another pod: Kubernetes gives each pod
-its own /dev/shm) is told the tensors in the requests from then on, as it is logged once. A Triton
+its own /dev/shm), or a /dev/shm without room for it, and the tensors go in the requests from then
+on, as the processor logs once. A Triton
 that restarted has forgotten the regions: `lost()` says so from its error, and they are made again.
 """
 
@@ -81,13 +82,20 @@ class SharedInputs:
         except InferenceServerException as error:
             status = (error.status() or "").removeprefix("StatusCode.")
             if status not in _RETRYABLE:  # Triton is there and cannot open it: not this host's Triton
-                self.refused = f"Triton at {self._address} cannot map this host's shared memory: {error.message()}"
-                log.warning("tensors sent in the requests", reason=self.refused)
+                self._refuse(f"Triton at {self._address} cannot map this host's shared memory: {error.message()}")
+            self._free.put_nowait(None)
+            return None
+        except OSError as error:  # no /dev/shm here, or no room in it
+            self._refuse(f"no shared memory for a {nbytes} byte tensor in {SHM_DIR}: {error}")
             self._free.put_nowait(None)
             return None
         except BaseException:
             self._free.put_nowait(region)
             raise
+
+    def _refuse(self, why: str) -> None:
+        self.refused = why
+        log.warning("tensors sent in the requests", reason=why)
 
     def give(self, region: Region) -> None:
         self._free.put_nowait(region)
@@ -141,10 +149,17 @@ class SharedInputs:
 
 
 def _map_new(name: str, size: int) -> mmap.mmap:
-    fd = os.open(f"{SHM_DIR}/{name}", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    """A new region's file, its memory reserved now: a /dev/shm too small for it (a container's is
+    64 MB by default) fails here with ENOSPC, where a sparse file would kill the process with SIGBUS
+    at the first write past what is there."""
+    path = f"{SHM_DIR}/{name}"
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
-        os.ftruncate(fd, size)
+        os.posix_fallocate(fd, 0, size)
         return mmap.mmap(fd, size)
+    except BaseException:
+        os.unlink(path)
+        raise
     finally:
         os.close(fd)
 
