@@ -141,7 +141,7 @@ class LoopLag:
             f"the longest callback held the loop {self.worst_held_s * 1000:.1f} ms of CPU"
             f"{f' ({self.worst_callback})' if self.worst_callback else ''}; "
             f"{len(self.lags_s)} wake-ups, late by {self.worst_s * 1000:.1f} ms at worst, p99 {p99 * 1000:.1f} ms, "
-            f"{sum(lag > 0.05 for lag in self.lags_s)} over 50 ms (the threads then:){where}"
+            f"{sum(lag > 0.05 for lag in self.lags_s)} over 50 ms{' (the threads then:)' if where else ''}{where}"
             f"\n the longest garbage collection took {self.worst_collection[0] * 1000:.1f} ms of CPU "
             f"(generation {self.worst_collection[1]})"
         )
