@@ -129,6 +129,19 @@ def test_unloads_when_idle_and_not_before_min_hold() -> None:
     assert quick.plan(24.0) == ["edge-2"] and not kind(quick).load
 
 
+def test_a_straggler_after_an_idle_unload_does_not_reload_at_once() -> None:
+    """Loaded while its stream's tasks still crossed (none ran on the node), then idle and unloaded: one
+    late task crossing is a new run of demand, which must last settle_s like any."""
+    planner = DeploymentPlanner("cloud", SETTINGS.model_copy(update={"idle_after_s": 1.0}))
+    planner.report(report(), now=0.0)
+    feed(planner, 0.0, 4.0, "cloud")
+    assert kind(planner).load
+    assert planner.plan(24.0) == ["edge-2"] and not kind(planner).load  # min_hold_s, then idle
+    planner.observe(record("cloud"), "edge-2", 25.0, UPLINK)
+    assert planner.plan(25.0) == [] and not kind(planner).load
+    assert "settles after 3 s" in kind(planner).reason
+
+
 def test_no_flapping_with_bursts_and_pauses() -> None:
     planner = DeploymentPlanner("cloud", SETTINGS)
     planner.report(report(), now=0.0)

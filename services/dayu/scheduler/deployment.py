@@ -180,6 +180,10 @@ class DeploymentPlanner:
                 load, reason = self._judge(node, kind, plan, now)
                 if load != plan.load:
                     plan.since, plan.since_wall = now, wall or time.time()
+                    # Demand for the next change runs from here: a straggler that crossed while it
+                    # was loaded (a task of a stream gone, the node's processor still loading) is
+                    # not a run of settle_s that reloads it the moment it is unloaded.
+                    plan.crossing_since = None
                     log.info("deployment changed", node=node, kind=kind, load=load, reason=reason)
                     if node not in changed:
                         changed.append(node)
