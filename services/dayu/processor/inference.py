@@ -26,9 +26,8 @@ from tritonclient.utils import InferenceServerException
 from dayu.processor.backend_params import InferenceParams, TritonParams
 from dayu.processor.kinds import ModelMismatch
 from dayu.processor.repository import model_file
-from dayu.processor.triton_server import client_arguments, wait_until_ready
+from dayu.processor.triton_server import client_arguments, retryable, wait_until_ready
 from dayu.processor.triton_shm import Region, SharedInputs
-from dayu.runtime.client import RETRYABLE
 from dayu.runtime.errors import Unavailable
 from dayu.runtime.logs import get_logger
 from dayu.runtime.metrics import model_called
@@ -36,8 +35,6 @@ from dayu.v1 import types_pb2
 
 log = get_logger(__name__)
 T = TypeVar("T")
-# Statuses worth another try (Triton is down, restarting, overloaded or slow), as tritonclient names them.
-RETRYABLE_STATUSES = frozenset(code.name for code in RETRYABLE)
 # Tensors of a segment are large (a 960x544 frame is 6 MB as FP32); Triton's own client allows 2 GB.
 MAX_MESSAGE_BYTES = 2**31 - 1
 # While Triton is away the channel tries to reconnect every half second (gRPC's default backoff grows to
@@ -202,7 +199,7 @@ class TritonBackend(_Backend):
             except InferenceServerException as error:
                 status = (error.status() or "").removeprefix("StatusCode.")
                 # A stopping or starting Triton names no model: only a ready one means the model is not there.
-                if status not in RETRYABLE_STATUSES and await self._ready():
+                if not retryable(error) and await self._ready():
                     raise TritonError(
                         f"Triton at {self.params.address}: {what} of {model}: {status}: {error.message()}"
                     ) from None

@@ -27,12 +27,22 @@ from typing import IO, Any
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
+from dayu.runtime.client import RETRYABLE
 from dayu.runtime.errors import Unavailable
 from dayu.runtime.logs import get_logger
 from dayu.runtime.server import free_port, free_ports
 from dayu.runtime.tls import TARGET_NAME_OPTION, TlsSettings
 
 log = get_logger(__name__)
+# Statuses worth another try (Triton is down, restarting, overloaded or slow), as tritonclient names them.
+RETRYABLE_STATUSES = frozenset(code.name for code in RETRYABLE)
+
+
+def retryable(error: InferenceServerException) -> bool:
+    """Whether tritonclient's error is one of RETRYABLE_STATUSES."""
+    return (error.status() or "").removeprefix("StatusCode.") in RETRYABLE_STATUSES
+
+
 # Seconds Triton waits for in-flight inferences at SIGTERM, and the margin this side waits beyond.
 EXIT_TIMEOUT_S = 5
 STOP_MARGIN_S = 10

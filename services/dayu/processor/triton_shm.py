@@ -32,7 +32,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from dayu.runtime.client import RETRYABLE
+from dayu.processor.triton_server import retryable
 from dayu.runtime.logs import get_logger
 
 log = get_logger(__name__)
@@ -41,7 +41,6 @@ SLOTS = 4  # regions of one backend: as many tensors in flight to Triton, more w
 GRAIN = 1 << 20  # regions grow in whole MiB, so a slightly larger tensor does not make a new one
 PREFIX = f"dayu-{socket.gethostname()}-"  # then the pid and a number: whose region it is
 _numbers = itertools.count()
-_RETRYABLE = frozenset(code.name for code in RETRYABLE)
 
 
 @dataclass
@@ -80,8 +79,7 @@ class SharedInputs:
                 region = None
             return await self._make(nbytes)
         except InferenceServerException as error:
-            status = (error.status() or "").removeprefix("StatusCode.")
-            if status not in _RETRYABLE:  # Triton is there and cannot open it: not this host's Triton
+            if not retryable(error):  # Triton is there and cannot open it: not this host's Triton
                 self._refuse(f"Triton at {self._address} cannot map this host's shared memory: {error.message()}")
             self._free.put_nowait(None)
             return None
