@@ -136,3 +136,56 @@ def test_a_changed_need_moves_the_level_within_refresh_s_and_a_changed_capacity_
     now[0] = 1.0
     assert shares.share("b", DETECTOR, 1.6) == pytest.approx(0.8)
     assert shares.share("b", DETECTOR, 0.8) == pytest.approx(0.4)  # the capacity moved: at once
+
+
+async def test_nodes_behind_one_shared_uplink_divide_it_among_all_their_streams() -> None:
+    """Two edges behind one uplink (scheduler.shared_uplinks): their streams are one group on it, whose
+    capacity is the most either edge measured; an edge of its own keeps its link to its own streams."""
+    now = [0.0]
+    core = SchedulerCore(
+        decision_pb2.PolicySpec(name="fixed"), clock=lambda: now[0], shared_uplinks={"site-a": ["edge-1", "edge-2"]}
+    )
+    for node, mbps in (("edge-1", 12.0), ("edge-2", 9.0), ("edge-3", 20.0)):
+        report = resources_pb2.NodeResources(node=node, cpu_count=4)
+        report.links.add(from_node=node, to_node="cloud", bandwidth_mbps=mbps)
+        await core.report_resources(report)
+    await core.report_resources(resources_pb2.NodeResources(node="cloud", cpu_count=4, workers={"detector": 8}))
+    for stream_id, node in (("a", "edge-1"), ("b", "edge-2"), ("c", "edge-2"), ("d", "edge-3"), ("e", "edge-3")):
+        await core.register(_spec(stream_id, node))
+    site = ("uplink", "site-a")
+    assert set(core.shares.on(site)) == {"a", "b", "c"}
+    assert set(core.shares.on(("link", "edge-3", "cloud"))) == {"d", "e"}
+    assert core.shares.on(("link", "edge-1", "cloud")) == {}
+    now[0] += 1
+    await _feed(core, "a", 2, process_s=0.1)  # a decision: its view is told its share
+    view = core._streams["a"].view
+    assert view.uplink_share_mbps == pytest.approx(12.0 / 3)  # needs unknown: an equal part of the most measured
+    assert view.uplink_mbps() == pytest.approx(4.0) and view.uplink_mbps(shared=False) == 12.0
+
+
+def test_a_node_is_behind_one_shared_uplink_and_never_the_cloud() -> None:
+    from pydantic import ValidationError
+
+    from dayu.scheduler.service import SchedulerSection
+
+    assert SchedulerSection(shared_uplinks={"a": ["edge-1", "edge-2"]}).shared_uplinks == {"a": ["edge-1", "edge-2"]}
+    for uplinks, message in (
+        ({"a": ["edge-1"], "b": ["edge-1"]}, "shared_uplinks.b: 'edge-1' is behind 'a' already"),
+        ({"a": ["cloud"]}, "shared_uplinks.a: 'cloud' is the cloud node"),
+        ({"a": []}, "shared_uplinks.a: the nodes behind it, got none"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            SchedulerSection(shared_uplinks=uplinks)
+
+
+def test_a_mesh_file_naming_an_unknown_node_behind_a_shared_uplink_is_refused() -> None:
+    from dayu.mesh.model import CONFIGS, load_mesh_config, read_mesh_file
+    from dayu.runtime.errors import InvalidArgument
+
+    data = read_mesh_file(CONFIGS / "cluster.yaml")
+    data["scheduler"] = {**data.get("scheduler", {}), "shared_uplinks": {"site-a": ["edge-1", "edge-9"]}}
+    with pytest.raises(InvalidArgument, match=r"scheduler.shared_uplinks.site-a names unknown nodes \['edge-9'\]"):
+        load_mesh_config(CONFIGS / "cluster.yaml", data)
+    behind = {"site-a": ["edge-1", "edge-2"]}
+    data["scheduler"]["shared_uplinks"] = behind
+    assert load_mesh_config(CONFIGS / "cluster.yaml", data).scheduler["shared_uplinks"] == behind

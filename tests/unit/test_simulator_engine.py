@@ -159,6 +159,10 @@ def test_a_generated_scenario_runs_its_streams_on_the_edges_behind_shared_uplink
     s = generate(params, "latency_budget", seed=1)
     assert {c.name for c in s.channels} == {"uplink-1", "uplink-2", "downlink-1", "downlink-2"}
     assert sorted(len(c.pairs) for c in s.channels if c.uplink) == [2, 2]
+    # The scheduler is told which edges each uplink carries (their streams share it together)...
+    assert s.scheduler.shared_uplinks == {"uplink-1": ["edge-1", "edge-3"], "uplink-2": ["edge-2", "edge-4"]}
+    unknown = generate(GeneratedParams.parse("edges=4,uplinks=2,streams=6,uplinks_known=0"), "latency_budget", seed=1)
+    assert unknown.scheduler.shared_uplinks == {}  # ... or not: each edge's streams divide what it sees
     mesh = SimulatedMesh(s, Profile.load(CONFIGS / "profile.yaml"), "latency_budget", 10.0, seed=1)  # the shipped one
     results = mesh.run()
     assert results.tasks and not mesh.in_flight
@@ -172,6 +176,7 @@ def test_a_generated_scenario_runs_its_streams_on_the_edges_behind_shared_uplink
         ("edges=2,uplinks=3", "--generate uplinks"),
         ("clouds=3", "--generate"),
         ("edges=many", "--generate edges"),
+        ("uplinks_known=2", "--generate uplinks_known"),
     ],
 )
 def test_bad_generator_parameters_name_the_field(text: str, field: str) -> None:

@@ -132,6 +132,11 @@ class MeshConfig(StrictModel):
         for stream in self.streams:
             if stream.node not in names:
                 raise ValueError(f"stream on unknown node {stream.node!r}")
+        uplinks = self.scheduler.get("shared_uplinks")
+        for uplink, behind in uplinks.items() if isinstance(uplinks, dict) else ():
+            unknown = sorted(set(behind) - names) if isinstance(behind, list) else []
+            if unknown:  # the section's own rules are the scheduler's (SchedulerSection)
+                raise ValueError(f"scheduler.shared_uplinks.{uplink} names unknown nodes {unknown}")
         for name, node in self.nodes.items():
             both = sorted(set(node.processors) & set(node.deployable))
             if both:

@@ -23,7 +23,7 @@ import math
 import statistics
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -180,9 +180,12 @@ class SchedulerCore:
         clock: Callable[[], float] = time.monotonic,
         max_streams: int | None = None,
         deployment: DeploymentSettings | None = None,
+        shared_uplinks: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """`max_streams`: streams registered at most (None: MAX_STREAMS), as many traced; a simulation
-        of more streams than a real scheduler should hold raises it."""
+        of more streams than a real scheduler should hold raises it. `shared_uplinks`: uplink name ->
+        the nodes whose links to the cloud all cross it (a site's one WAN link): their streams share
+        its bandwidth together, not each node's streams theirs alone."""
         self.default_policy = default_policy
         self.max_streams = MAX_STREAMS if max_streams is None else max_streams
         self.cloud_node = cloud_node
@@ -221,6 +224,8 @@ class SchedulerCore:
         self.traces = TaskTraces()  # the spans of the latest tasks, for their timelines
         self.deployment = DeploymentPlanner(cloud_node, deployment)  # deployable kinds per node (deployment.py)
         self.shares = Shares(clock, SHARES_REFRESH_S)  # the uplinks and processors streams share, and their shares
+        self._uplinks = {name: tuple(nodes) for name, nodes in (shared_uplinks or {}).items()}
+        self._uplink_of = {node: name for name, nodes in self._uplinks.items() for node in nodes}
 
     def _stream(self, stream_id: str, field: str = "stream_id") -> _Stream:
         require_id(stream_id, field)
@@ -372,8 +377,9 @@ class SchedulerCore:
 
     async def _after_link_rates(self, moved: Mapping[tuple[str, str], float | None], why: str) -> None:
         """Decides again for the streams on the nodes of each link whose bandwidth moved from what
-        `moved` says it was (HopLatencies.moved_links), and for those still to decide on an earlier
-        move (it came within decision_interval_s of their last decision)."""
+        `moved` says it was (HopLatencies.moved_links), and on the nodes behind the same shared uplink
+        (their shares of it follow), and for those still to decide on an earlier move (it came within
+        decision_interval_s of their last decision)."""
         now = self.hops.bandwidth
         changed = {
             node
@@ -381,6 +387,8 @@ class SchedulerCore:
             if link in now and (was is None or abs(now[link] - was) > LINK_CHANGE * was)
             for node in link
         }
+        for name in {self._uplink_of[node] for node in changed if node in self._uplink_of}:
+            changed.update(self._uplinks[name])
         for node in changed:
             for stream_id in self._homes.get(node, ()):
                 self._streams[stream_id].link_changed = True
@@ -646,9 +654,14 @@ class SchedulerCore:
         self._note_needs(stream)
         return decision
 
+    def _uplink(self, node: str) -> Resource:
+        """The resource a node's tasks to the cloud share: the shared uplink it is behind, else its link."""
+        name = self._uplink_of.get(node)
+        return ("link", node, self.cloud_node) if name is None else ("uplink", name)
+
     def _shared(self, stream: _Stream) -> dict[Resource, str]:
         """What the stream uses under its current decision that other streams may use too: the link
-        to the cloud its frames go over (("link", node, cloud), if any) and the processor of each of its
+        to the cloud its frames go over (`_uplink`, if any) and the processor of each of its
         stages (("processor", node, kind)); with, for a processor, the stage on it (the first: a second
         stage of the same kind on the same node is not counted, which no shipped pipeline has)."""
         spec, current = stream.view.spec, stream.view.current
@@ -656,7 +669,7 @@ class SchedulerCore:
             return {}
         used: dict[Resource, str] = {}
         if spec.node != self.cloud_node and self.cloud_node in current.placement.values():
-            used[("link", spec.node, self.cloud_node)] = ""
+            used[self._uplink(spec.node)] = ""
         for stage in spec.pipeline.stages:
             node = current.placement.get(stage.name, spec.node)
             used.setdefault(("processor", node, stage.processor), stage.name)
@@ -685,8 +698,12 @@ class SchedulerCore:
         self.shares.set_needs(stream_id, needs)
 
     def _capacity(self, stream: _Stream, resource: Resource) -> float | None:
-        """A shared resource's capacity: a link's bandwidth (Mbit/s), a processor's workers' time at
-        most PROCESSOR_BUSY busy (seconds a second); None when unknown."""
+        """A shared resource's capacity: a link's bandwidth (Mbit/s; a shared uplink's, the most any
+        node behind it measured), a processor's workers' time at most PROCESSOR_BUSY busy (seconds a
+        second); None when unknown."""
+        if resource[0] == "uplink":  # what the nodes behind it measured: the most, the others' being shared
+            measured = [stream.view.bandwidth_mbps(node, self.cloud_node) for node in self._uplinks[resource[1]]]
+            return max((mbps for mbps in measured if mbps is not None), default=None)
         what, node, other = resource
         if what == "link":
             return stream.view.bandwidth_mbps(node, other)
@@ -697,7 +714,7 @@ class SchedulerCore:
         """Tells the stream's view its shares of what other streams use too."""
         view, stream_id = stream.view, stream.view.spec.stream_id
         view.uplink_share_mbps, loads = None, {}
-        link = ("link", view.spec.node, self.cloud_node)
+        link = self._uplink(view.spec.node)
         if self.shares.others(stream_id, link) and (capacity := self._capacity(stream, link)) is not None:
             view.uplink_share_mbps = self.shares.share(stream_id, link, capacity)
         for resource, stage in self._shared(stream).items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pydantic
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -46,6 +47,40 @@ class SchedulerSection(StrictModel):
         default_factory=DeploymentSettings,
         description="when deployable processor kinds are loaded on a node and unloaded (docs/deployment.md)",
     )
+    shared_uplinks: dict[str, list[str]] = pydantic.Field(
+        default_factory=dict,
+        description="uplink name -> the nodes whose links to the cloud all cross it (a site's one WAN link): "
+        "their streams share its bandwidth together (docs/adaptive-loop.md)",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _one_uplink_a_node(self) -> SchedulerSection:
+        behind: dict[str, str] = {}
+        for name, nodes in self.shared_uplinks.items():
+            if not nodes:
+                raise ValueError(f"shared_uplinks.{name}: the nodes behind it, got none")
+            for node in nodes:
+                if node == self.cloud_node:
+                    raise ValueError(f"shared_uplinks.{name}: {node!r} is the cloud node, which the uplinks lead to")
+                if node in behind:
+                    raise ValueError(f"shared_uplinks.{name}: {node!r} is behind {behind[node]!r} already")
+                behind[node] = name
+        return self
+
+    def core(self, **overrides: Any) -> SchedulerCore:
+        """The scheduler's core as this section sets it up (`overrides`: SchedulerCore's other
+        arguments, such as a simulation's clock)."""
+        return SchedulerCore(
+            self.default_policy.spec(),
+            self.cloud_node,
+            self.decision_interval_s,
+            Admission(self.max_queue, self.resume_queue),
+            self.fallback_after_s,
+            self.stale_after_s,
+            deployment=self.deployment,
+            shared_uplinks=self.shared_uplinks,
+            **overrides,
+        )
 
 
 class SchedulerSettings(ComponentSettings):
@@ -199,18 +234,9 @@ class SchedulerComponent(Component):
     settings_class = SchedulerSettings
 
     def __init__(self, settings: SchedulerSettings) -> None:
-        default = settings.scheduler.default_policy.spec()
-        build_policy(default, "scheduler.default_policy")  # refuse a bad default at start, not at first use
-        section = settings.scheduler
-        self.core = SchedulerCore(
-            default,
-            section.cloud_node,
-            section.decision_interval_s,
-            Admission(section.max_queue, section.resume_queue),
-            section.fallback_after_s,
-            section.stale_after_s,
-            deployment=section.deployment,
-        )
+        # A bad default policy is refused at start, not at its first use.
+        build_policy(settings.scheduler.default_policy.spec(), "scheduler.default_policy")
+        self.core = settings.scheduler.core()
         # The operator's admin token for what changes a stream from outside (the backend's calls, an
         # operator's grpcurl); the mesh's own calls (registering, feedback, spans) need none.
         self.guard = guard(Tokens.load(settings.auth), ADMIN_CALLS, default=None)

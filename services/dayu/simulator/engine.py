@@ -48,7 +48,7 @@ from dayu.distributor.core import first_detector
 from dayu.media.frames import frame_rate
 from dayu.runtime.retry import RETRY_S
 from dayu.runtime.tracing import BYTES, DELAY, STAGE, STREAM, TASK, TO_NODE
-from dayu.scheduler.core import MAX_STREAMS, Admission, SchedulerCore
+from dayu.scheduler.core import MAX_STREAMS
 from dayu.simulator.compute import Machine
 from dayu.simulator.costs import Profile
 from dayu.simulator.network import Network, NotSent
@@ -347,14 +347,7 @@ class SimulatedMesh:
         self.env = simpy.Environment()
         self.rng = random.Random(seed)
         self.loop = asyncio.new_event_loop()
-        section = scenario.scheduler
-        self.core = SchedulerCore(
-            section.default_policy.spec(),
-            scenario.cloud_node,
-            section.decision_interval_s,
-            Admission(section.max_queue, section.resume_queue),
-            section.fallback_after_s,
-            section.stale_after_s,
+        self.core = scenario.scheduler.core(
             epoch=EPOCH,
             clock=lambda: self.env.now,
             # A simulated scheduler may hold more streams than a real one should: all the scenario's.

@@ -265,6 +265,9 @@ class GeneratedParams:
     edge_deployable_share: float = 0.0  # of the others, those whose detector the deployment plan may load
     late_factor: float = 4.0
     pipeline: str = "plates"
+    # 1: the scheduler is told which edges each uplink carries (scheduler.shared_uplinks), so their streams
+    # share it together; 0: each edge's streams divide what the edge sees of it, as if it were its own.
+    uplinks_known: int = 1
 
     @classmethod
     def parse(cls, text: str, field: str = "--generate") -> GeneratedParams:
@@ -290,6 +293,8 @@ class GeneratedParams:
             raise InvalidArgument(f"{field} uplinks", f"at most the edges ({params.edges}), got {params.uplinks}")
         if params.uplink_mbps <= 0 or params.delay_ms < 0 or params.late_factor < 0:
             raise InvalidArgument(field, "uplink_mbps > 0, delay_ms >= 0 and late_factor >= 0")
+        if params.uplinks_known not in (0, 1):
+            raise InvalidArgument(f"{field} uplinks_known", f"0 or 1, got {params.uplinks_known}")
         for share in ("edge_detector_share", "edge_deployable_share"):
             if not 0 <= getattr(params, share) <= 1:
                 raise InvalidArgument(f"{field} {share}", f"a share in [0, 1], got {getattr(params, share)}")
@@ -335,9 +340,10 @@ def generate(
         local = [k for k in kinds if k != first or edge in with_detector]
         deployable = {first: ProcessorSpec(first, 1, 64)} if edge in may_load else {}
         nodes[edge] = NodeSpec(edge, {k: ProcessorSpec(k, 1, 64) for k in local}, deployable=deployable)
-    channels = []
+    channels, behind = [], {}
     for group in range(params.uplinks):
         members = edges[group :: params.uplinks]
+        behind[f"uplink-{group + 1}"] = members
         for name, pairs, up in (
             (f"uplink-{group + 1}", tuple((e, CLOUD) for e in members), True),
             (f"downlink-{group + 1}", tuple((CLOUD, e) for e in members), False),
@@ -362,7 +368,8 @@ def generate(
             policy=decision_pb2.PolicySpec(name=policy),
         )
         streams.append(StreamModel(spec, SOURCE_FPS, True))
-    scheduler = SchedulerSection.model_validate({"cloud_node": CLOUD})
+    shared = {name: nodes for name, nodes in behind.items() if len(nodes) > 1} if params.uplinks_known else {}
+    scheduler = SchedulerSection.model_validate({"cloud_node": CLOUD, "shared_uplinks": shared})
     notes = {"generated": params.__dict__, "seed": seed, "trace": str(trace) if trace else None}
     name = f"generated-{params.streams}-streams"
     return Scenario(name, CLOUD, nodes, channels, streams, scheduler, params.late_factor, notes=notes)
