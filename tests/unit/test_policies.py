@@ -238,13 +238,45 @@ def test_latency_budget_waits_for_its_change_to_show() -> None:
     assert p.decide(v) is not None
 
 
+def test_latency_budget_starts_within_its_part_of_the_uplink_once_it_is_measured() -> None:
+    """Before its first task is back, a stream knows the uplink and its share of it, not its frames'
+    bits: the start is fitted at 1 bit a pixel (JPEG at quality 85), at once when the uplink was
+    measured before the stream registered, else when it is, unless tasks came back meanwhile."""
+    light = {"fps": 1, "frames_per_segment": 1}
+    for measured_first in (True, False):
+        v, p = view(), policy("latency_budget", start=light)
+        edge = resources_pb2.NodeResources(node="edge-1")  # every stage on the cloud: the frames cross
+        v.resources = {"edge-1": edge}
+        v.uplink_share_mbps = 0.5  # of 2 Mbit/s: three other streams of its node send over it
+        if measured_first:
+            edge.links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=2.0)
+        decision = apply(v, p.decide(v))
+        if not measured_first:
+            assert decision.configuration.resolution.height == 720  # the configured start
+            edge.links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=2.0)
+            decision = apply(v, p.decide(v))
+            assert decision.reason.startswith("restart at ")
+        config = decision.configuration
+        assert config.fps == 1 and "what 0.50 Mbit/s of the uplink carries" in decision.reason
+        assert config.resolution.width * config.resolution.height / 1e6 <= 0.8 * 0.5  # 1 bit a pixel, 1 fps
+        assert config.resolution.width * config.resolution.height > 0.8 * 0.5 * 1e6 / 2  # the largest that fits
+        assert p.decide(v) is None  # once
+    v, p = view(), policy("latency_budget", start=light)
+    v.resources = {"edge-1": resources_pb2.NodeResources(node="edge-1")}
+    apply(v, p.decide(v))
+    feed(v, latency=0.3, transfer=0.1, size=100_000, tasks=1)  # its own tasks tell before the uplink is measured
+    v.resources["edge-1"].links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=2.0)
+    decision = p.decide(v)
+    assert decision is None or not decision.reason.startswith("restart")
+
+
 def test_latency_budget_fits_a_narrow_uplink_in_one_decision() -> None:
     v, p = view(), policy("latency_budget")
     edge = resources_pb2.NodeResources(node="edge-1")  # no processors on the edge: every stage on the cloud
-    edge.links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=4.0)
     v.resources = {"edge-1": edge}
-    start = apply(v, p.decide(v))
+    start = apply(v, p.decide(v))  # at the best: the uplink is not measured yet
     assert set(start.placement.values()) == {"cloud"}
+    edge.links.add(from_node="edge-1", to_node="cloud", bandwidth_mbps=4.0)
     # 10 frames of 1280x720 took 1.2 MB (~1 bit per pixel): 30 fps would need ~28 Mbit/s.
     feed(v, latency=3.0, transfer=2.5, process=0.2, size=1_200_000)
     narrow = apply(v, p.decide(v))

@@ -37,10 +37,9 @@ def test_the_plan_loads_the_detector_where_streams_cross_uplinks_and_tasks_run_t
     assert on_deployable[0].spec.node in decision.deployment["detect"].nodes
     _, without = _run(0.0)
     assert without.model_loads == 0
-    # Detections on the edges: fewer bytes over the uplinks a task, more tasks within budget.
-
-    def uplink_bytes_a_task(run: RunResults) -> float:
-        return sum(run.channel_bytes[name] for name in run.uplinks) / run.log.generated
-
-    assert uplink_bytes_a_task(with_plan) < uplink_bytes_a_task(without)
+    # Detections on the edges: what crosses the uplinks for a task is its crops, so the streams there fit
+    # more work into their shares of the uplink (the policy spends the room on accuracy and frame rate,
+    # not on sending fewer bytes): more tasks, more of them within budget, more accurate.
+    assert with_plan.log.generated > without.log.generated
     assert with_plan.log.in_budget > without.log.in_budget
+    assert with_plan.log.mean_accuracy() > without.log.mean_accuracy()

@@ -430,14 +430,15 @@ class SchedulerCore:
         await self._admit({report.node})
 
     async def _probed(self, previous: resources_pb2.NodeResources, report: resources_pb2.NodeResources) -> None:
-        """A link whose probe moved by more than PROBE_CHANGE since the node's last report counts as a
-        transfer at the new rate, as a task's would: a collapse is acted on before the slow tasks'
-        spans come (which a collapsed link holds back too)."""
+        """A link whose probe moved by more than PROBE_CHANGE since the node's last report (or that it
+        reports for the first time) counts as a transfer at the new rate, as a task's would: a collapse
+        is acted on before the slow tasks' spans come (which a collapsed link holds back too), and a
+        stream that started before its uplink was measured fits its start to it."""
         before = {link.to_node: link.bandwidth_mbps for link in previous.links}
 
-        def moved_much(link: resources_pb2.LinkBandwidth) -> bool:
-            was = before.get(link.to_node, 0.0)
-            return was > 0 and abs(link.bandwidth_mbps - was) > PROBE_CHANGE * was
+        def moved_much(link: resources_pb2.LinkBandwidth) -> bool:  # or measured for the first time
+            was = before.get(link.to_node)
+            return was is None or (was > 0 and abs(link.bandwidth_mbps - was) > PROBE_CHANGE * was)
 
         moved = [link for link in report.links if moved_much(link)]
         if not moved:

@@ -498,6 +498,9 @@ class LatencyBudgetParams(Strict):
 
 Levels = tuple[int, int, int]  # steps down from the best: resolution, frame rate, frames per segment
 OVER_SHARE = 1.1  # processing this far over its share of a shared processor is refitted at once
+# Bits a pixel of a frame before the stream's own tasks tell: a JPEG street scene at quality 85 (configs/
+# profile.yaml: 115 KB at 720p, 1.0) and raw BGR; none for H.264 (a segment's frames share their bits).
+START_BITS_PER_PIXEL = {types_pb2.CODEC_JPEG: 1.0, types_pb2.CODEC_RAW_BGR: 24.0}
 # After a cut, no climb back to as much work (per second and per task) as what was cut, for this long
 # (by when the tasks were made): a climb that failed once is likely to fail again, and back and forth
 # is late tasks each time.
@@ -619,6 +622,7 @@ class LatencyBudgetPolicy:
         self.params = params
         self.levels: Levels = (0, 0, 0)
         self._started = False
+        self._fit_start = False  # the start is to be fitted to the uplink once it is measured (_start_within_uplink)
         self._crossings_of: dict[tuple[str, ...], int] = {}  # placement -> _crossings, within one decide
         self._aimed = params.target  # the share of the budget the last decision aimed at
         self._cut: tuple[tuple[int, int], float] | None = None  # the work of the levels last cut, and when
@@ -689,6 +693,28 @@ class LatencyBudgetPolicy:
         segment = best.frames_per_segment - min(frames, best.frames_per_segment) if frames else 0
         return resolution, fps, segment
 
+    def _start_within_uplink(self, view: StreamView, best: types_pb2.Configuration, placement: dict[str, str]) -> str:
+        """Lowers the start's resolution until its frames, at START_BITS_PER_PIXEL, fit the stream's
+        part of its uplink (`safety` of its share; of the link when the uplink is its own), when its
+        first stage runs on the cloud and the uplink was measured: many streams starting at once behind
+        one uplink would otherwise fill its queue before the first task says so, and every task behind
+        them is late. What it says of the start ("" when it kept it)."""
+        prior = START_BITS_PER_PIXEL.get(best.codec)
+        first = view.spec.pipeline.stages[0].name if view.spec.pipeline.stages else ""
+        uplink = view.uplink_mbps(shared=self.params.share_uplink)
+        crosses = placement.get(first) == view.cloud_node != view.spec.node  # the frames go over the uplink
+        if prior is None or uplink is None or not crosses:
+            return ""
+        self._fit_start, before = False, self.levels
+        while True:
+            pixels, fps, _ = self._knobs(best, self.levels)
+            if prior * pixels * fps / 1e6 <= self.params.safety * uplink or not self._step(0, 1, best):
+                break
+        if self.levels == before:
+            return ""
+        height = ladders(best).sizes[self.levels[0]][1]
+        return f" at {height}p, what {uplink:.2f} Mbit/s of the uplink carries"
+
     def _step(self, knob: int, steps: int, best: types_pb2.Configuration) -> bool:
         levels = list(self.levels)
         levels[knob] = max(0, min(self._limits(best)[knob], levels[knob] + steps))
@@ -700,14 +726,20 @@ class LatencyBudgetPolicy:
         self._crossings_of.clear()  # which nodes run what may have changed since the last decision
         best = view.spec.max_configuration
         if view.current is None:
-            if not self._started:  # a restart (fallback, feedback resumed) keeps the levels it learned
-                self.levels, self._started = self._start_levels(best), True
             placement = {
                 s.name: view.spec.node if view.can_run(view.spec.node, s.processor) else view.cloud_node
                 for s in view.spec.pipeline.stages
             }
-            start = "start at the best" if self.levels == (0, 0, 0) else "start at the configured start"
+            start = "start at the best" if self._start_levels(best) == (0, 0, 0) else "start at the configured start"
+            if not self._started:  # a restart (fallback, feedback resumed) keeps the levels it learned
+                self.levels, self._started, self._fit_start = self._start_levels(best), True, True
+                start += self._start_within_uplink(view, best, placement)
             return Proposal(self._config(best, self.levels), placement, f"{start}, on the edge where it can")
+        if self._fit_start and not view.recent and view.uplink_mbps() is not None:
+            # The uplink measured after the start, before any task came back: the start fitted to it now.
+            fitted = self._start_within_uplink(view, best, dict(view.current.placement))
+            if fitted:
+                return Proposal(self._config(best, self.levels), dict(view.current.placement), f"restart{fitted}")
         own = view.feedback(2, last=self.params.window) or self._late_alone(view)
         target = view.spec.latency_budget_s * self._aim(view)
         if own is not None and self._uplink_fell(view, own, target, best):
