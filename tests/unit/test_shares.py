@@ -189,3 +189,27 @@ def test_a_mesh_file_naming_an_unknown_node_behind_a_shared_uplink_is_refused() 
     behind = {"site-a": ["edge-1", "edge-2"]}
     data["scheduler"]["shared_uplinks"] = behind
     assert load_mesh_config(CONFIGS / "cluster.yaml", data).scheduler["shared_uplinks"] == behind
+
+
+async def test_a_shared_uplink_redecides_all_its_nodes_only_when_its_capacity_moves() -> None:
+    now = [0.0]
+    core = SchedulerCore(
+        decision_pb2.PolicySpec(name="fixed"), clock=lambda: now[0], shared_uplinks={"site-a": ["edge-1", "edge-2"]}
+    )
+    for stream_id, node in (("a", "edge-1"), ("b", "edge-2")):
+        await core.register(_spec(stream_id, node))
+    decided = {s: core._streams[s].decided_at for s in ("a", "b")}
+
+    async def rates(**mbps: float) -> set[str]:
+        """Transfers at these rates on the nodes' links; the streams decided again."""
+        now[0] += 1
+        for node, rate in mbps.items():
+            core.hops.add_link_rate((node.replace("_", "-"), "cloud"), rate)
+        await core._after_link_rates(core.hops.moved_links(), "traces")
+        again = {s for s in decided if core._streams[s].decided_at != decided[s]}
+        decided.update({s: core._streams[s].decided_at for s in decided})
+        return again
+
+    assert await rates(edge_1=20.0, edge_2=10.0) == {"a", "b"}  # first measured: news to both
+    assert await rates(edge_2=5.0) == {"b"}  # edge-1 measures the uplink at 20 still: its share holds
+    assert await rates(edge_1=8.0) == {"a", "b"}  # the uplink itself fell: both shares follow

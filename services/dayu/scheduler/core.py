@@ -377,9 +377,9 @@ class SchedulerCore:
 
     async def _after_link_rates(self, moved: Mapping[tuple[str, str], float | None], why: str) -> None:
         """Decides again for the streams on the nodes of each link whose bandwidth moved from what
-        `moved` says it was (HopLatencies.moved_links), and on the nodes behind the same shared uplink
-        (their shares of it follow), and for those still to decide on an earlier move (it came within
-        decision_interval_s of their last decision)."""
+        `moved` says it was (HopLatencies.moved_links), on all the nodes behind a shared uplink whose
+        capacity moved (their shares of it follow), and for those still to decide on an earlier move
+        (it came within decision_interval_s of their last decision)."""
         now = self.hops.bandwidth
         changed = {
             node
@@ -388,7 +388,12 @@ class SchedulerCore:
             for node in link
         }
         for name in {self._uplink_of[node] for node in changed if node in self._uplink_of}:
-            changed.update(self._uplinks[name])
+            # The shares of a shared uplink follow its capacity (the most its nodes measure): when that
+            # moved, every node behind it decides again, else only those whose own link moved.
+            links = [(node, self.cloud_node) for node in self._uplinks[name]]
+            before = max((moved[link] if link in moved else now.get(link)) or 0.0 for link in links)
+            if abs(max(now.get(link, 0.0) for link in links) - before) > LINK_CHANGE * before:
+                changed.update(self._uplinks[name])
         for node in changed:
             for stream_id in self._homes.get(node, ()):
                 self._streams[stream_id].link_changed = True
