@@ -239,6 +239,22 @@ async def test_no_room_for_shared_memory_sends_the_tensors(
     assert outputs and backend.shared_memory_refused.startswith("no shared memory for a 49152 byte tensor")
 
 
+async def test_closing_unregisters_a_region_in_flight_once_it_is_given_back(triton: TritonServer) -> None:
+    backend = TritonBackend(TritonParams(address=triton.address))
+    await backend.infer_outputs(ModelRef("text_detection"), np.zeros((1, 3, 64, 64), np.float32))
+    shared = backend._shared
+    assert shared is not None
+    region = await shared.take(1 << 10)  # as a request in flight holds it
+    assert region is not None
+    closing = asyncio.create_task(backend.aclose())
+    await asyncio.sleep(0.2)
+    assert not closing.done()  # unregistered under its request, the request would fail
+    assert await shared.take(1 << 10) is None  # closing: the tensors go in the requests
+    shared.give(region)
+    await asyncio.wait_for(closing, 10)
+    assert not [name for name in await _regions(triton) if name.startswith(triton_shm.PREFIX)]
+
+
 async def test_a_server_that_cannot_load_its_models_reports_why(tmp_path: Path) -> None:
     repository = assemble(tmp_path / "models")
     (repository / "text_recognition" / "1" / "model.onnx").write_bytes(b"not an ONNX model")

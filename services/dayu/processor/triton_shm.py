@@ -65,12 +65,16 @@ class SharedInputs:
             self._free.put_nowait(None)  # a slot without a region yet
         self._epoch = 0
         self._swept = False
+        self._closed = False
         self.refused = ""  # why Triton cannot map this host's memory: the tensors go in the requests
 
     async def take(self, nbytes: int) -> Region | None:
-        if self.refused:
+        if self.refused or self._closed:
             return None
         region = await self._free.get()
+        if self._closed:  # closing while this waited: the region is aclose's to unregister
+            self._free.put_nowait(region)
+            return None
         if region is not None and region.epoch == self._epoch and region.size >= nbytes:
             return region
         try:
@@ -139,8 +143,17 @@ class SharedInputs:
                 log.info("shared memory of a process gone unregistered", region=name, address=self._address)
 
     async def aclose(self) -> None:
-        while not self._free.empty():
-            region = self._free.get_nowait()
+        """Unregisters the regions, those in flight once they are given back (one unregistered under
+        its request would fail it), waiting for them as long as a call may take at most."""
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        for _ in range(SLOTS):
+            try:
+                region = await asyncio.wait_for(self._free.get(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                log.warning("shared memory in flight left registered", address=self._address)
+                return
             if region is not None:
                 with contextlib.suppress(Exception):
                     await self._drop(region)
