@@ -8,10 +8,11 @@ import uuid
 
 import pytest
 
-from dayu.controller.core import FALLBACK, ControllerCore
+from dayu.controller.core import FALLBACK, ControllerCore, superseded
+from dayu.controller.links import Link
 from dayu.runtime import retry
 from dayu.runtime.errors import RemoteError
-from dayu.v1 import decision_pb2, task_pb2, types_pb2
+from dayu.v1 import decision_pb2, resources_pb2, task_pb2, types_pb2
 
 from conftest import BOXES, LABELS, make_task, stage
 
@@ -171,3 +172,38 @@ async def test_a_processor_held_unloaded_sends_the_stage_elsewhere_at_once_or_dr
     (reason,) = mesh.dropped
     assert "processor 'noop' on edge-1 failed stage a: FAILED_PRECONDITION: processor says no" in reason
     assert asyncio.get_running_loop().time() - started < 0.5  # not waited for, as an away one would be
+
+
+def test_a_task_of_a_replaced_decision_that_would_arrive_past_its_budget_is_superseded() -> None:
+    slow = resources_pb2.LinkBandwidth(from_node="edge-1", to_node="cloud", bandwidth_mbps=0.5)
+    late = superseded((1, 3), (1, 4), 1.5, 0.5, 230_000, slow, 0.015)  # 3.7 s of transfer at 0.5 Mbit/s
+    assert late == (
+        "superseded: its decision replaced, at 0.50 Mbit/s to cloud it would arrive 4.2 s old, over its 1.5 s budget"
+    )
+    assert superseded((1, 4), (1, 4), 1.5, 0.5, 230_000, slow, 0.015) == ""  # the current decision's: its feedback
+    assert superseded((1, 3), (1, 4), 1.5, 0.5, 20_000, slow, 0.015) == ""  # small enough to make it
+    assert superseded((1, 3), (1, 4), 1.5, 0.5, 230_000, None, 0.015) == ""  # the link not measured yet
+    assert superseded((1, 3), None, 1.5, 0.5, 230_000, slow, 0.015) == ""  # no decision seen
+    assert superseded((1, 3), (1, 4), 0.0, 0.5, 230_000, slow, 0.015) == ""  # no budget
+    assert superseded((2, 1), (1, 9), 1.5, 0.5, 230_000, slow, 0.015) == ""  # of a newer scheduler's epoch
+
+
+async def test_a_superseded_task_gives_its_turn_on_the_link_to_the_new_decisions_tasks() -> None:
+    mesh = Mesh()
+    core = ControllerCore("edge-1", "cloud", {"cloud"}, set(), {"cloud": Link("edge-1", "cloud")}, mesh)
+    core.apply_decision(decision_pb2.Decision(stream_id="stream-1", epoch=1, version=4))
+    core.measured_links["cloud"] = resources_pb2.LinkBandwidth(from_node="edge-1", to_node="cloud", bandwidth_mbps=0.5)
+    tasks = []
+    for version, frames in ((3, 40), (4, 40), (3, 1)):
+        task = make_task(linear_pipeline(), frames=frames)
+        for spec_stage in task.dag.stages:
+            spec_stage.node = "cloud"  # nothing runs on this edge: the frames cross the link
+        task.latency_budget_s, task.decision_epoch, task.decision_version = 1.5, 1, version
+        del task.segment.frames[:]
+        task.segment.frames.extend([bytes(6_000)] * frames)  # 240 KB: 3.8 s at 0.5 Mbit/s
+        tasks.append(task)
+        await core.submit(task, "")
+    await settle(core)
+    forwarded = [task.decision_version for _, task in mesh.forwarded]
+    assert forwarded == [4, 3]  # the current decision's, and a small one that still makes it
+    assert len(mesh.dropped) == 1 and mesh.dropped[0].startswith("superseded: its decision replaced, at 0.50 Mbit/s")

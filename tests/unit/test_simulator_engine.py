@@ -202,3 +202,19 @@ def test_profile_lookups_interpolate_and_hold_outside_the_measured_points() -> N
     assert costs.accuracy(1280, 720, 30, 8) == pytest.approx(0.9)
     assert costs.task_bytes(2, 50_000) == 300 + 200 + 100_000
     assert costs.task_bytes(2, 50_000, with_frames=False) == 500
+
+
+def test_a_collapse_is_measured_under_the_transfer_and_the_old_decisions_tasks_give_way() -> None:
+    """configs/experiment.yaml on the floor trace (15 to 0.5 Mbit/s at 15 s): the probe says the link
+    fell while a task is still going (as ControllerCore.measure_link), and the tasks made under the
+    decision before the fall, which would arrive past their budget, are dropped as superseded before
+    they take the link (as ControllerCore._over_link) instead of holding it for seconds each."""
+    from dayu.simulator.scenario import from_mesh
+
+    scenario = from_mesh(CONFIGS / "experiment.yaml", "latency_budget", CONFIGS / "traces" / "floor.txt")
+    mesh = SimulatedMesh(scenario, Profile.load(CONFIGS / "profile.yaml"), "latency_budget", 30.0, seed=0)
+    log = mesh.run().log
+    superseded = {r: n for r, n in log.drop_reasons.items() if r.startswith("superseded: its decision replaced")}
+    assert superseded, log.drop_reasons
+    within = [t for t in log.tasks if 15 <= t.made_s < 30 and t.delivered and t.latency_s <= 1.5]
+    assert len(within) >= 20  # the lighter tasks of the new decision get through within the floor (12 without)

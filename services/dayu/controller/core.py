@@ -190,6 +190,34 @@ class Unreachable(Dropped):
     """The node stayed unreachable for as long as the task could wait."""
 
 
+def superseded(
+    made_under: tuple[int, int],
+    current: tuple[int, int] | None,
+    budget_s: float,
+    age_s: float,
+    nbytes: int,
+    measured: resources_pb2.LinkBandwidth | None,
+    delay_s: float,
+) -> str:
+    """Why a task waiting for a link is not worth its turn on it ("" when it is): made under a decision
+    (epoch, version) that its stream's scheduler has since replaced (`current`), it would arrive past
+    its budget at the link's last `measured` rate. The policy moved on because such tasks no longer
+    fit; sent, one would hold the link while the new decision's lighter tasks queue behind it (a
+    segment of two 720p frames takes 3.7 s at 0.5 Mbit/s). Tasks of the current decision are kept:
+    they are the policy's feedback on it. The simulator applies the same rule."""
+    if current is None or current <= made_under or not budget_s:
+        return ""
+    if measured is None or measured.bandwidth_mbps <= 0:
+        return ""
+    arrival = age_s + nbytes * 8 / (measured.bandwidth_mbps * 1e6) + delay_s
+    if arrival <= budget_s:
+        return ""
+    return (
+        f"superseded: its decision replaced, at {measured.bandwidth_mbps:.2f} Mbit/s to {measured.to_node} it "
+        f"would arrive {arrival:.1f} s old, over its {budget_s:g} s budget"
+    )
+
+
 class ControllerCore:
     def __init__(
         self,
@@ -512,6 +540,20 @@ class ControllerCore:
         budget = task.latency_budget_s
         return f"late: {age:.1f} s old at {self.node}, over {self.late_factor:g} times its {budget:g} s budget"
 
+    def _superseded(self, task: task_pb2.Task, node: str, nbytes: int) -> str:
+        """superseded() for a task waiting for the link to `node`, by this node's latest decision of its
+        stream and its latest measurement of the link."""
+        current = self.decisions.get(task.stream_id)
+        return superseded(
+            (task.decision_epoch, task.decision_version),
+            (current.epoch, current.version) if current is not None else None,
+            task.latency_budget_s,
+            self._age(task),
+            nbytes,
+            self.measured_links.get(node),
+            self._link(node).delay_ms / 1000,
+        )
+
     def _patience(self, task: task_pb2.Task) -> float:
         """How long the task may wait for a node to come back: until it would be late, else PATIENCE_S."""
         if self.late_factor and task.latency_budget_s:
@@ -558,6 +600,7 @@ class ControllerCore:
                     lambda: self.transport.forward(node, task, self._deadline(link, task)),
                     f"controller of {node}",
                     self._patience(task),
+                    superseded=True,
                 )
             except Unreachable as error:
                 if taken is not None:  # its sibling went to `node` with the frames: it takes its own elsewhere
@@ -631,13 +674,26 @@ class ControllerCore:
         return 5.0 + 4 * link.expected_rpc_s(task.ByteSize())
 
     async def _over_link(
-        self, node: str, task: task_pb2.Task, send: Callable[[], Awaitable[None]], receiver: str, patience_s: float
+        self,
+        node: str,
+        task: task_pb2.Task,
+        send: Callable[[], Awaitable[None]],
+        receiver: str,
+        patience_s: float,
+        superseded: bool = False,
     ) -> float:
         """Sends the task over the link to `node` with `send` (two spans of the task's trace: waiting
         for the link, then the bytes going), trying again while the receiver is unreachable for up to
-        `patience_s`; a task too late to be worth sending is dropped instead."""
+        `patience_s`; a task too late to be worth sending (or, with `superseded`, one `_superseded`)
+        is dropped instead, once its turn on the link comes."""
         link = self._link(node)
         nbytes = task.ByteSize()
+        unwanted = [""]
+
+        def still_wanted() -> bool:
+            unwanted[0] = self._lateness(task) or (self._superseded(task, node, nbytes) if superseded else "")
+            return not unwanted[0]
+
         attributes = {**task_attributes(task.stream_id, task.root_id), TO_NODE: node, BYTES: nbytes}
 
         async def stamped() -> None:  # the age it will have on arrival, as this link expects it
@@ -660,12 +716,10 @@ class ControllerCore:
                 sending.append(self.tracing.start("link.transfer", **attributes, **{DELAY: link.delay_ms / 1000}))
 
             try:
-                return await link.transmit(
-                    nbytes, stamped, still_wanted=lambda: not self._lateness(task), on_sending=start_sending
-                )
+                return await link.transmit(nbytes, stamped, still_wanted=still_wanted, on_sending=start_sending)
             except NotSent:
                 waiting.set_status(trace.StatusCode.ERROR, "too late to send")
-                raise Dropped(self._lateness(task)) from None
+                raise Dropped(unwanted[0]) from None
             except RemoteError as error:
                 (sending or [waiting])[0].set_status(trace.StatusCode.ERROR, error.code)
                 why = f"{receiver} refused the task from {self.node}: {error.code}: {error.details}"
@@ -703,11 +757,9 @@ class ControllerCore:
         if not MIN_PROBE_BYTES <= probe_bytes <= MAX_PROBE_BYTES:
             raise InvalidArgument("probe_bytes", f"{MIN_PROBE_BYTES}..{MAX_PROBE_BYTES}, got {probe_bytes}")
         last = self.measured_links.get(to_node)
-        bound = self._link(to_node).sending_bound_mbps()
-        if last is not None and bound is not None and bound < last.bandwidth_mbps:
-            # A task's transfer has been going longer than the last measured rate allows: the link
-            # fell. Said now, rather than after probes queued behind that transfer.
-            bandwidth_mbps, rtt_ms = bound, last.rtt_ms
+        fell_to = self._link(to_node).fell_to_mbps(last.bandwidth_mbps if last is not None else None)
+        if last is not None and fell_to is not None:
+            bandwidth_mbps, rtt_ms = fell_to, last.rtt_ms
         else:
             small = await self._probe(to_node, 1)
             large = await self._probe(to_node, probe_bytes)

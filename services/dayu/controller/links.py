@@ -118,6 +118,16 @@ class Link:
         # Under a second it says nothing: a busy machine's event loop wakes the emulator that late.
         return nbytes * 8 / going_s / 1e6 if going_s >= MIN_BOUND_S else None
 
+    def fell_to_mbps(self, last_mbps: float | None) -> float | None:
+        """The sending bound when it is under the last measured rate: the link fell under the task
+        transfer going now (said at once, rather than by probes queued behind that transfer); else None."""
+        bound = self.sending_bound_mbps()
+        return bound if last_mbps is not None and bound is not None and bound < last_mbps else None
+
+    def mark_sending(self, nbytes: int | None) -> None:
+        """A task transfer of nbytes starts going over the link now (None: it is through)."""
+        self._sending = None if nbytes is None else (self._clock(), nbytes)
+
     def expected_rpc_s(self, nbytes: int) -> float:
         """Seconds sending nbytes is expected to take from the moment they start to go, by what this
         link's recent sends took (0 before the first): the part of a task's age that no one clock sees."""
@@ -167,14 +177,14 @@ class Link:
             # them, while the call sends them (an emulated link's call is loopback: not the link).
             emulated = self.fixed_mbps > 0 or self.trace is not None
             try:
-                self._sending = None if probe else (self._clock(), nbytes)
+                self.mark_sending(None if probe else nbytes)
                 await asyncio.sleep(self.serialization_s(nbytes, self._clock()))
                 sent_at = self._clock()
                 if emulated:
-                    self._sending = None
+                    self.mark_sending(None)
                 await send()
             finally:
-                self._sending = None
+                self.mark_sending(None)
             if probe:
                 self.probe_bytes_sent += nbytes
             else:

@@ -43,7 +43,7 @@ from typing import Any
 import simpy
 from simpy.core import NORMAL
 
-from dayu.controller.core import PREVIEW_EVERY_S
+from dayu.controller.core import PREVIEW_EVERY_S, superseded
 from dayu.distributor.core import first_detector
 from dayu.media.frames import frame_rate
 from dayu.runtime.retry import RETRY_S
@@ -589,6 +589,20 @@ class SimulatedMesh:
             return ""
         return f"late: {age:.1f} s old at {task.at}, over {factor:g} times its {budget:g} s budget"
 
+    def _superseded(self, task: _Task, to: str, nbytes: int) -> str:
+        """ControllerCore._superseded: by the scheduler's current decision and the node's last probe."""
+        current = self.core.decision(task.stream.stream_id)
+        channel = self.network.channel(task.at, to)
+        return superseded(
+            (task.decision.epoch, task.decision.version),
+            (current.epoch, current.version),
+            task.stream.spec.latency_budget_s,
+            self.env.now - task.made_at,
+            nbytes,
+            self._measured_links[task.at].get(to),
+            channel.delay_s if channel is not None else 0.0,
+        )
+
     def _send(
         self, task: _Task, to: str, stage: _Stage | None, with_frames: bool = True
     ) -> Generator[simpy.Event, Any, None]:
@@ -599,10 +613,16 @@ class SimulatedMesh:
         left = self.env.now
         channel = self.network.channel(here, to)
         if channel is not None:
+            unwanted = [""]
+
+            def still_wanted() -> bool:  # ControllerCore._over_link's check, once the link is free
+                unwanted[0] = self._lateness(task) or (self._superseded(task, to, nbytes) if stage else "")
+                return not unwanted[0]
+
             try:
-                sent = yield from channel.transmit(self.env, nbytes, still_wanted=lambda: not self._lateness(task))
+                sent = yield from channel.transmit(self.env, nbytes, still_wanted=still_wanted)
             except NotSent:
-                raise Dropped(self._lateness(task)) from None
+                raise Dropped(unwanted[0]) from None
             attributes = {STREAM: task.stream.stream_id, TASK: task.task_id, TO_NODE: to, BYTES: nbytes}
             attributes[DELAY] = channel.delay_s
             self.spans.add("controller", here, "link.transfer", sent.sending_at, sent.arrived_at, **attributes)
@@ -767,12 +787,18 @@ class SimulatedMesh:
 
     def _probe_links(self, node: str) -> Generator[simpy.Event, Any, None]:
         """Every interval, each link from the node measured with a small and a large probe through its
-        FIFO, one link at a time (ControllerCore.measure_link)."""
+        FIFO, one link at a time, or by the task transfer going when the link fell under it
+        (ControllerCore.measure_link)."""
         while True:
             started = self.env.now
             for peer in self.network.peers(node):
                 channel = self.network.channel(node, peer)
                 assert channel is not None
+                last = self._measured_links[node].get(peer)
+                fell_to = channel.link.fell_to_mbps(last.bandwidth_mbps if last is not None else None)
+                if last is not None and fell_to is not None:  # as ControllerCore.measure_link says it
+                    last.bandwidth_mbps = fell_to
+                    continue
                 small = yield from channel.transmit(self.env, 1, probe=True)
                 large = yield from channel.transmit(self.env, self.scenario.probe_bytes, probe=True)
                 small_s = small.arrived_at - small.queued_at

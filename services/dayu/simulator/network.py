@@ -60,8 +60,10 @@ class Channel:
             if not still_wanted():
                 raise NotSent()
             sending_at = env.now
+            self.link.mark_sending(None if probe else nbytes)
             yield env.timeout(self.link.serialization_s(self.spec.wire_bytes(nbytes), env.now))
         finally:
+            self.link.mark_sending(None)
             self.busy.release(request)
         if probe:
             self.probe_bytes_sent += nbytes
