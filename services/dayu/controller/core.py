@@ -600,7 +600,7 @@ class ControllerCore:
                     lambda: self.transport.forward(node, task, self._deadline(link, task)),
                     f"controller of {node}",
                     self._patience(task),
-                    superseded=True,
+                    give_way=True,
                 )
             except Unreachable as error:
                 if taken is not None:  # its sibling went to `node` with the frames: it takes its own elsewhere
@@ -680,18 +680,18 @@ class ControllerCore:
         send: Callable[[], Awaitable[None]],
         receiver: str,
         patience_s: float,
-        superseded: bool = False,
+        give_way: bool = False,
     ) -> float:
         """Sends the task over the link to `node` with `send` (two spans of the task's trace: waiting
         for the link, then the bytes going), trying again while the receiver is unreachable for up to
-        `patience_s`; a task too late to be worth sending (or, with `superseded`, one `_superseded`)
-        is dropped instead, once its turn on the link comes."""
+        `patience_s`; a task too late to be worth sending (or, with `give_way`, one `_superseded`) is
+        dropped instead, once its turn on the link comes."""
         link = self._link(node)
         nbytes = task.ByteSize()
         unwanted = [""]
 
         def still_wanted() -> bool:
-            unwanted[0] = self._lateness(task) or (self._superseded(task, node, nbytes) if superseded else "")
+            unwanted[0] = self._lateness(task) or (self._superseded(task, node, nbytes) if give_way else "")
             return not unwanted[0]
 
         attributes = {**task_attributes(task.stream_id, task.root_id), TO_NODE: node, BYTES: nbytes}

@@ -730,9 +730,11 @@ class LatencyBudgetPolicy:
                 s.name: view.spec.node if view.can_run(view.spec.node, s.processor) else view.cloud_node
                 for s in view.spec.pipeline.stages
             }
-            start = "start at the best" if self._start_levels(best) == (0, 0, 0) else "start at the configured start"
-            if not self._started:  # a restart (fallback, feedback resumed) keeps the levels it learned
+            first = not self._started  # a restart (fallback, feedback resumed) keeps the levels it learned
+            if first:
                 self.levels, self._started, self._fit_start = self._start_levels(best), True, True
+            start = "start at the best" if self.levels == (0, 0, 0) else "start at the configured start"
+            if first:
                 start += self._start_within_uplink(view, best, placement)
             return Proposal(self._config(best, self.levels), placement, f"{start}, on the edge where it can")
         if self._fit_start and not view.recent and view.uplink_mbps() is not None:
