@@ -11,7 +11,8 @@ machine may be shared), the wall time and the peak RSS.
 
 Writes OUT/POLICY/ (`dayu simulate`'s results.csv, results.json, plots and run-POLICY/tasks.csv, its rows
 streamed as the run goes) and OUT/POLICY/scale.json (the figures below, and the progress every
---every simulated seconds: wall and CPU seconds, tasks made, in flight, RSS), and prints them. Run one
+--every simulated seconds: wall and CPU seconds, tasks made, in flight, RSS; written at each step
+with "finished": false, so a run stopped early leaves how far it got), and prints them. Run one
 policy at a time: each takes a core, and the simulator's speed is what is measured."""
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def main() -> None:
         }
         progress.append(point)
         print(json.dumps(point), file=sys.stderr, flush=True)
+        # So far, in case the run is stopped before its end (a 10-minute run of 10,000 streams takes hours).
+        out.mkdir(parents=True, exist_ok=True)
+        partial = {"policy": args.policy, "generate": args.generate, "finished": False, "progress": progress}
+        (out / "scale.json").write_text(json.dumps(partial, indent=2) + "\n")
 
     tasks_csv = out / f"run-{args.policy}" / "tasks.csv"  # where write_results looks for it: streamed there
     mesh = SimulatedMesh(scenario, profile, args.policy, args.duration, args.seed, on_second=tick, tasks_csv=tasks_csv)
@@ -96,6 +101,7 @@ def main() -> None:
     row = rows[0]
     figures = {
         "policy": args.policy,
+        "finished": True,
         "generate": args.generate,
         "duration_s": args.duration,
         "seed": args.seed,
