@@ -182,6 +182,9 @@ def test_a_task_of_a_replaced_decision_that_would_arrive_past_its_budget_is_supe
     )
     assert superseded((1, 4), (1, 4), 1.5, 0.5, 230_000, slow, 0.015) == ""  # the current decision's: its feedback
     assert superseded((1, 3), (1, 4), 1.5, 0.5, 20_000, slow, 0.015) == ""  # small enough to make it
+    assert superseded((1, 3), (1, 4), 1.5, 1.4, 20_000, slow, 0.015).startswith("superseded")  # but not this late
+    fast = resources_pb2.LinkBandwidth(from_node="cloud", to_node="edge-2", bandwidth_mbps=200.0)
+    assert superseded((1, 3), (1, 4), 1.5, 4.5, 230_000, fast, 0.0) == ""  # late, but the link carries it at once
     assert superseded((1, 3), (1, 4), 1.5, 0.5, 230_000, None, 0.015) == ""  # the link not measured yet
     assert superseded((1, 3), None, 1.5, 0.5, 230_000, slow, 0.015) == ""  # no decision seen
     assert superseded((1, 3), (1, 4), 0.0, 0.5, 230_000, slow, 0.015) == ""  # no budget

@@ -190,6 +190,11 @@ class Unreachable(Dropped):
     """The node stayed unreachable for as long as the task could wait."""
 
 
+# A superseded task is dropped only when it would hold the link at least this share of its budget:
+# one that a fast link carries in moments costs the tasks behind it nothing, late result or not.
+HOLDS_SHARE = 0.05
+
+
 def superseded(
     made_under: tuple[int, int],
     current: tuple[int, int] | None,
@@ -201,16 +206,18 @@ def superseded(
 ) -> str:
     """Why a task waiting for a link is not worth its turn on it ("" when it is): made under a decision
     (epoch, version) that its stream's scheduler has since replaced (`current`), it would arrive past
-    its budget at the link's last `measured` rate. The policy moved on because such tasks no longer
-    fit; sent, one would hold the link while the new decision's lighter tasks queue behind it (a
-    segment of two 720p frames takes 3.7 s at 0.5 Mbit/s). Tasks of the current decision are kept:
-    they are the policy's feedback on it. The simulator applies the same rule."""
+    its budget at the link's last `measured` rate, and would hold the link a while doing so (at least
+    HOLDS_SHARE of its budget). The policy moved on because such tasks no longer fit; sent, they hold
+    the link while the new decision's lighter tasks queue behind them (two 720p frames take 3.7 s at
+    0.5 Mbit/s). Tasks of the current decision always go: they are the policy's feedback on it. The
+    simulator applies the same rule."""
     if current is None or current <= made_under or not budget_s:
         return ""
     if measured is None or measured.bandwidth_mbps <= 0:
         return ""
-    arrival = age_s + nbytes * 8 / (measured.bandwidth_mbps * 1e6) + delay_s
-    if arrival <= budget_s:
+    holds_s = nbytes * 8 / (measured.bandwidth_mbps * 1e6) + delay_s
+    arrival = age_s + holds_s
+    if holds_s < HOLDS_SHARE * budget_s or arrival <= budget_s:
         return ""
     return (
         f"superseded: its decision replaced, at {measured.bandwidth_mbps:.2f} Mbit/s to {measured.to_node} it "
