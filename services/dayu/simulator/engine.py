@@ -589,10 +589,9 @@ class SimulatedMesh:
             return ""
         return f"late: {age:.1f} s old at {task.at}, over {factor:g} times its {budget:g} s budget"
 
-    def _superseded(self, task: _Task, to: str, nbytes: int) -> str:
+    def _superseded(self, task: _Task, to: str, nbytes: int, delay_s: float) -> str:
         """ControllerCore._superseded: by the scheduler's current decision and the node's last probe."""
         current = self.core.decision(task.stream.stream_id)
-        channel = self.network.channel(task.at, to)
         return superseded(
             (task.decision.epoch, task.decision.version),
             (current.epoch, current.version),
@@ -600,7 +599,7 @@ class SimulatedMesh:
             self.env.now - task.made_at,
             nbytes,
             self._measured_links[task.at].get(to),
-            channel.delay_s if channel is not None else 0.0,
+            delay_s,
         )
 
     def _send(
@@ -616,7 +615,7 @@ class SimulatedMesh:
             unwanted = [""]
 
             def still_wanted() -> bool:  # ControllerCore._over_link's check, once the link is free
-                unwanted[0] = self._lateness(task) or (self._superseded(task, to, nbytes) if stage else "")
+                unwanted[0] = self._lateness(task) or (self._superseded(task, to, nbytes, channel.delay_s) if stage else "")
                 return not unwanted[0]
 
             try:
