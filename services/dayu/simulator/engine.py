@@ -615,8 +615,9 @@ class SimulatedMesh:
             unwanted = [""]
 
             def still_wanted() -> bool:  # ControllerCore._over_link's check, once the link is free
-                superseded_why = self._superseded(task, to, nbytes, channel.delay_s) if stage else ""
-                unwanted[0] = self._lateness(task) or superseded_why
+                unwanted[0] = self._lateness(task) or (
+                    self._superseded(task, to, nbytes, channel.delay_s) if stage else ""
+                )
                 return not unwanted[0]
 
             try:
