@@ -80,8 +80,18 @@ async def test_latency_budget_policy_recovers_from_a_bandwidth_drop(tmp_path: Pa
     def made_after(seconds: float) -> list[task_pb2.TaskRecord]:
         return [r for r in delivered if r.task.created_at.ToNanoseconds() - started >= seconds * 1e9]
 
-    during_drop = [r.latency_s for r in made_after(DROP_AT_S)]
-    assert max(during_drop) > 0.6, "the drop should have hurt at first"
+    # The drop hurts at first: tasks made before the policy reacted arrive late, or the
+    # controller drops them as superseded (their decision replaced, sure to arrive late).
+    after_drop = started + DROP_AT_S * 1e9
+    late = [r.latency_s for r in made_after(DROP_AT_S) if r.latency_s > 0.6]
+    superseded = [
+        r.reason
+        for r in reply.records
+        if r.outcome == task_pb2.TASK_OUTCOME_DROPPED
+        and r.task.created_at.ToNanoseconds() >= after_drop
+        and r.reason.startswith("superseded")
+    ]
+    assert late or superseded, "the drop should have hurt at first"
     recovered = [r.latency_s for r in made_after(DROP_AT_S + 24)]
     assert len(recovered) >= 5
     within = sum(latency <= 0.6 for latency in recovered) / len(recovered)
