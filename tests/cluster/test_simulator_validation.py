@@ -49,7 +49,7 @@ def test_simulator_agrees_with_the_cluster_on_the_drop_trace(tmp_path: Path) -> 
         DURATION_S,
         tmp_path,
         seed=0,
-        profile=CONFIGS / "profile.yaml",
+        profile=validation.retimed_profile(CONFIGS / "experiment.yaml", CONFIGS / "profile.yaml", tmp_path),
         name=name,
         progress=lambda _line: None,
     )

@@ -154,15 +154,23 @@ def _machine() -> str:
     )
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 async def measure(
     config_path: Path,
     frames_per_source: int = 15,
     repeats: int = 3,
     command: str = "dayu profile",
     progress: Callable[[str], None] = print,
+    keep: ProfileFile | None = None,
 ) -> ProfileFile:
-    if frames_per_source < max(SCORED_LENGTHS):
-        raise InvalidArgument("--frames", f"at least {max(SCORED_LENGTHS)} frames per source, got {frames_per_source}")
+    """The profile of `config_path`'s pipelines; with `keep`, only the processing is timed again and
+    the frame bytes, accuracy and task overhead (which do not depend on the machine) are kept from it."""
+    needed = max(TIMED_FRAMES) if keep is not None else max(SCORED_LENGTHS)
+    if frames_per_source < needed:
+        raise InvalidArgument("--frames", f"at least {needed} frames per source, got {frames_per_source}")
     if repeats < 1:
         raise InvalidArgument("--repeats", f"at least 1, got {repeats}")
     config = load_mesh_config(config_path)
@@ -206,6 +214,8 @@ async def measure(
                         timings[name].setdefault((size.width, size.height, count), []).append(seconds)
                     overhead.append((count, task.ByteSize() - sum(len(f) for f in task.segment.frames)))
             progress(f"  timed {size.width}x{size.height}")
+        if keep is not None:
+            continue
         detector = next(
             (
                 i
@@ -263,12 +273,16 @@ async def measure(
             spread=round(statistics.median(spreads), 4) if spreads else 0.0,
             measured=samples,
         )
+    if keep is not None:
+        return keep.model_copy(
+            update={"made_by": command, "made_at": _now(), "machine": _machine(), "processors": processors}
+        )
     counts = np.array([[1.0, n] for n, _ in overhead])
     extra = np.array([float(b) for _, b in overhead])
     (fixed, per_frame), *_ = np.linalg.lstsq(counts, extra, rcond=None)
     return ProfileFile(
         made_by=command,
-        made_at=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        made_at=_now(),
         machine=_machine(),
         processors=processors,
         frame_bytes=[
