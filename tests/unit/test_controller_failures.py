@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from dayu.controller.core import FALLBACK, ControllerCore, superseded
-from dayu.controller.links import Link
+from dayu.controller.core import FALLBACK, ControllerCore, called_off, superseded
+from dayu.controller.links import CALL_OFF_CHECK_S, Link
 from dayu.runtime import retry
 from dayu.runtime.errors import RemoteError
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2, types_pb2
@@ -210,3 +210,46 @@ async def test_a_superseded_task_gives_its_turn_on_the_link_to_the_new_decisions
     forwarded = [task.decision_version for _, task in mesh.forwarded]
     assert forwarded == [4, 3]  # the current decision's, and a small one that still makes it
     assert len(mesh.dropped) == 1 and mesh.dropped[0].startswith("superseded: its decision replaced, at 0.50 Mbit/s")
+
+
+def test_a_late_task_of_a_replaced_decision_is_called_off_on_the_link() -> None:
+    assert called_off((1, 3), (1, 4), 1.5, 1.6) == (
+        "superseded: its decision replaced, called off on the link 1.6 s old, over its 1.5 s budget"
+    )
+    assert called_off((1, 3), (1, 4), 1.5, 1.4) == ""  # it may still make it
+    assert called_off((1, 4), (1, 4), 1.5, 9.0) == ""  # the current decision's: its feedback
+    assert called_off((1, 3), None, 1.5, 9.0) == ""  # no decision seen
+    assert called_off((1, 3), (1, 4), 0.0, 9.0) == ""  # no budget
+    assert called_off((2, 1), (1, 9), 1.5, 9.0) == ""  # of a newer scheduler's epoch
+
+
+async def test_a_transfer_whose_task_went_late_under_a_replaced_decision_frees_the_link() -> None:
+    """A link that fell under a transfer: once the task's decision is replaced and its budget passed,
+    the emulator lets go of its bytes (dropped, said why), and the new decision's task goes next."""
+    mesh = Mesh()
+    link = Link("edge-1", "cloud", bandwidth_mbps=0.5)
+    core = ControllerCore("edge-1", "cloud", {"cloud"}, set(), {"cloud": link}, mesh)
+    core.apply_decision(decision_pb2.Decision(stream_id="stream-1", epoch=1, version=3))
+
+    def task_of(version: int, frames: int) -> task_pb2.Task:
+        task = make_task(linear_pipeline(), frames=frames)
+        for spec_stage in task.dag.stages:
+            spec_stage.node = "cloud"  # nothing runs on this edge: the frames cross the link
+        task.latency_budget_s, task.decision_epoch, task.decision_version = 1.0, 1, version
+        del task.segment.frames[:]
+        task.segment.frames.extend([bytes(6_000)] * frames)
+        return task
+
+    started = asyncio.get_running_loop().time()
+    await core.submit(task_of(3, 40), "")  # 240 KB: 3.8 s at 0.5 Mbit/s
+    await asyncio.sleep(0.5)
+    core.apply_decision(decision_pb2.Decision(stream_id="stream-1", epoch=1, version=4))
+    await core.submit(task_of(4, 1), "")  # 6 KB: 0.1 s
+    await settle(core)
+    took = asyncio.get_running_loop().time() - started
+    assert [task.decision_version for _, task in mesh.forwarded] == [4]
+    (reason,) = mesh.dropped
+    assert reason.startswith("superseded: its decision replaced, called off on the link")
+    assert took < 1.0 + 2 * CALL_OFF_CHECK_S + 0.5  # called off once past its budget, not after 3.8 s
+    assert 0 < link.bytes_sent < 240_000 * 0.5  # what went of it before, and the new task's
+    assert link.tasks_sent == 1

@@ -45,7 +45,7 @@ from typing import Protocol, TypeVar
 from opentelemetry import trace
 
 from dayu.controller.journal import TaskJournal, task_key
-from dayu.controller.links import Link, NotSent
+from dayu.controller.links import CalledOff, Link, NotSent
 from dayu.runtime.clock import timestamp
 from dayu.runtime.errors import InvalidArgument, RemoteError, Unavailable, shown
 from dayu.runtime.logs import get_logger
@@ -222,6 +222,19 @@ def superseded(
     return (
         f"superseded: its decision replaced, at {measured.bandwidth_mbps:.2f} Mbit/s to {measured.to_node} it "
         f"would arrive {arrival:.1f} s old, over its {budget_s:g} s budget"
+    )
+
+
+def called_off(made_under: tuple[int, int], current: tuple[int, int] | None, budget_s: float, age_s: float) -> str:
+    """Why a task whose bytes are going over a link is called off before they are through ("" when
+    not): made under a decision (epoch, version) that its stream's scheduler has since replaced, and
+    already older than its budget, it arrives late however the rest of its bytes go, while the new
+    decision's tasks wait behind it (on a link that fell under it, for seconds). Only where the link
+    emulator holds the bytes (the receiver has none of them yet); the simulator applies the same rule."""
+    if current is None or current <= made_under or not budget_s or age_s <= budget_s:
+        return ""
+    return (
+        f"superseded: its decision replaced, called off on the link {age_s:.1f} s old, over its {budget_s:g} s budget"
     )
 
 
@@ -561,6 +574,17 @@ class ControllerCore:
             self._link(node).delay_ms / 1000,
         )
 
+    def _called_off(self, task: task_pb2.Task) -> str:
+        """called_off() for a task whose bytes are going over a link, by this node's latest decision of
+        its stream."""
+        current = self.decisions.get(task.stream_id)
+        return called_off(
+            (task.decision_epoch, task.decision_version),
+            (current.epoch, current.version) if current is not None else None,
+            task.latency_budget_s,
+            self._age(task),
+        )
+
     def _patience(self, task: task_pb2.Task) -> float:
         """How long the task may wait for a node to come back: until it would be late, else PATIENCE_S."""
         if self.late_factor and task.latency_budget_s:
@@ -692,13 +716,18 @@ class ControllerCore:
         """Sends the task over the link to `node` with `send` (two spans of the task's trace: waiting
         for the link, then the bytes going), trying again while the receiver is unreachable for up to
         `patience_s`; a task too late to be worth sending (or, with `give_way`, one `_superseded`) is
-        dropped instead, once its turn on the link comes."""
+        dropped instead, once its turn on the link comes, and, with `give_way`, one `_called_off` while
+        the link emulator holds its bytes."""
         link = self._link(node)
         nbytes = task.ByteSize()
         unwanted = [""]
 
         def still_wanted() -> bool:
             unwanted[0] = self._lateness(task) or (self._superseded(task, node, nbytes) if give_way else "")
+            return not unwanted[0]
+
+        def keep_going() -> bool:
+            unwanted[0] = self._called_off(task)
             return not unwanted[0]
 
         attributes = {**task_attributes(task.stream_id, task.root_id), TO_NODE: node, BYTES: nbytes}
@@ -723,7 +752,16 @@ class ControllerCore:
                 sending.append(self.tracing.start("link.transfer", **attributes, **{DELAY: link.delay_ms / 1000}))
 
             try:
-                return await link.transmit(nbytes, stamped, still_wanted=still_wanted, on_sending=start_sending)
+                return await link.transmit(
+                    nbytes,
+                    stamped,
+                    still_wanted=still_wanted,
+                    on_sending=start_sending,
+                    keep_going=keep_going if give_way else None,
+                )
+            except CalledOff:
+                sending[0].set_status(trace.StatusCode.ERROR, "called off")
+                raise Dropped(unwanted[0]) from None
             except NotSent:
                 waiting.set_status(trace.StatusCode.ERROR, "too late to send")
                 raise Dropped(unwanted[0]) from None

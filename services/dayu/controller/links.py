@@ -21,6 +21,7 @@ from pathlib import Path
 from dayu.runtime.errors import InvalidArgument
 
 MIN_BOUND_S = 1.0  # a transfer going for less says nothing of the link's rate (sending_bound_mbps)
+CALL_OFF_CHECK_S = 0.25  # how often a transfer the emulator holds asks whether to go on (transmit's keep_going)
 
 
 async def _nothing() -> None:
@@ -29,6 +30,10 @@ async def _nothing() -> None:
 
 class NotSent(Exception):
     """The sender gave up on a transfer while it waited for the link."""
+
+
+class CalledOff(NotSent):
+    """The sender called a transfer off while the emulator held its bytes (the receiver got none)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,20 @@ class Link:
             elapsed += remaining_s
         return elapsed
 
+    async def _emulate(self, nbytes: int, keep_going: Callable[[], bool] | None) -> None:
+        """Holds nbytes for as long as the link needs to carry them; CalledOff when `keep_going` says no."""
+        total_s = self.serialization_s(nbytes, self._clock())
+        if keep_going is None:
+            await asyncio.sleep(total_s)
+            return
+        done_at = self._clock() + total_s
+        while (left_s := done_at - self._clock()) > 0:
+            await asyncio.sleep(min(CALL_OFF_CHECK_S, left_s))
+            left_s = done_at - self._clock()
+            if left_s > 0 and not keep_going():
+                self.bytes_sent += round(nbytes * (1 - left_s / total_s))  # what went before
+                raise CalledOff()
+
     async def transmit(
         self,
         nbytes: int,
@@ -161,13 +180,17 @@ class Link:
         probe: bool = False,
         still_wanted: Callable[[], bool] = lambda: True,
         on_sending: Callable[[], None] = lambda: None,
+        keep_going: Callable[[], bool] | None = None,
     ) -> float:
         """Carries nbytes over the link and `send`s them (the gRPC call that really moves them, over
         whatever network lies below: loopback under the emulator, a kernel link in the cluster);
         returns the seconds it took, queueing included. One transfer at a time, as on a real link:
         that keeps the queue apart from the sending in the traces. Raises NotSent, sending nothing,
         when `still_wanted` says no once the link is free (a task that went stale in the queue);
-        calls `on_sending` when the bytes start to go (queueing is over)."""
+        calls `on_sending` when the bytes start to go (queueing is over). Raises CalledOff when
+        `keep_going`, asked every CALL_OFF_CHECK_S while the emulator holds the bytes, says no; where
+        the kernel carries them it is not asked (the call is the link, and a call cancelled there
+        may have reached the receiver already)."""
         started = self._clock()
         async with self._busy:
             if not still_wanted():
@@ -178,7 +201,7 @@ class Link:
             emulated = self.fixed_mbps > 0 or self.trace is not None
             try:
                 self.mark_sending(None if probe else nbytes)
-                await asyncio.sleep(self.serialization_s(nbytes, self._clock()))
+                await self._emulate(nbytes, keep_going)
                 sent_at = self._clock()
                 if emulated:
                     self.mark_sending(None)

@@ -43,7 +43,7 @@ from typing import Any
 import simpy
 from simpy.core import NORMAL
 
-from dayu.controller.core import PREVIEW_EVERY_S, superseded
+from dayu.controller.core import PREVIEW_EVERY_S, called_off, superseded
 from dayu.distributor.core import first_detector
 from dayu.media.frames import frame_rate
 from dayu.runtime.retry import RETRY_S
@@ -602,6 +602,12 @@ class SimulatedMesh:
             delay_s,
         )
 
+    def _called_off(self, task: _Task) -> str:
+        """ControllerCore._called_off: by the scheduler's current decision."""
+        current = self.core.decision(task.stream.stream_id)
+        made_under, now = (task.decision.epoch, task.decision.version), (current.epoch, current.version)
+        return called_off(made_under, now, task.stream.spec.latency_budget_s, self.env.now - task.made_at)
+
     def _send(
         self, task: _Task, to: str, stage: _Stage | None, with_frames: bool = True
     ) -> Generator[simpy.Event, Any, None]:
@@ -620,8 +626,14 @@ class SimulatedMesh:
                 )
                 return not unwanted[0]
 
+            def keep_going() -> bool:  # ControllerCore._over_link's check while the bytes go
+                unwanted[0] = self._called_off(task)
+                return not unwanted[0]
+
             try:
-                sent = yield from channel.transmit(self.env, nbytes, still_wanted=still_wanted)
+                sent = yield from channel.transmit(
+                    self.env, nbytes, still_wanted=still_wanted, keep_going=keep_going if stage else None
+                )
             except NotSent:
                 raise Dropped(unwanted[0]) from None
             attributes = {STREAM: task.stream.stream_id, TASK: task.task_id, TO_NODE: to, BYTES: nbytes}

@@ -12,12 +12,16 @@ from typing import Any
 
 import simpy
 
-from dayu.controller.links import BandwidthTrace, Link
+from dayu.controller.links import CALL_OFF_CHECK_S, BandwidthTrace, Link
 from dayu.simulator.scenario import ChannelSpec
 
 
 class NotSent(Exception):
     """The sender gave up on the transfer once the link was free (too late to be worth sending)."""
+
+
+class CalledOff(NotSent):
+    """The sender called the transfer off while its bytes were going (the rest not sent)."""
 
 
 @dataclass
@@ -48,10 +52,16 @@ class Channel:
         return len(self.busy.queue)
 
     def transmit(
-        self, env: simpy.Environment, nbytes: int, still_wanted: Callable[[], bool] = lambda: True, probe: bool = False
+        self,
+        env: simpy.Environment,
+        nbytes: int,
+        still_wanted: Callable[[], bool] = lambda: True,
+        probe: bool = False,
+        keep_going: Callable[[], bool] | None = None,
     ) -> Generator[simpy.Event, Any, Transfer]:
         """Carries nbytes over the link (a simpy process body: `yield from`); raises NotSent, sending
-        nothing, when `still_wanted` says no once the link is free."""
+        nothing, when `still_wanted` says no once the link is free, and CalledOff when `keep_going`
+        (asked every CALL_OFF_CHECK_S while the bytes go, as the controller's emulator does) says no."""
         queued_at = env.now
         request = self.busy.request()
         self.peak_queue = max(self.peak_queue, len(self.busy.queue))
@@ -61,7 +71,14 @@ class Channel:
                 raise NotSent()
             sending_at = env.now
             self.link.mark_sending(None if probe else nbytes)
-            yield env.timeout(self.link.serialization_s(self.spec.wire_bytes(nbytes), env.now))
+            left_s = total_s = self.link.serialization_s(self.spec.wire_bytes(nbytes), env.now)
+            step_s = left_s if keep_going is None else CALL_OFF_CHECK_S
+            while left_s > 0:
+                yield env.timeout(min(step_s, left_s))
+                left_s -= step_s
+                if left_s > 0 and keep_going is not None and not keep_going():
+                    self.bytes_sent += round(nbytes * (1 - left_s / total_s))  # what went before
+                    raise CalledOff()
         finally:
             self.link.mark_sending(None)
             self.busy.release(request)
