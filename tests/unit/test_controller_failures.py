@@ -226,9 +226,19 @@ def test_a_late_task_of_a_replaced_decision_is_called_off_on_the_link() -> None:
 async def test_a_transfer_whose_task_went_late_under_a_replaced_decision_frees_the_link() -> None:
     """A link that fell under a transfer: once the task's decision is replaced and its budget passed,
     the emulator lets go of its bytes (dropped, said why), and the new decision's task goes next."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from dayu.runtime.tracing import BYTES, DELAY, Tracing, TracingSettings
+
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing("controller", "edge-1", TracingSettings())
+    tracing.tracer = provider.get_tracer("test")
     mesh = Mesh()
     link = Link("edge-1", "cloud", bandwidth_mbps=0.5)
-    core = ControllerCore("edge-1", "cloud", {"cloud"}, set(), {"cloud": link}, mesh)
+    core = ControllerCore("edge-1", "cloud", {"cloud"}, set(), {"cloud": link}, mesh, tracing=tracing)
     core.apply_decision(decision_pb2.Decision(stream_id="stream-1", epoch=1, version=3))
 
     def task_of(version: int, frames: int) -> task_pb2.Task:
@@ -253,3 +263,8 @@ async def test_a_transfer_whose_task_went_late_under_a_replaced_decision_frees_t
     assert took < 1.0 + 2 * CALL_OFF_CHECK_S + 0.5  # called off once past its budget, not after 3.8 s
     assert 0 < link.bytes_sent < 240_000 * 0.5  # what went of it before, and the new task's
     assert link.tasks_sent == 1
+    # Its transfer span says what went, over the time it went: the link's rate, for the scheduler.
+    off = next(s for s in exporter.get_finished_spans() if s.name == "link.transfer" and s.status.description)
+    assert off.status.description == "called off" and off.attributes[DELAY] == 0.0
+    seconds = (off.end_time - off.start_time) / 1e9
+    assert off.attributes[BYTES] * 8 / seconds / 1e6 == pytest.approx(0.5, rel=0.15)

@@ -759,7 +759,10 @@ class ControllerCore:
                     on_sending=start_sending,
                     keep_going=keep_going if give_way else None,
                 )
-            except CalledOff:
+            except CalledOff as off:
+                # What went of it, at the link's rate (and nothing arrived, so no delay): the scheduler
+                # reads the rate from the span.
+                sending[0].set_attributes({BYTES: off.sent, DELAY: 0.0})
                 sending[0].set_status(trace.StatusCode.ERROR, "called off")
                 raise Dropped(unwanted[0]) from None
             except NotSent:

@@ -33,7 +33,12 @@ class NotSent(Exception):
 
 
 class CalledOff(NotSent):
-    """The sender called a transfer off while the emulator held its bytes (the receiver got none)."""
+    """The sender called a transfer off while the emulator held its bytes (the receiver got none);
+    `sent` of them had gone."""
+
+    def __init__(self, sent: int) -> None:
+        super().__init__(sent)
+        self.sent = sent
 
 
 @dataclass(frozen=True)
@@ -169,8 +174,9 @@ class Link:
             await asyncio.sleep(min(CALL_OFF_CHECK_S, left_s))
             left_s = done_at - self._clock()
             if left_s > 0 and not keep_going():
-                self.bytes_sent += round(nbytes * (1 - left_s / total_s))  # what went before
-                raise CalledOff()
+                sent = round(nbytes * (1 - left_s / total_s))
+                self.bytes_sent += sent
+                raise CalledOff(sent)
 
     async def transmit(
         self,

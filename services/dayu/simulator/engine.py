@@ -51,7 +51,7 @@ from dayu.runtime.tracing import BYTES, DELAY, STAGE, STREAM, TASK, TO_NODE
 from dayu.scheduler.core import MAX_STREAMS
 from dayu.simulator.compute import Machine
 from dayu.simulator.costs import Profile
-from dayu.simulator.network import Network, NotSent
+from dayu.simulator.network import CalledOff, Network, NotSent
 from dayu.simulator.scenario import MODEL_BYTES, MODEL_LOAD_S, Scenario, StreamModel
 from dayu.simulator.tasklog import TaskLog, TaskOutcome
 from dayu.simulator.telemetry import EXPORT_INTERVAL_S, SpanExporter
@@ -630,15 +630,22 @@ class SimulatedMesh:
                 unwanted[0] = self._called_off(task)
                 return not unwanted[0]
 
+            attributes = {STREAM: task.stream.stream_id, TASK: task.task_id, TO_NODE: to}
             try:
                 sent = yield from channel.transmit(
                     self.env, nbytes, still_wanted=still_wanted, keep_going=keep_going if stage else None
                 )
+            except CalledOff as off:  # its span says what went, as ControllerCore._over_link's does
+                self.spans.add(
+                    "controller", here, "link.transfer", off.sending_at, self.env.now, **attributes, **{BYTES: off.sent}
+                )
+                raise Dropped(unwanted[0]) from None
             except NotSent:
                 raise Dropped(unwanted[0]) from None
-            attributes = {STREAM: task.stream.stream_id, TASK: task.task_id, TO_NODE: to, BYTES: nbytes}
             attributes[DELAY] = channel.delay_s
-            self.spans.add("controller", here, "link.transfer", sent.sending_at, sent.arrived_at, **attributes)
+            self.spans.add(
+                "controller", here, "link.transfer", sent.sending_at, sent.arrived_at, **attributes, **{BYTES: nbytes}
+            )
         if stage is not None:
             stage.transfer_s += self.env.now - left
         else:

@@ -21,7 +21,12 @@ class NotSent(Exception):
 
 
 class CalledOff(NotSent):
-    """The sender called the transfer off while its bytes were going (the rest not sent)."""
+    """The sender called the transfer off while its bytes were going (the rest not sent): `sent` of
+    them went from `sending_at` on."""
+
+    def __init__(self, sent: int, sending_at: float) -> None:
+        super().__init__(sent, sending_at)
+        self.sent, self.sending_at = sent, sending_at
 
 
 @dataclass
@@ -77,8 +82,9 @@ class Channel:
                 yield env.timeout(min(step_s, left_s))
                 left_s -= step_s
                 if left_s > 0 and keep_going is not None and not keep_going():
-                    self.bytes_sent += round(nbytes * (1 - left_s / total_s))  # what went before
-                    raise CalledOff()
+                    sent = round(nbytes * (1 - left_s / total_s))
+                    self.bytes_sent += sent
+                    raise CalledOff(sent, sending_at)
         finally:
             self.link.mark_sending(None)
             self.busy.release(request)
