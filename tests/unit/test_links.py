@@ -48,6 +48,20 @@ def test_serialization_follows_the_trace_across_a_drop(tmp_path: Path) -> None:
     assert link.bandwidth_mbps() == 1
 
 
+def test_the_bytes_carried_follow_the_trace_as_serialization_does(tmp_path: Path) -> None:
+    """What a transfer called off part way had sent: serialization_s inverted, across the drop."""
+    clock = FakeClock()
+    link = Link("a", "b", trace=trace(tmp_path, "0 8\n1 0.8\n"), clock=clock)  # 1 MB/s, then 100 KB/s
+    at = clock.now + 0.5
+    assert link.carried_bytes(at, at + 0.5) == pytest.approx(500_000)
+    assert link.carried_bytes(at, at + 1.5) == pytest.approx(500_000 + 100_000)  # 0.5 s at 1 MB/s, 1 s at 100 KB/s
+    for nbytes in (1_000, 400_000, 700_000):
+        assert link.carried_bytes(at, at + link.serialization_s(nbytes, at)) == pytest.approx(nbytes)
+    assert link.carried_bytes(at, at) == 0
+    fixed = Link("a", "b", bandwidth_mbps=0.5, clock=clock)
+    assert fixed.carried_bytes(at, at + 2) == pytest.approx(125_000)
+
+
 def test_fixed_and_unlimited_links() -> None:
     assert Link("a", "b", bandwidth_mbps=10).serialization_s(1_250_000, at=0) == pytest.approx(1.0)
     assert Link("a", "b").serialization_s(10**9, at=0) == 0

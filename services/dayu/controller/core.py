@@ -563,10 +563,8 @@ class ControllerCore:
     def _superseded(self, task: task_pb2.Task, node: str, nbytes: int) -> str:
         """superseded() for a task waiting for the link to `node`, by this node's latest decision of its
         stream and its latest measurement of the link."""
-        current = self.decisions.get(task.stream_id)
         return superseded(
-            (task.decision_epoch, task.decision_version),
-            (current.epoch, current.version) if current is not None else None,
+            *self._versions(task),
             task.latency_budget_s,
             self._age(task),
             nbytes,
@@ -577,12 +575,14 @@ class ControllerCore:
     def _called_off(self, task: task_pb2.Task) -> str:
         """called_off() for a task whose bytes are going over a link, by this node's latest decision of
         its stream."""
+        return called_off(*self._versions(task), task.latency_budget_s, self._age(task))
+
+    def _versions(self, task: task_pb2.Task) -> tuple[tuple[int, int], tuple[int, int] | None]:
+        """The (epoch, version) of the decision the task was made under, and of its stream's latest
+        decision on this node (None before any)."""
         current = self.decisions.get(task.stream_id)
-        return called_off(
-            (task.decision_epoch, task.decision_version),
-            (current.epoch, current.version) if current is not None else None,
-            task.latency_budget_s,
-            self._age(task),
+        return (task.decision_epoch, task.decision_version), (
+            (current.epoch, current.version) if current is not None else None
         )
 
     def _patience(self, task: task_pb2.Task) -> float:

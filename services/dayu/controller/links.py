@@ -163,18 +163,33 @@ class Link:
             elapsed += remaining_s
         return elapsed
 
+    def carried_bytes(self, since: float, until: float) -> float:
+        """Bytes the link carries from clock time `since` to `until`, following the trace (what
+        serialization_s inverts): those of a transfer called off part way."""
+        if self.trace is None:
+            return self.fixed_mbps * 1e6 / 8 * max(0.0, until - since)
+        bits, t, end = 0.0, since - self._start, until - self._start
+        for _ in range(100_000):  # bounded, as serialization_s
+            if t >= end:
+                break
+            mbps, remaining_s = self.trace.segment(t)
+            step_s = min(remaining_s, end - t)
+            bits += mbps * 1e6 * step_s
+            t += step_s
+        return bits / 8
+
     async def _emulate(self, nbytes: int, keep_going: Callable[[], bool] | None) -> None:
         """Holds nbytes for as long as the link needs to carry them; CalledOff when `keep_going` says no."""
         total_s = self.serialization_s(nbytes, self._clock())
         if keep_going is None:
             await asyncio.sleep(total_s)
             return
-        done_at = self._clock() + total_s
+        started = self._clock()
+        done_at = started + total_s
         while (left_s := done_at - self._clock()) > 0:
             await asyncio.sleep(min(CALL_OFF_CHECK_S, left_s))
-            left_s = done_at - self._clock()
-            if left_s > 0 and not keep_going():
-                sent = round(nbytes * (1 - left_s / total_s))
+            if done_at > self._clock() and not keep_going():
+                sent = min(nbytes, round(self.carried_bytes(started, self._clock())))
                 self.bytes_sent += sent
                 raise CalledOff(sent)
 

@@ -591,10 +591,8 @@ class SimulatedMesh:
 
     def _superseded(self, task: _Task, to: str, nbytes: int, delay_s: float) -> str:
         """ControllerCore._superseded: by the scheduler's current decision and the node's last probe."""
-        current = self.core.decision(task.stream.stream_id)
         return superseded(
-            (task.decision.epoch, task.decision.version),
-            (current.epoch, current.version),
+            *self._versions(task),
             task.stream.spec.latency_budget_s,
             self.env.now - task.made_at,
             nbytes,
@@ -604,9 +602,12 @@ class SimulatedMesh:
 
     def _called_off(self, task: _Task) -> str:
         """ControllerCore._called_off: by the scheduler's current decision."""
+        return called_off(*self._versions(task), task.stream.spec.latency_budget_s, self.env.now - task.made_at)
+
+    def _versions(self, task: _Task) -> tuple[tuple[int, int], tuple[int, int]]:
+        """ControllerCore._versions: the task's decision and the scheduler's current one, (epoch, version)."""
         current = self.core.decision(task.stream.stream_id)
-        made_under, now = (task.decision.epoch, task.decision.version), (current.epoch, current.version)
-        return called_off(made_under, now, task.stream.spec.latency_budget_s, self.env.now - task.made_at)
+        return (task.decision.epoch, task.decision.version), (current.epoch, current.version)
 
     def _send(
         self, task: _Task, to: str, stage: _Stage | None, with_frames: bool = True

@@ -76,13 +76,14 @@ class Channel:
                 raise NotSent()
             sending_at = env.now
             self.link.mark_sending(None if probe else nbytes)
-            left_s = total_s = self.link.serialization_s(self.spec.wire_bytes(nbytes), env.now)
+            wire = self.spec.wire_bytes(nbytes)
+            left_s = self.link.serialization_s(wire, env.now)
             step_s = left_s if keep_going is None else CALL_OFF_CHECK_S
             while left_s > 0:
                 yield env.timeout(min(step_s, left_s))
                 left_s -= step_s
                 if left_s > 0 and keep_going is not None and not keep_going():
-                    sent = round(nbytes * (1 - left_s / total_s))
+                    sent = min(nbytes, round(self.link.carried_bytes(sending_at, env.now) * nbytes / wire))
                     self.bytes_sent += sent
                     raise CalledOff(sent, sending_at)
         finally:

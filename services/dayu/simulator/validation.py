@@ -7,6 +7,7 @@ trace; tests/cluster/test_simulator_validation.py on one, for a short while."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import threading
@@ -205,8 +206,6 @@ def retimed_profile(config: Path, base: Path, out: Path, repeats: int = 3) -> Pa
     for a 720p segment of 2 frames on an Intel Xeon on 2026-12-06; the same code took 0.58 to 0.70 s on
     the AMD EPYC behind the same 2-core machine on 2026-12-07), and the simulator has to model the
     machine the cluster runs on. Bytes and accuracy do not depend on the machine and are kept."""
-    import asyncio
-
     from dayu.simulator.profile import TIMED_FRAMES, measure, write
 
     command = f"validation: processing of {config.name} timed again, bytes and accuracy of {base.name}"
