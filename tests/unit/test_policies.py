@@ -483,3 +483,19 @@ def test_latency_budget_does_not_climb_back_to_what_it_cut_for_ten_seconds() -> 
     feed(v, latency=0.1, process=0.01)
     made_at(100.0 + COOLDOWN_S + 1)
     assert apply(v, p.decide(v)).configuration.fps == 30  # long enough: it climbs back
+
+
+def test_a_views_feedback_reads_each_record_once_and_follows_its_recent_records() -> None:
+    """StreamView keeps each record's figures while the record is in `recent`: its feedback is what
+    reading every record anew gives, however `recent` is trimmed or replaced, and its cache stays bounded."""
+    from dayu.scheduler.knobs import Feedback, Figures
+
+    v = view()
+    apply(v, policy("fixed").decide(v))
+    for i in range(300):
+        feed(v, 0.1 + (i % 7) / 10, transfer=0.05 * (i % 3), process=0.2, accuracy=(i % 5) / 5, size=1000 + i, tasks=1)
+        if i % 50 == 49:
+            v.recent = list(v.recent[-10:])  # a new list of some of the same records
+        fresh = Feedback.of([Figures.of(record) for record in v.recent[-8:]])
+        assert v.feedback(1, last=8) == fresh
+        assert len(v._figures) <= 2 * len(v.recent)

@@ -148,6 +148,25 @@ async def test_a_link_move_within_the_decision_interval_is_decided_on_once_due()
     assert core.decision("stream-1").reason.startswith("traces: uplink now 4.0 Mbit/s")
 
 
+async def test_the_streams_waiting_to_decide_on_a_link_move_are_looked_at_once_due_and_stay_bounded() -> None:
+    """Streams whose link moved wait in a heap by when they are due: every one is decided once due, in
+    the order their links moved, and the heap keeps no more than one entry per stream and decision."""
+    clock = Clock()
+    core = SchedulerCore(latency_budget_from_best(), decision_interval_s=1.0, clock=clock)
+    nodes = ("edge-1", "edge-2", "edge-3")
+    for i in range(9):
+        await core.register(stream(f"stream-{i}", nodes[i % 3]))
+    rng = random.Random(0)
+    for step in range(200):
+        clock.now += rng.choice((0.1, 0.3, 0.7))
+        node = rng.choice(nodes)
+        await core.receive_spans(transfer_spans(node, "cloud", [(250_000 * rng.choice((1, 2, 4)), 0.51)]))
+        for stream_id, registered in core._streams.items():  # none is left waiting past its due time
+            waited = clock.now - registered.decided_at
+            assert not (registered.link_changed and waited >= 1.0), (step, stream_id)
+        assert len(core._link_due) <= 2 * len(core._streams)
+
+
 async def test_a_cpu_cut_decides_again_the_streams_with_stages_on_the_node_only() -> None:
     core = SchedulerCore(latency_budget_from_best(), decision_interval_s=0.0)
     processors = {"noop": 0}

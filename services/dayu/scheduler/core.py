@@ -19,6 +19,8 @@ its id goes on with newer versions (generators keep a decision only when it is n
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
 import statistics
 import time
@@ -219,7 +221,15 @@ class SchedulerCore:
         self._involved: dict[str, dict[str, None]] = {}
         self._running: dict[str, dict[str, None]] = {}
         self._paused: dict[str, None] = {}
-        self._link_changed: dict[str, None] = {}  # streams with link_changed set
+        # Streams with link_changed set -> the order it was set in; a heap of them by when each may
+        # decide again (decided_at + decision_interval_s: an entry whose order is no longer the
+        # stream's is left behind by a decision, and dropped when it comes up); those due but paused
+        # or in fallback, looked at on every call. So a call looks at the streams due, not at every
+        # stream waiting.
+        self._link_changed: dict[str, int] = {}
+        self._link_due: list[tuple[float, int, str]] = []
+        self._link_blocked: dict[str, int] = {}
+        self._link_orders = itertools.count()
         self.hops = HopLatencies(self.max_streams)  # from the spans received over OTLP
         self.traces = TaskTraces()  # the spans of the latest tasks, for their timelines
         self.deployment = DeploymentPlanner(cloud_node, deployment)  # deployable kinds per node (deployment.py)
@@ -396,15 +406,38 @@ class SchedulerCore:
                 changed.update(self._uplinks[name])
         for node in changed:
             for stream_id in self._homes.get(node, ()):
-                self._streams[stream_id].link_changed = True
-                self._link_changed[stream_id] = None
-        async for stream_id in _paced(list(self._link_changed)):
+                stream = self._streams[stream_id]
+                stream.link_changed = True
+                if stream_id not in self._link_changed:
+                    order = self._link_changed[stream_id] = next(self._link_orders)
+                    due_at = stream.decided_at + self.decision_interval_s
+                    heapq.heappush(self._link_due, (due_at, order, stream_id))
+        async for stream_id in _paced(self._due_for_links()):
             stream = self._streams.get(stream_id)
-            if stream is None or not stream.link_changed:
+            order = self._link_changed.get(stream_id)
+            if stream is None or not stream.link_changed or order is None:
                 continue
-            due = self._clock() - stream.decided_at >= self.decision_interval_s
-            if due and not stream.paused_because and not stream.in_fallback:
+            if self._clock() - stream.decided_at < self.decision_interval_s:  # not quite (rounding)
+                heapq.heappush(self._link_due, (stream.decided_at + self.decision_interval_s, order, stream_id))
+            elif stream.paused_because or stream.in_fallback:
+                self._link_blocked[stream_id] = order
+            else:
                 await self._decide(stream, why)
+
+    def _due_for_links(self) -> list[str]:
+        """The streams of _link_changed that may decide again now, in the order their links moved."""
+        due = {
+            stream_id: order
+            for stream_id, order in self._link_blocked.items()
+            if self._link_changed.get(stream_id) == order
+        }
+        self._link_blocked.clear()
+        now = self._clock()
+        while self._link_due and self._link_due[0][0] <= now + 1e-9:
+            _, order, stream_id = heapq.heappop(self._link_due)
+            if self._link_changed.get(stream_id) == order:
+                due[stream_id] = order
+        return sorted(due, key=due.__getitem__)
 
     async def report_resources(self, report: resources_pb2.NodeResources) -> None:
         """Takes a node's report; a stale node that reports again is trusted again, and the stages

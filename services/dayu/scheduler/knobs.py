@@ -82,8 +82,38 @@ def configuration(
     return config
 
 
+class Figures(NamedTuple):
+    """What Feedback reads of a record, read once: a policy asks for feedback several times a decision
+    over the same records, and reading a protobuf's fields costs more than the medians over them."""
+
+    task_id: str
+    version: int  # the decision it was made under
+    delivered: bool
+    latency_s: float
+    accuracy: float | None
+    bytes: float  # its largest hop's
+    stages: tuple[tuple[str, str, float, float, float], ...]  # name, executed_on, process, transfer, queue (s)
+
+    @classmethod
+    def of(cls, record: task_pb2.TaskRecord) -> Figures:
+        task = record.task
+        return cls(
+            task.task_id,
+            task.decision_version,
+            record.outcome == task_pb2.TASK_OUTCOME_DELIVERED,
+            record.latency_s,
+            record.accuracy if record.HasField("accuracy") else None,
+            float(max((hop.bytes for hop in task.hops), default=0)),
+            tuple(
+                (stage.spec.name, stage.executed_on, t.process_s, t.transfer_s, t.queue_s)
+                for stage in task.dag.stages
+                for t in (stage.timings,)
+            ),
+        )
+
+
 class _Stage(NamedTuple):
-    """What Feedback reads of a stage of a record, read once."""
+    """A stage of a record as Feedback weighs it."""
 
     name: str
     process_now_s: float  # its processing, as it would take with the CPU its node has now
@@ -109,7 +139,7 @@ class Feedback:
     @classmethod
     def of(
         cls,
-        records: list[task_pb2.TaskRecord],
+        records: Sequence[Figures],
         cores_then: Sequence[Mapping[str, float]] = (),
         cores_now: Mapping[str, float] | None = None,
     ) -> Feedback | None:
@@ -119,30 +149,28 @@ class Feedback:
         since (or restored) counts as it would take now."""
         if not records:
             return None
-        then = dict(zip((r.task.task_id for r in records), cores_then, strict=False))
+        then = dict(zip((r.task_id for r in records), cores_then, strict=False))
         now = cores_now or {}
 
         def median(values: list[float]) -> float:
             return statistics.median(values) if values else 0.0
 
-        def stages(record: task_pb2.TaskRecord) -> list[_Stage]:
-            cores = then.get(record.task.task_id, {})
+        def stages(record: Figures) -> list[_Stage]:
+            cores = then.get(record.task_id, {})
             read = []
-            for stage in record.task.dag.stages:
-                before, after = cores.get(stage.executed_on), now.get(stage.executed_on)
-                timings = stage.timings
-                process_s = timings.process_s
+            for name, node, process_s, transfer_s, queue_s in record.stages:
+                before, after = cores.get(node), now.get(node)
                 scale = before / after if before and after else 1.0
-                read.append(_Stage(stage.spec.name, process_s * scale, process_s, timings.transfer_s, timings.queue_s))
+                read.append(_Stage(name, process_s * scale, process_s, transfer_s, queue_s))
             return read
 
         every = [(r, stages(r)) for r in records]
-        delivered = [(r, s) for r, s in every if r.outcome == task_pb2.TASK_OUTCOME_DELIVERED]
+        delivered = [(r, s) for r, s in every if r.delivered]
         by_stage: dict[str, list[float]] = {}
         for _, read in delivered:
             for stage in read:
                 by_stage.setdefault(stage.name, []).append(stage.process_now_s)
-        accuracies = [r.accuracy for r, _ in delivered if r.HasField("accuracy")]
+        accuracies = [r.accuracy for r, _ in delivered if r.accuracy is not None]
         return cls(
             tasks=len(records),
             dropped=len(records) - len(delivered),
@@ -155,6 +183,6 @@ class Feedback:
             process_s=median([sum(s.process_now_s for s in read) for _, read in delivered]),
             queue_s=median([sum(s.queue_s for s in read) for _, read in delivered]),
             accuracy=statistics.fmean(accuracies) if accuracies else None,
-            bytes_per_task=median([float(max((h.bytes for h in r.task.hops), default=0)) for r, _ in delivered]),
+            bytes_per_task=median([r.bytes for r, _ in delivered]),
             stage_process_s={name: median(values) for name, values in by_stage.items()},
         )

@@ -17,7 +17,7 @@ from typing import Protocol
 import pydantic
 
 from dayu.runtime.registry import Registry
-from dayu.scheduler.knobs import Feedback, configuration, frame_rates, ladders, qualities, resolutions
+from dayu.scheduler.knobs import Feedback, Figures, configuration, frame_rates, ladders, qualities, resolutions
 from dayu.scheduler.traces import HopKey, HopKeyTuple, HopSamples
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2, types_pb2
 
@@ -49,6 +49,20 @@ class StreamView:
     # stage, in seconds of processing a second (its workers' time, divided the same way); empty when
     # it shares none.
     load_shares: Mapping[str, float] = field(default_factory=dict)
+    # `recent`'s figures by each record's id, with the record (held, so that its id stays its own).
+    _figures: dict[int, tuple[task_pb2.TaskRecord, Figures]] = field(default_factory=dict, repr=False, compare=False)
+
+    def figures(self) -> list[Figures]:
+        """`recent`'s figures (what Feedback reads of them), each record's read once."""
+        cache, read = self._figures, []
+        for record in self.recent:
+            kept = cache.get(id(record))
+            if kept is None or kept[0] is not record:
+                kept = cache[id(record)] = (record, Figures.of(record))
+            read.append(kept[1])
+        if len(cache) > 2 * len(self.recent):  # the records gone from `recent` are forgotten
+            self._figures = {id(record): cache[id(record)] for record in self.recent}
+        return read
 
     def feedback(self, min_tasks: int = 1, made_under_current: bool = True, last: int = 0) -> Feedback | None:
         """Feedback of the tasks made under the current decision (what that configuration costs),
@@ -56,14 +70,14 @@ class StreamView:
         the mesh behaves now, even while tasks made before are still draining); only the `last`
         most recent of them when given (so a long-standing decision is judged on now, not on its
         whole history). None until there are min_tasks of them."""
-        recent, cores = self.recent, self.recent_cpu_cores
+        recent, cores = self.figures(), self.recent_cpu_cores
         if made_under_current:
             version = self.current.version if self.current else 0
             chosen: list[int] = []
             for i in reversed(range(len(recent))):  # the newest first, as many as needed
                 if last and len(chosen) == last:
                     break
-                if recent[i].task.decision_version == version:
+                if recent[i].version == version:
                     chosen.append(i)
             chosen.reverse()
         else:
@@ -99,7 +113,7 @@ class StreamView:
         """What the stream uses now, from its latest tasks: their size over their segments' duration
         (Mbit/s) and each stage's processing over it (seconds a second). Unknown before any was
         delivered."""
-        return Needs.of(Feedback.of(self.recent[-last:]), self.current.configuration if self.current else None)
+        return Needs.of(Feedback.of(self.figures()[-last:]), self.current.configuration if self.current else None)
 
     def stage_cost_s(self, stage: str, node: str) -> float | None:
         """Median queueing plus inference of a stage on a node, from the stream's traces; None if
