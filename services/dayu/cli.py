@@ -179,7 +179,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="THREADS",
-        help="with --target cluster: runnable threads besides the segments processed, on average (default 0)",
+        help="with --target cluster: runnable threads outside the nodes (other work on the machine), on average "
+        "(default 0)",
     )
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
 

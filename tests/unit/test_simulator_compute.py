@@ -1,6 +1,7 @@
 """The simulator's compute contention (dayu.simulator.compute) and the cluster's scenario: segments
-sharing a machine's cores fairly, within a node's CPU limit, with background threads constant or
-replayed; kernel links without delay and with their packets' headers."""
+sharing a machine's cores fairly, node by node (each node a cgroup of the same weight), within a node's
+CPU limit, with the nodes' other threads replayed and threads outside the nodes; kernel links without
+delay and with their packets' headers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import simpy
 
 from dayu.mesh.model import CONFIGS
 from dayu.simulator import scenario
-from dayu.simulator.compute import Machine, MachineSpec
+from dayu.simulator.compute import Machine, MachineSpec, fair_shares
 
 
 def _finish_times(spec: MachineSpec, jobs: list[tuple[float, str, float]]) -> list[float]:
@@ -40,12 +41,34 @@ def test_more_segments_than_cores_share_them() -> None:
     assert _finish_times(MachineSpec(cores=1), [(0, "a", 1.0), (0.5, "a", 1.0)]) == pytest.approx([1.5, 2.0])
 
 
-def test_background_threads_take_their_share() -> None:
-    # Two cores, three other runnable threads: a lone segment gets 2/4 of a core.
+def test_threads_outside_the_nodes_take_their_share() -> None:
+    # Two cores, three other runnable threads (each weighs as a node): a lone segment gets 2/4 of a core.
     assert _finish_times(MachineSpec(cores=2, background=3), [(0, "a", 1.0)]) == pytest.approx([2.0])
-    # Replayed: none for the first second, then three.
-    spec = MachineSpec(cores=2, background_trace=((0.0, 0.0), (1.0, 3.0)))
-    assert _finish_times(spec, [(0, "a", 1.5)]) == pytest.approx([2.0])
+
+
+def test_the_cores_are_shared_node_by_node_then_between_a_nodes_threads() -> None:
+    # The cloud's two segments while each edge encodes (one thread each): the three nodes get 2/3 of
+    # a core each, the cloud's segments 1/3 each (a share per thread would give them 1/2).
+    busy_edges = ((0.0, (("edge-1", 1.0), ("edge-2", 1.0))),)
+    spec = MachineSpec(cores=2, node_threads=busy_edges)
+    assert _finish_times(spec, [(0, "cloud", 1.0), (0, "cloud", 1.0)]) == pytest.approx([3.0, 3.0])
+    # An edge with a lone thread asks for less than its share: the cloud gets the rest.
+    light = ((0.0, (("edge-1", 0.5),)),)
+    assert _finish_times(MachineSpec(cores=2, node_threads=light), [(0, "cloud", 1.0)] * 2) == pytest.approx(
+        [4 / 3] * 2
+    )
+    # Replayed: the edges idle for the first second, then three threads on edge-1: from then on a lone
+    # segment on the cloud still has a core (each node gets a core), where per thread it would get half.
+    later = ((0.0, ()), (1.0, (("edge-1", 3.0),)))
+    assert _finish_times(MachineSpec(cores=2, node_threads=later), [(0, "cloud", 1.5)]) == pytest.approx([1.5])
+
+
+def test_fair_shares_give_the_small_demands_theirs_and_split_the_rest_by_weight() -> None:
+    assert fair_shares(2.0, {"a": (0.5, 1.0), "b": (3.0, 1.0), "c": (3.0, 1.0)}) == pytest.approx(
+        {"a": 0.5, "b": 0.75, "c": 0.75}
+    )
+    assert fair_shares(2.0, {"a": (3.0, 1.0), "outside": (3.0, 3.0)}) == pytest.approx({"a": 0.5, "outside": 1.5})
+    assert fair_shares(4.0, {"a": (1.0, 1.0), "b": (2.0, 1.0)}) == pytest.approx({"a": 1.0, "b": 2.0})  # room to spare
 
 
 def test_a_node_cpu_limit_caps_its_segments() -> None:

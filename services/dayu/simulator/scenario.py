@@ -24,7 +24,7 @@ from dayu.mesh.model import CONFIGS, MeshConfig, ProcessorSection, load_mesh_con
 from dayu.runtime.errors import InvalidArgument, from_validation_error
 from dayu.runtime.pipelines import load_pipelines
 from dayu.scheduler.service import SchedulerSection
-from dayu.simulator.compute import MachineSpec
+from dayu.simulator.compute import MachineSpec, NodeThreads
 from dayu.v1 import decision_pb2, types_pb2
 
 MONITOR_INTERVAL_S = 2.0  # monitor.interval_s's default: a report and a round of link probes
@@ -163,21 +163,21 @@ def from_mesh(
     policy: str,
     trace: Path | None = None,
     target: str = "embedded",
-    background: float | tuple[tuple[float, float], ...] = 0.0,
+    background: float = 0.0,
     cores: float | None = None,
+    node_threads: NodeThreads = (),
 ) -> Scenario:
     """The mesh file's scenario with every stream under `policy` (default parameters) and every link
     to the cloud replaying `trace`: what `dayu experiment` runs for that policy. `target` is the mode
     it follows where the modes differ. "cluster": the nodes are namespaces of one machine (`cores`,
-    default this one's), so their processing shares its cores with each other and with `background`
-    other runnable threads (a number, or (seconds, threads) over time; dayu.simulator.compute), within
-    each node's CPU limit; its kernel links
-    have no added delay (no netem: a link's delay_ms is not applied) and carry TCP/IP headers."""
+    default this one's), so their processing shares its cores, node by node, within each node's CPU
+    limit, with the nodes' other runnable threads (`node_threads`: (seconds, ((node, threads), ...))
+    over time, as measured) and `background` runnable threads outside them (dayu.simulator.compute);
+    its kernel links have no added delay (no netem: a link's delay_ms is not applied) and carry TCP/IP
+    headers."""
     if target not in TARGETS:
         raise InvalidArgument("--target", f"one of {list(TARGETS)}, got {target!r}")
-    constant = background if isinstance(background, (int, float)) else 0.0
-    over_time = () if isinstance(background, (int, float)) else tuple(background)
-    if constant < 0 or any(threads < 0 for _, threads in over_time):
+    if background < 0 or any(threads < 0 for _, sample in node_threads for _, threads in sample):
         raise InvalidArgument("--background", f"runnable threads >= 0, got {background}")
     _check_trace(trace)
     base = read_mesh_file(config_path)
@@ -229,13 +229,21 @@ def from_mesh(
     machine = None
     if target == "cluster":
         limits = tuple((name, s.resources.cpus) for name, s in config.nodes.items() if s.resources.cpus)
-        machine = MachineSpec(cores or machine_cores(), constant, limits, over_time)
+        unknown = {node for _, sample in node_threads for node, _ in sample} - set(config.nodes)
+        if unknown:
+            raise InvalidArgument("node_threads", f"nodes of the mesh file, got {sorted(unknown)}")
+        machine = MachineSpec(cores or machine_cores(), background, limits, node_threads)
     notes = {"config": str(config_path), "trace": str(trace) if trace else None, "target": target}
     if machine is not None:
         notes["machine"] = {
             "cores": machine.cores,
-            "background": statistics.fmean(t for _, t in over_time) if over_time else constant,
-            "background_replayed": bool(over_time),
+            "background": background,
+            "node_threads": {  # on average over the samples replayed
+                node: statistics.fmean(dict(sample).get(node, 0.0) for _, sample in node_threads)
+                for node in config.nodes
+            }
+            if node_threads
+            else {},
             "node_cpus": dict(limits),
         }
     return Scenario(

@@ -13,10 +13,11 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from dayu.simulator.compute import NodeThreads
 from dayu.simulator.costs import Profile
 
 POINTS = 10.0  # the largest difference in the share within budget, in percentage points
@@ -39,33 +40,41 @@ def _state(tid: str) -> str:
     return stat[stat.rindex(")") + 2]
 
 
-def _runnable(directories: list[Path], processors: list[int]) -> tuple[int, int]:
-    """(runnable threads of the processors' processes, runnable threads of the rest) of these
-    cgroups now: running, or waiting for a core."""
-    tids: set[str] = set()
-    for directory in directories:
-        try:
-            tids.update((directory / "tasks").read_text().split())
-        except OSError:
-            continue
+def _runnable(directories: Mapping[str, Path], processors: list[int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Runnable threads of these cgroups now (running, or waiting for a core), by node: of the
+    processors' processes, and of the rest."""
     processing: set[str] = set()
     for pid in processors:
         try:
             processing.update(entry.name for entry in Path(f"/proc/{pid}/task").iterdir())
         except OSError:
             continue
-    runnable = {tid for tid in tids if _state(tid) == "R"}
-    return len(runnable & processing), len(runnable - processing)
+    in_processors, rest = {}, {}
+    for node, directory in directories.items():
+        try:
+            tids = (directory / "tasks").read_text().split()
+        except OSError:
+            tids = []
+        runnable = {tid for tid in tids if _state(tid) == "R"}
+        in_processors[node] = len(runnable & processing)
+        rest[node] = len(runnable - processing)
+    return in_processors, rest
+
+
+Sample = tuple[float, dict[str, int], dict[str, int]]  # seconds since start, processors' and the rest's by node
 
 
 class LoadSampler:
     """Every `every_s`, in a thread, from start() to stop(): the runnable threads of the cluster's
-    nodes, those of its processors' processes apart from the rest's (the components the simulator
-    does not run: generators, controllers, the datasource, the scheduler, ...)."""
+    nodes (their cgroups' directories, by node), those of its processors' processes apart from the
+    rest's (the components the simulator does not run: generators, controllers, the datasource, the
+    scheduler, ...)."""
 
-    def __init__(self, directories: list[Path], processors: Callable[[], list[int]], every_s: float = 0.25) -> None:
+    def __init__(
+        self, directories: Mapping[str, Path], processors: Callable[[], list[int]], every_s: float = 0.25
+    ) -> None:
         self.directories, self.processors, self.every_s = directories, processors, every_s
-        self.samples: list[tuple[float, int, int]] = []  # (seconds since start, processors', the rest's)
+        self.samples: list[Sample] = []
         self.started = self.stopped = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,12 +99,17 @@ class LoadSampler:
     def seconds(self) -> float:
         return self.stopped - self.started
 
-    def mean(self, column: int) -> float:
-        return statistics.fmean(sample[column] for sample in self.samples) if self.samples else 0.0
+    def mean(self, column: int) -> dict[str, float]:
+        """On average, by node: the processors' runnable threads (column 1) or the rest's (2)."""
+        if not self.samples:
+            return {}
+        return {node: statistics.fmean(sample[column][node] for sample in self.samples) for node in self.directories}
 
-    def background(self) -> tuple[tuple[float, float], ...]:
-        """The rest's runnable threads over time: (seconds, threads)."""
-        return tuple((at, float(rest)) for at, _, rest in self.samples)
+    def node_threads(self, extra: Mapping[str, float]) -> NodeThreads:
+        """The rest's runnable threads over time by node, each node's `extra` added."""
+        return tuple(
+            (at, tuple((node, n + extra.get(node, 0.0)) for node, n in rest.items())) for at, _, rest in self.samples
+        )
 
 
 def _machine_runnable() -> int:
@@ -106,22 +120,21 @@ def _machine_runnable() -> int:
     return 0
 
 
-def processing_threads(records: Path, seconds: float) -> float:
-    """Segments being processed on average over a run of `seconds`: the stages' processing times of the
-    run's tasks (each one runnable inference thread while it runs), over the run's length."""
+def processing_threads(records: Path, seconds: float) -> dict[str, float]:
+    """Segments being processed on average over a run of `seconds`, by node: the stages' processing
+    times of the run's tasks (each one runnable inference thread while it runs), over the run's length."""
     from dayu.distributor.store import RecordStore
     from dayu.v1 import distributor_pb2
 
     store = RecordStore(records)
+    busy: dict[str, float] = {}
     try:
-        busy = sum(
-            stage.timings.process_s
-            for record in store.scan(distributor_pb2.RecordFilter())
-            for stage in record.task.dag.stages
-        )
+        for record in store.scan(distributor_pb2.RecordFilter()):
+            for stage in record.task.dag.stages:
+                busy[stage.executed_on] = busy.get(stage.executed_on, 0.0) + stage.timings.process_s
     finally:
         store.close()
-    return busy / seconds if seconds > 0 else 0.0
+    return {node: s / seconds for node, s in busy.items() if node} if seconds > 0 else {}
 
 
 def run_cluster(
@@ -132,13 +145,15 @@ def run_cluster(
     out: Path,
     name: str,
     progress: Callable[[str], None] = print,
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, tuple[tuple[float, float], ...]]]:
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, NodeThreads]]:
     """`dayu experiment --mode cluster` (its function), under the cluster name `name`; with each run's
     rows, per policy, how busy the machine was while the generators ran: the runnable threads of the
     processors' processes on average (`processor_runnable`; `processing`: the segments processed, from
     the records), and of the other components (`background`: the generators' encoding, the datasource,
-    the controllers' and every other gRPC call, the scheduler), and these over time, every 0.25 s (the
-    third value, also in run-POLICY/background.csv), which the simulator replays.
+    the controllers' and every other gRPC call, the scheduler), each also `by_node`; and, by node over
+    time (every 0.25 s, also in run-POLICY/background.csv), the other components' runnable threads
+    plus the processors' own besides their segments on average (runnable past the segments
+    processed), which the simulator replays node by node beside the segments it runs.
 
     The cluster's cgroup gets PRIORITY_SHARES: on a machine shared with other work (CI, other jobs) the
     cluster's nodes get the cores they ask for first, as on machines of their own, which is what the
@@ -148,7 +163,7 @@ def run_cluster(
     from dayu.experiment import run_experiment
 
     loads: dict[str, dict[str, Any]] = {}
-    traces: dict[str, tuple[tuple[float, float], ...]] = {}
+    traces: dict[str, NodeThreads] = {}
 
     class Measured(Cluster):
         """The experiment's cluster, first in line for the machine's cores, its load sampled while its
@@ -158,8 +173,8 @@ def run_cluster(
 
         async def start(self) -> None:
             await super().start()
-            directories = [cgroup.directory("cpu") for cgroup in self.cgroups.values()]
-            (directories[0].parent / "cpu.shares").write_text(f"{PRIORITY_SHARES}\n")
+            directories = {node: cgroup.directory("cpu") for node, cgroup in self.cgroups.items()}
+            next(iter(directories.values())).parent.joinpath("cpu.shares").write_text(f"{PRIORITY_SHARES}\n")
 
             def processors() -> list[int]:
                 return [
@@ -180,23 +195,38 @@ def run_cluster(
         async def stop(self) -> None:
             await super().stop()
             policy = self.workdir.parent.name.removeprefix("run-")
+            processing = processing_threads(self.records, self.sampler.seconds)
+            in_processors, rest = self.sampler.mean(1), self.sampler.mean(2)
+            # The processors' threads besides their segments' inference (decoding, their gRPC calls):
+            # runnable on average past the segments processed, which the simulator runs itself.
+            extra = {node: max(0.0, n - processing.get(node, 0.0)) for node, n in in_processors.items()}
             loads[policy] = {
-                "processing": round(processing_threads(self.records, self.sampler.seconds), 3),
-                "processor_runnable": round(self.sampler.mean(1), 3),
-                "background": round(self.sampler.mean(2), 3),
+                "processing": round(sum(processing.values()), 3),
+                "processor_runnable": round(sum(in_processors.values()), 3),
+                "background": round(sum(rest.values()), 3),
+                "by_node": {
+                    node: {
+                        "processing": round(processing.get(node, 0.0), 3),
+                        "processor_runnable": round(in_processors[node], 3),
+                        "background": round(rest[node], 3),
+                    }
+                    for node in rest
+                },
                 "seconds": round(self.sampler.seconds, 1),
                 "machine_runnable_at_start_and_end": [self.machine_before - 1, self.machine_after - 1],
             }
-            traces[policy] = self.sampler.background()
+            traces[policy] = self.sampler.node_threads(extra)
 
     def make(mesh_config: Any, workdir: Path) -> Cluster:
         return Measured(mesh_config, workdir / "cluster", name=name, progress=lambda _line: None)
 
     rows = run_experiment(config, policies, [trace], duration_s, out, make, progress=progress)
     for policy, samples in traces.items():
+        nodes = [node for node, _ in samples[0][1]] if samples else []
         (out / f"run-{policy}" / "background.csv").write_text(
-            "seconds,runnable_threads\n" + "".join(f"{at},{threads:g}\n" for at, threads in samples)
-        )
+            ",".join(["seconds", *nodes]) + "\n"
+            + "".join(",".join([str(at), *(f"{n:g}" for _, n in sample)]) + "\n" for at, sample in samples)
+        )  # fmt: skip
     return rows, loads, traces
 
 
@@ -223,16 +253,16 @@ def run_simulator(
     out: Path,
     seed: int,
     profile: Path,
-    background: dict[str, tuple[tuple[float, float], ...]] | None = None,
+    node_threads: dict[str, NodeThreads] | None = None,
 ) -> list[dict[str, Any]]:
     """`dayu simulate` (its function) on the mesh file's scenario as the cluster runs it, with each
-    policy's `background` runnable threads over time replayed (none when not given)."""
+    policy's nodes' other runnable threads over time replayed (none when not given)."""
     from dayu.simulator import scenario
     from dayu.simulator.run import simulate
 
     def make(policy: str) -> scenario.Scenario:
-        load = (background or {}).get(policy, ())
-        return scenario.from_mesh(config, policy, trace=trace, target="cluster", background=load)
+        load = (node_threads or {}).get(policy, ())
+        return scenario.from_mesh(config, policy, trace=trace, target="cluster", node_threads=load)
 
     title = f"{config.name} as the cluster runs it, {trace.name}, {duration_s:g} simulated s"
     return simulate(make, policies, Profile.load(profile), duration_s, out, seed, title, progress=False)
@@ -355,12 +385,12 @@ def validate(
 
     name = name or cluster_name()
     try:
-        cluster_rows, loads, background = run_cluster(
+        cluster_rows, loads, node_threads = run_cluster(
             config, policies, trace, duration_s, out / "cluster", name, progress
         )
     finally:  # interrupted, or failed: nothing of the cluster is left behind (by its name only)
         cleanup(name)
-    sim_rows = run_simulator(config, policies, trace, duration_s, out / "sim", seed, profile, background)
+    sim_rows = run_simulator(config, policies, trace, duration_s, out / "sim", seed, profile, node_threads)
     rows = compare(trace.name, cluster_rows, sim_rows, points, relative)
     for row in rows:
         row["machine"] = loads.get(row["policy"], {})
