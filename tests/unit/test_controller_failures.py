@@ -268,3 +268,45 @@ async def test_a_transfer_whose_task_went_late_under_a_replaced_decision_frees_t
     assert off.status.description == "called off" and off.attributes[DELAY] == 0.0
     seconds = (off.end_time - off.start_time) / 1e9
     assert off.attributes[BYTES] * 8 / seconds / 1e6 == pytest.approx(0.5, rel=0.15)
+
+
+def test_a_late_task_on_the_link_gives_way_to_the_newer_tasks_of_its_stream_behind_it() -> None:
+    # The current decision's, older than its budget, newer tasks of its stream behind it on the link.
+    assert called_off((1, 4), (1, 4), 1.5, 1.6, behind=1) == (
+        "overtaken: 1.6 s old, over its 1.5 s budget, newer tasks of its stream behind it on the link"
+    )
+    assert called_off((1, 4), (1, 4), 1.5, 1.6) == ""  # nothing behind it: it goes on
+    assert called_off((1, 4), (1, 4), 1.5, 1.4, behind=2) == ""  # it may still make it
+    assert called_off((1, 4), (1, 4), 0.0, 9.0, behind=2) == ""  # no budget
+
+
+async def test_a_task_stuck_on_a_stopped_link_gives_way_to_its_streams_next_task() -> None:
+    """A link that nearly stopped (a 2 s outage) holds a task; the stream's next one queues behind it.
+    Once the first is past its budget it is called off (dropped, said why) and the next goes, so one
+    task is lost to the outage, not two."""
+    mesh = Mesh()
+    link = Link("edge-1", "cloud", bandwidth_mbps=0.05)  # 50 kbit/s: a 12 KB task takes 2 s
+    core = ControllerCore("edge-1", "cloud", {"cloud"}, set(), {"cloud": link}, mesh)
+    core.apply_decision(decision_pb2.Decision(stream_id="stream-1", epoch=1, version=4))
+
+    def task_of(frames: int) -> task_pb2.Task:
+        task = make_task(linear_pipeline(), frames=frames)
+        for spec_stage in task.dag.stages:
+            spec_stage.node = "cloud"  # nothing runs on this edge: the frames cross the link
+        task.task_id = task.root_id = str(uuid.uuid4())
+        task.latency_budget_s, task.decision_epoch, task.decision_version = 0.6, 1, 4
+        del task.segment.frames[:]
+        task.segment.frames.extend([bytes(4_000)] * frames)
+        return task
+
+    started = asyncio.get_running_loop().time()
+    await core.submit(task_of(3), "")  # 12 KB: 2 s
+    await asyncio.sleep(0.2)
+    await core.submit(task_of(1), "")  # 4 KB: 0.64 s
+    await settle(core)
+    took = asyncio.get_running_loop().time() - started
+    assert [len(task.segment.frames) for _, task in mesh.forwarded] == [1]
+    (reason,) = mesh.dropped
+    assert reason.startswith("overtaken: ") and reason.endswith("newer tasks of its stream behind it on the link")
+    assert took < 0.6 + 2 * CALL_OFF_CHECK_S + 0.64 + 0.3  # the first called off once late, not after 2 s
+    assert not core._on_link  # nothing left counted once the link is clear

@@ -35,10 +35,11 @@ processors and peers continue it through gRPC metadata."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -225,16 +226,29 @@ def superseded(
     )
 
 
-def called_off(made_under: tuple[int, int], current: tuple[int, int] | None, budget_s: float, age_s: float) -> str:
+def called_off(
+    made_under: tuple[int, int], current: tuple[int, int] | None, budget_s: float, age_s: float, behind: int = 0
+) -> str:
     """Why a task whose bytes are going over a link is called off before they are through ("" when
-    not): made under a decision (epoch, version) that its stream's scheduler has since replaced, and
-    already older than its budget, it arrives late however the rest of its bytes go, while the new
-    decision's tasks wait behind it (on a link that fell under it, for seconds). Only where the link
-    emulator holds the bytes (the receiver has none of them yet); the simulator applies the same rule."""
-    if current is None or current <= made_under or not budget_s or age_s <= budget_s:
+    not): older than its budget, it arrives late however the rest of its bytes go, and it holds up
+    others: the tasks of the decision that replaced the one it was made under (on a link that fell
+    under it, for seconds), or newer tasks of its stream waiting behind it on the link (`behind`: a
+    link that stopped for 2 s holds two tasks of a stream; the first cannot make it any more, the
+    second can if the first gives way). A task at its turn is not dropped for those behind it: on a
+    link that moves, a late task delivered costs them little, and the policy reads its lateness.
+    Only where the link emulator holds the bytes (the receiver has none of them yet); the simulator
+    applies the same rule."""
+    if not budget_s or age_s <= budget_s:
         return ""
+    if current is not None and current > made_under:
+        late = f"{age_s:.1f} s old, over its {budget_s:g} s budget"
+        return f"superseded: its decision replaced, called off on the link {late}"
+    return _overtaken(age_s, budget_s) if behind > 0 else ""
+
+
+def _overtaken(age_s: float, budget_s: float) -> str:
     return (
-        f"superseded: its decision replaced, called off on the link {age_s:.1f} s old, over its {budget_s:g} s budget"
+        f"overtaken: {age_s:.1f} s old, over its {budget_s:g} s budget, newer tasks of its stream behind it on the link"
     )
 
 
@@ -283,6 +297,8 @@ class ControllerCore:
         # siblings at that join; the siblings that this node sends to the same join go without them.
         self._frames_sent: OrderedDict[str, None] = OrderedDict()
         self._frames_going: dict[str, asyncio.Event] = {}  # the same, while the copy is on its way
+        # (node, stream) -> the stream's tasks waiting for the link to that node or going over it.
+        self._on_link: Counter[tuple[str, str]] = Counter()
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -572,10 +588,11 @@ class ControllerCore:
             self._link(node).delay_ms / 1000,
         )
 
-    def _called_off(self, task: task_pb2.Task) -> str:
-        """called_off() for a task whose bytes are going over a link, by this node's latest decision of
-        its stream."""
-        return called_off(*self._versions(task), task.latency_budget_s, self._age(task))
+    def _called_off(self, task: task_pb2.Task, node: str) -> str:
+        """called_off() for a task whose bytes are going over the link to `node`, by this node's latest
+        decision of its stream and the stream's tasks behind it there."""
+        behind = self._on_link[(node, task.stream_id)] - 1
+        return called_off(*self._versions(task), task.latency_budget_s, self._age(task), behind)
 
     def _versions(self, task: task_pb2.Task) -> tuple[tuple[int, int], tuple[int, int] | None]:
         """The (epoch, version) of the decision the task was made under, and of its stream's latest
@@ -584,6 +601,18 @@ class ControllerCore:
         return (task.decision_epoch, task.decision_version), (
             (current.epoch, current.version) if current is not None else None
         )
+
+    @contextlib.contextmanager
+    def _on_the_link(self, node: str, stream_id: str) -> Iterator[None]:
+        """Counts a task of the stream waiting for the link to `node` or going over it (_on_link)."""
+        key = (node, stream_id)
+        self._on_link[key] += 1
+        try:
+            yield
+        finally:
+            self._on_link[key] -= 1
+            if not self._on_link[key]:
+                del self._on_link[key]
 
     def _patience(self, task: task_pb2.Task) -> float:
         """How long the task may wait for a node to come back: until it would be late, else PATIENCE_S."""
@@ -727,7 +756,7 @@ class ControllerCore:
             return not unwanted[0]
 
         def keep_going() -> bool:
-            unwanted[0] = self._called_off(task)
+            unwanted[0] = self._called_off(task, node)
             return not unwanted[0]
 
         attributes = {**task_attributes(task.stream_id, task.root_id), TO_NODE: node, BYTES: nbytes}
@@ -741,44 +770,47 @@ class ControllerCore:
                 task.age_s = before
                 raise
 
-        backoff = Backoff(patience_s)
-        while True:
-            waiting = self.tracing.start("link.queue", **attributes)
-            sending: list[trace.Span] = []
+        with self._on_the_link(node, task.stream_id):
+            backoff = Backoff(patience_s)
+            while True:
+                waiting = self.tracing.start("link.queue", **attributes)
+                sending: list[trace.Span] = []
 
-            def start_sending(waiting: trace.Span = waiting, sending: list[trace.Span] = sending) -> None:
-                waiting.end()
-                # With the link's own delay, so the scheduler can tell the link's rate from its queue.
-                sending.append(self.tracing.start("link.transfer", **attributes, **{DELAY: link.delay_ms / 1000}))
+                def start_sending(waiting: trace.Span = waiting, sending: list[trace.Span] = sending) -> None:
+                    waiting.end()
+                    # With the link's own delay, so the scheduler can tell the link's rate from its queue.
+                    sending.append(self.tracing.start("link.transfer", **attributes, **{DELAY: link.delay_ms / 1000}))
 
-            try:
-                return await link.transmit(
-                    nbytes,
-                    stamped,
-                    still_wanted=still_wanted,
-                    on_sending=start_sending,
-                    keep_going=keep_going if give_way else None,
+                try:
+                    return await link.transmit(
+                        nbytes,
+                        stamped,
+                        still_wanted=still_wanted,
+                        on_sending=start_sending,
+                        keep_going=keep_going if give_way else None,
+                    )
+                except CalledOff as off:
+                    # What went of it, at the link's rate (and nothing arrived, so no delay): the scheduler
+                    # reads the rate from the span.
+                    sending[0].set_attributes({BYTES: off.sent, DELAY: 0.0})
+                    sending[0].set_status(trace.StatusCode.ERROR, "called off")
+                    raise Dropped(unwanted[0]) from None
+                except NotSent:
+                    waiting.set_status(trace.StatusCode.ERROR, "too late to send")
+                    raise Dropped(unwanted[0]) from None
+                except RemoteError as error:
+                    (sending or [waiting])[0].set_status(trace.StatusCode.ERROR, error.code)
+                    why = f"{receiver} refused the task from {self.node}: {error.code}: {error.details}"
+                    if error.code not in TRANSIENT:
+                        raise Dropped(why) from None
+                    if backoff.exhausted():
+                        raise Unreachable(f"{why} (tried for {patience_s:.1f} s)") from None
+                finally:
+                    (sending or [waiting])[0].end()
+                log.info(
+                    "receiver unreachable; trying again", receiver=receiver, task_id=task.task_id, wait_s=backoff.wait
                 )
-            except CalledOff as off:
-                # What went of it, at the link's rate (and nothing arrived, so no delay): the scheduler
-                # reads the rate from the span.
-                sending[0].set_attributes({BYTES: off.sent, DELAY: 0.0})
-                sending[0].set_status(trace.StatusCode.ERROR, "called off")
-                raise Dropped(unwanted[0]) from None
-            except NotSent:
-                waiting.set_status(trace.StatusCode.ERROR, "too late to send")
-                raise Dropped(unwanted[0]) from None
-            except RemoteError as error:
-                (sending or [waiting])[0].set_status(trace.StatusCode.ERROR, error.code)
-                why = f"{receiver} refused the task from {self.node}: {error.code}: {error.details}"
-                if error.code not in TRANSIENT:
-                    raise Dropped(why) from None
-                if backoff.exhausted():
-                    raise Unreachable(f"{why} (tried for {patience_s:.1f} s)") from None
-            finally:
-                (sending or [waiting])[0].end()
-            log.info("receiver unreachable; trying again", receiver=receiver, task_id=task.task_id, wait_s=backoff.wait)
-            await backoff.sleep()
+                await backoff.sleep()
 
     async def _patiently(self, call: Callable[[], Awaitable[None]], what: str, patience_s: float) -> None:
         """Runs `call`, trying again while it fails for a transient reason, for up to `patience_s`."""

@@ -33,7 +33,7 @@ import heapq
 import math
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -373,6 +373,7 @@ class SimulatedMesh:
             uplinks=[c.spec.name for c in self.network.channels if c.spec.uplink],
         )
         self.in_flight: dict[str, _Task] = {}  # in the order they were made
+        self._on_link: Counter[tuple[str, str, str]] = Counter()  # (from, to, stream) -> its tasks at the link
         self.made_tasks = 0
         self.generating = True
         self._generators: dict[str, _Generator] = {}
@@ -600,9 +601,11 @@ class SimulatedMesh:
             delay_s,
         )
 
-    def _called_off(self, task: _Task) -> str:
-        """ControllerCore._called_off: by the scheduler's current decision."""
-        return called_off(*self._versions(task), task.stream.spec.latency_budget_s, self.env.now - task.made_at)
+    def _called_off(self, task: _Task, to: str) -> str:
+        """ControllerCore._called_off: by the scheduler's current decision and the stream's tasks behind
+        it on the link."""
+        behind = self._on_link[(task.at, to, task.stream.stream_id)] - 1
+        return called_off(*self._versions(task), task.stream.spec.latency_budget_s, self.env.now - task.made_at, behind)
 
     def _versions(self, task: _Task) -> tuple[tuple[int, int], tuple[int, int]]:
         """ControllerCore._versions: the task's decision and the scheduler's current one, (epoch, version)."""
@@ -628,10 +631,12 @@ class SimulatedMesh:
                 return not unwanted[0]
 
             def keep_going() -> bool:  # ControllerCore._over_link's check while the bytes go
-                unwanted[0] = self._called_off(task)
+                unwanted[0] = self._called_off(task, to)
                 return not unwanted[0]
 
             attributes = {STREAM: task.stream.stream_id, TASK: task.task_id, TO_NODE: to}
+            on_link = (here, to, task.stream.stream_id)  # ControllerCore._on_the_link
+            self._on_link[on_link] += 1
             try:
                 sent = yield from channel.transmit(
                     self.env, nbytes, still_wanted=still_wanted, keep_going=keep_going if stage else None
@@ -643,6 +648,10 @@ class SimulatedMesh:
                 raise Dropped(unwanted[0]) from None
             except NotSent:
                 raise Dropped(unwanted[0]) from None
+            finally:
+                self._on_link[on_link] -= 1
+                if not self._on_link[on_link]:
+                    del self._on_link[on_link]
             attributes[DELAY] = channel.delay_s
             self.spans.add(
                 "controller", here, "link.transfer", sent.sending_at, sent.arrived_at, **attributes, **{BYTES: nbytes}
