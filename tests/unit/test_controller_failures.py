@@ -271,9 +271,9 @@ async def test_a_transfer_whose_task_went_late_under_a_replaced_decision_frees_t
 
 
 def test_a_late_task_on_the_link_gives_way_to_the_newer_tasks_of_its_stream_behind_it() -> None:
-    # The current decision's, older than its budget, newer tasks of its stream behind it on the link.
+    # The current decision's, older than its budget, other tasks of its stream behind it on the link.
     assert called_off((1, 4), (1, 4), 1.5, 1.6, behind=1) == (
-        "overtaken: 1.6 s old, over its 1.5 s budget, newer tasks of its stream behind it on the link"
+        "overtaken: 1.6 s old, over its 1.5 s budget, other tasks of its stream behind it on the link"
     )
     assert called_off((1, 4), (1, 4), 1.5, 1.6) == ""  # nothing behind it: it goes on
     assert called_off((1, 4), (1, 4), 1.5, 1.4, behind=2) == ""  # it may still make it
@@ -307,6 +307,6 @@ async def test_a_task_stuck_on_a_stopped_link_gives_way_to_its_streams_next_task
     took = asyncio.get_running_loop().time() - started
     assert [len(task.segment.frames) for _, task in mesh.forwarded] == [1]
     (reason,) = mesh.dropped
-    assert reason.startswith("overtaken: ") and reason.endswith("newer tasks of its stream behind it on the link")
+    assert reason.startswith("overtaken: ") and reason.endswith("other tasks of its stream behind it on the link")
     assert took < 0.6 + 2 * CALL_OFF_CHECK_S + 0.64 + 0.3  # the first called off once late, not after 2 s
     assert not core._on_link  # nothing left counted once the link is clear

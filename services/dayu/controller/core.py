@@ -232,7 +232,7 @@ def called_off(
     """Why a task whose bytes are going over a link is called off before they are through ("" when
     not): older than its budget, it arrives late however the rest of its bytes go, and it holds up
     others: the tasks of the decision that replaced the one it was made under (on a link that fell
-    under it, for seconds), or newer tasks of its stream waiting behind it on the link (`behind`: a
+    under it, for seconds), or other tasks of its stream waiting behind it on the link (`behind`: a
     link that stopped for 2 s holds two tasks of a stream; the first cannot make it any more, the
     second can if the first gives way). A task at its turn is not dropped for those behind it: on a
     link that moves, a late task delivered costs them little, and the policy reads its lateness.
@@ -248,7 +248,7 @@ def called_off(
 
 def _overtaken(age_s: float, budget_s: float) -> str:
     return (
-        f"overtaken: {age_s:.1f} s old, over its {budget_s:g} s budget, newer tasks of its stream behind it on the link"
+        f"overtaken: {age_s:.1f} s old, over its {budget_s:g} s budget, other tasks of its stream behind it on the link"
     )
 
 
