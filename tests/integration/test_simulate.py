@@ -50,7 +50,10 @@ def test_simulate_compares_policies_on_the_drop_trace(tmp_path: Path) -> None:
 
     document = json.loads((out / "results.json").read_text())
     assert document["runs"]["fixed"]["drop_reasons"]
-    assert all(reason.startswith("late: ") for reason in document["runs"]["fixed"]["drop_reasons"])
+    # Given up late at the controller's limit, or called off on the link once late with the stream's
+    # next tasks waiting behind (fixed never replaces its decision, so nothing is superseded).
+    reasons = document["runs"]["fixed"]["drop_reasons"]
+    assert all(reason.startswith(("late: ", "overtaken: ")) for reason in reasons), reasons
     for picture in ("results.png", "latency_cdf.png", "within_budget.png", "timeline.png"):
         assert (out / picture).read_bytes()[:8] == PNG
     with (out / "run-latency_budget" / "tasks.csv").open() as file:
