@@ -246,6 +246,20 @@ def called_off(
     return _overtaken(age_s, budget_s) if behind > 0 else ""
 
 
+@contextlib.contextmanager
+def on_the_link(on_link: Counter[tuple[str, ...]], key: tuple[str, ...]) -> Iterator[None]:
+    """Counts a task of a stream waiting for a link or going over it under `key` (the link and the
+    stream) while the block runs; a key at 0 is forgotten, so the count holds only what is under way.
+    called_off's `behind` is the count less the task itself. The simulator counts the same way."""
+    on_link[key] += 1
+    try:
+        yield
+    finally:
+        on_link[key] -= 1
+        if not on_link[key]:
+            del on_link[key]
+
+
 def _overtaken(age_s: float, budget_s: float) -> str:
     return (
         f"overtaken: {age_s:.1f} s old, over its {budget_s:g} s budget, other tasks of its stream behind it on the link"
@@ -298,7 +312,7 @@ class ControllerCore:
         self._frames_sent: OrderedDict[str, None] = OrderedDict()
         self._frames_going: dict[str, asyncio.Event] = {}  # the same, while the copy is on its way
         # (node, stream) -> the stream's tasks waiting for the link to that node or going over it.
-        self._on_link: Counter[tuple[str, str]] = Counter()
+        self._on_link: Counter[tuple[str, ...]] = Counter()
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -602,18 +616,6 @@ class ControllerCore:
             (current.epoch, current.version) if current is not None else None
         )
 
-    @contextlib.contextmanager
-    def _on_the_link(self, node: str, stream_id: str) -> Iterator[None]:
-        """Counts a task of the stream waiting for the link to `node` or going over it (_on_link)."""
-        key = (node, stream_id)
-        self._on_link[key] += 1
-        try:
-            yield
-        finally:
-            self._on_link[key] -= 1
-            if not self._on_link[key]:
-                del self._on_link[key]
-
     def _patience(self, task: task_pb2.Task) -> float:
         """How long the task may wait for a node to come back: until it would be late, else PATIENCE_S."""
         if self.late_factor and task.latency_budget_s:
@@ -770,7 +772,7 @@ class ControllerCore:
                 task.age_s = before
                 raise
 
-        with self._on_the_link(node, task.stream_id):
+        with on_the_link(self._on_link, (node, task.stream_id)):
             backoff = Backoff(patience_s)
             while True:
                 waiting = self.tracing.start("link.queue", **attributes)

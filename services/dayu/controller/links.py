@@ -14,13 +14,14 @@ import asyncio
 import bisect
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from dayu.runtime.errors import InvalidArgument
 
 MIN_BOUND_S = 1.0  # a transfer going for less says nothing of the link's rate (sending_bound_mbps)
+STRETCHES = 100_000  # of a trace looked at for one transfer, at most
 CALL_OFF_CHECK_S = 0.25  # how often a transfer the emulator holds asks whether to go on (transmit's keep_going)
 
 
@@ -78,6 +79,15 @@ class BandwidthTrace:
         periods = math.ceil(until_s / self.period_s) if until_s > 0 else 0
         found = (k * self.period_s + t for k in range(periods) for t in self.times_s)
         return [t for t in found if 0 < t < until_s]
+
+    def stretches(self, t: float) -> Iterator[tuple[float, float]]:
+        """(Mbit/s, seconds) of each stretch at one rate from time t on, the first from t: at most
+        STRETCHES of them (a trace of zeros would otherwise never end)."""
+        elapsed = 0.0
+        for _ in range(STRETCHES):
+            mbps, remaining_s = self.segment(t + elapsed)
+            yield mbps, remaining_s
+            elapsed += remaining_s
 
     def segment(self, t: float) -> tuple[float, float]:
         """(Mbit/s at time t, seconds until the rate changes)."""
@@ -153,9 +163,8 @@ class Link:
         """Seconds the link needs to carry nbytes starting at clock time `at`, following the trace."""
         if self.trace is None:
             return nbytes * 8 / (self.fixed_mbps * 1e6) if self.fixed_mbps > 0 else 0.0
-        bits, elapsed, t = nbytes * 8.0, 0.0, at - self._start
-        for _ in range(100_000):  # bounded: a trace of zeros would otherwise never finish
-            mbps, remaining_s = self.trace.segment(t + elapsed)
+        bits, elapsed = nbytes * 8.0, 0.0
+        for mbps, remaining_s in self.trace.stretches(at - self._start):
             capacity = mbps * 1e6 * remaining_s
             if capacity >= bits:
                 return elapsed + bits / (mbps * 1e6)
@@ -168,14 +177,12 @@ class Link:
         serialization_s inverts): those of a transfer called off part way."""
         if self.trace is None:
             return self.fixed_mbps * 1e6 / 8 * max(0.0, until - since)
-        bits, t, end = 0.0, since - self._start, until - self._start
-        for _ in range(100_000):  # bounded, as serialization_s
-            if t >= end:
+        bits, elapsed, span = 0.0, 0.0, until - since
+        for mbps, remaining_s in self.trace.stretches(since - self._start):
+            if elapsed >= span:
                 break
-            mbps, remaining_s = self.trace.segment(t)
-            step_s = min(remaining_s, end - t)
-            bits += mbps * 1e6 * step_s
-            t += step_s
+            bits += mbps * 1e6 * min(remaining_s, span - elapsed)
+            elapsed += remaining_s
         return bits / 8
 
     async def _emulate(self, nbytes: int, keep_going: Callable[[], bool] | None) -> None:

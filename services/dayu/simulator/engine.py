@@ -43,7 +43,7 @@ from typing import Any
 import simpy
 from simpy.core import NORMAL
 
-from dayu.controller.core import PREVIEW_EVERY_S, called_off, superseded
+from dayu.controller.core import PREVIEW_EVERY_S, called_off, on_the_link, superseded
 from dayu.distributor.core import first_detector
 from dayu.media.frames import frame_rate
 from dayu.runtime.retry import RETRY_S
@@ -373,7 +373,7 @@ class SimulatedMesh:
             uplinks=[c.spec.name for c in self.network.channels if c.spec.uplink],
         )
         self.in_flight: dict[str, _Task] = {}  # in the order they were made
-        self._on_link: Counter[tuple[str, str, str]] = Counter()  # (from, to, stream) -> its tasks at the link
+        self._on_link: Counter[tuple[str, ...]] = Counter()  # (from, to, stream) -> its tasks at the link (on_the_link)
         self.made_tasks = 0
         self.generating = True
         self._generators: dict[str, _Generator] = {}
@@ -635,12 +635,11 @@ class SimulatedMesh:
                 return not unwanted[0]
 
             attributes = {STREAM: task.stream.stream_id, TASK: task.task_id, TO_NODE: to}
-            on_link = (here, to, task.stream.stream_id)  # ControllerCore._on_the_link
-            self._on_link[on_link] += 1
             try:
-                sent = yield from channel.transmit(
-                    self.env, nbytes, still_wanted=still_wanted, keep_going=keep_going if stage else None
-                )
+                with on_the_link(self._on_link, (here, to, task.stream.stream_id)):
+                    sent = yield from channel.transmit(
+                        self.env, nbytes, still_wanted=still_wanted, keep_going=keep_going if stage else None
+                    )
             except CalledOff as off:  # its span says what went, as ControllerCore._over_link's does
                 self.spans.add(
                     "controller", here, "link.transfer", off.sending_at, self.env.now, **attributes, **{BYTES: off.sent}
@@ -648,10 +647,6 @@ class SimulatedMesh:
                 raise Dropped(unwanted[0]) from None
             except NotSent:
                 raise Dropped(unwanted[0]) from None
-            finally:
-                self._on_link[on_link] -= 1
-                if not self._on_link[on_link]:
-                    del self._on_link[on_link]
             attributes[DELAY] = channel.delay_s
             self.spans.add(
                 "controller", here, "link.transfer", sent.sending_at, sent.arrived_at, **attributes, **{BYTES: nbytes}
