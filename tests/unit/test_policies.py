@@ -499,3 +499,34 @@ def test_a_views_feedback_reads_each_record_once_and_follows_its_recent_records(
         fresh = Feedback.of([Figures.of(record) for record in v.recent[-8:]])
         assert v.feedback(1, last=8) == fresh
         assert len(v._figures) <= 2 * len(v.recent)
+
+
+def test_a_views_feedback_asked_again_answers_as_if_asked_fresh() -> None:
+    """A decision asks for the same feedback several times, and the view answers again what it read
+    last while nothing it reads changed: whatever changes between asks (a record arriving, the
+    decision, a node's CPU now or when a record arrived), the answer is what a fresh read gives."""
+    import random
+
+    rng = random.Random(7)
+    v = view()
+    fixed = policy("fixed")
+    apply(v, fixed.decide(v))
+    asks = [(1, True, 0), (2, True, 8), (1, False, 0), (1, False, 8), (1, True, 1)]
+    for i in range(400):
+        change = rng.randrange(5)
+        if change == 0:
+            feed(v, 0.1 + (i % 7) / 10, process=0.2 + (i % 3) / 10, tasks=1)
+            v.recent[-1].task.dag.stages[0].executed_on = rng.choice(["edge-1", "cloud"])
+            v.recent_cpu_cores.append({"edge-1": rng.choice([1.0, 2.0]), "cloud": 4.0})
+        elif change == 1:
+            v.cpu_cores = {"edge-1": rng.choice([0.5, 1.0, 2.0]), "cloud": rng.choice([2.0, 4.0])}
+        elif change == 2 and isinstance(v.cpu_cores, dict) and v.cpu_cores:
+            v.cpu_cores["edge-1"] = rng.choice([0.5, 1.0, 2.0])  # in place, as the core's mapping changes
+        elif change == 3:
+            apply(v, Proposal(v.current.configuration, dict(v.current.placement), "again"))  # type: ignore[union-attr]
+        else:  # the cores when each record arrived, without a record: the lists end together again shifted
+            v.recent_cpu_cores.append({"edge-1": rng.choice([1.0, 2.0])})
+        for ask in rng.sample(asks, 3):
+            answered = v.feedback(*ask)
+            v._feedback.clear()
+            assert v.feedback(*ask) == answered, (i, ask)

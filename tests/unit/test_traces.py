@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from dayu.runtime.tracing import NODE, STAGE, STREAM, TASK, TO_NODE
 from dayu.scheduler import traces as traces_module
+from dayu.scheduler.core import MAX_NODES
 from dayu.scheduler.traces import RECENT_SPANS, HopKey, HopLatencies, HopSamples, TaskTraces, spans_of
 
 from conftest import transfer_spans
@@ -143,6 +144,20 @@ def test_the_link_silent_longest_is_forgotten_past_the_limit(monkeypatch: pytest
     for node in ("a", "b", "a", "c"):
         latencies.add_link_rate((node, "cloud"), 10.0)
     assert set(latencies.bandwidth) == set(latencies.moved_links()) == {("a", "cloud"), ("c", "cloud")}
+
+
+def test_every_edges_uplink_and_downlink_are_kept_at_the_most_nodes() -> None:
+    """A link forgotten comes back as new, and the streams of its nodes decide again for nothing: the
+    scheduler's most nodes (1024) each keep their links to and from the cloud."""
+    latencies = HopLatencies()
+    links = [link for i in range(MAX_NODES) for link in ((f"edge-{i}", "cloud"), ("cloud", f"edge-{i}"))]
+    for link in links:
+        latencies.add_link_rate(link, 10.0)
+    latencies.moved_links()
+    for link in links:  # the same rates again: every link known, none moved from nothing
+        latencies.add_link_rate(link, 10.0)
+    assert len(latencies.bandwidth) == len(links)
+    assert set(latencies.moved_links().values()) == {10.0}
 
 
 def test_a_spans_own_attributes_count_over_its_resources() -> None:

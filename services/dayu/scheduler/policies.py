@@ -21,6 +21,8 @@ from dayu.scheduler.knobs import Feedback, Figures, configuration, frame_rates, 
 from dayu.scheduler.traces import HopKey, HopKeyTuple, HopSamples
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2, types_pb2
 
+FEEDBACK_ASKS_KEPT = 16  # StreamView.feedback's answers kept (a policy asks with a few sets of arguments)
+
 
 @dataclass
 class StreamView:
@@ -51,6 +53,10 @@ class StreamView:
     load_shares: Mapping[str, float] = field(default_factory=dict)
     # `recent`'s figures by each record's id, with the record (held, so that its id stays its own).
     _figures: dict[int, tuple[task_pb2.TaskRecord, Figures]] = field(default_factory=dict, repr=False, compare=False)
+    # feedback()'s answers by its arguments, each with what it read (a decision asks the same several times).
+    _feedback: dict[tuple[int, bool, int], tuple[tuple[object, ...], Feedback | None]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def figures(self) -> list[Figures]:
         """`recent`'s figures (what Feedback reads of them), each record's read once."""
@@ -87,8 +93,20 @@ class StreamView:
         unknown = len(recent) - min(len(cores), len(recent))
         records = [recent[i] for i in chosen]
         cores_then = [cores[len(cores) - len(recent) + i] if i >= unknown else {} for i in chosen]
+        # What Feedback.of reads: the records, the cores then, and now on the nodes they ran on. The
+        # same as last asked (the objects themselves, or equal ones) gives the same answer.
+        nodes = {stage[1] for record in records for stage in record.stages}
+        read = (*records, *cores_then, *sorted((node, self.cpu_cores.get(node)) for node in nodes))
+        asked = (min_tasks, made_under_current, last)
+        kept = self._feedback.get(asked)
+        if kept is not None and kept[0] == read:
+            return kept[1]
         summary = Feedback.of(records, cores_then, self.cpu_cores)
-        return summary if summary and summary.tasks >= min_tasks else None
+        answer = summary if summary and summary.tasks >= min_tasks else None
+        if len(self._feedback) >= FEEDBACK_ASKS_KEPT:
+            self._feedback.clear()
+        self._feedback[asked] = (read, answer)
+        return answer
 
     def bandwidth_mbps(self, from_node: str, to_node: str) -> float | None:
         """A link's bandwidth: from the latest task transfers in the traces (what tasks get now),

@@ -32,7 +32,10 @@ RECENT_TRANSFERS = 3  # a link's bandwidth: the median rate of its last few tran
 MIN_TRANSFER_BYTES = 4096  # smaller transfers say more about per-message costs than about the rate
 MAX_STREAMS = 1024  # streams whose hops are kept (spans name any stream, registered or not)
 MAX_HOPS = 256  # (hop, stage, node) kept per stream
-MAX_LINKS = 1024  # links whose rates are kept
+# Links whose rates are kept: four a node at the scheduler's most nodes (1024), each edge's uplink and
+# downlink and more. Fewer than the mesh has, and links forgotten come back as new, deciding again for
+# every stream of their nodes (at 1,000 edges, five times the decisions on link moves, for nothing).
+MAX_LINKS = 4096
 MAX_TRACED_TASKS = 2048  # tasks whose spans are kept, the least recently traced forgotten first
 MAX_TASK_SPANS = 256  # spans kept of one task (a task makes about ten; those past this are not kept)
 MAX_KEPT_SPANS = 64 * 1024  # spans kept in all: past it, the least recently traced tasks are forgotten too
