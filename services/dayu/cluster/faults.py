@@ -102,7 +102,7 @@ class Timing:
     """How a fault's run is paced (seconds)."""
 
     lead_s: float = 3.0  # at least this long from a run's start to the injection
-    steady_timeout_s: float = 30.0  # before injecting, wait this long at most for each stream to deliver
+    steady_timeout_s: float = 30.0  # before injecting, wait this long at most for each stream to deliver in budget
     restart_timeout_s: float = 120.0  # a killed pod must listen again within this
     recovery_timeout_s: float = 20.0  # after the lift, wait this long at most for the streams to deliver
     after_s: float = 4.0  # keep observing at least this long after the lift before the next fault
@@ -157,7 +157,7 @@ class FaultRun:
     recovery_s: float | None = None  # see the module; None: not within the recovery timeout
     first_delivery_s: float | None = None
     recovered: dict[str, float | None] = field(default_factory=dict)  # per affected stream, as recovery_s
-    steady: bool = True  # every affected stream delivered a fresh task before the injection
+    steady: bool = True  # every affected stream delivered a fresh task within budget before the injection
     # A CPU fault on a node where no stage of its streams was placed when it hit leaves the scheduler
     # nothing to move: no reaction is asked of it (the details say so).
     stages_there: bool = True
@@ -468,9 +468,12 @@ class MeshProbe:
                 if decision.version:
                     self.decisions[stream.stream_id, decision.epoch, decision.version] = decision
 
-    def delivered_after(self, streams: list[str], moment: float) -> tuple[dict[str, float | None], float | None]:
-        """Per stream, the earliest stored_at of a delivered task created at or after `moment` (None:
-        none yet); and the earliest stored_at of any delivered record stored after it."""
+    def delivered_after(
+        self, streams: list[str], moment: float, in_budget: bool = False
+    ) -> tuple[dict[str, float | None], float | None]:
+        """Per stream, the earliest stored_at of a delivered task created at or after `moment` (with
+        `in_budget`, of one delivered within its latency budget; None: none yet); and the earliest
+        stored_at of any delivered record stored after it."""
         fresh: dict[str, float | None] = dict.fromkeys(streams)
         any_after: float | None = None
         for record in self.records:
@@ -480,23 +483,24 @@ class MeshProbe:
             stored = _seconds(record.stored_at)
             if stored >= moment:
                 any_after = stored if any_after is None else min(any_after, stored)
-            if _seconds(record.task.created_at) >= moment:
+            late = in_budget and record.latency_s > record.task.latency_budget_s
+            if _seconds(record.task.created_at) >= moment and not late:
                 previous = fresh[stream]
                 fresh[stream] = stored if previous is None else min(previous, stored)
         return fresh, any_after
 
     async def wait_delivered(
-        self, streams: list[str], moment: float, timeout_s: float
+        self, streams: list[str], moment: float, timeout_s: float, in_budget: bool = False
     ) -> tuple[dict[str, float | None], float | None]:
-        """Polls the records until every stream has a delivered task created at or after `moment`,
-        or timeout_s passed; returns delivered_after's answer."""
+        """Polls the records until every stream has a delivered task created at or after `moment`
+        (within its budget, with `in_budget`), or timeout_s passed; returns delivered_after's answer."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 await self.refresh(timeout_s=max(1.0, deadline - time.monotonic()))
             except (grpc.aio.AioRpcError, TimeoutError):
                 pass
-            fresh, any_after = self.delivered_after(streams, moment)
+            fresh, any_after = self.delivered_after(streams, moment, in_budget)
             if all(value is not None for value in fresh.values()) or time.monotonic() >= deadline:
                 return fresh, any_after
             await asyncio.sleep(0.25)
@@ -613,11 +617,11 @@ def applicable(cluster: Cluster, fault: Fault) -> str:
 
 async def run_fault(cluster: Cluster, probe: MeshProbe, fault: Fault, timing: Timing | None = None) -> FaultRun:
     """Runs one fault on a running cluster (see the module): notes where its streams' sequences are,
-    waits for every affected stream to deliver, injects the fault, lifts it (a kill: the supervisor's
-    restart; else after fault.duration_s, always, even when cancelled), measures the recovery, and
-    observes until at least timing.after_s after the lift. Accounting comes at the round's end.
-    A failure (a pod not restarted in time, a component not answering) is kept in the run's `error`,
-    with what the run had seen so far, and the round goes on."""
+    waits for every affected stream to deliver a task within budget, injects the fault, lifts it (a
+    kill: the supervisor's restart; else after fault.duration_s, always, even when cancelled),
+    measures the recovery, and observes until at least timing.after_s after the lift. Accounting
+    comes at the round's end. A failure (a pod not restarted in time, a component not answering) is
+    kept in the run's `error`, with what the run had seen so far, and the round goes on."""
     timing = timing or Timing()
     check(cluster.config, fault)
     run = FaultRun(fault=fault, streams=affected_streams(cluster.config, fault))
@@ -633,10 +637,13 @@ async def _run_fault(cluster: Cluster, probe: MeshProbe, run: FaultRun, timing: 
     run.started_at = time.time()
     run.first = await probe.generated()
     await probe.read_decisions()
-    fresh, _ = await probe.wait_delivered(run.streams, run.started_at, timing.steady_timeout_s)
+    # Steady: a task made since delivered within its budget, so that what an earlier fault left (a
+    # scheduler's restart starting a stream over, too heavy for its node) is not taken for this one's.
+    fresh, _ = await probe.wait_delivered(run.streams, run.started_at, timing.steady_timeout_s, in_budget=True)
     run.steady = all(value is not None for value in fresh.values())
     if not run.steady:
-        run.notes.append(f"not delivering before the fault: {sorted(s for s, v in fresh.items() if v is None)}")
+        late = sorted(s for s, v in fresh.items() if v is None)
+        run.notes.append(f"not delivering within budget before the fault: {late}")
     await asyncio.sleep(max(0.0, run.started_at + timing.lead_s - time.time()))
     await probe.read_decisions()
     run.injected_count = await probe.generated()
