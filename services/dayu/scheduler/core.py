@@ -27,7 +27,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import TypeVar
 
 from google.protobuf import json_format
@@ -143,8 +142,6 @@ class _Stream:
     link_changed: bool = False  # a link of the stream's node changed bandwidth since its last decision
     shared: frozenset[Resource] = frozenset()  # the shared resources it is filed under (shares.py)
     needs_told_at: float = -math.inf  # when its policy last told what it needs of them
-    # _shared's answer, with the decision and pause it was for (asked twice or more a decision).
-    uses: tuple[decision_pb2.Decision | None, bool, Mapping[Resource, str]] | None = None
     plan: decision_pb2.Decision | None = None  # the last plan published, before stages were moved off stale nodes
     involved: frozenset[str] = frozenset()  # nodes it is indexed under: its own, its plan's and its placement's
     running_on: frozenset[str] = frozenset()  # the nodes of its placement, while it is not paused
@@ -701,23 +698,21 @@ class SchedulerCore:
         name = self._uplink_of.get(node)
         return ("link", node, self.cloud_node) if name is None else ("uplink", name)
 
-    def _shared(self, stream: _Stream) -> Mapping[Resource, str]:
+    def _shared(self, stream: _Stream) -> dict[Resource, str]:
         """What the stream uses under its current decision that other streams may use too: the link
         to the cloud its frames go over (`_uplink`, if any) and the processor of each of its
         stages (("processor", node, kind)); with, for a processor, the stage on it (the first: a second
         stage of the same kind on the same node is not counted, which no shipped pipeline has)."""
-        spec, current, paused = stream.view.spec, stream.view.current, bool(stream.paused_because)
-        if stream.uses is not None and stream.uses[0] is current and stream.uses[1] == paused:
-            return stream.uses[2]
+        spec, current = stream.view.spec, stream.view.current
+        if current is None or stream.paused_because:
+            return {}
         used: dict[Resource, str] = {}
-        if current is not None and not paused:
-            if spec.node != self.cloud_node and self.cloud_node in current.placement.values():
-                used[self._uplink(spec.node)] = ""
-            for stage in spec.pipeline.stages:
-                node = current.placement.get(stage.name, spec.node)
-                used.setdefault(("processor", node, stage.processor), stage.name)
-        stream.uses = (current, paused, MappingProxyType(used))
-        return stream.uses[2]
+        if spec.node != self.cloud_node and self.cloud_node in current.placement.values():
+            used[self._uplink(spec.node)] = ""
+        for stage in spec.pipeline.stages:
+            node = current.placement.get(stage.name, spec.node)
+            used.setdefault(("processor", node, stage.processor), stage.name)
+        return used
 
     def _note_needs(self, stream: _Stream) -> None:
         """Files the stream under what it shares, with what its policy says it needs of each (asked
