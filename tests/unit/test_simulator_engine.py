@@ -218,3 +218,34 @@ def test_a_collapse_is_measured_under_the_transfer_and_the_old_decisions_tasks_g
     assert superseded, log.drop_reasons
     within = [t for t in log.tasks if 15 <= t.made_s < 30 and t.delivered and t.latency_s <= 1.5]
     assert len(within) >= 20  # the lighter tasks of the new decision get through within the floor (12 without)
+
+
+def test_a_processors_workers_serve_in_simpys_order() -> None:
+    """_Workers keeps its users in a dict (a cloud's thousands of workers released without a scan):
+    the same random arrivals and service times on it and on simpy's Resource are served alike."""
+    import random
+
+    import simpy
+
+    from dayu.simulator.engine import _Workers
+
+    def served(make: type[simpy.Resource]) -> list[tuple[int, float, float]]:
+        env, rng, log = simpy.Environment(), random.Random(7), []
+        workers = make(env, capacity=3)
+
+        def job(i: int, arrive_s: float, service_s: float):  # type: ignore[no-untyped-def]
+            yield env.timeout(arrive_s)
+            with workers.request() as turn:
+                yield turn
+                started = env.now
+                yield env.timeout(service_s)
+            log.append((i, started, env.now))
+
+        for i in range(300):
+            env.process(job(i, rng.uniform(0, 60), rng.choice((0.5, 1.0, rng.expovariate(1.0)))))
+        env.run()
+        assert workers.count == 0 and not workers.queue
+        return log
+
+    assert served(_Workers) == served(simpy.Resource)
+    assert len(served(_Workers)) == 300
