@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dayu.scheduler.knobs import Feedback, Figures
 from dayu.scheduler.policies import POLICIES, Proposal, StreamView
 from dayu.scheduler.traces import HopKey, HopSamples
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2, types_pb2
@@ -488,8 +489,6 @@ def test_latency_budget_does_not_climb_back_to_what_it_cut_for_ten_seconds() -> 
 def test_a_views_feedback_reads_each_record_once_and_follows_its_recent_records() -> None:
     """StreamView keeps each record's figures while the record is in `recent`: its feedback is what
     reading every record anew gives, however `recent` is trimmed or replaced, and its cache stays bounded."""
-    from dayu.scheduler.knobs import Feedback, Figures
-
     v = view()
     apply(v, policy("fixed").decide(v))
     for i in range(300):
@@ -504,7 +503,8 @@ def test_a_views_feedback_reads_each_record_once_and_follows_its_recent_records(
 def test_a_views_feedback_asked_again_answers_as_if_asked_fresh() -> None:
     """A decision asks for the same feedback several times, and the view answers again what it read
     last while nothing it reads changed: whatever changes between asks (a record arriving, the
-    decision, a node's CPU now or when a record arrived), the answer is what a fresh read gives."""
+    decision, a node's CPU now or when a record arrived), the answer is what a fresh read gives, and
+    so are the records' figures it reads, kept while the records are the same."""
     import random
 
     rng = random.Random(7)
@@ -530,3 +530,6 @@ def test_a_views_feedback_asked_again_answers_as_if_asked_fresh() -> None:
             answered = v.feedback(*ask)
             v._feedback.clear()
             assert v.feedback(*ask) == answered, (i, ask)
+        # What it read: the figures of the records there now (the same objects asked again, or others).
+        assert v.figures() == [Figures.of(record) for record in v.recent], i
+        assert v.figures(8) == [Figures.of(record) for record in v.recent[-8:]], i

@@ -111,7 +111,7 @@ class LearnedPolicy(LatencyBudgetPolicy):
         bandwidth = view.uplink_mbps()
         if bandwidth is not None and math.isfinite(bandwidth) and bandwidth > 0:
             self._bandwidths.append(bandwidth)
-        feedback = Feedback.of(view.figures()[-self.params.window :])
+        feedback = Feedback.of(view.figures(self.params.window))
         values = dict.fromkeys(FEATURES, 0.0)
         values["bias"] = 1.0
         if feedback is not None and feedback.tasks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,21 +54,32 @@ class StreamView:
     load_shares: Mapping[str, float] = field(default_factory=dict)
     # `recent`'s figures by each record's id, with the record (held, so that its id stays its own).
     _figures: dict[int, tuple[task_pb2.TaskRecord, Figures]] = field(default_factory=dict, repr=False, compare=False)
+    # The last figures() of all of `recent`: the records (the objects) and their figures.
+    _all_figures: tuple[list[task_pb2.TaskRecord], list[Figures]] = field(
+        default_factory=lambda: ([], []), repr=False, compare=False
+    )
     # feedback()'s answers by its arguments, each with what it read (a decision asks the same several times).
     _feedback: dict[tuple[int, bool, int], tuple[tuple[object, ...], Feedback | None]] = field(
         default_factory=dict, repr=False, compare=False
     )
 
-    def figures(self) -> list[Figures]:
-        """`recent`'s figures (what Feedback reads of them), each record's read once."""
+    def figures(self, last: int = 0) -> list[Figures]:
+        """`recent`'s figures (what Feedback reads of them), each record's read once; only the `last`
+        most recent when given."""
+        records = self.recent[-last:] if last else self.recent
+        seen, was = self._all_figures
+        if not last and len(seen) == len(records) and all(map(operator.is_, seen, records)):
+            return list(was)  # asked again before a record came: the same records
         cache, read = self._figures, []
-        for record in self.recent:
+        for record in records:
             kept = cache.get(id(record))
             if kept is None or kept[0] is not record:
                 kept = cache[id(record)] = (record, Figures.of(record))
             read.append(kept[1])
         if len(cache) > 2 * len(self.recent):  # the records gone from `recent` are forgotten
             self._figures = {id(record): cache[id(record)] for record in self.recent}
+        if not last:
+            self._all_figures = (list(records), read[:])
         return read
 
     def feedback(self, min_tasks: int = 1, made_under_current: bool = True, last: int = 0) -> Feedback | None:
@@ -131,7 +143,7 @@ class StreamView:
         """What the stream uses now, from its latest tasks: their size over their segments' duration
         (Mbit/s) and each stage's processing over it (seconds a second). Unknown before any was
         delivered."""
-        return Needs.of(Feedback.of(self.figures()[-last:]), self.current.configuration if self.current else None)
+        return Needs.of(Feedback.of(self.figures(last)), self.current.configuration if self.current else None)
 
     def stage_cost_s(self, stage: str, node: str) -> float | None:
         """Median queueing plus inference of a stage on a node, from the stream's traces; None if
