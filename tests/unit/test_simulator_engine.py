@@ -3,15 +3,17 @@ processors, every task accounted for, and runs that repeat with their seed."""
 
 from __future__ import annotations
 
+import random
 import statistics
 
 import pytest
+import simpy
 
 from dayu.mesh.model import CONFIGS
 from dayu.runtime.errors import InvalidArgument
 from dayu.scheduler.service import SchedulerSection
 from dayu.simulator.costs import Profile, ProfileFile
-from dayu.simulator.engine import SimulatedMesh
+from dayu.simulator.engine import SimulatedMesh, _Workers
 from dayu.simulator.scenario import (
     ChannelSpec,
     GeneratedParams,
@@ -223,11 +225,6 @@ def test_a_collapse_is_measured_under_the_transfer_and_the_old_decisions_tasks_g
 def test_a_processors_workers_serve_in_simpys_order() -> None:
     """_Workers keeps its users in a dict (a cloud's thousands of workers released without a scan):
     the same random arrivals and service times on it and on simpy's Resource are served alike."""
-    import random
-
-    import simpy
-
-    from dayu.simulator.engine import _Workers
 
     def served(make: type[simpy.Resource]) -> list[tuple[int, float, float]]:
         env, rng, log = simpy.Environment(), random.Random(7), []
