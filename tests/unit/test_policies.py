@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dayu.scheduler.knobs import Feedback, Figures
-from dayu.scheduler.policies import POLICIES, Proposal, StreamView
+from dayu.scheduler.policies import POLICIES, Needs, Proposal, StreamView
 from dayu.scheduler.traces import HopKey, HopSamples
 from dayu.v1 import decision_pb2, resources_pb2, task_pb2, types_pb2
 
@@ -533,3 +533,17 @@ def test_a_views_feedback_asked_again_answers_as_if_asked_fresh() -> None:
         # What it read: the figures of the records there now (the same objects asked again, or others).
         assert v.figures() == [Figures.of(record) for record in v.recent], i
         assert v.figures(8) == [Figures.of(record) for record in v.recent[-8:]], i
+
+
+def test_a_view_read_only_for_its_last_figures_keeps_them_right() -> None:
+    """Between decisions the scheduler reads only a stream's last records (needs_now), while records
+    keep arriving and `recent` drops its oldest: what it keeps of their figures is pruned while most
+    of `recent` was never read, and every read still gives the figures of the records there now."""
+    v = view()
+    apply(v, policy("fixed").decide(v))
+    for i in range(60):  # the 64 records the core keeps (feed) replaced several times over
+        feed(v, 0.1 + (i % 7) / 10, process=0.2 + (i % 3) / 10, tasks=1 + i % 13)  # often more than are read
+        assert v.figures(8) == [Figures.of(record) for record in v.recent[-8:]], i
+        assert v.needs_now() == Needs.of(Feedback.of(v.figures(8)), v.current.configuration), i  # type: ignore[union-attr]
+    assert v.figures() == [Figures.of(record) for record in v.recent]
+    assert len(v._figures) <= 2 * len(v.recent)

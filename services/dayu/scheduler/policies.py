@@ -77,7 +77,12 @@ class StreamView:
                 kept = cache[id(record)] = (record, Figures.of(record))
             read.append(kept[1])
         if len(cache) > 2 * len(self.recent):  # the records gone from `recent` are forgotten
-            self._figures = {id(record): cache[id(record)] for record in self.recent}
+            # Only those read: a read of the `last` few leaves the older records of `recent` unread.
+            self._figures = {
+                id(record): kept
+                for record in self.recent
+                if (kept := cache.get(id(record))) is not None and kept[0] is record
+            }
         if not last:
             self._all_figures = (list(records), read[:])
         return read
