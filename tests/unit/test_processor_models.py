@@ -79,6 +79,26 @@ async def test_large_frames_are_scaled_down_and_boxes_come_back_in_frame_pixels(
         assert iou(detection.box, vehicle.plate_box(width, height)) > 0.5
 
 
+async def test_the_memory_arena_changes_where_tensors_live_not_what_is_found() -> None:
+    """memory_arena (on by default) reaches the onnxruntime sessions, and a detector with it finds
+    the same boxes, to the bit, as one without: on frames of two sizes, so a second input shape runs
+    in the memory the first left."""
+    from dayu.processor.inference import ModelRef
+
+    frames = [draw_scene(1280, 720), draw_scene(640, 360)]
+    found = {}
+    for arena in (True, False):
+        detector = PROCESSORS.create("text_detector", {} if arena else {"memory_arena": False})
+        await detector.check()  # type: ignore[attr-defined]
+        session = detector.backend.session(ModelRef("text_detection"))  # type: ignore[attr-defined]
+        assert session.get_session_options().enable_cpu_mem_arena is arena
+        found[arena] = []
+        for frame in frames:
+            stage = await run_stage(detector, scene_task([frame]), "detect")
+            found[arena].append([(d.box, d.score) for d in stage.results[0].detections])
+    assert found[True] == found[False] and all(found[True])
+
+
 async def test_plate_shape_drops_the_scenery_the_model_takes_for_text() -> None:
     """On the synthetic traffic scene PP-OCR also boxes rows of trees and building edges as text; the
     plate shape the mesh configures (configs/experiment.yaml) drops them and keeps every plate."""

@@ -47,6 +47,12 @@ class InferenceParams(StrictModel):
         description="in process: threads of one inference; 1 leaves the other cores to the other components, "
         "more than the machine's cores means all of them (rapidocr's rule)",
     )
+    memory_arena: bool = pydantic.Field(
+        True,
+        description="in process: onnxruntime keeps the memory of its largest run for the next ones (the text "
+        "detector at 960 px, two workers: about 0.55 GB held); false gives it back after each run, at nearly "
+        "twice the CPU a segment (hack/bench_memory_arena.py)",
+    )
     triton: TritonParams = TritonParams()
     model_repository: Path | None = pydantic.Field(
         None,

@@ -360,12 +360,17 @@ class TritonBackend(_Backend):
 _ONNX_TYPES = {"tensor(float)": "FP32", "tensor(uint8)": "UINT8", "tensor(int32)": "INT32", "tensor(int64)": "INT64"}
 
 
-def onnx_session(path: Path, intra_op_threads: int) -> onnxruntime.InferenceSession:
+def onnx_session(path: Path, intra_op_threads: int, memory_arena: bool = True) -> onnxruntime.InferenceSession:
     """A CPU session with the settings Triton's Python-backend model uses too (triton_models/onnx_model.py),
-    so both paths compute the same numbers."""
+    so both paths compute the same numbers; the memory arena changes where tensors live, not their values.
+
+    Without the arena each run maps its tensors afresh: every component caps glibc's mmap threshold
+    (dayu.runtime.memory), so each buffer of 1 MiB or more is a new mapping whose pages fault in
+    zeroed, and the first run of an input shape, before onnxruntime has planned one block for it,
+    maps every tensor on its own (docs/inference.md has the measurements)."""
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4
-    options.enable_cpu_mem_arena = False
+    options.enable_cpu_mem_arena = memory_arena
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = min(intra_op_threads, os.cpu_count() or 1)
     options.inter_op_num_threads = 1
@@ -380,8 +385,9 @@ class OnnxRuntimeBackend(_Backend):
     """onnxruntime in this process, on the ONNX files Triton serves too (dayu.processor.repository); the
     call runs in a worker thread so the processor's event loop keeps answering."""
 
-    def __init__(self, intra_op_threads: int, model_repository: Path | None = None) -> None:
+    def __init__(self, intra_op_threads: int, model_repository: Path | None = None, memory_arena: bool = True) -> None:
         self.intra_op_threads = intra_op_threads
+        self.memory_arena = memory_arena
         self.model_repository = model_repository
         self._sessions: dict[ModelRef, onnxruntime.InferenceSession] = {}
         self._signatures: dict[ModelRef, Signature] = {}  # read once per model, not per call
@@ -391,7 +397,7 @@ class OnnxRuntimeBackend(_Backend):
         if model not in self._sessions:
             try:
                 with model_file(model.name, model.version, self.model_repository) as path:
-                    self._sessions[model] = onnx_session(path, self.intra_op_threads)
+                    self._sessions[model] = onnx_session(path, self.intra_op_threads, self.memory_arena)
             except (ValueError, FileNotFoundError) as error:
                 raise ModelMismatch(str(error)) from None
         return self._sessions[model]
@@ -434,7 +440,7 @@ def make_backend(params: InferenceParams) -> InferenceBackend:
     """The backend the parameters choose (models load when a kind checks them at start)."""
     if params.backend == "triton":
         return TritonBackend(params.triton)
-    return OnnxRuntimeBackend(params.intra_op_threads, params.model_repository)
+    return OnnxRuntimeBackend(params.intra_op_threads, params.model_repository, params.memory_arena)
 
 
 def _dtype(spec: Tensor) -> tuple[type[np.generic], str]:
