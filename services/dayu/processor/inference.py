@@ -360,7 +360,7 @@ class TritonBackend(_Backend):
 _ONNX_TYPES = {"tensor(float)": "FP32", "tensor(uint8)": "UINT8", "tensor(int32)": "INT32", "tensor(int64)": "INT64"}
 
 
-def onnx_session(path: Path, intra_op_threads: int, memory_arena: bool = True) -> onnxruntime.InferenceSession:
+def onnx_session(path: Path, intra_op_threads: int, memory_arena: bool) -> onnxruntime.InferenceSession:
     """A CPU session with the settings Triton's Python-backend model uses too (triton_models/onnx_model.py),
     so both paths compute the same numbers; the memory arena changes where tensors live, not their values.
 
