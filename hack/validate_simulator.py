@@ -10,7 +10,13 @@ the cluster (a minute of run, the start and the drain), seconds in the simulator
     .venv/bin/python hack/validate_simulator.py --out out/validate-simulator \
         [--config configs/experiment.yaml] [--traces steady,drop,fluctuating] \
         [--policies fixed,latency_budget,feedback_control,bandwidth_profile,periodic_profiling] \
-        [--duration 60] [--seed 0] [--profile configs/profile.yaml] [--as-profiled]
+        [--duration 60] [--seed 0] [--profile configs/profile.yaml] [--as-profiled] \
+        [--repeats 1] [--streams N]
+
+--repeats 3 runs every row three times (the cluster and the simulator, each run replaying its own
+cluster run's load) and compares the medians of each side: at saturation one run of the cluster moves
+by more than the bounds. --streams 1 validates the mesh file's first stream alone (a load the machine
+carries; the whole of configs/experiment.yaml saturates 2 cores).
 
 The profile's processing is timed again first (about 30 s; OUT/profile.yaml), since the speed of a
 shared machine's cores moves from day to day; --as-profiled uses the profile's timings as they are.
@@ -28,6 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from dayu.mesh.model import CONFIGS
 from dayu.runtime.config import LogSettings
@@ -53,6 +60,12 @@ def main() -> int:
     parser.add_argument(
         "--as-profiled", action="store_true", help="use the profile's processing times, without timing them again"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of each row; the medians of each side are compared (default 1)"
+    )
+    parser.add_argument(
+        "--streams", type=int, default=0, help="only the mesh file's first N streams (a lighter load; default all)"
+    )
     parser.add_argument("--points", type=float, default=validation.POINTS)
     parser.add_argument("--relative", type=float, default=validation.RELATIVE)
     parser.add_argument("--out", type=Path, required=True)
@@ -62,58 +75,73 @@ def main() -> int:
     configure_logging(LogSettings(level="error", format="console"), component="validate")
     # Stopped with SIGTERM: unwind, so that the cluster under way is removed (validation.validate).
     signal.signal(signal.SIGTERM, lambda _signal, _frame: sys.exit(143))
+    if args.repeats < 1:
+        parser.error("--repeats: at least 1")
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    config = args.config
+    if args.streams:
+        try:
+            config = validation.lighter(args.config, args.streams, args.out)
+        except ValueError as error:
+            parser.error(str(error))
     profile = args.profile
     if not args.as_profiled:
-        profile = validation.retimed_profile(args.config, args.profile, args.out)
+        profile = validation.retimed_profile(config, args.profile, args.out)
         print(f"validate: processing timed again on this machine: {profile}", flush=True)
-    rows, runs = [], []
-    for name in (t.strip() for t in args.traces.split(",") if t.strip()):
-        trace = Path(name) if name.endswith(".txt") else CONFIGS / "traces" / f"{name}.txt"
-        started, load = time.monotonic(), _load()
-        print(f"validate: {trace.name}: {', '.join(policies)} for {args.duration:g} s ({load})", flush=True)
-        found = validation.validate(
-            args.config,
-            trace,
-            policies,
-            args.duration,
-            args.out / trace.stem,
-            args.seed,
-            profile,
-            points=args.points,
-            relative=args.relative,
-        )
-        rows += found
-        runs.append(
-            {
-                "trace": trace.name,
-                "wall_s": round(time.monotonic() - started, 1),
-                "load_before": load,
-                "load_after": _load(),
-            }
-        )
-        print(validation.markdown(found, args.points, args.relative), flush=True)
-    table = validation.markdown(rows, args.points, args.relative)
+    traces = [
+        Path(name) if name.endswith(".txt") else CONFIGS / "traces" / f"{name}.txt"
+        for name in (t.strip() for t in args.traces.split(",") if t.strip())
+    ]
     command = " ".join(["python", *sys.argv])
+    repeats = f"; each side the median of {args.repeats} runs" if args.repeats > 1 else ""
     header = (
-        f"`{command}`: {args.config.name}, {args.duration:g} s per policy, seed {args.seed}; each cell is "
+        f"`{command}`: {config.name}, {args.duration:g} s per policy, seed {args.seed}{repeats}; each cell is "
         "cluster / simulator; the share within budget is of the tasks delivered (as both commands report it), "
         "the differences are the simulator's minus the cluster's.\n\n"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "validation.md").write_text(header + table + "\n")
-    document = {
+    document: dict[str, Any] = {
         "command": command,
-        "config": str(args.config),
+        "config": str(config),
         "duration_s": args.duration,
+        "repeats": args.repeats,
         "seed": args.seed,
         "profile": str(profile),
         "points": args.points,
         "relative": args.relative,
-        "runs": runs,
-        "rows": rows,
+        "runs": [],
+        "rows": [],
     }
-    (args.out / "validation.json").write_text(json.dumps(document, indent=2) + "\n")
+    by_trace: dict[str, list[list[dict[str, Any]]]] = {trace.name: [] for trace in traces}
+    # Every trace once, then again: each trace's runs spread over the whole validation, not back to back.
+    for repeat in range(1, args.repeats + 1):
+        for trace in traces:
+            started, load = time.monotonic(), _load()
+            out = args.out / trace.stem / (f"run-{repeat}" if args.repeats > 1 else "")
+            print(
+                f"validate: {trace.name} ({repeat} of {args.repeats}): {', '.join(policies)} "
+                f"for {args.duration:g} s ({load})",
+                flush=True,
+            )
+            found = validation.validate(
+                config, trace, policies, args.duration, out, args.seed, profile, points=args.points,
+                relative=args.relative,
+            )  # fmt: skip
+            print(validation.markdown(found, args.points, args.relative), flush=True)
+            by_trace[trace.name].append(found)
+            run = {"trace": trace.name, "repeat": repeat, "wall_s": round(time.monotonic() - started, 1)}
+            document["runs"].append({**run, "load_before": load, "load_after": _load(), "rows": found})
+            # What is done so far, written after every run (a full validation takes an hour or more).
+            document["rows"] = [
+                row
+                for runs in by_trace.values()
+                if runs
+                for row in (validation.combine(runs, args.points, args.relative) if len(runs) > 1 else runs[0])
+            ]
+            table = validation.markdown(document["rows"], args.points, args.relative)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "validation.md").write_text(header + table + "\n")
+            (args.out / "validation.json").write_text(json.dumps(document, indent=2) + "\n")
+    rows = document["rows"]
     print(table)
     failed = [f"{r['trace']} {r['policy']}" for r in rows if not r["passed"]]
     print(

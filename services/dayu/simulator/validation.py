@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dayu.simulator.compute import NodeThreads
 from dayu.simulator.costs import Profile
 
@@ -333,16 +335,95 @@ def compare(
     return rows
 
 
+def _sides(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A compared row's cluster and simulator figures, as the commands' own rows name them."""
+    return tuple(  # type: ignore[return-value]
+        {
+            "policy": row["policy"],
+            "generated": row[f"tasks_{side}"],
+            "dropped": row[f"dropped_{side}"],
+            "within_budget": row[f"in_budget_{side}"],
+            "in_budget_of_made": row[f"in_budget_of_made_{side}"],
+            "latency_p50_s": row[f"p50_{side}_s"],
+            "latency_p95_s": row[f"p95_{side}_s"],
+        }
+        for side in ("cluster", "sim")
+    )
+
+
+def _median(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _range(values: list[Any]) -> list[Any] | None:
+    present = [v for v in values if v is not None]
+    return [min(present), max(present)] if present else None
+
+
+SPREAD = ("in_budget_cluster", "in_budget_sim", "p50_cluster_s", "p50_sim_s")  # combine's spread of the runs
+
+
+def combine(
+    runs: list[list[dict[str, Any]]], points: float = POINTS, relative: float = RELATIVE
+) -> list[dict[str, Any]]:
+    """Repeated runs of the same rows (each run's `compare` rows, one trace) as one row per policy: each
+    side's figures the median of its runs (a figure missing in a run is left out of its median), compared
+    again; with `runs` (how many), `passed_runs` (how many passed on their own) and `spread` (each side's
+    lowest and highest share within budget and p50 over the runs). A single run at saturation moves by more
+    than the bounds; the median of three does much less."""
+    by_policy: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        for row in run:
+            by_policy.setdefault(row["policy"], []).append(row)
+    combined = []
+    for policy, rows in by_policy.items():
+        sides = [_sides(row) for row in rows]
+        medians = [
+            {"policy": policy, **{key: _median([s[i][key] for s in sides]) for key in sides[0][i] if key != "policy"}}
+            for i in (0, 1)
+        ]
+        (row,) = compare(rows[0]["trace"], [medians[0]], [medians[1]], points, relative)
+        row["runs"] = len(rows)
+        row["passed_runs"] = sum(r["passed"] for r in rows)
+        row["spread"] = {key: _range([r[key] for r in rows]) for key in SPREAD}
+        combined.append(row)
+    return combined
+
+
+def lighter(config: Path, streams: int, out: Path) -> Path:
+    """The mesh file with only its first `streams` streams (a workload the machine carries, where the
+    whole one saturates it), written to out/ as NAME-Nstreams.yaml: the mesh as the loader reads it (its
+    paths made absolute, a processors_file's processors written in), less the other streams and the
+    sources only they read."""
+    from dayu.mesh.model import load_mesh_config
+
+    mesh = load_mesh_config(config)
+    if not 1 <= streams <= len(mesh.streams):
+        raise ValueError(f"streams: {config.name} has {len(mesh.streams)} streams, not {streams}")
+    data = mesh.model_dump(mode="json", exclude_unset=True)
+    data["streams"] = data["streams"][:streams]
+    used = {stream["source_id"] for stream in data["streams"]}
+    data["sources"] = [source for source in data.get("sources", []) if source.get("source_id") in used]
+    data.pop("processors_file", None)  # its processors are in `processors` now
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{config.stem}-{streams}streams.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def _cell(value: float | None, form: str) -> str:
     return "-" if value is None else form.format(value)
 
 
 def markdown(rows: list[dict[str, Any]], points: float = POINTS, relative: float = RELATIVE) -> str:
-    """The comparison as a markdown table: cluster / simulator, the difference, PASS or FAIL."""
+    """The comparison as a markdown table: cluster / simulator, the difference, PASS or FAIL (and, for
+    combined rows, how many of their runs passed on their own)."""
+    repeated = any("runs" in r for r in rows)
     lines = [
         f"| trace | policy | tasks | dropped | in budget | diff (≤ {points:g} pts) | p50 s | diff (≤ {relative:.0%}) "
-        f"| p95 s | diff (≤ {relative:.0%}) | result |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| p95 s | diff (≤ {relative:.0%}) | result |" + (" runs passing |" if repeated else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if repeated else ""),
     ]
     for r in rows:
         failed = [k for k, ok in r["checks"].items() if not ok]
@@ -351,8 +432,8 @@ def markdown(rows: list[dict[str, Any]], points: float = POINTS, relative: float
                 [
                     f"| {r['trace']}",
                     r["policy"],
-                    f"{r['tasks_cluster']} / {r['tasks_sim']}",
-                    f"{r['dropped_cluster']} / {r['dropped_sim']}",
+                    f"{r['tasks_cluster']:g} / {r['tasks_sim']:g}",  # medians of an even count: halves
+                    f"{r['dropped_cluster']:g} / {r['dropped_sim']:g}",
                     f"{_cell(r['in_budget_cluster'], '{:.0%}')} / {_cell(r['in_budget_sim'], '{:.0%}')}",
                     _cell(r["in_budget_points"], "{:+.1f}"),
                     f"{_cell(r['p50_cluster_s'], '{:.2f}')} / {_cell(r['p50_sim_s'], '{:.2f}')}",
@@ -360,6 +441,7 @@ def markdown(rows: list[dict[str, Any]], points: float = POINTS, relative: float
                     f"{_cell(r['p95_cluster_s'], '{:.2f}')} / {_cell(r['p95_sim_s'], '{:.2f}')}",
                     _cell(r["p95_relative"], "{:+.0%}"),
                     "PASS" if r["passed"] else f"FAIL ({', '.join(failed)})",
+                    *([f"{r['passed_runs']} of {r['runs']}"] if repeated else []),
                 ]
             )
             + " |"
