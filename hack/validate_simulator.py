@@ -11,12 +11,16 @@ the cluster (a minute of run, the start and the drain), seconds in the simulator
         [--config configs/experiment.yaml] [--traces steady,drop,fluctuating] \
         [--policies fixed,latency_budget,feedback_control,bandwidth_profile,periodic_profiling] \
         [--duration 60] [--seed 0] [--profile configs/profile.yaml] [--as-profiled] \
-        [--repeats 1] [--streams N]
+        [--repeats 1] [--streams N] [--resimulate]
 
 --repeats 3 runs every row three times (the cluster and the simulator, each run replaying its own
 cluster run's load) and compares the medians of each side: at saturation one run of the cluster moves
 by more than the bounds. --streams 1 validates the mesh file's first stream alone (a load the machine
-carries; the whole of configs/experiment.yaml saturates 2 cores).
+carries; the whole of configs/experiment.yaml saturates 2 cores). --resimulate runs the simulator again
+on the cluster runs an earlier validation left in --out (give it the same --traces, --policies,
+--repeats and --streams; it uses that validation's OUT/profile.yaml and rewrites the simulator's side
+and the tables there; no root needed): the cluster runs are the slow part, and a change to the
+simulator can be checked against them in seconds.
 
 The profile's processing is timed again first (about 30 s; OUT/profile.yaml), since the speed of a
 shared machine's cores moves from day to day; --as-profiled uses the profile's timings as they are.
@@ -66,11 +70,16 @@ def main() -> int:
     parser.add_argument(
         "--streams", type=int, default=0, help="only the mesh file's first N streams (a lighter load; default all)"
     )
+    parser.add_argument(
+        "--resimulate",
+        action="store_true",
+        help="simulate again the cluster runs an earlier validation left in --out (same options), without running them",
+    )
     parser.add_argument("--points", type=float, default=validation.POINTS)
     parser.add_argument("--relative", type=float, default=validation.RELATIVE)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not args.resimulate:
         parser.error("the cluster makes namespaces, links and cgroups: run as root")
     configure_logging(LogSettings(level="error", format="console"), component="validate")
     # Stopped with SIGTERM: unwind, so that the cluster under way is removed (validation.validate).
@@ -85,7 +94,10 @@ def main() -> int:
         except ValueError as error:
             parser.error(str(error))
     profile = args.profile
-    if not args.as_profiled:
+    if args.resimulate:  # the profile timed for those runs, if they had one
+        timed = args.out / "profile.yaml"
+        profile = timed if timed.exists() and not args.as_profiled else args.profile
+    elif not args.as_profiled:
         profile = validation.retimed_profile(config, args.profile, args.out)
         print(f"validate: processing timed again on this machine: {profile}", flush=True)
     traces = [
@@ -104,6 +116,7 @@ def main() -> int:
         "config": str(config),
         "duration_s": args.duration,
         "repeats": args.repeats,
+        "resimulated": args.resimulate,
         "seed": args.seed,
         "profile": str(profile),
         "points": args.points,
@@ -124,7 +137,7 @@ def main() -> int:
             )
             found = validation.validate(
                 config, trace, policies, args.duration, out, args.seed, profile, points=args.points,
-                relative=args.relative,
+                relative=args.relative, resimulate=args.resimulate,
             )  # fmt: skip
             print(validation.markdown(found, args.points, args.relative), flush=True)
             by_trace[trace.name].append(found)

@@ -87,16 +87,19 @@ def stream(stream_id: str, node: str, placement: dict[str, str] | None = None, b
     return StreamModel(spec, source_fps=8.0, has_ground_truth=True)
 
 
-def scenario(streams: list[StreamModel], uplink_mbps: float = 2.0, edge_detector: bool = False) -> Scenario:
-    """A cloud with two detector workers, two edges behind one shared uplink (and downlink)."""
+def scenario(
+    streams: list[StreamModel], uplink_mbps: float = 2.0, edge_detector: bool = False, kernel: bool = False
+) -> Scenario:
+    """A cloud with two detector workers, two edges behind one shared uplink (and downlink); `kernel`:
+    links the kernel carries (the cluster's), not the controllers' emulator."""
     edges = ("edge-1", "edge-2")
     nodes = {"cloud": NodeSpec("cloud", {"text_detector": ProcessorSpec("text_detector", 2, 64)})}
     for edge in edges:
         local = {"text_detector": ProcessorSpec("text_detector", 1, 64)} if edge_detector else {}
         nodes[edge] = NodeSpec(edge, local)
     channels = [
-        ChannelSpec("uplink", tuple((e, "cloud") for e in edges), uplink_mbps, 10.0, uplink=True),
-        ChannelSpec("downlink", tuple(("cloud", e) for e in edges), uplink_mbps, 10.0),
+        ChannelSpec("uplink", tuple((e, "cloud") for e in edges), uplink_mbps, 10.0, uplink=True, kernel=kernel),
+        ChannelSpec("downlink", tuple(("cloud", e) for e in edges), uplink_mbps, 10.0, kernel=kernel),
     ]
     return Scenario("test", "cloud", nodes, channels, streams, SchedulerSection(), late_factor=4.0)
 
@@ -120,6 +123,20 @@ def test_two_streams_sharing_an_uplink_take_longer_per_transfer_than_one_alone()
     assert transfer_s(shared, "a") > transfer_s(alone, "a")
     assert shared.results.channel_bytes["uplink"] > 1.8 * alone.results.channel_bytes["uplink"]
     assert shared.results.uplinks == ["uplink"]
+
+
+def test_a_transfer_is_called_off_on_an_emulated_link_and_goes_to_its_end_on_a_kernel_link() -> None:
+    """An uplink that carries a task (2 x 50 KB) in 1.6 s when the stream makes one a second: on the
+    controllers' emulator, a task over its budget with others of its stream behind it is called off
+    while its bytes go (ControllerCore._called_off); where the kernel carries the bytes, the controller
+    cannot, and its tasks are given up only before they take the link, when late (Link.transmit)."""
+
+    def reasons(kernel: bool) -> set[str]:
+        mesh = run(scenario([stream("a", "edge-1", {"detect": "cloud"})], uplink_mbps=0.5, kernel=kernel))
+        return {reason.split(":")[0] for reason in mesh.results.log.drop_reasons}
+
+    assert "overtaken" in reasons(kernel=False)
+    assert reasons(kernel=True) == {"late"}
 
 
 def test_a_processor_slower_than_its_arrivals_queues_and_its_tasks_are_dropped_late_with_a_reason() -> None:

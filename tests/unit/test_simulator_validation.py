@@ -1,15 +1,27 @@
-"""The validation's arithmetic (dayu.simulator.validation): repeated runs combined as the medians of each
-side, and the lighter workload (the mesh file's first streams) that the machine carries."""
+"""The validation's parts (dayu.simulator.validation): repeated runs combined as the medians of each side,
+the lighter workload (the mesh file's first streams) that the machine carries, and the load sampled on
+the cluster's nodes for the simulator to replay."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dayu.mesh.model import CONFIGS, load_mesh_config
-from dayu.simulator.validation import combine, compare, lighter, markdown
+from dayu.simulator.validation import (
+    LoadSampler,
+    combine,
+    compare,
+    lighter,
+    markdown,
+    read_node_threads,
+    write_node_threads,
+)
 
 
 def _side(policy: str, in_budget: float | None, p50: float | None, p95: float, tasks: int = 120) -> dict[str, Any]:
@@ -89,5 +101,46 @@ def test_the_lighter_workload_is_the_mesh_file_less_its_other_streams_and_their_
 
 @pytest.mark.parametrize("streams", [0, 3])
 def test_the_lighter_workload_needs_streams_the_file_has(tmp_path: Path, streams: int) -> None:
-    with pytest.raises(ValueError, match="streams: experiment.yaml has 2 streams"):
+    with pytest.raises(ValueError, match=r"streams: experiment\.yaml has 2 streams"):
         lighter(CONFIGS / "experiment.yaml", streams, tmp_path)
+
+
+def test_the_load_sampler_counts_runnable_threads_and_the_cores_they_use(tmp_path: Path) -> None:
+    """Each node's cgroup is read through its `tasks` file: here plain files listing a busy process (a
+    processor's, on node a), another busy one (the rest, on node b) and a sleeping one (on node c)."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    sleeping = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        directories = {}
+        for node, process in zip("abc", [*busy, sleeping], strict=True):
+            directories[node] = tmp_path / node
+            directories[node].mkdir()
+            (directories[node] / "tasks").write_text(f"{process.pid}\n")
+        sampler = LoadSampler(directories, lambda: [busy[0].pid], every_s=0.1)
+        sampler.start()
+        time.sleep(1.0)
+        sampler.stop()
+    finally:
+        for process in [*busy, sleeping]:
+            process.kill()
+            process.wait()
+
+    assert len(sampler.samples) >= 5
+    processors_cores, rest_cores = sampler.mean(3), sampler.mean(4)
+    # Generous bounds: the machine may be busy; a busy process uses a core when it has one.
+    assert processors_cores["a"] > 0.2 and rest_cores["a"] == 0
+    assert rest_cores["b"] > 0.2 and processors_cores["b"] == 0
+    assert rest_cores["c"] < 0.05 and processors_cores["c"] == 0
+    runnable_of_processors, runnable_rest = sampler.mean(1), sampler.mean(2)
+    assert runnable_of_processors["a"] > 0 and runnable_rest["a"] == 0
+    assert runnable_rest["b"] > 0 and runnable_rest["c"] == 0
+    # What the simulator replays: the rest's runnable threads, or the cores it used, over time by node.
+    assert [node for node, _ in sampler.node_threads({})[0][1]] == ["a", "b", "c"]
+    replayed = sampler.node_threads({"c": 0.5}, column=4)
+    assert all(dict(sample)["c"] >= 0.5 for _, sample in replayed)
+
+
+def test_a_replayed_load_reads_back_as_it_was_written(tmp_path: Path) -> None:
+    samples = ((0.25, (("cloud", 1.5), ("edge-1", 0.0))), (0.5, (("cloud", 0.75), ("edge-1", 0.125))))
+    write_node_threads(tmp_path / "background.csv", samples)
+    assert read_node_threads(tmp_path / "background.csv") == samples

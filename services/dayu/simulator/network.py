@@ -66,7 +66,10 @@ class Channel:
     ) -> Generator[simpy.Event, Any, Transfer]:
         """Carries nbytes over the link (a simpy process body: `yield from`); raises NotSent, sending
         nothing, when `still_wanted` says no once the link is free, and CalledOff when `keep_going`
-        (asked every CALL_OFF_CHECK_S while the bytes go, as the controller's emulator does) says no."""
+        (asked every CALL_OFF_CHECK_S while the bytes go, as the controller's emulator does) says no; on
+        a kernel link it is not asked (the controller's call is the link there, as in Link.transmit)."""
+        if self.spec.kernel:
+            keep_going = None
         queued_at = env.now
         request = self.busy.request()
         self.peak_queue = max(self.peak_queue, len(self.busy.queue))

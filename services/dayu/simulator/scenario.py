@@ -71,6 +71,9 @@ class ChannelSpec:
     uplink: bool = False  # carries tasks towards the cloud
     header_bytes: int = 0  # bytes each packet of at most `mss` bytes of payload adds on the link (0: none)
     mss: int = KERNEL_MSS
+    # The kernel carries the bytes (the cluster's links), not the controllers' emulator: a transfer under
+    # way cannot be called off, as the controller's Link.transmit asks keep_going only of emulated bytes.
+    kernel: bool = False
 
     def wire_bytes(self, nbytes: int) -> int:
         """What carrying nbytes takes of the link's bandwidth, headers included."""
@@ -173,8 +176,8 @@ def from_mesh(
     default this one's), so their processing shares its cores, node by node, within each node's CPU
     limit, with the nodes' other runnable threads (`node_threads`: (seconds, ((node, threads), ...))
     over time, as measured) and `background` runnable threads outside them (dayu.simulator.compute);
-    its kernel links have no added delay (no netem: a link's delay_ms is not applied) and carry TCP/IP
-    headers."""
+    its kernel links have no added delay (no netem: a link's delay_ms is not applied), carry TCP/IP
+    headers, and a transfer under way on them goes to its end (no call-off)."""
     if target not in TARGETS:
         raise InvalidArgument("--target", f"one of {list(TARGETS)}, got {target!r}")
     if background < 0 or any(threads < 0 for _, sample in node_threads for _, threads in sample):
@@ -215,6 +218,7 @@ def from_mesh(
                     link.trace,
                     uplink=other == cloud,
                     header_bytes=KERNEL_HEADER_BYTES if target == "cluster" else 0,
+                    kernel=target == "cluster",
                 )
             )
     sources = _sources(config)

@@ -42,16 +42,27 @@ def _state(tid: str) -> str:
     return stat[stat.rindex(")") + 2]
 
 
-def _runnable(directories: Mapping[str, Path], processors: list[int]) -> tuple[dict[str, int], dict[str, int]]:
+def _cpu_ns(tid: str) -> int | None:
+    """The thread's time on a core so far (ns, /proc/TID/schedstat); None once it is gone."""
+    try:
+        return int(Path(f"/proc/{tid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+Threads = dict[str, dict[str, tuple[int, bool]]]  # node -> thread -> (ns on a core, of a processor's process)
+
+
+def _runnable(directories: Mapping[str, Path], processors: list[int]) -> tuple[dict[str, int], dict[str, int], Threads]:
     """Runnable threads of these cgroups now (running, or waiting for a core), by node: of the
-    processors' processes, and of the rest."""
+    processors' processes, and of the rest; and every thread's time on a core so far."""
     processing: set[str] = set()
     for pid in processors:
         try:
             processing.update(entry.name for entry in Path(f"/proc/{pid}/task").iterdir())
         except OSError:
             continue
-    in_processors, rest = {}, {}
+    in_processors, rest, threads = {}, {}, {}
     for node, directory in directories.items():
         try:
             tids = (directory / "tasks").read_text().split()
@@ -60,10 +71,13 @@ def _runnable(directories: Mapping[str, Path], processors: list[int]) -> tuple[d
         runnable = {tid for tid in tids if _state(tid) == "R"}
         in_processors[node] = len(runnable & processing)
         rest[node] = len(runnable - processing)
-    return in_processors, rest
+        threads[node] = {tid: (ns, tid in processing) for tid in tids if (ns := _cpu_ns(tid)) is not None}
+    return in_processors, rest, threads
 
 
-Sample = tuple[float, dict[str, int], dict[str, int]]  # seconds since start, processors' and the rest's by node
+# Seconds since start; by node, runnable threads of the processors' processes and of the rest, then the
+# cores the processors' processes and the rest used since the sample before.
+Sample = tuple[float, dict[str, int], dict[str, int], dict[str, float], dict[str, float]]
 
 
 class LoadSampler:
@@ -87,9 +101,21 @@ class LoadSampler:
         self._thread.start()
 
     def _run(self) -> None:
+        found = _runnable(self.directories, self.processors())[2]
+        before = {tid: ns for threads in found.values() for tid, (ns, _) in threads.items()}
+        last = 0.0
         while not self._stop.wait(self.every_s):
             at = time.monotonic() - self.started
-            self.samples.append((round(at, 3), *_runnable(self.directories, self.processors())))
+            in_processors, rest, threads = _runnable(self.directories, self.processors())
+            used: tuple[dict[str, float], dict[str, float]] = ({}, {})  # the processors', the rest's
+            for node, on_node in threads.items():
+                spent = [0, 0]
+                for tid, (ns, of_processor) in on_node.items():
+                    spent[of_processor] += ns - before.get(tid, 0)  # a thread new since: all its time
+                used[0][node], used[1][node] = (n / 1e9 / max(at - last, 1e-6) for n in (spent[1], spent[0]))
+            before = {tid: ns for on_node in threads.values() for tid, (ns, _) in on_node.items()}
+            last = at
+            self.samples.append((round(at, 3), in_processors, rest, used[0], used[1]))
 
     def stop(self) -> None:
         if self._thread is not None and not self._stop.is_set():
@@ -102,15 +128,18 @@ class LoadSampler:
         return self.stopped - self.started
 
     def mean(self, column: int) -> dict[str, float]:
-        """On average, by node: the processors' runnable threads (column 1) or the rest's (2)."""
+        """On average, by node: the processors' runnable threads (column 1) or the rest's (2), the cores
+        the processors used (3) or the rest (4)."""
         if not self.samples:
             return {}
         return {node: statistics.fmean(sample[column][node] for sample in self.samples) for node in self.directories}
 
-    def node_threads(self, extra: Mapping[str, float]) -> NodeThreads:
-        """The rest's runnable threads over time by node, each node's `extra` added."""
+    def node_threads(self, extra: Mapping[str, float], column: int = 2) -> NodeThreads:
+        """The rest's runnable threads (column 2) or the cores it used (4) over time by node, each node's
+        `extra` added."""
         return tuple(
-            (at, tuple((node, n + extra.get(node, 0.0)) for node, n in rest.items())) for at, _, rest in self.samples
+            (sample[0], tuple((node, n + extra.get(node, 0.0)) for node, n in sample[column].items()))
+            for sample in self.samples
         )
 
 
@@ -166,6 +195,7 @@ def run_cluster(
 
     loads: dict[str, dict[str, Any]] = {}
     traces: dict[str, NodeThreads] = {}
+    used: dict[str, NodeThreads] = {}  # the same, the rest's cores used in place of its runnable threads
 
     class Measured(Cluster):
         """The experiment's cluster, first in line for the machine's cores, its load sampled while its
@@ -199,6 +229,7 @@ def run_cluster(
             policy = self.workdir.parent.name.removeprefix("run-")
             processing = processing_threads(self.records, self.sampler.seconds)
             in_processors, rest = self.sampler.mean(1), self.sampler.mean(2)
+            processors_cpu, rest_cpu = self.sampler.mean(3), self.sampler.mean(4)
             # The processors' threads besides their segments' inference (decoding, their gRPC calls):
             # runnable on average past the segments processed, which the simulator runs itself.
             extra = {node: max(0.0, n - processing.get(node, 0.0)) for node, n in in_processors.items()}
@@ -206,11 +237,15 @@ def run_cluster(
                 "processing": round(sum(processing.values()), 3),
                 "processor_runnable": round(sum(in_processors.values()), 3),
                 "background": round(sum(rest.values()), 3),
+                "processor_cores": round(sum(processors_cpu.values()), 3),
+                "background_cores": round(sum(rest_cpu.values()), 3),
                 "by_node": {
                     node: {
                         "processing": round(processing.get(node, 0.0), 3),
                         "processor_runnable": round(in_processors[node], 3),
                         "background": round(rest[node], 3),
+                        "processor_cores": round(processors_cpu[node], 3),
+                        "background_cores": round(rest_cpu[node], 3),
                     }
                     for node in rest
                 },
@@ -218,18 +253,59 @@ def run_cluster(
                 "machine_runnable_at_start_and_end": [self.machine_before - 1, self.machine_after - 1],
             }
             traces[policy] = self.sampler.node_threads(extra)
+            used[policy] = self.sampler.node_threads(extra, column=4)
 
     def make(mesh_config: Any, workdir: Path) -> Cluster:
         return Measured(mesh_config, workdir / "cluster", name=name, progress=lambda _line: None)
 
     rows = run_experiment(config, policies, [trace], duration_s, out, make, progress=progress)
     for policy, samples in traces.items():
-        nodes = [node for node, _ in samples[0][1]] if samples else []
-        (out / f"run-{policy}" / "background.csv").write_text(
-            ",".join(["seconds", *nodes]) + "\n"
-            + "".join(",".join([str(at), *(f"{n:g}" for _, n in sample)]) + "\n" for at, sample in samples)
-        )  # fmt: skip
+        write_node_threads(out / f"run-{policy}" / BACKGROUND_CSV, samples)
+        write_node_threads(out / f"run-{policy}" / BACKGROUND_CORES_CSV, used[policy])
     return rows, loads, traces
+
+
+BACKGROUND_CSV = "background.csv"  # a cluster run's load as the simulator replays it (run_cluster)
+BACKGROUND_CORES_CSV = "background-cores.csv"  # the same with the cores the rest used, not its runnable threads
+
+
+def write_node_threads(path: Path, samples: NodeThreads) -> None:
+    """The nodes' other runnable threads over time as CSV: seconds, then a column per node."""
+    nodes = [node for node, _ in samples[0][1]] if samples else []
+    path.write_text(
+        ",".join(["seconds", *nodes]) + "\n"
+        + "".join(",".join([str(at), *(f"{n:g}" for _, n in sample)]) + "\n" for at, sample in samples)
+    )  # fmt: skip
+
+
+def read_node_threads(path: Path) -> NodeThreads:
+    """What write_node_threads wrote."""
+    header, *lines = path.read_text().splitlines()
+    nodes = header.split(",")[1:]
+    samples = []
+    for line in lines:
+        at, *threads = line.split(",")
+        samples.append((float(at), tuple(zip(nodes, map(float, threads), strict=True))))
+    return tuple(samples)
+
+
+def stored_cluster(
+    out: Path, policies: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, NodeThreads]]:
+    """What `validate` found of the cluster in `out` before (its comparison.json and each policy's
+    background.csv), as run_cluster returns it: to simulate those runs again without running them."""
+    path = out / "comparison.json"
+    try:
+        stored = {row["policy"]: row for row in json.loads(path.read_text())["rows"]}
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{path}: a comparison written by an earlier validation ({error})") from None
+    missing = [policy for policy in policies if policy not in stored]
+    if missing:
+        raise ValueError(f"{path}: no cluster run of {', '.join(missing)}")
+    rows = [_sides(stored[policy])[0] for policy in policies]
+    loads = {policy: stored[policy].get("machine", {}) for policy in policies}
+    threads = {policy: read_node_threads(out / "cluster" / f"run-{policy}" / BACKGROUND_CSV) for policy in policies}
+    return rows, loads, threads
 
 
 def retimed_profile(config: Path, base: Path, out: Path, repeats: int = 3) -> Path:
@@ -461,17 +537,23 @@ def validate(
     points: float = POINTS,
     relative: float = RELATIVE,
     progress: Callable[[str], None] = print,
+    resimulate: bool = False,
 ) -> list[dict[str, Any]]:
-    """One trace: the cluster, then the simulator, then the comparison (also in out/comparison.json)."""
+    """One trace: the cluster, then the simulator, then the comparison (also in out/comparison.json).
+    With `resimulate`, the cluster's runs are those an earlier validation left in `out` (stored_cluster):
+    the simulator alone runs again, replaying their load."""
     from dayu.cluster.cluster import cleanup
 
-    name = name or cluster_name()
-    try:
-        cluster_rows, loads, node_threads = run_cluster(
-            config, policies, trace, duration_s, out / "cluster", name, progress
-        )
-    finally:  # interrupted, or failed: nothing of the cluster is left behind (by its name only)
-        cleanup(name)
+    if resimulate:
+        cluster_rows, loads, node_threads = stored_cluster(out, policies)
+    else:
+        name = name or cluster_name()
+        try:
+            cluster_rows, loads, node_threads = run_cluster(
+                config, policies, trace, duration_s, out / "cluster", name, progress
+            )
+        finally:  # interrupted, or failed: nothing of the cluster is left behind (by its name only)
+            cleanup(name)
     sim_rows = run_simulator(config, policies, trace, duration_s, out / "sim", seed, profile, node_threads)
     rows = compare(trace.name, cluster_rows, sim_rows, points, relative)
     for row in rows:
