@@ -18,12 +18,13 @@ cluster run's load) and compares the medians of each side: at saturation one run
 by more than the bounds. --streams 1 validates the mesh file's first stream alone (a load the machine
 carries; the whole of configs/experiment.yaml saturates 2 cores). --resimulate runs the simulator again
 on the cluster runs an earlier validation left in --out (give it the same --traces, --policies,
---repeats and --streams; it uses that validation's OUT/profile.yaml and rewrites the simulator's side
+--repeats and --streams; it uses the profiles timed for those runs and rewrites the simulator's side
 and the tables there; no root needed): the cluster runs are the slow part, and a change to the
 simulator can be checked against them in seconds.
 
-The profile's processing is timed again first (about 30 s; OUT/profile.yaml), since the speed of a
-shared machine's cores moves from day to day; --as-profiled uses the profile's timings as they are.
+The profile's processing is timed again before each run of a trace (about 30 s; OUT/TRACE/profile.yaml,
+or OUT/TRACE/run-K/profile.yaml), since the speed of a shared machine's cores moves from hour to hour;
+--as-profiled uses the profile's timings as they are.
 
 Writes OUT/TRACE/{cluster,sim}/ (each command's own results), OUT/TRACE/comparison.json, and
 OUT/validation.md and OUT/validation.json (every trace's rows); prints the table. Exits 1 when a row fails."""
@@ -93,13 +94,20 @@ def main() -> int:
             config = validation.lighter(args.config, args.streams, args.out)
         except ValueError as error:
             parser.error(str(error))
-    profile = args.profile
-    if args.resimulate:  # the profile timed for those runs, if they had one
-        timed = args.out / "profile.yaml"
-        profile = timed if timed.exists() and not args.as_profiled else args.profile
-    elif not args.as_profiled:
-        profile = validation.retimed_profile(config, args.profile, args.out)
+
+    def profile_for(out: Path) -> Path:
+        """The profile a run's simulator uses: its processing timed again just before the run's cluster
+        (the speed of a shared machine's cores moves from hour to hour), or, resimulating, the one timed
+        for it then (OUT/profile.yaml where an earlier validation timed one for all its runs)."""
+        if args.as_profiled:
+            return args.profile
+        if args.resimulate:
+            timed = [path for path in (out / "profile.yaml", args.out / "profile.yaml") if path.exists()]
+            return timed[0] if timed else args.profile
+        profile = validation.retimed_profile(config, args.profile, out)
         print(f"validate: processing timed again on this machine: {profile}", flush=True)
+        return profile
+
     traces = [
         Path(name) if name.endswith(".txt") else CONFIGS / "traces" / f"{name}.txt"
         for name in (t.strip() for t in args.traces.split(",") if t.strip())
@@ -118,7 +126,6 @@ def main() -> int:
         "repeats": args.repeats,
         "resimulated": args.resimulate,
         "seed": args.seed,
-        "profile": str(profile),
         "points": args.points,
         "relative": args.relative,
         "runs": [],
@@ -135,13 +142,19 @@ def main() -> int:
                 f"for {args.duration:g} s ({load})",
                 flush=True,
             )
+            profile = profile_for(out)
             found = validation.validate(
                 config, trace, policies, args.duration, out, args.seed, profile, points=args.points,
                 relative=args.relative, resimulate=args.resimulate,
             )  # fmt: skip
             print(validation.markdown(found, args.points, args.relative), flush=True)
             by_trace[trace.name].append(found)
-            run = {"trace": trace.name, "repeat": repeat, "wall_s": round(time.monotonic() - started, 1)}
+            run = {
+                "trace": trace.name,
+                "repeat": repeat,
+                "profile": str(profile),
+                "wall_s": round(time.monotonic() - started, 1),
+            }
             document["runs"].append({**run, "load_before": load, "load_after": _load(), "rows": found})
             # What is done so far, written after every run (a full validation takes an hour or more).
             document["rows"] = [
