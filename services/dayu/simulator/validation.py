@@ -82,9 +82,9 @@ Sample = tuple[float, dict[str, int], dict[str, int], dict[str, float], dict[str
 
 class LoadSampler:
     """Every `every_s`, in a thread, from start() to stop(): the runnable threads of the cluster's
-    nodes (their cgroups' directories, by node), those of its processors' processes apart from the
-    rest's (the components the simulator does not run: generators, controllers, the datasource, the
-    scheduler, ...)."""
+    nodes (their cgroups' directories, by node) and the cores they used since the sample before (their
+    time on a core), those of its processors' processes apart from the rest's (the components the
+    simulator does not run: generators, controllers, the datasource, the scheduler, ...)."""
 
     def __init__(
         self, directories: Mapping[str, Path], processors: Callable[[], list[int]], every_s: float = 0.25
@@ -178,13 +178,17 @@ def run_cluster(
     progress: Callable[[str], None] = print,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, NodeThreads]]:
     """`dayu experiment --mode cluster` (its function), under the cluster name `name`; with each run's
-    rows, per policy, how busy the machine was while the generators ran: the runnable threads of the
-    processors' processes on average (`processor_runnable`; `processing`: the segments processed, from
-    the records), and of the other components (`background`: the generators' encoding, the datasource,
-    the controllers' and every other gRPC call, the scheduler), each also `by_node`; and, by node over
-    time (every 0.25 s, also in run-POLICY/background.csv), the other components' runnable threads
-    plus the processors' own besides their segments on average (runnable past the segments
-    processed), which the simulator replays node by node beside the segments it runs.
+    rows, per policy, how busy the machine was while the generators ran: the processors' processes'
+    runnable threads and the cores they used on average (`processor_runnable`, `processor_cores`;
+    `processing`: the segments processed, from the records), and the other components' (`background`,
+    `background_cores`: the generators' encoding, the datasource, the controllers' and every other gRPC
+    call, the scheduler), each also `by_node`; and, by node over time (every 0.25 s, also in
+    run-POLICY/background.csv), the cores the other components used plus those the processors used
+    besides their segments on average (past the segments processed), which the simulator replays node
+    by node beside the segments it runs. Cores used, not runnable threads: a runnable thread may be
+    waiting for a core, and on a busy machine the other components' runnable threads were about twice
+    the cores they used, which the simulator's fair shares then counted as demand a second time
+    (run-POLICY/background-runnable.csv keeps that measure).
 
     The cluster's cgroup gets PRIORITY_SHARES: on a machine shared with other work (CI, other jobs) the
     cluster's nodes get the cores they ask for first, as on machines of their own, which is what the
@@ -195,7 +199,7 @@ def run_cluster(
 
     loads: dict[str, dict[str, Any]] = {}
     traces: dict[str, NodeThreads] = {}
-    used: dict[str, NodeThreads] = {}  # the same, the rest's cores used in place of its runnable threads
+    runnable: dict[str, NodeThreads] = {}  # the same as runnable threads, for reference
 
     class Measured(Cluster):
         """The experiment's cluster, first in line for the machine's cores, its load sampled while its
@@ -230,9 +234,11 @@ def run_cluster(
             processing = processing_threads(self.records, self.sampler.seconds)
             in_processors, rest = self.sampler.mean(1), self.sampler.mean(2)
             processors_cpu, rest_cpu = self.sampler.mean(3), self.sampler.mean(4)
-            # The processors' threads besides their segments' inference (decoding, their gRPC calls):
-            # runnable on average past the segments processed, which the simulator runs itself.
-            extra = {node: max(0.0, n - processing.get(node, 0.0)) for node, n in in_processors.items()}
+            # The processors' threads besides their segments' inference (decoding, their gRPC calls): what
+            # they used past the segments processed (the simulator runs those itself), in cores, and in
+            # runnable threads for the reference replay.
+            extra = {node: max(0.0, n - processing.get(node, 0.0)) for node, n in processors_cpu.items()}
+            extra_runnable = {node: max(0.0, n - processing.get(node, 0.0)) for node, n in in_processors.items()}
             loads[policy] = {
                 "processing": round(sum(processing.values()), 3),
                 "processor_runnable": round(sum(in_processors.values()), 3),
@@ -252,8 +258,8 @@ def run_cluster(
                 "seconds": round(self.sampler.seconds, 1),
                 "machine_runnable_at_start_and_end": [self.machine_before - 1, self.machine_after - 1],
             }
-            traces[policy] = self.sampler.node_threads(extra)
-            used[policy] = self.sampler.node_threads(extra, column=4)
+            traces[policy] = self.sampler.node_threads(extra, column=4)
+            runnable[policy] = self.sampler.node_threads(extra_runnable, column=2)
 
     def make(mesh_config: Any, workdir: Path) -> Cluster:
         return Measured(mesh_config, workdir / "cluster", name=name, progress=lambda _line: None)
@@ -261,12 +267,14 @@ def run_cluster(
     rows = run_experiment(config, policies, [trace], duration_s, out, make, progress=progress)
     for policy, samples in traces.items():
         write_node_threads(out / f"run-{policy}" / BACKGROUND_CSV, samples)
-        write_node_threads(out / f"run-{policy}" / BACKGROUND_CORES_CSV, used[policy])
+        write_node_threads(out / f"run-{policy}" / BACKGROUND_RUNNABLE_CSV, runnable[policy])
     return rows, loads, traces
 
 
 BACKGROUND_CSV = "background.csv"  # a cluster run's load as the simulator replays it (run_cluster)
-BACKGROUND_CORES_CSV = "background-cores.csv"  # the same with the cores the rest used, not its runnable threads
+# The same load as runnable threads (running, or waiting for a core), what was replayed until 2026-12-07:
+# on a busy machine it counts the waiting too, about twice the cores those threads used.
+BACKGROUND_RUNNABLE_CSV = "background-runnable.csv"
 
 
 def write_node_threads(path: Path, samples: NodeThreads) -> None:
@@ -558,7 +566,12 @@ def validate(
     rows = compare(trace.name, cluster_rows, sim_rows, points, relative)
     for row in rows:
         row["machine"] = loads.get(row["policy"], {})
-    document = {"config": str(config), "trace": str(trace), "duration_s": duration_s, "seed": seed, "rows": rows}
+    kept = rows
+    if resimulate:  # the stored rows of the policies not simulated again stay, in their order
+        fresh = {row["policy"]: row for row in rows}
+        stored = json.loads((out / "comparison.json").read_text())["rows"]
+        kept = [fresh.pop(row["policy"], row) for row in stored] + list(fresh.values())
+    document = {"config": str(config), "trace": str(trace), "duration_s": duration_s, "seed": seed, "rows": kept}
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.json").write_text(json.dumps(document, indent=2) + "\n")
     return rows
