@@ -20,7 +20,8 @@ carries; the whole of configs/experiment.yaml saturates 2 cores). --resimulate r
 on the cluster runs an earlier validation left in --out (give it the same --traces, --policies,
 --repeats and --streams; it uses the profiles timed for those runs and rewrites the simulator's side
 and the tables there; no root needed): the cluster runs are the slow part, and a change to the
-simulator can be checked against them in seconds.
+simulator can be checked against them in seconds. --resume keeps the runs an earlier validation
+finished in --out and runs only the rest.
 
 The profile's processing is timed again before each run of a trace (about 30 s; OUT/TRACE/profile.yaml,
 or OUT/TRACE/run-K/profile.yaml), since the speed of a shared machine's cores moves from hour to hour;
@@ -75,6 +76,11 @@ def main() -> int:
         "--resimulate",
         action="store_true",
         help="simulate again the cluster runs an earlier validation left in --out (same options), without running them",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs an earlier validation finished in --out (same options) and run only the rest",
     )
     parser.add_argument("--points", type=float, default=validation.POINTS)
     parser.add_argument("--relative", type=float, default=validation.RELATIVE)
@@ -137,25 +143,27 @@ def main() -> int:
         for trace in traces:
             started, load = time.monotonic(), _load()
             out = args.out / trace.stem / (f"run-{repeat}" if args.repeats > 1 else "")
-            print(
-                f"validate: {trace.name} ({repeat} of {args.repeats}): {', '.join(policies)} "
-                f"for {args.duration:g} s ({load})",
-                flush=True,
-            )
-            profile = profile_for(out)
-            found = validation.validate(
-                config, trace, policies, args.duration, out, args.seed, profile, points=args.points,
-                relative=args.relative, resimulate=args.resimulate,
-            )  # fmt: skip
-            print(validation.markdown(found, args.points, args.relative), flush=True)
+            run: dict[str, Any] = {"trace": trace.name, "repeat": repeat}
+            if args.resume and (out / "comparison.json").exists():  # finished before: its rows as they were
+                print(f"validate: {trace.name} ({repeat} of {args.repeats}): done before, in {out}", flush=True)
+                found = json.loads((out / "comparison.json").read_text())["rows"]
+                run["resumed"] = True
+            else:
+                print(
+                    f"validate: {trace.name} ({repeat} of {args.repeats}): {', '.join(policies)} "
+                    f"for {args.duration:g} s ({load})",
+                    flush=True,
+                )
+                profile = profile_for(out)
+                found = validation.validate(
+                    config, trace, policies, args.duration, out, args.seed, profile, points=args.points,
+                    relative=args.relative, resimulate=args.resimulate,
+                )  # fmt: skip
+                print(validation.markdown(found, args.points, args.relative), flush=True)
+                run.update(profile=str(profile), wall_s=round(time.monotonic() - started, 1))
+                run.update(load_before=load, load_after=_load())
             by_trace[trace.name].append(found)
-            run = {
-                "trace": trace.name,
-                "repeat": repeat,
-                "profile": str(profile),
-                "wall_s": round(time.monotonic() - started, 1),
-            }
-            document["runs"].append({**run, "load_before": load, "load_after": _load(), "rows": found})
+            document["runs"].append({**run, "rows": found})
             # What is done so far, written after every run (a full validation takes an hour or more).
             document["rows"] = [
                 row

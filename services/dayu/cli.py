@@ -172,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("embedded", "cluster"),
         default="embedded",
         help="with --config: the `dayu experiment` mode to model (cluster: the nodes share this machine's cores, "
-        "within their CPU limits; kernel links without delay, with TCP/IP headers)",
+        "within their CPU limits; kernel links without delay, with TCP/IP headers, no transfer called off once going)",
     )
     simulate.add_argument(
         "--background",

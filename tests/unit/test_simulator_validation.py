@@ -144,3 +144,11 @@ def test_a_replayed_load_reads_back_as_it_was_written(tmp_path: Path) -> None:
     samples = ((0.25, (("cloud", 1.5), ("edge-1", 0.0))), (0.5, (("cloud", 0.75), ("edge-1", 0.125))))
     write_node_threads(tmp_path / "background.csv", samples)
     assert read_node_threads(tmp_path / "background.csv") == samples
+
+
+def test_a_table_of_combined_and_single_rows_says_how_many_runs_passed_for_each() -> None:
+    once = _run(_side("a", 0.9, 1.0, 2.0), _side("a", 0.9, 1.0, 2.0))
+    twice = combine([_run(_side("b", 0.9, 1.0, 2.0), _side("b", 0.9, 1.0, 2.0))] * 2)
+    table = markdown(once + twice)
+    assert "| a | 120 / 120 |" in table and table.splitlines()[2].endswith("| PASS | 1 of 1 |")
+    assert table.splitlines()[3].endswith("| PASS | 2 of 2 |")

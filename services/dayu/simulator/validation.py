@@ -525,7 +525,7 @@ def markdown(rows: list[dict[str, Any]], points: float = POINTS, relative: float
                     f"{_cell(r['p95_cluster_s'], '{:.2f}')} / {_cell(r['p95_sim_s'], '{:.2f}')}",
                     _cell(r["p95_relative"], "{:+.0%}"),
                     "PASS" if r["passed"] else f"FAIL ({', '.join(failed)})",
-                    *([f"{r['passed_runs']} of {r['runs']}"] if repeated else []),
+                    *([f"{r.get('passed_runs', int(r['passed']))} of {r.get('runs', 1)}"] if repeated else []),
                 ]
             )
             + " |"
