@@ -278,7 +278,8 @@ BACKGROUND_RUNNABLE_CSV = "background-runnable.csv"
 
 
 def write_node_threads(path: Path, samples: NodeThreads) -> None:
-    """The nodes' other runnable threads over time as CSV: seconds, then a column per node."""
+    """A load the simulator replays, by node over time (the cores the nodes' other threads used, or their
+    runnable threads), as CSV: seconds, then a column per node."""
     nodes = [node for node, _ in samples[0][1]] if samples else []
     path.write_text(
         ",".join(["seconds", *nodes]) + "\n"
