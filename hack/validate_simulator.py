@@ -155,10 +155,15 @@ def main() -> int:
                     flush=True,
                 )
                 profile = profile_for(out)
-                found = validation.validate(
-                    config, trace, policies, args.duration, out, args.seed, profile, points=args.points,
-                    relative=args.relative, resimulate=args.resimulate,
-                )  # fmt: skip
+                try:
+                    found = validation.validate(
+                        config, trace, policies, args.duration, out, args.seed, profile, points=args.points,
+                        relative=args.relative, resimulate=args.resimulate,
+                    )  # fmt: skip
+                except ValueError as error:
+                    if not args.resimulate:
+                        raise
+                    parser.error(str(error))  # no cluster run of these there
                 print(validation.markdown(found, args.points, args.relative), flush=True)
                 run.update(profile=str(profile), wall_s=round(time.monotonic() - started, 1))
                 run.update(load_before=load, load_after=_load())

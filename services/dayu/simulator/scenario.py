@@ -174,8 +174,9 @@ def from_mesh(
     to the cloud replaying `trace`: what `dayu experiment` runs for that policy. `target` is the mode
     it follows where the modes differ. "cluster": the nodes are namespaces of one machine (`cores`,
     default this one's), so their processing shares its cores, node by node, within each node's CPU
-    limit, with the nodes' other runnable threads (`node_threads`: (seconds, ((node, threads), ...))
-    over time, as measured) and `background` runnable threads outside them (dayu.simulator.compute);
+    limit, with the nodes' other load (`node_threads`: (seconds, ((node, threads), ...)) over time, in
+    cores' worth of threads, as measured) and `background` runnable threads outside them
+    (dayu.simulator.compute);
     its kernel links have no added delay (no netem: a link's delay_ms is not applied), carry TCP/IP
     headers, and a transfer under way on them goes to its end (no call-off)."""
     if target not in TARGETS:
