@@ -15,6 +15,7 @@ import pytest
 from dayu.mesh.model import CONFIGS, load_mesh_config
 from dayu.simulator.validation import (
     LoadSampler,
+    _state,
     combine,
     compare,
     lighter,
@@ -111,6 +112,9 @@ def test_the_load_sampler_counts_runnable_threads_and_the_cores_they_use(tmp_pat
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     sleeping = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
+        deadline = time.monotonic() + 10
+        while _state(str(sleeping.pid)) != "S" and time.monotonic() < deadline:  # past the interpreter's start
+            time.sleep(0.01)
         directories = {}
         for node, process in zip("abc", [*busy, sleeping], strict=True):
             directories[node] = tmp_path / node
