@@ -146,7 +146,7 @@ def main() -> int:
             run: dict[str, Any] = {"trace": trace.name, "repeat": repeat}
             if args.resume and (out / "comparison.json").exists():  # finished before: its rows as they were
                 print(f"validate: {trace.name} ({repeat} of {args.repeats}): done before, in {out}", flush=True)
-                found = json.loads((out / "comparison.json").read_text())["rows"]
+                found = validation.stored_rows(out)
                 run["resumed"] = True
             else:
                 print(

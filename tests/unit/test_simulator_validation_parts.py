@@ -4,6 +4,7 @@ the cluster's nodes for the simulator to replay."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -21,6 +22,8 @@ from dayu.simulator.validation import (
     lighter,
     markdown,
     read_node_threads,
+    stored_cluster,
+    stored_rows,
     write_node_threads,
 )
 
@@ -156,3 +159,26 @@ def test_a_table_of_combined_and_single_rows_says_how_many_runs_passed_for_each(
     table = markdown(once + twice)
     assert "| a | 120 / 120 |" in table and table.splitlines()[2].endswith("| PASS | 1 of 1 |")
     assert table.splitlines()[3].endswith("| PASS | 2 of 2 |")
+
+
+def test_stored_cluster_runs_read_back_as_the_cluster_gave_them(tmp_path: Path) -> None:
+    """--resimulate's input: an earlier validation's rows and replayed load, the cluster's side as run_cluster
+    returns it; a policy it did not run, or its load missing, is a clear error."""
+    rows = _run(_side("fixed", 0.8, 1.1, 4.7, tasks=118), _side("fixed", 0.7, 1.2, 5.0))
+    rows[0]["machine"] = {"processing": 1.3}
+    (tmp_path / "comparison.json").write_text(json.dumps({"rows": rows}))
+    samples = ((0.25, (("cloud", 0.25), ("edge-1", 0.125))),)
+    (tmp_path / "cluster" / "run-fixed").mkdir(parents=True)
+    write_node_threads(tmp_path / "cluster" / "run-fixed" / "background.csv", samples)
+
+    stored = stored_rows(tmp_path)
+    cluster, loads, threads = stored_cluster(tmp_path, stored, ["fixed"])
+    assert cluster == [_side("fixed", 0.8, 1.1, 4.7, tasks=118)]
+    assert loads == {"fixed": {"processing": 1.3}} and threads == {"fixed": samples}
+    with pytest.raises(ValueError, match="no cluster run of latency_budget"):
+        stored_cluster(tmp_path, stored, ["fixed", "latency_budget"])
+    (tmp_path / "cluster" / "run-fixed" / "background.csv").unlink()
+    with pytest.raises(ValueError, match="the load of a cluster run"):
+        stored_cluster(tmp_path, stored, ["fixed"])
+    with pytest.raises(ValueError, match="a comparison written by an earlier validation"):
+        stored_rows(tmp_path / "nowhere")

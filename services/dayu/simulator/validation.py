@@ -234,11 +234,14 @@ def run_cluster(
             processing = processing_threads(self.records, self.sampler.seconds)
             in_processors, rest = self.sampler.mean(1), self.sampler.mean(2)
             processors_cpu, rest_cpu = self.sampler.mean(3), self.sampler.mean(4)
+
             # The processors' threads besides their segments' inference (decoding, their gRPC calls): what
             # they used past the segments processed (the simulator runs those itself), in cores, and in
             # runnable threads for the reference replay.
-            extra = {node: max(0.0, n - processing.get(node, 0.0)) for node, n in processors_cpu.items()}
-            extra_runnable = {node: max(0.0, n - processing.get(node, 0.0)) for node, n in in_processors.items()}
+            def past_processing(of_processors: dict[str, float]) -> dict[str, float]:
+                return {node: max(0.0, n - processing.get(node, 0.0)) for node, n in of_processors.items()}
+
+            extra, extra_runnable = past_processing(processors_cpu), past_processing(in_processors)
             loads[policy] = {
                 "processing": round(sum(processing.values()), 3),
                 "processor_runnable": round(sum(in_processors.values()), 3),
@@ -298,22 +301,30 @@ def read_node_threads(path: Path) -> NodeThreads:
     return tuple(samples)
 
 
-def stored_cluster(
-    out: Path, policies: list[str]
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, NodeThreads]]:
-    """What `validate` found of the cluster in `out` before (its comparison.json and each policy's
-    background.csv), as run_cluster returns it: to simulate those runs again without running them."""
+def stored_rows(out: Path) -> list[dict[str, Any]]:
+    """The rows an earlier `validate` wrote to out/comparison.json."""
     path = out / "comparison.json"
     try:
-        stored = {row["policy"]: row for row in json.loads(path.read_text())["rows"]}
+        return json.loads(path.read_text())["rows"]
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"{path}: a comparison written by an earlier validation ({error})") from None
-    missing = [policy for policy in policies if policy not in stored]
+
+
+def stored_cluster(
+    out: Path, stored: list[dict[str, Any]], policies: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, NodeThreads]]:
+    """What an earlier `validate` found of the cluster in `out` (its `stored` rows and each policy's
+    background.csv), as run_cluster returns it: to simulate those runs again without running them."""
+    by_policy = {row["policy"]: row for row in stored}
+    missing = [policy for policy in policies if policy not in by_policy]
     if missing:
-        raise ValueError(f"{path}: no cluster run of {', '.join(missing)}")
-    rows = [_sides(stored[policy])[0] for policy in policies]
-    loads = {policy: stored[policy].get("machine", {}) for policy in policies}
-    threads = {policy: read_node_threads(out / "cluster" / f"run-{policy}" / BACKGROUND_CSV) for policy in policies}
+        raise ValueError(f"{out / 'comparison.json'}: no cluster run of {', '.join(missing)}")
+    rows = [_sides(by_policy[policy])[0] for policy in policies]
+    loads = {policy: by_policy[policy].get("machine", {}) for policy in policies}
+    try:
+        threads = {p: read_node_threads(out / "cluster" / f"run-{p}" / BACKGROUND_CSV) for p in policies}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{out / 'cluster'}: the load of a cluster run ({error})") from None
     return rows, loads, threads
 
 
@@ -553,8 +564,10 @@ def validate(
     the simulator alone runs again, replaying their load."""
     from dayu.cluster.cluster import cleanup
 
+    previous: list[dict[str, Any]] = []
     if resimulate:
-        cluster_rows, loads, node_threads = stored_cluster(out, policies)
+        previous = stored_rows(out)
+        cluster_rows, loads, node_threads = stored_cluster(out, previous, policies)
     else:
         name = name or cluster_name()
         try:
@@ -570,8 +583,7 @@ def validate(
     kept = rows
     if resimulate:  # the stored rows of the policies not simulated again stay, in their order
         fresh = {row["policy"]: row for row in rows}
-        stored = json.loads((out / "comparison.json").read_text())["rows"]
-        kept = [fresh.pop(row["policy"], row) for row in stored] + list(fresh.values())
+        kept = [fresh.pop(row["policy"], row) for row in previous] + list(fresh.values())
     document = {"config": str(config), "trace": str(trace), "duration_s": duration_s, "seed": seed, "rows": kept}
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.json").write_text(json.dumps(document, indent=2) + "\n")
