@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import threading
@@ -30,6 +31,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -62,12 +64,41 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` different ports nobody listens on now: bound all at once, so none is given twice."""
+    """`count` different ports nobody listens on now: bound all at once, so none is given twice.
+
+    They come from below the kernel's ephemeral range where it leaves room: a port from that range,
+    free when probed, can become the local port of any connection opened before its server binds it
+    (a mesh opens many while it starts), and the bind then fails with "address already in use"."""
     with contextlib.ExitStack() as stack:
         probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        candidates = _below_ephemeral()
         for probe in probes:
-            probe.bind((host, 0))
+            _bind_probe(probe, host, candidates)
         return [int(probe.getsockname()[1]) for probe in probes]
+
+
+PROBED_PORTS_FROM = 10000  # the lowest port free_ports picks; below it lie well-known services
+
+
+def _below_ephemeral() -> list[int]:
+    """The ports from PROBED_PORTS_FROM up to the kernel's ephemeral range (never a connection's
+    local port), shuffled; none where the range starts lower or cannot be read."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    ports = list(range(PROBED_PORTS_FROM, low))
+    random.SystemRandom().shuffle(ports)  # processes picking at once rarely try the same ports
+    return ports
+
+
+def _bind_probe(probe: socket.socket, host: str, candidates: list[int], tries: int = 64) -> None:
+    """Binds the probe to one of the candidates (consumed as tried), else to any port."""
+    for _ in range(min(tries, len(candidates))):
+        with contextlib.suppress(OSError):
+            probe.bind((host, candidates.pop()))
+            return
+    probe.bind((host, 0))
 
 
 @dataclass(frozen=True)
