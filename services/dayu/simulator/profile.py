@@ -3,9 +3,12 @@ pipelines, with the mesh's own code: segments are made by the generator's build_
 datasource's frames of the mesh's synthetic sources (encoded as the datasource sends them), run
 through the real processor kinds in process, and scored with the distributor's accuracy().
 
-- processing: each processor's seconds per segment at a few rungs of the resolution ladder and a
+- processing: each processor's seconds per segment at every rung of the resolution ladder and a
   few segment lengths (median of `repeats` segments, after a warm-up), with a fit
-  seconds = fixed + per_frame x frames + per_frame_pixel x frames x pixels;
+  seconds = fixed + per_frame x frames + per_frame_pixel x frames x pixels. Every rung, because the
+  cost is not linear in pixels: the text detector scales a frame wider than its max_side (960) down
+  to it, so 960x540 costs it nearly what 1280x720 does, where a line between the rungs around it
+  (854x480 and 1280x720) said two thirds;
 - frame bytes: mean JPEG bytes of a frame at every rung of the resolution and quality ladders;
 - accuracy: the mean F1 of a task (its first detector against the ground truth, as the distributor
   scores it) per resolution, at three qualities, for segments of 1, 2, 4 and 8 frames (a task's F1
@@ -52,7 +55,6 @@ from dayu.simulator.scenario import mesh_streams
 from dayu.v1 import datasource_pb2, decision_pb2, task_pb2, types_pb2
 
 SPACING_S = 3.0  # scene seconds between two sampled frames, so samples see different traffic
-TIMED_RUNGS = 5  # resolutions timed, spread over the ladder
 TIMED_FRAMES = (1, 2, 4)  # segment lengths timed
 SCORED_LENGTHS = (1, 2, 4, 8)  # segment lengths scored
 SCORED_QUALITIES = 3  # qualities scored: the best, the middle and the lowest rung
@@ -118,11 +120,6 @@ async def _run_stages(
         took[stage.spec.processor] = took.get(stage.spec.processor, 0.0) + time.perf_counter() - started
         stage.state = task_pb2.STAGE_STATE_DONE
     return took
-
-
-def _spread_rungs(ladder: list[types_pb2.Resolution], count: int) -> list[types_pb2.Resolution]:
-    picks = sorted({round(i * (len(ladder) - 1) / max(count - 1, 1)) for i in range(min(count, len(ladder)))})
-    return [ladder[i] for i in picks]
 
 
 def _fit(samples: list[ProcessingSample]) -> ProcessingFit:
@@ -205,7 +202,7 @@ async def measure(
         ladder = resolutions(spec.max_configuration.resolution)
         best_quality = spec.max_configuration.quality
         await _run_stages(_task(spec, ladder[0], best_quality, pool[:1]), runners)  # warm-up: models load
-        for size in _spread_rungs(ladder, TIMED_RUNGS):
+        for size in ladder:  # every rung: a processor's cost is not linear in pixels (module doc)
             for count in TIMED_FRAMES:
                 for repeat in range(repeats):
                     start = (repeat * count) % max(1, len(pool) - count)
