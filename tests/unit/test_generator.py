@@ -62,13 +62,18 @@ class Ports:
         self.scheduler_up = scheduler_up
         self.submitted: list[task_pb2.Task] = []
         self.decisions_queue: asyncio.Queue[decision_pb2.Decision] = asyncio.Queue()
+        self.ground_truth = True  # what the datasource says of the source
+        self.empty_frames = False  # frames without objects (no true box)
 
-    async def source_fps(self, source_id: str) -> float:
-        return 30.0
+    async def source(self, source_id: str) -> datasource_pb2.SourceInfo:
+        return datasource_pb2.SourceInfo(source_id=source_id, fps=30.0, has_ground_truth=self.ground_truth)
 
     async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:
         for i in range(30):
-            yield frame(i)
+            made = frame(i)
+            if self.empty_frames:
+                del made.ground_truth[:]
+            yield made
             await asyncio.sleep(0)
 
     async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
@@ -262,12 +267,12 @@ class Mesh(FlakyController):
         self.sources = sources
         self.datasource: RemoteError | None = None  # how the datasource fails, when it does
 
-    async def source_fps(self, source_id: str) -> float:
+    async def source(self, source_id: str) -> datasource_pb2.SourceInfo:
         if self.datasource is not None:
             raise self.datasource
         if source_id not in self.sources:
             raise NotFound(f"source {source_id!r} is not played by the datasource")
-        return 30.0
+        return datasource_pb2.SourceInfo(source_id=source_id, fps=30.0)
 
     async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:
         index = 0
@@ -485,3 +490,30 @@ async def test_the_tasks_of_a_stream_stopped_past_its_grace_are_awaited_when_the
     assert len(mesh.sequences_of("started")) < made
     await generator.drain_all(5)  # the component's stop()
     assert mesh.sequences_of("started") == list(range(made))
+
+
+def test_a_segment_of_a_source_with_ground_truth_says_so_even_where_its_frames_hold_nothing() -> None:
+    """A segment with no ground-truth entry is one its source knows nothing of: the controller sends
+    its frames on to the distributor for golden scoring. Frames empty of objects must not read as that
+    (they did: every such segment crossed the uplink with its frames)."""
+    spec = make_stream_spec()
+    decision = startup_decision(spec)
+    empty = [datasource_pb2.Frame(), datasource_pb2.Frame()]
+    for i, blank in enumerate(empty):
+        blank.CopyFrom(frame(i))
+        del blank.ground_truth[:]
+    captured = [CapturedFrame(blank, 0.0) for blank in empty]
+
+    known = build_task(spec, decision, 1, captured, ground_truth=True)
+    assert [(g.frame_index, len(g.detections)) for g in known.segment.ground_truth] == [(0, 0), (1, 0)]
+    assert not build_task(spec, decision, 2, captured).segment.ground_truth  # a source without ground truth
+
+
+@pytest.mark.parametrize("knows", [True, False])
+async def test_the_stream_asks_the_datasource_whether_its_source_knows_its_true_boxes(knows: bool) -> None:
+    spec = make_stream_spec()  # source 30 fps, 10 frames per segment
+    ports = Ports(scheduler_up=True)
+    ports.ground_truth, ports.empty_frames = knows, True
+    await run_until(StreamRunner(spec, ports), lambda: bool(ports.submitted))
+    entries = [len(g.detections) for g in ports.submitted[0].segment.ground_truth]
+    assert entries == ([0] * 10 if knows else [])

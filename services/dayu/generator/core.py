@@ -70,8 +70,9 @@ STARTED = generator_pb2.STREAM_ORIGIN_STARTED
 class StreamPorts(Protocol):
     """What a stream needs from the mesh; failures raise RemoteError."""
 
-    async def source_fps(self, source_id: str) -> float:
-        """The frame rate the source plays at; NotFound when the datasource does not play it."""
+    async def source(self, source_id: str) -> datasource_pb2.SourceInfo:
+        """The source as the datasource plays it (frame rate, whether it knows its true boxes);
+        NotFound when the datasource does not play it."""
 
     def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]: ...
 
@@ -167,9 +168,13 @@ def build_task(
     sequence: int,
     frames: list[CapturedFrame],
     task_id: str = "",
+    ground_truth: bool = False,
 ) -> task_pb2.Task:
     """Decodes, resizes and encodes the frames into a task following the decision, with id `task_id`
-    (or a new one) (CPU work: run it in a thread)."""
+    (or a new one) (CPU work: run it in a thread). `ground_truth`: the source knows its true boxes, so
+    every frame gets an entry in segment.ground_truth, an empty one where it has nothing to find: a
+    segment without any entry is one the source knows nothing of (its frames go on to the distributor
+    for golden scoring), not one whose frames are empty of objects."""
     config = decision.configuration
     width, height = config.resolution.width, config.resolution.height
     if config.codec == types_pb2.CODEC_H264:  # 4:2:0 needs even sizes
@@ -191,7 +196,7 @@ def build_task(
     for captured in frames:
         segment.frame_indices.append(captured.frame.index)
         segment.capture_times.append(captured.frame.captured_at)
-        if captured.frame.ground_truth:
+        if ground_truth or captured.frame.ground_truth:
             segment.ground_truth.add(frame_index=captured.frame.index, detections=captured.frame.ground_truth)
     encode_segment(segment, images, config.quality)
     task.created_at.CopyFrom(timestamp())
@@ -222,6 +227,7 @@ class StreamRunner:
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._submissions: set[asyncio.Task[None]] = set()
         self._taking: asyncio.Future[int] | None = None  # the last number asked of the sequences
+        self._ground_truth = False  # whether the source knows its true boxes (as it said when captured)
 
     @property
     def decision(self) -> decision_pb2.Decision:
@@ -284,7 +290,8 @@ class StreamRunner:
         buffer: list[CapturedFrame] = []
         while True:
             try:
-                source_fps = await self.ports.source_fps(self.spec.source_id)
+                source = await self.ports.source(self.spec.source_id)
+                source_fps, self._ground_truth = source.fps, source.has_ground_truth
                 frame_filter = FrameRateFilter(source_fps, source_fps)
                 async for frame in self.ports.frames(self.spec.source_id):
                     wait = RECONNECT_S[0]
@@ -329,7 +336,9 @@ class StreamRunner:
         with trace.use_span(root, end_on_exit=False):
             try:
                 with self.tracing.span("generator.encode", **attributes):
-                    task = await asyncio.to_thread(build_task, self.spec, decision, sequence, frames, task_id)
+                    task = await asyncio.to_thread(
+                        build_task, self.spec, decision, sequence, frames, task_id, self._ground_truth
+                    )
             except (Exception, asyncio.CancelledError) as error:
                 # Bad frame data, or the generator stopping: the segment never becomes a task, but
                 # its number is taken, so it is recorded (in the background: stop() waits for it).
@@ -499,7 +508,7 @@ class GeneratorStreams:
     async def _check_source(self, source_id: str) -> None:
         """That the datasource plays the source: a stream of a source it does not play would only wait."""
         try:
-            await self.ports.source_fps(source_id)
+            await self.ports.source(source_id)
         except NotFound as error:
             raise NotFound(f"stream.source_id: {error}") from None
         except RemoteError as error:

@@ -106,7 +106,7 @@ class GrpcStreamPorts:
     def __init__(self, section: GeneratorSection, channels: Channels) -> None:
         self.section, self.channels = section, channels
 
-    async def source_fps(self, source_id: str) -> float:
+    async def source(self, source_id: str) -> datasource_pb2.SourceInfo:
         stub = self.channels.stub(datasource_pb2_grpc.DatasourceServiceStub, self.section.datasource)
         request = datasource_pb2.ListSourcesRequest(page_size=MAX_PAGE_SIZE)
         sources, _ = await every_page(  # every page: a datasource may play many sources
@@ -114,7 +114,7 @@ class GrpcStreamPorts:
         )
         for source in sources:
             if source.source_id == source_id:
-                return source.fps
+                return source
         raise NotFound(f"source {source_id!r} is not played by the datasource at {self.section.datasource}")
 
     async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:

@@ -106,7 +106,7 @@ def _task(
     best = spec.max_configuration
     config = configuration(best, size, quality=quality, frames_per_segment=len(frames))
     decision = decision_pb2.Decision(configuration=config, placement={s.name: spec.node for s in spec.pipeline.stages})
-    return build_task(spec, decision, 0, frames)
+    return build_task(spec, decision, 0, frames, ground_truth=True)  # _sample_frames: sources that have it
 
 
 async def _run_stages(
