@@ -362,9 +362,10 @@ async def test_the_last_second_of_year_9999_is_stored_and_exported(core: Distrib
 
 
 async def test_the_last_delivered_task_of_a_stream_is_kept_with_its_frames(core: DistributorCore) -> None:
-    with pytest.raises(NotFound, match="no task of stream 'cam' was delivered"):
+    with pytest.raises(NotFound, match="no task of stream 'cam' was delivered with its frames"):
         core.latest_task("cam")
     first, last = finished_task("cam"), finished_task("cam")
+    first.segment.frames[:] = [b"frame"]
     last.segment.frames[:] = [b"frame 0", b"frame 1"]
     await core.deliver(first)
     await core.deliver(last)
@@ -376,11 +377,18 @@ async def test_the_last_delivered_task_of_a_stream_is_kept_with_its_frames(core:
     assert kept.cursor == stored.cursor and not stored.task.segment.frames  # the record keeps none
     await core.deliver(last)  # a duplicate is not delivered again
     assert core.latest_task("cam").task.task_id == last.task_id
+    # Controllers send a segment with ground truth without its frames, but for a preview every 2 s: the
+    # task kept is the last that came with them (the console's latest frame; none are made up).
     ground_truth = finished_task("cam")
-    ground_truth.segment.ClearField("frames")  # controllers send no frames with ground truth: none are made up
+    ground_truth.segment.ClearField("frames")
     await core.deliver(ground_truth)
-    assert core.latest_task("cam").task.task_id == ground_truth.task_id
-    assert not core.latest_task("cam").task.segment.frames
+    assert core.latest_task("cam").task.task_id == last.task_id
+    assert list(core.latest_task("cam").task.segment.frames) == [b"frame 0", b"frame 1"]
+    only_without = finished_task("other")
+    only_without.segment.ClearField("frames")
+    await core.deliver(only_without)
+    with pytest.raises(NotFound, match="no task of stream 'other' was delivered with its frames"):
+        core.latest_task("other")
     with pytest.raises(InvalidArgument, match=r"^stream_id:"):
         core.latest_task("not an id")
 

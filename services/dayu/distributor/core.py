@@ -341,8 +341,8 @@ class LatestTasks:
             return self._records[stream_id][0]
         except KeyError:
             raise NotFound(
-                f"no task of stream {stream_id!r} was delivered since the distributor started (it keeps the "
-                f"last task of the {self.max_streams} streams delivered most recently)"
+                f"no task of stream {stream_id!r} was delivered with its frames since the distributor started "
+                f"(it keeps the last of the {self.max_streams} streams delivered most recently)"
             ) from None
 
 
@@ -431,7 +431,7 @@ class DistributorCore:
             )
             return cursor, True
         self.gaps.stored(task.stream_id, task.sequence, time.monotonic())
-        if outcome == task_pb2.TASK_OUTCOME_DELIVERED:
+        if outcome == task_pb2.TASK_OUTCOME_DELIVERED and (frames or stream):  # most come without (previews)
             self.latest.keep(record, frames, stream)
         await self._announce([record])
         return cursor, False
