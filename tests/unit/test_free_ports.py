@@ -33,8 +33,8 @@ def test_a_taken_port_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
         taken.listen()
         held = taken.getsockname()[1]
         spare = free_ports(1)[0]
-        monkeypatch.setattr(server, "_below_ephemeral", lambda: [spare, held])  # tried from the end
+        monkeypatch.setattr(server, "_below_ephemeral", lambda count: [spare, held])  # tried from the end
         assert free_ports(1) == [spare]
-        monkeypatch.setattr(server, "_below_ephemeral", lambda: [held])  # none left: any port
+        monkeypatch.setattr(server, "_below_ephemeral", lambda count: [held])  # none left: any port
         (port,) = free_ports(1)
         assert port != held

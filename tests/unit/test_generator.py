@@ -37,16 +37,18 @@ from dayu.v1 import datasource_pb2, decision_pb2, generator_pb2, task_pb2, types
 from conftest import fork_join_pipeline, make_stream_spec
 
 
-def frame(index: int, width: int = 1280, height: int = 720) -> datasource_pb2.Frame:
+def frame(index: int, width: int = 1280, height: int = 720, plate: bool = True) -> datasource_pb2.Frame:
+    """A source frame, with one true plate (or, `plate` false, none)."""
     image = np.full((height, width, 3), index % 250, np.uint8)
-    truth = types_pb2.Detection(box=types_pb2.Box(x1=10, y1=10, x2=110, y2=40), label="plate", text="AB12 CDE")
+    box = types_pb2.Detection(box=types_pb2.Box(x1=10, y1=10, x2=110, y2=40), label="plate", text="AB12 CDE")
+    truth = [box] if plate else []
     return datasource_pb2.Frame(
         source_id="camera-1",
         index=index,
         codec=types_pb2.CODEC_JPEG,
         resolution=types_pb2.Resolution(width=width, height=height),
         data=encode_image(image, types_pb2.CODEC_JPEG, 90),
-        ground_truth=[truth],
+        ground_truth=truth,
     )
 
 
@@ -70,10 +72,7 @@ class Ports:
 
     async def frames(self, source_id: str) -> AsyncIterator[datasource_pb2.Frame]:
         for i in range(30):
-            made = frame(i)
-            if self.empty_frames:
-                del made.ground_truth[:]
-            yield made
+            yield frame(i, plate=not self.empty_frames)
             await asyncio.sleep(0)
 
     async def register(self, spec: decision_pb2.StreamSpec) -> decision_pb2.Decision:
@@ -225,7 +224,7 @@ async def test_sequence_numbers_go_on_after_a_restart_and_an_unencodable_segment
     assert restarted.status.tasks_generated == made  # numbering goes on, never reused
     bad = frame(0)
     bad.data = b"not a jpeg"
-    await restarted._make_task([CapturedFrame(bad, 0.0)])
+    await restarted._make_task([CapturedFrame(bad, 0.0)], ground_truth=True)
     await restarted.drain(5)
     ((task, reason),) = ports.dropped[stopped:]
     assert task.sequence == made and task.stream_id == spec.stream_id
@@ -498,11 +497,7 @@ def test_a_segment_of_a_source_with_ground_truth_says_so_even_where_its_frames_h
     (they did: every such segment crossed the uplink with its frames)."""
     spec = make_stream_spec()
     decision = startup_decision(spec)
-    empty = [datasource_pb2.Frame(), datasource_pb2.Frame()]
-    for i, blank in enumerate(empty):
-        blank.CopyFrom(frame(i))
-        del blank.ground_truth[:]
-    captured = [CapturedFrame(blank, 0.0) for blank in empty]
+    captured = [CapturedFrame(frame(i, plate=False), 0.0) for i in range(2)]
 
     known = build_task(spec, decision, 1, captured, ground_truth=True)
     assert [(g.frame_index, len(g.detections)) for g in known.segment.ground_truth] == [(0, 0), (1, 0)]

@@ -227,7 +227,6 @@ class StreamRunner:
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._submissions: set[asyncio.Task[None]] = set()
         self._taking: asyncio.Future[int] | None = None  # the last number asked of the sequences
-        self._ground_truth = False  # whether the source knows its true boxes (as it said when captured)
 
     @property
     def decision(self) -> decision_pb2.Decision:
@@ -291,7 +290,7 @@ class StreamRunner:
         while True:
             try:
                 source = await self.ports.source(self.spec.source_id)
-                source_fps, self._ground_truth = source.fps, source.has_ground_truth
+                source_fps = source.fps
                 frame_filter = FrameRateFilter(source_fps, source_fps)
                 async for frame in self.ports.frames(self.spec.source_id):
                     wait = RECONNECT_S[0]
@@ -305,7 +304,7 @@ class StreamRunner:
                     self.status.frames_kept += 1
                     buffer.append(CapturedFrame(frame, time.time()))
                     if len(buffer) >= self.decision.configuration.frames_per_segment:
-                        await self._make_task(buffer)
+                        await self._make_task(buffer, source.has_ground_truth)
                         buffer = []
                 log.info("source ended", source_id=self.spec.source_id)
                 return
@@ -314,7 +313,7 @@ class StreamRunner:
             await asyncio.sleep(wait)
             wait = min(wait * 2, RECONNECT_S[1])
 
-    async def _make_task(self, frames: list[CapturedFrame]) -> None:
+    async def _make_task(self, frames: list[CapturedFrame], ground_truth: bool) -> None:
         await self._in_flight.acquire()
         decision = decision_pb2.Decision()
         decision.CopyFrom(self.decision)
@@ -337,7 +336,7 @@ class StreamRunner:
             try:
                 with self.tracing.span("generator.encode", **attributes):
                     task = await asyncio.to_thread(
-                        build_task, self.spec, decision, sequence, frames, task_id, self._ground_truth
+                        build_task, self.spec, decision, sequence, frames, task_id, ground_truth
                     )
             except (Exception, asyncio.CancelledError) as error:
                 # Bad frame data, or the generator stopping: the segment never becomes a task, but

@@ -71,30 +71,31 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     (a mesh opens many while it starts), and the bind then fails with "address already in use"."""
     with contextlib.ExitStack() as stack:
         probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        candidates = _below_ephemeral()
+        candidates = _below_ephemeral(count * PROBE_TRIES)
         for probe in probes:
             _bind_probe(probe, host, candidates)
         return [int(probe.getsockname()[1]) for probe in probes]
 
 
 PROBED_PORTS_FROM = 10000  # the lowest port free_ports picks; below it lie well-known services
+PROBE_TRIES = 64  # ports tried for each one asked, before any port the kernel gives
 
 
-def _below_ephemeral() -> list[int]:
-    """The ports from PROBED_PORTS_FROM up to the kernel's ephemeral range (never a connection's
-    local port), shuffled; none where the range starts lower or cannot be read."""
+def _below_ephemeral(count: int) -> list[int]:
+    """At most `count` random ports from PROBED_PORTS_FROM up to the kernel's ephemeral range (never a
+    connection's local port); none where the range starts lower or cannot be read."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return []
-    ports = list(range(PROBED_PORTS_FROM, low))
-    random.SystemRandom().shuffle(ports)  # processes picking at once rarely try the same ports
-    return ports
+    ports = range(PROBED_PORTS_FROM, low)
+    # Random, so that processes picking at once rarely try the same ports.
+    return random.SystemRandom().sample(ports, min(count, len(ports)))
 
 
-def _bind_probe(probe: socket.socket, host: str, candidates: list[int], tries: int = 64) -> None:
+def _bind_probe(probe: socket.socket, host: str, candidates: list[int]) -> None:
     """Binds the probe to one of the candidates (consumed as tried), else to any port."""
-    for _ in range(min(tries, len(candidates))):
+    while candidates:
         with contextlib.suppress(OSError):
             probe.bind((host, candidates.pop()))
             return
